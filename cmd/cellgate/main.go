@@ -1,0 +1,229 @@
+// Command cellgate serves Jupyter kernels as embeddable compute cells.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/cellgate/cellgate/gateway"
+	"github.com/cellgate/cellgate/jupytermsg"
+	"github.com/cellgate/cellgate/kernelpool"
+	"github.com/cellgate/cellgate/sandbox"
+	"github.com/cellgate/cellgate/static"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return
+		}
+		fmt.Fprintln(os.Stderr, "cellgate:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fmt.Println("Usage: cellgate serve [flags]    (cellgate serve --help lists the flags)")
+		if len(args) == 0 {
+			return errors.New("no command given")
+		}
+		return nil
+	}
+	if args[0] != "serve" {
+		return fmt.Errorf("unknown command %q (try: cellgate serve --help)", args[0])
+	}
+	o, err := parseOptions(args[1:], os.Getenv)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(o)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	return serve(ctx, o, log)
+}
+
+func newLogger(o options) (zerolog.Logger, error) {
+	level, err := zerolog.ParseLevel(o.logLevel)
+	if err != nil {
+		return zerolog.Logger{}, fmt.Errorf("--log-level: %w", err)
+	}
+	var log zerolog.Logger
+	switch o.logFormat {
+	case "json":
+		log = zerolog.New(os.Stderr)
+	case "console":
+		log = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.DateTime})
+	default:
+		return log, fmt.Errorf("--log-format: %q is neither console nor json", o.logFormat)
+	}
+	return log.Level(level).With().Timestamp().Logger(), nil
+}
+
+func newLauncher(o options) (sandbox.Launcher, error) {
+	switch o.sandbox {
+	case "none":
+		if !isLoopback(o.listen) && !o.allowUnsafe {
+			return nil, fmt.Errorf("refusing to serve %s with --sandbox=none: anyone who reaches it can run code as this user (use --allow-unsandboxed-public to force)", o.listen)
+		}
+		return sandbox.None{}, nil
+	case "bwrap":
+		return newBwrapLauncher(o)
+	}
+	return nil, fmt.Errorf("--sandbox: unknown mode %q (bwrap or none)", o.sandbox)
+}
+
+func serve(ctx context.Context, o options, log zerolog.Logger) error {
+	sizes, err := parsePool(o.pool)
+	if err != nil {
+		return err
+	}
+	specs, problems := jupytermsg.FindKernelSpecs(jupytermsg.KernelSpecDirs(os.Getenv))
+	for _, p := range problems {
+		log.Warn().Err(p).Msg("skipping kernelspec")
+	}
+	if len(specs) == 0 {
+		return errors.New("no Jupyter kernelspecs installed (make deps installs python3-ipykernel)")
+	}
+	launcher, err := newLauncher(o)
+	if err != nil {
+		return err
+	}
+	if describer, ok := launcher.(interface{ Describe() string }); ok {
+		log.Info().Msg(describer.Describe())
+	}
+	if launcher.Name() == "none" {
+		log.Warn().Msg("SANDBOX DISABLED (--sandbox=none): kernels run as this user with full access; for development only")
+	}
+	workRoot, err := filepath.Abs(filepath.Join(o.dataDir, "kernels"))
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(o.runtimeDir, 0o711); err != nil {
+		return fmt.Errorf("runtime dir: %w", err)
+	}
+	runtimeRoot, err := os.MkdirTemp(o.runtimeDir, "gw")
+	if err != nil {
+		return fmt.Errorf("runtime dir: %w", err)
+	}
+	defer os.RemoveAll(runtimeRoot)
+
+	// The pool starts kernels before the gateway exists; starts are
+	// reported to it once it does.
+	var gw *gateway.Server
+	var gwReady atomic.Bool
+	pool, err := kernelpool.New(kernelpool.Config{
+		Specs: specs, Ready: sizes, MaxKernels: o.maxKernels,
+		OnStart: func(spec string, took time.Duration, err error) {
+			if gwReady.Load() {
+				gw.ObserveKernelStart(spec, took, err)
+			}
+		},
+		Kernel: kernelpool.KernelConfig{Launcher: launcher, RuntimeRoot: runtimeRoot, WorkRoot: workRoot, Log: log},
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		closeCtx, cancel := context.WithTimeout(context.Background(), o.drainTimeout)
+		defer cancel()
+		if err := pool.Close(closeCtx); err != nil {
+			log.Error().Err(err).Msg("closing kernel pool")
+		}
+	}()
+
+	stack, err := openStorage(ctx, o, log, func(id string, err error) {
+		if gwReady.Load() {
+			gw.PermalinkDropped(id, err)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		closeCtx, cancel := context.WithTimeout(context.Background(), o.drainTimeout)
+		defer cancel()
+		if err := stack.close(closeCtx); err != nil {
+			log.Error().Err(err).Msg("closing storage")
+		}
+	}()
+
+	cfg := gateway.Config{
+		PublicURL: o.publicURL, AllowOrigins: splitList(o.allowOrigin), Token: o.token, TrustProxy: o.trustProxy,
+		DefaultKernel: o.defaultKernel, MaxTimeout: o.maxTimeout, MaxLifespan: o.maxLifespan,
+		LeaseTimeout: o.leaseTimeout, ServiceTimeout: o.serviceTimeout, PollWait: o.pollWait, Log: log,
+		Storage: stack.gateway(),
+	}
+	if launcher.Name() == "none" {
+		cfg.SandboxWarning = "kernels run unsandboxed (--sandbox=none): development only"
+	}
+	gw = gateway.New(cfg, pool)
+	gwReady.Store(true)
+
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	httpServer := &http.Server{Handler: static.Wrap(gw.Handler()), ReadHeaderTimeout: 10 * time.Second}
+	database := stack.where
+	log.Info().Str("listen", ln.Addr().String()).Str("pool", o.pool).Int("max_kernels", o.maxKernels).
+		Str("sandbox", launcher.Name()).Str("database", database).Strs("kernelspecs", jupytermsg.SortedNames(specs)).
+		Msg("cellgate serving")
+
+	served := make(chan error, 1)
+	go func() { served <- httpServer.Serve(ln) }()
+	select {
+	case err := <-served:
+		return fmt.Errorf("http server: %w", err)
+	case <-ctx.Done():
+	}
+	log.Info().Dur("deadline", o.drainTimeout).Msg("shutting down: draining sessions")
+	drainCtx, cancel := context.WithTimeout(context.Background(), o.drainTimeout)
+	defer cancel()
+	if err := gw.Drain(drainCtx); err != nil {
+		log.Error().Err(err).Msg("drain")
+	}
+	if err := httpServer.Shutdown(drainCtx); err != nil {
+		log.Warn().Err(err).Msg("http shutdown")
+		_ = httpServer.Close()
+	}
+	return nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// redactURI hides credentials in a database URI for logs.
+func redactURI(uri string) string {
+	scheme, rest, ok := strings.Cut(uri, "://")
+	if !ok {
+		return "(unparsable URI)"
+	}
+	if at := strings.LastIndex(rest, "@"); at >= 0 {
+		rest = "***@" + rest[at+1:]
+	}
+	return scheme + "://" + rest
+}

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/cellgate/cellgate/gateway"
+	"github.com/cellgate/cellgate/storage"
+)
+
+// storageStack is the database and what the gateway uses of it.
+type storageStack struct {
+	embedded *storage.Embedded
+	store    *storage.Store
+	queue    *storage.Queue
+	where    string
+}
+
+// openStorage connects to --mongo-uri, or starts the embedded database
+// under --data-dir. onDropped is told about permalinks that could not be
+// stored after all.
+func openStorage(ctx context.Context, o options, log zerolog.Logger, onDropped func(id string, err error)) (*storageStack, error) {
+	st := &storageStack{}
+	uri := o.mongoURI
+	if uri == "" {
+		dir, err := filepath.Abs(filepath.Join(o.dataDir, "db"))
+		if err != nil {
+			return nil, err
+		}
+		st.embedded, err = storage.StartEmbedded(ctx, storage.EmbeddedConfig{Dir: dir, Logger: log})
+		if err != nil {
+			return nil, fmt.Errorf("embedded database: %w", err)
+		}
+		uri = st.embedded.URI()
+		st.where = "embedded FerretDB in " + dir
+	} else {
+		st.where = redactURI(uri)
+	}
+	var err error
+	st.store, err = storage.Open(ctx, storage.Config{URI: uri, Database: o.database, Logger: log, ConnectRetry: o.dbConnectRetry})
+	if err != nil {
+		st.close(context.Background())
+		return nil, err
+	}
+	st.queue = storage.NewQueue(context.Background(), st.store.Permalinks(), storage.QueueConfig{Logger: log, OnDropped: onDropped})
+	return st, nil
+}
+
+func (st *storageStack) gateway() gateway.Storage {
+	return gateway.Storage{Permalinks: st.queue, Files: st.store.Files(), Ping: st.store.Ping}
+}
+
+// close writes what is queued (up to ctx) and disconnects.
+func (st *storageStack) close(ctx context.Context) error {
+	var errs []error
+	if st.queue != nil {
+		errs = append(errs, st.queue.Close(ctx))
+	}
+	if st.store != nil {
+		closeCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		errs = append(errs, st.store.Close(closeCtx))
+		cancel()
+	}
+	if st.embedded != nil {
+		errs = append(errs, st.embedded.Close())
+	}
+	return errors.Join(errs...)
+}

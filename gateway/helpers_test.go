@@ -1,0 +1,283 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/gorilla/websocket"
+	"github.com/rs/zerolog"
+
+	"github.com/cellgate/cellgate/jupytermsg"
+	"github.com/cellgate/cellgate/kernelpool"
+	"github.com/cellgate/cellgate/sandbox"
+)
+
+type testEnv struct {
+	t    testing.TB
+	pool *kernelpool.Pool
+	gw   *Server
+	http *httptest.Server
+}
+
+func newTestEnv(t testing.TB, ready int, maxKernels int, tweak func(*Config)) *testEnv {
+	return newTestEnvWith(t, ready, maxKernels, tweak, nil)
+}
+
+func newTestEnvWith(t testing.TB, ready int, maxKernels int, tweak func(*Config), tweakKernel func(*kernelpool.KernelConfig)) *testEnv {
+	t.Helper()
+	specs, _ := jupytermsg.FindKernelSpecs(jupytermsg.KernelSpecDirs(os.Getenv))
+	if _, ok := specs["python3"]; !ok {
+		t.Fatal("python3 kernelspec missing: run make deps")
+	}
+	root, err := os.MkdirTemp("/tmp", "cgw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(root) })
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	kcfg := kernelpool.KernelConfig{
+		Launcher: sandbox.None{}, RuntimeRoot: filepath.Join(root, "r"), WorkRoot: filepath.Join(root, "w"),
+		ShutdownGrace: time.Second, Log: log,
+	}
+	if tweakKernel != nil {
+		tweakKernel(&kcfg)
+	}
+	pool, err := kernelpool.New(kernelpool.Config{
+		Specs: specs, Ready: map[string]int{"python3": ready}, MaxKernels: maxKernels, Kernel: kcfg,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Config{Log: log, LeaseTimeout: 60 * time.Second}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	gw := New(cfg, pool)
+	srv := httptest.NewServer(gw.Handler())
+	env := &testEnv{t: t, pool: pool, gw: gw, http: srv}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := gw.Drain(ctx); err != nil {
+			t.Error(err)
+		}
+		srv.Close()
+		if err := pool.Close(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+	return env
+}
+
+func (e *testEnv) url(path string) string { return e.http.URL + path }
+
+func (e *testEnv) wsURL(path string) string {
+	return "ws" + strings.TrimPrefix(e.http.URL, "http") + path
+}
+
+// do sends a request and decodes a JSON answer into out (if not nil).
+func (e *testEnv) do(method, path, contentType, body string, out any) *http.Response {
+	e.t.Helper()
+	req, err := http.NewRequest(method, e.url(path), strings.NewReader(body))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	if out != nil && len(data) > 0 {
+		if err := json.Unmarshal(data, out); err != nil {
+			e.t.Fatalf("%s %s: %d %s: %v", method, path, resp.StatusCode, data, err)
+		}
+	}
+	return resp
+}
+
+func (e *testEnv) postForm(path string, form url.Values, out any) *http.Response {
+	e.t.Helper()
+	return e.do(http.MethodPost, path, "application/x-www-form-urlencoded", form.Encode(), out)
+}
+
+// wsClient is a Sage-cell websocket client for tests.
+type wsClient struct {
+	t       testing.TB
+	conn    *websocket.Conn
+	session string
+}
+
+func (e *testEnv) dialSage(id, query string) *wsClient {
+	e.t.Helper()
+	session := uuid.NewString()
+	u := e.wsURL("/kernel/" + id + "/channels?session_id=" + session)
+	if query != "" {
+		u += "&" + query
+	}
+	conn, resp, err := websocket.DefaultDialer.Dial(u, nil)
+	if err != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		e.t.Fatalf("dial %s: %v (status %d)", u, err, status)
+	}
+	e.t.Cleanup(func() { conn.Close() })
+	return &wsClient{t: e.t, conn: conn, session: session}
+}
+
+// frame is a Sage-cell frame as a client sees it.
+type frame struct {
+	Seq          uint64                     `json:"seq"`
+	Channel      string                     `json:"channel"`
+	Header       jupytermsg.Header          `json:"header"`
+	ParentHeader jupytermsg.Header          `json:"parent_header"`
+	Content      map[string]json.RawMessage `json:"content"`
+	Metadata     map[string]json.RawMessage `json:"metadata"`
+	Error        string                     `json:"error"`
+	Message      string                     `json:"message"`
+}
+
+func (f frame) str(key string) string {
+	var s string
+	_ = json.Unmarshal(f.Content[key], &s)
+	return s
+}
+
+// send sends a message the way Sage-cell clients do: only msg_type in the
+// header, the rest left for the gateway to fill.
+func (c *wsClient) send(channel, msgType string, content any) string {
+	c.t.Helper()
+	id := uuid.NewString()
+	data, _ := json.Marshal(map[string]any{
+		"channel": channel, "header": map[string]string{"msg_type": msgType, "msg_id": id, "session": c.session},
+		"parent_header": map[string]any{}, "metadata": map[string]any{}, "content": content,
+	})
+	if err := c.conn.WriteMessage(websocket.TextMessage, data); err != nil {
+		c.t.Fatal(err)
+	}
+	return id
+}
+
+func (c *wsClient) execute(code string) string {
+	return c.send("shell", "execute_request", map[string]any{"code": code, "silent": false, "user_expressions": map[string]any{}, "allow_stdin": false})
+}
+
+func (c *wsClient) read() (frame, error) {
+	_ = c.conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+	_, data, err := c.conn.ReadMessage()
+	if err != nil {
+		return frame{}, err
+	}
+	var f frame
+	if err := json.Unmarshal(data, &f); err != nil {
+		c.t.Fatalf("frame %s: %v", data, err)
+	}
+	return f, nil
+}
+
+// until reads frames until match returns true, and returns them all.
+func (c *wsClient) until(match func(frame) bool) []frame {
+	c.t.Helper()
+	var got []frame
+	for {
+		f, err := c.read()
+		if err != nil {
+			for _, g := range got {
+				c.t.Logf("got %s %s %v", g.Channel, g.Header.MsgType, g.Content)
+			}
+			c.t.Fatalf("read after %d frames: %v", len(got), err)
+		}
+		got = append(got, f)
+		if match(f) {
+			return got
+		}
+	}
+}
+
+// idleAfter matches the idle status of request msgID.
+func idleAfter(msgID string) func(frame) bool {
+	return func(f frame) bool {
+		return f.Header.MsgType == "status" && f.ParentHeader.MsgID == msgID && f.str("execution_state") == "idle"
+	}
+}
+
+func streamText(frames []frame) string {
+	var out string
+	for _, f := range frames {
+		if f.Header.MsgType == "stream" {
+			out += f.str("text")
+		}
+	}
+	return out
+}
+
+func find(frames []frame, msgType string) (frame, bool) {
+	for _, f := range frames {
+		if f.Header.MsgType == msgType {
+			return f, true
+		}
+	}
+	return frame{}, false
+}
+
+type kernelAnswer struct {
+	ID      string `json:"id"`
+	WSURL   string `json:"ws_url"`
+	Error   string `json:"error"`
+	Message string `json:"message"`
+}
+
+func (e *testEnv) newKernel(form url.Values) kernelAnswer {
+	e.t.Helper()
+	var k kernelAnswer
+	resp := e.postForm("/kernel", form, &k)
+	if resp.StatusCode != http.StatusOK || k.ID == "" {
+		e.t.Fatalf("POST /kernel: %d %+v", resp.StatusCode, k)
+	}
+	if resp.Header.Get("Jupyter-Kernel-ID") != k.ID {
+		e.t.Errorf("Jupyter-Kernel-ID header %q, id %q", resp.Header.Get("Jupyter-Kernel-ID"), k.ID)
+	}
+	return k
+}
+
+// waitEnded waits until the gateway forgot session id.
+func (e *testEnv) waitEnded(id string) {
+	e.t.Helper()
+	for i := 0; e.gw.lookup(id) != nil; i++ {
+		if i > 600 {
+			e.t.Fatalf("session %s never ended", id)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
+
+func errorsAs(err error, target any) bool { return errors.As(err, target) }
+
+func (e *testEnv) waitWarm() {
+	e.t.Helper()
+	for i := 0; !e.pool.Warm(); i++ {
+		if i > 1200 {
+			e.t.Fatal("pool never warmed")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

@@ -1,0 +1,129 @@
+package gateway
+
+import (
+	"context"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+
+	"github.com/cellgate/cellgate/jupytermsg"
+)
+
+func (s *Server) routes() *echo.Echo {
+	e := echo.New()
+	e.HideBanner, e.HidePort = true, true
+	e.HTTPErrorHandler = s.errorHandler
+	if s.cfg.TrustProxy {
+		e.IPExtractor = echo.ExtractIPFromXFFHeader()
+	} else {
+		// Client caps count addresses; a spoofable header would void them.
+		e.IPExtractor = echo.ExtractIPDirect()
+	}
+	e.Use(middleware.Recover())
+	e.Use(middleware.BodyLimit(humanBytes(s.cfg.MaxMessageBytes)))
+	e.Use(middleware.CORSWithConfig(middleware.CORSConfig{
+		AllowOrigins:  s.cfg.AllowOrigins,
+		AllowHeaders:  []string{"Content-Type", "Authorization", "X-Requested-With"},
+		ExposeHeaders: []string{"Jupyter-Kernel-ID", "Retry-After", "Location"},
+		AllowMethods:  []string{http.MethodGet, http.MethodPost, http.MethodDelete, http.MethodPatch, http.MethodOptions},
+	}))
+
+	e.GET("/healthz", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]string{"status": "ok"}) })
+	e.GET("/readyz", s.readyz)
+	e.GET("/metrics", s.metrics.handler())
+
+	// Sage Cell Server API.
+	e.POST("/kernel", s.createSageKernel)
+	e.DELETE("/kernel/:id", s.deleteSageKernel)
+	e.POST("/kernel/:id", s.deleteSageKernel)
+	e.POST("/kernel/:id/interrupt", s.interruptSageKernel)
+	e.GET("/kernel/:id/channels", s.sageChannels)
+	e.GET("/kernel/:id/poll", s.pollReceive)
+	e.POST("/kernel/:id/poll", s.pollSend)
+	e.POST("/service", s.service)
+	e.GET("/kernelspecs", s.publicKernelspecs)
+	e.POST("/permalink", s.createPermalink)
+	e.GET("/permalink", s.getPermalink)
+	e.GET("/permalink/:id", s.getPermalink)
+	e.GET("/files/:id/*", s.serveFile)
+	e.GET("/kernel/:id/files/*", s.sessionFile)
+
+	s.jupyterRoutes(e)
+	return e
+}
+
+// originAllowed applies the CORS origin list to websocket upgrades,
+// which browsers do not preflight.
+func (s *Server) originAllowed(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" || slices.Contains(s.cfg.AllowOrigins, "*") {
+		return true
+	}
+	return slices.Contains(s.cfg.AllowOrigins, origin) || sameHost(origin, r.Host)
+}
+
+func (s *Server) readyz(c echo.Context) error {
+	body := map[string]any{"pools": s.poolStatus()}
+	ready := s.pool.Warm()
+	if ping := s.cfg.Storage.Ping; ping != nil {
+		ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
+		defer cancel()
+		if err := ping(ctx); err != nil {
+			ready = false
+			body["storage"] = "unavailable: " + err.Error()
+		} else {
+			body["storage"] = "ok"
+		}
+	}
+	body["ready"] = ready
+	if !ready {
+		return c.JSON(http.StatusServiceUnavailable, body)
+	}
+	return c.JSON(http.StatusOK, body)
+}
+
+type poolStatus struct {
+	Name     string `json:"name"`
+	Want     int    `json:"want"`
+	Ready    int    `json:"ready"`
+	Starting int    `json:"starting"`
+	Leased   int    `json:"leased"`
+	Waiting  int    `json:"waiting"`
+	LastErr  string `json:"last_error,omitempty"`
+}
+
+func (s *Server) poolStatus() []poolStatus {
+	var out []poolStatus
+	for _, st := range s.pool.Stats() {
+		ps := poolStatus{Name: st.Name, Want: st.Want, Ready: st.Ready, Starting: st.Starting, Leased: st.Leased, Waiting: st.Waiting}
+		if st.LastErr != nil {
+			ps.LastErr = st.LastErr.Error()
+		}
+		out = append(out, ps)
+	}
+	return out
+}
+
+// publicKernel is what the web client's language picker needs.
+type publicKernel struct {
+	Name        string `json:"name"`
+	DisplayName string `json:"display_name"`
+	Language    string `json:"language"`
+}
+
+// publicKernelspecs is GET /kernelspecs: the installed kernels, without
+// the Jupyter API's token, for embedding pages.
+func (s *Server) publicKernelspecs(c echo.Context) error {
+	specs := s.pool.Specs()
+	out := struct {
+		Default string         `json:"default"`
+		Kernels []publicKernel `json:"kernels"`
+	}{Default: s.cfg.DefaultKernel, Kernels: []publicKernel{}}
+	for _, name := range jupytermsg.SortedNames(specs) {
+		out.Kernels = append(out.Kernels, publicKernel{Name: name, DisplayName: specs[name].DisplayName, Language: specs[name].Language})
+	}
+	return c.JSON(http.StatusOK, out)
+}

@@ -1,0 +1,233 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/cellgate/cellgate/storage"
+)
+
+type testStorage struct {
+	dir      string
+	embedded *storage.Embedded
+	store    *storage.Store
+	queue    *storage.Queue
+}
+
+// startTestStorage runs the embedded database through the real driver.
+func startTestStorage(t *testing.T, dir string) *testStorage {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel)
+	emb, err := storage.StartEmbedded(ctx, storage.EmbeddedConfig{Dir: dir, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := storage.Open(ctx, storage.Config{URI: emb.URI(), Logger: log, ServerSelectionTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := storage.NewQueue(context.Background(), store.Permalinks(), storage.QueueConfig{Logger: log, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	ts := &testStorage{dir: dir, embedded: emb, store: store, queue: q}
+	t.Cleanup(func() { ts.stop(t) })
+	return ts
+}
+
+func (ts *testStorage) stop(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if ts.queue != nil {
+		_ = ts.queue.Close(ctx)
+	}
+	_ = ts.store.Close(ctx)
+	_ = ts.embedded.Close()
+}
+
+func (ts *testStorage) gateway() Storage {
+	return Storage{Permalinks: ts.queue, Files: ts.store.Files(), Ping: ts.store.Ping, UploadTimeout: 3 * time.Second}
+}
+
+func newStorageEnv(t *testing.T) (*testEnv, *testStorage) {
+	ts := startTestStorage(t, filepath.Join(t.TempDir(), "db"))
+	env := newTestEnv(t, 1, 4, func(c *Config) { c.Storage = ts.gateway() })
+	return env, ts
+}
+
+// fetch GETs a URL and returns the status, body and headers.
+func fetch(t *testing.T, u string) (int, []byte, http.Header) {
+	t.Helper()
+	resp, err := http.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, body, resp.Header
+}
+
+func TestKernelFilesAreStoredAndServed(t *testing.T) {
+	env, _ := newStorageEnv(t)
+	k := env.newKernel(url.Values{"timeout": {"60"}})
+	c := env.dialSage(k.ID, "")
+	code := `
+import base64
+png = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+open("dot.png", "wb").write(png)
+open("table.csv", "w").write("a,b\n1,2\n")
+print(len(png))`
+	id := c.send("shell", "execute_request", map[string]any{"code": code, "user_expressions": map[string]string{"_sagecell_files": "sys._sage_.new_files()"}})
+	frames := c.until(func(f frame) bool { return f.Header.MsgType == "execute_reply" })
+	announced, ok := find(frames, filesMsgType)
+	if !ok || announced.ParentHeader.MsgID != id {
+		t.Fatalf("no %s message before the reply: %+v", filesMsgType, frames)
+	}
+	var files struct {
+		Files []fileLink `json:"files"`
+	}
+	raw, _ := json.Marshal(announced.Content)
+	_ = json.Unmarshal(raw, &files)
+	want := map[string]string{"dot.png": "image/png", "table.csv": "text/csv"}
+	if len(files.Files) != 2 {
+		t.Fatalf("files %+v", files.Files)
+	}
+	for _, f := range files.Files {
+		status, body, h := fetch(t, f.URL)
+		local, err := os.ReadFile(filepath.Join(env.gw.lookup(k.ID).kernel.WorkDir, f.Name))
+		if status != http.StatusOK || err != nil || !bytes.Equal(body, local) {
+			t.Errorf("%s: status %d, %d bytes, local %d bytes (%v)", f.Name, status, len(body), len(local), err)
+		}
+		if !strings.HasPrefix(h.Get("Content-Type"), want[f.Name]) || h.Get("ETag") == "" || h.Get("Content-Length") == "" {
+			t.Errorf("%s headers %v", f.Name, h)
+		}
+	}
+	reply := frames[len(frames)-1]
+	var exprs map[string]struct {
+		Data map[string]string `json:"data"`
+	}
+	_ = json.Unmarshal(reply.Content["user_expressions"], &exprs)
+	if got := exprs["_sagecell_files"].Data["text/plain"]; got != `["dot.png","table.csv"]` {
+		t.Errorf("_sagecell_files = %q", got)
+	}
+	var meta struct {
+		Cellgate struct {
+			Permalink string `json:"permalink"`
+		} `json:"cellgate"`
+	}
+	raw, _ = json.Marshal(reply.Metadata)
+	_ = json.Unmarshal(raw, &meta)
+	if meta.Cellgate.Permalink == "" {
+		t.Errorf("reply metadata has no permalink: %s", raw)
+	}
+	// Sage-cell clients fetch by name under the kernel.
+	if status, body, _ := fetch(t, env.url("/kernel/"+k.ID+"/files/table.csv")); status != http.StatusOK || string(body) != "a,b\n1,2\n" {
+		t.Errorf("kernel file by name: %d %q", status, body)
+	}
+	// Range requests and a kernel that is gone.
+	url := files.Files[0].URL
+	env.do(http.MethodDelete, "/kernel/"+k.ID, "", "", nil)
+	env.waitEnded(k.ID)
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	req.Header.Set("Range", "bytes=1-3")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	part, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusPartialContent || len(part) != 3 {
+		t.Errorf("range after the kernel ended: %d, %d bytes", resp.StatusCode, len(part))
+	}
+	if status, _, _ := fetch(t, env.url("/files/nope/dot.png")); status != http.StatusNotFound {
+		t.Errorf("unknown file: %d", status)
+	}
+}
+
+func TestPermalinkRoutes(t *testing.T) {
+	env, _ := newStorageEnv(t)
+	var created struct {
+		Query     string `json:"query"`
+		Zip       string `json:"zip"`
+		Interacts string `json:"interacts"`
+		N         any    `json:"n"`
+	}
+	resp := env.postForm("/permalink", url.Values{"code": {"print('hi')"}, "language": {"python3"}, "interacts": {"[]"}, "n": {"2"}}, &created)
+	if resp.StatusCode != http.StatusOK || created.Query == "" || created.N != float64(2) {
+		t.Fatalf("POST /permalink: %d %+v", resp.StatusCode, created)
+	}
+	if code, err := storage.ZipDecode(created.Zip, 1<<20); err != nil || code != "print('hi')" {
+		t.Errorf("zip %q decodes to %q (%v)", created.Zip, code, err)
+	}
+	var again struct{ Query string }
+	env.do(http.MethodPost, "/permalink", "application/json", `{"code":"print('hi')","language":"python3","interacts":"[]"}`, &again)
+	if again.Query != created.Query {
+		t.Errorf("same cell got ids %q and %q", created.Query, again.Query)
+	}
+	for _, path := range []string{"/permalink?q=" + created.Query, "/permalink/" + created.Query} {
+		var cell map[string]string
+		if r := env.do(http.MethodGet, path, "", "", &cell); r.StatusCode != http.StatusOK || cell["code"] != "print('hi')" || cell["language"] != "python3" {
+			t.Errorf("GET %s: %d %v", path, r.StatusCode, cell)
+		}
+	}
+	var e apiError
+	if r := env.do(http.MethodGet, "/permalink?q=doesnotexist", "", "", &e); r.StatusCode != http.StatusNotFound || e.Message == "" {
+		t.Errorf("unknown permalink: %d %+v", r.StatusCode, e)
+	}
+}
+
+// TestDatabaseDownComputationsContinue stops the database mid-run: cells
+// still compute and get permalink ids, which are readable once it is back.
+func TestDatabaseDownComputationsContinue(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "db")
+	ts := startTestStorage(t, dir)
+	env := newTestEnv(t, 1, 4, func(c *Config) { c.Storage = ts.gateway() })
+	// Stop the database under the running gateway; the queue keeps going.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = ts.embedded.Close()
+
+	var res serviceResult
+	env.postForm("/service", url.Values{"code": {"print('db down')"}}, &res)
+	if !res.Success || res.Stdout != "db down\n" {
+		t.Fatalf("computation with the database down: %+v", res)
+	}
+	var ready map[string]any
+	if r := env.do(http.MethodGet, "/readyz", "", "", &ready); r.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("readyz with the database down: %d %v", r.StatusCode, ready)
+	}
+	var created struct{ Query string }
+	env.postForm("/permalink", url.Values{"code": {"x = 1"}}, &created)
+	if created.Query == "" {
+		t.Fatal("no permalink id while the database is down")
+	}
+	var cell map[string]string
+	if r := env.do(http.MethodGet, "/permalink?q="+created.Query, "", "", &cell); r.StatusCode != http.StatusOK || cell["code"] != "x = 1" {
+		t.Errorf("pending permalink not readable: %d %v", r.StatusCode, cell)
+	}
+	emb, err := storage.StartEmbedded(ctx, storage.EmbeddedConfig{Dir: dir, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.embedded = emb
+	deadline := time.Now().Add(30 * time.Second)
+	for ts.queue.Len() > 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := ts.queue.Len(); n != 0 {
+		t.Fatalf("%d permalinks still queued after the database came back", n)
+	}
+	if _, err := ts.store.Permalinks().Get(ctx, created.Query); err != nil {
+		t.Errorf("queued permalink did not land: %v", err)
+	}
+}

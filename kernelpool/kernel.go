@@ -1,0 +1,439 @@
+// Package kernelpool launches Jupyter kernels, keeps them healthy and hands
+// out ready ones from a prewarmed pool.
+package kernelpool
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/google/uuid"
+	zmq "github.com/pebbe/zmq4"
+	"github.com/rs/zerolog"
+
+	"github.com/cellgate/cellgate/jupytermsg"
+	"github.com/cellgate/cellgate/sandbox"
+)
+
+// Errors a caller can test for.
+var (
+	ErrKernelGone  = errors.New("kernel is shut down")
+	ErrKernelDied  = errors.New("kernel died")
+	ErrStartFailed = errors.New("kernel failed to start")
+)
+
+// KernelConfig is what starting one kernel needs.
+type KernelConfig struct {
+	Spec     jupytermsg.Spec
+	Launcher sandbox.Launcher
+	// RuntimeRoot holds one private directory per kernel (connection file,
+	// ipc sockets). Keep it short: ipc paths are limited to 107 bytes.
+	RuntimeRoot string
+	// WorkRoot holds one working directory per kernel.
+	WorkRoot          string
+	StartTimeout      time.Duration
+	HeartbeatInterval time.Duration
+	HeartbeatMisses   int
+	// ShutdownGrace is how long each step of shutdown (request, SIGTERM)
+	// waits before the next, harsher one.
+	ShutdownGrace time.Duration
+	// MaxMessageBytes caps one message from the kernel; a kernel that sends
+	// more loses that message rather than growing the gateway's memory.
+	MaxMessageBytes int64
+	Log             zerolog.Logger
+}
+
+func (c *KernelConfig) applyDefaults() {
+	if c.StartTimeout == 0 {
+		c.StartTimeout = 60 * time.Second
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = 2 * time.Second
+	}
+	if c.HeartbeatMisses == 0 {
+		c.HeartbeatMisses = 3
+	}
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = 2 * time.Second
+	}
+	if c.MaxMessageBytes == 0 {
+		c.MaxMessageBytes = 64 << 20
+	}
+}
+
+// maxIPCPath is the length limit of a unix socket path (sun_path, 108 with NUL).
+const maxIPCPath = 107
+
+// Kernel is one running kernel process and its ZMQ connection.
+type Kernel struct {
+	ID      string
+	Spec    jupytermsg.Spec
+	WorkDir string
+	// Session is the session id (and ZMQ identity) the gateway's own
+	// messages carry.
+	Session string
+
+	cfg        KernelConfig
+	zctx       *zmq.Context
+	runtimeDir string
+	out        chan Received
+	output     *tailBuffer
+
+	mu         sync.Mutex
+	proc       *sandbox.Process
+	socks      *sockets
+	restarts   int
+	restarting bool
+
+	done      chan struct{}
+	deathOnce sync.Once
+	death     error
+	cleaned   chan struct{}
+}
+
+// StartKernel launches a kernel and returns once it answers kernel_info.
+func StartKernel(ctx context.Context, zctx *zmq.Context, cfg KernelConfig) (*Kernel, error) {
+	cfg.applyDefaults()
+	id := uuid.NewString()
+	k := &Kernel{
+		ID: id, Spec: cfg.Spec, Session: uuid.NewString(),
+		cfg: cfg, zctx: zctx,
+		runtimeDir: filepath.Join(cfg.RuntimeRoot, id),
+		WorkDir:    filepath.Join(cfg.WorkRoot, id),
+		out:        make(chan Received, 256),
+		output:     newTailBuffer(8 << 10),
+		done:       make(chan struct{}),
+		cleaned:    make(chan struct{}),
+	}
+	if n := len(k.runtimeDir) + len("/sock-5"); n > maxIPCPath {
+		return nil, fmt.Errorf("%w: runtime dir %s too long for ipc sockets (%d > %d bytes)", ErrStartFailed, cfg.RuntimeRoot, n, maxIPCPath)
+	}
+	for _, d := range []string{k.runtimeDir, k.WorkDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			k.removeDirs()
+			return nil, fmt.Errorf("%w: %w", ErrStartFailed, err)
+		}
+	}
+	if err := k.launch(ctx); err != nil {
+		k.removeDirs()
+		return nil, err
+	}
+	go k.watch()
+	return k, nil
+}
+
+// launch starts a process with a fresh key and connects to it. It is used
+// for the first start and for restarts.
+func (k *Kernel) launch(ctx context.Context) error {
+	key := make([]byte, 32)
+	if _, err := rand.Read(key); err != nil {
+		return fmt.Errorf("%w: key: %w", ErrStartFailed, err)
+	}
+	k.mu.Lock()
+	k.restarts++
+	gen := k.restarts
+	k.mu.Unlock()
+	// A restart binds new socket files, so the kernel never races its
+	// predecessor's half-closed sockets.
+	conn := jupytermsg.IPCConnection(filepath.Join(k.runtimeDir, fmt.Sprintf("s%d", gen)), hex.EncodeToString(key))
+	conn.KernelName = k.Spec.Name
+	connFile := filepath.Join(k.runtimeDir, "kernel.json")
+	if err := conn.WriteFile(connFile); err != nil {
+		return fmt.Errorf("%w: %w", ErrStartFailed, err)
+	}
+	env := make([]string, 0, len(k.Spec.Env)+1)
+	for name, value := range k.Spec.Env {
+		env = append(env, name+"="+value)
+	}
+	proc, err := k.cfg.Launcher.Launch(ctx, sandbox.Request{
+		Argv: k.Spec.Command(connFile), Env: env,
+		WorkDir: k.WorkDir, RuntimeDir: k.runtimeDir, Output: k.output,
+	})
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrStartFailed, err)
+	}
+	startup := make(chan Received, 64)
+	socks := &sockets{
+		zctx: k.zctx, conn: conn, signer: jupytermsg.NewSigner(conn.Key),
+		identity: k.Session, inproc: fmt.Sprintf("inproc://kernel-%s-%d", k.ID, gen), maxMsg: k.cfg.MaxMessageBytes,
+		out: startup,
+		onError: func(err error) {
+			k.cfg.Log.Warn().Err(err).Str("kernel", k.ID).Msg("kernel channel")
+		},
+	}
+	hb := heartbeatConfig{
+		interval: k.cfg.HeartbeatInterval, timeout: k.cfg.HeartbeatInterval, misses: k.cfg.HeartbeatMisses,
+		onDead: func(err error) {
+			// A restart silences the old process on purpose.
+			k.mu.Lock()
+			restarting := k.restarting && k.socks == socks
+			k.mu.Unlock()
+			if !restarting {
+				go k.die(err)
+			}
+		},
+	}
+	if err := socks.open(); err != nil {
+		_ = proc.Close()
+		return fmt.Errorf("%w: %w", ErrStartFailed, err)
+	}
+	k.mu.Lock()
+	k.proc, k.socks = proc, socks
+	k.mu.Unlock()
+
+	if err := k.waitReady(ctx, proc, socks, startup); err != nil {
+		socks.close()
+		_ = proc.Close()
+		return err
+	}
+	socks.setOut(k.out)
+	socks.startHeartbeat(hb)
+	select {
+	case <-k.done:
+		// Shut down while restarting: die already stopped the old process.
+		k.stopProcess(proc, socks)
+		_ = proc.Close()
+		return k.death
+	default:
+	}
+	return nil
+}
+
+// waitReady repeats kernel_info_request until both its reply and an iopub
+// message arrive: the SUB socket joins late, and a kernel is only useful
+// once its output can be seen.
+func (k *Kernel) waitReady(ctx context.Context, proc *sandbox.Process, socks *sockets, startup <-chan Received) error {
+	ctx, cancel := context.WithTimeout(ctx, k.cfg.StartTimeout)
+	defer cancel()
+attempt:
+	for {
+		req, err := jupytermsg.New("kernel_info_request", k.Session, nil, nil)
+		if err != nil {
+			return err
+		}
+		if err := socks.send(jupytermsg.Shell, req); err != nil {
+			return fmt.Errorf("%w: %w", ErrStartFailed, err)
+		}
+		gotReply, gotIOPub := false, false
+		round := time.NewTimer(time.Second)
+		for !(gotReply && gotIOPub) {
+			select {
+			case r := <-startup:
+				if r.Channel == jupytermsg.IOPub {
+					gotIOPub = true
+					if gotReply {
+						round.Reset(200 * time.Millisecond)
+					}
+				} else if r.Msg.Header.MsgType == "kernel_info_reply" && r.Msg.ParentMsgID() == req.Header.MsgID {
+					gotReply = true
+					if !gotIOPub {
+						round.Reset(200 * time.Millisecond)
+					}
+				}
+			case <-round.C:
+				continue attempt
+			case <-proc.Done():
+				return fmt.Errorf("%w: %s exited (%v): %s", ErrStartFailed, k.Spec.Name, proc.Err(), k.output.String())
+			case <-ctx.Done():
+				round.Stop()
+				return fmt.Errorf("%w: %s not ready: %w; output: %s", ErrStartFailed, k.Spec.Name, ctx.Err(), k.output.String())
+			}
+		}
+		round.Stop()
+		select {
+		case <-socks.stdinReady:
+			return nil
+		case <-proc.Done():
+			return fmt.Errorf("%w: %s exited (%v): %s", ErrStartFailed, k.Spec.Name, proc.Err(), k.output.String())
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %s stdin channel not connected: %w", ErrStartFailed, k.Spec.Name, ctx.Err())
+		}
+	}
+}
+
+// watch declares the kernel dead when its process exits unexpectedly.
+func (k *Kernel) watch() {
+	k.mu.Lock()
+	proc := k.proc
+	k.mu.Unlock()
+	select {
+	case <-k.done:
+	case <-proc.Done():
+		k.mu.Lock()
+		restarting := k.restarting
+		k.mu.Unlock()
+		if !restarting {
+			cause := proc.Err()
+			if cause == nil {
+				cause = errors.New("exit status 0")
+			}
+			k.die(fmt.Errorf("%w: process exited: %w", ErrKernelDied, cause))
+		}
+	}
+}
+
+// Messages delivers everything the kernel sends on shell, control, stdin
+// and iopub. It has one consumer: whoever leased the kernel. A consumer
+// that stops reading applies backpressure to the kernel.
+func (k *Kernel) Messages() <-chan Received { return k.out }
+
+// Send signs m with the kernel's key and sends it on channel ch.
+func (k *Kernel) Send(ch jupytermsg.Channel, m *jupytermsg.Message) error {
+	if !ch.Valid() || ch == jupytermsg.IOPub {
+		return fmt.Errorf("cannot send on channel %q", ch)
+	}
+	select {
+	case <-k.done:
+		return k.Err()
+	default:
+	}
+	k.mu.Lock()
+	socks := k.socks
+	k.mu.Unlock()
+	return socks.send(ch, m)
+}
+
+// Done is closed when the kernel is dead or shut down; Err says why.
+func (k *Kernel) Done() <-chan struct{} { return k.done }
+
+// Err is the reason the kernel ended, nil while it runs.
+func (k *Kernel) Err() error {
+	select {
+	case <-k.done:
+		return k.death
+	default:
+		return nil
+	}
+}
+
+// Pid is the kernel process group id.
+func (k *Kernel) Pid() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.proc.Pid()
+}
+
+// Interrupt interrupts the running execution, by message or by SIGINT as
+// the kernelspec asks.
+func (k *Kernel) Interrupt() error {
+	if k.Spec.InterruptByMessage() {
+		m, err := jupytermsg.New("interrupt_request", k.Session, nil, nil)
+		if err != nil {
+			return err
+		}
+		return k.Send(jupytermsg.Control, m)
+	}
+	k.mu.Lock()
+	proc := k.proc
+	k.mu.Unlock()
+	return proc.Signal(syscall.SIGINT)
+}
+
+// Restart replaces the kernel process with a fresh one, keeping the id,
+// the working directory and the Messages channel.
+func (k *Kernel) Restart(ctx context.Context) error {
+	select {
+	case <-k.done:
+		return k.Err()
+	default:
+	}
+	k.mu.Lock()
+	if k.restarting {
+		k.mu.Unlock()
+		return errors.New("kernel is already restarting")
+	}
+	k.restarting = true
+	proc, socks := k.proc, k.socks
+	k.mu.Unlock()
+	k.stopProcess(proc, socks)
+	err := k.launch(ctx)
+	k.mu.Lock()
+	k.restarting = false
+	k.mu.Unlock()
+	if err != nil {
+		k.die(err)
+		return err
+	}
+	go k.watch()
+	return nil
+}
+
+// Shutdown ends the kernel: shutdown_request, then SIGTERM, then SIGKILL
+// of the whole group, and removes its directories. It is idempotent and
+// returns once everything is gone.
+func (k *Kernel) Shutdown() {
+	k.die(ErrKernelGone)
+	<-k.cleaned
+}
+
+// die records the first reason the kernel ended and tears it down.
+func (k *Kernel) die(reason error) {
+	k.deathOnce.Do(func() {
+		k.death = reason
+		k.mu.Lock()
+		proc, socks := k.proc, k.socks
+		k.mu.Unlock()
+		close(k.done)
+		k.stopProcess(proc, socks)
+		// The launcher's mounts over the kernel's directories must go
+		// before the directories can.
+		if err := proc.Close(); err != nil {
+			k.cfg.Log.Error().Err(err).Str("kernel", k.ID).Msg("release kernel sandbox")
+		}
+		k.removeDirs()
+		close(k.cleaned)
+		if !errors.Is(reason, ErrKernelGone) {
+			k.cfg.Log.Warn().Err(reason).Str("kernel", k.ID).Str("spec", k.Spec.Name).Msg("kernel ended")
+		}
+	})
+}
+
+// stopProcess asks politely, then insists.
+func (k *Kernel) stopProcess(proc *sandbox.Process, socks *sockets) {
+	select {
+	case <-proc.Done():
+	default:
+		if m, err := jupytermsg.New("shutdown_request", k.Session, nil, jupytermsg.ShutdownRequest{}); err == nil {
+			_ = socks.send(jupytermsg.Control, m)
+		}
+		if !waitDone(proc, k.cfg.ShutdownGrace) {
+			_ = proc.Signal(syscall.SIGTERM)
+			if !waitDone(proc, k.cfg.ShutdownGrace) {
+				proc.Kill()
+				<-proc.Done()
+			}
+		}
+	}
+	// Children that outlived the leader are in the same group.
+	proc.Kill()
+	socks.close()
+}
+
+func waitDone(proc *sandbox.Process, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-proc.Done():
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+func (k *Kernel) removeDirs() {
+	for _, d := range []string{k.runtimeDir, k.WorkDir} {
+		if err := os.RemoveAll(d); err != nil {
+			k.cfg.Log.Error().Err(err).Str("dir", d).Msg("remove kernel directory")
+		}
+	}
+}
+
+// Output returns the tail of what the kernel process printed.
+func (k *Kernel) Output() string { return k.output.String() }

@@ -1,0 +1,200 @@
+package sandbox
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Config tunes the bwrap launcher. Start from DefaultConfig and change what
+// you need; every limit must be positive.
+type Config struct {
+	// BwrapPath is the bubblewrap binary. It must not be setuid: it runs as
+	// the kernel's uid and builds the sandbox in a user namespace.
+	BwrapPath string
+	// PrlimitPath (util-linux) sets the rlimits inside the sandbox, just
+	// before the kernel starts, so bwrap itself is not limited.
+	PrlimitPath string
+	// ChoomPath (util-linux) raises the OOM score of the whole sandbox, so
+	// that without a memory cgroup the OOM killer picks a kernel first.
+	ChoomPath string
+	// KillPath is kill(1), run as a kernel's uid to sweep what is left of
+	// that kernel (kill -KILL -1 reaches exactly that uid's processes).
+	KillPath string
+
+	// UIDBase and UIDCount give the numeric uids for kernels: each live
+	// kernel gets one of them as its uid and gid, so kernels can neither
+	// signal nor read each other and RLIMIT_NPROC counts per kernel. No
+	// passwd or group entries are needed (the sandbox gets its own
+	// /etc/passwd); the range must not overlap any account or subuid range
+	// (NewBwrap checks). Gateways sharing a host may share the range: they
+	// coordinate through locks in StateDir.
+	// The default 70000..70999 lies above Debian's useradd range
+	// (UID_MAX 60000) and systemd's dynamic users (61184..65519), below
+	// the subordinate ids useradd hands out (SUB_UID_MIN 100000).
+	UIDBase  int
+	UIDCount int
+
+	// StateDir holds a lock file per kernel uid, and a mount point per
+	// live kernel where its size-limited tmpfs is mounted. Every gateway on
+	// a host should use the same one (the default): the locks are how they
+	// share the uid range, and how a restarted gateway tells a crashed
+	// predecessor's leftovers from another gateway's live kernels. It must
+	// be root's (NewBwrap sets mode 0711: bwrap, running as a kernel's uid,
+	// must pass through to reach that kernel's tmpfs), and outside the
+	// directories the pool manages.
+	StateDir string
+
+	// CPUTime is RLIMIT_CPU of each kernel process: SIGXCPU at this much
+	// CPU time, SIGKILL two seconds later. Whole seconds, at least one.
+	CPUTime time.Duration
+	// Memory is RLIMIT_AS of each kernel process, in bytes: allocations
+	// beyond it fail (Python raises MemoryError). It is per process, and
+	// virtual: with Processes it bounds a kernel's memory to
+	// Memory*Processes, see the package comment.
+	Memory int64
+	// Processes is RLIMIT_NPROC: processes and threads of one kernel (its
+	// uid) at a time. It also bounds fork bombs.
+	Processes int
+	// OpenFiles is RLIMIT_NOFILE of each kernel process.
+	OpenFiles int
+	// FileSize is RLIMIT_FSIZE: the largest file a kernel may write.
+	FileSize int64
+	// Disk is the size in bytes of the kernel's tmpfs, shared by its
+	// WorkDir, RuntimeDir, /tmp, /dev/shm and home; it is RAM.
+	Disk int64
+	// Inodes is the number of files and directories that tmpfs holds;
+	// without it, empty files would cost kernel memory without bound.
+	Inodes int
+	// Lifespan is the wall-clock time after which a kernel is killed,
+	// whatever it does. It is a backstop behind the gateway's own session
+	// limits, so it is long; a prewarmed kernel's clock starts at launch.
+	Lifespan time.Duration
+
+	// ReadOnly are host paths the sandbox sees read-only at the same place
+	// (symlinks are recreated as symlinks; missing paths are skipped). The
+	// default is /usr, the merged-/usr symlinks and the few /etc entries
+	// Python, IPython, matplotlib and Sage read: /etc as a whole may hold
+	// world-readable secrets.
+	ReadOnly []string
+	// Env is added to every kernel's environment (Request.Env comes after
+	// it and wins). The launcher itself sets PATH, HOME, USER, LOGNAME,
+	// LANG, TERM and TMPDIR; nothing of the gateway's environment leaks.
+	Env []string
+	// Home is the kernel's HOME inside the sandbox: a private directory on
+	// its tmpfs, so IPython, matplotlib and Sage caches work without
+	// landing in WorkDir (whose files the gateway uploads).
+	Home string
+	// HomeDirs are created (relative to Home) in every kernel's home.
+	// Sage's IPython warns and falls back to a temporary directory when
+	// its parent, ~/.sage, is missing.
+	HomeDirs []string
+	// Hostname is the sandbox's host name (it has its own UTS namespace).
+	Hostname string
+}
+
+// DefaultConfig returns limits suited to a public server where each kernel
+// serves one visitor: enough for Sage and matplotlib, small enough that a
+// few hundred kernels fit on one machine.
+func DefaultConfig() Config {
+	return Config{
+		BwrapPath:   "/usr/bin/bwrap",
+		PrlimitPath: "/usr/bin/prlimit",
+		ChoomPath:   "/usr/bin/choom",
+		KillPath:    "/usr/bin/kill",
+		UIDBase:     70000,
+		UIDCount:    1000,
+		StateDir:    "/run/cellgate-sandbox",
+		CPUTime:     10 * time.Minute,
+		Memory:      4 << 30,
+		Processes:   64,
+		OpenFiles:   1024,
+		FileSize:    64 << 20,
+		Disk:        128 << 20,
+		Inodes:      16384,
+		Lifespan:    6 * time.Hour,
+		ReadOnly: []string{
+			"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+			"/etc/alternatives", // libblas.so.3 and friends resolve through it
+			"/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d",
+			"/etc/localtime", "/etc/timezone", "/etc/locale.alias",
+			"/etc/protocols", "/etc/services", "/etc/mime.types",
+			"/etc/os-release", "/etc/debian_version",
+			"/etc/fonts", "/etc/matplotlibrc",
+			"/etc/python3", "/etc/python3.11", "/etc/ipython", "/etc/jupyter",
+			"/etc/gprc", // PARI/GP (Sage)
+		},
+		Env: []string{
+			// One thread per kernel: the machine is shared, CPUTime counts
+			// every thread, and Processes counts threads too.
+			"OMP_NUM_THREADS=1", "OPENBLAS_NUM_THREADS=1", "MKL_NUM_THREADS=1",
+			// Python 3.11's debugger warns about frozen modules on every start.
+			"PYDEVD_DISABLE_FILE_VALIDATION=1",
+		},
+		Home:     "/home/sandbox",
+		HomeDirs: []string{".sage"},
+		Hostname: "cellgate",
+	}
+}
+
+// check reports the first unusable setting.
+func (c *Config) check() error {
+	var errs []error
+	for _, p := range []struct{ name, path string }{
+		{"BwrapPath", c.BwrapPath}, {"PrlimitPath", c.PrlimitPath},
+		{"ChoomPath", c.ChoomPath}, {"KillPath", c.KillPath},
+		{"StateDir", c.StateDir}, {"Home", c.Home},
+	} {
+		if !filepath.IsAbs(p.path) || filepath.Clean(p.path) != p.path || p.path == "/" {
+			errs = append(errs, fmt.Errorf("%s %q: want a clean absolute path", p.name, p.path))
+		}
+	}
+	if c.UIDBase <= 0 || c.UIDCount <= 0 || c.UIDBase+c.UIDCount > 1<<31 {
+		errs = append(errs, fmt.Errorf("uid range %d+%d: want a positive base and count", c.UIDBase, c.UIDCount))
+	}
+	if own := os.Getuid(); own >= c.UIDBase && own < c.UIDBase+c.UIDCount {
+		errs = append(errs, fmt.Errorf("uid range %d..%d holds the gateway's own uid %d", c.UIDBase, c.UIDBase+c.UIDCount-1, own))
+	}
+	if c.UIDBase <= 65534 && c.UIDBase+c.UIDCount > 65534 {
+		errs = append(errs, fmt.Errorf("uid range %d..%d holds nobody (65534)", c.UIDBase, c.UIDBase+c.UIDCount-1))
+	}
+	if c.CPUTime < time.Second {
+		errs = append(errs, fmt.Errorf("CPUTime %v: want at least 1s", c.CPUTime))
+	}
+	for _, l := range []struct {
+		name  string
+		value int64
+	}{
+		{"Memory", c.Memory}, {"Processes", int64(c.Processes)}, {"OpenFiles", int64(c.OpenFiles)},
+		{"FileSize", c.FileSize}, {"Disk", c.Disk}, {"Inodes", int64(c.Inodes)}, {"Lifespan", int64(c.Lifespan)},
+	} {
+		if l.value <= 0 {
+			errs = append(errs, fmt.Errorf("%s %d: want a positive limit", l.name, l.value))
+		}
+	}
+	if c.Hostname == "" || strings.ContainsAny(c.Hostname, "/\n ") {
+		errs = append(errs, fmt.Errorf("Hostname %q: want a plain host name", c.Hostname))
+	}
+	for _, p := range c.ReadOnly {
+		if !filepath.IsAbs(p) || filepath.Clean(p) != p || p == "/" {
+			errs = append(errs, fmt.Errorf("ReadOnly %q: want a clean absolute path other than /", p))
+		}
+	}
+	for _, d := range c.HomeDirs {
+		if d == "" || filepath.IsAbs(d) || !filepath.IsLocal(d) {
+			errs = append(errs, fmt.Errorf("HomeDirs %q: want a relative path inside Home", d))
+		}
+	}
+	for _, e := range c.Env {
+		if !strings.Contains(e, "=") {
+			errs = append(errs, fmt.Errorf("Env %q: want NAME=value", e))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("sandbox config: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,128 @@
+// Package sandbox starts kernel processes, either isolated under an
+// untrusted account (Bwrap) or, for development only, as they are (None).
+//
+// # What a Bwrap kernel is
+//
+// Every live kernel runs under a numeric uid of its own, taken from
+// Config.UIDBase..+UIDCount (default 70000..70999), with the gid of the same
+// number and no supplementary groups. Distinct uids keep kernels from
+// signalling, tracing or reading each other even if something were shared,
+// and make RLIMIT_NPROC count per kernel. No passwd or group entries are
+// needed: the sandbox gets a synthetic /etc/passwd naming the uid "sandbox".
+// The range must only be kept free of real accounts and subordinate id
+// ranges (NewBwrap checks; scripts/sandbox-setup.sh checks it for make
+// deps). A uid is held through an flock on StateDir/uid-N.lock, so gateways
+// and test binaries sharing a host share the range safely, and leftovers of
+// a crashed gateway (uids nobody holds) are cleared by the next NewBwrap or
+// Launch. Uids are handed out round the range, so one rests between two
+// kernels; a restart keeps the uid.
+//
+// The process tree is
+//
+//	gateway (root)
+//	└─ choom -n 1000 (the kernel's uid; exec)  OOM killer: kernels first
+//	   └─ bwrap, outer: Process.Pid, unprivileged, in the host's namespaces
+//	      └─ bwrap, inner: pid 1 of the sandbox, leader of a new session
+//	         └─ prlimit (exec) → the kernel, pid 2
+//
+// bwrap runs as the kernel's uid rather than as root: run by root without
+// the setuid bit it would map the sandbox's user to host root (owner of
+// every root file), and the privileged mode needs a setuid bwrap. Run as
+// the kernel's uid it builds the sandbox in a user namespace of its own, in
+// which that uid maps to itself and has no capabilities. bwrap sets
+// no_new_privs; --disable-userns forbids further user namespaces (the
+// usual door to kernel attack surface); a seccomp denylist (seccomp.go)
+// closes io_uring, userfaultfd, bpf, perf_event_open, the keyring calls,
+// ptrace, and foreign or x32 syscall numbers.
+//
+// Namespaces: user, mount, pid (/proc shows the sandbox only), ipc, uts
+// (host name Config.Hostname), cgroup, and network: the kernel has its own
+// loopback and nothing else, so it reaches neither the host's 127.0.0.1 nor
+// its abstract unix sockets. Its Jupyter sockets are ipc (unix socket
+// files), which work across network namespaces.
+//
+// The file system is bwrap's tmpfs root, made read-only after setup, with:
+// Config.ReadOnly bound read-only (/usr, the merged-/usr links, and an
+// allowlist of /etc entries: /etc as a whole can hold world-readable
+// secrets); synthetic passwd, group, hosts, hostname and nsswitch.conf; a
+// new /proc; bwrap's minimal /dev, read-only; no /sys. Everything writable
+// lives on one tmpfs per kernel, mounted by the gateway at StateDir/k<uid>
+// with size Config.Disk and Config.Inodes files: its directories are the
+// kernel's WorkDir, RuntimeDir (both at the paths the pool gave, so ipc
+// socket paths are the same inside and out), /tmp (also /var/tmp),
+// /dev/shm, and HOME (Config.Home, kept out of WorkDir so that IPython,
+// matplotlib and Sage caches are not uploaded as the kernel's files). The
+// tmpfs is bound over the pool's WorkDir and RuntimeDir on the host too,
+// so the gateway reads the kernel's files where it expects them. Those
+// host-side binds are nosymfollow (and nosuid, nodev, noexec): the gateway
+// works as root in directories the kernel controls, and a symlink planted
+// there fails with ELOOP instead of leading it to /etc/shadow or to another
+// service's socket. The gateway must still open the kernel's files with
+// O_NONBLOCK and upload regular files only: a FIFO would block a reader.
+//
+// Descriptors: bwrap passes on whatever it inherits, so Launch marks every
+// descriptor of the gateway above stderr close-on-exec first (inherited
+// ones lack it); the kernel starts with stdin (/dev/null) and the output
+// pipe only. Its environment is built from scratch (see Config.Env).
+//
+// # Limits
+//
+//   - CPU: RLIMIT_CPU (Config.CPUTime) per process: SIGXCPU, then SIGKILL
+//     two seconds later. Process.Err then matches ErrCPULimit.
+//   - Memory: RLIMIT_AS (Config.Memory) per process: allocations fail
+//     (MemoryError in Python). The better tool, a cgroup v2 memory.max for
+//     the whole kernel, needs a delegated cgroup v2 with the memory
+//     controller; this host mounts cgroups hybrid (v1 memory and pids,
+//     cgroup2 with only hugetlb), so it is not used: Bwrap.Describe says
+//     what the host offers. With rlimits, a kernel's memory is bounded by
+//     Memory × Processes plus its tmpfs, and choom makes the OOM killer
+//     pick kernels before the gateway. Sage needs about 2.4 GiB of address
+//     space (PARI and GAP reserve it), hence the 4 GiB default.
+//   - Processes and threads: RLIMIT_NPROC (Config.Processes), per uid,
+//     hence per kernel; it stops fork bombs. The outer bwrap is counted
+//     outside the sandbox's user namespace, not against it.
+//   - Open files: RLIMIT_NOFILE (Config.OpenFiles).
+//   - File size: RLIMIT_FSIZE (Config.FileSize): Python gets EFBIG.
+//   - Disk: the tmpfs (Config.Disk bytes, Config.Inodes files), shared by
+//     WorkDir, /tmp, /dev/shm and HOME: ENOSPC. It is RAM: Disk is part of
+//     what a kernel may cost.
+//   - Lifespan: a timer kills the sandbox after Config.Lifespan; Process.Err
+//     then matches ErrLifespan.
+//
+// The rlimits are applied by prlimit(1) inside the sandbox, just before
+// the kernel, so bwrap's own setup is not limited and no code of ours runs
+// between fork and exec. A kernel that hits a limit dies or gets an error;
+// other kernels and the gateway do not notice.
+//
+// # Signals and the end of a kernel
+//
+// The outer bwrap would die of SIGINT (taking the sandbox with it), and
+// the sandbox's pid 1 ignores signals it has no handler for, so
+// Process.Signal goes to the session bwrap creates inside (--new-session,
+// which also keeps the kernel away from the gateway's terminal): SIGINT
+// reaches the kernel's Python as KeyboardInterrupt. Kill sends SIGKILL to
+// that session and to the outer bwrap; pid 1's death ends every process of
+// the sandbox, whatever group it moved to (setsid, double fork), and
+// --die-with-parent ends the sandbox with bwrap, bwrap with the gateway.
+// Done is closed only once no process of the kernel's uid is left: the
+// outer bwrap exits before pid 1 has finished dying, so Launch's reaper
+// then runs kill -KILL -1 as that uid until nothing of it remains, and
+// empties RuntimeDir (its sockets are dead, anything else there is the
+// kernel's).
+//
+// # Lifecycle, for the pool
+//
+//   - Launch carries the regular files in RuntimeDir (the connection file)
+//     and WorkDir into the kernel's tmpfs, which covers both until Close.
+//   - To restart a kernel, wait for Done and Launch again with the same
+//     directories, without Close: the new kernel keeps the uid and the
+//     files (the connection file must be written anew: RuntimeDir was
+//     emptied).
+//   - Close kills, waits, unmounts and frees the uid. Call it after the
+//     last read of WorkDir and before removing WorkDir and RuntimeDir,
+//     which are busy mount points until then.
+//
+// The gateway must run as root (switching uids, mounting tmpfs), on Linux
+// 5.10 or later (nosymfollow), with unprivileged user namespaces enabled
+// (Debian's default).
+package sandbox

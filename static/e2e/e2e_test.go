@@ -1,0 +1,281 @@
+// Package e2e tests the browser client end to end: a real cellgate
+// (gateway, kernel pool with real kernels, the static client) on
+// 127.0.0.1, a second origin that embeds cells, and headless Debian
+// Chromium driven by playwright-core (run.mjs).
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"html/template"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/cellgate/cellgate/gateway"
+	"github.com/cellgate/cellgate/jupytermsg"
+	"github.com/cellgate/cellgate/kernelpool"
+	"github.com/cellgate/cellgate/sandbox"
+	"github.com/cellgate/cellgate/static"
+	"github.com/cellgate/cellgate/storage"
+)
+
+// chromium is Debian's browser; CELLGATE_CHROMIUM overrides it.
+func chromium() string {
+	if p := os.Getenv("CELLGATE_CHROMIUM"); p != "" {
+		return p
+	}
+	return "/usr/bin/chromium"
+}
+
+type env struct {
+	base    string // cellgate, ending in /
+	other   string // the second origin, ending in /
+	kernels []string
+	storage bool
+}
+
+// startCellgate serves the gateway and the client as cmd/cellgate does.
+func startCellgate(t testing.TB, ready map[string]int) (*httptest.Server, []string) {
+	t.Helper()
+	specs, _ := jupytermsg.FindKernelSpecs(jupytermsg.KernelSpecDirs(os.Getenv))
+	if _, ok := specs["python3"]; !ok {
+		t.Fatal("python3 kernelspec missing: run make deps")
+	}
+	for name := range ready {
+		if _, ok := specs[name]; !ok {
+			delete(ready, name)
+		}
+	}
+	root, err := os.MkdirTemp("/tmp", "cge2e")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(root) })
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
+	pool, err := kernelpool.New(kernelpool.Config{
+		Specs: specs, Ready: ready, MaxKernels: 12,
+		Kernel: kernelpool.KernelConfig{
+			Launcher: sandbox.None{}, RuntimeRoot: filepath.Join(root, "r"), WorkRoot: filepath.Join(root, "w"),
+			ShutdownGrace: time.Second, Log: log,
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startCtx, cancelStart := context.WithTimeout(context.Background(), time.Minute)
+	defer cancelStart()
+	db, err := storage.StartEmbedded(startCtx, storage.EmbeddedConfig{Dir: filepath.Join(root, "db"), Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := storage.Open(startCtx, storage.Config{URI: db.URI(), Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	queue := storage.NewQueue(context.Background(), store.Permalinks(), storage.QueueConfig{Logger: log})
+	gw := gateway.New(gateway.Config{
+		Log: log, LeaseTimeout: 60 * time.Second, PollWait: 10 * time.Second,
+		Storage: gateway.Storage{Permalinks: queue, Files: store.Files(), Ping: store.Ping},
+	}, pool)
+	srv := httptest.NewServer(static.Wrap(gw.Handler()))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_ = gw.Drain(ctx)
+		srv.Close()
+		_ = pool.Close(ctx)
+		_ = queue.Close(ctx)
+		_ = store.Close(ctx)
+		_ = db.Close()
+	})
+	var names []string
+	for name := range ready {
+		names = append(names, name)
+	}
+	return srv, names
+}
+
+// embedPages is the second origin: pages that embed cells from base.
+var embedPages = template.Must(template.New("").Parse(`
+{{define "embed"}}<!doctype html><html><head><meta charset="utf-8"><title>embedding page</title></head>
+<body><h1>A page on another origin</h1>
+<div id="c1">print(6 * 7)</div>
+<div class="many">print("first")</div>
+<div class="many">print("second")</div>
+<script src="{{.}}static/embed.js"></script>
+<script>
+cellgate.makeCell({inputLocation: '#c1', autoeval: true, hide: ['share']});
+window.many = cellgate.makeCells('.many', {linked: true});
+</script></body></html>{{end}}
+{{define "sagecell"}}<!doctype html><html><head><meta charset="utf-8"><title>sage cell page</title>
+<script src="{{.}}embedded_sagecell.js"></script></head>
+<body><div class="compute"><script type="text/x-sage">print("via " + "makeSagecell")</script></div>
+<script>
+sagecell.makeSagecell({inputLocation: 'div.compute', languages: ['python'], evalButtonText: 'Run', autoeval: true});
+</script></body></html>{{end}}
+`))
+
+func startOther(t testing.TB, base string) *httptest.Server {
+	mux := http.NewServeMux()
+	page := func(name string) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/html; charset=utf-8")
+			if err := embedPages.ExecuteTemplate(w, name, base); err != nil {
+				t.Error(err)
+			}
+		}
+	}
+	mux.HandleFunc("/embed.html", page("embed"))
+	mux.HandleFunc("/sagecell.html", page("sagecell"))
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// hasStorage tells whether the gateway answers the permalink API.
+func hasStorage(base string) bool {
+	resp, err := http.Post(base+"permalink", "application/json", strings.NewReader(`{"code":"1+1","language":"python3"}`))
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode != http.StatusNotFound && resp.StatusCode != http.StatusMethodNotAllowed
+}
+
+// result is one line of run.mjs's report.
+type result struct {
+	Name   string `json:"name"`
+	Status string `json:"status"` // pass, fail, skip
+	Error  string `json:"error"`
+	Ms     int    `json:"ms"`
+}
+
+func TestBrowser(t *testing.T) {
+	if testing.Short() {
+		t.Skip("browser tests are not short")
+	}
+	if _, err := os.Stat(chromium()); err != nil {
+		t.Fatalf("Debian chromium is needed at %s (apt-get install chromium): %v", chromium(), err)
+	}
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Fatal("node is needed for the browser tests (run make deps)")
+	}
+	if _, err := os.Stat("../node_modules/playwright-core/package.json"); err != nil {
+		t.Fatal("static/node_modules is missing: run scripts/web-build.sh (make deps)")
+	}
+	if !static.New().Built() {
+		t.Fatal("the browser client is not built: run scripts/web-build.sh (make build)")
+	}
+
+	srv, kernels := startCellgate(t, map[string]int{"python3": 3, "sagemath": 1})
+	base := srv.URL + "/"
+	other := startOther(t, base)
+	shots, _ := filepath.Abs("../../bench/screenshots")
+	if err := os.MkdirAll(shots, 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, node, "run.mjs")
+	cmd.Env = append(os.Environ(),
+		"CELLGATE_URL="+base,
+		"OTHER_URL="+other.URL+"/",
+		"CHROMIUM="+chromium(),
+		"SCREENSHOTS="+shots,
+		"KERNELS="+strings.Join(kernels, ","),
+		fmt.Sprintf("STORAGE=%t", hasStorage(base)),
+		"ONLY="+os.Getenv("CELLGATE_E2E_ONLY"),
+	)
+	cmd.Stderr = &logWriter{t: t, prefix: "node: "}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	ran := 0
+	for sc.Scan() {
+		line := sc.Text()
+		js, ok := strings.CutPrefix(line, "RESULT ")
+		if !ok {
+			t.Log(line)
+			continue
+		}
+		var r result
+		if err := json.Unmarshal([]byte(js), &r); err != nil {
+			t.Errorf("bad result line %q: %v", line, err)
+			continue
+		}
+		ran++
+		t.Run(r.Name, func(t *testing.T) {
+			switch r.Status {
+			case "pass":
+				t.Logf("passed in %d ms", r.Ms)
+			case "skip":
+				t.Skip(r.Error)
+			default:
+				t.Errorf("failed after %d ms: %s", r.Ms, r.Error)
+			}
+		})
+	}
+	if err := cmd.Wait(); err != nil && (ran == 0 || !t.Failed()) {
+		// Failed tests were reported above; anything else is the runner's.
+		t.Fatalf("run.mjs: %v", err)
+	}
+	if ran == 0 {
+		t.Fatal("run.mjs reported no tests")
+	}
+}
+
+type logWriter struct {
+	t      testing.TB
+	prefix string
+}
+
+func (w *logWriter) Write(p []byte) (int, error) {
+	for _, l := range strings.Split(strings.TrimRight(string(p), "\n"), "\n") {
+		w.t.Log(w.prefix + l)
+	}
+	return len(p), nil
+}
+
+// TestServe runs the test server for a human when CELLGATE_E2E_SERVE is
+// set (go test ./static/e2e -run TestServe -timeout 0): the addresses are
+// logged and it serves until the timeout or ^C.
+func TestServe(t *testing.T) {
+	if os.Getenv("CELLGATE_E2E_SERVE") == "" {
+		t.Skip("set CELLGATE_E2E_SERVE=1 to serve the client for manual testing")
+	}
+	srv, _ := startCellgate(t, map[string]int{"python3": 2, "sagemath": 1})
+	other := startOther(t, srv.URL+"/")
+	fmt.Printf("cellgate: %s/\nother origin: %s/embed.html %s/sagecell.html\n", srv.URL, other.URL, other.URL)
+	d, _ := time.ParseDuration(os.Getenv("CELLGATE_E2E_SERVE"))
+	if d <= 0 {
+		d = time.Hour
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}

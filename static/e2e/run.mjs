@@ -1,0 +1,620 @@
+// End-to-end tests of the browser client in headless Debian Chromium,
+// driven by playwright-core. Run by e2e_test.go, which starts cellgate and
+// passes its address; each test prints one "RESULT {json}" line.
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { chromium } from 'playwright-core';
+
+const BASE = process.env.CELLGATE_URL;
+const OTHER = process.env.OTHER_URL;
+const SHOTS = process.env.SCREENSHOTS || '';
+const KERNELS = (process.env.KERNELS || 'python3').split(',');
+const STORAGE = process.env.STORAGE === 'true';
+const ONLY = process.env.ONLY || '';
+const TEST_TIMEOUT = 60000;
+
+if (!BASE) {
+  console.error('CELLGATE_URL is not set: run this through go test ./static/e2e');
+  process.exit(2);
+}
+if (SHOTS) mkdirSync(SHOTS, { recursive: true });
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  headless: true,
+  chromiumSandbox: false,
+  args: [
+    '--headless',
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-quic',
+    '--no-first-run',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+  ],
+});
+
+class Skip extends Error {}
+
+const tests = [];
+function test(name, fn) {
+  tests.push({ name, fn });
+}
+
+// page opens a fresh browser context (no shared cache or storage).
+async function page(t, { viewport = { width: 1000, height: 760 }, init } = {}) {
+  const ctx = await browser.newContext({ viewport, deviceScaleFactor: 1 });
+  t.cleanup.push(() => ctx.close());
+  if (init) await ctx.addInitScript(init);
+  const p = await ctx.newPage();
+  t.page = t.page || p;
+  p.setDefaultTimeout(30000);
+  p.on('pageerror', (e) => {
+    if (!(t.ignoreErrors && t.ignoreErrors.test(e.message))) t.errors.push(`page error: ${e.message}`);
+  });
+  p.on('console', (m) => {
+    if (m.type() === 'error' || m.type() === 'warning') t.log.push(`console: ${m.text()}`);
+  });
+  return p;
+}
+
+// demo opens the demo page, puts code in the cell and evaluates it.
+async function demo(p, code, { kernel, evaluate = true, query = '' } = {}) {
+  await p.goto(BASE + query);
+  await p.waitForFunction(() => window.demoCell && document.querySelector('.cg-language option'));
+  if (kernel) await p.selectOption('.cg-language', kernel);
+  if (code !== undefined) await p.evaluate((c) => window.demoCell.setCode(c), code);
+  if (evaluate) await p.click('.cg-eval');
+}
+
+async function outputContains(p, text, { root = '.cg-output-root', timeout = 30000 } = {}) {
+  try {
+    await p.waitForFunction(
+      ([r, t]) => [...document.querySelectorAll(r)].some((e) => e.innerText.includes(t)),
+      [root, text],
+      { timeout },
+    );
+  } catch {
+    const got = await p.evaluate((r) => [...document.querySelectorAll(r)].map((e) => e.innerText).join('\n---\n'), root);
+    throw new Error(`output never showed ${JSON.stringify(text)}; it shows: ${JSON.stringify(got.slice(0, 800))}`);
+  }
+}
+
+async function cellState(p, sel = '.cg-cell') {
+  return p.$eval(sel, (e) => ({ state: e.dataset.state, transport: e.dataset.transport, done: e.dataset.done }));
+}
+
+async function waitDone(p, sel = '.cg-cell', n = 1) {
+  await p.waitForFunction(([s, n]) => Number(document.querySelector(s)?.dataset.done || 0) >= n, [sel, n], { timeout: 20000 });
+}
+
+function expect(cond, message) {
+  if (!cond) throw new Error(message);
+}
+
+async function shot(p, name, opts = {}) {
+  if (!SHOTS) return;
+  await p.screenshot({ path: join(SHOTS, name), ...opts });
+}
+
+// ------------------------------------------------------------------ tests
+
+test('print', async (t) => {
+  const p = await page(t);
+  await demo(p, 'print(1+1)', { evaluate: false });
+  // Shift+Enter in the editor evaluates.
+  await p.click('.cm-content');
+  await p.keyboard.press('Shift+Enter');
+  await outputContains(p, '2');
+  await waitDone(p);
+  const st = await cellState(p);
+  expect(st.transport === 'websocket', `transport is ${st.transport}, want websocket`);
+  expect(st.state === 'idle', `state is ${st.state} after the run`);
+  const text = await p.$eval('.cg-output-root', (e) => e.innerText.trim());
+  expect(text === '2', `output is ${JSON.stringify(text)}, want "2"`);
+  // A finished one-shot kernel is released: the client leaves and the server ends the session.
+  await p.waitForFunction(() => window.demoCell.kernel.ended, null, { timeout: 8000 });
+  const gone = await p.evaluate(async () => {
+    const k = window.demoCell.kernel;
+    for (let i = 0; i < 20; i++) {
+      // (interrupt, unlike a poll, does not count as a client attaching)
+      const r = await fetch(`${k.server}kernel/${k.id}/interrupt`, { method: 'POST' });
+      if (r.status === 404) return true;
+      await new Promise((res) => setTimeout(res, 250));
+    }
+    return false;
+  });
+  expect(gone, 'the server kept the finished one-shot session');
+  expect(!(await p.isVisible('.cg-banner')), 'a released kernel showed the session-ended banner');
+  expect((await cellState(p)).state === 'idle', 'state changed when the kernel was released');
+});
+
+test('matplotlib image', async (t) => {
+  const p = await page(t);
+  await demo(
+    p,
+    [
+      'import matplotlib.pyplot as plt',
+      'import numpy as np',
+      'x = np.linspace(0, 2*np.pi, 200)',
+      'plt.figure(figsize=(6, 3.2))',
+      'plt.plot(x, np.sin(x), label="sin")',
+      'plt.plot(x, np.cos(x), label="cos")',
+      'plt.legend(); plt.title("matplotlib in a cell")',
+      'plt.show()',
+      'print("plotted")',
+    ].join('\n'),
+  );
+  await outputContains(p, 'plotted');
+  await p.waitForFunction(() => {
+    const img = document.querySelector('.cg-output-root img.cg-image');
+    return img && img.complete && img.naturalWidth > 100;
+  });
+  const src = await p.$eval('.cg-output-root img.cg-image', (i) => i.src.slice(0, 22));
+  expect(src === 'data:image/png;base64,', `image src starts ${src}`);
+  await shot(p, 'demo-matplotlib.png', { fullPage: true });
+});
+
+test('rich output is rendered and kernel HTML cannot script the page', async (t) => {
+  // The sandboxed frames' attempts to reach the page fail, as they must.
+  t.ignoreErrors = /Blocked a frame with origin "null"/;
+  const p = await page(t);
+  await demo(
+    p,
+    [
+      'from IPython.display import display, HTML, Markdown, Latex, SVG',
+      'display(Markdown("**bold** and $x^2$"))',
+      'display(Latex(r"$$\\int_0^1 x\\,dx = \\frac{1}{2}$$"))',
+      'display(HTML("<b id=safe>safe html</b><style>body { display: none }</style>"))',
+      'display(HTML("<img src=x onerror=\\"window.parent.pwned=1\\">"))',
+      'display(HTML("<p>framed</p><script>document.body.append(\' ran inside\'); window.parent.pwned=2</script>"))',
+      'display(SVG(\'<svg xmlns="http://www.w3.org/2000/svg" width="40" height="20"><rect width="40" height="20" fill="teal"/><script>alert(1)</script></svg>\'))',
+      'import sys; print("\\x1b[31mred\\x1b[0m", file=sys.stdout)',
+      'h = display(Markdown("version one"), display_id=True)',
+      'h.update(Markdown("version two"))',
+    ].join('\n'),
+  );
+  await waitDone(p);
+  await outputContains(p, 'bold');
+  await outputContains(p, 'version two');
+  expect(!(await p.$eval('.cg-output-root', (e) => e.innerText.includes('version one'))), 'update_display_data did not replace the display');
+  expect(await p.$('.cg-output-root .katex'), 'no KaTeX math rendered');
+  expect(await p.$('.cg-output-root .katex-display'), 'no display math rendered');
+  expect(await p.$('.cg-output-root span.cg-ansi-fg-red'), 'ANSI red not rendered');
+  expect(await p.$('.cg-output-root img[src^="data:image/svg+xml"]'), 'SVG not shown as an image');
+  expect(await p.$('.cg-output-root .cg-html b#safe'), 'plain HTML not rendered inline');
+  expect(!(await p.$('.cg-output-root style')), 'a <style> from the kernel reached the page');
+  const sandboxes = await p.$$eval('.cg-output-root iframe.cg-frame', (fs) => fs.map((f) => f.getAttribute('sandbox')));
+  expect(sandboxes.length === 2, `want 2 sandboxed frames, got ${sandboxes.length}`);
+  expect(sandboxes.every((s) => !s.split(' ').includes('allow-same-origin')), 'an iframe is not sandboxed');
+  let ran = false;
+  for (let i = 0; i < 50 && !ran; i++) {
+    for (const f of p.frames()) {
+      if (f === p.mainFrame()) continue;
+      ran = ran || (await f.evaluate(() => document.body && document.body.innerText.includes('ran inside')).catch(() => false));
+    }
+    if (!ran) await p.waitForTimeout(100);
+  }
+  expect(ran, 'script in the sandboxed frame did not run');
+  await p.waitForTimeout(300);
+  const pwned = await p.evaluate(() => window.pwned);
+  expect(pwned === undefined, `kernel HTML ran script in the page (pwned=${pwned})`);
+});
+
+test('interact slider re-runs the function', async (t) => {
+  const p = await page(t);
+  await demo(
+    p,
+    [
+      'from ipywidgets import interact',
+      '@interact(x=(0, 10))',
+      'def square(x=3):',
+      '    print("x squared is", x * x)',
+    ].join('\n'),
+  );
+  await outputContains(p, 'x squared is 9');
+  const slider = await p.waitForSelector('.cg-output-root input[type=range]');
+  await slider.focus();
+  for (let i = 0; i < 4; i++) await p.keyboard.press('ArrowRight');
+  await outputContains(p, 'x squared is 49');
+  // The old output was replaced, not appended to.
+  const text = await p.$eval('.cg-output-root', (e) => e.innerText);
+  expect((text.match(/x squared is/g) || []).length === 1, `output was not replaced: ${JSON.stringify(text)}`);
+  expect(!/Widget Javascript not detected/.test(text), 'ipywidgets warned that the front end is missing');
+  await p.waitForTimeout(300);
+  await shot(p, 'interact.png', { clip: await p.$eval('main', (m) => { const r = m.getBoundingClientRect(); return { x: r.x, y: r.y, width: r.width, height: Math.min(r.height, 520) }; }) });
+});
+
+test('widgets: dropdown, checkbox, text, button, toggle buttons', async (t) => {
+  const p = await page(t);
+  await demo(
+    p,
+    [
+      'import ipywidgets as w',
+      'from IPython.display import display',
+      'from ipywidgets import interact',
+      '@interact(color=["red", "green", "blue"], loud=False, name="Ada", size=w.ToggleButtons(options=["S", "M", "L"]))',
+      'def show(color, loud, name, size):',
+      '    msg = f"{name} likes {color} size {size}"',
+      '    print(msg.upper() if loud else msg)',
+      'b = w.Button(description="Press me")',
+      'out = w.Output()',
+      'def on_click(_):',
+      '    with out:',
+      '        print("button pressed")',
+      'b.on_click(on_click)',
+      'display(w.VBox([w.HTML("<b>A button:</b>"), w.HBox([b, w.Label("next to a label")]), out]))',
+    ].join('\n'),
+  );
+  await outputContains(p, 'Ada likes red size S');
+  await p.selectOption('.cg-output-root select', { label: 'blue' });
+  await outputContains(p, 'Ada likes blue size S');
+  await p.check('.cg-output-root input[type=checkbox]');
+  await outputContains(p, 'ADA LIKES BLUE SIZE S');
+  await p.click('.cg-output-root .cg-w-togglebuttons button:has-text("L")');
+  await outputContains(p, 'ADA LIKES BLUE SIZE L');
+  await p.fill('.cg-output-root input.cg-w-text', 'Grace');
+  await outputContains(p, 'GRACE LIKES BLUE SIZE L');
+  await p.click('.cg-output-root button:has-text("Press me")');
+  await outputContains(p, 'button pressed');
+  await shot(p, 'widgets.png', { fullPage: true });
+});
+
+// ipywidgets 7/8 (protocol 2.x) are not installed here: their messages are
+// played to the client's widget manager, and what it sends back is checked.
+test('widget protocol 2.x (ipywidgets 7/8 messages)', async (t) => {
+  const p = await page(t);
+  await p.goto(BASE);
+  await p.waitForFunction(() => window.cellgate && window.cellgate._internals);
+  const r = await p.evaluate(async () => {
+    const { Kernel, _internals } = window.cellgate;
+    const k = new Kernel('http://127.0.0.1:9/', {});
+    const sent = [];
+    k.send = (msg, handler) => {
+      if (handler) k.handlers.set(msg.header.msg_id, handler);
+      sent.push(msg);
+      return msg.header.msg_id;
+    };
+    const wm = new _internals.WidgetManager(k);
+    const host = document.createElement('div');
+    host.className = 'cellgate';
+    document.body.append(host);
+    const area = new _internals.OutputArea(host, { kernel: k, widgets: wm });
+    let n = 0;
+    const recv = (type, content, { parent = {}, buffers = [], channel = 'iopub' } = {}) =>
+      k._receive({ channel, header: { msg_id: `k${++n}`, msg_type: type }, parent_header: parent, metadata: type === 'comm_open' ? { version: '2.1.0' } : {}, content, buffers });
+    const open = (id, state, bufferPaths = [], buffers = []) =>
+      recv('comm_open', { comm_id: id, target_name: 'jupyter.widget', data: { state, buffer_paths: bufferPaths } }, { buffers });
+    const ctl = { _model_module: '@jupyter-widgets/controls', _model_module_version: '2.0.0', _view_module: '@jupyter-widgets/controls' };
+    open('L', { _model_name: 'LayoutModel', _model_module: '@jupyter-widgets/base', width: '321px' });
+    open('S', { ...ctl, _model_name: 'IntSliderModel', _view_name: 'IntSliderView', value: 5, min: 0, max: 10, step: 1, description: 'speed', layout: 'IPY_MODEL_L', continuous_update: true, readout: true, readout_format: 'd' });
+    open('D', { ...ctl, _model_name: 'DropdownModel', _view_name: 'DropdownView', _options_labels: ['a', 'b', 'c'], index: 1, description: 'pick' });
+    open('O', { _model_name: 'OutputModel', _view_name: 'OutputView', _model_module: '@jupyter-widgets/output', msg_id: '', outputs: [] });
+    const png = Uint8Array.from(atob('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=='), (c) => c.charCodeAt(0));
+    open('I', { ...ctl, _model_name: 'ImageModel', _view_name: 'ImageView', format: 'png', width: '10' }, [['value']], [new DataView(png.buffer)]);
+    open('B', { ...ctl, _model_name: 'VBoxModel', _view_name: 'VBoxView', children: ['IPY_MODEL_S', 'IPY_MODEL_D', 'IPY_MODEL_I', 'IPY_MODEL_O'] });
+    area.handle({ header: { msg_type: 'display_data' }, content: { data: { 'application/vnd.jupyter.widget-view+json': { model_id: 'B', version_major: 2, version_minor: 0 }, 'text/plain': 'VBox()' }, metadata: {} } });
+    const out = {};
+    const slider = host.querySelector('input[type=range]');
+    out.slider = slider && slider.value;
+    out.label = host.querySelector('.cg-w-label')?.textContent;
+    out.width = host.querySelector('.cg-view-intslider')?.style.width;
+    out.select = host.querySelector('select')?.value;
+    out.image = !!host.querySelector('img.cg-image[src^="blob:"]');
+    slider.value = '7';
+    slider.dispatchEvent(new Event('input'));
+    out.first = sent.at(-1).content;
+    // A second move while the first is unanswered waits (throttling) ...
+    slider.value = '8';
+    slider.dispatchEvent(new Event('input'));
+    out.sentBeforeIdle = sent.length;
+    // ... and goes once the kernel is idle for the first.
+    recv('status', { execution_state: 'idle' }, { parent: sent.at(-1).header });
+    out.sentAfterIdle = sent.length;
+    out.second = sent.at(-1).content.data;
+    recv('comm_msg', { comm_id: 'S', data: { method: 'echo_update', state: { value: 8 }, buffer_paths: [] } });
+    recv('comm_msg', { comm_id: 'S', data: { method: 'update', state: { value: 3 }, buffer_paths: [] } });
+    out.sliderAfterKernel = slider.value;
+    const sel = host.querySelector('select');
+    sel.value = '2';
+    sel.dispatchEvent(new Event('change'));
+    out.dropdown = sent.at(-1).content.data;
+    // Output widgets capture output of the request whose msg_id they hold.
+    recv('comm_msg', { comm_id: 'O', data: { method: 'update', state: { msg_id: 'REQ' }, buffer_paths: [] } });
+    recv('stream', { name: 'stdout', text: 'captured!' }, { parent: { msg_id: 'REQ' } });
+    out.captured = host.querySelector('.cg-w-output')?.innerText;
+    recv('comm_msg', { comm_id: 'O', data: { method: 'update', state: { msg_id: '' }, buffer_paths: [] } });
+    recv('comm_close', { comm_id: 'D' });
+    out.selectAfterClose = !!host.querySelector('select');
+    return out;
+  });
+  const j = JSON.stringify(r);
+  expect(r.slider === '5' && r.label === 'speed' && r.width === '321px', `initial view wrong: ${j}`);
+  expect(r.select === '1', `dropdown index not shown: ${j}`);
+  expect(r.image, `binary Image buffer not shown: ${j}`);
+  expect(r.first.comm_id === 'S' && r.first.data.method === 'update' && r.first.data.state.value === 7, `slider sent ${JSON.stringify(r.first)}`);
+  expect(r.sentAfterIdle === r.sentBeforeIdle + 1 && r.second.state.value === 8, `throttling wrong: ${j}`);
+  expect(r.sliderAfterKernel === '3', `kernel update not shown: ${j}`);
+  expect(r.dropdown.method === 'update' && r.dropdown.state.index === 2, `dropdown sent ${JSON.stringify(r.dropdown)}`);
+  expect(r.captured === 'captured!', `Output widget did not capture: ${j}`);
+  expect(!r.selectAfterClose, 'comm_close did not remove the view');
+});
+
+test('input() prompt answered', async (t) => {
+  const p = await page(t);
+  await demo(p, 'name = input("Your name? ")\nprint("Hello,", name)');
+  const field = await p.waitForSelector('.cg-output-root input.cg-input-field');
+  await outputContains(p, 'Your name?');
+  await field.type('Ada');
+  await field.press('Enter');
+  await outputContains(p, 'Hello, Ada');
+  await waitDone(p);
+});
+
+test('interrupt stops while True', async (t) => {
+  const p = await page(t);
+  await demo(p, 'print("looping", flush=True)\nwhile True:\n    pass');
+  await outputContains(p, 'looping');
+  const stop = await p.waitForSelector('.cg-stop:visible');
+  expect((await cellState(p)).state === 'busy', 'cell is not busy while looping');
+  await stop.click();
+  await outputContains(p, 'KeyboardInterrupt');
+  await waitDone(p);
+  expect((await cellState(p)).state === 'idle', 'cell did not become idle after the interrupt');
+  expect(!(await p.isVisible('.cg-stop')), 'stop button still visible');
+});
+
+test('session ended shows a restart button', async (t) => {
+  const p = await page(t);
+  await demo(p, 'from ipywidgets import interact\ninteract(lambda k=2: print("k is", k), k=(0, 5))');
+  await outputContains(p, 'k is 2');
+  // The server ends the session (as an idle timeout would).
+  await p.evaluate(async () => {
+    const k = window.demoCell.kernel;
+    await fetch(`${k.server}kernel/${k.id}`, { method: 'DELETE' });
+  });
+  await p.waitForSelector('.cg-banner:visible');
+  const st = await cellState(p);
+  expect(st.state === 'ended', `state is ${st.state}, want ended`);
+  const banner = await p.$eval('.cg-banner', (e) => e.innerText);
+  expect(/Session ended/.test(banner), `banner says ${banner}`);
+  expect(await p.$eval('.cg-output-root input[type=range]', (i) => i.disabled), 'slider still enabled after the session ended');
+  await p.click('.cg-restart');
+  await outputContains(p, 'k is 2');
+  await p.waitForFunction(() => document.querySelector('.cg-cell').dataset.state !== 'ended');
+  expect(!(await p.isVisible('.cg-banner')), 'banner still visible after restart');
+});
+
+test('cell embedded in a page on another origin', async (t) => {
+  const p = await page(t);
+  await p.goto(`${OTHER}embed.html`);
+  await outputContains(p, '42', { root: '#c1 .cg-output-root' });
+  const origin = await p.evaluate(() => location.origin);
+  expect(!BASE.startsWith(origin), 'the embedding page is on the same origin');
+  // Linked cells share one kernel.
+  await p.evaluate(() => window.many[0].setCode('x = 1\nprint("first")'));
+  await p.evaluate(() => window.many[1].setCode('print("second", "x" in dir())'));
+  await p.locator('.many').nth(0).locator('.cg-eval').click();
+  await p.waitForFunction(() => window.many[0].output.root.innerText.includes('first') && window.many[0].root.dataset.done);
+  await p.locator('.many').nth(1).locator('.cg-eval').click();
+  await p.waitForFunction(() => window.many[1].output.root.innerText.includes('second True'));
+  const same = await p.evaluate(() => window.many[0].kernel.id === window.many[1].kernel.id);
+  expect(same, 'linked cells do not share a kernel');
+  // KaTeX fonts load cross-origin.
+  const fontCSS = await p.evaluate(() => [...document.styleSheets].some((s) => (s.href || '').includes('/static/embed.css')));
+  expect(fontCSS, 'embed.css was not loaded');
+});
+
+test('embedded_sagecell.js makeSagecell alias', async (t) => {
+  const p = await page(t);
+  await p.goto(`${OTHER}sagecell.html`);
+  await outputContains(p, 'via makeSagecell');
+  const btn = await p.$eval('.cg-eval', (b) => b.textContent);
+  expect(btn === 'Run', `evalButtonText not applied: ${btn}`);
+});
+
+const failingWebSocket = () => {
+  // A proxy that blocks websockets: every connection fails.
+  class BlockedWebSocket extends EventTarget {
+    constructor(url) {
+      super();
+      this.url = url;
+      this.readyState = 3;
+      window.__wsAttempts = (window.__wsAttempts || 0) + 1;
+      setTimeout(() => {
+        const err = new Event('error');
+        this.onerror?.(err);
+        this.dispatchEvent(err);
+        const ev = new CloseEvent('close', { code: 1006, reason: '' });
+        this.onclose?.(ev);
+        this.dispatchEvent(ev);
+      }, 20);
+    }
+    send() {
+      throw new Error('not open');
+    }
+    close() {}
+  }
+  BlockedWebSocket.CONNECTING = 0;
+  BlockedWebSocket.OPEN = 1;
+  BlockedWebSocket.CLOSING = 2;
+  BlockedWebSocket.CLOSED = 3;
+  window.WebSocket = BlockedWebSocket;
+};
+
+test('websocket blocked falls back to long-polling', async (t) => {
+  const p = await page(t, { init: failingWebSocket });
+  await demo(p, 'for i in range(3):\n    print("line", i)\nname = input("who? ")\nprint("hi", name)');
+  const field = await p.waitForSelector('.cg-output-root input.cg-input-field');
+  const st = await cellState(p);
+  expect(st.transport === 'polling', `transport is ${st.transport}, want polling`);
+  expect((await p.evaluate(() => window.__wsAttempts)) >= 1, 'no websocket was tried');
+  await field.type('poller');
+  await field.press('Enter');
+  await outputContains(p, 'hi poller');
+  const text = await p.$eval('.cg-output-root', (e) => e.innerText);
+  expect((text.match(/line 1/g) || []).length === 1, `messages lost or repeated: ${JSON.stringify(text)}`);
+  // Interacts work over polling too.
+  await p.evaluate(() => window.demoCell.setCode('from ipywidgets import interact\ninteract(lambda v=1: print("v =", v), v=(0, 9))'));
+  await p.click('.cg-eval');
+  await outputContains(p, 'v = 1');
+  const slider = await p.waitForSelector('.cg-output-root input[type=range]');
+  await slider.focus();
+  await p.keyboard.press('ArrowRight');
+  await outputContains(p, 'v = 2');
+});
+
+test('dropped websocket resumes with nothing lost or repeated', async (t) => {
+  const p = await page(t);
+  await demo(p, 'import time\nfor i in range(40):\n    print(f"n{i}.", flush=True)\n    time.sleep(0.03)\nprint("end")');
+  await outputContains(p, 'n5.');
+  // Drop the connection as a flaky network would.
+  await p.evaluate(() => window.demoCell.kernel._ws.close());
+  await outputContains(p, 'end');
+  const text = await p.$eval('.cg-output-root', (e) => e.innerText);
+  for (let i = 0; i < 40; i++) {
+    const n = text.split(`n${i}.`).length - 1;
+    expect(n === 1, `line n${i} appears ${n} times`);
+  }
+  expect((await cellState(p)).transport === 'websocket', 'did not reconnect by websocket');
+});
+
+test('sage @interact', async (t) => {
+  if (!KERNELS.includes('sagemath')) throw new Skip('the sagemath kernel is not installed');
+  const p = await page(t);
+  await demo(p, '@interact\ndef f(n=slider(1, 10, 1, 3)):\n    print("n^2 =", n^2)\n    show(n/2)', { kernel: 'sagemath' });
+  await outputContains(p, 'n^2 = 9', { timeout: 40000 });
+  const slider = await p.waitForSelector('.cg-output-root input[type=range]');
+  await slider.focus();
+  await p.keyboard.press('ArrowRight');
+  await outputContains(p, 'n^2 = 16');
+  await p.waitForSelector('.cg-output-root .katex', { timeout: 10000 }).catch(() => {
+    throw new Error('Sage show() math was not typeset');
+  });
+  await shot(p, 'sage-interact.png', { fullPage: true });
+});
+
+test('share: ?z= link round trip', async (t) => {
+  const p = await page(t);
+  await demo(p, 'print("shared", 3*5)', { evaluate: false });
+  await p.click('.cg-share');
+  const z = await p.waitForSelector('.cg-share-panel input.cg-link-z');
+  const url = await z.inputValue();
+  expect(url.startsWith(BASE) && url.includes('?z='), `bad ?z= link ${url}`);
+  const p2 = await page(t);
+  await p2.goto(url);
+  await outputContains(p2, 'shared 15');
+  const code = await p2.evaluate(() => window.demoCell.code);
+  expect(code === 'print("shared", 3*5)', `code loaded from ?z= is ${JSON.stringify(code)}`);
+  const p3 = await page(t);
+  await p3.goto(`${BASE}?c=${encodeURIComponent('print(7*6)')}&autoeval=0`);
+  await p3.waitForFunction(() => window.demoCell && window.demoCell.code === 'print(7*6)');
+  expect((await cellState(p3)).done === undefined, 'autoeval=0 evaluated');
+});
+
+test('permalink round trip through ?q=', async (t) => {
+  if (!STORAGE) throw new Skip('the server has no permalink storage yet (POST /permalink is 404)');
+  const p = await page(t);
+  await demo(p, 'print("permalinked", 2**10)', { evaluate: false });
+  await p.click('.cg-share');
+  const q = await p.waitForSelector('.cg-share-panel input.cg-link-q', { timeout: 10000 });
+  const url = await q.inputValue();
+  expect(/\?q=[\w-]+/.test(url), `bad ?q= link ${url}`);
+  const p2 = await page(t);
+  await p2.goto(url);
+  await outputContains(p2, 'permalinked 1024');
+});
+
+test('file written by the kernel is a link with the same bytes', async (t) => {
+  if (!STORAGE) throw new Skip('the server has no file storage yet');
+  const p = await page(t);
+  await demo(
+    p,
+    [
+      'data = bytes(range(256)) * 4',
+      'open("bytes.bin", "wb").write(data)',
+      'import matplotlib.pyplot as plt',
+      'plt.plot([1, 2]); plt.savefig("fig.png")',
+      'print("wrote files")',
+    ].join('\n'),
+  );
+  await outputContains(p, 'wrote files');
+  const link = await p.waitForSelector('.cg-files a:has-text("bytes.bin")', { timeout: 20000 });
+  const href = await link.getAttribute('href');
+  const ok = await p.evaluate(async (u) => {
+    const b = new Uint8Array(await (await fetch(u)).arrayBuffer());
+    if (b.length !== 1024) return `length ${b.length}`;
+    for (let i = 0; i < b.length; i++) if (b[i] !== i % 256) return `byte ${i} is ${b[i]}`;
+    return 'ok';
+  }, href);
+  expect(ok === 'ok', `downloaded bytes differ: ${ok}`);
+  await p.waitForSelector('.cg-files img[src]');
+});
+
+test('demo page screenshot', async (t) => {
+  const p = await page(t, { viewport: { width: 1000, height: 900 } });
+  await demo(
+    p,
+    [
+      'from ipywidgets import interact',
+      'import matplotlib.pyplot as plt, numpy as np',
+      '',
+      '@interact(frequency=(1, 10), amplitude=(0.5, 2.0), kind=["sin", "cos"])',
+      'def wave(frequency=3, amplitude=1.0, kind="sin"):',
+      '    x = np.linspace(0, 2*np.pi, 400)',
+      '    f = np.sin if kind == "sin" else np.cos',
+      '    plt.figure(figsize=(6.5, 2.6))',
+      '    plt.plot(x, amplitude * f(frequency * x), color="#2563eb")',
+      '    plt.ylim(-2.1, 2.1); plt.grid(alpha=.3)',
+      '    plt.show()',
+      '    print(f"{kind}({frequency}x) scaled by {amplitude}")',
+    ].join('\n'),
+  );
+  await outputContains(p, 'sin(3x) scaled by 1.0', { timeout: 30000 });
+  await p.waitForFunction(() => document.querySelector('.cg-output-root img.cg-image')?.complete);
+  await p.waitForTimeout(300);
+  await shot(p, 'demo.png', { fullPage: true });
+});
+
+// ------------------------------------------------------------------ runner
+
+let failed = 0;
+for (const { name, fn } of tests) {
+  if (ONLY && !name.includes(ONLY)) continue;
+  const t = { cleanup: [], errors: [], log: [] };
+  const started = Date.now();
+  let status = 'pass';
+  let error = '';
+  let timer;
+  try {
+    await Promise.race([
+      fn(t),
+      new Promise((_, rej) => {
+        timer = setTimeout(() => rej(new Error(`timed out after ${TEST_TIMEOUT} ms`)), TEST_TIMEOUT);
+      }),
+    ]);
+    if (t.errors.length) throw new Error(t.errors.join('; '));
+  } catch (err) {
+    if (err instanceof Skip) {
+      status = 'skip';
+      error = err.message;
+    } else {
+      status = 'fail';
+      if (t.page) {
+        const state = await t.page
+          .evaluate(() => [...document.querySelectorAll('.cg-cell')].map((c) => `[state=${c.dataset.state} transport=${c.dataset.transport} done=${c.dataset.done}] ${c.innerText.slice(-600)}`).join('\n'))
+          .catch(() => '');
+        if (state) t.log.push(`page: ${state}`);
+      }
+      error = `${err.message}${t.log.length ? `\n${t.log.join('\n')}` : ''}`;
+      failed++;
+    }
+  } finally {
+    clearTimeout(timer);
+  }
+  for (const c of t.cleanup.reverse()) await c().catch(() => {});
+  console.log(`RESULT ${JSON.stringify({ name, status, error, ms: Date.now() - started })}`);
+}
+await browser.close();
+process.exit(failed ? 1 : 0);

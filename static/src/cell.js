@@ -1,0 +1,508 @@
+// A cell: editor, controls, output; kernels are started on demand
+// (a fresh one-shot kernel per evaluation, or one shared kernel for
+// linked cells).
+
+import { createEditor } from './editor.js';
+import { Kernel } from './kernel.js';
+import { OutputArea } from './output.js';
+import { el, resolveElement, zlibEncode } from './util.js';
+import { WidgetManager } from './widgets.js';
+
+const DETACH_QUIET_MS = 2500; // a finished one-shot kernel is released after this quiet time
+const LINKED_TIMEOUT = 1800; // idle timeout (s) asked for shared kernels; the server caps it
+
+const liveKernels = new Set();
+const linkedKernels = new Map(); // key → Kernel
+const specsCache = new Map(); // server → Promise<{default, kernels}>
+
+let unloadHooked = false;
+function hookUnload() {
+  if (unloadHooked) return;
+  unloadHooked = true;
+  window.addEventListener('pagehide', () => {
+    for (const k of liveKernels) k.shutdownBeacon();
+  });
+}
+
+/** kernelSpecs fetches the server's kernels (GET /kernelspecs), once. */
+export function kernelSpecs(server) {
+  if (!specsCache.has(server)) {
+    const p = fetch(`${server}kernelspecs`)
+      .then((r) => (r.ok ? r.json() : { default: '', kernels: [] }))
+      .catch(() => ({ default: '', kernels: [] }));
+    specsCache.set(server, p);
+  }
+  return specsCache.get(server);
+}
+
+/** dedent removes blank edge lines and common indentation (HTML-indented code). */
+export function dedent(text) {
+  const lines = String(text).replace(/\r\n?/g, '\n').split('\n');
+  while (lines.length && !lines[0].trim()) lines.shift();
+  while (lines.length && !lines[lines.length - 1].trim()) lines.pop();
+  let indent = Infinity;
+  for (const l of lines) if (l.trim()) indent = Math.min(indent, l.match(/^[ \t]*/)[0].length);
+  if (!isFinite(indent) || indent === 0) return lines.join('\n');
+  return lines.map((l) => l.slice(indent)).join('\n');
+}
+
+/** codeFrom reads a cell's code from the element that holds it. */
+function codeFrom(node) {
+  if (!node) return '';
+  if (node.tagName === 'TEXTAREA') return node.value;
+  if (node.tagName === 'SCRIPT') return node.textContent;
+  const script = node.querySelector('script[type^="text/x-"], script[type="text/plain"]');
+  if (script) return script.textContent;
+  const ta = node.querySelector('textarea');
+  if (ta) return ta.value;
+  return node.textContent;
+}
+
+// Names the Sage cell uses in "hide", mapped to ours.
+const HIDE_ALIASES = {
+  editor: 'editor',
+  editortoggle: null,
+  evalbutton: 'evalButton',
+  language: 'language',
+  permalink: 'share',
+  share: 'share',
+  output: 'output',
+  messages: 'status',
+  status: 'status',
+  sessionfiles: 'files',
+  files: 'files',
+  done: null,
+  sessiontitle: null,
+  fullscreen: null,
+  stop: 'stop',
+  interrupt: 'stop',
+};
+
+function normalizeHide(hide) {
+  const out = new Set();
+  for (const h of hide || []) {
+    const k = HIDE_ALIASES[String(h).toLowerCase()];
+    if (k) out.add(k);
+  }
+  return out;
+}
+
+let cellSeq = 0;
+
+export class Cell {
+  constructor(opts) {
+    this.opts = opts;
+    this.id = `cg${++cellSeq}`;
+    this.server = opts.server;
+    this.hide = normalizeHide(opts.hide);
+    this.kernel = null;
+    this.state = 'idle';
+    this.kernelName = opts.kernel || opts.kernelName || '';
+    this.language = opts.language || '';
+    this.permalink = null; // {id, code} from the last execute_reply
+    this.callbacks = opts.callbacks || {};
+    hookUnload();
+    this._build();
+  }
+
+  _build() {
+    const opts = this.opts;
+    let input = resolveElement(opts.inputLocation);
+    if (!input) throw new Error(`cellgate: inputLocation ${opts.inputLocation} not found`);
+    const code = dedent(opts.code !== undefined && opts.code !== null ? opts.code : codeFrom(input));
+    if (input.tagName === 'SCRIPT' || input.tagName === 'TEXTAREA') {
+      const holder = el('div');
+      input.after(holder);
+      input.style.display = 'none';
+      input = holder;
+    } else {
+      input.textContent = '';
+    }
+    this.host = input;
+
+    const root = (this.root = el('div', { class: 'cellgate cg-cell', 'data-state': 'idle', 'data-cell': this.id }));
+    const editorBox = el('div', { class: 'cg-editor' });
+    const editorKind = String(opts.editor || 'codemirror');
+    this.editor = createEditor(editorBox, {
+      code,
+      language: this.language || this.kernelName || 'python',
+      kind: editorKind.startsWith('textarea') ? 'textarea' : 'codemirror',
+      readOnly: editorKind.endsWith('readonly') || opts.readOnly,
+      onEvaluate: () => this.evaluate(),
+      placeholder: opts.placeholder,
+    });
+    if (this.hide.has('editor')) editorBox.hidden = true;
+
+    this.evalButton = el('button', { type: 'button', class: 'cg-btn cg-btn-primary cg-eval', text: opts.evalButtonText || 'Evaluate', title: 'Evaluate (Shift+Enter)' });
+    this.evalButton.addEventListener('click', () => this.evaluate());
+    if (this.hide.has('evalButton')) this.evalButton.hidden = true;
+
+    this.stopButton = el('button', { type: 'button', class: 'cg-btn cg-stop', text: 'Stop', title: 'Interrupt the computation', hidden: true });
+    this.stopButton.addEventListener('click', () => this.interrupt());
+
+    this.languageSelect = el('select', { class: 'cg-language', 'aria-label': 'language', hidden: true });
+    this.languageSelect.addEventListener('change', () => {
+      this.kernelName = this.languageSelect.value;
+      const opt = this.languageSelect.selectedOptions[0];
+      this.language = opt?.dataset.language || this.kernelName;
+      this.editor.setLanguage(this.language);
+      this.callbacks.onLanguage?.(this.kernelName, this);
+    });
+
+    this.statusText = el('span', { class: 'cg-status-text', 'aria-live': 'polite' });
+    this.status = el('span', { class: 'cg-status' }, el('span', { class: 'cg-spinner', 'aria-hidden': 'true' }), this.statusText);
+    if (this.hide.has('status')) this.status.hidden = true;
+
+    this.shareButton = el('button', { type: 'button', class: 'cg-btn cg-share', text: 'Share', title: 'Make a link to this code' });
+    this.shareButton.addEventListener('click', () => this.share());
+    if (this.hide.has('share')) this.shareButton.hidden = true;
+
+    const controls = el(
+      'div',
+      { class: 'cg-controls' },
+      this.evalButton,
+      this.stopButton,
+      this.languageSelect,
+      this.status,
+      el('span', { class: 'cg-spacer' }),
+      this.shareButton,
+    );
+    this.sharePanel = el('div', { class: 'cg-share-panel', hidden: true });
+    this.banner = el('div', { class: 'cg-banner', hidden: true, role: 'status' });
+
+    const outputRoot = el('div', { class: 'cg-output-root' });
+    this.output = new OutputArea(outputRoot, {});
+    const outLoc = resolveElement(opts.outputLocation);
+    root.append(editorBox, controls, this.sharePanel, this.banner);
+    if (outLoc) {
+      outLoc.classList.add('cellgate', 'cg-output-host');
+      outLoc.append(outputRoot);
+    } else root.append(outputRoot);
+    if (this.hide.has('output')) outputRoot.hidden = true;
+    input.append(root);
+    this._setupLanguages();
+  }
+
+  async _setupLanguages() {
+    const specs = await kernelSpecs(this.server);
+    let kernels = specs.kernels || [];
+    const wanted = this.opts.languages;
+    if (Array.isArray(wanted) && wanted.length) {
+      const w = wanted.map((x) => String(x).toLowerCase());
+      kernels = kernels.filter((k) => w.includes(k.name.toLowerCase()) || w.includes(String(k.language).toLowerCase()));
+    }
+    // Pick the kernel for the asked language or kernel name.
+    const asked = (this.kernelName || this.language || '').toLowerCase();
+    let pick = kernels.find((k) => k.name.toLowerCase() === asked) || kernels.find((k) => String(k.language).toLowerCase() === asked);
+    if (!pick && asked && (specs.kernels || []).length) {
+      const any = (specs.kernels || []).find((k) => k.name.toLowerCase() === asked || String(k.language).toLowerCase() === asked);
+      if (any) pick = any;
+      else if (this.opts.languageFallback !== false) {
+        pick = kernels.find((k) => k.name === specs.default) || kernels[0];
+      }
+    }
+    if (!pick) pick = kernels.find((k) => k.name === specs.default) || kernels[0];
+    if (pick) {
+      this.kernelName = pick.name;
+      this.language = pick.language || pick.name;
+      this.editor.setLanguage(this.language);
+    }
+    this.languageSelect.replaceChildren(
+      ...kernels.map((k) => {
+        const o = el('option', { value: k.name, text: k.display_name || k.name });
+        o.dataset.language = k.language || k.name;
+        return o;
+      }),
+    );
+    if (pick) this.languageSelect.value = pick.name;
+    this.languageSelect.hidden = this.hide.has('language') || kernels.length < 2;
+  }
+
+  /** code returns the editor's code. */
+  get code() {
+    return this.editor.getCode();
+  }
+
+  setCode(code) {
+    this.editor.setCode(code);
+  }
+
+  setKernel(name) {
+    this.kernelName = name;
+    this.languageSelect.value = name;
+    const opt = this.languageSelect.selectedOptions[0];
+    this.language = opt?.dataset.language || name;
+    this.editor.setLanguage(this.language);
+  }
+
+  _setState(state, text) {
+    this.state = state;
+    this.root.dataset.state = state;
+    this.statusText.textContent = text || '';
+    this.stopButton.hidden = this.hide.has('stop') || !(state === 'busy' || state === 'stopping');
+    this.root.classList.toggle('cg-busy', state === 'busy' || state === 'starting' || state === 'stopping');
+  }
+
+  _setTransport(name) {
+    this.root.dataset.transport = name || '';
+    this.status.title = name ? `connected by ${name === 'polling' ? 'long-polling' : 'websocket'}` : '';
+  }
+
+  _linkKey() {
+    const o = this.opts;
+    return `${this.server}|${o.linkKey || 'default'}|${this.kernelName}`;
+  }
+
+  async _kernel() {
+    if (this.opts.linked) {
+      const key = this._linkKey();
+      let k = linkedKernels.get(key);
+      if (!k || k.ended) {
+        k = this._newKernel(this.opts.timeout ?? LINKED_TIMEOUT);
+        linkedKernels.set(key, k);
+      }
+      this._attach(k);
+      await k.start();
+      return k;
+    }
+    if (this.kernel) {
+      const old = this.kernel;
+      this._release();
+      if (!old.ended) old.shutdown();
+    }
+    const k = this._newKernel(this.opts.timeout ?? 0);
+    this._attach(k);
+    await k.start();
+    return k;
+  }
+
+  _newKernel(timeout) {
+    const k = new Kernel(this.server, { kernelName: this.kernelName, timeout, transport: this.opts.transport });
+    k.widgets = new WidgetManager(k);
+    liveKernels.add(k);
+    k.on('ended', () => liveKernels.delete(k));
+    return k;
+  }
+
+  _release() {
+    if (this._unsubscribe) this._unsubscribe.forEach((f) => f());
+    this._unsubscribe = null;
+    this.kernel = null;
+  }
+
+  _attach(k) {
+    if (this.kernel === k) return;
+    this._release();
+    this.kernel = k;
+    this.output.ctx.kernel = k;
+    this.output.ctx.widgets = k.widgets;
+    this._setTransport(k.transport);
+    this._unsubscribe = [
+      k.on('transport', (t) => this._setTransport(t)),
+      k.on('ended', (reason, quiet) => this._kernelEnded(k, reason, quiet)),
+      k.on('problem', (text) => this.output.note(`[cellgate] ${text}`, 'problem')),
+      k.on('orphan', (msg) => {
+        // Output of an earlier request of this cell (e.g. a background thread).
+        if (msg.header.msg_type === 'update_display_data') this.output.handle(msg);
+      }),
+    ];
+  }
+
+  _kernelEnded(k, reason, quiet) {
+    if (k !== this.kernel) return;
+    clearTimeout(this._detachTimer);
+    this.output.cancelPrompts();
+    const hadWidgets = k.widgets.models.size > 0;
+    k.widgets.disableAll();
+    const wasRunning = this.state === 'busy' || this.state === 'starting' || this.state === 'stopping';
+    if (hadWidgets || wasRunning || (this.opts.linked && !quiet)) this._showEnded(reason);
+    else this._setState('idle', '');
+    this.callbacks.onSessionEnd?.(reason, this);
+  }
+
+  _showEnded(reason) {
+    this._setState('ended', 'Session ended');
+    const restart = el('button', { type: 'button', class: 'cg-btn cg-btn-small cg-restart', text: 'Restart' });
+    restart.addEventListener('click', () => this.evaluate());
+    this.banner.replaceChildren(
+      el('span', { class: 'cg-banner-icon', 'aria-hidden': 'true', text: '⏻' }),
+      el('span', { class: 'cg-banner-text', text: `Session ended${reason ? ` (${reason})` : ''}. Controls no longer respond; ` }),
+      restart,
+      el('span', { text: ' runs the code again in a new session.' }),
+    );
+    this.banner.hidden = false;
+  }
+
+  /** evaluate runs the editor's code. */
+  async evaluate() {
+    const code = this.editor.getCode();
+    clearTimeout(this._detachTimer);
+    this.banner.hidden = true;
+    this.sharePanel.hidden = true;
+    this.permalink = null;
+    this.output.clear();
+    this._setState('starting', 'Starting…');
+    this.callbacks.onEvaluate?.(code, this);
+    const run = (this._run = {});
+    let k;
+    try {
+      k = await this._kernel();
+    } catch (err) {
+      if (this._run !== run) return;
+      this._setState('idle', '');
+      const retry = err.retryAfter ? ` Try again in ${err.retryAfter} s.` : '';
+      this.output.note(`Could not start a kernel: ${err.message}.${retry}`, 'problem');
+      this.callbacks.onError?.(err, this);
+      return;
+    }
+    if (this._run !== run) return;
+    if (k.ended) {
+      this._showEnded(k.endReason);
+      return;
+    }
+    this._setState('busy', 'Running…');
+    run.replied = false;
+    run.idle = false;
+    run.msgId = k.execute(code, (msg) => this._onMessage(k, run, msg, code));
+  }
+
+  _onMessage(k, run, msg, code) {
+    const type = msg.header.msg_type;
+    if (msg.channel === 'iopub') {
+      if (type === 'status') {
+        if (msg.content.execution_state === 'idle') {
+          run.idle = true;
+          this._maybeDone(k, run);
+        }
+        return;
+      }
+      if (type === 'execute_input') return;
+      if (this.output.handle(msg)) {
+        this.callbacks.onOutput?.(msg, this);
+        this._bumpDetach(k, run);
+      }
+      return;
+    }
+    if (msg.channel === 'shell' && type === 'execute_reply') {
+      run.replied = true;
+      run.reply = msg.content;
+      const pl = msg.metadata?.cellgate?.permalink;
+      if (pl) this.permalink = { id: pl, code, kernel: k.kernelName };
+      for (const p of msg.content.payload || []) {
+        if (p.source === 'page' && p.data) this.output.display(p.data, {});
+      }
+      this._maybeDone(k, run);
+      return;
+    }
+    if (msg.channel === 'stdin' && type === 'input_request') {
+      this.output.prompt(msg.content.prompt, msg.content.password).then((value) => {
+        if (k.ended) return;
+        k.send(k.message('stdin', 'input_reply', { value }, { parent: msg.header }));
+      });
+    }
+  }
+
+  _maybeDone(k, run) {
+    if (!run.replied || !run.idle || run.done) return;
+    run.done = true;
+    if (this._run === run && this.state !== 'ended') {
+      const st = run.reply?.status;
+      this._setState('idle', st === 'error' ? '' : st === 'aborted' ? 'Aborted' : '');
+      this.root.dataset.done = String(Number(this.root.dataset.done || 0) + 1);
+    }
+    this.callbacks.onDone?.(run.reply, this);
+    this._bumpDetach(k, run);
+  }
+
+  // A one-shot kernel with no live widgets is released once it is quiet.
+  _bumpDetach(k, run) {
+    if (this.opts.linked || !run.done || k.ended || this.opts.keepAlive) return;
+    clearTimeout(this._detachTimer);
+    this._detachTimer = setTimeout(() => {
+      if (k.ended || this.kernel !== k || this._run !== run) return;
+      if (k.widgets.openCount > 0) return; // an interact keeps its kernel
+      k.detach();
+    }, DETACH_QUIET_MS);
+  }
+
+  /** interrupt stops the running computation. */
+  async interrupt() {
+    if (!this.kernel || this.kernel.ended) return;
+    this._setState('stopping', 'Stopping…');
+    this.output.cancelPrompts();
+    try {
+      await this.kernel.interrupt();
+    } catch (err) {
+      this.output.note(`Could not interrupt: ${err.message}`, 'problem');
+      if (this.state === 'stopping') this._setState('busy', 'Running…');
+    }
+  }
+
+  /** share makes a permalink (?q=) and a stateless link (?z=). */
+  async share() {
+    const code = this.editor.getCode();
+    const kernel = this.kernelName || '';
+    const page = this.opts.sharePage || this.server;
+    const panel = this.sharePanel;
+    panel.hidden = false;
+    panel.replaceChildren(el('span', { class: 'cg-note', text: 'Making links…' }));
+    let zip = null;
+    let query = null;
+    let problem = '';
+    // The server stored a permalink for the last evaluation of this code.
+    if (this.permalink && this.permalink.code === code && this.permalink.kernel === kernel) query = this.permalink.id;
+    if (!query) {
+      try {
+        const resp = await fetch(`${this.server}permalink`, {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify({ code, language: kernel, interacts: '[]', n: 0 }),
+        });
+        if (resp.ok) {
+          const j = await resp.json();
+          query = j.query || null;
+          zip = j.zip || null;
+        } else if (resp.status === 404) {
+          problem = 'this server keeps no permalinks';
+        } else {
+          problem = `permalink not stored (${resp.status})`;
+        }
+      } catch (err) {
+        problem = `permalink not stored (${err.message})`;
+      }
+    }
+    if (!zip) zip = await zlibEncode(code);
+    const lang = kernel ? `&lang=${encodeURIComponent(kernel)}` : '';
+    const links = [];
+    if (query) links.push(['Permalink', `${page}?q=${encodeURIComponent(query)}`, 'cg-link-q']);
+    links.push(['Link with the code', `${page}?z=${zip}${lang}`, 'cg-link-z']);
+    panel.replaceChildren(
+      ...links.map(([label, url, cls]) => {
+        const input = el('input', { class: `cg-link ${cls}`, value: url, readonly: true, 'aria-label': label });
+        input.addEventListener('focus', () => input.select());
+        const copy = el('button', { type: 'button', class: 'cg-btn cg-btn-small', text: 'Copy' });
+        copy.addEventListener('click', async () => {
+          try {
+            await navigator.clipboard.writeText(url);
+            copy.textContent = 'Copied';
+          } catch {
+            input.select();
+            document.execCommand?.('copy');
+            copy.textContent = 'Copied';
+          }
+          setTimeout(() => (copy.textContent = 'Copy'), 1500);
+        });
+        return el('div', { class: 'cg-share-row' }, el('span', { class: 'cg-share-label', text: label }), input, copy, el('a', { href: url, target: '_blank', rel: 'noopener', class: 'cg-btn cg-btn-small', text: 'Open' }));
+      }),
+      problem ? el('div', { class: 'cg-note', text: `(${problem})` }) : null,
+    );
+    this.callbacks.onShare?.({ query, zip, links: links.map((l) => l[1]) }, this);
+    return { query, zip };
+  }
+
+  /** destroy ends the cell's kernel (unless shared) and removes it. */
+  destroy() {
+    if (this.kernel && !this.opts.linked) this.kernel.shutdown();
+    this.root.remove();
+  }
+}

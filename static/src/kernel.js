@@ -1,0 +1,426 @@
+// Kernel sessions over the Sage-cell API: POST /kernel, then a websocket
+// (/kernel/{id}/channels) or, when a websocket cannot connect, long-polling
+// (/kernel/{id}/poll). Both carry the same frames with the same sequence
+// numbers, so switching transports loses and repeats nothing.
+
+import { base64ToBytes, Emitter, sleep, uuid } from './util.js';
+
+const WS_OPEN_TIMEOUT = 6000;
+const POLL_WAIT = 25;
+
+/** KernelError is a failed request to the server, with its answer. */
+export class KernelError extends Error {
+  constructor(message, status, retryAfter) {
+    super(message);
+    this.status = status;
+    this.retryAfter = retryAfter;
+  }
+}
+
+async function errorFrom(resp) {
+  let message = `${resp.status} ${resp.statusText}`;
+  try {
+    const j = await resp.json();
+    if (j && j.message) message = j.message;
+  } catch {
+    // not JSON
+  }
+  const retry = Number(resp.headers.get('Retry-After')) || 0;
+  return new KernelError(message, resp.status, retry);
+}
+
+/** parseBinaryFrame decodes a legacy binary websocket frame (buffers). */
+export function parseBinaryFrame(buf) {
+  const dv = new DataView(buf);
+  const n = dv.getUint32(0);
+  const offsets = [];
+  for (let i = 0; i < n; i++) offsets.push(dv.getUint32(4 * (i + 1)));
+  offsets.push(buf.byteLength);
+  const json = new TextDecoder().decode(new Uint8Array(buf, offsets[0], offsets[1] - offsets[0]));
+  const msg = JSON.parse(json);
+  msg.buffers = [];
+  for (let i = 1; i < n; i++) msg.buffers.push(new DataView(buf, offsets[i], offsets[i + 1] - offsets[i]));
+  return msg;
+}
+
+/**
+ * Kernel is one session on the server. Events:
+ *  - 'message' (msg): every message, after routing to handlers
+ *  - 'status' (state): kernel execution_state (busy/idle/...)
+ *  - 'transport' (name): websocket or polling
+ *  - 'ended' (reason): the session is over
+ *  - 'problem' (text): the gateway refused something we sent
+ */
+export class Kernel extends Emitter {
+  /**
+   * @param {string} server base URL ending in '/'
+   * @param {{kernelName?: string, timeout?: number, transport?: string}} opts
+   */
+  constructor(server, opts = {}) {
+    super();
+    this.server = server;
+    this.opts = opts;
+    this.session = uuid();
+    this.id = null;
+    this.kernelName = opts.kernelName || '';
+    this.transport = null; // 'websocket' | 'polling'
+    this.lastSeq = 0;
+    this.ended = false;
+    this.endReason = '';
+    this.handlers = new Map(); // parent msg_id → fn(msg)
+    this.captures = new Map(); // parent msg_id → fn(msg) (output widgets)
+    this.commHandler = null; // fn(msg) for comm_open/comm_msg/comm_close
+    this.queue = [];
+    this._ws = null;
+    this._polling = false;
+    this._posting = false;
+    this._abort = new AbortController();
+    this._started = null;
+  }
+
+  /** start asks the server for a kernel and connects to it. */
+  start() {
+    if (!this._started) this._started = this._start();
+    return this._started;
+  }
+
+  async _start() {
+    const form = new URLSearchParams();
+    form.set('timeout', String(this.opts.timeout ?? 0));
+    form.set('accepted_tos', 'true');
+    if (this.kernelName) form.set('kernel_name', this.kernelName);
+    let resp;
+    try {
+      resp = await fetch(this.server + 'kernel', { method: 'POST', body: form, signal: this._abort.signal });
+    } catch (err) {
+      throw new KernelError(`cannot reach the server (${err.message})`, 0, 0);
+    }
+    if (!resp.ok) throw await errorFrom(resp);
+    const j = await resp.json();
+    this.id = j.id;
+    this.kernelName = j.kernel_name || this.kernelName;
+    this.wsURL = j.ws_url || this.server.replace(/^http/, 'ws');
+    if (!this.wsURL.endsWith('/')) this.wsURL += '/';
+    if (this.opts.transport !== 'polling' && typeof WebSocket !== 'undefined' && (await this._openWS(null))) {
+      return this;
+    }
+    if (this.ended) return this;
+    this._startPolling();
+    return this;
+  }
+
+  _setTransport(name) {
+    if (this.transport === name) return;
+    this.transport = name;
+    this.emit('transport', name);
+  }
+
+  // _openWS resolves true once a websocket is open, false if it cannot be.
+  _openWS(since) {
+    return new Promise((resolve) => {
+      let url = `${this.wsURL}kernel/${encodeURIComponent(this.id)}/channels?session_id=${encodeURIComponent(this.session)}`;
+      if (since !== null) url += `&since=${since}`;
+      let ws;
+      try {
+        ws = new WebSocket(url);
+      } catch {
+        resolve(false);
+        return;
+      }
+      ws.binaryType = 'arraybuffer';
+      let opened = false;
+      const timer = setTimeout(() => {
+        if (!opened) {
+          try {
+            ws.close();
+          } catch {
+            // already closing
+          }
+          resolve(false);
+        }
+      }, WS_OPEN_TIMEOUT);
+      ws.onopen = () => {
+        opened = true;
+        clearTimeout(timer);
+        this._ws = ws;
+        this._setTransport('websocket');
+        resolve(true);
+        this._flush();
+      };
+      ws.onmessage = (ev) => this._receiveFrame(ev.data);
+      ws.onclose = (ev) => {
+        clearTimeout(timer);
+        if (!opened) {
+          resolve(false);
+          return;
+        }
+        if (this._ws === ws) this._ws = null;
+        this._wsClosed(ev);
+      };
+    });
+  }
+
+  async _wsClosed(ev) {
+    if (this.ended || this._detached) return;
+    const reason = ev.reason || '';
+    if (reason.startsWith('session ended')) {
+      this._end(reason.replace(/^session ended:\s*/, '') || 'session ended');
+      return;
+    }
+    // A dropped connection: resume where we were, else fall back to polling.
+    for (const delay of [200, 1000]) {
+      await sleep(delay);
+      if (this.ended || this._detached) return;
+      if (await this._openWS(this.lastSeq)) return;
+    }
+    if (!this.ended && !this._detached) this._startPolling();
+  }
+
+  _startPolling() {
+    if (this._polling || this.ended) return;
+    this._polling = true;
+    this._setTransport('polling');
+    this._pollLoop();
+    this._flush();
+  }
+
+  async _pollLoop() {
+    let backoff = 250;
+    while (!this.ended && !this._detached) {
+      let resp;
+      try {
+        resp = await fetch(
+          `${this.server}kernel/${encodeURIComponent(this.id)}/poll?client=${encodeURIComponent(this.session)}&since=${this.lastSeq}&wait=${POLL_WAIT}`,
+          { signal: this._abort.signal, cache: 'no-store' },
+        );
+      } catch {
+        if (this.ended || this._detached) return;
+        await sleep(backoff);
+        backoff = Math.min(backoff * 2, 5000);
+        continue;
+      }
+      if (resp.status === 404 || resp.status === 410) {
+        this._end('session ended');
+        return;
+      }
+      if (!resp.ok) {
+        await sleep(backoff);
+        backoff = Math.min(backoff * 2, 5000);
+        continue;
+      }
+      backoff = 250;
+      let j;
+      try {
+        j = await resp.json();
+      } catch {
+        continue;
+      }
+      if (j.missed) this.emit('problem', `${j.missed} messages were dropped because this client fell behind`);
+      for (const m of j.messages || []) this._receive(m);
+      if (typeof j.next === 'number' && j.next > this.lastSeq) this.lastSeq = j.next;
+      if (j.ended) {
+        this._end(j.reason || 'session ended');
+        return;
+      }
+    }
+  }
+
+  _receiveFrame(data) {
+    let msg;
+    try {
+      msg = typeof data === 'string' ? JSON.parse(data) : parseBinaryFrame(data);
+    } catch (err) {
+      console.warn('cellgate: bad frame', err);
+      return;
+    }
+    this._receive(msg);
+  }
+
+  _receive(msg) {
+    // Buffers in a JSON frame (long-polling) come as base64 strings.
+    if (Array.isArray(msg.buffers) && msg.buffers.some((b) => typeof b === 'string')) {
+      msg.buffers = msg.buffers.map((b) => (typeof b === 'string' ? new DataView(base64ToBytes(b).buffer) : b));
+    }
+    if (typeof msg.seq === 'number') {
+      if (msg.seq <= this.lastSeq) return; // already seen
+      this.lastSeq = msg.seq;
+    }
+    if (msg.channel === 'gateway') {
+      this.emit('problem', msg.message || msg.error || 'gateway error');
+      return;
+    }
+    const type = msg.header?.msg_type;
+    const parent = msg.parent_header?.msg_id;
+    if (type === 'status' && msg.channel === 'iopub') {
+      const st = msg.content?.execution_state;
+      if (st === 'dead') {
+        if (parent && this.handlers.has(parent)) this.handlers.get(parent)(msg);
+        this._end(msg.content?.reason || 'kernel died');
+        return;
+      }
+      this.emit('status', st, msg);
+    }
+    if (type === 'comm_open' || type === 'comm_msg' || type === 'comm_close') {
+      if (this.commHandler) this.commHandler(msg);
+    }
+    const capture = parent && msg.channel === 'iopub' && this.captures.get(parent);
+    if (capture && capture(msg)) {
+      this.emit('message', msg);
+      return;
+    }
+    const h = parent && this.handlers.get(parent);
+    if (h) h(msg);
+    else if (type === 'update_display_data' || type === 'cellgate.files') this.emit('orphan', msg);
+    this.emit('message', msg);
+  }
+
+  /** message builds a Jupyter message for channel. */
+  message(channel, msgType, content, { parent = {}, metadata = {}, buffers } = {}) {
+    const msg = {
+      header: {
+        msg_id: uuid(),
+        msg_type: msgType,
+        session: this.session,
+        username: '',
+        date: new Date().toISOString(),
+        version: '5.3',
+      },
+      parent_header: parent,
+      metadata,
+      content,
+      channel,
+    };
+    if (buffers && buffers.length) msg.buffers = buffers;
+    return msg;
+  }
+
+  /** send queues msg for the kernel, and returns its msg_id. */
+  send(msg, handler) {
+    if (handler) this.handlers.set(msg.header.msg_id, handler);
+    if (this.ended) {
+      this.emit('problem', `cannot send ${msg.header.msg_type}: the session has ended`);
+      return msg.header.msg_id;
+    }
+    this.queue.push(msg);
+    this._flush();
+    return msg.header.msg_id;
+  }
+
+  _flush() {
+    if (this._ws && this._ws.readyState === WebSocket.OPEN) {
+      while (this.queue.length) {
+        const m = this.queue.shift();
+        this._ws.send(JSON.stringify(m));
+      }
+      return;
+    }
+    if (this._polling) this._postQueue();
+  }
+
+  async _postQueue() {
+    if (this._posting || !this.queue.length) return;
+    this._posting = true;
+    try {
+      while (this.queue.length && !this.ended) {
+        const batch = this.queue.splice(0, this.queue.length);
+        let resp;
+        for (let attempt = 0; ; attempt++) {
+          try {
+            resp = await fetch(`${this.server}kernel/${encodeURIComponent(this.id)}/poll?client=${encodeURIComponent(this.session)}`, {
+              method: 'POST',
+              headers: { 'Content-Type': 'application/json' },
+              body: JSON.stringify(batch),
+              signal: this._abort.signal,
+            });
+            break;
+          } catch (err) {
+            if (attempt >= 2 || this.ended) {
+              this.emit('problem', `could not send to the kernel: ${err.message}`);
+              return;
+            }
+            await sleep(500 * (attempt + 1));
+          }
+        }
+        if (resp.status === 410 || resp.status === 404) {
+          this._end('session ended');
+          return;
+        }
+        if (!resp.ok) this.emit('problem', (await errorFrom(resp)).message);
+      }
+    } finally {
+      this._posting = false;
+    }
+  }
+
+  /** execute runs code; handler gets every message whose parent is the request. */
+  execute(code, handler, { silent = false, allowStdin = true, storeHistory = true } = {}) {
+    const msg = this.message('shell', 'execute_request', {
+      code,
+      silent,
+      store_history: storeHistory,
+      user_expressions: {},
+      allow_stdin: allowStdin,
+      stop_on_error: true,
+    });
+    return this.send(msg, handler);
+  }
+
+  /** interrupt stops the running computation (POST /kernel/{id}/interrupt). */
+  async interrupt() {
+    if (!this.id || this.ended) return;
+    const resp = await fetch(`${this.server}kernel/${encodeURIComponent(this.id)}/interrupt`, { method: 'POST' });
+    if (!resp.ok && resp.status !== 204) throw await errorFrom(resp);
+  }
+
+  /** detach leaves the session to the server (a one-shot session then ends). */
+  detach() {
+    if (this.ended) return;
+    this._detached = true;
+    this._abort.abort();
+    if (this._ws) {
+      try {
+        this._ws.close(1000, 'done');
+      } catch {
+        // closing already
+      }
+    }
+    this._end('finished', true);
+  }
+
+  /** shutdown ends the session on the server. */
+  shutdown() {
+    const id = this.id;
+    if (id && !this.ended) {
+      const url = `${this.server}kernel/${encodeURIComponent(id)}`;
+      fetch(url, { method: 'DELETE', keepalive: true }).catch(() => {});
+    }
+    this.detach();
+    this._end('deleted by client', true);
+  }
+
+  /** shutdownBeacon ends the session while the page unloads. */
+  shutdownBeacon() {
+    if (!this.id || this.ended) return;
+    const body = new URLSearchParams({ method: 'DELETE' });
+    try {
+      navigator.sendBeacon(`${this.server}kernel/${encodeURIComponent(this.id)}`, body);
+    } catch {
+      // best effort
+    }
+  }
+
+  _end(reason, quiet = false) {
+    if (this.ended) return;
+    this.ended = true;
+    this.endReason = reason;
+    this._abort.abort();
+    if (this._ws) {
+      try {
+        this._ws.close();
+      } catch {
+        // closing already
+      }
+    }
+    this.emit('ended', reason, quiet);
+  }
+}

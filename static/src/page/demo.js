@@ -1,0 +1,63 @@
+// The demo page at /: one cell, with code from ?q= (permalink), ?z=
+// (compressed code), or ?c= (plain code).
+(async function () {
+  'use strict';
+  const params = new URLSearchParams(location.search);
+  const server = new URL('./', location.href).href;
+  const holder = document.getElementById('cell');
+  let code;
+  let lang = params.get('lang') || params.get('language') || '';
+  let loaded = false;
+  let problem = '';
+  try {
+    if (params.get('q')) {
+      const p = await cellgate.fetchPermalink(params.get('q'), server);
+      code = p.code;
+      lang = lang || p.language || p.kernel_name || '';
+      loaded = true;
+    } else if (params.get('z')) {
+      code = await cellgate.zlibDecode(params.get('z'));
+      loaded = true;
+    } else if (params.has('c')) {
+      code = params.get('c');
+      loaded = true;
+    }
+  } catch (err) {
+    problem = `Could not load the shared code: ${err.message}`;
+  }
+  const autoeval = loaded && !/^(0|false|no)$/i.test(params.get('autoeval') || '');
+  const cell = cellgate.makeCell({
+    inputLocation: holder,
+    code,
+    kernel: lang,
+    autoeval,
+    server,
+    sharePage: server,
+    callbacks: {
+      onLanguage(name) {
+        const u = new URL(location.href);
+        if (u.searchParams.has('lang')) {
+          u.searchParams.set('lang', name);
+          history.replaceState(null, '', u);
+        }
+      },
+    },
+  });
+  window.demoCell = cell;
+  if (problem) cell.output.note(problem, 'problem');
+  if (!loaded) cell.editor.focus();
+
+  const snippet = document.getElementById('snippet');
+  snippet.textContent = [
+    `<script src="${server}static/embed.js"></` + 'script>',
+    '<div id="mycell">print(1 + 1)</div>',
+    '<script>cellgate.makeCell({inputLocation: "#mycell"});</' + 'script>',
+  ].join('\n');
+  try {
+    const specs = await fetch(`${server}kernelspecs`).then((r) => r.json());
+    document.getElementById('server-info').textContent =
+      `Kernels on this server: ${specs.kernels.map((k) => k.display_name).join(', ')} · cellgate ${cellgate.version || ''}`;
+  } catch {
+    // the footer is optional
+  }
+})();

@@ -1,0 +1,850 @@
+// ipywidgets over Jupyter comms (target "jupyter.widget"): models kept in
+// sync with the kernel in both directions, and views for the common
+// controls. Two protocols are spoken:
+//  - ipywidgets 6 (Debian's; _model_module "jupyter-js-widgets"): comm_open
+//    data is the state itself; the front end sends {method: "backbone",
+//    sync_data}; the kernel checks the front end over the
+//    "jupyter.widget.version" comm.
+//  - protocol 2.x (ipywidgets 7 and 8): comm_open data {state, buffer_paths}
+//    with metadata {version: "2.x"}; the front end sends {method: "update",
+//    state, buffer_paths}; the kernel may answer with "echo_update".
+
+import { OutputArea } from './output.js';
+import { sanitizedNode, typeset } from './mime.js';
+import { el, Emitter } from './util.js';
+
+const OLD_FRONTEND_VERSION = '2.1.4';
+
+function isOldProtocol(data, metadata) {
+  const v = metadata && metadata.version;
+  if (v && /^2\./.test(String(v))) return false;
+  if (data && typeof data.state === 'object' && data.state !== null && ('_model_name' in data.state || 'buffer_paths' in data)) return false;
+  return true;
+}
+
+function setAtPath(obj, path, value) {
+  let o = obj;
+  for (let i = 0; i < path.length - 1; i++) {
+    if (o[path[i]] === undefined) o[path[i]] = typeof path[i + 1] === 'number' ? [] : {};
+    o = o[path[i]];
+  }
+  o[path[path.length - 1]] = value;
+}
+
+/** formatNumber applies a Python format spec such as ".2f", "d", ".3g", ",". */
+export function formatNumber(value, spec) {
+  if (typeof value !== 'number' || !isFinite(value)) return String(value);
+  const m = /^(,)?(?:\.(\d+))?([dfeEgG%s]?)$/.exec(spec || '');
+  if (!m) return String(value);
+  const [, comma, precStr, type] = m;
+  const prec = precStr === undefined ? undefined : Number(precStr);
+  let s;
+  switch (type) {
+    case 'd':
+      s = String(Math.round(value));
+      break;
+    case 'f':
+      s = value.toFixed(prec ?? 6);
+      break;
+    case 'e':
+    case 'E':
+      s = value.toExponential(prec ?? 6).replace(/e([+-])(\d)$/, 'e$10$2');
+      if (type === 'E') s = s.toUpperCase();
+      break;
+    case 'g':
+    case 'G':
+      s = String(Number(value.toPrecision(prec || 6)));
+      break;
+    case '%':
+      s = `${(value * 100).toFixed(prec ?? 6)}%`;
+      break;
+    default:
+      s = prec !== undefined ? String(Number(value.toPrecision(prec || 1))) : String(value);
+  }
+  if (comma) {
+    const [int, frac] = s.split('.');
+    s = int.replace(/\B(?=(\d{3})+(?!\d))/g, ',') + (frac !== undefined ? `.${frac}` : '');
+  }
+  return s;
+}
+
+/** A widget model, in sync with the kernel's. */
+export class WidgetModel extends Emitter {
+  constructor(manager, id, state, protocol) {
+    super();
+    this.manager = manager;
+    this.id = id;
+    this.state = state;
+    this.protocol = protocol; // 'old' | '2'
+    this.closed = false;
+    this._inFlight = false;
+    this._pending = null;
+    this._pendingArea = null;
+  }
+
+  get(key) {
+    return this.state[key];
+  }
+
+  /** ref resolves a model reference ("IPY_MODEL_<id>"). */
+  ref(value) {
+    return this.manager.resolve(value);
+  }
+
+  get viewName() {
+    return String(this.state._view_name || '').replace(/View$/, '');
+  }
+
+  get modelName() {
+    return String(this.state._model_name || '').replace(/Model$/, '');
+  }
+
+  applyState(patch) {
+    Object.assign(this.state, patch);
+    this.emit('change', patch);
+  }
+
+  /** set changes keys from the user's side and syncs them to the kernel. */
+  set(patch, area) {
+    Object.assign(this.state, patch);
+    this.emit('change', patch, true);
+    this.sync(patch, area);
+  }
+
+  sync(patch, area) {
+    if (this.closed) return;
+    if (this._inFlight) {
+      this._pending = { ...(this._pending || {}), ...patch };
+      this._pendingArea = area || this._pendingArea;
+      return;
+    }
+    this._send(patch, area);
+  }
+
+  _send(patch, area) {
+    const data =
+      this.protocol === 'old' ? { method: 'backbone', sync_data: patch, buffer_keys: [] } : { method: 'update', state: patch, buffer_paths: [] };
+    this._inFlight = true;
+    const release = () => {
+      if (!this._inFlight) return;
+      this._inFlight = false;
+      clearTimeout(timer);
+      if (this._pending) {
+        const next = this._pending;
+        const nextArea = this._pendingArea;
+        this._pending = null;
+        this._pendingArea = null;
+        this._send(next, nextArea);
+      }
+    };
+    // Never wait for ever on a kernel that lost the reply.
+    const timer = setTimeout(release, 30000);
+    this.manager.commSend(this.id, data, area, (msg) => {
+      if (msg.header.msg_type === 'status' && msg.content.execution_state === 'idle') release();
+    });
+  }
+
+  /** custom sends a custom message (e.g. a button click). */
+  custom(content, area) {
+    if (this.closed) return;
+    this.manager.commSend(this.id, { method: 'custom', content }, area);
+  }
+
+  handleMsg(data, buffers) {
+    const method = data.method;
+    if (method === 'update' || method === 'echo_update') {
+      const state = { ...(data.state || {}) };
+      if (Array.isArray(data.buffer_paths)) data.buffer_paths.forEach((p, i) => setAtPath(state, p, buffers[i]));
+      if (Array.isArray(data.buffers) && this.protocol === 'old') data.buffers.forEach((k, i) => (state[k] = buffers[i]));
+      // Our own echo: skip keys we still have pending changes for.
+      if (method === 'echo_update' && this._pending) for (const k of Object.keys(this._pending)) delete state[k];
+      this.applyState(state);
+    } else if (method === 'custom') {
+      this.emit('custom', data.content, buffers);
+    }
+    // "display" (ipywidgets 6) is ignored: the display_data that follows it shows the view.
+  }
+
+  close() {
+    this.closed = true;
+    this.emit('close');
+  }
+}
+
+/** WidgetManager keeps the widget models of one kernel. */
+export class WidgetManager {
+  constructor(kernel) {
+    this.kernel = kernel;
+    this.models = new Map();
+    this.waiting = new Map(); // model id → callbacks waiting for it
+    this.versionComm = null;
+    this.disabled = false;
+    kernel.commHandler = (msg) => this.handleComm(msg);
+  }
+
+  get openCount() {
+    let n = 0;
+    for (const m of this.models.values()) if (!m.closed) n++;
+    return n;
+  }
+
+  resolve(value) {
+    if (typeof value === 'string' && value.startsWith('IPY_MODEL_')) return this.models.get(value.slice(10)) || null;
+    return value;
+  }
+
+  handleComm(msg) {
+    const c = msg.content || {};
+    const type = msg.header.msg_type;
+    if (type === 'comm_open') {
+      if (c.target_name !== 'jupyter.widget') {
+        if (c.target_name) this.commClose(c.comm_id);
+        return;
+      }
+      const old = isOldProtocol(c.data, msg.metadata);
+      const state = old ? { ...(c.data || {}) } : { ...((c.data && c.data.state) || {}) };
+      if (!old && Array.isArray(c.data?.buffer_paths)) c.data.buffer_paths.forEach((p, i) => setAtPath(state, p, (msg.buffers || [])[i]));
+      const model = new WidgetModel(this, c.comm_id, state, old ? 'old' : '2');
+      this.models.set(c.comm_id, model);
+      if (state._model_name === 'OutputModel') this._watchOutput(model);
+      if (old && !this.versionComm) this._openVersionComm();
+      return;
+    }
+    if (type === 'comm_msg') {
+      if (this.versionComm && c.comm_id === this.versionComm) {
+        if (c.data && 'version' in c.data) {
+          this.commSend(this.versionComm, { validated: true, frontend_version: OLD_FRONTEND_VERSION });
+        }
+        return;
+      }
+      const model = this.models.get(c.comm_id);
+      if (model) model.handleMsg(c.data || {}, msg.buffers || []);
+      return;
+    }
+    if (type === 'comm_close') {
+      const model = this.models.get(c.comm_id);
+      if (model) model.close();
+    }
+  }
+
+  _openVersionComm() {
+    this.versionComm = `cgver-${Math.random().toString(36).slice(2)}`;
+    const msg = this.kernel.message('shell', 'comm_open', { comm_id: this.versionComm, target_name: 'jupyter.widget.version', data: {} });
+    this.kernel.send(msg);
+  }
+
+  commSend(commId, data, area, onReply) {
+    const msg = this.kernel.message('shell', 'comm_msg', { comm_id: commId, data }, { metadata: { version: '2.1.0' } });
+    this.kernel.send(msg, (reply) => {
+      if (onReply) onReply(reply);
+      // Output a callback prints outside any Output widget goes to the
+      // output area of the view the user touched.
+      if (area && reply.channel === 'iopub') area.handle(reply);
+    });
+  }
+
+  commClose(commId) {
+    const msg = this.kernel.message('shell', 'comm_close', { comm_id: commId, data: {} });
+    this.kernel.send(msg);
+  }
+
+  // Output widgets capture the output of the request whose msg_id they hold.
+  _watchOutput(model) {
+    model.outputs = [];
+    model.areas = new Set();
+    let captured = '';
+    const capture = (msg) => {
+      const t = msg.header.msg_type;
+      if (!['stream', 'display_data', 'execute_result', 'error', 'clear_output', 'update_display_data'].includes(t)) return false;
+      for (const area of model.areas) {
+        if (area.root.isConnected) area.handle(msg);
+        else model.areas.delete(area);
+      }
+      if (t === 'clear_output') model.outputs = msg.content.wait ? model.outputs.concat([msg]) : [];
+      else model.outputs.push(msg);
+      return true;
+    };
+    const update = () => {
+      const id = model.get('msg_id') || '';
+      if (id === captured) return;
+      if (captured) this.kernel.captures.delete(captured);
+      captured = id;
+      if (id) this.kernel.captures.set(id, capture);
+    };
+    model.on('change', (patch) => {
+      if ('msg_id' in patch) update();
+      if ('outputs' in patch && Array.isArray(patch.outputs) && patch.outputs.length) {
+        model.outputs = [];
+        for (const area of model.areas) renderNbOutputs(area, patch.outputs);
+      }
+    });
+    model.on('close', () => {
+      if (captured) this.kernel.captures.delete(captured);
+    });
+    update();
+  }
+
+  /** viewFor renders a view of a model, or null if it is unknown. */
+  viewFor(modelId, ctx) {
+    const model = this.models.get(modelId);
+    if (!model) return null;
+    const wrap = el('div', { class: 'cg-widget-area' });
+    wrap.append(renderView(model, ctx));
+    return wrap;
+  }
+
+  /** disableAll greys out every view once the kernel is gone. */
+  disableAll() {
+    this.disabled = true;
+    for (const m of this.models.values()) m.emit('dead');
+  }
+}
+
+/** renderNbOutputs renders nbformat outputs (Output widget "outputs"). */
+function renderNbOutputs(area, outputs) {
+  area.clear();
+  for (const o of outputs) {
+    if (o.output_type === 'stream') area.stream(o.name, Array.isArray(o.text) ? o.text.join('') : o.text);
+    else if (o.output_type === 'error') area.error(o);
+    else if (o.output_type === 'display_data' || o.output_type === 'execute_result') area.display(o.data || {}, o.metadata || {});
+  }
+}
+
+// ---------------------------------------------------------------- views
+
+const LAYOUT_KEYS = {
+  width: 'width',
+  height: 'height',
+  min_width: 'minWidth',
+  max_width: 'maxWidth',
+  min_height: 'minHeight',
+  max_height: 'maxHeight',
+  margin: 'margin',
+  padding: 'padding',
+  border: 'border',
+  display: 'display',
+  visibility: 'visibility',
+  flex: 'flex',
+  flex_flow: 'flexFlow',
+  align_items: 'alignItems',
+  align_content: 'alignContent',
+  align_self: 'alignSelf',
+  justify_content: 'justifyContent',
+  overflow: 'overflow',
+  overflow_x: 'overflowX',
+  overflow_y: 'overflowY',
+  order: 'order',
+  grid_gap: 'gap',
+};
+
+function applyLayout(model, node) {
+  const layout = model.ref(model.get('layout'));
+  if (!layout || typeof layout !== 'object' || !(layout instanceof WidgetModel)) return;
+  const apply = () => {
+    for (const [k, css] of Object.entries(LAYOUT_KEYS)) {
+      const v = layout.get(k);
+      if (v !== undefined && v !== null && v !== '') node.style[css] = String(v);
+    }
+  };
+  apply();
+  layout.on('change', apply);
+}
+
+function applyClasses(model, node) {
+  for (const c of model.get('_dom_classes') || []) if (/^[\w-]+$/.test(c)) node.classList.add(c);
+}
+
+function description(model) {
+  const d = model.get('description');
+  const label = el('label', { class: 'cg-w-label' });
+  const set = () => {
+    const text = model.get('description') || '';
+    if (model.get('description_allow_html')) label.replaceChildren(sanitizedNode(text, 'cg-w-label-html'));
+    else {
+      label.textContent = text;
+      if (/[$\\]/.test(text)) typeset(label);
+    }
+    label.title = model.get('description_tooltip') || model.get('tooltip') || text;
+    label.style.display = text ? '' : 'none';
+  };
+  set();
+  model.on('change', (p) => {
+    if ('description' in p) set();
+  });
+  void d;
+  return label;
+}
+
+function options(model) {
+  const labels = model.get('_options_labels');
+  if (Array.isArray(labels)) return labels.map(String);
+  const opts = model.get('options');
+  if (Array.isArray(opts)) return opts.map((o) => (Array.isArray(o) ? String(o[0]) : String(o)));
+  return [];
+}
+
+// selectedIndex reads a selection: "index" (protocol 2) or the label value (ipywidgets 6).
+function selectedIndex(model) {
+  const idx = model.get('index');
+  if (typeof idx === 'number') return idx;
+  if (Array.isArray(idx)) return idx;
+  const v = model.get('value');
+  if (v === null || v === undefined) return -1;
+  return options(model).indexOf(String(v));
+}
+
+function selectIndex(model, i, area) {
+  if ('index' in model.state || model.protocol !== 'old') model.set({ index: i }, area);
+  else model.set({ value: options(model)[i] }, area);
+}
+
+function makeControl(model, ctx, control, { labelled = true } = {}) {
+  const root = el('div', { class: `cg-widget cg-view-${model.viewName.toLowerCase() || 'unknown'}` });
+  if (labelled) root.append(description(model));
+  root.append(control);
+  applyLayout(model, root);
+  applyClasses(model, root);
+  return root;
+}
+
+function setDisabled(model, nodes) {
+  const apply = () => {
+    const dis = !!model.get('disabled') || model.manager.disabled;
+    for (const n of nodes) n.disabled = dis;
+  };
+  apply();
+  model.on('change', (p) => {
+    if ('disabled' in p) apply();
+  });
+  model.on('dead', apply);
+}
+
+function sliderView(model, ctx) {
+  const isInt = /^Int/.test(model.modelName) || model.get('readout_format') === 'd';
+  const isLog = /Log/.test(model.modelName);
+  const isRange = /Range/.test(model.modelName) || model.get('_range') === true;
+  const vertical = model.get('orientation') === 'vertical';
+  const inputs = (isRange ? [0, 1] : [0]).map(() => el('input', { type: 'range', class: 'cg-w-range' }));
+  const readout = el('span', { class: 'cg-w-readout' });
+  const box = el('div', { class: `cg-w-slider-box${vertical ? ' cg-vertical' : ''}` }, ...inputs, readout);
+  const toValue = (x) => {
+    let v = Number(x);
+    if (isLog) v = Math.pow(model.get('base') || 10, v);
+    return isInt ? Math.round(v) : v;
+  };
+  const fromValue = (v) => (isLog ? Math.log(v) / Math.log(model.get('base') || 10) : v);
+  const current = () => {
+    const v = model.get('value');
+    return isRange ? (Array.isArray(v) ? v : [0, 0]) : [v];
+  };
+  const render = () => {
+    const step = model.get('step');
+    for (const inp of inputs) {
+      inp.min = String(model.get('min') ?? 0);
+      inp.max = String(model.get('max') ?? 100);
+      inp.step = step === null || step === undefined ? 'any' : String(step);
+    }
+    current().forEach((v, i) => {
+      if (document.activeElement !== inputs[i] || !inputs[i].matches(':active')) inputs[i].value = String(fromValue(v));
+    });
+    const fmt = model.get('readout_format') || (isInt ? 'd' : '.2f');
+    readout.textContent = current()
+      .map((v) => formatNumber(v, fmt))
+      .join(' – ');
+    readout.style.display = model.get('readout') === false ? 'none' : '';
+  };
+  const read = () => {
+    const vals = inputs.map((i) => toValue(i.value));
+    if (isRange) vals.sort((a, b) => a - b);
+    return isRange ? vals : vals[0];
+  };
+  for (const inp of inputs) {
+    inp.setAttribute('aria-label', model.get('description') || 'slider');
+    inp.addEventListener('input', () => {
+      const value = read();
+      readout.textContent = (isRange ? value : [value]).map((v) => formatNumber(v, model.get('readout_format') || (isInt ? 'd' : '.2f'))).join(' – ');
+      if (model.get('continuous_update') !== false) model.set({ value }, ctx.area);
+    });
+    inp.addEventListener('change', () => {
+      const value = read();
+      if (JSON.stringify(value) !== JSON.stringify(model.get('value')) || model.get('continuous_update') === false) model.set({ value }, ctx.area);
+    });
+  }
+  render();
+  model.on('change', (p, fromUser) => {
+    if (!fromUser) render();
+  });
+  setDisabled(model, inputs);
+  return makeControl(model, ctx, box);
+}
+
+function selectionSliderView(model, ctx) {
+  const inp = el('input', { type: 'range', class: 'cg-w-range', min: '0', step: '1' });
+  const readout = el('span', { class: 'cg-w-readout' });
+  const render = () => {
+    const opts = options(model);
+    inp.max = String(Math.max(0, opts.length - 1));
+    const i = selectedIndex(model);
+    inp.value = String(Math.max(0, i));
+    readout.textContent = opts[i] ?? '';
+  };
+  inp.addEventListener('input', () => {
+    const i = Number(inp.value);
+    readout.textContent = options(model)[i] ?? '';
+    if (model.get('continuous_update') !== false) selectIndex(model, i, ctx.area);
+  });
+  inp.addEventListener('change', () => selectIndex(model, Number(inp.value), ctx.area));
+  render();
+  model.on('change', (p, fromUser) => !fromUser && render());
+  setDisabled(model, [inp]);
+  return makeControl(model, ctx, el('div', { class: 'cg-w-slider-box' }, inp, readout));
+}
+
+function dropdownView(model, ctx) {
+  const multiple = /Multiple/.test(model.modelName);
+  const list = /^Select/.test(model.viewName);
+  const sel = el('select', { class: 'cg-w-select' });
+  if (multiple) sel.multiple = true;
+  if (list || multiple) sel.size = model.get('rows') || Math.min(Math.max(options(model).length, 2), 8);
+  const render = () => {
+    const opts = options(model);
+    sel.replaceChildren(...opts.map((o, i) => el('option', { value: String(i), text: o })));
+    const idx = selectedIndex(model);
+    if (multiple) {
+      const set = new Set(Array.isArray(idx) ? idx : (model.get('value') || []).map((v) => opts.indexOf(String(v))));
+      for (const o of sel.options) o.selected = set.has(Number(o.value));
+    } else sel.value = String(idx);
+  };
+  sel.addEventListener('change', () => {
+    if (multiple) {
+      const idx = [...sel.selectedOptions].map((o) => Number(o.value));
+      if ('index' in model.state || model.protocol !== 'old') model.set({ index: idx }, ctx.area);
+      else model.set({ value: idx.map((i) => options(model)[i]) }, ctx.area);
+    } else selectIndex(model, Number(sel.value), ctx.area);
+  });
+  render();
+  model.on('change', (p, fromUser) => !fromUser && render());
+  setDisabled(model, [sel]);
+  sel.setAttribute('aria-label', model.get('description') || 'choice');
+  return makeControl(model, ctx, sel);
+}
+
+function radioView(model, ctx) {
+  const box = el('div', { class: 'cg-w-radios', role: 'radiogroup' });
+  const name = `cgr-${model.id}-${Math.random().toString(36).slice(2, 7)}`;
+  let inputs = [];
+  const render = () => {
+    const opts = options(model);
+    const idx = selectedIndex(model);
+    inputs = opts.map((o, i) => {
+      const r = el('input', { type: 'radio', name, value: String(i) });
+      r.checked = i === idx;
+      r.addEventListener('change', () => r.checked && selectIndex(model, i, ctx.area));
+      return r;
+    });
+    box.replaceChildren(...inputs.map((r, i) => el('label', { class: 'cg-w-radio' }, r, ` ${opts[i]}`)));
+  };
+  render();
+  model.on('change', (p, fromUser) => !fromUser && render());
+  model.on('dead', () => inputs.forEach((i) => (i.disabled = true)));
+  return makeControl(model, ctx, box);
+}
+
+function toggleButtonsView(model, ctx) {
+  const box = el('div', { class: 'cg-w-togglebuttons', role: 'group' });
+  let buttons = [];
+  const render = () => {
+    const opts = options(model);
+    const idx = selectedIndex(model);
+    const tips = model.get('tooltips') || [];
+    buttons = opts.map((o, i) => {
+      const b = el('button', { type: 'button', class: `cg-w-button cg-w-toggle${i === idx ? ' cg-active' : ''}`, title: tips[i] || o, text: o });
+      b.setAttribute('aria-pressed', String(i === idx));
+      b.addEventListener('click', () => {
+        selectIndex(model, i, ctx.area);
+        render();
+      });
+      b.disabled = !!model.get('disabled') || model.manager.disabled;
+      return b;
+    });
+    box.replaceChildren(...buttons);
+  };
+  render();
+  model.on('change', (p, fromUser) => !fromUser && render());
+  model.on('dead', () => buttons.forEach((b) => (b.disabled = true)));
+  return makeControl(model, ctx, box);
+}
+
+function checkboxView(model, ctx) {
+  const cb = el('input', { type: 'checkbox', class: 'cg-w-checkbox' });
+  const render = () => (cb.checked = !!model.get('value'));
+  cb.addEventListener('change', () => model.set({ value: cb.checked }, ctx.area));
+  render();
+  model.on('change', (p, fromUser) => !fromUser && render());
+  setDisabled(model, [cb]);
+  const label = el('label', { class: 'cg-w-checkbox-label' }, cb, ` ${model.get('indent') === false ? model.get('description') || '' : ''}`);
+  cb.setAttribute('aria-label', model.get('description') || 'checkbox');
+  return makeControl(model, ctx, label, { labelled: model.get('indent') !== false });
+}
+
+function toggleButtonView(model, ctx) {
+  const b = el('button', { type: 'button', class: 'cg-w-button cg-w-toggle' });
+  const render = () => {
+    b.textContent = model.get('description') || '';
+    b.title = model.get('tooltip') || '';
+    b.classList.toggle('cg-active', !!model.get('value'));
+    b.setAttribute('aria-pressed', String(!!model.get('value')));
+  };
+  b.addEventListener('click', () => model.set({ value: !model.get('value') }, ctx.area));
+  render();
+  model.on('change', () => render());
+  setDisabled(model, [b]);
+  return makeControl(model, ctx, b, { labelled: false });
+}
+
+function validView(model, ctx) {
+  const s = el('span', { class: 'cg-w-valid' });
+  const render = () => {
+    const ok = !!model.get('value');
+    s.textContent = ok ? '✔' : `✘ ${model.get('readout') || ''}`;
+    s.className = `cg-w-valid ${ok ? 'cg-ok' : 'cg-bad'}`;
+  };
+  render();
+  model.on('change', render);
+  return makeControl(model, ctx, s);
+}
+
+function textView(model, ctx) {
+  const area = model.viewName === 'Textarea';
+  const numeric = /^(Int|Float|BoundedInt|BoundedFloat)Text$/.test(model.modelName) || /^(Int|Float)Text$/.test(model.viewName);
+  const isInt = /Int/.test(model.modelName);
+  const input = area
+    ? el('textarea', { class: 'cg-w-textarea', rows: String(model.get('rows') || 4) })
+    : el('input', { class: 'cg-w-text', type: model.viewName === 'Password' ? 'password' : numeric ? 'number' : 'text' });
+  if (numeric) {
+    if (model.get('min') !== undefined) input.min = String(model.get('min'));
+    if (model.get('max') !== undefined) input.max = String(model.get('max'));
+    input.step = String(model.get('step') ?? (isInt ? 1 : 'any'));
+  }
+  const placeholder = model.get('placeholder');
+  if (placeholder && placeholder !== '\u200b') input.placeholder = placeholder;
+  const read = () => (numeric ? (isInt ? parseInt(input.value, 10) : parseFloat(input.value)) : input.value);
+  const render = () => {
+    if (document.activeElement !== input) input.value = model.get('value') ?? '';
+  };
+  const push = () => {
+    const v = read();
+    if (numeric && !isFinite(v)) return;
+    model.set({ value: v }, ctx.area);
+  };
+  input.addEventListener('input', () => {
+    if (model.get('continuous_update') !== false && !numeric) push();
+  });
+  input.addEventListener('change', push);
+  input.addEventListener('keydown', (ev) => {
+    if (ev.key === 'Enter' && !area) {
+      push();
+      // ipywidgets' Text.on_submit.
+      model.custom({ event: 'submit' }, ctx.area);
+    }
+  });
+  render();
+  model.on('change', (p, fromUser) => !fromUser && render());
+  setDisabled(model, [input]);
+  input.setAttribute('aria-label', model.get('description') || 'text');
+  return makeControl(model, ctx, input);
+}
+
+function buttonView(model, ctx) {
+  const b = el('button', { type: 'button', class: 'cg-w-button' });
+  const render = () => {
+    b.textContent = model.get('description') || '';
+    b.title = model.get('tooltip') || '';
+    const style = model.get('button_style');
+    b.className = `cg-w-button${style ? ` cg-w-style-${style}` : ''}`;
+  };
+  b.addEventListener('click', () => model.custom({ event: 'click' }, ctx.area));
+  render();
+  model.on('change', render);
+  setDisabled(model, [b]);
+  return makeControl(model, ctx, b, { labelled: false });
+}
+
+function htmlView(model, ctx) {
+  const box = el('div', { class: 'cg-w-html-content' });
+  const kind = model.viewName;
+  const render = () => {
+    const v = model.get('value') || '';
+    if (kind === 'Label') {
+      box.textContent = v;
+      if (/[$\\]/.test(v)) typeset(box);
+    } else box.replaceChildren(sanitizedNode(v, 'cg-w-html-body'));
+  };
+  render();
+  model.on('change', render);
+  return makeControl(model, ctx, box);
+}
+
+function colorView(model, ctx) {
+  const input = el('input', { type: 'color', class: 'cg-w-color' });
+  const toHex = (c) => {
+    if (/^#[0-9a-f]{6}$/i.test(c)) return c;
+    if (/^#[0-9a-f]{3}$/i.test(c)) return `#${c[1]}${c[1]}${c[2]}${c[2]}${c[3]}${c[3]}`;
+    const probe = document.createElement('canvas').getContext('2d');
+    probe.fillStyle = c || '#000';
+    return probe.fillStyle;
+  };
+  const render = () => (input.value = toHex(model.get('value') || '#000000'));
+  input.addEventListener('change', () => model.set({ value: input.value }, ctx.area));
+  render();
+  model.on('change', (p, fromUser) => !fromUser && render());
+  setDisabled(model, [input]);
+  return makeControl(model, ctx, input);
+}
+
+function progressView(model, ctx) {
+  const p = el('progress', { class: 'cg-w-progress' });
+  const render = () => {
+    p.max = (model.get('max') ?? 100) - (model.get('min') ?? 0);
+    p.value = (model.get('value') ?? 0) - (model.get('min') ?? 0);
+  };
+  render();
+  model.on('change', render);
+  return makeControl(model, ctx, p);
+}
+
+function imageView(model, ctx) {
+  const img = el('img', { class: 'cg-image' });
+  let url = null;
+  const render = () => {
+    const v = model.get('value');
+    if (url) URL.revokeObjectURL(url);
+    url = null;
+    const b64 = model.get('_b64value'); // ipywidgets 6 sends images as base64
+    if (v && v.buffer) {
+      url = URL.createObjectURL(new Blob([v], { type: `image/${model.get('format') || 'png'}` }));
+      img.src = url;
+    } else if (typeof b64 === 'string' && b64) {
+      img.src = `data:image/${encodeURIComponent(model.get('format') || 'png')};base64,${b64.replace(/[^A-Za-z0-9+/=]/g, '')}`;
+    }
+    if (model.get('width')) img.style.width = /^\d+$/.test(model.get('width')) ? `${model.get('width')}px` : model.get('width');
+    if (model.get('height')) img.style.height = /^\d+$/.test(model.get('height')) ? `${model.get('height')}px` : model.get('height');
+  };
+  render();
+  model.on('change', render);
+  return makeControl(model, ctx, img, { labelled: false });
+}
+
+function boxView(model, ctx) {
+  const name = model.viewName;
+  const horizontal = name === 'HBox' || name === 'Grid';
+  const root = el('div', { class: `cg-widget cg-w-box ${horizontal ? 'cg-w-hbox' : name === 'GridBox' ? 'cg-w-gridbox' : 'cg-w-vbox'}` });
+  const render = () => {
+    const kids = (model.get('children') || []).map((c) => model.ref(c)).filter((m) => m instanceof WidgetModel);
+    root.replaceChildren(...kids.map((m) => renderView(m, ctx)));
+  };
+  render();
+  model.on('change', (p) => {
+    if ('children' in p) render();
+  });
+  applyLayout(model, root);
+  applyClasses(model, root);
+  return root;
+}
+
+function tabView(model, ctx) {
+  const accordion = model.viewName === 'Accordion';
+  const root = el('div', { class: `cg-widget cg-view-${accordion ? 'accordion' : 'tab'}` });
+  const render = () => {
+    const kids = (model.get('children') || []).map((c) => model.ref(c)).filter((m) => m instanceof WidgetModel);
+    const titles = model.get('_titles') || model.get('titles') || {};
+    let selected = model.get('selected_index') ?? 0;
+    const head = el('div', { class: 'cg-w-tabbar', role: 'tablist' });
+    const bodies = kids.map((m) => el('div', { class: 'cg-w-tabbody' }, renderView(m, ctx)));
+    const show = (i) => {
+      bodies.forEach((b, j) => (b.hidden = j !== i));
+      [...head.children].forEach((b, j) => b.classList.toggle('cg-active', j === i));
+    };
+    kids.forEach((m, i) => {
+      const b = el('button', { type: 'button', class: 'cg-w-tab', text: titles[i] ?? titles[String(i)] ?? `Tab ${i + 1}` });
+      b.addEventListener('click', () => {
+        selected = i;
+        show(i);
+        model.set({ selected_index: i }, ctx.area);
+      });
+      head.append(b);
+    });
+    root.replaceChildren(head, ...bodies);
+    show(selected);
+  };
+  render();
+  model.on('change', (p, fromUser) => {
+    if (!fromUser && ('children' in p || 'selected_index' in p || '_titles' in p || 'titles' in p)) render();
+  });
+  applyLayout(model, root);
+  return root;
+}
+
+function outputView(model, ctx) {
+  const root = el('div', { class: 'cg-widget cg-w-output' });
+  const area = new OutputArea(root, { kernel: model.manager.kernel, widgets: model.manager });
+  model.areas.add(area);
+  for (const msg of model.outputs) area.handle(msg);
+  if (Array.isArray(model.get('outputs')) && model.get('outputs').length && !model.outputs.length) renderNbOutputs(area, model.get('outputs'));
+  applyLayout(model, root);
+  return root;
+}
+
+const VIEWS = {
+  IntSlider: sliderView,
+  FloatSlider: sliderView,
+  FloatLogSlider: sliderView,
+  IntRangeSlider: sliderView,
+  FloatRangeSlider: sliderView,
+  SelectionSlider: selectionSliderView,
+  SelectionRangeSlider: selectionSliderView,
+  Dropdown: dropdownView,
+  Select: dropdownView,
+  SelectMultiple: dropdownView,
+  RadioButtons: radioView,
+  ToggleButtons: toggleButtonsView,
+  Checkbox: checkboxView,
+  ToggleButton: toggleButtonView,
+  Valid: validView,
+  Text: textView,
+  Textarea: textView,
+  Password: textView,
+  Combobox: textView,
+  IntText: textView,
+  FloatText: textView,
+  BoundedIntText: textView,
+  BoundedFloatText: textView,
+  Button: buttonView,
+  HTML: htmlView,
+  HTMLMath: htmlView,
+  Label: htmlView,
+  ColorPicker: colorView,
+  Progress: progressView,
+  Image: imageView,
+  Box: boxView,
+  HBox: boxView,
+  VBox: boxView,
+  GridBox: boxView,
+  Grid: boxView,
+  Tab: tabView,
+  Accordion: tabView,
+  Output: outputView,
+};
+
+/** renderView renders a view of model (ctx.area is the cell's output area). */
+export function renderView(model, ctx) {
+  const make = VIEWS[model.viewName];
+  if (!make) {
+    return el('div', { class: 'cg-widget cg-w-unsupported', text: `[${model.get('_view_name') || model.get('_model_name') || 'widget'} is not supported here]` });
+  }
+  const node = make(model, ctx);
+  model.on('close', () => node.remove());
+  model.on('dead', () => node.classList.add('cg-w-dead'));
+  if (model.manager.disabled) node.classList.add('cg-w-dead');
+  return node;
+}

@@ -1,0 +1,227 @@
+// Package static serves cellgate's browser client: the embed script
+// (/static/embed.js, and /embedded_sagecell.js for pages written for the
+// Sage Cell Server), its stylesheet and fonts, and the demo page at /.
+//
+// The files are bundled from src/ by scripts/web-build.sh (npm ci and
+// esbuild) into dist/, and embedded into the binary. Without a build, the
+// handler answers 503 with a hint instead of the client.
+package static
+
+import (
+	"bytes"
+	"compress/gzip"
+	"crypto/sha256"
+	"embed"
+	"encoding/hex"
+	"io/fs"
+	"mime"
+	"net/http"
+	"path"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/labstack/echo/v4"
+)
+
+//go:embed all:dist
+var dist embed.FS
+
+// notBuilt is the answer when dist/ holds only its placeholder.
+const notBuilt = "cellgate's browser client is not built: run `make build` (scripts/web-build.sh bundles static/ with npm and esbuild)\n"
+
+// asset is one file, with its validators and a lazily gzipped copy.
+type asset struct {
+	name    string
+	data    []byte
+	ctype   string
+	etag    string
+	cache   string
+	gzOnce  sync.Once
+	gzipped []byte
+}
+
+func (a *asset) gz() []byte {
+	a.gzOnce.Do(func() {
+		if !compressible(a.ctype) || len(a.data) < 1024 {
+			return
+		}
+		var buf bytes.Buffer
+		w, _ := gzip.NewWriterLevel(&buf, gzip.BestCompression)
+		_, _ = w.Write(a.data)
+		if w.Close() == nil && buf.Len() < len(a.data) {
+			a.gzipped = buf.Bytes()
+		}
+	})
+	return a.gzipped
+}
+
+func compressible(ctype string) bool {
+	return strings.HasPrefix(ctype, "text/") || strings.Contains(ctype, "javascript") || strings.Contains(ctype, "json") || strings.Contains(ctype, "svg")
+}
+
+// Client serves the browser client.
+type Client struct {
+	files   map[string]*asset // by URL path
+	built   bool
+	started time.Time
+}
+
+// New loads the embedded client.
+func New() *Client {
+	c := &Client{files: map[string]*asset{}, started: time.Now()}
+	sub, err := fs.Sub(dist, "dist")
+	if err != nil {
+		return c
+	}
+	_ = fs.WalkDir(sub, ".", func(name string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() || name == "README" || name == "VERSION" {
+			return nil
+		}
+		data, err := fs.ReadFile(sub, name)
+		if err != nil {
+			return nil
+		}
+		sum := sha256.Sum256(data)
+		a := &asset{name: name, data: data, etag: `"` + hex.EncodeToString(sum[:12]) + `"`}
+		a.ctype = mime.TypeByExtension(path.Ext(name))
+		switch path.Ext(name) {
+		case ".js":
+			a.ctype = "text/javascript; charset=utf-8"
+		case ".woff2":
+			a.ctype = "font/woff2"
+		case "":
+			a.ctype = "application/octet-stream"
+		}
+		switch {
+		case name == "index.html":
+			a.cache = "no-cache"
+		case strings.HasPrefix(name, "fonts/"):
+			// Font names carry a hash of their bytes.
+			a.cache = "public, max-age=31536000, immutable"
+		default:
+			a.cache = "public, max-age=300"
+		}
+		if name == "index.html" {
+			c.files["/"] = a
+		} else {
+			c.files["/static/"+name] = a
+		}
+		if name == "embedded_sagecell.js" {
+			c.files["/embedded_sagecell.js"] = a
+		}
+		return nil
+	})
+	_, c.built = c.files["/static/embed.js"]
+	return c
+}
+
+// Built reports whether the bundle was built before the binary.
+func (c *Client) Built() bool { return c.built }
+
+// Owns reports whether a request path is the client's.
+func Owns(p string) bool {
+	return p == "/" || p == "/index.html" || p == "/embedded_sagecell.js" || strings.HasPrefix(p, "/static/")
+}
+
+// ServeHTTP serves /, /static/* and /embedded_sagecell.js.
+func (c *Client) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	h.Set("X-Content-Type-Options", "nosniff")
+	p := r.URL.Path
+	if p == "/index.html" {
+		p = "/"
+	}
+	if strings.HasPrefix(p, "/static/") || p == "/embedded_sagecell.js" {
+		// Fonts are fetched with CORS by pages that embed cells.
+		h.Set("Access-Control-Allow-Origin", "*")
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		if r.Method == http.MethodOptions {
+			h.Set("Access-Control-Allow-Methods", "GET, HEAD, OPTIONS")
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		h.Set("Allow", "GET, HEAD, OPTIONS")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	a, ok := c.files[p]
+	if !ok {
+		if !c.built {
+			http.Error(w, notBuilt, http.StatusServiceUnavailable)
+			return
+		}
+		http.NotFound(w, r)
+		return
+	}
+	h.Set("Content-Type", a.ctype)
+	h.Set("Cache-Control", a.cache)
+	h.Set("ETag", a.etag)
+	if p == "/" {
+		h.Set("Referrer-Policy", "no-referrer")
+	}
+	h.Add("Vary", "Accept-Encoding")
+	if match := r.Header.Get("If-None-Match"); match != "" && etagMatch(match, a.etag) {
+		w.WriteHeader(http.StatusNotModified)
+		return
+	}
+	body := a.data
+	if acceptsGzip(r) {
+		if gz := a.gz(); gz != nil {
+			h.Set("Content-Encoding", "gzip")
+			body = gz
+		}
+	}
+	http.ServeContent(w, r, "", c.started, bytes.NewReader(body))
+}
+
+func etagMatch(header, etag string) bool {
+	for _, t := range strings.Split(header, ",") {
+		t = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(t), "W/"))
+		if t == etag || t == "*" {
+			return true
+		}
+	}
+	return false
+}
+
+func acceptsGzip(r *http.Request) bool {
+	for _, part := range strings.Split(r.Header.Get("Accept-Encoding"), ",") {
+		name, params, _ := strings.Cut(strings.TrimSpace(part), ";")
+		if !strings.EqualFold(strings.TrimSpace(name), "gzip") {
+			continue
+		}
+		q := strings.TrimSpace(params)
+		if v, ok := strings.CutPrefix(q, "q="); ok {
+			if f, err := strconv.ParseFloat(v, 64); err == nil && f == 0 {
+				return false
+			}
+		}
+		return true
+	}
+	return false
+}
+
+// Wrap serves the client's paths and hands every other request to next
+// (the gateway): static.Wrap(gw.Handler()).
+func Wrap(next http.Handler) http.Handler {
+	c := New()
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if Owns(r.URL.Path) && (r.Method == http.MethodGet || r.Method == http.MethodHead || r.URL.Path != "/") {
+			c.ServeHTTP(w, r)
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// Register adds the client's routes to an echo server.
+func Register(e *echo.Echo) {
+	h := echo.WrapHandler(New())
+	for _, p := range []string{"/", "/index.html", "/embedded_sagecell.js", "/static/*"} {
+		e.GET(p, h)
+		e.HEAD(p, h)
+	}
+}

@@ -1,0 +1,705 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"image"
+	"image/color"
+	"image/png"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.mongodb.org/mongo-driver/v2/bson"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
+)
+
+func readAll(t testing.TB, r io.Reader) []byte {
+	t.Helper()
+	data, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	return data
+}
+
+func writeFile(t testing.TB, path string, data []byte) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func smallPNG(t testing.TB) []byte {
+	img := image.NewRGBA(image.Rect(0, 0, 16, 8))
+	for x := range 16 {
+		img.Set(x, x/2, color.RGBA{R: 200, A: 255})
+	}
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func randomBytes(n int, seed uint64) []byte {
+	r := rand.New(rand.NewPCG(seed, seed))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// watch starts watching a fresh directory and returns it with a snapshot of its empty state.
+func watch(t *testing.T, f *Files, owner FileOwner) (*Watcher, string, Snapshot) {
+	t.Helper()
+	dir := t.TempDir()
+	w, err := f.Watch(dir, owner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Close() })
+	snap, err := w.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w, dir, snap
+}
+
+func TestFilesRoundTrip(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		owner := FileOwner{Session: "sess-1", Kernel: "kern-1"}
+		w, dir, snap := watch(t, s.Files(), owner)
+
+		pngData := smallPNG(t)
+		csvData := []byte("name,value\nα,1\nβ,2\n")
+		big := randomBytes(3*fileChunkSize+1234, 1) // several chunks, last one partial
+		writeFile(t, filepath.Join(dir, "plot.png"), pngData)
+		writeFile(t, filepath.Join(dir, "table.csv"), csvData)
+		writeFile(t, filepath.Join(dir, "out", "big.bin"), big)
+		writeFile(t, filepath.Join(dir, "empty.txt"), nil)
+
+		report, err := w.UploadChanged(ctx, snap, "PERMALINK123")
+		if err != nil {
+			t.Fatalf("UploadChanged: %v", err)
+		}
+		want := []struct {
+			name, contentType string
+			data              []byte
+		}{
+			{"empty.txt", "text/plain; charset=utf-8", nil},
+			{"out/big.bin", "application/octet-stream", big},
+			{"plot.png", "image/png", pngData},
+			{"table.csv", "text/csv; charset=utf-8", csvData},
+		}
+		if len(report.Files) != len(want) || report.Omitted != 0 || report.Truncated {
+			t.Fatalf("report = %+v, want %d files", report, len(want))
+		}
+		for i, wf := range want {
+			got := report.Files[i]
+			sum := sha256.Sum256(wf.data)
+			if got.Name != wf.name || got.Skipped != "" || got.Size != int64(len(wf.data)) ||
+				got.ContentType != wf.contentType || got.SHA256 != hex.EncodeToString(sum[:]) || len(got.ID) != 22 {
+				t.Errorf("file %d = %+v, want %s (%s, %d bytes)", i, got, wf.name, wf.contentType, len(wf.data))
+				continue
+			}
+			r, err := s.Files().OpenFile(ctx, got.ID, got.Name)
+			if err != nil {
+				t.Fatalf("OpenFile(%s): %v", got.Name, err)
+			}
+			if data := readAll(t, r); !bytes.Equal(data, wf.data) {
+				t.Errorf("%s: read back %d bytes, differing from the %d written", got.Name, len(data), len(wf.data))
+			}
+			info := r.Info
+			if info.Size != int64(len(wf.data)) || info.ContentType != wf.contentType || info.SHA256 != got.SHA256 ||
+				info.Session != owner.Session || info.Kernel != owner.Kernel || info.Permalink != "PERMALINK123" || info.UploadDate.IsZero() {
+				t.Errorf("%s: info = %+v", got.Name, info)
+			}
+			_ = r.Close()
+
+			// Any GridFS client reads the same bytes.
+			var viaDriver bytes.Buffer
+			if _, err := s.db.GridFSBucket(optionsBucket()).DownloadToStream(ctx, got.ID, &viaDriver); err != nil {
+				t.Errorf("%s: driver GridFS download: %v", got.Name, err)
+			} else if !bytes.Equal(viaDriver.Bytes(), wf.data) {
+				t.Errorf("%s: driver GridFS download differs", got.Name)
+			}
+		}
+
+		bigID := report.Files[1].ID
+		t.Run("seek", func(t *testing.T) {
+			r, err := s.Files().OpenFile(ctx, bigID, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			ranges := []struct{ off, n int64 }{
+				{0, 10}, {fileChunkSize - 5, 10}, {2*fileChunkSize + 7, 100}, {int64(len(big)) - 3, 3},
+				{5, 3 * fileChunkSize}, {fileChunkSize, fileChunkSize}, {0, int64(len(big))},
+			}
+			for _, rg := range ranges {
+				if _, err := r.Seek(rg.off, io.SeekStart); err != nil {
+					t.Fatal(err)
+				}
+				buf := make([]byte, rg.n)
+				if _, err := io.ReadFull(r, buf); err != nil {
+					t.Fatalf("range %d+%d: %v", rg.off, rg.n, err)
+				}
+				if !bytes.Equal(buf, big[rg.off:rg.off+rg.n]) {
+					t.Errorf("range %d+%d differs", rg.off, rg.n)
+				}
+			}
+			if end, err := r.Seek(0, io.SeekEnd); err != nil || end != int64(len(big)) {
+				t.Errorf("Seek(end) = %d, %v", end, err)
+			}
+			if n, err := r.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+				t.Errorf("Read at end = %d, %v", n, err)
+			}
+			if _, err := r.Seek(-1, io.SeekStart); err == nil {
+				t.Error("negative seek accepted")
+			}
+		})
+
+		t.Run("lookups", func(t *testing.T) {
+			tests := []struct{ id, name string }{
+				{bigID, "plot.png"},            // wrong name for the id
+				{bigID, "../out/big.bin"},      // escapes
+				{bigID, "/out/big.bin"},        // absolute
+				{bigID, "out//big.bin"},        // empty component
+				{bigID, "out/./big.bin"},       // dot component
+				{"AAAAAAAAAAAAAAAAAAAAAA", ""}, // unknown id
+				{"../../etc/passwd", ""},       // not an id
+			}
+			for _, tc := range tests {
+				if _, err := s.Files().OpenFile(ctx, tc.id, tc.name); !errors.Is(err, ErrNotFound) {
+					t.Errorf("OpenFile(%q, %q) = %v, want ErrNotFound", tc.id, tc.name, err)
+				}
+			}
+		})
+
+		t.Run("only changes are uploaded again", func(t *testing.T) {
+			snap2, err := w.Snapshot()
+			if err != nil {
+				t.Fatal(err)
+			}
+			report, err := w.UploadChanged(ctx, snap2, "")
+			if err != nil || len(report.Files) != 0 {
+				t.Fatalf("nothing changed, got %+v, %v", report, err)
+			}
+			writeFile(t, filepath.Join(dir, "table.csv"), []byte("name,value\nγ,3\n"))
+			report, err = w.UploadChanged(ctx, snap2, "")
+			if err != nil || len(report.Files) != 1 || report.Files[0].Name != "table.csv" || report.Files[0].Skipped != "" {
+				t.Fatalf("one file changed, got %+v, %v", report, err)
+			}
+			// The earlier version is still served under its own id.
+			r, err := s.Files().OpenFile(ctx, want3ID(t, s, "table.csv", report.Files[0].ID), "table.csv")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			if data := readAll(t, r); !bytes.Equal(data, csvData) {
+				t.Errorf("old version = %q", data)
+			}
+		})
+	})
+}
+
+// want3ID finds the id of the other stored version of name.
+func want3ID(t *testing.T, s *Store, name, notID string) string {
+	t.Helper()
+	var doc struct {
+		ID string `bson:"_id"`
+	}
+	err := s.Files().filesColl.FindOne(context.Background(),
+		bson.D{{Key: "filename", Value: name}, {Key: "_id", Value: bson.D{{Key: "$ne", Value: notID}}}}).Decode(&doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return doc.ID
+}
+
+// TestFilesHostileDirectory plays an untrusted kernel: each case creates entries after the
+// snapshot, and checks what is uploaded and what is skipped, and that nothing skipped is stored.
+func TestFilesHostileDirectory(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		outside := t.TempDir()
+		writeFile(t, filepath.Join(outside, "secret.txt"), []byte("top secret"))
+		writeFile(t, filepath.Join(outside, "sub", "inner.txt"), []byte("also secret"))
+
+		type expect struct {
+			name    string
+			skipped string // substring of the reason; empty: uploaded
+		}
+		tests := []struct {
+			name      string
+			limits    FileLimits
+			make      func(t *testing.T, dir string)
+			want      []expect
+			omitted   int
+			truncated bool
+		}{
+			{
+				name: "symlink to a file outside",
+				make: func(t *testing.T, dir string) {
+					must(t, os.Symlink(filepath.Join(outside, "secret.txt"), filepath.Join(dir, "link.txt")))
+				},
+				want: []expect{{"link.txt", "symbolic link"}},
+			},
+			{
+				name: "symlink to a directory outside",
+				make: func(t *testing.T, dir string) {
+					must(t, os.Symlink(filepath.Join(outside, "sub"), filepath.Join(dir, "linkdir")))
+				},
+				want: []expect{{"linkdir", "symbolic link"}},
+			},
+			{
+				name: "relative symlink escaping upwards",
+				make: func(t *testing.T, dir string) {
+					must(t, os.MkdirAll(filepath.Join(dir, "a"), 0o755))
+					must(t, os.Symlink("../../../../../../etc/passwd", filepath.Join(dir, "a", "passwd")))
+				},
+				want: []expect{{"a/passwd", "symbolic link"}},
+			},
+			{
+				name: "named pipe",
+				make: func(t *testing.T, dir string) {
+					must(t, syscall.Mkfifo(filepath.Join(dir, "pipe"), 0o644))
+				},
+				want: []expect{{"pipe", "named pipe"}},
+			},
+			{
+				name: "unix socket",
+				make: func(t *testing.T, dir string) {
+					l, err := net.Listen("unix", filepath.Join(dir, "sock"))
+					must(t, err)
+					t.Cleanup(func() { _ = l.Close() })
+				},
+				want: []expect{{"sock", "socket"}},
+			},
+			{
+				name: "character device",
+				make: func(t *testing.T, dir string) {
+					// Like /dev/null (1,3); needs CAP_MKNOD, which a sandboxed kernel lacks anyway.
+					if err := syscall.Mknod(filepath.Join(dir, "null"), syscall.S_IFCHR|0o666, 1<<8|3); err != nil {
+						t.Skipf("mknod: %v", err)
+					}
+				},
+				want: []expect{{"null", "character device"}},
+			},
+			{
+				name: "hard link to a file outside",
+				make: func(t *testing.T, dir string) {
+					if err := os.Link(filepath.Join(outside, "secret.txt"), filepath.Join(dir, "hard.txt")); err != nil {
+						t.Skipf("link: %v", err)
+					}
+				},
+				want: []expect{{"hard.txt", "hard links"}},
+			},
+			{
+				name:   "file over the size limit",
+				limits: FileLimits{MaxFileBytes: 1000},
+				make: func(t *testing.T, dir string) {
+					writeFile(t, filepath.Join(dir, "big.bin"), make([]byte, 1001))
+					writeFile(t, filepath.Join(dir, "ok.bin"), make([]byte, 1000))
+				},
+				want: []expect{{"big.bin", "larger than the 1000-byte file limit"}, {"ok.bin", ""}},
+			},
+			{
+				name:   "too many files in one execution",
+				limits: FileLimits{MaxFilesPerExecution: 3},
+				make: func(t *testing.T, dir string) {
+					for i := range 5 {
+						writeFile(t, filepath.Join(dir, fmt.Sprintf("f%d.txt", i)), []byte("x"))
+					}
+				},
+				want: []expect{{"f0.txt", ""}, {"f1.txt", ""}, {"f2.txt", ""}, {"f3.txt", "more than 3 files"}, {"f4.txt", "more than 3 files"}},
+			},
+			{
+				name:   "session total",
+				limits: FileLimits{MaxSessionBytes: 1000},
+				make: func(t *testing.T, dir string) {
+					writeFile(t, filepath.Join(dir, "a.bin"), make([]byte, 600))
+					writeFile(t, filepath.Join(dir, "b.bin"), make([]byte, 600))
+					writeFile(t, filepath.Join(dir, "c.bin"), make([]byte, 400))
+				},
+				want: []expect{{"a.bin", ""}, {"b.bin", "session storage limit"}, {"c.bin", ""}},
+			},
+			{
+				name: "names that are not text",
+				make: func(t *testing.T, dir string) {
+					writeFile(t, filepath.Join(dir, "new\nline.txt"), []byte("x"))
+					writeFile(t, filepath.Join(dir, "bad\xff.txt"), []byte("x"))
+					writeFile(t, filepath.Join(dir, "evil\u202etxt.exe"), []byte("x"))
+					writeFile(t, filepath.Join(dir, "ok é.txt"), []byte("x"))
+				},
+				want: []expect{{"bad\uFFFD.txt", "not printable"}, {"evil\uFFFDtxt.exe", "not printable"}, {"new\uFFFDline.txt", "not printable"}, {"ok é.txt", ""}},
+			},
+			{
+				name:   "directories too deep",
+				limits: FileLimits{MaxDepth: 1},
+				make: func(t *testing.T, dir string) {
+					writeFile(t, filepath.Join(dir, "a", "one.txt"), []byte("1"))
+					writeFile(t, filepath.Join(dir, "a", "b", "two.txt"), []byte("2"))
+				},
+				want: []expect{{"a/b/", "nested more than 1 levels"}, {"a/one.txt", ""}},
+			},
+			{
+				name: "hidden files and caches are ignored",
+				make: func(t *testing.T, dir string) {
+					writeFile(t, filepath.Join(dir, ".ipython", "profile_default", "history.sqlite"), []byte("x"))
+					writeFile(t, filepath.Join(dir, "__pycache__", "m.cpython-311.pyc"), []byte("x"))
+					writeFile(t, filepath.Join(dir, ".hidden"), []byte("x"))
+					writeFile(t, filepath.Join(dir, "visible.txt"), []byte("x"))
+				},
+				want: []expect{{"visible.txt", ""}},
+			},
+			{
+				name:   "too many entries",
+				limits: FileLimits{MaxEntries: 10, MaxFilesPerExecution: 100},
+				make: func(t *testing.T, dir string) {
+					for i := range 30 {
+						writeFile(t, filepath.Join(dir, fmt.Sprintf("f%02d", i)), []byte("x"))
+					}
+				},
+				truncated: true,
+			},
+			{
+				name: "many skipped entries are summarised",
+				make: func(t *testing.T, dir string) {
+					for i := range maxSkipNotices + 7 {
+						must(t, os.Symlink("/etc/passwd", filepath.Join(dir, fmt.Sprintf("l%03d", i))))
+					}
+				},
+				omitted: 7,
+			},
+		}
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				files := newFiles(s.db, tc.limits, testLogger(t))
+				session := "hostile-" + randomHex(4)
+				w, dir, snap := watch(t, files, FileOwner{Session: session})
+				tc.make(t, dir)
+				report, err := w.UploadChanged(ctx, snap, "")
+				if err != nil {
+					t.Fatalf("UploadChanged: %v", err)
+				}
+				if report.Truncated != tc.truncated || report.Omitted != tc.omitted {
+					t.Errorf("truncated %v, omitted %d; want %v, %d", report.Truncated, report.Omitted, tc.truncated, tc.omitted)
+				}
+				if tc.truncated {
+					if n := len(report.Files); n != 10 {
+						t.Errorf("%d files examined, want the 10 allowed", n)
+					}
+					return
+				}
+				if tc.omitted > 0 {
+					if len(report.Files) != maxSkipNotices {
+						t.Errorf("%d notices listed, want %d", len(report.Files), maxSkipNotices)
+					}
+					return
+				}
+				var got []expect
+				var uploaded []string
+				for _, f := range report.Files {
+					got = append(got, expect{f.Name, f.Skipped})
+					if f.Skipped == "" {
+						uploaded = append(uploaded, f.Name)
+					}
+				}
+				if len(got) != len(tc.want) {
+					t.Fatalf("report %+v, want %+v", report.Files, tc.want)
+				}
+				for i := range got {
+					if got[i].name != tc.want[i].name || (tc.want[i].skipped == "") != (got[i].skipped == "") ||
+						!strings.Contains(got[i].skipped, tc.want[i].skipped) {
+						t.Errorf("entry %d = %+q, want %+q", i, got[i], tc.want[i])
+					}
+				}
+				// Exactly the uploaded files are stored, and none of the skipped ones.
+				stored, err := files.filesColl.Distinct(ctx, "filename", bson.D{{Key: "metadata.session", Value: session}}).Raw()
+				if err != nil {
+					t.Fatal(err)
+				}
+				var names []string
+				must(t, bson.UnmarshalValue(bson.TypeArray, stored, &names))
+				slices.Sort(names)
+				if !slices.Equal(names, uploaded) {
+					t.Errorf("stored %q, want %q", names, uploaded)
+				}
+				if n, err := files.chunksColl.CountDocuments(ctx, bson.D{{Key: "files_id", Value: bson.D{{Key: "$nin", Value: storedIDs(t, files)}}}}); err != nil || n != 0 {
+					t.Errorf("%d orphan chunks (%v)", n, err)
+				}
+			})
+		}
+	})
+}
+
+func optionsBucket() *options.BucketOptionsBuilder {
+	return options.GridFSBucket().SetName(filesBucket)
+}
+
+// storedIDs lists the ids of all committed files.
+func storedIDs(t *testing.T, files *Files) []string {
+	t.Helper()
+	all, err := files.filesColl.Distinct(context.Background(), "_id", bson.D{}).Raw()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	must(t, bson.UnmarshalValue(bson.TypeArray, all, &ids))
+	return ids
+}
+
+// TestFilesSwappedUnderfoot covers races a kernel can run between our scan and our open: the file
+// replaced by a symlink, a FIFO, a directory, another file, or grown over the limit.
+func TestFilesSwappedUnderfoot(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		outside := filepath.Join(t.TempDir(), "secret")
+		writeFile(t, outside, []byte("secret"))
+		tests := []struct {
+			name string
+			swap func(t *testing.T, path string)
+			want string
+		}{
+			{"symlink", func(t *testing.T, p string) { must(t, os.Remove(p)); must(t, os.Symlink(outside, p)) }, "symbolic link"},
+			{"fifo", func(t *testing.T, p string) { must(t, os.Remove(p)); must(t, syscall.Mkfifo(p, 0o644)) }, "other than a regular file"},
+			{"directory", func(t *testing.T, p string) { must(t, os.Remove(p)); must(t, os.Mkdir(p, 0o755)) }, "other than a regular file"},
+			{"another file", func(t *testing.T, p string) {
+				must(t, os.Rename(p, p+".old"))
+				writeFile(t, p, []byte("small"))
+			}, "replaced while being read"},
+			{"grown", func(t *testing.T, p string) { writeFile(t, p, make([]byte, 2000)) }, "larger than"},
+			{"removed", func(t *testing.T, p string) { must(t, os.Remove(p)) }, "removed"},
+			{"parent swapped for a symlink", func(t *testing.T, p string) {
+				parent := filepath.Dir(p)
+				must(t, os.Rename(parent, parent+".old"))
+				must(t, os.Symlink(filepath.Dir(outside), parent))
+			}, "directory changed"},
+		}
+		for _, tc := range tests {
+			t.Run(tc.name, func(t *testing.T) {
+				files := newFiles(s.db, FileLimits{MaxFileBytes: 1000}, testLogger(t))
+				w, dir, _ := watch(t, files, FileOwner{})
+				path := filepath.Join(dir, "sub", "secret")
+				writeFile(t, path, []byte("small"))
+				after, err := scanTree(w.rootFD, files.limits)
+				if err != nil {
+					t.Fatal(err)
+				}
+				stamp, ok := after.entries["sub/secret"]
+				if !ok {
+					t.Fatalf("scan missed the file: %v", after.entries)
+				}
+				tc.swap(t, path)
+				_, reason, err := w.uploadOne(ctx, "sub/secret", stamp, "")
+				if err != nil || !strings.Contains(reason, tc.want) {
+					t.Errorf("uploadOne = %q, %v; want a skip for %q", reason, err, tc.want)
+				}
+			})
+		}
+	})
+}
+
+// TestFilesChangingWhileRead uploads a file that another process keeps writing to: whatever the
+// timing, a file is stored whole and consistent (its bytes match its size and hash) or skipped
+// with nothing left behind.
+func TestFilesChangingWhileRead(t *testing.T) {
+	const limit = 2 << 20
+	forEachBackend(t, Config{}, func(t *testing.T, s *Store) {
+		for _, mode := range []string{"append", "overwrite"} {
+			t.Run(mode, func(t *testing.T) {
+				ctx := context.Background()
+				files := newFiles(s.db, FileLimits{MaxFileBytes: limit, MaxSessionBytes: 1 << 40}, testLogger(t))
+				w, dir, _ := watch(t, files, FileOwner{})
+				path := filepath.Join(dir, "changing.log")
+				writeFile(t, path, make([]byte, 1<<20))
+
+				stop := make(chan struct{})
+				writerDone := make(chan struct{})
+				go func() {
+					defer close(writerDone)
+					f, err := os.OpenFile(path, os.O_WRONLY, 0)
+					if err != nil {
+						return
+					}
+					defer f.Close()
+					block := bytes.Repeat([]byte("x"), 4096)
+					for i := int64(0); ; i++ {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						if mode == "append" {
+							_, _ = f.Seek(0, io.SeekEnd)
+							_, _ = f.Write(block)
+						} else {
+							_, _ = f.WriteAt(block, (i*4096)%(1<<20))
+						}
+					}
+				}()
+				defer func() { close(stop); <-writerDone }()
+
+				outcomes := map[string]int{}
+				for range 5 {
+					report, err := w.UploadChanged(ctx, Snapshot{}, "")
+					if err != nil {
+						t.Fatal(err)
+					}
+					for _, f := range report.Files {
+						if f.Skipped != "" {
+							outcomes[f.Skipped]++
+							continue
+						}
+						outcomes["uploaded"]++
+						r, err := files.OpenFile(ctx, f.ID, f.Name)
+						if err != nil {
+							t.Fatal(err)
+						}
+						data := readAll(t, r)
+						sum := sha256.Sum256(data)
+						if int64(len(data)) != f.Size || hex.EncodeToString(sum[:]) != f.SHA256 || f.Size > limit {
+							t.Errorf("stored %d bytes, reported %d (limit %d), hash match %v", len(data), f.Size, limit, hex.EncodeToString(sum[:]) == f.SHA256)
+						}
+					}
+				}
+				t.Logf("outcomes: %v", outcomes)
+				for reason := range outcomes {
+					switch {
+					case reason == "uploaded", strings.Contains(reason, "changed while being read"), strings.Contains(reason, "limit"):
+					default:
+						t.Errorf("unexpected outcome %q", reason)
+					}
+				}
+				if n, err := files.chunksColl.CountDocuments(ctx, bson.D{{Key: "files_id", Value: bson.D{{Key: "$nin", Value: storedIDs(t, files)}}}}); err != nil || n != 0 {
+					t.Errorf("%d orphan chunks (%v)", n, err)
+				}
+			})
+		}
+	})
+}
+
+// TestFilesDatabaseDown: uploads fail with an error and a complete report, never a panic.
+func TestFilesDatabaseDown(t *testing.T) {
+	ctx := context.Background()
+	e := startEmbedded(t, t.TempDir())
+	s := openStore(t, Config{URI: e.URI(), ServerSelectionTimeout: 200 * time.Millisecond})
+	w, dir, snap := watch(t, s.Files(), FileOwner{})
+	writeFile(t, filepath.Join(dir, "a.txt"), []byte("a"))
+	writeFile(t, filepath.Join(dir, "b.txt"), []byte("b"))
+	must(t, e.Close())
+	report, err := w.UploadChanged(ctx, snap, "")
+	if err == nil {
+		t.Fatal("UploadChanged succeeded with the database down")
+	}
+	if len(report.Files) != 2 || !strings.Contains(report.Files[0].Skipped, "storage unavailable") ||
+		!strings.Contains(report.Files[1].Skipped, "storage unavailable") {
+		t.Errorf("report = %+v", report)
+	}
+}
+
+func TestValidFileName(t *testing.T) {
+	tests := []struct {
+		name string
+		want bool
+	}{
+		{"plot.png", true},
+		{"out/data 1.csv", true},
+		{"é/ü.txt", true},
+		{"", false},
+		{"..", false},
+		{"../x", false},
+		{"a/../b", false},
+		{"./a", false},
+		{"/etc/passwd", false},
+		{"a//b", false},
+		{"a/", false},
+		{"a\x00b", false},
+		{"a\nb", false},
+		{"a\u202eb", false},
+		{"\xff", false},
+		{strings.Repeat("a", 256), false},
+	}
+	for _, tc := range tests {
+		if got := ValidFileName(tc.name); got != tc.want {
+			t.Errorf("ValidFileName(%q) = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+func FuzzValidFileName(f *testing.F) {
+	for _, s := range []string{"plot.png", "a/b", "../x", "/x", "a//b", "a/./b", "\xff", "a\u202eb"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		if !ValidFileName(name) {
+			return
+		}
+		if filepath.IsAbs(name) || filepath.Clean(name) != name || strings.HasPrefix(name, "../") || name == ".." ||
+			strings.ContainsAny(name, "\x00\n\r") || printableName(name) != name {
+			t.Errorf("ValidFileName accepted %q", name)
+		}
+		if !filepath.IsLocal(name) {
+			t.Errorf("ValidFileName accepted non-local %q", name)
+		}
+	})
+}
+
+func TestDetectContentType(t *testing.T) {
+	tests := []struct {
+		name string
+		head []byte
+		want string
+	}{
+		{"plot.png", []byte("\x89PNG\r\n\x1a\n...."), "image/png"},
+		{"PLOT.PNG", nil, "image/png"},
+		{"noext", []byte("\x89PNG\r\n\x1a\n...."), "image/png"},
+		{"data.csv", []byte("a,b\n1,2\n"), "text/csv; charset=utf-8"},
+		{"data.csv", []byte("a,b\n\xff\xfe"), "text/csv"},
+		{"README", []byte("hello ☃"), "text/plain; charset=utf-8"},
+		{"README", []byte("cut rune \xe2\x98"), "text/plain; charset=utf-8"},
+		{"blob", []byte{0, 1, 2, 3}, "application/octet-stream"},
+		{"doc.pdf", []byte("%PDF-1.7"), "application/pdf"},
+		{"page.html", []byte("<script>"), "text/html; charset=utf-8"},
+	}
+	for _, tc := range tests {
+		if got := detectContentType(tc.name, tc.head); got != tc.want {
+			t.Errorf("detectContentType(%q, %q) = %q, want %q", tc.name, tc.head, got, tc.want)
+		}
+	}
+}
+
+func FuzzDetectContentType(f *testing.F) {
+	f.Add("a.png", []byte("\x89PNG"))
+	f.Add("x", []byte("\xe2\x98"))
+	f.Fuzz(func(t *testing.T, name string, head []byte) {
+		if got := detectContentType(name, head); got == "" {
+			t.Errorf("empty content type for %q", name)
+		}
+	})
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,116 @@
+package storage
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+)
+
+// testMongoURIEnv names a real MongoDB to run the suite against as well (skipped when unset).
+const testMongoURIEnv = "CELLGATE_TEST_MONGO_URI"
+
+// testLogger logs warnings and errors through t.Log, so they show only for failing tests (-v aside).
+func testLogger(t testing.TB) zerolog.Logger {
+	return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel).With().Timestamp().Logger()
+}
+
+// startEmbedded starts FerretDB on dir and stops it when the test ends.
+func startEmbedded(t testing.TB, dir string) *Embedded {
+	t.Helper()
+	e, err := StartEmbedded(context.Background(), EmbeddedConfig{Dir: dir, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatalf("StartEmbedded: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := e.Close(); err != nil {
+			t.Errorf("Embedded.Close: %v", err)
+		}
+	})
+	return e
+}
+
+// openStore opens uri and closes the store when the test ends (before any embedded database
+// started earlier in the test, as cleanups run last-in first-out).
+func openStore(t testing.TB, cfg Config) *Store {
+	t.Helper()
+	cfg.Logger = testLogger(t)
+	if cfg.ServerSelectionTimeout == 0 {
+		cfg.ServerSelectionTimeout = 2 * time.Second
+	}
+	s, err := Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := s.Close(ctx); err != nil {
+			t.Errorf("Store.Close: %v", err)
+		}
+	})
+	return s
+}
+
+// backend opens a fresh, empty store on one kind of server.
+type backend struct {
+	name string
+	open func(t *testing.T, cfg Config) *Store
+}
+
+func testBackends() []backend {
+	return []backend{
+		{name: "embedded", open: func(t *testing.T, cfg Config) *Store {
+			e := startEmbedded(t, t.TempDir())
+			cfg.URI = e.URI()
+			return openStore(t, cfg)
+		}},
+		{name: "mongodb", open: func(t *testing.T, cfg Config) *Store {
+			uri := os.Getenv(testMongoURIEnv)
+			if uri == "" {
+				t.Skipf("%s not set", testMongoURIEnv)
+			}
+			cfg.URI = uri
+			cfg.Database = "cellgate_test_" + randomHex(6)
+			s := openStore(t, cfg)
+			t.Cleanup(func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				_ = s.db.Drop(ctx)
+			})
+			return s
+		}},
+	}
+}
+
+// forEachBackend runs test against the embedded database, and against CELLGATE_TEST_MONGO_URI
+// when set.
+func forEachBackend(t *testing.T, cfg Config, test func(t *testing.T, s *Store)) {
+	for _, b := range testBackends() {
+		t.Run(b.name, func(t *testing.T) {
+			test(t, b.open(t, cfg))
+		})
+	}
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// eventually polls cond until it holds or the timeout passes.
+func eventually(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
