@@ -206,9 +206,12 @@ func (k *Kernel) launch(ctx context.Context) error {
 	return nil
 }
 
-// waitReady repeats kernel_info_request until both its reply and an iopub
-// message arrive: the SUB socket joins late, and a kernel is only useful
-// once its output can be seen.
+// waitReady repeats kernel_info_request until both its reply and the
+// iopub idle status it caused arrive: the SUB socket joins late, and a
+// kernel is only useful once its output can be seen. Waiting for the idle
+// of the last attempt (not just any iopub message) means every message
+// that the readiness probes caused has arrived before the kernel is handed
+// on, so none of them leaks into a session.
 func (k *Kernel) waitReady(ctx context.Context, proc *sandbox.Process, socks *sockets, startup <-chan Received) error {
 	ctx, cancel := context.WithTimeout(ctx, k.cfg.StartTimeout)
 	defer cancel()
@@ -221,19 +224,20 @@ attempt:
 		if err := socks.send(jupytermsg.Shell, req); err != nil {
 			return fmt.Errorf("%w: %w", ErrStartFailed, err)
 		}
-		gotReply, gotIOPub := false, false
+		gotReply, gotIdle := false, false
 		round := time.NewTimer(time.Second)
-		for !(gotReply && gotIOPub) {
+		for !(gotReply && gotIdle) {
 			select {
 			case r := <-startup:
-				if r.Channel == jupytermsg.IOPub {
-					gotIOPub = true
-					if gotReply {
-						round.Reset(200 * time.Millisecond)
-					}
-				} else if r.Msg.Header.MsgType == "kernel_info_reply" && r.Msg.ParentMsgID() == req.Header.MsgID {
+				if r.Msg.ParentMsgID() != req.Header.MsgID {
+					continue
+				}
+				switch {
+				case r.Channel == jupytermsg.IOPub && r.Msg.Header.MsgType == "status" && isIdle(r.Msg):
+					gotIdle = true
+				case r.Msg.Header.MsgType == "kernel_info_reply":
 					gotReply = true
-					if !gotIOPub {
+					if !gotIdle {
 						round.Reset(200 * time.Millisecond)
 					}
 				}
@@ -437,3 +441,8 @@ func (k *Kernel) removeDirs() {
 
 // Output returns the tail of what the kernel process printed.
 func (k *Kernel) Output() string { return k.output.String() }
+
+func isIdle(m *jupytermsg.Message) bool {
+	var st jupytermsg.Status
+	return m.DecodeContent(&st) == nil && st.ExecutionState == jupytermsg.StateIdle
+}

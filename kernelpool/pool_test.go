@@ -235,6 +235,13 @@ func TestKilledKernelIsDeclaredDeadAndReplaced(t *testing.T) {
 			}
 			p.mu.Unlock()
 			waitGone(t, pid)
+			// Done closes when death is noticed; the reaping that
+			// removes the directories follows it.
+			select {
+			case <-victim.cleaned:
+			case <-time.After(30 * time.Second):
+				t.Fatal("dead kernel never reaped")
+			}
 			if _, err := os.Stat(victim.WorkDir); !os.IsNotExist(err) {
 				t.Errorf("work dir of dead kernel left behind: %v", err)
 			}
