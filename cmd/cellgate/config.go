@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"strconv"
@@ -95,7 +96,7 @@ func envName(flagName string) string {
 func parseOptions(args []string, getenv func(string) string) (options, error) {
 	var o options
 	fs := newFlagSet(&o)
-	fs.Usage = func() { usage(fs) }
+	fs.Usage = func() { usage(fs, fs.Output()) }
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -161,12 +162,19 @@ func readConfigFile(path string) (map[string]string, error) {
 	return values, nil
 }
 
-func usage(fs *flag.FlagSet) {
-	out := fs.Output()
+func usage(fs *flag.FlagSet, out io.Writer) {
 	fmt.Fprintln(out, "Usage: cellgate serve [flags]")
-	fmt.Fprintln(out, "\nEvery flag can also be set with CELLGATE_<FLAG> (e.g. CELLGATE_MONGO_URI) or in the --config file.")
+	fmt.Fprintln(out, "\nEvery flag can also be set by the environment variable shown beside it, or in the --config file;")
+	fmt.Fprintln(out, "a flag wins over the environment, which wins over the file.")
 	fmt.Fprintln(out, "\nFlags:")
-	fs.PrintDefaults()
+	fs.VisitAll(func(f *flag.Flag) {
+		kind, text := flag.UnquoteUsage(f)
+		fmt.Fprintf(out, "  %s\n    \t%s", strings.TrimSpace("--"+f.Name+" "+kind), text)
+		if f.DefValue != "" && f.DefValue != "0" && f.DefValue != "false" && f.DefValue != "0s" {
+			fmt.Fprintf(out, " (default %q)", f.DefValue)
+		}
+		fmt.Fprintf(out, " [$%s]\n", envName(f.Name))
+	})
 }
 
 // parsePool reads "python3=2,sagemath=1".

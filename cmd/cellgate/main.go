@@ -6,13 +6,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
+	"sync"
 	"syscall"
 	"time"
 
@@ -36,8 +37,11 @@ func main() {
 }
 
 func run(args []string) error {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Println("Usage: cellgate serve [flags]    (cellgate serve --help lists the flags)")
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "-help" || args[0] == "help" {
+		fmt.Println("cellgate serves Jupyter kernels as embeddable compute cells.\n\nCommands:\n  serve    run the server (the only command)")
+		fmt.Println()
+		var o options
+		usage(newFlagSet(&o), os.Stdout)
 		if len(args) == 0 {
 			return errors.New("no command given")
 		}
@@ -50,16 +54,23 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	log, err := newLogger(o)
+	log, err := newLogger(o, os.Stderr)
 	if err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	go func() {
+		// After the first signal starts the drain, a second one gets Go's
+		// default handling and ends the process at once (bwrap's
+		// --die-with-parent takes the kernels with it).
+		<-ctx.Done()
+		stop()
+	}()
 	return serve(ctx, o, log)
 }
 
-func newLogger(o options) (zerolog.Logger, error) {
+func newLogger(o options, w io.Writer) (zerolog.Logger, error) {
 	level, err := zerolog.ParseLevel(o.logLevel)
 	if err != nil {
 		return zerolog.Logger{}, fmt.Errorf("--log-level: %w", err)
@@ -67,9 +78,9 @@ func newLogger(o options) (zerolog.Logger, error) {
 	var log zerolog.Logger
 	switch o.logFormat {
 	case "json":
-		log = zerolog.New(os.Stderr)
+		log = zerolog.New(w)
 	case "console":
-		log = zerolog.New(zerolog.ConsoleWriter{Out: os.Stderr, TimeFormat: time.DateTime})
+		log = zerolog.New(zerolog.ConsoleWriter{Out: w, TimeFormat: time.DateTime})
 	default:
 		return log, fmt.Errorf("--log-format: %q is neither console nor json", o.logFormat)
 	}
@@ -124,16 +135,24 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 	}
 	defer os.RemoveAll(runtimeRoot)
 
-	// The pool starts kernels before the gateway exists; starts are
-	// reported to it once it does.
-	var gw *gateway.Server
-	var gwReady atomic.Bool
+	// Every step of shutdown shares one deadline, set when shutdown
+	// begins (or now, if serve fails before), so the whole of it takes
+	// --drain-timeout, not a multiple of it.
+	var shutdownAt time.Time
+	shutdownCtx := func() (context.Context, context.CancelFunc) {
+		if shutdownAt.IsZero() {
+			shutdownAt = time.Now().Add(o.drainTimeout)
+		}
+		return context.WithDeadline(context.Background(), shutdownAt)
+	}
+
+	// The pool starts kernels, and the queue may drop permalinks, before
+	// the gateway exists; early events wait for it in events.
+	events := &earlyEvents{}
 	pool, err := kernelpool.New(kernelpool.Config{
 		Specs: specs, Ready: sizes, MaxKernels: o.maxKernels,
 		OnStart: func(spec string, took time.Duration, err error) {
-			if gwReady.Load() {
-				gw.ObserveKernelStart(spec, took, err)
-			}
+			events.do(func(gw *gateway.Server) { gw.ObserveKernelStart(spec, took, err) })
 		},
 		Kernel: kernelpool.KernelConfig{Launcher: launcher, RuntimeRoot: runtimeRoot, WorkRoot: workRoot, Log: log},
 	})
@@ -141,7 +160,9 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 		return err
 	}
 	defer func() {
-		closeCtx, cancel := context.WithTimeout(context.Background(), o.drainTimeout)
+		// Kernels are stopped even after the deadline: Close only stops
+		// waiting for the pool's own goroutines then.
+		closeCtx, cancel := shutdownCtx()
 		defer cancel()
 		if err := pool.Close(closeCtx); err != nil {
 			log.Error().Err(err).Msg("closing kernel pool")
@@ -149,15 +170,13 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 	}()
 
 	stack, err := openStorage(ctx, o, log, func(id string, err error) {
-		if gwReady.Load() {
-			gw.PermalinkDropped(id, err)
-		}
+		events.do(func(gw *gateway.Server) { gw.PermalinkDropped(id, err) })
 	})
 	if err != nil {
 		return err
 	}
 	defer func() {
-		closeCtx, cancel := context.WithTimeout(context.Background(), o.drainTimeout)
+		closeCtx, cancel := shutdownCtx()
 		defer cancel()
 		if err := stack.close(closeCtx); err != nil {
 			log.Error().Err(err).Msg("closing storage")
@@ -173,8 +192,8 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 	if launcher.Name() == "none" {
 		cfg.SandboxWarning = "kernels run unsandboxed (--sandbox=none): development only"
 	}
-	gw = gateway.New(cfg, pool)
-	gwReady.Store(true)
+	gw := gateway.New(cfg, pool)
+	events.attach(gw)
 
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
@@ -194,16 +213,50 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 	case <-ctx.Done():
 	}
 	log.Info().Dur("deadline", o.drainTimeout).Msg("shutting down: draining sessions")
-	drainCtx, cancel := context.WithTimeout(context.Background(), o.drainTimeout)
+	drainCtx, cancel := shutdownCtx()
 	defer cancel()
 	if err := gw.Drain(drainCtx); err != nil {
 		log.Error().Err(err).Msg("drain")
 	}
 	if err := httpServer.Shutdown(drainCtx); err != nil {
-		log.Warn().Err(err).Msg("http shutdown")
+		log.Warn().Err(err).Msg("http shutdown: closing the connections still open")
 		_ = httpServer.Close()
 	}
 	return nil
+}
+
+// earlyEvents holds what happens before the gateway exists (the pool's
+// first kernel starts) and hands it over once it does.
+type earlyEvents struct {
+	mu      sync.Mutex
+	gw      *gateway.Server
+	pending []func(*gateway.Server)
+}
+
+// maxEarlyEvents bounds what waits for the gateway; the first fill of a
+// pool starts at most --max-kernels kernels.
+const maxEarlyEvents = 4096
+
+func (e *earlyEvents) do(f func(*gateway.Server)) {
+	e.mu.Lock()
+	gw := e.gw
+	if gw == nil && len(e.pending) < maxEarlyEvents {
+		e.pending = append(e.pending, f)
+	}
+	e.mu.Unlock()
+	if gw != nil {
+		f(gw)
+	}
+}
+
+func (e *earlyEvents) attach(gw *gateway.Server) {
+	e.mu.Lock()
+	pending := e.pending
+	e.gw, e.pending = gw, nil
+	e.mu.Unlock()
+	for _, f := range pending {
+		f(gw)
+	}
 }
 
 func splitList(s string) []string {

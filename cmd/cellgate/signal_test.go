@@ -1,0 +1,190 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// The test binary doubles as the cellgate command, so the signal test runs
+// the real main in a child process it can send SIGTERM to.
+func TestMain(m *testing.M) {
+	if os.Getenv("CELLGATE_TEST_AS_MAIN") == "1" {
+		os.Args = append([]string{"cellgate"}, strings.Fields(os.Getenv("CELLGATE_TEST_ARGS"))...)
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// logLines collects the child's JSON log lines.
+type logLines struct {
+	mu    sync.Mutex
+	lines []map[string]any
+	raw   []string
+}
+
+func (l *logLines) read(r io.Reader) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var m map[string]any
+		_ = json.Unmarshal(sc.Bytes(), &m)
+		l.mu.Lock()
+		l.lines = append(l.lines, m)
+		l.raw = append(l.raw, sc.Text())
+		l.mu.Unlock()
+	}
+}
+
+func (l *logLines) find(msg string) map[string]any {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, m := range l.lines {
+		if m["message"] == msg {
+			return m
+		}
+	}
+	return nil
+}
+
+// TestSIGTERMDrains starts cellgate as an operator does, with a session
+// computing, sends SIGTERM, and checks what the operator and the client
+// see: the start-up line, the client told why its session ended, one end
+// line per session, a clean exit and nothing left behind.
+func TestSIGTERMDrains(t *testing.T) {
+	dataDir := filepath.Join(t.TempDir(), "data")
+	runtimeDir, err := os.MkdirTemp("/tmp", "cgsig")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(runtimeDir)
+	addr := freeAddr(t)
+	args := []string{"serve", "--listen", addr, "--data-dir", dataDir, "--runtime-dir", runtimeDir,
+		"--sandbox", "none", "--pool", "python3=1", "--drain-timeout", "15s", "--log-format", "json"}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "CELLGATE_TEST_AS_MAIN=1", "CELLGATE_TEST_ARGS="+strings.Join(args, " "))
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	logs := &logLines{}
+	logsDone := make(chan struct{})
+	go func() { logs.read(stderr); close(logsDone) }()
+	exited := make(chan error, 1)
+	go func() { <-logsDone; exited <- cmd.Wait() }()
+	defer func() {
+		_ = cmd.Process.Kill()
+	}()
+
+	base := "http://" + addr
+	waitReady(t, base)
+	start := logs.find("cellgate serving")
+	if start == nil {
+		t.Fatalf("no start-up line in %v", logs.raw)
+	}
+	for _, field := range []string{"listen", "pool", "sandbox", "database"} {
+		if start[field] == nil || start[field] == "" {
+			t.Errorf("start-up line lacks %q: %v", field, start)
+		}
+	}
+
+	resp, err := http.PostForm(base+"/kernel", url.Values{"timeout": {"60"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var k struct{ ID string }
+	json.NewDecoder(resp.Body).Decode(&k)
+	resp.Body.Close()
+	ws, _, err := websocket.DefaultDialer.Dial("ws://"+addr+"/kernel/"+k.ID+"/channels?session_id=sig", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.Close()
+	req := `{"channel":"shell","header":{"msg_type":"execute_request","msg_id":"busy"},"parent_header":{},"metadata":{},"content":{"code":"import time\nwhile True: time.sleep(0.05)","silent":false}}`
+	if err := ws.WriteMessage(websocket.TextMessage, []byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	readUntil(t, ws, func(f map[string]any) bool { return state(f) == "busy" })
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	dead := readUntil(t, ws, func(f map[string]any) bool { return state(f) == "dead" })
+	if reason, _ := dead["content"].(map[string]any)["reason"].(string); !strings.Contains(reason, "shutting down") {
+		t.Errorf("client told %q, want the server shutting down", reason)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("cellgate exited with %v after SIGTERM; log:\n%s", err, strings.Join(logs.raw, "\n"))
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("cellgate did not exit after SIGTERM")
+	}
+	end := logs.find("session ended")
+	if end == nil {
+		t.Fatalf("no session end line in %v", logs.raw)
+	}
+	for _, field := range []string{"session", "kernel", "remote", "duration", "executions", "reason"} {
+		if _, ok := end[field]; !ok {
+			t.Errorf("session end line lacks %q: %v", field, end)
+		}
+	}
+	if left, _ := os.ReadDir(filepath.Join(dataDir, "kernels")); len(left) != 0 {
+		t.Errorf("kernel work dirs left after SIGTERM: %d", len(left))
+	}
+	if left, _ := os.ReadDir(runtimeDir); len(left) != 0 {
+		t.Errorf("runtime dir not cleaned after SIGTERM: %d entries", len(left))
+	}
+}
+
+func waitReady(t *testing.T, base string) {
+	t.Helper()
+	for i := 0; i < 1200; i++ {
+		if resp, err := http.Get(base + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatal("never ready")
+}
+
+func state(f map[string]any) string {
+	content, _ := f["content"].(map[string]any)
+	s, _ := content["execution_state"].(string)
+	return s
+}
+
+func readUntil(t *testing.T, ws *websocket.Conn, match func(map[string]any) bool) map[string]any {
+	t.Helper()
+	_ = ws.SetReadDeadline(time.Now().Add(60 * time.Second))
+	for {
+		_, data, err := ws.ReadMessage()
+		if err != nil {
+			t.Fatalf("websocket: %v", err)
+		}
+		var f map[string]any
+		if json.Unmarshal(data, &f) == nil && match(f) {
+			return f
+		}
+	}
+}
