@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -427,4 +428,44 @@ func (a *api) deleteJupyterKernel(id string) error {
 		return fmt.Errorf("DELETE /api/kernels/%s: HTTP %d", id, resp.StatusCode)
 	}
 	return nil
+}
+
+// waitPermalinkQueueEmpty waits until cellgate's metrics show no permalink
+// waiting for the database.
+func (a *api) waitPermalinkQueueEmpty(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		depth, err := a.metric("cellgate_permalink_queue_depth")
+		if err == nil && depth == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("permalink queue not empty after %s (depth %v, %v)", timeout, depth, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// metric reads one unlabelled gauge or counter from /metrics.
+func (a *api) metric(name string) (float64, error) {
+	resp, err := a.http.Get(a.base + "metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			return strconv.ParseFloat(strings.TrimSpace(v), 64)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return 0, err
+	}
+	return 0, fmt.Errorf("%s not in /metrics", name)
 }

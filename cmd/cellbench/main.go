@@ -15,6 +15,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
@@ -84,7 +85,7 @@ func run(ctx context.Context, o options) int {
 	rec := &recorder{}
 	rep := Report{
 		Generated: began.UTC().Format(time.RFC3339), GoVersion: runtime.Version(),
-		Host: hostInfo(), Cellgate: map[string]string{},
+		Host: hostInfo(), Cellgate: map[string]string{}, Versions: versions(o),
 	}
 	rep.GitCommit, rep.GitDirty = gitInfo()
 
@@ -381,4 +382,33 @@ func meminfo(field string) (int64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no %s", field)
+}
+
+// versions reads the versions of the comparison's parts off this machine,
+// so the report never states one from memory.
+func versions(o options) map[string]string {
+	v := map[string]string{}
+	if out, err := exec.Command("/usr/bin/python3", "-c", "import jupyter_server, ipykernel; print(jupyter_server.__version__, ipykernel.__version__)").Output(); err == nil {
+		if f := strings.Fields(string(out)); len(f) == 2 {
+			v["jupyter_server"], v["ipykernel"] = f[0], f[1]
+		}
+	}
+	if data, err := os.ReadFile(filepath.Join(o.nodeModules, "@jupyterlab", "services", "package.json")); err == nil {
+		var pkg struct{ Version string }
+		if json.Unmarshal(data, &pkg) == nil {
+			v["@jupyterlab/services"] = pkg.Version
+		}
+	}
+	if out, err := exec.Command("node", "--version").Output(); err == nil {
+		v["node"] = strings.TrimSpace(string(out))
+	}
+	return v
+}
+
+// versionOf names a part with its version when it is known.
+func versionOf(rep Report, name, label string) string {
+	if v := rep.Versions[name]; v != "" {
+		return label + " " + v
+	}
+	return label
 }

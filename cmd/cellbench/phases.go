@@ -312,7 +312,7 @@ func (e *env) phaseJupyterLab(ctx context.Context) error {
 			e.rec.problem("%v", err)
 		}
 	}()
-	e.rec.value(secJupyter, "jupyter_server_start", "Jupyter Server 1.23 process start → /api/status 200", "ms", ms(js.ready), "", "for reference; cellgate's own start is in Memory")
+	e.rec.value(secJupyter, "jupyter_server_start", "Jupyter Server process start → /api/status 200", "ms", ms(js.ready), "", "for reference; cellgate's own start is in Memory")
 
 	targets, _ := json.Marshal([]map[string]string{
 		{"name": "cellgate", "url": e.api.base, "token": e.api.token},
@@ -542,8 +542,10 @@ func (e *env) phasePermalinks(ctx context.Context) error {
 		ids = append(ids, a.Query)
 	}
 	// Creation answers from the write-behind queue; look up once it has
-	// reached the database.
-	time.Sleep(2 * time.Second)
+	// reached the database, so lookups are database reads.
+	if err := e.api.waitPermalinkQueueEmpty(ctx, time.Minute); err != nil {
+		return err
+	}
 	for _, id := range ids {
 		t := time.Now()
 		var p struct {

@@ -10,7 +10,11 @@ import (
 // run that wrote it.
 func readme(rep Report) string {
 	var b strings.Builder
-	b.WriteString(readmeHead)
+	head := strings.NewReplacer(
+		"{JUPYTER_SERVER}", versionOf(rep, "jupyter_server", "Jupyter Server"),
+		"{JLAB_SERVICES}", versionOf(rep, "@jupyterlab/services", "`@jupyterlab/services`"),
+	).Replace(readmeHead)
+	b.WriteString(head)
 	fmt.Fprintf(&b, "\n## Latest run\n\n%s, commit `%s`%s, Go %s, %s CPUs (%s), %s GiB, Linux %s, load average at start %s; the whole run took %.0f s.\n",
 		rep.Generated, short(rep.GitCommit), map[bool]string{true: " (with uncommitted changes)", false: ""}[rep.GitDirty],
 		strings.TrimPrefix(rep.GoVersion, "go"), rep.Host["cpus"], rep.Host["cpu"], rep.Host["memory_gib"], rep.Host["linux"],
@@ -54,7 +58,7 @@ them by hand. Every figure comes from the run below: nothing is typed in.
 
 ## How to run
 
-    make bench          # deps, build, Go benchmarks, then cmd/cellbench; about 5–8 minutes on 2 cores
+    make bench          # deps, build, Go benchmarks, then cmd/cellbench (the latest run's duration is below)
 
 ` + "`scripts/bench.sh`" + ` first runs the Go benchmarks (` + "`go test -bench`" + ` in kernelpool, sandbox, storage and
 jupytermsg), then builds and runs ` + "`cmd/cellbench`" + `, which:
@@ -64,8 +68,8 @@ jupytermsg), then builds and runs ` + "`cmd/cellbench`" + `, which:
 - drives it as clients do (Sage-cell HTTP + websocket, long-polling, ` + "`/service`" + `, permalinks, files, and the
   Jupyter Server API), and starts kernels in-process through ` + "`kernelpool`" + ` for the direct-ZMQ floor and
   the sandboxed/unsandboxed cold starts;
-- starts Debian's Jupyter Server 1.23 (` + "`/usr/bin/python3 -m jupyter_server`" + `, its defaults, private HOME) and runs
-  ` + "`bench/jsbench.js`" + ` — the unchanged ` + "`@jupyterlab/services`" + ` 7.6.6 under Node — against both servers,
+- starts Debian's {JUPYTER_SERVER} (` + "`/usr/bin/python3 -m jupyter_server`" + `, its defaults, private HOME) and runs
+  ` + "`bench/jsbench.js`" + ` — the unchanged {JLAB_SERVICES} under Node — against both servers,
   alternating kernel by kernel;
 - stops everything it started (SIGTERM, then checks that no kernel process outlived cellgate), prints the
   table and writes ` + "`results.json`" + ` and this file.
@@ -118,8 +122,8 @@ upload scan after). *long-polling*: POST the request, a GET held open delivers t
 is always open, as in a polling client). *Jupyter API websocket*: ` + "`/api/kernels/{id}/channels`" + `, legacy JSON,
 which has no permalink/file hooks. *added at p50* subtracts the direct-ZMQ p50 of the same table (issue 3's
 target: under 0.5 ms). BenchmarkExecuteZMQ (the Go benchmark, on an unsandboxed kernel) is shown for reference
-only: it is a mean taken minutes earlier in the run, and on this shared machine it moved between 4.9 and 8.4 ms
-from one run to the next, while the interleaved floor is measured in the same seconds as the gateway paths.
+only: it is a mean taken minutes earlier in the run, and on this shared machine it moves by several ms from
+one run to the next, while the interleaved floor is measured in the same seconds as the gateway paths.
 *cellgate CPU per execution* is the CPU time all of cellgate's threads (the embedded database included) used
 over 100 executions on one path, divided by 100: it shows what each path costs the gateway, e.g. the
 permalink write that every Sage-cell execution causes.

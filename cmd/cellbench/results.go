@@ -32,12 +32,14 @@ type Row struct {
 
 // Report is bench/results.json.
 type Report struct {
-	Generated   string            `json:"generated"`
-	GitCommit   string            `json:"git_commit"`
-	GitDirty    bool              `json:"git_dirty"`
-	GoVersion   string            `json:"go_version"`
-	Host        map[string]string `json:"host"`
-	Cellgate    map[string]string `json:"cellgate"`
+	Generated string            `json:"generated"`
+	GitCommit string            `json:"git_commit"`
+	GitDirty  bool              `json:"git_dirty"`
+	GoVersion string            `json:"go_version"`
+	Host      map[string]string `json:"host"`
+	Cellgate  map[string]string `json:"cellgate"`
+	// Versions of what the bench compares against, read off this machine.
+	Versions    map[string]string `json:"versions"`
 	DurationSec float64           `json:"duration_seconds"`
 	Rows        []Row             `json:"rows"`
 	// GoBenchmarks are every line of the Go benchmarks run before the
