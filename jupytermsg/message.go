@@ -58,7 +58,9 @@ type Message struct {
 	Buffers      [][]byte
 }
 
-var emptyObject = json.RawMessage("{}")
+// emptyObject returns a new "{}". A fresh slice each time, because callers
+// own the parts of the messages they get and may write to them.
+func emptyObject() json.RawMessage { return json.RawMessage{'{', '}'} }
 
 // NewHeader returns a header with a fresh msg_id and the current time.
 func NewHeader(msgType, session, username string) Header {
@@ -79,7 +81,7 @@ func FormatDate(t time.Time) string {
 
 // New builds a message with a fresh header. parent may be nil.
 func New(msgType, session string, parent *Message, content any) (*Message, error) {
-	m := &Message{Header: NewHeader(msgType, session, "cellgate"), ParentHeader: emptyObject, Metadata: emptyObject}
+	m := &Message{Header: NewHeader(msgType, session, "cellgate"), ParentHeader: emptyObject(), Metadata: emptyObject()}
 	if parent != nil {
 		m.ParentHeader = parent.RawHeader
 	}
@@ -88,7 +90,7 @@ func New(msgType, session string, parent *Message, content any) (*Message, error
 		return nil, fmt.Errorf("marshal header: %w", err)
 	}
 	if content == nil {
-		m.Content = emptyObject
+		m.Content = emptyObject()
 	} else if raw, ok := content.(json.RawMessage); ok {
 		m.Content = raw
 	} else if m.Content, err = json.Marshal(content); err != nil {
@@ -112,11 +114,17 @@ func (m *Message) ParentMsgID() string {
 	return m.Parent().MsgID
 }
 
-// Parent parses the parent header; an empty or malformed one gives a zero Header.
+// Parent parses the parent header; an empty or malformed one gives a zero
+// Header. Keys match exactly, as in the header itself, so a "MSG_ID" cannot
+// pass for the msg_id that routing relies on.
 func (m *Message) Parent() Header {
-	var h Header
-	if len(m.ParentHeader) > 2 {
-		_ = json.Unmarshal(m.ParentHeader, &h)
+	raw := trimJSONSpace(m.ParentHeader)
+	if len(raw) <= 2 || !validJSON(raw) || !isJSONObject(raw) {
+		return Header{}
+	}
+	h, _, err := parseHeaderStrict(raw)
+	if err != nil {
+		return Header{}
 	}
 	return h
 }
@@ -129,13 +137,34 @@ func (m *Message) DecodeContent(v any) error {
 	return nil
 }
 
-// parseHeader fills Header from RawHeader, requiring a JSON object.
+// parseHeader fills Header from RawHeader; see strictHeader.
 func (m *Message) parseHeader() error {
-	if len(m.RawHeader) == 0 {
+	if len(trimJSONSpace(m.RawHeader)) == 0 {
 		return fmt.Errorf("%w: empty header", ErrMalformed)
 	}
-	if err := json.Unmarshal(m.RawHeader, &m.Header); err != nil {
-		return fmt.Errorf("%w: header: %v", ErrMalformed, err)
+	h, _, err := strictHeader(m.RawHeader)
+	if err != nil {
+		return err
 	}
+	m.Header = h
 	return nil
+}
+
+// strictHeader parses a header with the rules every decoder here uses: a
+// JSON object (not null), keys matched exactly, each known key at most once
+// and a string, and a msg_type. encoding/json would take null for an empty
+// header and "MSG_TYPE" for msg_type, so the gateway could route a message
+// by a field the kernel then reads differently.
+func strictHeader(raw []byte) (Header, uint8, error) {
+	if !validJSON(raw) || !isJSONObject(raw) {
+		return Header{}, 0, fmt.Errorf("%w: header is not a JSON object", ErrMalformed)
+	}
+	h, strs, err := parseHeaderStrict(raw)
+	if err != nil {
+		return Header{}, 0, fmt.Errorf("%w: header: %w", ErrMalformed, err)
+	}
+	if h.MsgType == "" {
+		return Header{}, 0, fmt.Errorf("%w: header has no msg_type", ErrMalformed)
+	}
+	return h, strs, nil
 }

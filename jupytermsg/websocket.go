@@ -256,7 +256,7 @@ func newDecodedMessage(parts [4][]byte, what string) (*Message, error) {
 	}
 	for i := 1; i <= 2; i++ {
 		if parts[i] == nil || isJSONNull(trimJSONSpace(parts[i])) {
-			parts[i] = emptyObject
+			parts[i] = emptyObject()
 		} else if !isJSONObject(parts[i]) {
 			return nil, badFrame("%s: %s is not an object", what, partNames[i])
 		}
@@ -279,7 +279,7 @@ func jsonParts(m *Message) [4][]byte {
 	parts := [4][]byte{m.RawHeader, m.ParentHeader, m.Metadata, m.Content}
 	for i, p := range parts {
 		if len(p) == 0 {
-			parts[i] = emptyObject
+			parts[i] = emptyObject()
 		}
 	}
 	return parts
@@ -453,17 +453,11 @@ const fillUsername = "cellgate"
 func FillHeader(m *Message, session string) error {
 	raw := m.RawHeader
 	if len(trimJSONSpace(raw)) == 0 {
-		raw = emptyObject
+		raw = emptyObject()
 	}
-	if !validJSON(raw) || !isJSONObject(raw) {
-		return fmt.Errorf("%w: header is not a JSON object", ErrMalformed)
-	}
-	h, strs, err := parseHeaderStrict(raw)
+	h, strs, err := strictHeader(raw)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrMalformed, err)
-	}
-	if h.MsgType == "" {
-		return fmt.Errorf("%w: header has no msg_type", ErrMalformed)
+		return err
 	}
 	var missing uint8
 	for i, f := range headerFields {

@@ -65,7 +65,7 @@ func (s Signer) Encode(identities [][]byte, m *Message) [][]byte {
 	parts := [4][]byte{m.RawHeader, m.ParentHeader, m.Metadata, m.Content}
 	for i, p := range parts {
 		if len(p) == 0 {
-			parts[i] = emptyObject
+			parts[i] = emptyObject()
 		}
 	}
 	frames := make([][]byte, 0, len(identities)+6+len(m.Buffers))

@@ -2,6 +2,7 @@ package jupytermsg
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"testing"
@@ -139,12 +140,57 @@ func TestNewMessage(t *testing.T) {
 	}
 }
 
+// joinFrames and splitFrames give the fuzzer multipart input whose frames
+// may hold any byte, NUL included: each frame is a uvarint length and then
+// that many bytes.
+func joinFrames(frames [][]byte) []byte {
+	var out []byte
+	for _, f := range frames {
+		out = binary.AppendUvarint(out, uint64(len(f)))
+		out = append(out, f...)
+	}
+	return out
+}
+
+func splitFrames(data []byte) [][]byte {
+	var frames [][]byte
+	for len(data) > 0 {
+		n, used := binary.Uvarint(data)
+		if used <= 0 || n > uint64(len(data)-used) {
+			// A short last frame takes what is left, so every input
+			// means something.
+			return append(frames, data)
+		}
+		frames = append(frames, data[used:used+int(n)])
+		data = data[used+int(n):]
+	}
+	return frames
+}
+
+func TestSplitFramesKeepsNUL(t *testing.T) {
+	want := [][]byte{[]byte("id"), {0, 1, 0}, {}, []byte(Delimiter)}
+	got := splitFrames(joinFrames(want))
+	if len(got) != len(want) {
+		t.Fatalf("got %d frames, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if !bytes.Equal(got[i], want[i]) {
+			t.Errorf("frame %d = %q, want %q", i, got[i], want[i])
+		}
+	}
+}
+
 func FuzzDecode(f *testing.F) {
 	s := NewSigner(golden.key)
-	f.Add(bytes.Join(s.Encode([][]byte{[]byte("id")}, goldenMessage()), []byte{0}))
-	f.Add([]byte("<IDS|MSG>\x00\x00{}\x00{}\x00{}\x00{}"))
+	f.Add(joinFrames(s.Encode([][]byte{[]byte("id")}, goldenMessage())))
+	f.Add(joinFrames(NewSigner("").Encode(nil, goldenMessage())))
+	withNUL := goldenMessage()
+	withNUL.Content = json.RawMessage(`{"code":"\u0000"}`)
+	withNUL.Buffers = [][]byte{{0, 0, 0}}
+	f.Add(joinFrames(s.Encode([][]byte{{0}}, withNUL)))
+	f.Add(joinFrames([][]byte{[]byte(Delimiter), {}, []byte("{}"), []byte("{}"), []byte("{}"), []byte("{}")}))
 	f.Fuzz(func(t *testing.T, joined []byte) {
-		frames := bytes.Split(joined, []byte{0})
+		frames := splitFrames(joined)
 		for _, signer := range []Signer{s, NewSigner("")} {
 			ids, m, err := signer.Decode(frames)
 			if err != nil {
@@ -153,10 +199,93 @@ func FuzzDecode(f *testing.F) {
 				}
 				continue
 			}
+			if m.Header.MsgType == "" || !json.Valid(m.RawHeader) {
+				t.Fatalf("accepted header %q", m.RawHeader)
+			}
 			again := signer.Encode(ids, m)
-			if _, m2, err := signer.Decode(again); err != nil || m2.Header != m.Header {
+			ids2, m2, err := signer.Decode(again)
+			if err != nil || m2.Header != m.Header || len(ids2) != len(ids) || len(m2.Buffers) != len(m.Buffers) {
 				t.Fatalf("re-encode of an accepted message fails: %v", err)
+			}
+			for i := range m.Buffers {
+				if !bytes.Equal(m.Buffers[i], m2.Buffers[i]) {
+					t.Fatalf("buffer %d changed in a round trip", i)
+				}
 			}
 		}
 	})
+}
+
+// TestDecodeHeaderIsStrict holds the ZMQ path to the websocket decoders'
+// rules, so a kernel's header cannot be read one way here and another way
+// by the kernel or a client.
+func TestDecodeHeaderIsStrict(t *testing.T) {
+	s := NewSigner(golden.key)
+	cases := map[string]string{
+		"null":              `null`,
+		"array":             `[]`,
+		"string":            `"x"`,
+		"no msg_type":       `{"msg_id":"1","session":"s"}`,
+		"upper-case key":    `{"msg_id":"1","MSG_TYPE":"execute_request"}`,
+		"duplicate key":     `{"msg_id":"1","msg_type":"a","msg_type":"b"}`,
+		"non-string msg_id": `{"msg_id":1,"msg_type":"status"}`,
+		"empty":             ``,
+		"not UTF-8":         "{\"msg_type\":\"a\xff\"}",
+	}
+	for name, header := range cases {
+		t.Run(name, func(t *testing.T) {
+			m := goldenMessage()
+			m.RawHeader = json.RawMessage(header)
+			frames := s.Encode(nil, m)
+			frames[2] = []byte(header) // Encode would turn "" into {}
+			frames[1] = s.Sign(frames[2], frames[3], frames[4], frames[5])
+			if _, m, err := s.Decode(frames); !errors.Is(err, ErrMalformed) || m != nil {
+				t.Fatalf("Decode = %v, %v; want ErrMalformed", m, err)
+			}
+		})
+	}
+}
+
+func TestParentIsStrict(t *testing.T) {
+	for parent, want := range map[string]string{
+		`{"msg_id":"p1","msg_type":"execute_request"}`: "p1",
+		`{"MSG_ID":"p1"}`:                "",
+		`{"msg_id":"p1","msg_id":"p2"}`:  "",
+		`{"msg_id":3}`:                   "",
+		`null`:                           "",
+		`{}`:                             "",
+		` {"msg_id" : "p1"} `:            "p1",
+		`{"msg_id":"p1","extra":[1,{}]}`: "p1",
+	} {
+		m := &Message{ParentHeader: json.RawMessage(parent)}
+		if got := m.ParentMsgID(); got != want {
+			t.Errorf("ParentMsgID of %s = %q, want %q", parent, got, want)
+		}
+	}
+}
+
+// TestNewMessagesShareNoBytes: a caller owns the message New returns and
+// may write into its parts; that must not reach the next message.
+func TestNewMessagesShareNoBytes(t *testing.T) {
+	first, err := New("status", "s", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, part := range [][]byte{first.ParentHeader, first.Metadata, first.Content} {
+		part[0], part[1] = '[', ']'
+	}
+	second, err := New("status", "s", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, part := range map[string][]byte{"parent": second.ParentHeader, "metadata": second.Metadata, "content": second.Content} {
+		if string(part) != "{}" {
+			t.Errorf("%s of a new message = %s", name, part)
+		}
+	}
+	frames := NewSigner("").Encode(nil, &Message{RawHeader: second.RawHeader})
+	frames[3][0] = 'x'
+	if again := NewSigner("").Encode(nil, &Message{RawHeader: second.RawHeader}); string(again[3]) != "{}" {
+		t.Errorf("Encode filled an empty part with %s", again[3])
+	}
 }
