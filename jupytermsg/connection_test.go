@@ -1,9 +1,13 @@
 package jupytermsg
 
 import (
+	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -60,18 +64,74 @@ func TestConnectionFileRejects(t *testing.T) {
 
 func FuzzParseConnectionInfo(f *testing.F) {
 	f.Add([]byte(`{"transport":"tcp","ip":"127.0.0.1","shell_port":1,"iopub_port":2,"stdin_port":3,"control_port":4,"hb_port":5,"signature_scheme":"hmac-sha256","key":"k"}`))
+	f.Add([]byte(`{"transport":"ipc","ip":"/tmp/s","shell_port":1,"iopub_port":2,"stdin_port":3,"control_port":4,"hb_port":5,"kernel_name":"x"}`))
 	f.Add([]byte(`{"transport":"ipc","ip":"/tmp/s"}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := ParseConnectionInfo(data)
 		if err != nil {
 			return
 		}
+		if len(data) > maxConnectionFile {
+			t.Fatalf("accepted %d bytes", len(data))
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("accepted info that does not validate: %v", err)
+		}
+		// What cellgate writes for a kernel must read back the same.
+		path := filepath.Join(t.TempDir(), "kernel.json")
+		if err := c.WriteFile(path); err != nil {
+			t.Fatal(err)
+		}
+		back, err := ReadConnectionFile(path)
+		if err != nil || back != c {
+			t.Fatalf("round trip: %+v, %v; want %+v", back, err, c)
+		}
 		for _, ch := range []Channel{Shell, IOPub, Stdin, Control, Heartbeat} {
-			if c.Endpoint(ch) == "" {
-				t.Fatal("valid connection info without endpoint")
+			port := c.Port(ch)
+			want := "tcp://" + c.IP + ":" + strconv.Itoa(port)
+			if c.Transport == "ipc" {
+				want = "ipc://" + c.IP + "-" + strconv.Itoa(port)
+			}
+			if port <= 0 || port > 65535 || c.Endpoint(ch) != want {
+				t.Fatalf("%s: port %d endpoint %q, want %q", ch, port, c.Endpoint(ch), want)
 			}
 		}
 	})
+}
+
+// padJSON returns obj padded with trailing spaces to exactly n bytes.
+func padJSON(obj string, n int) []byte {
+	return append([]byte(obj), bytes.Repeat([]byte(" "), n-len(obj))...)
+}
+
+func TestSizeLimits(t *testing.T) {
+	conn := `{"transport":"tcp","ip":"127.0.0.1","shell_port":1,"iopub_port":2,"stdin_port":3,"control_port":4,"hb_port":5}`
+	spec := `{"argv":["python3"]}`
+	if _, err := ParseConnectionInfo(padJSON(conn, maxConnectionFile)); err != nil {
+		t.Errorf("connection file at the limit: %v", err)
+	}
+	if _, err := ParseConnectionInfo(padJSON(conn, maxConnectionFile+1)); err == nil || !strings.Contains(err.Error(), "limit") {
+		t.Errorf("connection file over the limit: %v", err)
+	}
+	if _, err := ParseKernelSpec(padJSON(spec, maxKernelJSON)); err != nil {
+		t.Errorf("kernel.json at the limit: %v", err)
+	}
+	if _, err := ParseKernelSpec(padJSON(spec, maxKernelJSON+1)); err == nil || !strings.Contains(err.Error(), "limit") {
+		t.Errorf("kernel.json over the limit: %v", err)
+	}
+	// Discovery goes through the same check: an oversized spec is reported
+	// and skipped, not read into memory as a spec.
+	dir := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(dir, "big"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "big", "kernel.json"), padJSON(spec, maxKernelJSON+1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	specs, problems := FindKernelSpecs([]string{dir})
+	if len(specs) != 0 || len(problems) != 1 {
+		t.Errorf("oversized kernelspec: specs %v, problems %v", specs, problems)
+	}
 }
 
 func TestKernelSpecDiscovery(t *testing.T) {
@@ -121,10 +181,62 @@ func TestKernelSpecDirsOrder(t *testing.T) {
 
 func FuzzParseKernelSpec(f *testing.F) {
 	f.Add([]byte(`{"argv":["python3","-m","ipykernel_launcher","-f","{connection_file}"],"display_name":"Python 3","language":"python"}`))
+	f.Add([]byte(`{"argv":["sage"],"interrupt_mode":"message","env":{"A":"b"},"metadata":{"debugger": true}}`))
+	f.Add([]byte(`{"argv":["x"],"env":{},"metadata":null}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		k, err := ParseKernelSpec(data)
-		if err == nil && len(k.Argv) == 0 {
-			t.Fatal("accepted a spec without argv")
+		if err != nil {
+			return
+		}
+		if len(data) > maxKernelJSON || len(k.Argv) == 0 {
+			t.Fatalf("accepted %d bytes with argv %q", len(data), k.Argv)
+		}
+		switch k.InterruptMode {
+		case "", "signal", "message":
+		default:
+			t.Fatalf("accepted interrupt_mode %q", k.InterruptMode)
+		}
+		if k.InterruptByMessage() != (k.InterruptMode == "message") {
+			t.Fatal("InterruptByMessage disagrees with interrupt_mode")
+		}
+		// The spec the gateway serves (GET /api/kernelspecs) must parse
+		// back to the same spec.
+		out, err := json.Marshal(k)
+		if err != nil {
+			t.Fatalf("marshal accepted spec: %v", err)
+		}
+		back, err := ParseKernelSpec(out)
+		if err != nil {
+			t.Fatalf("re-parse %s: %v", out, err)
+		}
+		if !reflect.DeepEqual(normalSpec(t, back), normalSpec(t, k)) {
+			t.Fatalf("round trip changed the spec:\n%+v\n%+v", back, k)
+		}
+		// Substitution replaces every placeholder and keeps the length.
+		argv := Spec{Dir: "/res", KernelSpec: k}.Command("/run/c.json")
+		if len(argv) != len(k.Argv) {
+			t.Fatalf("Command changed argv length: %q", argv)
+		}
+		for i, a := range argv {
+			if !strings.Contains(k.Argv[i], "{connection_file}") && !strings.Contains(k.Argv[i], "{resource_dir}") && a != k.Argv[i] {
+				t.Fatalf("Command changed %q to %q", k.Argv[i], a)
+			}
 		}
 	})
+}
+
+// normalSpec makes specs comparable: an empty env is omitted when
+// marshalled, and metadata is compared as compact JSON.
+func normalSpec(t *testing.T, k KernelSpec) KernelSpec {
+	if len(k.Env) == 0 {
+		k.Env = nil
+	}
+	if len(k.Metadata) > 0 {
+		var b bytes.Buffer
+		if err := json.Compact(&b, k.Metadata); err != nil {
+			t.Fatalf("metadata %q: %v", k.Metadata, err)
+		}
+		k.Metadata = b.Bytes()
+	}
+	return k
 }
