@@ -27,6 +27,10 @@ var (
 	ErrKernelGone  = errors.New("kernel is shut down")
 	ErrKernelDied  = errors.New("kernel died")
 	ErrStartFailed = errors.New("kernel failed to start")
+	// ErrKernelBusy means a message was not sent: the kernel is not
+	// reading (stopped, hung, flooded), or its Messages are not being
+	// read. The kernel may recover; the message is gone.
+	ErrKernelBusy = errors.New("kernel is not taking messages")
 )
 
 // KernelConfig is what starting one kernel needs.
@@ -47,7 +51,20 @@ type KernelConfig struct {
 	// MaxMessageBytes caps one message from the kernel; a kernel that sends
 	// more loses that message rather than growing the gateway's memory.
 	MaxMessageBytes int64
-	Log             zerolog.Logger
+	// ReceiveHWM is how many messages each of the kernel's four message
+	// sockets queues in the gateway before libzmq stops reading from the
+	// kernel. What one kernel can make the gateway hold is then bounded by
+	// (4*ReceiveHWM + 16 + 6) * MaxMessageBytes: the queues, the Messages
+	// channel, one message in hand per receiving loop and one being decoded
+	// per socket. The rest waits in the kernel's own process, under its
+	// sandbox's memory limit, or is dropped there (iopub). With the
+	// defaults that is 54 messages: about 3.4 GiB at the 64 MiB cap, so a
+	// gateway that runs many kernels should lower MaxMessageBytes.
+	ReceiveHWM int
+	// SendTimeout bounds Send: a kernel that does not take a message in
+	// this time gets ErrKernelBusy instead of holding the caller.
+	SendTimeout time.Duration
+	Log         zerolog.Logger
 }
 
 func (c *KernelConfig) applyDefaults() {
@@ -66,10 +83,20 @@ func (c *KernelConfig) applyDefaults() {
 	if c.MaxMessageBytes == 0 {
 		c.MaxMessageBytes = 64 << 20
 	}
+	if c.ReceiveHWM <= 0 {
+		c.ReceiveHWM = 8
+	}
+	if c.SendTimeout <= 0 {
+		c.SendTimeout = 5 * time.Second
+	}
 }
 
 // maxIPCPath is the length limit of a unix socket path (sun_path, 108 with NUL).
 const maxIPCPath = 107
+
+// ErrIPCPathTooLong is wrapped by StartKernel's error when RuntimeRoot is
+// too long for unix socket paths.
+var ErrIPCPathTooLong = errors.New("ipc socket path too long")
 
 // Kernel is one running kernel process and its ZMQ connection.
 type Kernel struct {
@@ -107,13 +134,13 @@ func StartKernel(ctx context.Context, zctx *zmq.Context, cfg KernelConfig) (*Ker
 		cfg: cfg, zctx: zctx,
 		runtimeDir: filepath.Join(cfg.RuntimeRoot, id),
 		WorkDir:    filepath.Join(cfg.WorkRoot, id),
-		out:        make(chan Received, 256),
+		out:        make(chan Received, outBuffer),
 		output:     newTailBuffer(8 << 10),
 		done:       make(chan struct{}),
 		cleaned:    make(chan struct{}),
 	}
 	if n := len(k.runtimeDir) + len("/sock-5"); n > maxIPCPath {
-		return nil, fmt.Errorf("%w: runtime dir %s too long for ipc sockets (%d > %d bytes)", ErrStartFailed, cfg.RuntimeRoot, n, maxIPCPath)
+		return nil, fmt.Errorf("%w: %w: runtime dir %s gives %d bytes, over %d", ErrStartFailed, ErrIPCPathTooLong, cfg.RuntimeRoot, n, maxIPCPath)
 	}
 	for _, d := range []string{k.runtimeDir, k.WorkDir} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -125,8 +152,14 @@ func StartKernel(ctx context.Context, zctx *zmq.Context, cfg KernelConfig) (*Ker
 		k.removeDirs()
 		return nil, err
 	}
-	go k.watch()
+	go k.watch(k.process())
 	return k, nil
+}
+
+func (k *Kernel) process() *sandbox.Process {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.proc
 }
 
 // launch starts a process with a fresh key and connects to it. It is used
@@ -144,6 +177,10 @@ func (k *Kernel) launch(ctx context.Context) error {
 	// predecessor's half-closed sockets.
 	conn := jupytermsg.IPCConnection(filepath.Join(k.runtimeDir, fmt.Sprintf("s%d", gen)), hex.EncodeToString(key))
 	conn.KernelName = k.Spec.Name
+	// StartKernel checked the first generation; restarts make names longer.
+	if n := len(conn.Endpoint(jupytermsg.Heartbeat)) - len("ipc://"); n > maxIPCPath {
+		return fmt.Errorf("%w: %w: %d bytes, over %d", ErrStartFailed, ErrIPCPathTooLong, n, maxIPCPath)
+	}
 	connFile := filepath.Join(k.runtimeDir, "kernel.json")
 	if err := conn.WriteFile(connFile); err != nil {
 		return fmt.Errorf("%w: %w", ErrStartFailed, err)
@@ -163,7 +200,8 @@ func (k *Kernel) launch(ctx context.Context) error {
 	socks := &sockets{
 		zctx: k.zctx, conn: conn, signer: jupytermsg.NewSigner(conn.Key),
 		identity: k.Session, inproc: fmt.Sprintf("inproc://kernel-%s-%d", k.ID, gen), maxMsg: k.cfg.MaxMessageBytes,
-		out: startup,
+		rcvHWM: k.cfg.ReceiveHWM, sendTimeout: k.cfg.SendTimeout,
+		out: startup, discard: k.done,
 		onError: func(err error) {
 			k.cfg.Log.Warn().Err(err).Str("kernel", k.ID).Msg("kernel channel")
 		},
@@ -173,9 +211,9 @@ func (k *Kernel) launch(ctx context.Context) error {
 		onDead: func(err error) {
 			// A restart silences the old process on purpose.
 			k.mu.Lock()
-			restarting := k.restarting && k.socks == socks
+			current := k.socks == socks && !k.restarting
 			k.mu.Unlock()
-			if !restarting {
+			if current {
 				go k.die(err)
 			}
 		},
@@ -254,6 +292,8 @@ attempt:
 		select {
 		case <-socks.stdinReady:
 			return nil
+		case <-socks.stdinFailed:
+			return fmt.Errorf("%w: %s: %w", ErrStartFailed, k.Spec.Name, socks.stdinErr)
 		case <-proc.Done():
 			return fmt.Errorf("%w: %s exited (%v): %s", ErrStartFailed, k.Spec.Name, proc.Err(), k.output.String())
 		case <-ctx.Done():
@@ -262,33 +302,44 @@ attempt:
 	}
 }
 
-// watch declares the kernel dead when its process exits unexpectedly.
-func (k *Kernel) watch() {
-	k.mu.Lock()
-	proc := k.proc
-	k.mu.Unlock()
+// watch declares the kernel dead when proc exits unexpectedly.
+func (k *Kernel) watch(proc *sandbox.Process) {
 	select {
 	case <-k.done:
 	case <-proc.Done():
-		k.mu.Lock()
-		restarting := k.restarting
-		k.mu.Unlock()
-		if !restarting {
-			cause := proc.Err()
-			if cause == nil {
-				cause = errors.New("exit status 0")
-			}
-			k.die(fmt.Errorf("%w: process exited: %w", ErrKernelDied, cause))
-		}
+		k.processExited(proc)
 	}
+}
+
+// processExited handles the exit of proc. A process that Restart is
+// stopping, or has already replaced, ended on purpose. The identity check
+// is what matters: this may run after Restart has finished and cleared
+// restarting, and must not kill the new process then.
+func (k *Kernel) processExited(proc *sandbox.Process) {
+	k.mu.Lock()
+	current := k.proc == proc && !k.restarting
+	k.mu.Unlock()
+	if !current {
+		return
+	}
+	cause := proc.Err()
+	if cause == nil {
+		cause = errors.New("exit status 0")
+	}
+	k.die(fmt.Errorf("%w: process exited: %w", ErrKernelDied, cause))
 }
 
 // Messages delivers everything the kernel sends on shell, control, stdin
 // and iopub. It has one consumer: whoever leased the kernel. A consumer
-// that stops reading applies backpressure to the kernel.
+// that stops reading holds the kernel back on shell, control and stdin
+// (the kernel queues its replies, and Send starts failing with
+// ErrKernelBusy), but not on iopub: a PUB socket never waits, so once the
+// small queues fill, the kernel drops iopub messages, the status: idle
+// that ends a request among them.
 func (k *Kernel) Messages() <-chan Received { return k.out }
 
-// Send signs m with the kernel's key and sends it on channel ch.
+// Send signs m with the kernel's key and sends it on channel ch. It waits
+// at most SendTimeout; ErrKernelBusy means the message was not sent.
 func (k *Kernel) Send(ch jupytermsg.Channel, m *jupytermsg.Message) error {
 	if !ch.Valid() || ch == jupytermsg.IOPub {
 		return fmt.Errorf("cannot send on channel %q", ch)
@@ -318,11 +369,7 @@ func (k *Kernel) Err() error {
 }
 
 // Pid is the kernel process group id.
-func (k *Kernel) Pid() int {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	return k.proc.Pid()
-}
+func (k *Kernel) Pid() int { return k.process().Pid() }
 
 // Interrupt interrupts the running execution, by message or by SIGINT as
 // the kernelspec asks.
@@ -334,10 +381,7 @@ func (k *Kernel) Interrupt() error {
 		}
 		return k.Send(jupytermsg.Control, m)
 	}
-	k.mu.Lock()
-	proc := k.proc
-	k.mu.Unlock()
-	return proc.Signal(syscall.SIGINT)
+	return k.process().Signal(syscall.SIGINT)
 }
 
 // Restart replaces the kernel process with a fresh one, keeping the id,
@@ -365,7 +409,7 @@ func (k *Kernel) Restart(ctx context.Context) error {
 		k.die(err)
 		return err
 	}
-	go k.watch()
+	go k.watch(k.process())
 	return nil
 }
 
@@ -399,13 +443,14 @@ func (k *Kernel) die(reason error) {
 	})
 }
 
-// stopProcess asks politely, then insists.
+// stopProcess asks politely, then insists. The request is only queued:
+// whether or not the kernel ever reads it, the signals follow on time.
 func (k *Kernel) stopProcess(proc *sandbox.Process, socks *sockets) {
 	select {
 	case <-proc.Done():
 	default:
 		if m, err := jupytermsg.New("shutdown_request", k.Session, nil, jupytermsg.ShutdownRequest{}); err == nil {
-			_ = socks.send(jupytermsg.Control, m)
+			_ = socks.sendNoWait(jupytermsg.Control, m)
 		}
 		if !waitDone(proc, k.cfg.ShutdownGrace) {
 			_ = proc.Signal(syscall.SIGTERM)

@@ -157,9 +157,25 @@ func TestInterrupt(t *testing.T) {
 	if out.ename != "KeyboardInterrupt" {
 		t.Errorf("after interrupt: %+v", out)
 	}
-	if out, _ := run(t, k, "1+1"); out.result != "2" {
+	if out := runAfterError(t, k, "1+1"); out.result != "2" {
 		t.Errorf("kernel unusable after interrupt: %+v", out)
 	}
+}
+
+// runAfterError runs code right after an execution that failed: with
+// stop_on_error, ipykernel aborts the requests that reach it before it has
+// cleared the queue, so an "aborted" reply is retried.
+func runAfterError(t *testing.T, k *Kernel, code string) outputs {
+	t.Helper()
+	for range 20 {
+		out, reply := run(t, k, code)
+		var r jupytermsg.ExecuteReply
+		if err := reply.DecodeContent(&r); err != nil || r.Status != "aborted" {
+			return out
+		}
+	}
+	t.Fatal("every execution aborted")
+	return outputs{}
 }
 
 func TestRestartKeepsIDAndClearsState(t *testing.T) {
@@ -333,16 +349,22 @@ func TestFiftyLeasesLeaveNothingBehind(t *testing.T) {
 			t.Errorf("%s holds %d leftover entries", root, len(left))
 		}
 	}
-	if zombies := zombieChildren(t); len(zombies) > 0 {
+	if zombies := zombieChildren(); len(zombies) > 0 {
 		t.Errorf("zombie children: %v", zombies)
 	}
 }
 
 // zombieChildren lists this process's children in state Z.
-func zombieChildren(t *testing.T) []string {
+func zombieChildren() []string {
+	return children(func(state string) bool { return state == "Z" })
+}
+
+// children lists this process's children whose state (R, S, Z, ...) is
+// wanted.
+func children(wanted func(state string) bool) []string {
 	entries, _ := os.ReadDir("/proc")
-	self := os.Getpid()
-	var zombies []string
+	self := strconv.Itoa(os.Getpid())
+	var found []string
 	for _, e := range entries {
 		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
 		if err != nil {
@@ -351,11 +373,11 @@ func zombieChildren(t *testing.T) []string {
 		// pid (comm) state ppid ...
 		rest := string(stat[strings.LastIndexByte(string(stat), ')')+2:])
 		fields := strings.Fields(rest)
-		if len(fields) > 1 && fields[0] == "Z" && fields[1] == strconv.Itoa(self) {
-			zombies = append(zombies, e.Name())
+		if len(fields) > 1 && fields[1] == self && wanted(fields[0]) {
+			found = append(found, e.Name())
 		}
 	}
-	return zombies
+	return found
 }
 
 func TestSageKernel(t *testing.T) {

@@ -1,8 +1,10 @@
 package kernelpool
 
 import (
+	"encoding/binary"
 	"fmt"
 	"sync"
+	"syscall"
 	"time"
 
 	zmq "github.com/pebbe/zmq4"
@@ -21,6 +23,11 @@ type Received struct {
 // requestLoop owns shell, control and stdin; iopubLoop owns the SUB socket;
 // heartbeatLoop owns the REQ socket. Other goroutines reach requestLoop
 // through an inproc PUSH/PULL pair guarded by a mutex.
+//
+// Nothing here waits on the kernel without a bound: a kernel that stops
+// reading (stopped, hung, hostile) must not hold a goroutine of the gateway,
+// least of all one that is shutting the kernel down. Sends never block on
+// zmq (DONTWAIT everywhere) and fail with ErrKernelBusy instead.
 type sockets struct {
 	zctx     *zmq.Context
 	conn     jupytermsg.ConnectionInfo
@@ -28,13 +35,23 @@ type sockets struct {
 	identity string
 	inproc   string
 	maxMsg   int64
-	outMu    sync.Mutex
-	out      chan<- Received
-	onError  func(error)
-	stop     chan struct{}
+	rcvHWM   int
+	// sendTimeout bounds how long send waits for requestLoop to take a
+	// message; requestLoop stalls while the consumer is not reading.
+	sendTimeout time.Duration
+	outMu       sync.Mutex
+	out         chan<- Received
+	// discard, once closed, makes the loops drop what they receive rather
+	// than wait for a consumer that is gone (the kernel has died).
+	discard <-chan struct{}
+	onError func(error)
+	stop    chan struct{}
 
-	// stdinReady is closed once the stdin socket is connected.
-	stdinReady chan struct{}
+	// stdinReady is closed once the stdin socket is connected; stdinFailed
+	// is closed, with stdinErr set, if that can no longer happen.
+	stdinReady  chan struct{}
+	stdinFailed chan struct{}
+	stdinErr    error
 
 	// iopubStopper wakes the iopub loop at close; guarded by pushMu.
 	iopubStopper *zmq.Socket
@@ -43,40 +60,77 @@ type sockets struct {
 	push      *zmq.Socket
 	closeOnce sync.Once
 
+	// acks holds, per queued message, where requestLoop reports whether the
+	// kernel's socket took it. A sender that gives up removes its entry,
+	// and requestLoop drops messages without one, so ErrKernelBusy always
+	// means the message was not sent.
+	ackMu   sync.Mutex
+	acks    map[uint64]chan error
+	lastSeq uint64
+
 	wg sync.WaitGroup
 }
 
+// Queue sizes, in messages. Small on purpose: libzmq counts messages, not
+// bytes, and each may be MaxMessageBytes long. What does not fit waits in
+// the kernel's own queues, inside its sandbox and its memory limit.
+const (
+	// sendHWM is what may wait in the gateway for a kernel to read.
+	sendHWM = 32
+	// handoffHWM is what may wait for requestLoop (inproc, both ends).
+	handoffHWM = 64
+	// outBuffer is the capacity of a kernel's Messages channel.
+	outBuffer = 16
+)
+
 const stopFrame = "stop"
 
-func newSocket(zctx *zmq.Context, kind zmq.Type, endpoint, identity string, maxMsg int64, beforeConnect ...func(*zmq.Socket) error) (*zmq.Socket, error) {
+// socketOptions are set on a socket before it connects.
+type socketOptions struct {
+	identity       string
+	maxMsg         int64
+	rcvHWM, sndHWM int
+}
+
+func newSocket(zctx *zmq.Context, kind zmq.Type, endpoint string, opt socketOptions, beforeConnect ...func(*zmq.Socket) error) (*zmq.Socket, error) {
 	s, err := zctx.NewSocket(kind)
 	if err != nil {
 		return nil, fmt.Errorf("new zmq socket: %w", err)
 	}
+	fail := func(what string, err error) (*zmq.Socket, error) {
+		s.Close()
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
 	// Without linger 0, closing a socket with queued messages to a dead
 	// kernel blocks context termination.
 	if err := s.SetLinger(0); err != nil {
-		s.Close()
-		return nil, fmt.Errorf("set linger: %w", err)
+		return fail("set linger", err)
 	}
 	// A kernel is untrusted: a message over the cap makes libzmq drop the
 	// connection (it reconnects) instead of buffering it in the gateway.
-	if maxMsg > 0 {
-		if err := s.SetMaxmsgsize(maxMsg); err != nil {
-			s.Close()
-			return nil, fmt.Errorf("set max message size: %w", err)
+	if opt.maxMsg > 0 {
+		if err := s.SetMaxmsgsize(opt.maxMsg); err != nil {
+			return fail("set max message size", err)
 		}
 	}
-	if identity != "" {
-		if err := s.SetIdentity(identity); err != nil {
-			s.Close()
-			return nil, fmt.Errorf("set identity: %w", err)
+	if opt.rcvHWM > 0 {
+		if err := s.SetRcvhwm(opt.rcvHWM); err != nil {
+			return fail("set receive high-water mark", err)
+		}
+	}
+	if opt.sndHWM > 0 {
+		if err := s.SetSndhwm(opt.sndHWM); err != nil {
+			return fail("set send high-water mark", err)
+		}
+	}
+	if opt.identity != "" {
+		if err := s.SetIdentity(opt.identity); err != nil {
+			return fail("set identity", err)
 		}
 	}
 	if kind == zmq.SUB {
 		if err := s.SetSubscribe(""); err != nil {
-			s.Close()
-			return nil, fmt.Errorf("subscribe: %w", err)
+			return fail("subscribe", err)
 		}
 	}
 	for _, f := range beforeConnect {
@@ -86,8 +140,7 @@ func newSocket(zctx *zmq.Context, kind zmq.Type, endpoint, identity string, maxM
 		}
 	}
 	if err := s.Connect(endpoint); err != nil {
-		s.Close()
-		return nil, fmt.Errorf("connect %s: %w", endpoint, err)
+		return fail("connect "+endpoint, err)
 	}
 	return s, nil
 }
@@ -95,15 +148,20 @@ func newSocket(zctx *zmq.Context, kind zmq.Type, endpoint, identity string, maxM
 // open connects all channels and starts their owning goroutines.
 func (s *sockets) open() error {
 	s.stop = make(chan struct{})
+	s.acks = map[uint64]chan error{}
 	pull, err := s.zctx.NewSocket(zmq.PULL)
 	if err != nil {
+		return fmt.Errorf("inproc pull: %w", err)
+	}
+	if err := pull.SetRcvhwm(handoffHWM); err != nil {
+		pull.Close()
 		return fmt.Errorf("inproc pull: %w", err)
 	}
 	if err := pull.Bind(s.inproc); err != nil {
 		pull.Close()
 		return fmt.Errorf("bind %s: %w", s.inproc, err)
 	}
-	push, err := newSocket(s.zctx, zmq.PUSH, s.inproc, "", 0)
+	push, err := newSocket(s.zctx, zmq.PUSH, s.inproc, socketOptions{sndHWM: handoffHWM})
 	if err != nil {
 		pull.Close()
 		return err
@@ -148,14 +206,15 @@ func (s *sockets) open() error {
 				return nil
 			})
 		}
-		d, err := newSocket(s.zctx, zmq.DEALER, s.conn.Endpoint(ch), s.identity, s.maxMsg, hooks...)
+		d, err := newSocket(s.zctx, zmq.DEALER, s.conn.Endpoint(ch),
+			socketOptions{identity: s.identity, maxMsg: s.maxMsg, rcvHWM: s.rcvHWM, sndHWM: sendHWM}, hooks...)
 		if err != nil {
 			return fail(err)
 		}
 		opened = append(opened, d)
 		dealers[ch] = d
 	}
-	sub, err := newSocket(s.zctx, zmq.SUB, s.conn.Endpoint(jupytermsg.IOPub), "", s.maxMsg)
+	sub, err := newSocket(s.zctx, zmq.SUB, s.conn.Endpoint(jupytermsg.IOPub), socketOptions{maxMsg: s.maxMsg, rcvHWM: s.rcvHWM})
 	if err != nil {
 		return fail(err)
 	}
@@ -170,13 +229,14 @@ func (s *sockets) open() error {
 	opened = append(opened, subStop)
 	// Made now, not at close: a context out of sockets must not leave the
 	// iopub loop without a way to stop.
-	iopubStopper, err := newSocket(s.zctx, zmq.PUSH, s.inproc+"-iopub", "", 0)
+	iopubStopper, err := newSocket(s.zctx, zmq.PUSH, s.inproc+"-iopub", socketOptions{})
 	if err != nil {
 		return fail(fmt.Errorf("inproc iopub stopper: %w", err))
 	}
 	s.iopubStopper = iopubStopper
 
 	s.stdinReady = make(chan struct{})
+	s.stdinFailed = make(chan struct{})
 	s.wg.Add(3)
 	go s.requestLoop(pull, dealers)
 	go s.iopubLoop(sub, subStop)
@@ -186,10 +246,16 @@ func (s *sockets) open() error {
 
 // watchStdinHandshake closes stdinReady once the stdin socket has
 // completed its handshake. The kernel drops input_request to a peer it
-// does not know yet, so a kernel is not ready before this.
+// does not know yet, so a kernel is not ready before this. If the monitor
+// fails, the handshake can never be seen: it closes stdinFailed, so that
+// start-up fails at once rather than at StartTimeout.
 func (s *sockets) watchStdinHandshake(monitor *zmq.Socket) {
 	defer s.wg.Done()
 	defer monitor.Close()
+	fail := func(err error) {
+		s.stdinErr = fmt.Errorf("stdin handshake monitor: %w", err)
+		close(s.stdinFailed)
+	}
 	poller := zmq.NewPoller()
 	poller.Add(monitor, zmq.POLLIN)
 	for {
@@ -200,13 +266,18 @@ func (s *sockets) watchStdinHandshake(monitor *zmq.Socket) {
 		}
 		polled, err := poller.Poll(100 * time.Millisecond)
 		if err != nil {
+			fail(err)
 			return
 		}
 		if len(polled) == 0 {
 			continue
 		}
 		event, _, _, err := monitor.RecvEvent(0)
-		if err == nil && event == zmq.EVENT_HANDSHAKE_SUCCEEDED {
+		if err != nil {
+			fail(err)
+			return
+		}
+		if event == zmq.EVENT_HANDSHAKE_SUCCEEDED {
 			close(s.stdinReady)
 			return
 		}
@@ -233,28 +304,90 @@ func (s *sockets) setOut(out chan<- Received) {
 	s.outMu.Unlock()
 }
 
-// send hands frames to requestLoop, which owns the target socket.
+// send hands m to requestLoop, which owns the target socket, and waits at
+// most sendTimeout for the kernel's socket to take it. ErrKernelBusy means
+// it was not sent: the kernel is not reading (its queue is full), or
+// requestLoop is stalled behind a consumer that does not read Messages.
 func (s *sockets) send(ch jupytermsg.Channel, m *jupytermsg.Message) error {
-	frames := s.signer.Encode(nil, m)
+	ack := make(chan error, 1)
+	s.ackMu.Lock()
+	s.lastSeq++
+	seq := s.lastSeq
+	s.acks[seq] = ack
+	s.ackMu.Unlock()
+	if err := s.queue(ch, seq, s.signer.Encode(nil, m)); err != nil {
+		s.claim(seq)
+		return err
+	}
+	t := time.NewTimer(s.sendTimeout)
+	defer t.Stop()
+	gone := false
+	select {
+	case err := <-ack:
+		return err
+	case <-t.C:
+	case <-s.stop:
+		gone = true
+	}
+	if _, unclaimed := s.claim(seq); unclaimed {
+		if gone {
+			return ErrKernelGone
+		}
+		return fmt.Errorf("%w: %s message not taken within %v", ErrKernelBusy, ch, s.sendTimeout)
+	}
+	// requestLoop took it just now and reports without blocking.
+	return <-ack
+}
+
+// sendNoWait queues m without waiting for the outcome: for shutdown, which
+// goes on to signals whatever becomes of the message.
+func (s *sockets) sendNoWait(ch jupytermsg.Channel, m *jupytermsg.Message) error {
+	return s.queue(ch, 0, s.signer.Encode(nil, m))
+}
+
+// queue hands frames to requestLoop without blocking. seq 0 means nobody
+// waits for the outcome.
+func (s *sockets) queue(ch jupytermsg.Channel, seq uint64, frames [][]byte) error {
+	var seqFrame [8]byte
+	binary.BigEndian.PutUint64(seqFrame[:], seq)
 	s.pushMu.Lock()
 	defer s.pushMu.Unlock()
 	if s.push == nil {
 		return ErrKernelGone
 	}
-	if _, err := s.push.SendMessage(string(ch), frames); err != nil {
+	if _, err := s.push.SendMessageDontwait(string(ch), seqFrame[:], frames); err != nil {
+		if isEAGAIN(err) {
+			return fmt.Errorf("%w: %d messages already wait for the kernel's sockets", ErrKernelBusy, handoffHWM)
+		}
 		return fmt.Errorf("queue %s message: %w", ch, err)
 	}
 	return nil
 }
 
+// claim removes seq's ack channel. Exactly one of requestLoop and the
+// sender gets it, so a message is either sent and reported or dropped.
+func (s *sockets) claim(seq uint64) (chan error, bool) {
+	s.ackMu.Lock()
+	defer s.ackMu.Unlock()
+	ack, ok := s.acks[seq]
+	delete(s.acks, seq)
+	return ack, ok
+}
+
+func isEAGAIN(err error) bool {
+	return zmq.AsErrno(err) == zmq.Errno(syscall.EAGAIN)
+}
+
 // close stops the loops and closes every socket. It is idempotent and
-// safe to call from several goroutines.
+// safe to call from several goroutines. The stop frames are sent without
+// waiting: if the hand-off queue is full, requestLoop has messages to wake
+// it and sees stop closed.
 func (s *sockets) close() {
 	s.closeOnce.Do(func() {
 		s.pushMu.Lock()
 		close(s.stop)
-		_, _ = s.push.SendMessage(stopFrame)
-		_, _ = s.iopubStopper.SendMessage(stopFrame)
+		_, _ = s.push.SendMessageDontwait(stopFrame)
+		_, _ = s.iopubStopper.SendMessageDontwait(stopFrame)
 		s.pushMu.Unlock()
 		s.wg.Wait()
 		s.pushMu.Lock()
@@ -265,18 +398,25 @@ func (s *sockets) close() {
 	})
 }
 
+func (s *sockets) stopped() bool {
+	select {
+	case <-s.stop:
+		return true
+	default:
+		return false
+	}
+}
+
 func (s *sockets) requestLoop(pull *zmq.Socket, dealers map[jupytermsg.Channel]*zmq.Socket) {
 	defer s.wg.Done()
 	defer pull.Close()
 	poller := zmq.NewPoller()
 	poller.Add(pull, zmq.POLLIN)
-	byIndex := []jupytermsg.Channel{""}
-	for ch, d := range dealers {
+	for _, d := range dealers {
 		defer d.Close()
 		poller.Add(d, zmq.POLLIN)
-		byIndex = append(byIndex, ch)
 	}
-	for {
+	for !s.stopped() {
 		polled, err := poller.Poll(-1)
 		if err != nil {
 			s.onError(fmt.Errorf("poll kernel sockets: %w", err))
@@ -289,13 +429,10 @@ func (s *sockets) requestLoop(pull *zmq.Socket, dealers map[jupytermsg.Channel]*
 				return
 			}
 			if p.Socket == pull {
-				if string(frames[0]) == stopFrame {
+				if len(frames) == 1 && string(frames[0]) == stopFrame {
 					return
 				}
-				ch := jupytermsg.Channel(frames[0])
-				if _, err := dealers[ch].SendMessage(frames[1:]); err != nil {
-					s.onError(fmt.Errorf("send on %s: %w", ch, err))
-				}
+				s.forward(dealers, frames)
 				continue
 			}
 			ch := channelOf(p.Socket, dealers)
@@ -303,6 +440,37 @@ func (s *sockets) requestLoop(pull *zmq.Socket, dealers map[jupytermsg.Channel]*
 				return
 			}
 		}
+	}
+}
+
+// forward sends one queued message (channel, sequence number, frames) to
+// the kernel without waiting, and reports to its sender.
+func (s *sockets) forward(dealers map[jupytermsg.Channel]*zmq.Socket, frames [][]byte) {
+	if len(frames) < 2 || len(frames[1]) != 8 {
+		return
+	}
+	ch := jupytermsg.Channel(frames[0])
+	var ack chan error
+	if seq := binary.BigEndian.Uint64(frames[1]); seq != 0 {
+		var waiting bool
+		if ack, waiting = s.claim(seq); !waiting {
+			return // its sender was told ErrKernelBusy
+		}
+	}
+	var err error
+	if d, ok := dealers[ch]; !ok {
+		err = fmt.Errorf("cannot send on channel %q", ch)
+	} else if _, err = d.SendMessageDontwait(frames[2:]); err != nil {
+		if isEAGAIN(err) {
+			err = fmt.Errorf("%w: the kernel is not reading its %s channel", ErrKernelBusy, ch)
+		} else {
+			err = fmt.Errorf("send on %s: %w", ch, err)
+		}
+	}
+	if ack != nil {
+		ack <- err
+	} else if err != nil {
+		s.onError(err)
 	}
 }
 
@@ -316,7 +484,10 @@ func channelOf(sock *zmq.Socket, dealers map[jupytermsg.Channel]*zmq.Socket) jup
 }
 
 // decodeAndDeliver drops messages that fail verification: they are never
-// delivered. It reports false once the consumer has gone away.
+// delivered. It waits for the consumer, which is what stops the loops from
+// reading more (and lets libzmq's small receive queues fill, so the kernel's
+// side queues or, for iopub, drops). It reports false once the sockets are
+// closing.
 func (s *sockets) decodeAndDeliver(ch jupytermsg.Channel, frames [][]byte) bool {
 	_, m, err := s.signer.Decode(frames)
 	if err != nil {
@@ -328,6 +499,8 @@ func (s *sockets) decodeAndDeliver(ch jupytermsg.Channel, frames [][]byte) bool 
 	s.outMu.Unlock()
 	select {
 	case out <- Received{Channel: ch, Msg: m}:
+		return true
+	case <-s.discard:
 		return true
 	case <-s.stop:
 		return false
@@ -391,7 +564,7 @@ func (s *sockets) heartbeatLoop(hb heartbeatConfig) {
 		}
 		if req == nil {
 			var err error
-			if req, err = newSocket(s.zctx, zmq.REQ, s.conn.Endpoint(jupytermsg.Heartbeat), "", 64); err != nil {
+			if req, err = newSocket(s.zctx, zmq.REQ, s.conn.Endpoint(jupytermsg.Heartbeat), socketOptions{maxMsg: 64}); err != nil {
 				hb.onDead(fmt.Errorf("heartbeat socket: %w", err))
 				return
 			}
