@@ -31,7 +31,10 @@ type Config struct {
 	// MaxConcurrentStarts bounds simultaneous kernel starts; many at once
 	// starve each other and all time out.
 	MaxConcurrentStarts int
-	Kernel              KernelConfig
+	// MaxSockets is libzmq's socket limit for the pool's context; a kernel
+	// uses about ten. Zero means DefaultMaxSockets.
+	MaxSockets int
+	Kernel     KernelConfig
 	// OnStart, if set, is told of every kernel start (for metrics).
 	OnStart func(spec string, took time.Duration, err error)
 }
@@ -61,7 +64,10 @@ type specPool struct {
 	want     int
 	ready    []*Kernel
 	starting int
-	leased   int
+	// leased holds the kernels handed out and not yet ended. A set, not a
+	// count: whether a kernel that ends was leased must not depend on
+	// whether Lease or track saw its death first.
+	leased   map[*Kernel]struct{}
 	waiters  []chan *Kernel
 	lastErr  error
 	failures int
@@ -107,15 +113,9 @@ func New(cfg Config) (*Pool, error) {
 	if total > cfg.MaxKernels {
 		return nil, fmt.Errorf("kernel pool: %d ready kernels wanted but at most %d kernels allowed", total, cfg.MaxKernels)
 	}
-	zctx, err := zmq.NewContext()
+	zctx, err := NewZMQContext(cfg.MaxSockets)
 	if err != nil {
-		return nil, fmt.Errorf("kernel pool: zmq context: %w", err)
-	}
-	zctx.SetRetryAfterEINTR(true)
-	// libzmq allows 1023 sockets per context by default; a kernel uses
-	// about ten.
-	if err := zctx.SetMaxSockets(max(1023, 16*cfg.MaxKernels+64)); err != nil {
-		return nil, fmt.Errorf("kernel pool: zmq max sockets: %w", err)
+		return nil, fmt.Errorf("kernel pool: %w", err)
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	p := &Pool{
@@ -124,7 +124,7 @@ func New(cfg Config) (*Pool, error) {
 		runCtx: ctx, stop: stop,
 	}
 	for name := range cfg.Specs {
-		p.specs[name] = &specPool{name: name, want: cfg.Ready[name]}
+		p.specs[name] = &specPool{name: name, want: cfg.Ready[name], leased: map[*Kernel]struct{}{}}
 	}
 	p.wg.Add(1)
 	go p.retryLoop()
@@ -154,18 +154,7 @@ func (p *Pool) Lease(ctx context.Context, name string) (*Kernel, error) {
 		p.mu.Unlock()
 		return nil, fmt.Errorf("%w %q", ErrUnknownKernel, name)
 	}
-	for len(sp.ready) > 0 {
-		k := sp.ready[0]
-		sp.ready[0] = nil
-		sp.ready = sp.ready[1:]
-		select {
-		case <-k.Done():
-			// Died in the pool; its watcher already accounted for it.
-			continue
-		default:
-		}
-		sp.leased++
-		p.fillLocked()
+	if k := p.takeReadyLocked(sp); k != nil {
 		p.mu.Unlock()
 		return k, nil
 	}
@@ -193,8 +182,7 @@ func (p *Pool) Lease(ctx context.Context, name string) (*Kernel, error) {
 		select {
 		case k := <-waiter:
 			if k != nil {
-				sp.leased--
-				p.readyLocked(sp, k)
+				p.unclaimedLocked(sp, k)
 			}
 		default:
 		}
@@ -204,6 +192,52 @@ func (p *Pool) Lease(ctx context.Context, name string) (*Kernel, error) {
 		}
 		return nil, fmt.Errorf("%w (%s): %s", ErrNoKernel, name, reason)
 	}
+}
+
+// takeReadyLocked leases the first live ready kernel, or returns nil.
+// Dead ones are dropped; track frees their place.
+func (p *Pool) takeReadyLocked(sp *specPool) *Kernel {
+	for len(sp.ready) > 0 {
+		k := sp.ready[0]
+		sp.ready[0] = nil
+		sp.ready = sp.ready[1:]
+		select {
+		case <-k.Done():
+			continue
+		default:
+		}
+		sp.leased[k] = struct{}{}
+		p.fillLocked()
+		return k
+	}
+	return nil
+}
+
+// unclaimedLocked takes back k, handed to a waiter that gave up. It is
+// unused, so it may wait for the next lease; but once Close has taken its
+// snapshot of ready kernels, nobody else would shut it down.
+func (p *Pool) unclaimedLocked(sp *specPool, k *Kernel) {
+	delete(sp.leased, k)
+	select {
+	case <-k.Done():
+		return // track frees its place
+	default:
+	}
+	if p.closed {
+		p.shutdownLocked(k)
+		return
+	}
+	p.readyLocked(sp, k)
+}
+
+// shutdownLocked shuts k down in the background, within p.wg, so that
+// Close does not return before k is gone.
+func (p *Pool) shutdownLocked(k *Kernel) {
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		k.Shutdown()
+	}()
 }
 
 // fillLocked starts kernels until every spec has what it wants (its ready
@@ -263,7 +297,7 @@ func (p *Pool) startOne(sp *specPool) {
 	p.log.Debug().Str("kernel", k.ID).Str("spec", sp.name).Dur("took", time.Since(began)).Msg("kernel ready")
 	if p.closed {
 		p.live--
-		go k.Shutdown()
+		p.shutdownLocked(k)
 		return
 	}
 	p.wg.Add(1)
@@ -277,7 +311,7 @@ func (p *Pool) readyLocked(sp *specPool, k *Kernel) {
 	if len(sp.waiters) > 0 {
 		w := sp.waiters[0]
 		sp.waiters = sp.waiters[1:]
-		sp.leased++
+		sp.leased[k] = struct{}{}
 		w <- k
 		return
 	}
@@ -293,18 +327,19 @@ func (p *Pool) track(sp *specPool, k *Kernel) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.live--
-	wasReady := false
-	for i, r := range sp.ready {
-		if r == k {
-			sp.ready = append(sp.ready[:i], sp.ready[i+1:]...)
-			wasReady = true
-			break
+	if _, ok := sp.leased[k]; ok {
+		delete(sp.leased, k)
+	} else {
+		// In the pool, or taken out of it dead by Lease.
+		for i, r := range sp.ready {
+			if r == k {
+				sp.ready = append(sp.ready[:i], sp.ready[i+1:]...)
+				break
+			}
 		}
-	}
-	if !wasReady {
-		sp.leased--
-	} else if !p.closed {
-		p.log.Warn().Str("kernel", k.ID).Str("spec", sp.name).Err(k.Err()).Msg("ready kernel died; replacing it")
+		if !p.closed {
+			p.log.Warn().Str("kernel", k.ID).Str("spec", sp.name).Err(k.Err()).Msg("ready kernel died; replacing it")
+		}
 	}
 	p.fillLocked()
 }
@@ -334,7 +369,7 @@ func (p *Pool) Stats() []Stats {
 	for _, name := range jupytermsg.SortedNames(p.cfg.Specs) {
 		sp := p.specs[name]
 		out = append(out, Stats{Name: name, Want: sp.want, Ready: len(sp.ready), Starting: sp.starting,
-			Leased: sp.leased, Waiting: len(sp.waiters), LastErr: sp.lastErr})
+			Leased: len(sp.leased), Waiting: len(sp.waiters), LastErr: sp.lastErr})
 	}
 	return out
 }
