@@ -183,11 +183,11 @@ test('rich output is rendered and kernel HTML cannot script the page', async (t)
   expect(await p.$('.cg-output-root .katex-display'), 'no display math rendered');
   expect(await p.$('.cg-output-root span.cg-ansi-fg-red'), 'ANSI red not rendered');
   expect(await p.$('.cg-output-root img[src^="data:image/svg+xml"]'), 'SVG not shown as an image');
-  expect(await p.$('.cg-output-root .cg-html b#safe'), 'plain HTML not rendered inline');
+  expect(await p.$('.cg-output-root .cg-html b#user-content-safe'), 'plain HTML not rendered inline (with its id prefixed)');
   expect(!(await p.$('.cg-output-root style')), 'a <style> from the kernel reached the page');
   const sandboxes = await p.$$eval('.cg-output-root iframe.cg-frame', (fs) => fs.map((f) => f.getAttribute('sandbox')));
   expect(sandboxes.length === 2, `want 2 sandboxed frames, got ${sandboxes.length}`);
-  expect(sandboxes.every((s) => !s.split(' ').includes('allow-same-origin')), 'an iframe is not sandboxed');
+  expect(sandboxes.every((s) => s === 'allow-scripts allow-popups'), `iframe sandbox is ${JSON.stringify(sandboxes)}, want "allow-scripts allow-popups"`);
   let ran = false;
   for (let i = 0; i < 50 && !ran; i++) {
     for (const f of p.frames()) {
@@ -197,6 +197,80 @@ test('rich output is rendered and kernel HTML cannot script the page', async (t)
     if (!ran) await p.waitForTimeout(100);
   }
   expect(ran, 'script in the sandboxed frame did not run');
+  await p.waitForTimeout(300);
+  const pwned = await p.evaluate(() => window.pwned);
+  expect(pwned === undefined, `kernel HTML ran script in the page (pwned=${pwned})`);
+});
+
+// A point of the page at the middle of sel's box (which must be in view).
+function probeScript() {
+  window.__probe = (sel) => {
+    const e = document.querySelector(sel);
+    if (!e) return { inside: false, hit: `no ${sel}` };
+    e.scrollIntoView({ block: 'center' });
+    const b = e.getBoundingClientRect();
+    const hit = document.elementFromPoint(b.left + b.width / 2, b.top + Math.min(b.height / 2, 12));
+    return { inside: !!hit && e.contains(hit), hit: hit ? `${hit.tagName.toLowerCase()}.${hit.className}: ${hit.textContent.slice(0, 40)}` : 'nothing' };
+  };
+}
+
+test('kernel HTML cannot cover the page, clobber its globals or run script', async (t) => {
+  t.ignoreErrors = /Blocked a frame with origin "null"/;
+  const p = await page(t, { init: probeScript });
+  await demo(
+    p,
+    [
+      'from IPython.display import display, HTML',
+      String.raw`display(HTML('<a class=overlay href="https://example.invalid/" style="position:fixed;inset:0;z-index:1000000;display:block;background:rgba(255,0,0,.4)">You won a prize</a>'))`,
+      String.raw`display(HTML('<div class=abscover style="position:absolute;top:-3000px;left:-3000px;width:9000px;height:9000px;z-index:999999;background:rgba(0,0,255,.3)">cover</div>'))`,
+      // No whitespace before onerror: inline HTML, so DOMPurify must strip the handler.
+      String.raw`display(HTML('<b id=cgHostId>named</b><img name=cgHostImg alt=i><img src="x"/onerror="window.pwned=1">'))`,
+      String.raw`display(HTML('<img src=x onerror="window.parent.pwned=2"><script>window.parent.pwned=3</script>'))`,
+      'print("shown")',
+    ].join('\n'),
+  );
+  await outputContains(p, 'shown');
+  await waitDone(p);
+  const probes = ['.demo-header', '.cg-editor', '.cg-eval', '.demo-help'];
+  const r = await p.evaluate((probes) => {
+    const out = { probes: {} };
+    for (const sel of probes) out.probes[sel] = window.__probe(sel);
+    const a = document.querySelector('.cg-output-root a.overlay');
+    out.overlayPosition = a && getComputedStyle(a).position;
+    out.clobbered = [typeof window.cgHostId, typeof window.cgHostImg, typeof document.cgHostImg];
+    out.prefixed = !!document.getElementById('user-content-cgHostId');
+    out.handlers = [...document.querySelectorAll('.cg-output-root .cg-html *')].filter((e) => [...e.attributes].some((at) => /^on/i.test(at.name))).length;
+    return out;
+  }, probes);
+  const j = JSON.stringify(r);
+  for (const sel of probes) expect(r.probes[sel].inside, `kernel HTML covers ${sel}: elementFromPoint is ${r.probes[sel].hit}`);
+  expect(r.overlayPosition && r.overlayPosition !== 'fixed', `position:fixed kept on kernel HTML: ${j}`);
+  expect(r.clobbered.every((x) => x === 'undefined'), `kernel HTML clobbered page globals: ${j}`);
+  expect(r.prefixed, `id not prefixed with user-content-: ${j}`);
+  expect(r.handlers === 0, `event handler attributes reached the page: ${j}`);
+  // The containment alone (without the sanitizer's help) keeps a fixed
+  // element inside the output box.
+  const contained = await p.evaluate((probes) => {
+    const box = document.querySelector('.cg-output-root .cg-untrusted');
+    const a = document.createElement('a');
+    a.href = '#';
+    a.textContent = 'injected';
+    a.style.cssText = 'position:fixed;inset:0;z-index:2147483647;display:block;background:rgba(0,128,0,.4)';
+    box.append(a);
+    const res = probes.map((sel) => [sel, window.__probe(sel)]);
+    a.remove();
+    return res;
+  }, probes);
+  for (const [sel, pr] of contained) expect(pr.inside, `a fixed element inside .cg-untrusted covers ${sel}: ${pr.hit}`);
+  // Script in HTML rendered inline never runs; in a frame it cannot reach the page.
+  const inline = await p.evaluate(async () => {
+    const n = window.cellgate._internals.sanitizedNode('<script>window.pwnedInline=1<\/script><img src=x onerror="window.pwnedInline=2"><svg><script>window.pwnedInline=3<\/script><a xlink:href="javascript:window.pwnedInline=4">x</a></svg>');
+    document.querySelector('.cg-output-root').append(n);
+    n.querySelector('a')?.dispatchEvent(new MouseEvent('click', { bubbles: true, cancelable: true }));
+    await new Promise((r) => setTimeout(r, 300));
+    return { pwned: window.pwnedInline, scripts: n.querySelectorAll('script').length };
+  });
+  expect(inline.pwned === undefined && inline.scripts === 0, `inline HTML ran script: ${JSON.stringify(inline)}`);
   await p.waitForTimeout(300);
   const pwned = await p.evaluate(() => window.pwned);
   expect(pwned === undefined, `kernel HTML ran script in the page (pwned=${pwned})`);

@@ -102,15 +102,28 @@ function mathPlaceholder(tex, display) {
   return `<span class="cg-math" data-display="${display ? 1 : 0}" data-tex="${escapeAttr(tex)}"></span>`;
 }
 
+// Positions that take an element out of its output box and over the
+// embedding page: stripped from kernel styles (the CSS containment of
+// .cg-untrusted also confines what gets through).
+const ESCAPING_POSITION = /^(fixed|sticky)$/i;
+
 let purifyHooked = false;
 function purify(html) {
   if (!purifyHooked) {
     purifyHooked = true;
-    // Links from kernel output open in a new tab, without an opener.
     DOMPurify.addHook('afterSanitizeAttributes', (node) => {
+      // Links from kernel output open in a new tab, without an opener.
       if (node.tagName === 'A' && node.hasAttribute('href')) {
         node.setAttribute('target', '_blank');
         node.setAttribute('rel', 'noopener noreferrer');
+      }
+      if (node.hasAttribute && node.hasAttribute('style')) {
+        const st = node.style;
+        if (!st) node.removeAttribute('style');
+        else if (ESCAPING_POSITION.test(st.getPropertyValue('position').trim())) {
+          st.removeProperty('position');
+          if (!st.cssText.trim()) node.removeAttribute('style');
+        }
       }
     });
   }
@@ -119,17 +132,24 @@ function purify(html) {
     FORBID_ATTR: ['srcset', 'action', 'formaction'],
     ADD_ATTR: ['target'],
     ALLOW_DATA_ATTR: true,
+    // id and name become "user-content-…", so kernel HTML cannot clobber
+    // the embedding page's globals (window.foo for <b id=foo>).
+    SANITIZE_NAMED_PROPS: true,
   });
 }
 
-/** sanitizeHTML returns a fragment of safe HTML, with math typeset. */
+/**
+ * sanitizedNode returns a fragment of safe HTML, with math typeset. Its
+ * container carries cg-untrusted: CSS containment keeps everything inside
+ * it (fixed or absolute children included) from painting over the page.
+ */
 export function sanitizedNode(html, className = 'cg-html') {
   // Sage wraps LaTeX in <script type="math/tex">: turn those into math first.
   html = String(html).replace(
     /<script\s+type\s*=\s*["']math\/tex(;\s*mode=display)?["']\s*>([\s\S]*?)<\/script>/gi,
     (_, display, tex) => mathPlaceholder(tex, !!display),
   );
-  const div = el('div', { class: className });
+  const div = el('div', { class: `${className} cg-untrusted` });
   div.innerHTML = purify(html);
   typeset(div);
   return div;
@@ -139,6 +159,11 @@ export function sanitizedNode(html, className = 'cg-html') {
 function needsIframe(html) {
   return /<script(?![^>]*math\/tex)[\s>]|<iframe[\s>]|<[a-z][^>]*\son[a-z]+\s*=|javascript:/i.test(html);
 }
+
+// Scripts run in an opaque origin; links may open new tabs, which stay
+// sandboxed (no allow-popups-to-escape-sandbox); no downloads (files the
+// kernel writes are offered as cellgate's own links).
+export const FRAME_SANDBOX = 'allow-scripts allow-popups';
 
 let frameSeq = 0;
 const frames = new Map();
@@ -152,7 +177,7 @@ addEventListener('load',send);if(window.ResizeObserver){new ResizeObserver(send)
   const doc = `<!doctype html><html><head><meta charset="utf-8"><style>html,body{margin:0;padding:0;font-family:system-ui,sans-serif;font-size:14px;overflow:hidden}body{display:flow-root}</style></head><body>${html}${reporter}</body></html>`;
   const iframe = el('iframe', {
     class: 'cg-frame',
-    sandbox: 'allow-scripts allow-popups allow-popups-to-escape-sandbox allow-downloads',
+    sandbox: FRAME_SANDBOX,
     referrerpolicy: 'no-referrer',
     title: 'output',
   });
