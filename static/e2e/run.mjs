@@ -312,7 +312,10 @@ test('widgets: dropdown, checkbox, text, button, toggle buttons', async (t) => {
       'def show(color, loud, name, size):',
       '    msg = f"{name} likes {color} size {size}"',
       '    print(msg.upper() if loud else msg)',
-      'b = w.Button(description="Press me")',
+      '@interact(f=w.FloatSlider(value=1.5, min=0, max=3, step=0.25, description="f"), notes=w.Textarea(value="first", description="notes"))',
+      'def more(f, notes):',
+      '    print(f"f={f:.2f} notes={notes}")',
+      'b = w.Button(description="Press me", style=w.ButtonStyle(button_color="#a7f3d0"))',
       'out = w.Output()',
       'def on_click(_):',
       '    with out:',
@@ -332,6 +335,19 @@ test('widgets: dropdown, checkbox, text, button, toggle buttons', async (t) => {
   await outputContains(p, 'GRACE LIKES BLUE SIZE L');
   await p.click('.cg-output-root button:has-text("Press me")');
   await outputContains(p, 'button pressed');
+  // A float slider and a textarea.
+  await outputContains(p, 'f=1.50 notes=first');
+  const float = await p.waitForSelector('.cg-output-root .cg-view-floatslider input[type=range]');
+  await float.focus();
+  await p.keyboard.press('ArrowRight');
+  await outputContains(p, 'f=1.75 notes=first');
+  const readout = await p.$eval('.cg-output-root .cg-view-floatslider .cg-w-readout', (e) => e.textContent);
+  expect(readout === '1.75', `float slider readout is ${readout}`);
+  await p.fill('.cg-output-root textarea.cg-w-textarea', 'second try');
+  await outputContains(p, 'f=1.75 notes=second try');
+  // ButtonStyle(button_color=...) is applied.
+  const bg = await p.$eval('.cg-output-root button:has-text("Press me")', (b) => getComputedStyle(b).backgroundColor);
+  expect(bg === 'rgb(167, 243, 208)', `button_color not applied: ${bg}`);
   await shot(p, 'widgets.png', { fullPage: true });
 });
 
@@ -362,12 +378,15 @@ test('widget protocol 2.x (ipywidgets 7/8 messages)', async (t) => {
       recv('comm_open', { comm_id: id, target_name: 'jupyter.widget', data: { state, buffer_paths: bufferPaths } }, { buffers });
     const ctl = { _model_module: '@jupyter-widgets/controls', _model_module_version: '2.0.0', _view_module: '@jupyter-widgets/controls' };
     open('L', { _model_name: 'LayoutModel', _model_module: '@jupyter-widgets/base', width: '321px' });
-    open('S', { ...ctl, _model_name: 'IntSliderModel', _view_name: 'IntSliderView', value: 5, min: 0, max: 10, step: 1, description: 'speed', layout: 'IPY_MODEL_L', continuous_update: true, readout: true, readout_format: 'd' });
+    open('SS', { ...ctl, _model_name: 'SliderStyleModel', _view_name: 'StyleView', description_width: '150px', handle_color: 'rgb(200, 0, 0)' });
+    open('BS', { ...ctl, _model_name: 'ButtonStyleModel', _view_name: 'StyleView', button_color: 'rgb(0, 0, 200)', font_weight: 'bold' });
+    open('S', { ...ctl, _model_name: 'IntSliderModel', _view_name: 'IntSliderView', value: 5, min: 0, max: 10, step: 1, description: 'speed', layout: 'IPY_MODEL_L', style: 'IPY_MODEL_SS', continuous_update: true, readout: true, readout_format: 'd' });
+    open('BT', { ...ctl, _model_name: 'ButtonModel', _view_name: 'ButtonView', description: 'go', style: 'IPY_MODEL_BS' });
     open('D', { ...ctl, _model_name: 'DropdownModel', _view_name: 'DropdownView', _options_labels: ['a', 'b', 'c'], index: 1, description: 'pick' });
     open('O', { _model_name: 'OutputModel', _view_name: 'OutputView', _model_module: '@jupyter-widgets/output', msg_id: '', outputs: [] });
     const png = Uint8Array.from(atob('iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=='), (c) => c.charCodeAt(0));
     open('I', { ...ctl, _model_name: 'ImageModel', _view_name: 'ImageView', format: 'png', width: '10' }, [['value']], [new DataView(png.buffer)]);
-    open('B', { ...ctl, _model_name: 'VBoxModel', _view_name: 'VBoxView', children: ['IPY_MODEL_S', 'IPY_MODEL_D', 'IPY_MODEL_I', 'IPY_MODEL_O'] });
+    open('B', { ...ctl, _model_name: 'VBoxModel', _view_name: 'VBoxView', children: ['IPY_MODEL_S', 'IPY_MODEL_D', 'IPY_MODEL_I', 'IPY_MODEL_O', 'IPY_MODEL_BT'] });
     area.handle({ header: { msg_type: 'display_data' }, content: { data: { 'application/vnd.jupyter.widget-view+json': { model_id: 'B', version_major: 2, version_minor: 0 }, 'text/plain': 'VBox()' }, metadata: {} } });
     const out = {};
     const slider = host.querySelector('input[type=range]');
@@ -376,6 +395,14 @@ test('widget protocol 2.x (ipywidgets 7/8 messages)', async (t) => {
     out.width = host.querySelector('.cg-view-intslider')?.style.width;
     out.select = host.querySelector('select')?.value;
     out.image = !!host.querySelector('img.cg-image[src^="blob:"]');
+    const label = host.querySelector('.cg-view-intslider .cg-w-label');
+    out.labelWidth = label && getComputedStyle(label).width;
+    out.handle = host.querySelector('.cg-view-intslider input[type=range]')?.style.accentColor;
+    const btn = host.querySelector('.cg-view-button button');
+    out.button = btn && [getComputedStyle(btn).backgroundColor, getComputedStyle(btn).fontWeight];
+    // A style changed by the kernel is applied at once.
+    recv('comm_msg', { comm_id: 'SS', data: { method: 'update', state: { description_width: '90px' }, buffer_paths: [] } });
+    out.labelWidth2 = label && getComputedStyle(label).width;
     slider.value = '7';
     slider.dispatchEvent(new Event('input'));
     out.first = sent.at(-1).content;
@@ -401,6 +428,8 @@ test('widget protocol 2.x (ipywidgets 7/8 messages)', async (t) => {
     recv('comm_msg', { comm_id: 'O', data: { method: 'update', state: { msg_id: '' }, buffer_paths: [] } });
     recv('comm_close', { comm_id: 'D' });
     out.selectAfterClose = !!host.querySelector('select');
+    out.modelAfterClose = wm.models.has('D');
+    out.openCount = wm.openCount;
     return out;
   });
   const j = JSON.stringify(r);
@@ -413,6 +442,10 @@ test('widget protocol 2.x (ipywidgets 7/8 messages)', async (t) => {
   expect(r.dropdown.method === 'update' && r.dropdown.state.index === 2, `dropdown sent ${JSON.stringify(r.dropdown)}`);
   expect(r.captured === 'captured!', `Output widget did not capture: ${j}`);
   expect(!r.selectAfterClose, 'comm_close did not remove the view');
+  expect(!r.modelAfterClose, `comm_close left the model in the manager: ${j}`);
+  expect(r.labelWidth === '150px' && r.labelWidth2 === '90px', `description_width not applied: ${j}`);
+  expect(r.handle === 'rgb(200, 0, 0)', `handle_color not applied: ${j}`);
+  expect(r.button && r.button[0] === 'rgb(0, 0, 200)' && r.button[1] === '700', `button style not applied: ${j}`);
 });
 
 test('input() prompt answered', async (t) => {

@@ -179,6 +179,8 @@ export class WidgetManager {
     this.waiting = new Map(); // model id → callbacks waiting for it
     this.versionComm = null;
     this.disabled = false;
+    this.roots = []; // {model, area, node}: views displayed in output areas
+
     kernel.commHandler = (msg) => this.handleComm(msg);
   }
 
@@ -223,7 +225,10 @@ export class WidgetManager {
     }
     if (type === 'comm_close') {
       const model = this.models.get(c.comm_id);
-      if (model) model.close();
+      if (model) {
+        this.models.delete(c.comm_id);
+        model.close();
+      }
     }
   }
 
@@ -290,7 +295,36 @@ export class WidgetManager {
     if (!model) return null;
     const wrap = el('div', { class: 'cg-widget-area' });
     wrap.append(renderView(model, ctx));
+    this.roots = this.roots.filter((r) => !r.model.closed && (r.node.isConnected || r.fresh));
+    this.roots.forEach((r) => (r.fresh = false));
+    this.roots.push({ model, area: ctx.area, node: wrap, fresh: true });
     return wrap;
+  }
+
+  /**
+   * interactState returns the state of the interacts shown in area, as the
+   * Sage cell stores it with a permalink: [{state: {name: value}, bookmarks: []}]
+   * for each top-level interact (an ipywidgets or Sage interactive).
+   */
+  interactState(area) {
+    const out = [];
+    for (const r of this.roots) {
+      if (r.area !== area || r.model.closed || !r.node.isConnected) continue;
+      if (!(r.model.get('_dom_classes') || []).includes('widget-interact')) continue;
+      const state = {};
+      for (const ref of r.model.get('children') || []) {
+        const m = this.resolve(ref);
+        if (!(m instanceof WidgetModel) || m.closed) continue;
+        const name = m.get('description');
+        if (!name) continue;
+        let value = m.get('value');
+        if (value === undefined && typeof m.get('index') === 'number') value = options(m)[m.get('index')];
+        if (value === undefined || (value && typeof value === 'object' && !Array.isArray(value))) continue;
+        state[name] = value;
+      }
+      out.push({ state, bookmarks: [] });
+    }
+    return out;
   }
 
   /** disableAll greys out every view once the kernel is gone. */
@@ -400,11 +434,44 @@ function selectIndex(model, i, area) {
 
 function makeControl(model, ctx, control, { labelled = true } = {}) {
   const root = el('div', { class: `cg-widget cg-view-${model.viewName.toLowerCase() || 'unknown'}` });
-  if (labelled) root.append(description(model));
+  const label = labelled ? description(model) : null;
+  if (label) root.append(label);
   root.append(control);
   applyLayout(model, root);
   applyClasses(model, root);
+  applyStyle(model, label, control);
   return root;
+}
+
+// applyStyle follows the widget's style model (ipywidgets' DescriptionStyle,
+// ButtonStyle, SliderStyle, ProgressStyle): description_width, button_color,
+// font_weight, text_color, handle_color, bar_color.
+function applyStyle(model, label, control) {
+  const style = model.ref(model.get('style'));
+  if (!(style instanceof WidgetModel)) return;
+  const str = (k) => {
+    const v = style.get(k);
+    return v === undefined || v === null ? '' : String(v);
+  };
+  const apply = () => {
+    if (label) {
+      const w = str('description_width');
+      label.style.width = w;
+      label.style.minWidth = w;
+      label.style.maxWidth = w ? 'none' : '';
+    }
+    const button = control.matches('button') ? control : null;
+    if (button) {
+      button.style.backgroundColor = str('button_color');
+      button.style.fontWeight = str('font_weight');
+      button.style.color = str('text_color');
+    }
+    const accent = str('handle_color') || str('bar_color');
+    for (const n of control.querySelectorAll('input[type=range], progress')) n.style.accentColor = accent;
+    if (control.matches('progress')) control.style.accentColor = accent;
+  };
+  apply();
+  style.on('change', apply);
 }
 
 function setDisabled(model, nodes) {
@@ -650,6 +717,8 @@ function textView(model, ctx) {
   });
   render();
   model.on('change', (p, fromUser) => !fromUser && render());
+  // Textarea.scroll_to_bottom()
+  model.on('custom', (c) => c && c.method === 'scroll_to_bottom' && (input.scrollTop = input.scrollHeight));
   setDisabled(model, [input]);
   input.setAttribute('aria-label', model.get('description') || 'text');
   return makeControl(model, ctx, input);
