@@ -296,6 +296,18 @@ test('interact slider re-runs the function', async (t) => {
   const text = await p.$eval('.cg-output-root', (e) => e.innerText);
   expect((text.match(/x squared is/g) || []).length === 1, `output was not replaced: ${JSON.stringify(text)}`);
   expect(!/Widget Javascript not detected/.test(text), 'ipywidgets warned that the front end is missing');
+  // Share sends the interact's state with the permalink, and shows a QR code.
+  const [req] = await Promise.all([p.waitForRequest((r) => r.url().endsWith('/permalink') && r.method() === 'POST'), p.click('.cg-share')]);
+  const body = JSON.parse(req.postData() || '{}');
+  const interacts = JSON.parse(body.interacts || 'null');
+  expect(Array.isArray(interacts) && interacts.length === 1 && interacts[0].state.x === 7, `permalink sent interacts ${body.interacts}`);
+  const q = await (await p.waitForSelector('.cg-share-panel input.cg-link-q')).inputValue();
+  const stored = await p.evaluate(async (id) => (await fetch(`permalink?q=${encodeURIComponent(id)}`)).json(), new URL(q).searchParams.get('q'));
+  expect(JSON.parse(stored.interacts || '[]')[0]?.state?.x === 7, `stored permalink has interacts ${stored.interacts}`);
+  const panelText = await p.$eval('.cg-share-panel', (e) => e.innerText);
+  expect(!/\bnull\b/.test(panelText), `share panel shows ${JSON.stringify(panelText)}`);
+  const qr = await p.waitForSelector('.cg-share-panel img.cg-qr');
+  expect(await qr.evaluate((i) => i.complete && i.naturalWidth >= 21 && i.naturalWidth === i.naturalHeight), 'QR code image did not load');
   await p.waitForTimeout(300);
   await shot(p, 'interact.png', { clip: await p.$eval('main', (m) => { const r = m.getBoundingClientRect(); return { x: r.x, y: r.y, width: r.width, height: Math.min(r.height, 520) }; }) });
 });

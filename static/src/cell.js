@@ -5,7 +5,8 @@
 import { createEditor } from './editor.js';
 import { Kernel } from './kernel.js';
 import { OutputArea } from './output.js';
-import { el, resolveElement, zlibEncode } from './util.js';
+import qrcode from 'qrcode-generator';
+import { el, resolveElement, shareURL, zlibEncode } from './util.js';
 import { WidgetManager } from './widgets.js';
 
 const DETACH_QUIET_MS = 2500; // a finished one-shot kernel is released after this quiet time
@@ -85,6 +86,20 @@ function normalizeHide(hide) {
     if (k) out.add(k);
   }
   return out;
+}
+
+/** qrImage is a QR code of url, or null when the url is too long for one. */
+function qrImage(url) {
+  try {
+    const qr = qrcode(0, 'M');
+    qr.addData(url, 'Byte');
+    qr.make();
+    if (qr.getModuleCount() > 81) return null; // too dense to scan from a screen
+    const img = el('img', { class: 'cg-qr', src: qr.createDataURL(3, 4), alt: `QR code of ${url}`, title: 'Scan to open the link' });
+    return el('div', { class: 'cg-share-row cg-share-qr' }, el('span', { class: 'cg-share-label', text: 'QR code' }), img);
+  } catch {
+    return null; // longer than a QR code holds
+  }
 }
 
 let cellSeq = 0;
@@ -438,25 +453,32 @@ export class Cell {
     }
   }
 
-  /** share makes a permalink (?q=) and a stateless link (?z=). */
+  /** interactState is the state of this cell's interacts, in the Sage cell's permalink form. */
+  interactState() {
+    const w = this.kernel?.widgets;
+    return w ? w.interactState(this.output) : [];
+  }
+
+  /** share makes a permalink (?q=) and a stateless link (?z=), with a QR code. */
   async share() {
     const code = this.editor.getCode();
     const kernel = this.kernelName || '';
     const page = this.opts.sharePage || this.server;
     const panel = this.sharePanel;
+    const interacts = this.interactState();
     panel.hidden = false;
     panel.replaceChildren(el('span', { class: 'cg-note', text: 'Making links…' }));
     let zip = null;
     let query = null;
     let problem = '';
-    // The server stored a permalink for the last evaluation of this code.
-    if (this.permalink && this.permalink.code === code && this.permalink.kernel === kernel) query = this.permalink.id;
+    // The server stored a permalink (without interact state) for the last evaluation of this code.
+    if (!interacts.length && this.permalink && this.permalink.code === code && this.permalink.kernel === kernel) query = this.permalink.id;
     if (!query) {
       try {
         const resp = await fetch(`${this.server}permalink`, {
           method: 'POST',
           headers: { 'Content-Type': 'application/json' },
-          body: JSON.stringify({ code, language: kernel, interacts: '[]', n: 0 }),
+          body: JSON.stringify({ code, language: kernel, interacts: JSON.stringify(interacts), n: 0 }),
         });
         if (resp.ok) {
           const j = await resp.json();
@@ -472,11 +494,10 @@ export class Cell {
       }
     }
     if (!zip) zip = await zlibEncode(code);
-    const lang = kernel ? `&lang=${encodeURIComponent(kernel)}` : '';
     const links = [];
-    if (query) links.push(['Permalink', `${page}?q=${encodeURIComponent(query)}`, 'cg-link-q']);
-    links.push(['Link with the code', `${page}?z=${zip}${lang}`, 'cg-link-z']);
-    panel.replaceChildren(
+    if (query) links.push(['Permalink', shareURL(page, [['q', query]]), 'cg-link-q']);
+    links.push(['Link with the code', shareURL(page, [['z', zip], ['lang', kernel]]), 'cg-link-z']);
+    const rows = [
       ...links.map(([label, url, cls]) => {
         const input = el('input', { class: `cg-link ${cls}`, value: url, readonly: true, 'aria-label': label });
         input.addEventListener('focus', () => input.select());
@@ -494,9 +515,11 @@ export class Cell {
         });
         return el('div', { class: 'cg-share-row' }, el('span', { class: 'cg-share-label', text: label }), input, copy, el('a', { href: url, target: '_blank', rel: 'noopener', class: 'cg-btn cg-btn-small', text: 'Open' }));
       }),
+      qrImage(links[0][1]),
       problem ? el('div', { class: 'cg-note', text: `(${problem})` }) : null,
-    );
-    this.callbacks.onShare?.({ query, zip, links: links.map((l) => l[1]) }, this);
+    ];
+    panel.replaceChildren(...rows.filter(Boolean));
+    this.callbacks.onShare?.({ query, zip, interacts, links: links.map((l) => l[1]) }, this);
     return { query, zip };
   }
 

@@ -106,3 +106,24 @@ export function formatBytes(n) {
   } while (n >= 1024 && u < units.length - 1);
   return `${n.toFixed(n < 10 ? 1 : 0)} ${units[u]}`;
 }
+
+// Query parameters of a share link; those already on the page are replaced.
+const SHARE_PARAMS = ['q', 'z', 'c', 'lang', 'language', 'interacts', 'autoeval'];
+
+/**
+ * shareURL adds params ([name, value] pairs, values already URL-safe or
+ * encoded here) to page, which may have a query and a fragment of its own:
+ * shareURL('https://b.example/ch1?x=1#cell', [['q', 'ID']]) is
+ * 'https://b.example/ch1?x=1&q=ID#cell'.
+ */
+export function shareURL(page, params) {
+  const u = new URL(page, typeof location !== 'undefined' ? location.href : undefined);
+  if (SHARE_PARAMS.some((k) => u.searchParams.has(k))) for (const k of SHARE_PARAMS) u.searchParams.delete(k);
+  const add = params
+    .filter(([, v]) => v !== undefined && v !== null && v !== '')
+    .map(([k, v]) => `${encodeURIComponent(k)}=${/^[\w.~=-]*$/.test(v) ? v : encodeURIComponent(v)}`)
+    .join('&');
+  const q = u.search.replace(/^\?/, '');
+  u.search = q ? `${q}${add ? `&${add}` : ''}` : add;
+  return u.href;
+}
