@@ -260,7 +260,8 @@ export class Cell {
 
   _setTransport(name) {
     this.root.dataset.transport = name || '';
-    this.status.title = name ? `connected by ${name === 'polling' ? 'long-polling' : 'websocket'}` : '';
+    const titles = { polling: 'connected by long-polling', websocket: 'connected by websocket', reconnecting: 'connection lost; reconnecting' };
+    this.status.title = titles[name] || '';
   }
 
   _linkKey() {

@@ -7,6 +7,10 @@ import { base64ToBytes, Emitter, sleep, uuid } from './util.js';
 
 const WS_OPEN_TIMEOUT = 6000;
 const POLL_WAIT = 25;
+// Messages kept for the kernel while no transport can take them (a
+// reconnecting websocket, a failing POST); past this the oldest go, and the
+// cell is told.
+export const MAX_QUEUE = 500;
 
 /** KernelError is a failed request to the server, with its answer. */
 export class KernelError extends Error {
@@ -70,7 +74,8 @@ export class Kernel extends Emitter {
     this.handlers = new Map(); // parent msg_id → fn(msg)
     this.captures = new Map(); // parent msg_id → fn(msg) (output widgets)
     this.commHandler = null; // fn(msg) for comm_open/comm_msg/comm_close
-    this.queue = [];
+    this.queue = []; // messages not yet handed to a transport
+    this._dropped = 0; // messages dropped from a full queue, not yet reported
     this._ws = null;
     this._polling = false;
     this._posting = false;
@@ -168,6 +173,8 @@ export class Kernel extends Emitter {
       return;
     }
     // A dropped connection: resume where we were, else fall back to polling.
+    // Meanwhile messages wait in the queue.
+    this._setTransport('reconnecting');
     for (const delay of [200, 1000]) {
       await sleep(delay);
       if (this.ended || this._detached) return;
@@ -302,6 +309,16 @@ export class Kernel extends Emitter {
       return msg.header.msg_id;
     }
     this.queue.push(msg);
+    if (this.queue.length > MAX_QUEUE) {
+      this.queue.splice(0, this.queue.length - MAX_QUEUE);
+      if (!this._dropped++) {
+        setTimeout(() => {
+          const n = this._dropped;
+          this._dropped = 0;
+          if (n) this.emit('problem', `${n} message(s) to the kernel were dropped while the connection was down`);
+        }, 0);
+      }
+    }
     this._flush();
     return msg.header.msg_id;
   }
@@ -315,37 +332,61 @@ export class Kernel extends Emitter {
       return;
     }
     if (this._polling) this._postQueue();
+    // Otherwise the websocket is (re)connecting: its onopen, or the
+    // fallback to polling, flushes the queue.
   }
 
+  // _postQueue sends the queue by POST. A batch that could not be sent goes
+  // back to the front of the queue and is tried again (the cell is told
+  // once that the server cannot be reached); one the server refuses is
+  // reported.
   async _postQueue() {
     if (this._posting || !this.queue.length) return;
     this._posting = true;
+    let backoff = 500;
+    let told = false;
     try {
       while (this.queue.length && !this.ended) {
         const batch = this.queue.splice(0, this.queue.length);
-        let resp;
-        for (let attempt = 0; ; attempt++) {
-          try {
-            resp = await fetch(`${this.server}kernel/${encodeURIComponent(this.id)}/poll?client=${encodeURIComponent(this.session)}`, {
-              method: 'POST',
-              headers: { 'Content-Type': 'application/json' },
-              body: JSON.stringify(batch),
-              signal: this._abort.signal,
-            });
-            break;
-          } catch (err) {
-            if (attempt >= 2 || this.ended) {
-              this.emit('problem', `could not send to the kernel: ${err.message}`);
-              return;
-            }
-            await sleep(500 * (attempt + 1));
-          }
+        let resp = null;
+        let failure = '';
+        try {
+          resp = await fetch(`${this.server}kernel/${encodeURIComponent(this.id)}/poll?client=${encodeURIComponent(this.session)}`, {
+            method: 'POST',
+            headers: { 'Content-Type': 'application/json' },
+            body: JSON.stringify(batch),
+            signal: this._abort.signal,
+          });
+        } catch (err) {
+          failure = err.message;
         }
-        if (resp.status === 410 || resp.status === 404) {
+        if (this.ended) {
+          if (!resp) this.emit('problem', `${batch.length} message(s) were not sent: the session ended`);
+          return;
+        }
+        if (resp && (resp.status === 410 || resp.status === 404)) {
+          this.queue.unshift(...batch);
           this._end('session ended');
           return;
         }
-        if (!resp.ok) this.emit('problem', (await errorFrom(resp)).message);
+        if (resp && (resp.ok || (resp.status >= 400 && resp.status < 500 && resp.status !== 408 && resp.status !== 429))) {
+          if (!resp.ok) this.emit('problem', `the server refused ${batch.map((m) => m.header?.msg_type).join(', ')}: ${(await errorFrom(resp)).message}`);
+          backoff = 500;
+          continue;
+        }
+        // Not sent: keep the batch (bounded), wait, try again.
+        this.queue.unshift(...batch);
+        if (this.queue.length > MAX_QUEUE) {
+          const n = this.queue.length - MAX_QUEUE;
+          this.queue.splice(0, n);
+          this.emit('problem', `${n} message(s) to the kernel were dropped: the server cannot be reached`);
+        }
+        if (!told && backoff >= 2000) {
+          told = true;
+          this.emit('problem', `could not send to the kernel (${failure || `${resp.status} ${resp.statusText}`}); retrying`);
+        }
+        await sleep(backoff);
+        backoff = Math.min(backoff * 2, 5000);
       }
     } finally {
       this._posting = false;
@@ -413,6 +454,11 @@ export class Kernel extends Emitter {
     if (this.ended) return;
     this.ended = true;
     this.endReason = reason;
+    if (this.queue.length) {
+      const types = [...new Set(this.queue.map((m) => m.header?.msg_type))].join(', ');
+      this.emit('problem', `${this.queue.length} message(s) (${types}) were not sent: the session ended (${reason})`);
+      this.queue = [];
+    }
     this._abort.abort();
     if (this._ws) {
       try {
