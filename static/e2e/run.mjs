@@ -113,6 +113,9 @@ test('print', async (t) => {
   expect(st.state === 'idle', `state is ${st.state} after the run`);
   const text = await p.$eval('.cg-output-root', (e) => e.innerText.trim());
   expect(text === '2', `output is ${JSON.stringify(text)}, want "2"`);
+  // The demo page links embed.css; the script does not add a second copy.
+  const sheets = await p.$$eval('link[rel=stylesheet]', (ls) => ls.filter((l) => l.href.includes('/static/embed.css')).map((l) => l.href));
+  expect(sheets.length === 1, `embed.css is linked ${sheets.length} times: ${sheets.join(' ')}`);
   // A finished one-shot kernel is released: the client leaves and the server ends the session.
   await p.waitForFunction(() => window.demoCell.kernel.ended, null, { timeout: 8000 });
   const gone = await p.evaluate(async () => {
@@ -521,8 +524,8 @@ test('cell embedded in a page on another origin', async (t) => {
   const same = await p.evaluate(() => window.many[0].kernel.id === window.many[1].kernel.id);
   expect(same, 'linked cells do not share a kernel');
   // KaTeX fonts load cross-origin.
-  const fontCSS = await p.evaluate(() => [...document.styleSheets].some((s) => (s.href || '').includes('/static/embed.css')));
-  expect(fontCSS, 'embed.css was not loaded');
+  const sheets = await p.evaluate(() => [...document.styleSheets].filter((s) => (s.href || '').includes('/static/embed.css')).length);
+  expect(sheets === 1, `embed.css was loaded ${sheets} times`);
 });
 
 test('embedded_sagecell.js makeSagecell alias', async (t) => {

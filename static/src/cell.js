@@ -186,7 +186,7 @@ export class Cell {
     this.banner = el('div', { class: 'cg-banner', hidden: true, role: 'status' });
 
     const outputRoot = el('div', { class: 'cg-output-root' });
-    this.output = new OutputArea(outputRoot, {});
+    this.output = new OutputArea(outputRoot, { hideFiles: this.hide.has('files') });
     const outLoc = resolveElement(opts.outputLocation);
     root.append(editorBox, controls, this.sharePanel, this.banner);
     if (outLoc) {
@@ -195,7 +195,8 @@ export class Cell {
     } else root.append(outputRoot);
     if (this.hide.has('output')) outputRoot.hidden = true;
     input.append(root);
-    this._setupLanguages();
+    /** ready resolves once the language list is in (and the kernel chosen). */
+    this.ready = this._setupLanguages();
   }
 
   async _setupLanguages() {

@@ -38,14 +38,18 @@ function normalizeServer(s) {
 }
 
 let cssLoaded = false;
+// loadCSS adds the stylesheet, unless the page links it already (with or
+// without a ?v= query, by a relative or an absolute URL).
 function loadCSS(server) {
   if (cssLoaded) return;
   cssLoaded = true;
-  const href = `${server}static/embed.css${CELLGATE_VERSION ? `?v=${CELLGATE_VERSION}` : ''}`;
-  if (document.querySelector(`link[href="${href}"]`)) return;
+  const base = `${server}static/embed.css`;
+  for (const l of document.querySelectorAll('link[rel~="stylesheet"][href]')) {
+    if (l.href.split(/[?#]/)[0] === base) return;
+  }
   const link = document.createElement('link');
   link.rel = 'stylesheet';
-  link.href = href;
+  link.href = `${base}${CELLGATE_VERSION ? `?v=${CELLGATE_VERSION}` : ''}`;
   (document.head || document.documentElement).append(link);
 }
 
@@ -56,7 +60,7 @@ function loadCSS(server) {
  * language, share/permalink, output, status/messages, files, stop],
  * evalButtonText, editor ('codemirror', 'textarea', '…-readonly'),
  * linked, linkKey, timeout, transport ('auto', 'websocket', 'polling'),
- * server, sharePage, callbacks {onReady, onEvaluate, onOutput, onDone,
+ * server, sharePage, placeholder, callbacks {onReady, onEvaluate, onOutput, onDone,
  * onSessionEnd, onShare, onError, onLanguage}.
  */
 export function makeCell(options = {}) {
@@ -106,32 +110,21 @@ const templates = {
   restricted: { hide: ['editor', 'files', 'permalink', 'language'], editor: 'codemirror-readonly' },
 };
 
-/** makeSagecell accepts the Sage cell's options. */
+// Options of makeSagecell that are the Sage cell's own, not makeCell's.
+const SAGECELL_ONLY = ['template', 'callback', 'inputLocation', 'serverURL'];
+
+/**
+ * makeSagecell accepts the Sage cell's options; every makeCell option
+ * (kernel, sharePage, placeholder, onShare, onError, onLanguage, ...) passes
+ * through unchanged.
+ */
 export function makeSagecell(args = {}) {
   const a = { ...(args.template || {}), ...args };
   if (args.template && args.template.hide && args.hide) a.hide = [...args.template.hide, ...args.hide];
-  const language = a.language || (Array.isArray(a.languages) && a.languages[0]) || 'sage';
-  const common = {
-    server: a.server || a.serverURL,
-    code: a.code,
-    language,
-    languages: a.languages,
-    autoeval: a.autoeval,
-    hide: a.hide,
-    evalButtonText: a.evalButtonText,
-    editor: a.editor,
-    linked: a.linked,
-    linkKey: a.linkKey,
-    outputLocation: a.outputLocation,
-    transport: a.transport,
-    timeout: a.timeout,
-    callbacks: a.callbacks,
-    onReady: a.onReady,
-    onEvaluate: a.onEvaluate,
-    onDone: a.onDone,
-    onOutput: a.onOutput,
-    onSessionEnd: a.onSessionEnd,
-  };
+  const common = { ...a };
+  for (const k of SAGECELL_ONLY) delete common[k];
+  common.server = a.server || a.serverURL;
+  if (!a.kernel) common.language = a.language || (Array.isArray(a.languages) && a.languages[0]) || 'sage';
   const loc = a.inputLocation;
   const nodes = typeof loc === 'string' ? Array.from(document.querySelectorAll(loc)) : loc ? [loc] : [];
   if (!nodes.length) throw new Error(`sagecell: inputLocation ${loc} not found`);

@@ -20,7 +20,8 @@ function displayRegistry(kernel) {
 export class OutputArea {
   /**
    * @param {HTMLElement} root where output goes
-   * @param {{kernel?: object, widgets?: object, onInput?: Function}} ctx
+   * @param {{kernel?: object, widgets?: object, hideFiles?: boolean}} ctx
+   *   hideFiles leaves out the list of files the kernel wrote (hide: ['files'])
    */
   constructor(root, ctx = {}) {
     this.root = root;
@@ -130,7 +131,7 @@ export class OutputArea {
 
   /** files shows links to files the kernel wrote, images inline. */
   files(files) {
-    if (!files.length) return;
+    if (!files.length || this.ctx.hideFiles) return;
     const list = el('div', { class: 'cg-files' }, el('div', { class: 'cg-files-title', text: files.length === 1 ? 'File written:' : 'Files written:' }));
     for (const f of files) {
       const url = f.url;
