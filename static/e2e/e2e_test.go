@@ -10,9 +10,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"html/template"
-	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -38,13 +39,6 @@ func chromium() string {
 		return p
 	}
 	return "/usr/bin/chromium"
-}
-
-type env struct {
-	base    string // cellgate, ending in /
-	other   string // the second origin, ending in /
-	kernels []string
-	storage bool
 }
 
 // startCellgate serves the gateway and the client as cmd/cellgate does.
@@ -145,15 +139,25 @@ func startOther(t testing.TB, base string) *httptest.Server {
 	return srv
 }
 
-// hasStorage tells whether the gateway answers the permalink API.
-func hasStorage(base string) bool {
-	resp, err := http.Post(base+"permalink", "application/json", strings.NewReader(`{"code":"1+1","language":"python3"}`))
+// startBlockingProxy is a proxy in front of base that refuses websocket
+// upgrades, as some corporate proxies do: clients that reach cellgate
+// through it must fall back to long-polling. It keeps the Host header, so
+// the ws_url that cellgate answers points at the proxy too.
+func startBlockingProxy(t testing.TB, base string) *httptest.Server {
+	target, err := url.Parse(base)
 	if err != nil {
-		return false
+		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode != http.StatusNotFound && resp.StatusCode != http.StatusMethodNotAllowed
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			http.Error(w, "websockets are blocked by this proxy", http.StatusForbidden)
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
 }
 
 // result is one line of run.mjs's report.
@@ -185,21 +189,22 @@ func TestBrowser(t *testing.T) {
 	srv, kernels := startCellgate(t, map[string]int{"python3": 3, "sagemath": 1})
 	base := srv.URL + "/"
 	other := startOther(t, base)
+	blocked := startBlockingProxy(t, base)
 	shots, _ := filepath.Abs("../../bench/screenshots")
 	if err := os.MkdirAll(shots, 0o755); err != nil {
 		t.Fatal(err)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, node, "run.mjs")
 	cmd.Env = append(os.Environ(),
 		"CELLGATE_URL="+base,
 		"OTHER_URL="+other.URL+"/",
+		"BLOCKED_URL="+blocked.URL+"/",
 		"CHROMIUM="+chromium(),
 		"SCREENSHOTS="+shots,
 		"KERNELS="+strings.Join(kernels, ","),
-		fmt.Sprintf("STORAGE=%t", hasStorage(base)),
 		"ONLY="+os.Getenv("CELLGATE_E2E_ONLY"),
 	)
 	cmd.Stderr = &logWriter{t: t, prefix: "node: "}

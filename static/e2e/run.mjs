@@ -1,15 +1,15 @@
 // End-to-end tests of the browser client in headless Debian Chromium,
 // driven by playwright-core. Run by e2e_test.go, which starts cellgate and
 // passes its address; each test prints one "RESULT {json}" line.
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
 const BASE = process.env.CELLGATE_URL;
 const OTHER = process.env.OTHER_URL;
+const BLOCKED = process.env.BLOCKED_URL; // cellgate behind a proxy that refuses websockets
 const SHOTS = process.env.SCREENSHOTS || '';
 const KERNELS = (process.env.KERNELS || 'python3').split(',');
-const STORAGE = process.env.STORAGE === 'true';
 const ONLY = process.env.ONLY || '';
 const TEST_TIMEOUT = 60000;
 
@@ -60,8 +60,8 @@ async function page(t, { viewport = { width: 1000, height: 760 }, init } = {}) {
 }
 
 // demo opens the demo page, puts code in the cell and evaluates it.
-async function demo(p, code, { kernel, evaluate = true, query = '' } = {}) {
-  await p.goto(BASE + query);
+async function demo(p, code, { kernel, evaluate = true, query = '', base = BASE } = {}) {
+  await p.goto(base + query);
   await p.waitForFunction(() => window.demoCell && document.querySelector('.cg-language option'));
   if (kernel) await p.selectOption('.cg-language', kernel);
   if (code !== undefined) await p.evaluate((c) => window.demoCell.setCode(c), code);
@@ -534,49 +534,76 @@ test('embedded_sagecell.js makeSagecell alias', async (t) => {
   await outputContains(p, 'via makeSagecell');
   const btn = await p.$eval('.cg-eval', (b) => b.textContent);
   expect(btn === 'Run', `evalButtonText not applied: ${btn}`);
+  // cellgate's own options pass through makeSagecell.
+  const r = await p.evaluate(async () => {
+    const got = {};
+    const d = document.createElement('div');
+    document.body.append(d);
+    const cell = sagecell.makeSagecell({
+      inputLocation: d,
+      code: '',
+      kernel: 'python3',
+      placeholder: 'Type Python here',
+      sharePage: 'https://book.example/ch1.html?sec=2#cell',
+      onShare: (s) => (got.share = s.links),
+      onLanguage: (k) => (got.language = k),
+      hide: ['files'],
+    });
+    await cell.ready;
+    got.kernel = cell.kernelName;
+    got.placeholder = d.querySelector('.cm-placeholder')?.textContent;
+    got.hideFiles = cell.output.ctx.hideFiles;
+    cell.languageSelect.dispatchEvent(new Event('change'));
+    cell.setCode('print(1)');
+    await cell.share();
+    const bad = document.createElement('div');
+    document.body.append(bad);
+    const broken = sagecell.makeSagecell({ inputLocation: bad, code: '1', server: 'http://127.0.0.1:9/', onError: (e) => (got.error = e.message) });
+    await broken.evaluate();
+    return got;
+  });
+  const j = JSON.stringify(r);
+  expect(r.kernel === 'python3', `kernel option dropped: ${j}`);
+  expect(r.placeholder === 'Type Python here', `placeholder dropped: ${j}`);
+  expect(r.hideFiles === true, `hide: ['files'] dropped: ${j}`);
+  expect(r.language === 'python3', `onLanguage not called: ${j}`);
+  expect(Array.isArray(r.share) && r.share.length >= 1, `onShare not called: ${j}`);
+  for (const link of r.share) {
+    expect(/^https:\/\/book\.example\/ch1\.html\?sec=2&(q|z)=[\w=-]+(&lang=python3)?#cell$/.test(link), `share link on a sharePage with a query: ${link}`);
+  }
+  expect(r.error && /reach/.test(r.error), `onError not called: ${j}`);
 });
 
-const failingWebSocket = () => {
-  // A proxy that blocks websockets: every connection fails.
-  class BlockedWebSocket extends EventTarget {
-    constructor(url) {
-      super();
-      this.url = url;
-      this.readyState = 3;
-      window.__wsAttempts = (window.__wsAttempts || 0) + 1;
-      setTimeout(() => {
-        const err = new Event('error');
-        this.onerror?.(err);
-        this.dispatchEvent(err);
-        const ev = new CloseEvent('close', { code: 1006, reason: '' });
-        this.onclose?.(ev);
-        this.dispatchEvent(ev);
-      }, 20);
-    }
-    send() {
-      throw new Error('not open');
-    }
-    close() {}
-  }
-  BlockedWebSocket.CONNECTING = 0;
-  BlockedWebSocket.OPEN = 1;
-  BlockedWebSocket.CLOSING = 2;
-  BlockedWebSocket.CLOSED = 3;
-  window.WebSocket = BlockedWebSocket;
-};
-
 test('websocket blocked falls back to long-polling', async (t) => {
-  const p = await page(t, { init: failingWebSocket });
-  await demo(p, 'for i in range(3):\n    print("line", i)\nname = input("who? ")\nprint("hi", name)');
+  // The page is served through a proxy that refuses websocket upgrades.
+  const p = await page(t);
+  const sockets = [];
+  p.on('websocket', (ws) => sockets.push(ws.url()));
+  // Some POSTs of messages fail, as on a flaky network: the client keeps
+  // what it could not send and sends it again.
+  let failPosts = 0;
+  let failed = 0;
+  await p.route(/\/kernel\/[^/]+\/poll\?/, (route) => {
+    if (route.request().method() === 'POST' && failPosts > 0) {
+      failPosts--;
+      failed++;
+      return route.abort('connectionreset');
+    }
+    return route.continue();
+  });
+  await demo(p, 'for i in range(3):\n    print("line", i)\nname = input("who? ")\nprint("hi", name)', { base: BLOCKED });
   const field = await p.waitForSelector('.cg-output-root input.cg-input-field');
   const st = await cellState(p);
   expect(st.transport === 'polling', `transport is ${st.transport}, want polling`);
-  expect((await p.evaluate(() => window.__wsAttempts)) >= 1, 'no websocket was tried');
+  expect(sockets.length >= 1 && sockets.every((u) => u.startsWith(BLOCKED.replace(/^http/, 'ws'))), `websockets tried: ${JSON.stringify(sockets)}`);
+  failPosts = 3;
   await field.type('poller');
   await field.press('Enter');
   await outputContains(p, 'hi poller');
+  expect(failed === 3, `${failed} POSTs failed, want 3`);
   const text = await p.$eval('.cg-output-root', (e) => e.innerText);
   expect((text.match(/line 1/g) || []).length === 1, `messages lost or repeated: ${JSON.stringify(text)}`);
+  expect((text.match(/hi poller/g) || []).length === 1, `input_reply repeated: ${JSON.stringify(text)}`);
   // Interacts work over polling too.
   await p.evaluate(() => window.demoCell.setCode('from ipywidgets import interact\ninteract(lambda v=1: print("v =", v), v=(0, 9))'));
   await p.click('.cg-eval');
@@ -585,6 +612,52 @@ test('websocket blocked falls back to long-polling', async (t) => {
   await slider.focus();
   await p.keyboard.press('ArrowRight');
   await outputContains(p, 'v = 2');
+  expect((await cellState(p)).transport === 'polling', 'the interact did not run over polling');
+});
+
+test('messages sent while the websocket reconnects are delivered', async (t) => {
+  // A linked cell: its session outlives a dropped connection. (A one-shot
+  // session ends as soon as no client is attached and it is idle.)
+  const p = await page(t);
+  await p.goto(BASE);
+  await p.waitForFunction(() => window.cellgate && window.demoCell);
+  await p.evaluate(() => {
+    const d = document.createElement('div');
+    d.id = 'linked';
+    d.textContent = 'from ipywidgets import interact\ninteract(lambda v=1: print("v is", v), v=(0, 9))';
+    document.querySelector('main').prepend(d);
+    window.linkedCell = cellgate.makeCell({ inputLocation: d, linked: true, linkKey: 'reconnect-test' });
+    window.linkedCell.evaluate();
+  });
+  const root = '#linked .cg-output-root';
+  await outputContains(p, 'v is 1', { root });
+  const slider = await p.waitForSelector(`${root} input[type=range]`);
+  await slider.focus();
+  // Drop the connection and move the slider before it is back.
+  const state = await p.evaluate(async () => {
+    const k = window.linkedCell.kernel;
+    const closed = new Promise((r) => k._ws.addEventListener('close', r));
+    k._ws.close();
+    await closed;
+    return { transport: window.linkedCell.root.dataset.transport, ws: k._ws };
+  });
+  expect(state.transport === 'reconnecting' && state.ws === null, `while reconnecting: ${JSON.stringify(state)}`);
+  await p.keyboard.press('ArrowRight');
+  await outputContains(p, 'v is 2', { root });
+  expect((await cellState(p, '#linked .cg-cell')).transport === 'websocket', 'did not reconnect by websocket');
+  // An input() answer too.
+  await p.evaluate(() => {
+    window.linkedCell.setCode('print("Hello,", input("name? "))');
+    window.linkedCell.evaluate();
+  });
+  const field = await p.waitForSelector(`${root} input.cg-input-field`);
+  await p.evaluate(() => window.linkedCell.kernel._ws.close());
+  await field.type('Grace');
+  await field.press('Enter');
+  await outputContains(p, 'Hello, Grace', { root });
+  const text = await p.$eval(root, (e) => e.innerText);
+  expect((text.match(/Hello, Grace/g) || []).length === 1, `output repeated: ${JSON.stringify(text)}`);
+  await p.evaluate(() => window.linkedCell.kernel.shutdown());
 });
 
 test('dropped websocket resumes with nothing lost or repeated', async (t) => {
@@ -636,7 +709,6 @@ test('share: ?z= link round trip', async (t) => {
 });
 
 test('permalink round trip through ?q=', async (t) => {
-  if (!STORAGE) throw new Skip('the server has no permalink storage yet (POST /permalink is 404)');
   const p = await page(t);
   await demo(p, 'print("permalinked", 2**10)', { evaluate: false });
   await p.click('.cg-share');
@@ -649,7 +721,6 @@ test('permalink round trip through ?q=', async (t) => {
 });
 
 test('file written by the kernel is a link with the same bytes', async (t) => {
-  if (!STORAGE) throw new Skip('the server has no file storage yet');
   const p = await page(t);
   await demo(
     p,
@@ -663,15 +734,84 @@ test('file written by the kernel is a link with the same bytes', async (t) => {
   );
   await outputContains(p, 'wrote files');
   const link = await p.waitForSelector('.cg-files a:has-text("bytes.bin")', { timeout: 20000 });
-  const href = await link.getAttribute('href');
-  const ok = await p.evaluate(async (u) => {
-    const b = new Uint8Array(await (await fetch(u)).arrayBuffer());
-    if (b.length !== 1024) return `length ${b.length}`;
-    for (let i = 0; i < b.length; i++) if (b[i] !== i % 256) return `byte ${i} is ${b[i]}`;
-    return 'ok';
-  }, href);
-  expect(ok === 'ok', `downloaded bytes differ: ${ok}`);
+  const [download] = await Promise.all([p.waitForEvent('download'), link.click()]);
+  expect(download.suggestedFilename() === 'bytes.bin', `downloaded as ${download.suggestedFilename()}`);
+  const failure = await download.failure();
+  expect(!failure, `download failed: ${failure}`);
+  const got = readFileSync(await download.path());
+  const want = Buffer.alloc(1024, 0).map((_, i) => i % 256);
+  expect(got.equals(want), `downloaded ${got.length} bytes that differ from the ${want.length} written`);
   await p.waitForSelector('.cg-files img[src]');
+  // hide: ['files'] leaves the list out.
+  await p.evaluate(() => {
+    const d = document.createElement('div');
+    d.id = 'nofiles';
+    d.textContent = 'open("quiet.txt", "w").write("x"); print("no list")';
+    document.querySelector('main').append(d);
+    window.nofilesSeen = [];
+    cellgate.makeCell({ inputLocation: d, hide: ['files'], onOutput: (m) => window.nofilesSeen.push(m.header.msg_type) }).evaluate();
+  });
+  await outputContains(p, 'no list', { root: '#nofiles .cg-output-root' });
+  await p.waitForFunction(() => window.nofilesSeen.includes('cellgate.files'), null, { timeout: 20000 });
+  expect(!(await p.$('#nofiles .cg-files')), "hide: ['files'] still shows the file list");
+});
+
+test('stderr and an error traceback', async (t) => {
+  const p = await page(t);
+  await demo(
+    p,
+    ['import sys', 'print("to stdout", flush=True)', 'print("to stderr", file=sys.stderr, flush=True)', 'def inner(x):', '    return 1 / x', 'def outer():', '    return inner(0)', 'outer()'].join('\n'),
+  );
+  await waitDone(p);
+  await outputContains(p, 'ZeroDivisionError');
+  const r = await p.evaluate(() => {
+    const root = document.querySelector('.cg-output-root');
+    const err = root.querySelector('pre.cg-error');
+    return {
+      stdout: [...root.querySelectorAll('pre.cg-stdout')].map((e) => e.innerText).join('|'),
+      stderr: [...root.querySelectorAll('pre.cg-stderr')].map((e) => e.innerText).join('|'),
+      stderrColor: root.querySelector('pre.cg-stderr') && getComputedStyle(root.querySelector('pre.cg-stderr')).color,
+      stdoutColor: root.querySelector('pre.cg-stdout') && getComputedStyle(root.querySelector('pre.cg-stdout')).color,
+      error: err ? err.innerText : '',
+      rawEscapes: /\x1b\[|\[0;3\dm/.test(root.innerText),
+      coloured: err ? err.querySelectorAll('span[class*="cg-ansi-"]').length : 0,
+      state: document.querySelector('.cg-cell').dataset.state,
+    };
+  });
+  const j = JSON.stringify(r);
+  expect(r.stdout.includes('to stdout') && !r.stdout.includes('to stderr'), `stdout block: ${j}`);
+  expect(r.stderr.includes('to stderr') && !r.stderr.includes('to stdout'), `stderr block: ${j}`);
+  expect(r.stderrColor !== r.stdoutColor, `stderr looks like stdout: ${j}`);
+  expect(/Traceback|ZeroDivisionError/.test(r.error) && r.error.includes('inner') && r.error.includes('outer') && r.error.includes('division by zero'), `traceback: ${j}`);
+  expect(!r.rawEscapes && r.coloured > 0, `ANSI colours of the traceback not rendered: ${j}`);
+  expect(r.state === 'idle' && !(await p.isVisible('.cg-stop')), `cell not idle after an error: ${j}`);
+});
+
+test('clear_output(wait=True) keeps the output until the next one', async (t) => {
+  const p = await page(t);
+  await demo(
+    p,
+    ['import time', 'from IPython.display import clear_output', 'print("before", flush=True)', 'time.sleep(0.3)', 'clear_output(wait=True)', 'time.sleep(1.0)', 'print("after")', 'clear_output()', 'print("final")'].join('\n'),
+    { evaluate: false },
+  );
+  await p.evaluate(() => {
+    window.atClear = [];
+    window.demoCell.callbacks.onOutput = (msg, cell) => {
+      if (msg.header.msg_type === 'clear_output') window.atClear.push([msg.content.wait, cell.output.root.innerText.trim()]);
+      if (msg.header.msg_type === 'stream') window.atClear.push(['stream', cell.output.root.innerText.trim()]);
+    };
+  });
+  await p.click('.cg-eval');
+  await waitDone(p);
+  const seen = await p.evaluate(() => window.atClear);
+  const text = await p.$eval('.cg-output-root', (e) => e.innerText.trim());
+  const j = JSON.stringify(seen);
+  const waitClear = seen.find((e) => e[0] === true);
+  expect(waitClear && waitClear[1] === 'before', `after clear_output(wait=True) the output was ${j}`);
+  expect(seen.some((e) => e[0] === 'stream' && e[1] === 'after'), `"after" did not replace "before": ${j}`);
+  const nowait = seen.find((e) => e[0] === false);
+  expect(nowait && nowait[1] === '', `clear_output() did not clear at once: ${j}`);
+  expect(text === 'final', `output is ${JSON.stringify(text)}, want "final"`);
 });
 
 test('demo page screenshot', async (t) => {
