@@ -31,7 +31,7 @@ func newInproc(dir string) (*inproc, error) {
 	if !ok {
 		return nil, fmt.Errorf("python3 kernelspec not installed (make deps)")
 	}
-	zctx, err := zmq.NewContext()
+	zctx, err := kernelpool.NewZMQContext(0)
 	if err != nil {
 		return nil, err
 	}

@@ -66,7 +66,7 @@ func main() {
 	flag.IntVar(&o.jsKernels, "js-kernels", 5, "kernels per server for the @jupyterlab/services comparison")
 	flag.IntVar(&o.jsExecutes, "js-executes", 40, "executions per kernel for the @jupyterlab/services comparison")
 	flag.DurationVar(&o.serviceDur, "service-duration", 10*time.Second, "how long each /service concurrency level runs")
-	flag.IntVar(&o.idleSessions, "idle-sessions", 90, "idle sessions for the memory figures (each a real sandboxed kernel; 100 reaches the gateway's ZMQ socket cap, see bench/README.md)")
+	flag.IntVar(&o.idleSessions, "idle-sessions", 100, "idle sessions for the memory figures (each a real sandboxed kernel)")
 	flag.IntVar(&o.permalinks, "permalinks", 300, "permalinks to create and look up")
 	flag.IntVar(&o.fileRounds, "file-rounds", 3, "10 MB files to upload and fetch")
 	flag.IntVar(&o.coldStarts, "cold-starts", 6, "cold starts per launcher (sandboxed and not)")

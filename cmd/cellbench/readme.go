@@ -147,13 +147,7 @@ sessions, and with N idle sessions open (websocket attached, one ` + "`1+1`" + `
 gateway's cost per idle session. *per idle sandboxed kernel* sums the proportional set size (PSS: shared pages
 divided among their users) of every process under cellgate — the python kernels and their two bwrap processes
 each — over the number of kernels; RSS, which counts shared libraries in full for every kernel, is shown beside.
-By default N is 90, not issue 7's 100, on purpose: each kernel holds about
-10 ZMQ sockets in cellgate's one ZMQ context, whose default cap is 1023 sockets, so one cellgate cannot
-hold more than about 101 kernels (the next start fails with "too many open files"); and tearing down ~100
-kernels at once needs one more socket per kernel — when that fails the teardown hangs, leaving kernel
-directories and sandbox mounts behind and making the shutdown wait out its drain timeout. Run
-` + "`go run ./cmd/cellbench -idle-sessions 100 -skip coldstart,sessions,execute,jupyterlab,service,refill,permalinks,files`" + `
-to see it (the bench then reports the leftovers and clears them with the sandbox's start-up sweep).
+N is 100 by default (-idle-sessions); each idle session holds a real sandboxed kernel.
 *DELETE of the N sessions until their kernels are gone*: the N sessions are deleted one after
 the other, then the bench waits until only the pool's ready kernels are left. *cellgate CPU with N idle
 sessions*: cellgate's CPU time over 5 s while they sit idle. The *idle python that imported ipykernel* rows are the sandbox package's BenchmarkIdleMemory.
