@@ -75,7 +75,7 @@ func withSeq(frame []byte, seq uint64) []byte {
 	return append(out, frame[1:]...)
 }
 
-func (sageCodec) problem(text string) (int, []byte) {
+func (sageCodec) problem(text, _ string) (int, []byte) {
 	data, _ := json.Marshal(map[string]string{"channel": "gateway", "error": "Bad Request", "message": text})
 	return websocket.TextMessage, data
 }
@@ -104,9 +104,10 @@ func (c jupyterCodec) encode(e outgoing) (int, []byte, error) {
 }
 
 // problem is told to Jupyter clients as stderr on iopub: they have no
-// other place to show a gateway error.
-func (c jupyterCodec) problem(text string) (int, []byte) {
-	m, err := jupytermsg.New("stream", "cellgate", nil, jupytermsg.Stream{Name: "stderr", Text: "[cellgate] " + text + "\n"})
+// other place to show a gateway error. It carries the kernel's session:
+// JupyterLab takes the session of every message as the kernel's.
+func (c jupyterCodec) problem(text, session string) (int, []byte) {
+	m, err := jupytermsg.New("stream", session, nil, jupytermsg.Stream{Name: "stderr", Text: "[cellgate] " + text + "\n"})
 	if err != nil {
 		return websocket.TextMessage, nil
 	}

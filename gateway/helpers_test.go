@@ -90,12 +90,22 @@ func (e *testEnv) wsURL(path string) string {
 // do sends a request and decodes a JSON answer into out (if not nil).
 func (e *testEnv) do(method, path, contentType, body string, out any) *http.Response {
 	e.t.Helper()
+	header := http.Header{}
+	if contentType != "" {
+		header.Set("Content-Type", contentType)
+	}
+	return e.doWith(method, path, header, body, out)
+}
+
+// doWith is do with request headers of the caller's choosing.
+func (e *testEnv) doWith(method, path string, header http.Header, body string, out any) *http.Response {
+	e.t.Helper()
 	req, err := http.NewRequest(method, e.url(path), strings.NewReader(body))
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if contentType != "" {
-		req.Header.Set("Content-Type", contentType)
+	for k, v := range header {
+		req.Header[k] = v
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

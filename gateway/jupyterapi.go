@@ -4,6 +4,8 @@ import (
 	"context"
 	"crypto/subtle"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"sort"
 	"strings"
@@ -123,12 +125,21 @@ func (s *Server) visible(c echo.Context, sess *session) bool {
 	return s.cfg.Token != "" || sess.remote == c.RealIP()
 }
 
+// jupyterSession is the Jupyter-API session the route's id names.
 func (s *Server) jupyterSession(c echo.Context) *session {
-	sess := s.lookup(c.Param("id"))
-	if !s.visible(c, sess) {
+	id, err := pathParam(c, "id")
+	if err != nil {
 		return nil
 	}
-	return sess
+	return s.jupyterKernel(c, id)
+}
+
+// jupyterKernel is the Jupyter-API session id, if the caller may see it.
+func (s *Server) jupyterKernel(c echo.Context, id string) *session {
+	if sess := s.lookupAPI(id, jupyterAPI); s.visible(c, sess) {
+		return sess
+	}
+	return nil
 }
 
 func (s *Server) apiListKernels(c echo.Context) error {
@@ -205,9 +216,9 @@ func (s *Server) apiRestart(c echo.Context) error {
 	ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Minute)
 	defer cancel()
 	if err := sess.kernel.Restart(ctx); err != nil {
-		return httpError(c, http.StatusInternalServerError, "restart failed: "+err.Error())
+		return fmt.Errorf("restart kernel %s: %w", sess.id, err)
 	}
-	sess.touch()
+	sess.restarted()
 	return c.JSON(http.StatusOK, sess.model())
 }
 
@@ -221,36 +232,137 @@ func (s *Server) apiChannels(c echo.Context) error {
 
 // notebookSession is jupyter_server's session: a name for a kernel.
 type notebookSession struct {
-	ID       string `json:"id"`
-	Path     string `json:"path"`
-	Name     string `json:"name"`
-	Type     string `json:"type"`
+	ID       string
+	Path     string
+	Name     string
+	Type     string
 	kernelID string
 }
 
+// Bounds of the notebook sessions: clients may create them at will.
+const (
+	maxSessionField       = 4 << 10 // bytes of a path, name or type
+	maxSessionsPerKernel  = 64
+	maxNotebookSessionsAt = 10000
+)
+
+// notebookSessions holds the notebook sessions. Its methods hand out
+// copies: PATCH changes an entry while other requests read it.
 type notebookSessions struct {
-	mu   sync.Mutex
-	byID map[string]*notebookSession
+	mu       sync.Mutex
+	byID     map[string]*notebookSession
+	byKernel map[string]int
+}
+
+var (
+	errTooManySessions = errors.New("too many notebook sessions")
+	errKernelSessions  = errors.New("too many notebook sessions for this kernel")
+)
+
+// add records ns, or returns the live session already at its path for
+// the same kind, as jupyter_server does.
+func (n *notebookSessions) add(ns notebookSession) (notebookSession, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.byID == nil {
+		n.byID, n.byKernel = map[string]*notebookSession{}, map[string]int{}
+	}
+	if ns.Path != "" {
+		for _, old := range n.byID {
+			if old.Path == ns.Path && old.kernelID == ns.kernelID && old.Type == ns.Type {
+				return *old, nil
+			}
+		}
+	}
+	if len(n.byID) >= maxNotebookSessionsAt {
+		return notebookSession{}, fmt.Errorf("%w: %d", errTooManySessions, len(n.byID))
+	}
+	if n.byKernel[ns.kernelID] >= maxSessionsPerKernel {
+		return notebookSession{}, fmt.Errorf("%w: %d", errKernelSessions, maxSessionsPerKernel)
+	}
+	stored := ns
+	n.byID[ns.ID] = &stored
+	n.byKernel[ns.kernelID]++
+	return ns, nil
+}
+
+func (n *notebookSessions) get(id string) (notebookSession, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ns, ok := n.byID[id]
+	if !ok {
+		return notebookSession{}, false
+	}
+	return *ns, true
+}
+
+func (n *notebookSessions) all() []notebookSession {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make([]notebookSession, 0, len(n.byID))
+	for _, ns := range n.byID {
+		out = append(out, *ns)
+	}
+	return out
+}
+
+// update applies req to session id and returns the result.
+func (n *notebookSessions) update(id string, req sessionRequest, kernelID string) (notebookSession, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	ns, ok := n.byID[id]
+	if !ok {
+		return notebookSession{}, false
+	}
+	req.applyTo(ns)
+	if ns.kernelID != kernelID {
+		n.dropLocked(ns)
+		ns.kernelID = kernelID
+		n.byKernel[kernelID]++
+	}
+	return *ns, true
+}
+
+func (n *notebookSessions) remove(id string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if ns, ok := n.byID[id]; ok {
+		n.dropLocked(ns)
+		delete(n.byID, id)
+	}
+}
+
+func (n *notebookSessions) dropLocked(ns *notebookSession) {
+	if n.byKernel[ns.kernelID]--; n.byKernel[ns.kernelID] <= 0 {
+		delete(n.byKernel, ns.kernelID)
+	}
+}
+
+// dropKernel forgets the sessions of a kernel that has ended.
+func (n *notebookSessions) dropKernel(kernelID string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.byKernel[kernelID] == 0 {
+		return
+	}
+	for id, ns := range n.byID {
+		if ns.kernelID == kernelID {
+			delete(n.byID, id)
+		}
+	}
+	delete(n.byKernel, kernelID)
 }
 
 func (s *Server) sessionModel(ns notebookSession, sess *session) map[string]any {
 	return map[string]any{"id": ns.ID, "path": ns.Path, "name": ns.Name, "type": ns.Type, "kernel": sess.model(), "notebook": map[string]string{"path": ns.Path, "name": ns.Name}}
 }
 
-// liveNotebookSessions drops sessions whose kernel has ended and returns
-// the rest the caller may see.
+// liveNotebookSessions returns the sessions the caller may see.
 func (s *Server) liveNotebookSessions(c echo.Context) []map[string]any {
-	s.nbs.mu.Lock()
-	defer s.nbs.mu.Unlock()
 	out := []map[string]any{}
-	for id, ns := range s.nbs.byID {
-		sess := s.lookup(ns.kernelID)
-		if sess == nil {
-			delete(s.nbs.byID, id)
-			continue
-		}
-		if s.visible(c, sess) {
-			out = append(out, s.sessionModel(*ns, sess))
+	for _, ns := range s.nbs.all() {
+		if sess := s.jupyterKernel(c, ns.kernelID); sess != nil {
+			out = append(out, s.sessionModel(ns, sess))
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i]["id"].(string) < out[j]["id"].(string) })
@@ -271,25 +383,70 @@ type sessionRequest struct {
 	} `json:"kernel"`
 }
 
-func (s *Server) apiCreateSession(c echo.Context) error {
+// applyTo sets the fields the request gives.
+func (r sessionRequest) applyTo(ns *notebookSession) {
+	if r.Path != nil {
+		ns.Path = *r.Path
+	}
+	if r.Name != nil {
+		ns.Name = *r.Name
+	}
+	if r.Type != nil {
+		ns.Type = *r.Type
+	}
+}
+
+// check refuses fields no notebook needs at that size.
+func (r sessionRequest) check() error {
+	for what, v := range map[string]*string{"path": r.Path, "name": r.Name, "type": r.Type} {
+		if v != nil && len(*v) > maxSessionField {
+			return fmt.Errorf("%s longer than %d bytes", what, maxSessionField)
+		}
+	}
+	return nil
+}
+
+func decodeSessionRequest(c echo.Context) (sessionRequest, error) {
 	var req sessionRequest
 	if err := json.NewDecoder(c.Request().Body).Decode(&req); err != nil {
-		return httpError(c, http.StatusBadRequest, "invalid JSON body: "+err.Error())
+		return req, fmt.Errorf("invalid JSON body: %w", err)
 	}
-	ns := &notebookSession{ID: uuid.NewString(), Type: "notebook"}
-	if req.Path != nil {
-		ns.Path = *req.Path
+	return req, req.check()
+}
+
+func notebookError(c echo.Context, err error) error {
+	switch {
+	case errors.Is(err, errKernelSessions):
+		return httpError(c, http.StatusTooManyRequests, err.Error())
+	case errors.Is(err, errTooManySessions):
+		return httpError(c, http.StatusServiceUnavailable, err.Error())
 	}
-	if req.Name != nil {
-		ns.Name = *req.Name
+	return err
+}
+
+func (s *Server) apiCreateSession(c echo.Context) error {
+	req, err := decodeSessionRequest(c)
+	if err != nil {
+		return httpError(c, http.StatusBadRequest, err.Error())
 	}
-	if req.Type != nil {
-		ns.Type = *req.Type
+	ns := notebookSession{ID: uuid.NewString(), Type: "notebook"}
+	req.applyTo(&ns)
+	if ns.Path != "" && (req.Kernel == nil || req.Kernel.ID == "") {
+		// jupyter_server answers a session for a path that has one with
+		// that session, rather than starting another kernel.
+		for _, old := range s.nbs.all() {
+			if old.Path == ns.Path && old.Type == ns.Type {
+				if sess := s.jupyterKernel(c, old.kernelID); sess != nil {
+					c.Response().Header().Set("Location", "/api/sessions/"+old.ID)
+					return c.JSON(http.StatusCreated, s.sessionModel(old, sess))
+				}
+			}
+		}
 	}
 	var sess *session
+	started := false
 	if req.Kernel != nil && req.Kernel.ID != "" {
-		sess = s.lookup(req.Kernel.ID)
-		if !s.visible(c, sess) {
+		if sess = s.jupyterKernel(c, req.Kernel.ID); sess == nil {
 			return httpError(c, http.StatusBadRequest, "no such kernel "+req.Kernel.ID)
 		}
 	} else {
@@ -297,59 +454,53 @@ func (s *Server) apiCreateSession(c echo.Context) error {
 		if req.Kernel != nil {
 			name = req.Kernel.Name
 		}
-		var err error
 		if sess, err = s.startJupyterKernel(c, name); err != nil {
 			return sessionError(c, err)
 		}
+		started = true
 	}
 	ns.kernelID = sess.id
-	s.nbs.mu.Lock()
-	if s.nbs.byID == nil {
-		s.nbs.byID = map[string]*notebookSession{}
+	ns, err = s.nbs.add(ns)
+	if err != nil {
+		if started {
+			sess.end(endDeleted)
+		}
+		return notebookError(c, err)
 	}
-	s.nbs.byID[ns.ID] = ns
-	s.nbs.mu.Unlock()
 	c.Response().Header().Set("Location", "/api/sessions/"+ns.ID)
-	return c.JSON(http.StatusCreated, s.sessionModel(*ns, sess))
+	return c.JSON(http.StatusCreated, s.sessionModel(ns, sess))
 }
 
-// notebookSession returns a visible session and its kernel.
-func (s *Server) findNotebookSession(c echo.Context) (*notebookSession, *session) {
-	s.nbs.mu.Lock()
-	ns := s.nbs.byID[c.Param("id")]
-	s.nbs.mu.Unlock()
-	if ns == nil {
-		return nil, nil
+// findNotebookSession returns a visible session and its kernel.
+func (s *Server) findNotebookSession(c echo.Context) (notebookSession, *session) {
+	ns, ok := s.nbs.get(c.Param("id"))
+	if !ok {
+		return ns, nil
 	}
-	sess := s.lookup(ns.kernelID)
-	if !s.visible(c, sess) {
-		return nil, nil
-	}
-	return ns, sess
+	return ns, s.jupyterKernel(c, ns.kernelID)
 }
 
 func (s *Server) apiGetSession(c echo.Context) error {
 	ns, sess := s.findNotebookSession(c)
-	if ns == nil {
+	if sess == nil {
 		return httpError(c, http.StatusNotFound, "no such session")
 	}
-	return c.JSON(http.StatusOK, s.sessionModel(*ns, sess))
+	return c.JSON(http.StatusOK, s.sessionModel(ns, sess))
 }
 
 func (s *Server) apiPatchSession(c echo.Context) error {
 	ns, sess := s.findNotebookSession(c)
-	if ns == nil {
+	if sess == nil {
 		return httpError(c, http.StatusNotFound, "no such session")
 	}
-	var req sessionRequest
-	if err := json.NewDecoder(c.Request().Body).Decode(&req); err != nil {
-		return httpError(c, http.StatusBadRequest, "invalid JSON body: "+err.Error())
+	req, err := decodeSessionRequest(c)
+	if err != nil {
+		return httpError(c, http.StatusBadRequest, err.Error())
 	}
 	if req.Kernel != nil {
 		var next *session
-		var err error
 		if req.Kernel.ID != "" {
-			if next = s.lookup(req.Kernel.ID); !s.visible(c, next) {
+			if next = s.jupyterKernel(c, req.Kernel.ID); next == nil {
 				return httpError(c, http.StatusBadRequest, "no such kernel "+req.Kernel.ID)
 			}
 		} else if next, err = s.startJupyterKernel(c, req.Kernel.Name); err != nil {
@@ -360,30 +511,19 @@ func (s *Server) apiPatchSession(c echo.Context) error {
 			sess = next
 		}
 	}
-	s.nbs.mu.Lock()
-	if req.Path != nil {
-		ns.Path = *req.Path
+	updated, ok := s.nbs.update(ns.ID, req, sess.id)
+	if !ok {
+		return httpError(c, http.StatusNotFound, "no such session")
 	}
-	if req.Name != nil {
-		ns.Name = *req.Name
-	}
-	if req.Type != nil {
-		ns.Type = *req.Type
-	}
-	ns.kernelID = sess.id
-	model := s.sessionModel(*ns, sess)
-	s.nbs.mu.Unlock()
-	return c.JSON(http.StatusOK, model)
+	return c.JSON(http.StatusOK, s.sessionModel(updated, sess))
 }
 
 func (s *Server) apiDeleteSession(c echo.Context) error {
 	ns, sess := s.findNotebookSession(c)
-	if ns == nil {
+	if sess == nil {
 		return httpError(c, http.StatusNotFound, "no such session")
 	}
-	s.nbs.mu.Lock()
-	delete(s.nbs.byID, ns.ID)
-	s.nbs.mu.Unlock()
+	s.nbs.remove(ns.ID)
 	sess.end(endDeleted)
 	return c.NoContent(http.StatusNoContent)
 }

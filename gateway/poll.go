@@ -23,7 +23,14 @@ import (
 //
 // A GET is held open until there is a message after N or the wait ends.
 // Messages carry the same seq as on the websocket, so a client can switch
-// transports or reconnect without losing or repeating anything.
+// transports or reconnect without losing or repeating anything. A since
+// beyond the session's last message is answered 400: no such message was
+// ever sent, so the client has mixed up sessions or counters, and waiting
+// would never give it anything.
+//
+// Once a session has ended, for a while (tombstoneTTL) a GET answers
+// {"ended": true, "reason": …} and a POST 410, so that a client that was
+// between requests when it ended learns why.
 
 // pollResponse is the body of a long-poll GET.
 type pollResponse struct {
@@ -34,76 +41,158 @@ type pollResponse struct {
 	Reason   string            `json:"reason,omitempty"`
 }
 
+// pollBatch caps the messages of one poll answer.
+const pollBatch = 512
+
 // pollPresence keeps a polling client counted as attached between polls,
 // so a one-shot session does not end while its client is between requests.
 type pollPresence struct {
 	mu      sync.Mutex
-	timers  map[string]*time.Timer
-	detachs map[string]func()
+	clients map[string]*presence
+	stopped bool
+}
+
+// presence is one polling client. Its timer is never Reset from outside
+// expire: a timer that has fired may have its func waiting for the lock,
+// so a poll only moves the deadline, and expire re-arms from it.
+type presence struct {
+	deadline time.Time
+	timer    *time.Timer
+	detach   func()
 }
 
 func (p *pollPresence) mark(sess *session, client string, grace time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.timers == nil {
-		p.timers, p.detachs = map[string]*time.Timer{}, map[string]func(){}
-	}
-	if t, ok := p.timers[client]; ok {
-		t.Reset(grace)
+	if p.stopped {
 		return
 	}
-	if len(p.timers) >= maxRememberedClients {
+	if p.clients == nil {
+		p.clients = map[string]*presence{}
+	}
+	deadline := time.Now().Add(grace)
+	if e, ok := p.clients[client]; ok {
+		if deadline.After(e.deadline) {
+			e.deadline = deadline
+		}
 		return
 	}
-	p.detachs[client] = sess.attach()
+	if len(p.clients) >= maxRememberedClients {
+		return
+	}
+	e := &presence{deadline: deadline, detach: sess.attach(transportPoll)}
 	sess.metrics.clients.WithLabelValues("polling").Inc()
-	p.timers[client] = time.AfterFunc(grace, func() {
-		sess.metrics.clients.WithLabelValues("polling").Dec()
-		p.mu.Lock()
-		detach := p.detachs[client]
-		delete(p.timers, client)
-		delete(p.detachs, client)
-		p.mu.Unlock()
-		detach()
-	})
+	p.clients[client] = e
+	// expire takes p.mu, held here until e.timer is set.
+	e.timer = time.AfterFunc(grace, func() { p.expire(sess, client, e) })
 }
 
-func (s *Server) pollClient(c echo.Context) (*session, string, error) {
-	sess := s.lookup(c.Param("id"))
-	if sess == nil {
-		return nil, "", httpError(c, http.StatusNotFound, "no such kernel")
+func (p *pollPresence) expire(sess *session, client string, e *presence) {
+	p.mu.Lock()
+	if p.clients[client] != e {
+		p.mu.Unlock()
+		return
+	}
+	if left := time.Until(e.deadline); left > 0 {
+		e.timer.Reset(left)
+		p.mu.Unlock()
+		return
+	}
+	delete(p.clients, client)
+	p.mu.Unlock()
+	sess.metrics.clients.WithLabelValues("polling").Dec()
+	e.detach()
+}
+
+// stop detaches every polling client; the session has ended.
+func (p *pollPresence) stop(sess *session) {
+	p.mu.Lock()
+	all := p.clients
+	p.clients, p.stopped = nil, true
+	p.mu.Unlock()
+	for _, e := range all {
+		e.timer.Stop()
+		sess.metrics.clients.WithLabelValues("polling").Dec()
+		e.detach()
+	}
+}
+
+// pollTarget is what a poll request names: a live session, or the
+// tombstone of an ended one.
+func (s *Server) pollTarget(c echo.Context) (*session, *tombstone, string, error) {
+	id, err := pathParam(c, "id")
+	if err != nil {
+		return nil, nil, "", httpError(c, http.StatusNotFound, "no such kernel")
 	}
 	client := c.QueryParam("client")
 	if client == "" {
-		return nil, "", httpError(c, http.StatusBadRequest, "missing client (the client's session id)")
+		return nil, nil, "", httpError(c, http.StatusBadRequest, "missing client (the client's session id)")
 	}
-	return sess, client, nil
+	if sess := s.lookupAPI(id, sageCellAPI); sess != nil {
+		return sess, nil, client, nil
+	}
+	if t, ok := s.tombstone(id); ok && t.api == sageCellAPI {
+		return nil, &t, client, nil
+	}
+	return nil, nil, "", httpError(c, http.StatusNotFound, "no such kernel")
+}
+
+// parseSince reads a client's since: a sequence number the session has
+// handed out (or 0).
+func parseSince(v string, last uint64) (uint64, error) {
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("invalid since %q", v)
+	}
+	if n > last {
+		return 0, fmt.Errorf("since %d is beyond the session's last message (%d)", n, last)
+	}
+	return n, nil
+}
+
+// parseWait reads a poll's wait, capped by the server's.
+func parseWait(v string, limit time.Duration) (time.Duration, error) {
+	if v == "" {
+		return limit, nil
+	}
+	d, err := parseSeconds(v)
+	if err != nil {
+		return 0, fmt.Errorf("invalid wait: %w", err)
+	}
+	return min(d, limit), nil
 }
 
 func (s *Server) pollReceive(c echo.Context) error {
-	sess, client, err := s.pollClient(c)
+	sess, ended, client, err := s.pollTarget(c)
+	if ended != nil {
+		since := ended.last
+		if v := c.QueryParam("since"); v != "" {
+			if since, err = parseSince(v, ended.last); err != nil {
+				return httpError(c, http.StatusBadRequest, err.Error())
+			}
+		}
+		return c.JSON(http.StatusOK, pollResponse{Messages: []json.RawMessage{}, Next: since, Ended: true, Reason: ended.reason})
+	}
 	if sess == nil {
 		return err
 	}
 	since := uint64(0)
 	if v := c.QueryParam("since"); v != "" {
-		if since, err = strconv.ParseUint(v, 10, 64); err != nil {
-			return httpError(c, http.StatusBadRequest, fmt.Sprintf("invalid since %q", v))
+		if since, err = parseSince(v, sess.log.last()); err != nil {
+			return httpError(c, http.StatusBadRequest, err.Error())
 		}
 	} else if n, ok := sess.cursor(client); ok {
 		since = n
 	}
-	wait := s.cfg.PollWait
-	if v := c.QueryParam("wait"); v != "" {
-		if d, err := parseSeconds(v); err == nil {
-			wait = min(d, s.cfg.PollWait)
-		}
+	wait, err := parseWait(c.QueryParam("wait"), s.cfg.PollWait)
+	if err != nil {
+		return httpError(c, http.StatusBadRequest, err.Error())
 	}
 	sess.polls.mark(sess, client, wait+s.cfg.PollWait)
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	for {
-		msgs, missed, changed, closed := sess.log.since(since, client, 512)
+		msgs, missed, changed, closed := sess.log.since(since, client, pollBatch)
 		if len(msgs) > 0 || closed {
 			resp := pollResponse{Next: since, Missed: missed, Messages: []json.RawMessage{}}
 			for _, e := range msgs {
@@ -113,7 +202,7 @@ func (s *Server) pollReceive(c echo.Context) error {
 				}
 				resp.Next = e.seq
 			}
-			if closed && len(msgs) < 512 {
+			if closed && len(msgs) < pollBatch {
 				resp.Ended, resp.Reason = true, sess.reason()
 			}
 			sess.rememberCursor(client, resp.Next)
@@ -129,22 +218,43 @@ func (s *Server) pollReceive(c echo.Context) error {
 	}
 }
 
+// splitPollBody reads a poll POST body: one message frame, or a JSON
+// array of them.
+func splitPollBody(body []byte) ([]json.RawMessage, error) {
+	trimmed := trimLeftSpace(body)
+	if len(trimmed) > 0 && trimmed[0] == '[' {
+		var frames []json.RawMessage
+		if err := json.Unmarshal(trimmed, &frames); err != nil {
+			return nil, fmt.Errorf("invalid JSON array: %w", err)
+		}
+		return frames, nil
+	}
+	return []json.RawMessage{body}, nil
+}
+
+func trimLeftSpace(b []byte) []byte {
+	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t' || b[0] == '\n' || b[0] == '\r') {
+		b = b[1:]
+	}
+	return b
+}
+
 func (s *Server) pollSend(c echo.Context) error {
-	sess, client, err := s.pollClient(c)
+	sess, ended, client, err := s.pollTarget(c)
+	if ended != nil {
+		return httpError(c, http.StatusGone, "session has ended: "+ended.reason)
+	}
 	if sess == nil {
 		return err
 	}
 	body, err := io.ReadAll(c.Request().Body)
 	if err != nil {
-		return httpError(c, http.StatusRequestEntityTooLarge, err.Error())
+		// The body limit is the only way reading a request body fails here.
+		return httpError(c, http.StatusRequestEntityTooLarge, fmt.Sprintf("body over the %d-byte limit", s.cfg.MaxMessageBytes))
 	}
-	var frames []json.RawMessage
-	if len(body) > 0 && body[0] == '[' {
-		if err := json.Unmarshal(body, &frames); err != nil {
-			return httpError(c, http.StatusBadRequest, "invalid JSON array: "+err.Error())
-		}
-	} else {
-		frames = []json.RawMessage{body}
+	frames, err := splitPollBody(body)
+	if err != nil {
+		return httpError(c, http.StatusBadRequest, err.Error())
 	}
 	sess.polls.mark(sess, client, 2*s.cfg.PollWait)
 	for i, f := range frames {
@@ -164,4 +274,59 @@ func (s *Server) pollSend(c echo.Context) error {
 		}
 	}
 	return c.JSON(http.StatusAccepted, map[string]int{"sent": len(frames)})
+}
+
+// Tombstones of ended sessions are kept this long, and this many at most.
+const (
+	tombstoneTTL = 5 * time.Minute
+	maxTombstone = 10000
+)
+
+// tombstone is what is kept of an ended session.
+type tombstone struct {
+	api    string
+	reason string
+	last   uint64
+	at     time.Time
+}
+
+// tombstones is a bounded, time-ordered record of ended sessions.
+type tombstones struct {
+	byID  map[string]tombstone
+	order []string // oldest first
+}
+
+func (t *tombstones) add(id string, ts tombstone) {
+	if t.byID == nil {
+		t.byID = map[string]tombstone{}
+	}
+	t.prune(ts.at)
+	for len(t.order) >= maxTombstone {
+		delete(t.byID, t.order[0])
+		t.order = t.order[1:]
+	}
+	t.byID[id] = ts
+	t.order = append(t.order, id)
+}
+
+// prune drops tombstones older than the TTL; ids are in end order.
+func (t *tombstones) prune(now time.Time) {
+	for len(t.order) > 0 {
+		old, ok := t.byID[t.order[0]]
+		if ok && now.Sub(old.at) < tombstoneTTL {
+			return
+		}
+		delete(t.byID, t.order[0])
+		t.order = t.order[1:]
+	}
+}
+
+func (s *Server) tombstone(id string) (tombstone, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.ended.byID[id]
+	if !ok || time.Since(t.at) >= tombstoneTTL {
+		return tombstone{}, false
+	}
+	return t, true
 }

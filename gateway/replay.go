@@ -76,14 +76,20 @@ func (l *replayLog) append(ch jupytermsg.Channel, m *jupytermsg.Message, to stri
 func (l *replayLog) since(seq uint64, client string, limit int) (msgs []outgoing, missed uint64, changed <-chan struct{}, closed bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if len(l.entries) > 0 && l.entries[0].seq > seq+1 {
-		missed = l.entries[0].seq - seq - 1
-	}
 	start := 0
-	if len(l.entries) > 0 && seq >= l.entries[0].seq {
-		start = int(seq - l.entries[0].seq + 1)
+	if len(l.entries) > 0 {
+		// Written so that no seq, however large, overflows.
+		first := l.entries[0].seq
+		switch {
+		case seq < first-1:
+			missed = first - 1 - seq
+		case seq-first+1 >= uint64(len(l.entries)):
+			start = len(l.entries)
+		default:
+			start = int(seq - first + 1)
+		}
 	}
-	for _, e := range l.entries[min(start, len(l.entries)):] {
+	for _, e := range l.entries[start:] {
 		if e.to != "" && e.to != client {
 			continue
 		}

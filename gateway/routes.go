@@ -22,6 +22,7 @@ func (s *Server) routes() *echo.Echo {
 		// Client caps count addresses; a spoofable header would void them.
 		e.IPExtractor = echo.ExtractIPDirect()
 	}
+	e.Use(middleware.RequestID())
 	e.Use(middleware.Recover())
 	e.Use(middleware.BodyLimit(humanBytes(s.cfg.MaxMessageBytes)))
 	e.Use(middleware.CORSWithConfig(middleware.CORSConfig{
@@ -65,13 +66,30 @@ func (s *Server) originAllowed(r *http.Request) bool {
 	return slices.Contains(s.cfg.AllowOrigins, origin) || sameHost(origin, r.Host)
 }
 
+// readyz answers 200 when the server can serve a new session: the pool
+// has warmed once, every pool that should keep kernels has one ready or
+// is starting one (a pool momentarily all leased is refilling, not
+// broken), and the database answers. A pool with nothing ready and
+// nothing starting is at its cap or failing to start kernels.
 func (s *Server) readyz(c echo.Context) error {
-	body := map[string]any{"pools": s.poolStatus()}
-	ready := s.pool.Warm()
+	pools := s.poolStatus()
+	body := map[string]any{"pools": pools}
+	if s.pool.Warm() {
+		s.everWarm.Store(true)
+	}
+	ready := s.everWarm.Load()
+	for _, p := range pools {
+		if p.Want > 0 && p.Ready == 0 && p.Starting == 0 {
+			ready = false
+		}
+	}
 	if ping := s.cfg.Storage.Ping; ping != nil {
 		ctx, cancel := context.WithTimeout(c.Request().Context(), 2*time.Second)
 		defer cancel()
-		if err := ping(ctx); err != nil {
+		began := time.Now()
+		err := ping(ctx)
+		s.metrics.storage.WithLabelValues("ping").Observe(time.Since(began).Seconds())
+		if err != nil {
 			ready = false
 			body["storage"] = "unavailable: " + err.Error()
 		} else {

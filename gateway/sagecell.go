@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -9,6 +10,9 @@ import (
 
 	"github.com/labstack/echo/v4"
 )
+
+// maxClientIDBytes bounds the client key the per-client cap counts by.
+const maxClientIDBytes = 256
 
 func humanBytes(n int64) string { return strconv.FormatInt(n, 10) }
 
@@ -45,9 +49,13 @@ func formOrJSON(c echo.Context) (map[string]any, error) {
 }
 
 // baseURL is where clients reach this server, for ws_url and file links.
+// It always ends with a slash: links are the base plus a relative path.
 func (s *Server) baseURL(c echo.Context) *url.URL {
 	if s.cfg.PublicURL != "" {
-		if u, err := url.Parse(s.cfg.PublicURL); err == nil {
+		if u, err := url.Parse(s.cfg.PublicURL); err == nil && u.Host != "" {
+			if !strings.HasSuffix(u.Path, "/") {
+				u.Path += "/"
+			}
 			return u
 		}
 	}
@@ -93,7 +101,11 @@ func (s *Server) createSageKernel(c echo.Context) error {
 	if err != nil {
 		return httpError(c, http.StatusBadRequest, err.Error())
 	}
-	sess, err := s.startSession(c.Request().Context(), spec, sageCellAPI, c.RealIP(), param(c, body, "client_id"), s.baseURL(c).String(), life)
+	owner := param(c, body, "client_id")
+	if len(owner) > maxClientIDBytes {
+		return httpError(c, http.StatusBadRequest, fmt.Sprintf("client_id longer than %d bytes", maxClientIDBytes))
+	}
+	sess, err := s.startSession(c.Request().Context(), spec, sageCellAPI, c.RealIP(), owner, s.baseURL(c).String(), life)
 	if err != nil {
 		return sessionError(c, err)
 	}
@@ -107,7 +119,7 @@ func (s *Server) deleteSageKernel(c echo.Context) error {
 	if c.Request().Method == http.MethodPost && !strings.EqualFold(c.FormValue("method"), http.MethodDelete) {
 		return httpError(c, http.StatusMethodNotAllowed, "POST /kernel/{id} needs method=DELETE")
 	}
-	sess := s.lookup(c.Param("id"))
+	sess := s.sageSession(c)
 	if sess == nil {
 		return httpError(c, http.StatusNotFound, "no such kernel")
 	}
@@ -118,7 +130,7 @@ func (s *Server) deleteSageKernel(c echo.Context) error {
 // sageChannels is the Sage-cell websocket: JSON text frames with a
 // top-level channel; outgoing frames also carry their sequence number.
 func (s *Server) sageChannels(c echo.Context) error {
-	sess := s.lookup(c.Param("id"))
+	sess := s.sageSession(c)
 	if sess == nil {
 		return httpError(c, http.StatusNotFound, "no such kernel")
 	}
@@ -128,7 +140,7 @@ func (s *Server) sageChannels(c echo.Context) error {
 // interruptSageKernel is POST /kernel/{id}/interrupt: the cell's stop
 // button. Kernels with signal interrupts cannot be reached by a message.
 func (s *Server) interruptSageKernel(c echo.Context) error {
-	return interrupt(c, s.lookup(c.Param("id")))
+	return interrupt(c, s.sageSession(c))
 }
 
 // interrupt answers an interrupt request for sess (nil: unknown kernel).

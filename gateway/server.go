@@ -7,12 +7,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
 	"github.com/rs/zerolog"
 
@@ -33,6 +36,7 @@ type Pool interface {
 type Config struct {
 	// PublicURL is the base that ws_url and file URLs are built from
 	// (e.g. https://cells.example.org/); empty derives it from requests.
+	// A missing trailing slash is added.
 	PublicURL string
 	// AllowOrigins lists origins allowed to embed cells; "*" allows all.
 	AllowOrigins []string
@@ -53,7 +57,8 @@ type Config struct {
 	MaxLifespan time.Duration
 	// OneShotGrace ends a one-shot session nobody uses.
 	OneShotGrace time.Duration
-	// JupyterIdleTimeout culls Jupyter-API kernels with no activity.
+	// JupyterIdleTimeout culls Jupyter-API kernels that are idle with no
+	// client connected.
 	JupyterIdleTimeout time.Duration
 	// LeaseTimeout is how long a request waits for a kernel.
 	LeaseTimeout time.Duration
@@ -61,10 +66,15 @@ type Config struct {
 	// key and per remote address.
 	MaxKernelsPerClient int
 	MaxKernelsPerAddr   int
+	// MaxPendingExecutions bounds, per session, the executions waiting
+	// for their reply whose permalink and files the gateway tracks
+	// (default 256); later ones still run, with a notice.
+	MaxPendingExecutions int
 	// ServiceTimeout is the wall-clock limit of one /service computation.
 	ServiceTimeout time.Duration
-	// MaxCodeBytes refuses larger /service code with 413.
-	MaxCodeBytes int
+	// MaxCodeChars refuses longer /service code with 413 (default 65,000
+	// characters, as the Sage Cell Server).
+	MaxCodeChars int
 	// PollWait is how long a long-poll GET is held open.
 	PollWait time.Duration
 	// PingInterval keeps websockets alive through proxies.
@@ -73,6 +83,9 @@ type Config struct {
 	SandboxWarning string
 	// Storage holds permalinks and kernel files; zero disables them.
 	Storage Storage
+	// Metrics receives the gateway's series; nil makes a set of its own.
+	// Pass one made before the pool to record its first kernel starts.
+	Metrics *Metrics
 	Log     zerolog.Logger
 }
 
@@ -90,6 +103,8 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.ServiceTimeout, 30*time.Second)
 	setDefault(&c.PollWait, 25*time.Second)
 	setDefault(&c.PingInterval, 30*time.Second)
+	setDefault(&c.Storage.UploadTimeout, 10*time.Second)
+	setDefault(&c.Storage.ReplyHold, 3*time.Second)
 	if c.DefaultKernel == "" {
 		c.DefaultKernel = "python3"
 	}
@@ -108,11 +123,18 @@ func (c *Config) applyDefaults() {
 	if c.MaxKernelsPerAddr == 0 {
 		c.MaxKernelsPerAddr = 16
 	}
-	if c.MaxCodeBytes == 0 {
-		c.MaxCodeBytes = 65000
+	if c.MaxPendingExecutions == 0 {
+		c.MaxPendingExecutions = 256
+	}
+	if c.MaxCodeChars == 0 {
+		c.MaxCodeChars = 65000
 	}
 	if len(c.AllowOrigins) == 0 {
 		c.AllowOrigins = []string{"*"}
+	}
+	if c.PublicURL != "" && !strings.HasSuffix(c.PublicURL, "/") {
+		// File URLs are the base plus "files/…".
+		c.PublicURL += "/"
 	}
 }
 
@@ -123,20 +145,31 @@ type Server struct {
 	echo *echo.Echo
 	log  zerolog.Logger
 
-	started time.Time
-	nbs     notebookSessions
-	metrics *metrics
+	started  time.Time
+	nbs      notebookSessions
+	metrics  *Metrics
+	everWarm atomic.Bool
 
 	mu       sync.Mutex
 	sessions map[string]*session
+	// perAddr and perOwner count live sessions and starts in progress,
+	// for the per-client caps.
+	perAddr  map[string]int
+	perOwner map[string]int
+	ended    tombstones
 	draining bool
 }
 
 // New builds the gateway over pool.
 func New(cfg Config, pool Pool) *Server {
 	cfg.applyDefaults()
-	s := &Server{cfg: cfg, pool: pool, log: cfg.Log, sessions: map[string]*session{}, started: time.Now()}
-	s.metrics = newMetrics(s)
+	s := &Server{cfg: cfg, pool: pool, log: cfg.Log, sessions: map[string]*session{},
+		perAddr: map[string]int{}, perOwner: map[string]int{}, started: time.Now()}
+	s.metrics = cfg.Metrics
+	if s.metrics == nil {
+		s.metrics = NewMetrics()
+	}
+	s.metrics.register(s)
 	s.echo = s.routes()
 	return s
 }
@@ -146,8 +179,9 @@ func (s *Server) Handler() http.Handler { return s.echo }
 
 // apiError is the JSON body of every error answer.
 type apiError struct {
-	Error   string `json:"error"`
-	Message string `json:"message"`
+	Error     string `json:"error"`
+	Message   string `json:"message"`
+	RequestID string `json:"request_id,omitempty"`
 }
 
 // httpError answers with a JSON error and, for capacity errors, Retry-After.
@@ -159,19 +193,26 @@ func httpError(c echo.Context, code int, message string) error {
 }
 
 // errorHandler turns echo's own errors (404 routes, bad methods, body too
-// large) into the JSON error shape.
+// large) into the JSON error shape. Any other error is the server's own:
+// it is logged once, here, and the client gets an id to quote instead of
+// the internal text.
 func (s *Server) errorHandler(err error, c echo.Context) {
 	if c.Response().Committed {
 		return
 	}
-	code, msg := http.StatusInternalServerError, "internal error"
 	var he *echo.HTTPError
-	if errors.As(err, &he) {
-		code, msg = he.Code, fmt.Sprint(he.Message)
-	} else {
-		s.log.Error().Err(err).Str("path", c.Path()).Msg("request failed")
+	if errors.As(err, &he) && he.Code != http.StatusInternalServerError {
+		_ = httpError(c, he.Code, fmt.Sprint(he.Message))
+		return
 	}
-	_ = httpError(c, code, msg)
+	id := c.Response().Header().Get(echo.HeaderXRequestID)
+	if id == "" {
+		id = uuid.NewString()
+	}
+	s.log.Error().Err(err).Str("path", c.Path()).Str("request_id", id).Msg("request failed")
+	_ = c.JSON(http.StatusInternalServerError, apiError{
+		Error: http.StatusText(http.StatusInternalServerError), Message: "internal error", RequestID: id,
+	})
 }
 
 // errCapacity and errClientCap are the reasons a session cannot start.
@@ -181,31 +222,48 @@ var (
 	errDraining  = errors.New("server is shutting down")
 )
 
-// startSession leases a kernel and registers its session.
-func (s *Server) startSession(ctx context.Context, spec, api, remote, owner, baseURL string, life lifetime) (*session, error) {
+// reserve takes a slot under the per-client caps before the (slow) lease,
+// so that concurrent requests cannot all pass the check; release gives it
+// back when the session does not start.
+func (s *Server) reserve(remote, owner string) (release func(), err error) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.draining {
-		s.mu.Unlock()
 		return nil, errDraining
 	}
-	perAddr, perClient := 0, 0
-	for _, sess := range s.sessions {
-		if sess.remote == remote {
-			perAddr++
-		}
-		if owner != "" && sess.owner == owner {
-			perClient++
-		}
-	}
-	s.mu.Unlock()
-	if perAddr >= s.cfg.MaxKernelsPerAddr || (owner != "" && perClient >= s.cfg.MaxKernelsPerClient) {
+	if n := s.perAddr[remote]; n >= s.cfg.MaxKernelsPerAddr {
 		s.metrics.errors.WithLabelValues("client_cap").Inc()
+		return nil, fmt.Errorf("%w: %d kernels for address %s", errClientCap, n, remote)
 	}
-	if perAddr >= s.cfg.MaxKernelsPerAddr {
-		return nil, fmt.Errorf("%w: %d kernels for address %s", errClientCap, perAddr, remote)
+	if n := s.perOwner[owner]; owner != "" && n >= s.cfg.MaxKernelsPerClient {
+		s.metrics.errors.WithLabelValues("client_cap").Inc()
+		return nil, fmt.Errorf("%w: %d kernels for client %s", errClientCap, n, owner)
 	}
-	if owner != "" && perClient >= s.cfg.MaxKernelsPerClient {
-		return nil, fmt.Errorf("%w: %d kernels for client %s", errClientCap, perClient, owner)
+	s.perAddr[remote]++
+	if owner != "" {
+		s.perOwner[owner]++
+	}
+	var once sync.Once
+	return func() { once.Do(func() { s.mu.Lock(); s.unreserveLocked(remote, owner); s.mu.Unlock() }) }, nil
+}
+
+func (s *Server) unreserveLocked(remote, owner string) {
+	if s.perAddr[remote]--; s.perAddr[remote] <= 0 {
+		delete(s.perAddr, remote)
+	}
+	if owner == "" {
+		return
+	}
+	if s.perOwner[owner]--; s.perOwner[owner] <= 0 {
+		delete(s.perOwner, owner)
+	}
+}
+
+// startSession leases a kernel and registers its session.
+func (s *Server) startSession(ctx context.Context, spec, api, remote, owner, baseURL string, life lifetime) (*session, error) {
+	release, err := s.reserve(remote, owner)
+	if err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.LeaseTimeout)
 	defer cancel()
@@ -213,45 +271,51 @@ func (s *Server) startSession(ctx context.Context, spec, api, remote, owner, bas
 	k, err := s.pool.Lease(ctx, spec)
 	s.metrics.leaseWait.WithLabelValues(spec).Observe(time.Since(began).Seconds())
 	if err != nil {
+		release()
 		s.metrics.errors.WithLabelValues("lease").Inc()
 		if errors.Is(err, kernelpool.ErrNoKernel) || errors.Is(err, kernelpool.ErrPoolClosed) {
 			return nil, fmt.Errorf("%w: %w", errCapacity, err)
 		}
-		return nil, err
+		return nil, fmt.Errorf("lease a %s kernel: %w", spec, err)
 	}
-	sess := newSession(k, spec, api, remote, owner, life, &s.cfg)
-	sess.metrics = s.metrics
-	s.metrics.sessions.WithLabelValues(api).Inc()
+	sess := newSession(k, spec, api, remote, owner, life, &s.cfg, s.metrics)
 	if api != jupyterAPI {
-		sess.finish = func(sess *session, reply *jupytermsg.Message, p pendingExecution) *jupytermsg.Message {
-			return s.finishExecution(sess, reply, p.wantsFiles, p.permalink)
-		}
 		sess.permalink = s.recordPermalink
 		s.watchFiles(sess, baseURL)
 	}
-	sess.start()
+	// Every hook is in place before the session can end, so an end at any
+	// point after start is forgotten and its slot given back.
+	sess.onEnd = append(sess.onEnd, s.forget)
 	s.mu.Lock()
 	if s.draining {
+		s.unreserveLocked(remote, owner)
 		s.mu.Unlock()
-		sess.end(endShutdown)
+		sess.discard()
 		return nil, errDraining
 	}
 	s.sessions[sess.id] = sess
 	s.mu.Unlock()
-	sess.mu.Lock()
-	sess.onEnd = append(sess.onEnd, s.forget)
-	sess.mu.Unlock()
+	s.metrics.sessions.WithLabelValues(api).Inc()
+	sess.start()
 	sess.logger.Info().Str("api", api).Str("remote", remote).Msg("session started")
 	return sess, nil
 }
 
+// forget drops an ended session, keeping a tombstone so that a client
+// between requests learns why it ended.
 func (s *Server) forget(sess *session) {
 	s.mu.Lock()
-	delete(s.sessions, sess.id)
+	if s.sessions[sess.id] == sess {
+		delete(s.sessions, sess.id)
+		s.unreserveLocked(sess.remote, sess.owner)
+		s.ended.add(sess.id, tombstone{api: sess.api, reason: sess.reason(), last: sess.log.last(), at: time.Now()})
+	}
 	s.mu.Unlock()
+	s.nbs.dropKernel(sess.id)
 }
 
-// sessionError maps startSession's errors to answers.
+// sessionError maps startSession's errors to answers; unexpected ones go
+// to the error handler.
 func sessionError(c echo.Context, err error) error {
 	switch {
 	case errors.Is(err, errClientCap):
@@ -261,13 +325,33 @@ func sessionError(c echo.Context, err error) error {
 	case errors.Is(err, kernelpool.ErrUnknownKernel):
 		return httpError(c, http.StatusBadRequest, err.Error())
 	}
-	return httpError(c, http.StatusInternalServerError, err.Error())
+	return err
 }
 
+// lookup returns a live session of any API (for tests and internal use;
+// routes use the API-scoped lookups).
 func (s *Server) lookup(id string) *session {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.sessions[id]
+}
+
+// lookupAPI returns a live session of api only: a kernel id must not be a
+// way around the other API's rules (the Jupyter API's token).
+func (s *Server) lookupAPI(id, api string) *session {
+	if sess := s.lookup(id); sess != nil && sess.api == api {
+		return sess
+	}
+	return nil
+}
+
+// sageSession is the Sage-cell session a route names.
+func (s *Server) sageSession(c echo.Context) *session {
+	id, err := pathParam(c, "id")
+	if err != nil {
+		return nil
+	}
+	return s.lookupAPI(id, sageCellAPI)
 }
 
 // resolveKernel maps what a client asks for (a kernelspec name, or a
@@ -290,7 +374,8 @@ func (s *Server) resolveKernel(asked string) (string, error) {
 }
 
 // Drain refuses new sessions, ends every session with a clear reason and
-// waits for them, up to ctx.
+// waits until their kernels are reaped, up to ctx. Sessions end in
+// parallel: one slow end must not hold up the others.
 func (s *Server) Drain(ctx context.Context) error {
 	s.mu.Lock()
 	s.draining = true
@@ -300,31 +385,22 @@ func (s *Server) Drain(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	for _, sess := range all {
-		sess.end(endShutdown)
+		go sess.end(endShutdown)
 	}
-	// Shutdown is idempotent and returns once the kernel is reaped.
-	done := make(chan struct{})
-	go func() {
-		var wg sync.WaitGroup
-		for _, sess := range all {
-			wg.Add(1)
-			go func() { defer wg.Done(); sess.kernel.Shutdown() }()
+	for _, sess := range all {
+		select {
+		case <-sess.stopped:
+		case <-ctx.Done():
+			return fmt.Errorf("drain: %w", ctx.Err())
 		}
-		wg.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("drain: %w", ctx.Err())
 	}
+	return nil
 }
 
 // parseSeconds reads a duration given in (fractional) seconds.
 func parseSeconds(v string) (time.Duration, error) {
 	f, err := strconv.ParseFloat(v, 64)
-	if err != nil || f < 0 || f > 1e9 {
+	if err != nil || math.IsNaN(f) || f < 0 || f > 1e9 {
 		return 0, fmt.Errorf("invalid number of seconds %q", v)
 	}
 	return time.Duration(f * float64(time.Second)), nil

@@ -6,22 +6,34 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/labstack/echo/v4"
 
 	"github.com/cellgate/cellgate/jupytermsg"
 )
 
+// What one /service answer may hold: a computation can print without end
+// within its time limit, and the answer is built in memory.
+const (
+	serviceMaxStream      = 1 << 20 // bytes of stdout, and of stderr
+	serviceMaxOutputs     = 256
+	serviceMaxOutputBytes = 4 << 20
+)
+
 // serviceResult is the answer of POST /service, the Sage Cell Server's
-// one-shot computation, plus the rich outputs.
+// one-shot computation, plus the rich outputs and the permalink id.
 type serviceResult struct {
-	Success      bool              `json:"success"`
-	Stdout       string            `json:"stdout"`
-	Stderr       string            `json:"stderr"`
-	ExecuteReply json.RawMessage   `json:"execute_reply"`
-	Outputs      []json.RawMessage `json:"outputs"`
-	Files        []fileLink        `json:"files"`
-	Error        string            `json:"error,omitempty"`
+	Success          bool              `json:"success"`
+	Stdout           string            `json:"stdout"`
+	Stderr           string            `json:"stderr"`
+	ExecuteReply     json.RawMessage   `json:"execute_reply"`
+	Outputs          []json.RawMessage `json:"outputs"`
+	OutputsTruncated bool              `json:"outputs_truncated,omitempty"`
+	Files            []fileLink        `json:"files"`
+	Permalink        string            `json:"permalink,omitempty"`
+	Error            string            `json:"error,omitempty"`
 }
 
 // service is POST /service: run code once on a fresh kernel and answer
@@ -35,8 +47,8 @@ func (s *Server) service(c echo.Context) error {
 	if code == "" {
 		return httpError(c, http.StatusBadRequest, "missing code")
 	}
-	if len(code) > s.cfg.MaxCodeBytes {
-		return httpError(c, http.StatusRequestEntityTooLarge, fmt.Sprintf("code is %d characters; the limit is %d", len(code), s.cfg.MaxCodeBytes))
+	if n := utf8.RuneCountInString(code); n > s.cfg.MaxCodeChars {
+		return httpError(c, http.StatusRequestEntityTooLarge, fmt.Sprintf("code is %d characters; the limit is %d", n, s.cfg.MaxCodeChars))
 	}
 	asked := param(c, body, "kernel_name")
 	if asked == "" {
@@ -47,7 +59,7 @@ func (s *Server) service(c echo.Context) error {
 		return httpError(c, http.StatusBadRequest, err.Error())
 	}
 	life := lifetime{idle: s.cfg.ServiceTimeout * 2, maxIdle: s.cfg.ServiceTimeout * 2, lifespan: s.cfg.ServiceTimeout * 2}
-	sess, err := s.startSession(c.Request().Context(), spec, "service", c.RealIP(), "", s.baseURL(c).String(), life)
+	sess, err := s.startSession(c.Request().Context(), spec, serviceAPI, c.RealIP(), "", s.baseURL(c).String(), life)
 	if err != nil {
 		return sessionError(c, err)
 	}
@@ -60,92 +72,156 @@ func (s *Server) service(c echo.Context) error {
 		return c.JSON(http.StatusOK, res)
 	}
 	if err != nil {
-		return httpError(c, http.StatusInternalServerError, err.Error())
+		return fmt.Errorf("service computation: %w", err)
 	}
 	return c.JSON(http.StatusOK, res)
+}
+
+// serviceCollector gathers what a one-shot caller gets, within bounds.
+type serviceCollector struct {
+	stdout, stderr boundedText
+	outputs        []json.RawMessage
+	outputBytes    int
+	outputsCut     bool
+	reply          *jupytermsg.Message
+	files          []fileLink
+}
+
+// boundedText keeps the first limit bytes of a stream, then a marker.
+type boundedText struct {
+	b     strings.Builder
+	limit int
+	cut   bool
+}
+
+func (t *boundedText) add(s string) {
+	if t.cut {
+		return
+	}
+	if room := t.limit - t.b.Len(); len(s) > room {
+		// Cut at a character boundary, not inside one.
+		for room > 0 && !utf8.RuneStart(s[room]) {
+			room--
+		}
+		t.b.WriteString(s[:room])
+		fmt.Fprintf(&t.b, "\n[cellgate: output truncated after %d bytes]\n", t.limit)
+		t.cut = true
+		return
+	}
+	t.b.WriteString(s)
 }
 
 // runService executes code through the session, so /service goes the same
 // way as every other execution, and collects what a one-shot caller needs.
 func (s *Server) runService(ctx context.Context, sess *session, code string) (serviceResult, error) {
-	res := serviceResult{Outputs: []json.RawMessage{}, Files: []fileLink{}}
+	col := &serviceCollector{stdout: boundedText{limit: serviceMaxStream}, stderr: boundedText{limit: serviceMaxStream}}
 	const client = "service"
 	req, err := jupytermsg.New("execute_request", client, nil, jupytermsg.ExecuteRequest{
 		Code: code, StoreHistory: true, UserExpressions: map[string]string{}, StopOnError: true,
 	})
 	if err != nil {
-		return res, err
+		return col.result(), fmt.Errorf("make execute_request: %w", err)
 	}
-	detach := sess.attach()
+	detach := sess.attach(transportService)
 	defer detach()
 	cursor := sess.log.last()
 	if err := sess.send(client, jupytermsg.Shell, req); err != nil {
-		return res, err
+		return col.result(), err
 	}
 	idle := false
-	for res.ExecuteReply == nil || !idle {
-		msgs, _, changed, closed := sess.log.since(cursor, client, 0)
+	for col.reply == nil || !idle {
+		msgs, _, changed, closed := sess.log.since(cursor, client, pollBatch)
 		for _, e := range msgs {
 			cursor = e.seq
 			if e.msg.ParentMsgID() != req.Header.MsgID {
 				continue
 			}
-			if collectServiceOutput(&res, e.msg) {
+			if col.add(e.msg) {
 				idle = true
 			}
 		}
-		if res.ExecuteReply != nil && idle {
+		if col.reply != nil && idle {
 			break
 		}
+		if len(msgs) == pollBatch {
+			continue
+		}
 		if closed {
+			res := col.result()
 			res.Error = "kernel ended during the computation: " + sess.reason()
-			if err := sess.kernel.Err(); err != nil {
-				res.Error += " (" + err.Error() + ")"
-			}
 			return res, nil
 		}
 		select {
 		case <-changed:
 		case <-ctx.Done():
-			return res, ctx.Err()
+			return col.result(), ctx.Err()
 		}
 	}
-	var reply jupytermsg.ExecuteReply
-	_ = json.Unmarshal(res.ExecuteReply, &reply)
-	res.Success = reply.Status == "ok"
-	return res, nil
+	return col.result(), nil
 }
 
-// collectServiceOutput adds m to res and reports whether it is the final
-// idle status.
-func collectServiceOutput(res *serviceResult, m *jupytermsg.Message) bool {
+func (col *serviceCollector) result() serviceResult {
+	res := serviceResult{
+		Stdout: col.stdout.b.String(), Stderr: col.stderr.b.String(),
+		Outputs: col.outputs, OutputsTruncated: col.outputsCut, Files: col.files,
+	}
+	if res.Outputs == nil {
+		res.Outputs = []json.RawMessage{}
+	}
+	if res.Files == nil {
+		res.Files = []fileLink{}
+	}
+	if col.reply != nil {
+		res.ExecuteReply = col.reply.Content
+		var reply jupytermsg.ExecuteReply
+		_ = json.Unmarshal(col.reply.Content, &reply)
+		res.Success = reply.Status == "ok"
+		var meta struct {
+			Cellgate struct {
+				Permalink string `json:"permalink"`
+			} `json:"cellgate"`
+		}
+		if json.Unmarshal(col.reply.Metadata, &meta) == nil {
+			res.Permalink = meta.Cellgate.Permalink
+		}
+	}
+	return res
+}
+
+// add takes in m and reports whether it is the final idle status.
+func (col *serviceCollector) add(m *jupytermsg.Message) bool {
 	switch m.Header.MsgType {
 	case "stream":
 		var st jupytermsg.Stream
 		if m.DecodeContent(&st) == nil {
 			if st.Name == "stderr" {
-				res.Stderr += st.Text
+				col.stderr.add(st.Text)
 			} else {
-				res.Stdout += st.Text
+				col.stdout.add(st.Text)
 			}
 		}
 	case "execute_reply":
-		res.ExecuteReply = m.Content
+		col.reply = m
 	case "execute_result", "display_data", "error":
 		out, _ := json.Marshal(map[string]any{"msg_type": m.Header.MsgType, "content": m.Content})
-		res.Outputs = append(res.Outputs, out)
+		if len(col.outputs) >= serviceMaxOutputs || col.outputBytes+len(out) > serviceMaxOutputBytes {
+			col.outputsCut = true
+		} else {
+			col.outputs = append(col.outputs, out)
+			col.outputBytes += len(out)
+		}
 		if m.Header.MsgType == "error" {
 			var e jupytermsg.Error
 			if m.DecodeContent(&e) == nil {
-				res.Stderr += e.EName + ": " + e.EValue + "\n"
+				col.stderr.add(e.EName + ": " + e.EValue + "\n")
 			}
 		}
 	case filesMsgType:
 		var announced struct {
 			Files []fileLink `json:"files"`
 		}
-		if m.DecodeContent(&announced) == nil {
-			res.Files = append(res.Files, announced.Files...)
+		if m.DecodeContent(&announced) == nil && len(col.files) < serviceMaxOutputs {
+			col.files = append(col.files, announced.Files[:min(len(announced.Files), serviceMaxOutputs-len(col.files))]...)
 		}
 	case "status":
 		var st jupytermsg.Status

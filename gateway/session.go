@@ -25,11 +25,21 @@ const (
 	endShutdown  = "server shutting down"
 	sageCellAPI  = "sagecell"
 	jupyterAPI   = "jupyter"
+	serviceAPI   = "service"
 	filesRequest = "_sagecell_files"
 
 	maxRememberedClients = 1024
 	gatewayMsgPrefix     = "cellgate."
-	maxPendingExecutions = 256
+	// maxRoutes bounds the requests whose sender a session remembers, so
+	// that a client sending without end cannot grow it.
+	maxRoutes = 4096
+)
+
+// Transports a client attaches through, for metrics.
+const (
+	transportWebsocket = "websocket"
+	transportPoll      = "poll"
+	transportService   = "service"
 )
 
 // lifetime is how long a session may live.
@@ -55,23 +65,30 @@ type session struct {
 	log     *replayLog
 	logger  zerolog.Logger
 	life    lifetime
+	cfg     *Config
+	metrics *Metrics
 
-	mu         sync.Mutex
-	lastActive time.Time
-	idleFor    time.Duration
-	clients    int
-	executions int
-	executed   bool
+	mu          sync.Mutex
+	lastActive  time.Time
+	idleFor     time.Duration
+	clients     int
+	byTransport map[string]int
+	executions  int
+	// sentExecs and doneExecs count execute_requests relayed and those
+	// whose idle status came: the kernel has work queued while they
+	// differ, even when its last status says idle.
+	sentExecs  int
+	doneExecs  int
 	state      string
+	kernelSess string                      // the session id the kernel's own messages carry
 	pending    map[string]pendingExecution // by execute_request msg_id
 	permalinks []string                    // ids handed out, to report drops
 	cursors    map[string]uint64           // where each client session got to
+	conns      map[string]*clientConn      // the live websocket per client session
+	routes     routeTable
 	polls      pollPresence
 	files      *executionFiles
-	metrics    *metrics
-	// finish rewrites an execute_reply of a tracked execution (files,
-	// permalink); set by the server before the first message.
-	finish func(s *session, reply *jupytermsg.Message, p pendingExecution) *jupytermsg.Message
+	uploads    *uploader
 	// permalink records an execution's code; "" when not stored.
 	permalink   func(s *session, code string) string
 	onEnd       []func(*session)
@@ -80,25 +97,39 @@ type session struct {
 	endReason   string
 	endOnce     sync.Once
 	pumpStopped chan struct{}
+	// stopped is closed once the kernel is shut down and reaped.
+	stopped chan struct{}
 }
 
-func newSession(k *kernelpool.Kernel, spec, api, remote, owner string, life lifetime, cfg *Config) *session {
+func newSession(k *kernelpool.Kernel, spec, api, remote, owner string, life lifetime, cfg *Config, m *Metrics) *session {
 	now := time.Now()
 	s := &session{
 		id: k.ID, kernel: k, spec: spec, api: api, remote: remote, owner: owner, created: now,
 		log:    newReplayLog(cfg.ReplayMessages, cfg.ReplayBytes),
 		logger: cfg.Log.With().Str("session", k.ID).Str("kernel", spec).Logger(),
-		life:   life, lastActive: now, idleFor: life.idle, state: jupytermsg.StateIdle,
-		pending: map[string]pendingExecution{}, activity: make(chan struct{}, 1),
-		ended: make(chan struct{}), pumpStopped: make(chan struct{}),
+		life:   life, cfg: cfg, metrics: m, lastActive: now, idleFor: life.idle, state: jupytermsg.StateIdle,
+		byTransport: map[string]int{},
+		pending:     map[string]pendingExecution{}, activity: make(chan struct{}, 1),
+		ended: make(chan struct{}), pumpStopped: make(chan struct{}), stopped: make(chan struct{}),
 	}
 	return s
 }
 
 // start runs the session's goroutines, once its hooks are set.
 func (s *session) start() {
+	if s.files != nil {
+		s.uploads = newUploader(s)
+		go s.uploads.run()
+	}
 	go s.pump()
 	go s.watchLifetime()
+}
+
+// discard releases a session that never started.
+func (s *session) discard() {
+	s.files.close()
+	s.kernel.Shutdown()
+	close(s.stopped)
 }
 
 // pendingExecution is what the gateway adds to an execution's reply.
@@ -108,7 +139,8 @@ type pendingExecution struct {
 }
 
 // pump moves every kernel message into the replay log. It never waits for
-// clients, so a slow client cannot stall the kernel or other clients.
+// clients or storage, so neither a slow client nor a slow database can
+// stall the kernel or other clients.
 func (s *session) pump() {
 	defer close(s.pumpStopped)
 	for {
@@ -141,45 +173,86 @@ func (s *session) observe(r kernelpool.Received) {
 		return
 	}
 	s.metrics.relayed.WithLabelValues("out", string(r.Channel)).Inc()
+	parent := m.Parent()
+	s.mu.Lock()
+	// Kernel output is activity: a computation that prints is not idle.
+	s.lastActive = time.Now()
+	if s.kernelSess == "" && m.Header.Session != "" {
+		s.kernelSess = m.Header.Session
+	}
 	to := ""
 	if r.Channel != jupytermsg.IOPub {
-		to = m.Parent().Session
+		// Replies go to the connection that asked; a client's header
+		// session need not name it.
+		if to = s.routes.get(parent.MsgID); to == "" {
+			to = parent.Session
+		}
 	}
+	s.mu.Unlock()
 	switch m.Header.MsgType {
 	case "status":
 		var st jupytermsg.Status
 		if m.DecodeContent(&st) == nil {
 			s.mu.Lock()
 			s.state = st.ExecutionState
-			s.mu.Unlock()
-			if st.ExecutionState == jupytermsg.StateIdle {
-				s.poke()
+			if st.ExecutionState == jupytermsg.StateIdle && parent.MsgType == "execute_request" && s.doneExecs < s.sentExecs {
+				s.doneExecs++
 			}
+			s.mu.Unlock()
+			s.poke()
 		}
 	case "comm_open", "comm_msg":
 		// An interact is in use: keep the session alive up to the cap.
 		s.extendIdle(s.life.maxIdle)
 	case "execute_reply":
-		parent := m.ParentMsgID()
 		s.mu.Lock()
-		p, tracked := s.pending[parent]
-		delete(s.pending, parent)
+		p, tracked := s.pending[parent.MsgID]
+		delete(s.pending, parent.MsgID)
 		s.mu.Unlock()
-		if tracked && s.finish != nil {
-			m = s.finish(s, m, p)
+		if !tracked {
+			break
 		}
+		// Files are uploaded off this goroutine; the uploader relays the
+		// reply once they are stored or a short while has passed.
+		if s.uploads != nil && s.uploads.hold(m, p, to) {
+			return
+		}
+		m = rewriteReply(m, p.permalink, p.wantsFiles, nil)
 	}
 	s.log.append(r.Channel, m, to)
+}
+
+// kernelSession is the session id the kernel's messages carry. Messages
+// the gateway makes up carry it too: JupyterLab adopts the session of
+// every message it gets and cancels its queued requests when it changes.
+func (s *session) kernelSession() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.kernelSess != "" {
+		return s.kernelSess
+	}
+	return s.kernel.Session
+}
+
+// gatewayMessage makes a message of the gateway's own, as if from the kernel.
+func (s *session) gatewayMessage(msgType string, parentHeader []byte, content any) (*jupytermsg.Message, error) {
+	m, err := jupytermsg.New(msgType, s.kernelSession(), nil, content)
+	if err != nil {
+		return nil, fmt.Errorf("make %s: %w", msgType, err)
+	}
+	if len(parentHeader) > 0 {
+		m.ParentHeader = parentHeader
+	}
+	return m, nil
 }
 
 // notice tells the clients of the request with parentHeader something on
 // stderr.
 func (s *session) notice(parentHeader []byte, text string) {
-	m, err := jupytermsg.New("stream", s.kernel.Session, nil, jupytermsg.Stream{Name: "stderr", Text: "[cellgate] " + text + "\n"})
+	m, err := s.gatewayMessage("stream", parentHeader, jupytermsg.Stream{Name: "stderr", Text: "[cellgate] " + text + "\n"})
 	if err != nil {
 		return
 	}
-	m.ParentHeader = parentHeader
 	s.log.append(jupytermsg.IOPub, m, "")
 }
 
@@ -209,29 +282,41 @@ func clientMaySend(ch jupytermsg.Channel, msgType string) bool {
 // errSessionEnded is returned for messages sent to an ended session.
 var errSessionEnded = errors.New("session has ended")
 
-// send relays a client message to the kernel. clientSession is the
-// sending client's session id, used when the header lacks one and to
-// route the replies back.
-func (s *session) send(clientSession string, ch jupytermsg.Channel, m *jupytermsg.Message) error {
+// send relays a client message to the kernel. client identifies the
+// sending connection (its session_id, or the poller's client): replies go
+// back to it, and it fills a header that lacks a session.
+func (s *session) send(client string, ch jupytermsg.Channel, m *jupytermsg.Message) error {
 	select {
 	case <-s.ended:
 		return fmt.Errorf("%w: %s", errSessionEnded, s.reason())
 	default:
 	}
-	if err := jupytermsg.FillHeader(m, clientSession); err != nil {
-		return err
+	if err := jupytermsg.FillHeader(m, client); err != nil {
+		return fmt.Errorf("message header: %w", err)
 	}
 	if !clientMaySend(ch, m.Header.MsgType) {
 		return fmt.Errorf("%s is not a request clients may send on the %s channel", m.Header.MsgType, ch)
 	}
-	if m.Header.MsgType == "execute_request" && ch == jupytermsg.Shell {
+	execute := m.Header.MsgType == "execute_request" && ch == jupytermsg.Shell
+	if execute {
 		if err := s.prepareExecute(m); err != nil {
 			return err
 		}
 	}
+	s.mu.Lock()
+	s.routes.put(m.Header.MsgID, client)
+	if execute {
+		s.sentExecs++
+	}
+	s.mu.Unlock()
 	s.touch()
 	s.metrics.relayed.WithLabelValues("in", string(ch)).Inc()
 	if err := s.kernel.Send(ch, m); err != nil {
+		if execute {
+			s.mu.Lock()
+			s.sentExecs--
+			s.mu.Unlock()
+		}
 		return fmt.Errorf("send to kernel: %w", err)
 	}
 	return nil
@@ -245,14 +330,13 @@ func (s *session) prepareExecute(m *jupytermsg.Message) error {
 	if err := json.Unmarshal(m.Content, &content); err != nil {
 		return fmt.Errorf("execute_request content: %w", err)
 	}
-	s.mu.Lock()
-	s.executions++
-	s.executed = true
-	s.mu.Unlock()
-	s.metrics.executions.WithLabelValues(s.api).Inc()
 	if _, ok := content["code"]; !ok {
 		return errors.New("execute_request without code")
 	}
+	s.mu.Lock()
+	s.executions++
+	s.mu.Unlock()
+	s.metrics.executions.WithLabelValues(s.api).Inc()
 	var p pendingExecution
 	rewrite := false
 	// ipykernel needs "silent" and never replies to a request without it.
@@ -283,20 +367,28 @@ func (s *session) prepareExecute(m *jupytermsg.Message) error {
 		_ = json.Unmarshal(content["silent"], &silent)
 		if code != "" && !silent {
 			p.permalink = s.permalink(s, code)
-			s.mu.Lock()
-			if p.permalink != "" && len(s.permalinks) < maxPendingExecutions {
-				s.permalinks = append(s.permalinks, p.permalink)
-			}
-			s.mu.Unlock()
 		}
 	}
-	s.files.beforeExecute(m.Header.MsgID)
-	if p.wantsFiles || p.permalink != "" || s.files != nil {
-		s.mu.Lock()
-		if len(s.pending) < maxPendingExecutions {
-			s.pending[m.Header.MsgID] = p
+	if !p.wantsFiles && p.permalink == "" && s.files == nil {
+		return nil
+	}
+	s.mu.Lock()
+	full := len(s.pending) >= s.cfg.MaxPendingExecutions
+	if !full {
+		s.pending[m.Header.MsgID] = p
+		if p.permalink != "" && len(s.permalinks) < s.cfg.MaxPendingExecutions {
+			s.permalinks = append(s.permalinks, p.permalink)
 		}
-		s.mu.Unlock()
+	}
+	s.mu.Unlock()
+	if full {
+		// The execution still runs; only what the gateway adds is lost,
+		// and the client is told rather than left waiting for it.
+		s.notice(m.RawHeader, fmt.Sprintf("more than %d executions are waiting for their reply: this one's permalink and files are not recorded", s.cfg.MaxPendingExecutions))
+		return nil
+	}
+	if s.files != nil && !s.files.beforeExecute(m.Header.MsgID) {
+		s.notice(m.RawHeader, fmt.Sprintf("more than %d executions are queued: the files this one writes are not uploaded", maxSnapshots))
 	}
 	return nil
 }
@@ -328,9 +420,10 @@ func (s *session) poke() {
 }
 
 // attach registers a client; the returned func detaches it.
-func (s *session) attach() (detach func()) {
+func (s *session) attach(transport string) (detach func()) {
 	s.mu.Lock()
 	s.clients++
+	s.byTransport[transport]++
 	s.mu.Unlock()
 	s.touch()
 	var once sync.Once
@@ -338,10 +431,44 @@ func (s *session) attach() (detach func()) {
 		once.Do(func() {
 			s.mu.Lock()
 			s.clients--
+			s.byTransport[transport]--
 			s.mu.Unlock()
 			s.touch()
 		})
 	}
+}
+
+// transports reports which transports have a client attached.
+func (s *session) transports() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for t, n := range s.byTransport {
+		if n > 0 {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// restarted forgets the work the old kernel process had queued.
+func (s *session) restarted() {
+	s.mu.Lock()
+	s.doneExecs = s.sentExecs
+	s.state = jupytermsg.StateIdle
+	s.kernelSess = ""
+	s.mu.Unlock()
+	s.touch()
+}
+
+// quiet reports whether the session counts as idle now: the kernel has
+// nothing to do and, for the Jupyter API, nobody is connected. The idle
+// timeout runs only while it is quiet.
+func (s *session) quietLocked() bool {
+	if s.state != jupytermsg.StateIdle || s.doneExecs < s.sentExecs {
+		return false
+	}
+	return s.api != jupyterAPI || s.clients == 0
 }
 
 // watchLifetime ends the session on idle timeout, lifespan, or (one-shot)
@@ -353,18 +480,23 @@ func (s *session) watchLifetime() {
 	defer check.Stop()
 	for {
 		s.mu.Lock()
+		quiet := s.quietLocked()
 		idleLeft := s.idleFor - time.Since(s.lastActive)
-		finished := s.life.oneShot && s.executed && s.state == jupytermsg.StateIdle && s.clients == 0
+		finished := s.life.oneShot && quiet && s.doneExecs > 0 && s.clients == 0
 		s.mu.Unlock()
 		switch {
 		case finished:
 			s.end(endOneShot)
 			return
-		case idleLeft <= 0:
+		case quiet && idleLeft <= 0:
 			s.end(endIdle)
 			return
 		}
-		check.Reset(max(idleLeft, 10*time.Millisecond))
+		wait := time.Hour
+		if quiet {
+			wait = max(idleLeft, 10*time.Millisecond)
+		}
+		check.Reset(wait)
 		select {
 		case <-s.ended:
 			return
@@ -378,7 +510,7 @@ func (s *session) watchLifetime() {
 }
 
 // end stops the session for good: clients are told, the kernel is shut
-// down, and onEnd hooks run.
+// down (in the background), and onEnd hooks run.
 func (s *session) end(reason string) {
 	s.endOnce.Do(func() {
 		s.mu.Lock()
@@ -388,14 +520,15 @@ func (s *session) end(reason string) {
 		s.mu.Unlock()
 		close(s.ended)
 		<-s.pumpStopped
-		if dead, err := deadStatus(s.kernel.Session, reason); err == nil {
+		s.polls.stop(s)
+		s.uploads.stop()
+		if dead, err := s.gatewayMessage("status", nil, map[string]string{
+			"execution_state": jupytermsg.StateDead, "reason": reason,
+		}); err == nil {
 			s.log.append(jupytermsg.IOPub, dead, "")
 		}
 		s.log.close()
-		// The watcher holds the working directory open; the sandbox must
-		// be able to unmount it.
-		s.files.close()
-		go s.kernel.Shutdown()
+		go s.cleanup()
 		s.logger.Info().Str("api", s.api).Str("remote", s.remote).Str("reason", reason).
 			Dur("duration", time.Since(s.created)).Int("executions", execs).Msg("session ended")
 		for _, h := range hooks {
@@ -404,14 +537,14 @@ func (s *session) end(reason string) {
 	})
 }
 
-// deadStatus is the final message every client gets. It carries the
-// kernel's session id: Jupyter clients drop status messages of other
-// sessions.
-func deadStatus(kernelSession, reason string) (*jupytermsg.Message, error) {
-	m, err := jupytermsg.New("status", kernelSession, nil, map[string]string{
-		"execution_state": jupytermsg.StateDead, "reason": reason,
-	})
-	return m, err
+// cleanup releases the kernel once the uploader is done with its
+// directory: the watcher holds it open, and the sandbox must be able to
+// unmount it.
+func (s *session) cleanup() {
+	s.uploads.wait()
+	s.files.close()
+	s.kernel.Shutdown()
+	close(s.stopped)
 }
 
 func (s *session) reason() string {
@@ -453,4 +586,38 @@ func (s *session) issued(id string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return slices.Contains(s.permalinks, id)
+}
+
+// routeTable remembers which client sent each recent request, so its
+// replies reach that connection whatever session its header named. It is
+// a bounded FIFO: the oldest requests are forgotten first.
+type routeTable struct {
+	by   map[string]string
+	ring []string
+	next int
+}
+
+func (r *routeTable) put(msgID, client string) {
+	if r.by == nil {
+		r.by = map[string]string{}
+	}
+	if _, known := r.by[msgID]; known {
+		r.by[msgID] = client
+		return
+	}
+	if len(r.ring) < maxRoutes {
+		r.ring = append(r.ring, msgID)
+	} else {
+		delete(r.by, r.ring[r.next])
+		r.ring[r.next] = msgID
+		r.next = (r.next + 1) % maxRoutes
+	}
+	r.by[msgID] = client
+}
+
+func (r *routeTable) get(msgID string) string {
+	if msgID == "" {
+		return ""
+	}
+	return r.by[msgID]
 }

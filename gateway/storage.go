@@ -10,7 +10,6 @@ import (
 	"path"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -38,9 +37,12 @@ type Storage struct {
 	Files      FileStore
 	// Ping tells /readyz whether the database answers.
 	Ping func(context.Context) error
-	// UploadTimeout bounds the upload after one execution (default 10 s):
-	// a slow database delays the file list, never the computation.
+	// UploadTimeout bounds the upload after one execution (default 10 s).
 	UploadTimeout time.Duration
+	// ReplyHold is how long an execute_reply waits for its files to be
+	// stored (default 3 s); files stored later are announced when they
+	// land. A slow database delays the file list, never the computation.
+	ReplyHold time.Duration
 }
 
 // filesMsgType announces the files an execution wrote (iopub, parent =
@@ -55,22 +57,15 @@ type fileLink struct {
 	ContentType string `json:"content_type"`
 }
 
-// executionFiles remembers, per execute_request, the working directory as
-// it was before, so the files it created can be found after.
-type executionFiles struct {
-	mu       sync.Mutex
-	watcher  *storage.Watcher
-	before   map[string]storage.Snapshot
-	byName   map[string]string // file name → id of its latest upload
-	baseURL  string
-	disabled bool
-}
+// noInteracts is how a cell without interact state is stored, whichever
+// way it came: the same cell must get the same permalink id.
+const noInteracts = "[]"
 
 func (s *Server) recordPermalink(sess *session, code string) string {
 	if s.cfg.Storage.Permalinks == nil {
 		return ""
 	}
-	id, err := s.cfg.Storage.Permalinks.Enqueue(storage.Cell{Code: code, Language: sess.spec, Interacts: ""})
+	id, err := s.enqueuePermalink(storage.Cell{Code: code, Language: sess.spec, Interacts: noInteracts})
 	if err != nil {
 		sess.logger.Warn().Err(err).Msg("permalink not recorded")
 		return ""
@@ -78,78 +73,15 @@ func (s *Server) recordPermalink(sess *session, code string) string {
 	return id
 }
 
-// watchFiles starts watching a Sage-cell session's working directory.
-func (s *Server) watchFiles(sess *session, baseURL string) {
-	if s.cfg.Storage.Files == nil {
-		return
-	}
-	w, err := s.cfg.Storage.Files.Watch(sess.kernel.WorkDir, storage.FileOwner{Session: sess.id, Kernel: sess.spec})
+// enqueuePermalink saves a cell, timing it for the storage metrics.
+func (s *Server) enqueuePermalink(cell storage.Cell) (string, error) {
+	began := time.Now()
+	id, err := s.cfg.Storage.Permalinks.Enqueue(cell)
+	s.metrics.storage.WithLabelValues("permalink_save").Observe(time.Since(began).Seconds())
 	if err != nil {
-		sess.logger.Warn().Err(err).Msg("kernel files will not be uploaded")
-		return
+		return "", fmt.Errorf("save permalink: %w", err)
 	}
-	sess.files = &executionFiles{watcher: w, before: map[string]storage.Snapshot{}, byName: map[string]string{}, baseURL: baseURL}
-}
-
-// beforeExecute takes the snapshot the upload compares against.
-func (f *executionFiles) beforeExecute(msgID string) {
-	if f == nil {
-		return
-	}
-	snap, err := f.watcher.Snapshot()
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if err == nil && len(f.before) < 64 {
-		f.before[msgID] = snap
-	}
-}
-
-// afterExecute uploads what the execution wrote and returns the links.
-func (f *executionFiles) afterExecute(ctx context.Context, msgID, permalink string) ([]fileLink, []string, error) {
-	if f == nil {
-		return nil, nil, nil
-	}
-	f.mu.Lock()
-	before, ok := f.before[msgID]
-	delete(f.before, msgID)
-	f.mu.Unlock()
-	if !ok {
-		return nil, nil, nil
-	}
-	report, err := f.watcher.UploadChanged(ctx, before, permalink)
-	var links []fileLink
-	var notices []string
-	for _, up := range report.Files {
-		if up.Skipped != "" {
-			notices = append(notices, fmt.Sprintf("%s not stored: %s", up.Name, up.Skipped))
-			continue
-		}
-		links = append(links, fileLink{Name: up.Name, Size: up.Size, ContentType: up.ContentType,
-			URL: f.baseURL + "files/" + up.ID + "/" + escapePath(up.Name)})
-		f.mu.Lock()
-		f.byName[up.Name] = up.ID
-		f.mu.Unlock()
-	}
-	if report.Omitted > 0 {
-		notices = append(notices, fmt.Sprintf("%d more entries not stored", report.Omitted))
-	}
-	return links, notices, err
-}
-
-func (f *executionFiles) lookup(name string) (string, bool) {
-	if f == nil {
-		return "", false
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	id, ok := f.byName[name]
-	return id, ok
-}
-
-func (f *executionFiles) close() {
-	if f != nil {
-		_ = f.watcher.Close()
-	}
+	return id, nil
 }
 
 func escapePath(name string) string {
@@ -158,46 +90,6 @@ func escapePath(name string) string {
 		parts[i] = url.PathEscape(p)
 	}
 	return strings.Join(parts, "/")
-}
-
-// finishExecution runs when a Sage-cell execution replies: the files it
-// wrote are uploaded and announced before the reply, and the reply tells
-// the permalink and answers _sagecell_files.
-func (s *Server) finishExecution(sess *session, reply *jupytermsg.Message, wantsFiles bool, permalink string) *jupytermsg.Message {
-	parent := reply.ParentMsgID()
-	var names []string
-	if sess.files != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), s.uploadTimeout())
-		began := time.Now()
-		links, notices, err := sess.files.afterExecute(ctx, parent, permalink)
-		s.metrics.storageLatest.WithLabelValues("upload").Observe(time.Since(began).Seconds())
-		cancel()
-		if err != nil {
-			s.metrics.errors.WithLabelValues("storage").Inc()
-			notices = append(notices, "files could not be stored: "+err.Error())
-			sess.logger.Warn().Err(err).Msg("upload kernel files")
-		}
-		for _, l := range links {
-			names = append(names, l.Name)
-		}
-		if len(links) > 0 {
-			if m, err := jupytermsg.New(filesMsgType, sess.kernel.Session, nil, map[string]any{"files": links}); err == nil {
-				m.ParentHeader = reply.ParentHeader
-				sess.log.append(jupytermsg.IOPub, m, "")
-			}
-		}
-		if len(notices) > 0 {
-			sess.notice(reply.ParentHeader, strings.Join(notices, "\n"))
-		}
-	}
-	return rewriteReply(reply, permalink, wantsFiles, names)
-}
-
-func (s *Server) uploadTimeout() time.Duration {
-	if s.cfg.Storage.UploadTimeout > 0 {
-		return s.cfg.Storage.UploadTimeout
-	}
-	return 10 * time.Second
 }
 
 // rewriteReply adds metadata.cellgate.permalink and the _sagecell_files
@@ -264,17 +156,18 @@ func (s *Server) createPermalink(c echo.Context) error {
 		if raw, ok := body["interacts"]; ok && raw != nil {
 			b, _ := json.Marshal(raw)
 			interacts = string(b)
-		} else {
-			interacts = "[]"
 		}
 	}
-	id, err := s.cfg.Storage.Permalinks.Enqueue(storage.Cell{Code: code, Language: language, Interacts: interacts})
+	if interacts == "" {
+		interacts = noInteracts
+	}
+	id, err := s.enqueuePermalink(storage.Cell{Code: code, Language: language, Interacts: interacts})
+	if errors.Is(err, storage.ErrInvalidCell) {
+		return httpError(c, http.StatusBadRequest, err.Error())
+	}
 	if err != nil {
-		code := http.StatusServiceUnavailable
-		if errors.Is(err, storage.ErrInvalidCell) {
-			code = http.StatusBadRequest
-		}
-		return httpError(c, code, err.Error())
+		s.log.Warn().Err(err).Msg("permalink not saved")
+		return httpError(c, http.StatusServiceUnavailable, "the permalink store is unavailable")
 	}
 	n := param(c, body, "n")
 	nValue := any(n)
@@ -289,18 +182,39 @@ func (s *Server) getPermalink(c echo.Context) error {
 	if s.cfg.Storage.Permalinks == nil {
 		return httpError(c, http.StatusNotImplemented, "permalinks need a database")
 	}
-	id := c.Param("id")
+	id, err := pathParam(c, "id")
+	if err != nil {
+		return httpError(c, http.StatusNotFound, "no such permalink")
+	}
 	if id == "" {
 		id = c.QueryParam("q")
 	}
+	began := time.Now()
 	p, err := s.cfg.Storage.Permalinks.Get(c.Request().Context(), id)
+	s.metrics.storage.WithLabelValues("permalink_lookup").Observe(time.Since(began).Seconds())
 	if errors.Is(err, storage.ErrNotFound) {
 		return httpError(c, http.StatusNotFound, "no such permalink")
 	}
 	if err != nil {
-		return httpError(c, http.StatusServiceUnavailable, "permalink store unavailable: "+err.Error())
+		s.log.Warn().Err(err).Str("permalink", id).Msg("permalink lookup failed")
+		return httpError(c, http.StatusServiceUnavailable, "the permalink store is unavailable")
 	}
 	return c.JSON(http.StatusOK, map[string]string{"code": p.Code, "language": p.Language, "interacts": p.Interacts})
+}
+
+// pathParam returns a path parameter decoded exactly once. echo matches
+// on the raw path when the request has one (then parameters are still
+// escaped), and on the decoded path otherwise.
+func pathParam(c echo.Context, name string) (string, error) {
+	v := c.Param(name)
+	if c.Request().URL.RawPath == "" {
+		return v, nil
+	}
+	u, err := url.PathUnescape(v)
+	if err != nil {
+		return "", fmt.Errorf("path parameter %s: %w", name, err)
+	}
+	return u, nil
 }
 
 // riskyTypes could run script if a browser rendered them on our origin.
@@ -312,16 +226,23 @@ func (s *Server) serveFile(c echo.Context) error {
 	if s.cfg.Storage.Files == nil {
 		return httpError(c, http.StatusNotFound, "file storage is not configured")
 	}
-	name, err := url.PathUnescape(c.Param("*"))
+	id, err := pathParam(c, "id")
+	if err != nil {
+		return httpError(c, http.StatusNotFound, "no such file")
+	}
+	name, err := pathParam(c, "*")
 	if err != nil || !storage.ValidFileName(name) {
 		return httpError(c, http.StatusNotFound, "no such file")
 	}
-	f, err := s.cfg.Storage.Files.OpenFile(c.Request().Context(), c.Param("id"), name)
+	began := time.Now()
+	f, err := s.cfg.Storage.Files.OpenFile(c.Request().Context(), id, name)
+	s.metrics.storage.WithLabelValues("file_open").Observe(time.Since(began).Seconds())
 	if errors.Is(err, storage.ErrNotFound) {
 		return httpError(c, http.StatusNotFound, "no such file")
 	}
 	if err != nil {
-		return httpError(c, http.StatusServiceUnavailable, "file storage unavailable: "+err.Error())
+		s.log.Warn().Err(err).Str("file", id).Msg("file lookup failed")
+		return httpError(c, http.StatusServiceUnavailable, "file storage is unavailable")
 	}
 	defer f.Close()
 	h := c.Response().Header()
@@ -343,16 +264,19 @@ func (s *Server) serveFile(c echo.Context) error {
 // sessionFile is GET /kernel/{id}/files/{name}, where Sage-cell clients
 // look for the files named in _sagecell_files.
 func (s *Server) sessionFile(c echo.Context) error {
-	name, _ := url.PathUnescape(c.Param("*"))
-	sess := s.lookup(c.Param("id"))
+	sess := s.sageSession(c)
 	if sess == nil {
 		return httpError(c, http.StatusNotFound, "no such kernel")
+	}
+	name, err := pathParam(c, "*")
+	if err != nil {
+		return httpError(c, http.StatusNotFound, "no such file")
 	}
 	id, ok := sess.files.lookup(name)
 	if !ok {
 		return httpError(c, http.StatusNotFound, "no such file")
 	}
-	return c.Redirect(http.StatusFound, "/files/"+id+"/"+escapePath(name))
+	return c.Redirect(http.StatusFound, "/files/"+url.PathEscape(id)+"/"+escapePath(name))
 }
 
 // PermalinkDropped tells the clients of the session that used a permalink

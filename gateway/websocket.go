@@ -1,10 +1,15 @@
 package gateway
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"runtime/debug"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -22,76 +27,210 @@ type codec interface {
 	forProtocol(p string) codec
 	decode(kind int, data []byte) (jupytermsg.Channel, *jupytermsg.Message, error)
 	encode(e outgoing) (kind int, data []byte, err error)
-	// problem is how a per-client error is told to this client.
-	problem(text string) (kind int, data []byte)
+	// problem is how a per-client error is told to this client; session
+	// is the kernel's session id, which Jupyter clients expect.
+	problem(text, session string) (kind int, data []byte)
 	// resumeFromStart says whether a client new to the session first gets
 	// the session's buffered output.
 	resumeFromStart() bool
 }
 
-const writeTimeout = 30 * time.Second
+const (
+	writeTimeout = 30 * time.Second
+	// replaceWait bounds how long a reconnecting client waits for the
+	// connection it replaces to save where it got to.
+	replaceWait = 5 * time.Second
+)
+
+// clientConn is the live websocket of one client session. A reconnect
+// with the same session_id replaces it, as jupyter_server does: the stale
+// one is closed, and the new one resumes where it got to.
+type clientConn struct {
+	kicked chan struct{}
+	done   chan struct{}
+
+	mu  sync.Mutex
+	net net.Conn
+}
+
+// kick closes the connection for its successor, also unblocking a write
+// to a client that stopped reading.
+func (c *clientConn) kick() {
+	close(c.kicked)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.net != nil {
+		_ = c.net.SetWriteDeadline(time.Now())
+	}
+}
+
+func (c *clientConn) setNet(n net.Conn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.net = n
+	select {
+	case <-c.kicked:
+		_ = n.SetWriteDeadline(time.Now())
+	default:
+	}
+}
+
+// claim makes c the live connection of client, replacing (and waiting a
+// little for) the previous one.
+func (s *session) claim(client string) *clientConn {
+	c := &clientConn{kicked: make(chan struct{}), done: make(chan struct{})}
+	s.mu.Lock()
+	if s.conns == nil {
+		s.conns = map[string]*clientConn{}
+	}
+	old := s.conns[client]
+	s.conns[client] = c
+	s.mu.Unlock()
+	if old != nil {
+		old.kick()
+		select {
+		case <-old.done:
+		case <-time.After(replaceWait):
+		}
+	}
+	return c
+}
+
+// release ends c's turn; its cursor is saved.
+func (s *session) release(client string, c *clientConn) {
+	s.mu.Lock()
+	if s.conns[client] == c {
+		delete(s.conns, client)
+	}
+	s.mu.Unlock()
+	close(c.done)
+}
+
+// upgradeError answers a failed upgrade in the JSON error shape.
+func upgradeError(w http.ResponseWriter, _ *http.Request, status int, reason error) {
+	w.Header().Set("Content-Type", "application/json")
+	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", "5")
+	}
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(apiError{Error: http.StatusText(status), Message: reason.Error()})
+}
 
 // bridge runs one websocket client of a session until either side ends.
 func (s *Server) bridge(c echo.Context, sess *session, cd codec) error {
+	if !websocket.IsWebSocketUpgrade(c.Request()) {
+		return httpError(c, http.StatusBadRequest, "this is a websocket endpoint: the request must ask to upgrade")
+	}
 	clientSession := c.QueryParam("session_id")
 	if clientSession == "" {
 		clientSession = uuid.NewString()
 	}
-	cursor, err := s.startCursor(c, sess, clientSession, cd.resumeFromStart())
+	since, err := s.askedSince(c, sess)
 	if err != nil {
 		return httpError(c, http.StatusBadRequest, err.Error())
+	}
+	turn := sess.claim(clientSession)
+	defer sess.release(clientSession, turn)
+	cursor := since
+	if cursor == nil {
+		cursor = sess.startCursor(clientSession, cd.resumeFromStart())
 	}
 	up := websocket.Upgrader{
 		CheckOrigin:  s.originAllowed,
 		Subprotocols: cd.subprotocols(),
+		Error:        upgradeError,
 	}
 	conn, err := up.Upgrade(c.Response(), c.Request(), nil)
 	if err != nil {
-		return nil // the upgrader has answered
+		return nil // upgradeError has answered
 	}
 	defer conn.Close()
+	turn.setNet(conn.NetConn())
 	cd = cd.forProtocol(conn.Subprotocol())
 	conn.SetReadLimit(s.cfg.MaxMessageBytes)
-	detach := sess.attach()
+	detach := sess.attach(transportWebsocket)
 	defer detach()
 	transport := "websocket_" + sess.api
 	s.metrics.clients.WithLabelValues(transport).Inc()
 	defer s.metrics.clients.WithLabelValues(transport).Dec()
 
+	ack := &delivery{ponged: make(chan struct{}, 1)}
+	ack.acked.Store(*cursor)
 	problems := make(chan string, 16)
 	readerDone := make(chan struct{})
 	go func() {
 		defer close(readerDone)
-		s.readClient(conn, sess, clientSession, cd, problems)
+		s.readClient(conn, sess, clientSession, cd, problems, ack)
 	}()
-	cursor = s.writeClient(conn, sess, clientSession, cd, cursor, problems, readerDone)
-	sess.rememberCursor(clientSession, cursor)
+	s.writeClient(conn, sess, clientSession, cd, *cursor, problems, readerDone, turn.kicked, ack)
+	// Only what the client has acknowledged counts as delivered: a frame
+	// written may still sit in a buffer when the connection drops.
+	sess.rememberCursor(clientSession, ack.acked.Load())
 	_ = conn.Close()
 	<-readerDone
 	return nil
 }
 
-// startCursor picks the sequence number after which a client starts: the
-// one it asks for (?since=N), the one it reached on its last connection,
-// or the start or the end of the buffer for a new client.
-func (s *Server) startCursor(c echo.Context, sess *session, clientSession string, fromStart bool) (uint64, error) {
-	if v := c.QueryParam("since"); v != "" {
-		n, err := strconv.ParseUint(v, 10, 64)
-		if err != nil {
-			return 0, fmt.Errorf("invalid since %q", v)
-		}
-		return n, nil
-	}
-	if n, ok := sess.cursor(clientSession); ok {
-		return n, nil
-	}
-	if fromStart {
-		return 0, nil
-	}
-	return sess.log.last(), nil
+// delivery is what a client has acknowledged: pongs carry the seq of the
+// last frame written before their ping.
+type delivery struct {
+	acked  atomic.Uint64
+	ponged chan struct{} // wakes the writer to ping for what came since
 }
 
-func (s *Server) readClient(conn *websocket.Conn, sess *session, clientSession string, cd codec, problems chan<- string) {
+func (d *delivery) pong(data string) {
+	n, err := strconv.ParseUint(data, 10, 64)
+	if err != nil {
+		return
+	}
+	for {
+		old := d.acked.Load()
+		if n <= old || d.acked.CompareAndSwap(old, n) {
+			break
+		}
+	}
+	select {
+	case d.ponged <- struct{}{}:
+	default:
+	}
+}
+
+// askedSince is the ?since=N a client resumes from, nil if none.
+func (s *Server) askedSince(c echo.Context, sess *session) (*uint64, error) {
+	v := c.QueryParam("since")
+	if v == "" {
+		return nil, nil
+	}
+	n, err := parseSince(v, sess.log.last())
+	if err != nil {
+		return nil, err
+	}
+	return &n, nil
+}
+
+// startCursor picks the sequence number after which a client starts: the
+// one it reached on its last connection, or the start or the end of the
+// buffer for a new client.
+func (s *session) startCursor(clientSession string, fromStart bool) *uint64 {
+	n, ok := s.cursor(clientSession)
+	switch {
+	case ok:
+	case fromStart:
+		n = 0
+	default:
+		n = s.log.last()
+	}
+	return &n
+}
+
+func (s *Server) readClient(conn *websocket.Conn, sess *session, clientSession string, cd codec, problems chan<- string, ack *delivery) {
+	defer func() {
+		// A bug triggered by one client's bytes ends that connection only.
+		if r := recover(); r != nil {
+			s.metrics.errors.WithLabelValues("panic").Inc()
+			s.log.Error().Str("session", sess.id).Interface("panic", r).Bytes("stack", debug.Stack()).Msg("websocket reader panicked; connection closed")
+		}
+	}()
 	tell := func(text string) {
 		s.metrics.errors.WithLabelValues("client_message").Inc()
 		select {
@@ -101,7 +240,11 @@ func (s *Server) readClient(conn *websocket.Conn, sess *session, clientSession s
 	}
 	deadline := func() { _ = conn.SetReadDeadline(time.Now().Add(2*s.cfg.PingInterval + writeTimeout)) }
 	deadline()
-	conn.SetPongHandler(func(string) error { deadline(); return nil })
+	conn.SetPongHandler(func(data string) error {
+		deadline()
+		ack.pong(data)
+		return nil
+	})
 	for {
 		kind, data, err := conn.ReadMessage()
 		if err != nil {
@@ -111,37 +254,50 @@ func (s *Server) readClient(conn *websocket.Conn, sess *session, clientSession s
 			return
 		}
 		deadline()
-		ch, m, err := cd.decode(kind, data)
-		if err != nil {
-			tell(err.Error())
-			continue
-		}
-		if ch == jupytermsg.IOPub {
-			tell("clients cannot send on the iopub channel")
-			continue
-		}
-		if err := sess.send(clientSession, ch, m); err != nil {
+		if err := s.relayClientFrame(sess, clientSession, cd, kind, data); err != nil {
 			tell(err.Error())
 		}
 	}
 }
 
-// writeClient owns all writes to conn; it returns the last sequence number
-// delivered.
-func (s *Server) writeClient(conn *websocket.Conn, sess *session, clientSession string, cd codec, cursor uint64, problems <-chan string, readerDone <-chan struct{}) uint64 {
+// relayClientFrame decodes one client frame and sends it to the kernel.
+func (s *Server) relayClientFrame(sess *session, clientSession string, cd codec, kind int, data []byte) error {
+	ch, m, err := cd.decode(kind, data)
+	if err != nil {
+		return err
+	}
+	if ch == jupytermsg.IOPub {
+		return errors.New("clients cannot send on the iopub channel")
+	}
+	return sess.send(clientSession, ch, m)
+}
+
+// writeClient owns all writes to conn. After frames are written it pings
+// with the last seq written; the pong tells what was delivered.
+func (s *Server) writeClient(conn *websocket.Conn, sess *session, clientSession string, cd codec, cursor uint64, problems <-chan string, readerDone, kicked <-chan struct{}, ack *delivery) {
 	ping := time.NewTicker(s.cfg.PingInterval)
 	defer ping.Stop()
 	write := func(kind int, data []byte) bool {
 		_ = conn.SetWriteDeadline(time.Now().Add(writeTimeout))
 		return conn.WriteMessage(kind, data) == nil
 	}
+	pinged := cursor
+	sendPing := func() bool {
+		pinged = cursor
+		return conn.WriteControl(websocket.PingMessage, []byte(strconv.FormatUint(cursor, 10)), time.Now().Add(writeTimeout)) == nil
+	}
 	const batch = 256
 	for {
+		select {
+		case <-kicked:
+			return
+		default:
+		}
 		msgs, missed, changed, closed := sess.log.since(cursor, clientSession, batch)
 		if missed > 0 && len(msgs) > 0 {
 			if notice, err := truncationNotice(sess, msgs[0], missed); err == nil {
 				if kind, data, err := cd.encode(notice); err == nil && !write(kind, data) {
-					return cursor
+					return
 				}
 			}
 		}
@@ -150,30 +306,38 @@ func (s *Server) writeClient(conn *websocket.Conn, sess *session, clientSession 
 			if err != nil {
 				s.log.Warn().Err(err).Str("session", sess.id).Msg("encode message")
 			} else if !write(kind, data) {
-				return cursor
+				return
 			}
 			cursor = e.seq
 		}
 		if len(msgs) == batch {
 			continue
 		}
+		// One ping in flight at a time: the next goes once it is answered.
+		if cursor > pinged && ack.acked.Load() >= pinged && !sendPing() {
+			return
+		}
 		if closed {
 			reason := "session ended: " + sess.reason()
 			_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, reason), time.Now().Add(time.Second))
-			return cursor
+			return
 		}
 		select {
 		case <-changed:
+		case <-ack.ponged:
 		case text := <-problems:
-			if kind, data := cd.problem(text); !write(kind, data) {
-				return cursor
+			if kind, data := cd.problem(text, sess.kernelSession()); !write(kind, data) {
+				return
 			}
 		case <-ping.C:
-			if conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout)) != nil {
-				return cursor
+			if !sendPing() {
+				return
 			}
+		case <-kicked:
+			_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "replaced by a newer connection with the same session_id"), time.Now().Add(time.Second))
+			return
 		case <-readerDone:
-			return cursor
+			return
 		}
 	}
 }
@@ -181,13 +345,12 @@ func (s *Server) writeClient(conn *websocket.Conn, sess *session, clientSession 
 // truncationNotice tells a client that fell behind how much output it
 // lost, as stderr of the request whose output follows.
 func truncationNotice(sess *session, next outgoing, missed uint64) (outgoing, error) {
-	m, err := jupytermsg.New("stream", sess.kernel.Session, nil, jupytermsg.Stream{
+	m, err := sess.gatewayMessage("stream", next.msg.ParentHeader, jupytermsg.Stream{
 		Name: "stderr",
 		Text: fmt.Sprintf("\n[cellgate: %d messages of output were dropped because this client could not keep up]\n", missed),
 	})
 	if err != nil {
 		return outgoing{}, err
 	}
-	m.ParentHeader = next.msg.ParentHeader
 	return outgoing{seq: next.seq - 1, channel: jupytermsg.IOPub, msg: m}, nil
 }
