@@ -54,13 +54,16 @@ func newTestEnvWith(t testing.TB, ready int, maxKernels int, tweak func(*Config)
 	if tweakKernel != nil {
 		tweakKernel(&kcfg)
 	}
+	// The metrics exist before the pool, so its first kernel starts count.
+	m := NewMetrics()
 	pool, err := kernelpool.New(kernelpool.Config{
 		Specs: specs, Ready: map[string]int{"python3": ready}, MaxKernels: maxKernels, Kernel: kcfg,
+		OnStart: m.ObserveKernelStart,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{Log: log, LeaseTimeout: 60 * time.Second}
+	cfg := Config{Log: log, LeaseTimeout: 60 * time.Second, Metrics: m}
 	if tweak != nil {
 		tweak(&cfg)
 	}

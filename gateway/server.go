@@ -278,6 +278,9 @@ func (s *Server) startSession(ctx context.Context, spec, api, remote, owner, bas
 		}
 		return nil, fmt.Errorf("lease a %s kernel: %w", spec, err)
 	}
+	// A kernel handed out is proof the pool has warmed, whether or not
+	// /readyz was asked meanwhile.
+	s.everWarm.Store(true)
 	sess := newSession(k, spec, api, remote, owner, life, &s.cfg, s.metrics)
 	if api != jupyterAPI {
 		sess.permalink = s.recordPermalink

@@ -28,6 +28,11 @@ type testStorage struct {
 // startTestStorage runs the embedded database through the real driver.
 func startTestStorage(t *testing.T, dir string) *testStorage {
 	t.Helper()
+	return startTestStorageWith(t, dir, storage.FileLimits{})
+}
+
+func startTestStorageWith(t *testing.T, dir string, limits storage.FileLimits) *testStorage {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel)
@@ -35,7 +40,7 @@ func startTestStorage(t *testing.T, dir string) *testStorage {
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := storage.Open(ctx, storage.Config{URI: emb.URI(), Logger: log, ServerSelectionTimeout: time.Second})
+	store, err := storage.Open(ctx, storage.Config{URI: emb.URI(), Logger: log, ServerSelectionTimeout: time.Second, Files: limits})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,5 +234,179 @@ func TestDatabaseDownComputationsContinue(t *testing.T) {
 	}
 	if _, err := ts.store.Permalinks().Get(ctx, created.Query); err != nil {
 		t.Errorf("queued permalink did not land: %v", err)
+	}
+}
+
+// execFiles runs code asking for _sagecell_files and returns the frames
+// up to its reply and idle status, and the files announced for it.
+func execFiles(c *wsClient, code string) (string, []frame, []fileLink) {
+	c.t.Helper()
+	id := c.send("shell", "execute_request", map[string]any{"code": code, "silent": false,
+		"user_expressions": map[string]string{"_sagecell_files": "sys._sage_.new_files()"}})
+	frames := replyAndIdle(c, id)
+	return id, frames, announcedFiles(frames, id)
+}
+
+func announcedFiles(frames []frame, id string) []fileLink {
+	var links []fileLink
+	for _, f := range frames {
+		if f.Header.MsgType == filesMsgType && f.ParentHeader.MsgID == id {
+			var files struct{ Files []fileLink }
+			raw, _ := json.Marshal(f.Content)
+			_ = json.Unmarshal(raw, &files)
+			links = append(links, files.Files...)
+		}
+	}
+	return links
+}
+
+// File names reach storage decoded exactly once: "100%.txt" is served,
+// and "a%41" is not "aA".
+func TestFileNamesAreDecodedOnce(t *testing.T) {
+	env, _ := newStorageEnv(t)
+	k := env.newKernel(url.Values{"timeout": {"60"}})
+	c := env.dialSage(k.ID, "")
+	want := map[string]string{"100%.txt": "percent", "a%41": "literal", "aA": "upper", "sp ace.txt": "space"}
+	code := "for name, text in " + pyDict(want) + ".items():\n    open(name, 'w').write(text)\n"
+	_, _, links := execFiles(c, code)
+	if len(links) != len(want) {
+		t.Fatalf("announced %+v", links)
+	}
+	for _, l := range links {
+		if status, body, _ := fetch(t, l.URL); status != http.StatusOK || string(body) != want[l.Name] {
+			t.Errorf("%s at %s: %d %q", l.Name, l.URL, status, body)
+		}
+	}
+	for path, text := range map[string]string{"100%25.txt": "percent", "a%2541": "literal", "a%41": "upper", "aA": "upper", "sp%20ace.txt": "space"} {
+		if status, body, _ := fetch(t, env.url("/kernel/"+k.ID+"/files/"+path)); status != http.StatusOK || string(body) != text {
+			t.Errorf("/kernel/…/files/%s: %d %q, want %q", path, status, body, text)
+		}
+	}
+}
+
+func pyDict(m map[string]string) string {
+	b, _ := json.Marshal(m)
+	return string(b)
+}
+
+// An execution and POST /permalink of the same cell share one id.
+func TestExecutionAndPostedPermalinkAgree(t *testing.T) {
+	env, _ := newStorageEnv(t)
+	k := env.newKernel(url.Values{"timeout": {"60"}})
+	c := env.dialSage(k.ID, "")
+	id := c.execute("print('same cell')")
+	reply, _ := replyTo(replyAndIdle(c, id), id)
+	var meta struct{ Cellgate struct{ Permalink string } }
+	raw, _ := json.Marshal(reply.Metadata)
+	_ = json.Unmarshal(raw, &meta)
+	for _, form := range []url.Values{
+		{"code": {"print('same cell')"}, "language": {"python3"}},
+		{"code": {"print('same cell')"}, "language": {"python3"}, "interacts": {"[]"}},
+	} {
+		var created struct{ Query string }
+		env.postForm("/permalink", form, &created)
+		if created.Query == "" || created.Query != meta.Cellgate.Permalink {
+			t.Errorf("POST /permalink %v gave %q, the execution %q", form, created.Query, meta.Cellgate.Permalink)
+		}
+	}
+}
+
+func TestServiceReturnsItsPermalink(t *testing.T) {
+	env, _ := newStorageEnv(t)
+	var res serviceResult
+	env.postForm("/service", url.Values{"code": {"print('via service')"}}, &res)
+	if !res.Success || res.Permalink == "" {
+		t.Fatalf("result %+v", res)
+	}
+	var cell map[string]string
+	if r := env.do(http.MethodGet, "/permalink?q="+res.Permalink, "", "", &cell); r.StatusCode != http.StatusOK || cell["code"] != "print('via service')" {
+		t.Errorf("GET /permalink?q=%s: %d %v", res.Permalink, r.StatusCode, cell)
+	}
+}
+
+// Executions sent while an earlier one still runs are measured from the
+// directory as the earlier upload found it: no file is uploaded twice.
+func TestPipelinedExecutionsUploadEachFileOnce(t *testing.T) {
+	env, _ := newStorageEnv(t)
+	k := env.newKernel(url.Values{"timeout": {"60"}})
+	c := env.dialSage(k.ID, "")
+	first := c.send("shell", "execute_request", map[string]any{"code": "import time\nopen('a.txt', 'w').write('a')\ntime.sleep(0.3)", "silent": false})
+	second := c.send("shell", "execute_request", map[string]any{"code": "import time\ntime.sleep(0.5)\nopen('b.txt', 'w').write('b')", "silent": false})
+	frames := replyAndIdle(c, first)
+	frames = append(frames, replyAndIdle(c, second)...)
+	names := func(id string) []string {
+		var out []string
+		for _, l := range announcedFiles(frames, id) {
+			out = append(out, l.Name)
+		}
+		return out
+	}
+	if got := names(first); len(got) != 1 || got[0] != "a.txt" {
+		t.Errorf("first execution announced %v", got)
+	}
+	if got := names(second); len(got) != 1 || got[0] != "b.txt" {
+		t.Errorf("second execution announced %v, want b.txt alone", got)
+	}
+}
+
+// A database that hangs delays the file list, never the kernel: the
+// reply comes after ReplyHold, other output flows meanwhile, and the
+// failure is told when it comes.
+func TestSlowStorageNeverStallsTheKernel(t *testing.T) {
+	ts := startTestStorage(t, filepath.Join(t.TempDir(), "db"))
+	env := newTestEnv(t, 1, 4, func(c *Config) {
+		c.Storage = ts.gateway()
+		c.Storage.UploadTimeout = 30 * time.Second
+		c.Storage.ReplyHold = 50 * time.Millisecond
+	})
+	k := env.newKernel(url.Values{"timeout": {"60"}})
+	c := env.dialSage(k.ID, "")
+	execFiles(c, "open('warm.txt', 'w').write('up')")
+	_ = ts.embedded.Close()
+
+	first := c.execute("open('late.txt', 'w').write('x')")
+	frames := replyAndIdle(c, first)
+	second := c.execute("print('meanwhile')")
+	frames = append(frames, c.until(func(f frame) bool {
+		return f.ParentHeader.MsgID == first && strings.Contains(f.str("text"), "could not be stored")
+	})...)
+	at := func(match func(frame) bool) int {
+		for i, f := range frames {
+			if match(f) {
+				return i
+			}
+		}
+		return -1
+	}
+	reply := at(func(f frame) bool { return f.Header.MsgType == "execute_reply" && f.ParentHeader.MsgID == first })
+	other := at(func(f frame) bool { return f.ParentHeader.MsgID == second && f.str("text") == "meanwhile\n" })
+	failed := len(frames) - 1
+	if reply < 0 || other < 0 || reply > failed || other > failed {
+		t.Errorf("reply at %d, next execution's output at %d, upload failure at %d: storage held the kernel up", reply, other, failed)
+	}
+	if !strings.Contains(streamText(frames), "still being stored") {
+		t.Error("the client was not told its files were still being stored")
+	}
+}
+
+// Executions queued past the snapshot cap, and a directory too big to
+// scan whole, are told about rather than silently skipped.
+func TestUntrackedFilesAreToldAbout(t *testing.T) {
+	ts := startTestStorageWith(t, filepath.Join(t.TempDir(), "db"), storage.FileLimits{MaxEntries: 20})
+	env := newTestEnv(t, 1, 4, func(c *Config) { c.Storage = ts.gateway() })
+	k := env.newKernel(url.Values{"timeout": {"60"}})
+	c := env.dialSage(k.ID, "")
+	c.execute("import time\ntime.sleep(1)")
+	var last string
+	for range maxSnapshots + 1 {
+		last = c.execute("pass")
+	}
+	frames := replyAndIdle(c, last)
+	if !strings.Contains(streamText(frames), "are not uploaded") {
+		t.Error("no notice for an execution whose files are not tracked")
+	}
+	_, frames, _ = execFiles(c, "for i in range(40):\n    open('f%d.txt' % i, 'w').write('x')")
+	if !strings.Contains(streamText(frames), "too many entries") {
+		t.Errorf("no notice of a truncated scan: %q", streamText(frames))
 	}
 }
