@@ -57,8 +57,16 @@ const (
 	maxUnixSocketPath = 100
 )
 
-// ferretNewMu serialises ferretdb.New, which writes FerretDB's package-level version info
-// (version.Get().Package) without synchronisation; two concurrent starts would race on it.
+// ferretNewMu serialises ferretdb.New. It is this package's one mutable package-level variable,
+// kept because nothing narrower is correct: ferretdb.New (v1.24.0, ferretdb/ferretdb.go:92)
+// assigns version.Get().Package, a field of FerretDB's own process-wide build info, without
+// synchronisation, so two StartEmbedded calls running at once in one process race on it. The
+// state raced on belongs to the process, so the lock must too: a mutex owned by a value (a
+// Config field, a starter object) would only order the callers that happen to share that value,
+// and every caller of StartEmbedded (cmd, gateway and e2e tests) would have to agree on one. New
+// alone needs ordering: running instances never read that field (embedded FerretDB registers no
+// metrics collector and runs no telemetry reporter, the only readers). Remove it when FerretDB
+// stops writing the field.
 var ferretNewMu sync.Mutex
 
 // StartEmbedded starts FerretDB on cfg.Dir and returns once it accepts connections.

@@ -12,8 +12,10 @@ import (
 	"image/png"
 	"io"
 	"math/rand/v2"
+	"mime"
 	"net"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -690,9 +692,41 @@ func TestDetectContentType(t *testing.T) {
 func FuzzDetectContentType(f *testing.F) {
 	f.Add("a.png", []byte("\x89PNG"))
 	f.Add("x", []byte("\xe2\x98"))
+	f.Add("data.CSV", []byte("a,b\n"))
+	f.Add("page.html", []byte("\x00<script>"))
+	f.Add("blob", []byte("%PDF-1.4"))
 	f.Fuzz(func(t *testing.T, name string, head []byte) {
-		if got := detectContentType(name, head); got == "" {
-			t.Errorf("empty content type for %q", name)
+		got := detectContentType(name, head)
+		mediaType, params, err := mime.ParseMediaType(got)
+		if err != nil {
+			t.Fatalf("%q is not a media type: %v", got, err)
+		}
+		// The charset is claimed exactly for text that looks like UTF-8, and is the only parameter.
+		wantCharset := strings.HasPrefix(mediaType, "text/") && looksLikeUTF8Text(head)
+		if charset, ok := params["charset"]; ok != wantCharset || (ok && charset != "utf-8") || len(params) > 1 {
+			t.Errorf("detectContentType(%q, %q) = %q: charset should be there iff the text is UTF-8", name, head, got)
+		}
+		// A known extension decides, whatever the content; content decides only without one.
+		if ext, ok := extensionContentType(strings.ToLower(path.Ext(name))); ok {
+			if mediaType != ext {
+				t.Errorf("detectContentType(%q, ...) = %q, want %q from the extension", name, got, ext)
+			}
+			return
+		}
+		switch magic, ok := magicContentType(head); {
+		case ok:
+			if got != magic {
+				t.Errorf("detectContentType(%q, %q) = %q, want %q from the content", name, head, got, magic)
+			}
+		case looksLikeUTF8Text(head):
+			if got != "text/plain; charset=utf-8" {
+				t.Errorf("detectContentType(%q, %q) = %q, want text/plain", name, head, got)
+			}
+		default:
+			// Never a type a browser might render or run.
+			if got != "application/octet-stream" {
+				t.Errorf("detectContentType(%q, %q) = %q, want application/octet-stream", name, head, got)
+			}
 		}
 	})
 }

@@ -57,9 +57,25 @@ type Permalinks struct {
 	log          zerolog.Logger
 }
 
-// idDigestLengths are the digest prefixes (in bytes) tried in turn; multiples of 3 give base64
-// without padding. 9 bytes = 12 characters.
-var idDigestLengths = [...]int{9, 12, 18, 24, 32}
+// idAttempts is how many candidate ids a cell has (see idDigestLength).
+const idAttempts = 5
+
+// idDigestLength is the digest prefix (in bytes) of a cell's attempt-th candidate id; multiples of
+// 3 give base64 without padding. 9 bytes = 12 characters.
+func idDigestLength(attempt int) int {
+	switch attempt {
+	case 0:
+		return 9
+	case 1:
+		return 12
+	case 2:
+		return 18
+	case 3:
+		return 24
+	default:
+		return sha256.Size
+	}
+}
 
 const (
 	maxIDLength      = 64
@@ -127,7 +143,7 @@ func (p *Permalinks) digest(cell Cell) [sha256.Size]byte {
 }
 
 func idCandidate(digest [sha256.Size]byte, attempt int) string {
-	return base64.RawURLEncoding.EncodeToString(digest[:idDigestLengths[attempt]])
+	return base64.RawURLEncoding.EncodeToString(digest[:idDigestLength(attempt)])
 }
 
 func digestString(digest [sha256.Size]byte) string {
@@ -153,7 +169,7 @@ func (p *Permalinks) Save(ctx context.Context, cell Cell) (string, error) {
 
 type storeResult struct {
 	id       string
-	attempt  int  // index into idDigestLengths of the id used
+	attempt  int  // of the id used, for idDigestLength
 	inserted bool // false when an identical cell was already stored
 }
 
@@ -171,7 +187,7 @@ func (p *Permalinks) store(ctx context.Context, cell Cell, digest [sha256.Size]b
 		Requests:     requests,
 	}
 	vanished := 0
-	for attempt := firstAttempt; attempt < len(idDigestLengths); attempt++ {
+	for attempt := firstAttempt; attempt < idAttempts; attempt++ {
 		doc.ID = idCandidate(digest, attempt)
 		_, err := p.coll.InsertOne(ctx, doc)
 		if err == nil {

@@ -75,7 +75,7 @@ type Queue struct {
 
 type queuedCell struct {
 	id       string // as handed out
-	attempt  int    // first idDigestLengths index to try
+	attempt  int    // first candidate id to try (see idDigestLength)
 	cell     Cell
 	digest   [sha256.Size]byte
 	enqueued time.Time
@@ -138,7 +138,7 @@ func (q *Queue) Enqueue(cell Cell) (string, error) {
 	if q.closed || q.ctx.Err() != nil {
 		return "", ErrQueueClosed
 	}
-	for attempt := range idDigestLengths {
+	for attempt := range idAttempts {
 		id := idCandidate(digest, attempt)
 		if other, ok := q.pending[id]; ok {
 			if other.digest == digest {
@@ -357,7 +357,7 @@ func isPermanent(err error) bool {
 	if se.HasErrorLabel("RetryableWriteError") || se.HasErrorLabel("TransientTransactionError") {
 		return false
 	}
-	for _, code := range transientServerCodes {
+	for _, code := range transientServerCodes() {
 		if se.HasErrorCode(code) {
 			return false
 		}
@@ -366,22 +366,24 @@ func isPermanent(err error) bool {
 }
 
 // transientServerCodes are server error codes of shutdowns, elections, timeouts and network
-// trouble between servers.
-var transientServerCodes = [...]int{
-	6,     // HostUnreachable
-	7,     // HostNotFound
-	50,    // MaxTimeMSExpired
-	64,    // WriteConcernFailed
-	89,    // NetworkTimeout
-	91,    // ShutdownInProgress
-	112,   // WriteConflict
-	133,   // FailedToSatisfyReadPreference
-	189,   // PrimarySteppedDown
-	262,   // ExceededTimeLimit
-	9001,  // SocketException
-	10107, // NotWritablePrimary
-	11600, // InterruptedAtShutdown
-	11602, // InterruptedDueToReplStateChange
-	13435, // NotPrimaryNoSecondaryOk
-	13436, // NotPrimaryOrSecondary
+// trouble between servers. A function, so that the table cannot be changed.
+func transientServerCodes() [16]int {
+	return [...]int{
+		6,     // HostUnreachable
+		7,     // HostNotFound
+		50,    // MaxTimeMSExpired
+		64,    // WriteConcernFailed
+		89,    // NetworkTimeout
+		91,    // ShutdownInProgress
+		112,   // WriteConflict
+		133,   // FailedToSatisfyReadPreference
+		189,   // PrimarySteppedDown
+		262,   // ExceededTimeLimit
+		9001,  // SocketException
+		10107, // NotWritablePrimary
+		11600, // InterruptedAtShutdown
+		11602, // InterruptedDueToReplStateChange
+		13435, // NotPrimaryNoSecondaryOk
+		13436, // NotPrimaryOrSecondary
+	}
 }

@@ -235,3 +235,23 @@ func TestFerretDBFeatures(t *testing.T) {
 		}
 	})
 }
+
+// TestStartEmbeddedConcurrently starts two databases at once; under the race detector it shows
+// what ferretNewMu is for.
+func TestStartEmbeddedConcurrently(t *testing.T) {
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() {
+			e, err := StartEmbedded(context.Background(), EmbeddedConfig{Dir: t.TempDir(), Logger: testLogger(t)})
+			if err == nil {
+				err = e.Close()
+			}
+			errs <- err
+		}()
+	}
+	for range 2 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
