@@ -106,7 +106,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	// A larger cell would not fit in a 16 MiB BSON document, and the driver's refusal is not an
 	// error the write-behind queue could tell from a transient one.
 	cfg.MaxCellBytes = min(cfg.MaxCellBytes, maxCellBytesLimit)
-	where := redactURI(cfg.URI)
+	where := RedactURI(cfg.URI)
 	log := cfg.Logger.With().Str("component", "storage").Logger()
 
 	clientOpts := options.Client().
@@ -259,18 +259,26 @@ func (s *Store) Close(ctx context.Context) error {
 	return nil
 }
 
-// redactURI hides credentials so that the URI can go into logs and errors. It does not use
-// net/url: a MongoDB URI may list several hosts ("h1:27017,h2:27017"), which url.Parse rejects.
-func redactURI(uri string) string {
+// RedactURI hides the credentials in a MongoDB URI so that it can go into logs and errors: the
+// user information, and the value of every query option except a few known to be harmless
+// (secrets also travel in options, e.g. authMechanismProperties=AWS_SESSION_TOKEN:...). It does
+// not use net/url: a MongoDB URI may list several hosts ("h1:27017,h2:27017"), which url.Parse
+// rejects. A malformed URI (what the driver refuses, and so what ends up in error messages) is
+// redacted rather than shown.
+func RedactURI(uri string) string {
 	scheme, rest, ok := strings.Cut(uri, "://")
 	if !ok {
 		return "(unparseable URI)"
 	}
-	hosts, pathAndQuery := rest, ""
-	if i := strings.IndexByte(rest, '/'); i >= 0 {
-		hosts, pathAndQuery = rest[:i], rest[i:]
-	} else if i := strings.IndexByte(rest, '?'); i >= 0 {
-		hosts, pathAndQuery = rest[:i], rest[i:]
+	end := strings.IndexAny(rest, "/?")
+	if end < 0 {
+		end = len(rest)
+	}
+	hosts, pathAndQuery := rest[:end], rest[end:]
+	if strings.Contains(pathAndQuery, "@") {
+		// A password with an unescaped '/' or '?' puts its end here, which cannot be told from an
+		// option value holding an '@': show neither.
+		return scheme + "://REDACTED (an '@' follows the host list)"
 	}
 	if i := strings.LastIndexByte(hosts, '@'); i >= 0 {
 		hosts = "REDACTED@" + hosts[i+1:]
@@ -280,9 +288,11 @@ func redactURI(uri string) string {
 		params := strings.Split(query, "&")
 		for i, p := range params {
 			name, _, _ := strings.Cut(p, "=")
-			switch strings.ToLower(name) {
-			case "replicaset", "authsource", "tls", "ssl", "directconnection", "readpreference":
-			default:
+			switch known, showValue := uriOption(name); {
+			case !known:
+				// Not an option name: perhaps the end of a value holding an unescaped '&'.
+				params[i] = "REDACTED"
+			case !showValue:
 				// e.g. authMechanismProperties=AWS_SESSION_TOKEN:..., tlsCertificateKeyFilePassword=...
 				params[i] = name + "=REDACTED"
 			}
@@ -290,4 +300,25 @@ func redactURI(uri string) string {
 		path += "?" + strings.Join(params, "&")
 	}
 	return scheme + "://" + hosts + path
+}
+
+// uriOption tells the MongoDB connection string options (name is case-insensitive) from anything
+// else, and which of them have values that reveal nothing secret.
+func uriOption(name string) (known, showValue bool) {
+	switch strings.ToLower(name) {
+	case "replicaset", "authsource", "authmechanism", "tls", "ssl", "directconnection", "readpreference",
+		"loadbalanced", "retryreads", "retrywrites", "compressors":
+		return true, true
+	case "appname", "authmechanismproperties", "connecttimeoutms", "heartbeatfrequencyms", "journal",
+		"localthresholdms", "maxconnecting", "maxidletimems", "maxpoolsize", "maxstalenessseconds",
+		"minpoolsize", "proxyhost", "proxyport", "proxyusername", "proxypassword", "readconcernlevel",
+		"readpreferencetags", "servermonitoringmode", "serverselectiontimeoutms",
+		"serverselectiontryonce", "sockettimeoutms", "srvmaxhosts", "srvservicename",
+		"tlsallowinvalidcertificates", "tlsallowinvalidhostnames", "tlscafile", "tlscertificatekeyfile",
+		"tlscertificatekeyfilepassword", "tlsdisablecertificaterevocationcheck",
+		"tlsdisableocspendpointcheck", "tlsinsecure", "timeoutms", "w", "wtimeoutms",
+		"zlibcompressionlevel", "waitqueuetimeoutms", "gssapiservicename":
+		return true, false
+	}
+	return false, false
 }

@@ -185,11 +185,20 @@ func TestRedactURI(t *testing.T) {
 		{"mongodb://u:p@h1:27017,h2:27017/db?replicaSet=rs0&authMechanismProperties=AWS_SESSION_TOKEN:xyz",
 			"mongodb://REDACTED@h1:27017,h2:27017/db?replicaSet=rs0&authMechanismProperties=REDACTED"},
 		{"mongodb+srv://u:p@cluster.example.com", "mongodb+srv://REDACTED@cluster.example.com"},
+		{"mongodb://u:p@ss@h", "mongodb://REDACTED@h"},
+		{"mongodb://u:p%2Fss@h/?authSource=admin&authMechanism=SCRAM-SHA-256", "mongodb://REDACTED@h/?authSource=admin&authMechanism=SCRAM-SHA-256"},
+		{"mongodb://h/?tlsCertificateKeyFilePassword=hunter2&appName=x", "mongodb://h/?tlsCertificateKeyFilePassword=REDACTED&appName=REDACTED"},
+		{"mongodb://h/?authMechanismProperties=AWS_SESSION_TOKEN:a&hunter2&retryWrites=true", "mongodb://h/?authMechanismProperties=REDACTED&REDACTED&retryWrites=true"},
+		// Malformed: an unescaped '/' or '?' in the password.
+		{"mongodb://u:p/hunter2@h/db", "mongodb://REDACTED (an '@' follows the host list)"},
+		{"mongodb://u:p?hunter2@h", "mongodb://REDACTED (an '@' follows the host list)"},
+		{"mongodb://h/?authMechanismProperties=AWS_SESSION_TOKEN:ab@cd", "mongodb://REDACTED (an '@' follows the host list)"},
 		{"garbage", "(unparseable URI)"},
+		{"", "(unparseable URI)"},
 	}
 	for _, tc := range tests {
-		if got := redactURI(tc.in); got != tc.want {
-			t.Errorf("redactURI(%q) = %q, want %q", tc.in, got, tc.want)
+		if got := RedactURI(tc.in); got != tc.want {
+			t.Errorf("RedactURI(%q) = %q, want %q", tc.in, got, tc.want)
 		}
 	}
 }
@@ -232,6 +241,28 @@ func TestFerretDBFeatures(t *testing.T) {
 		}
 		if got := readAll(t, stream); string(got) != string(data[300000:]) {
 			t.Errorf("driver GridFS Skip+Read returned %d bytes, want %d", len(got), len(data)-300000)
+		}
+	})
+}
+
+func FuzzRedactURI(f *testing.F) {
+	f.Add("user", "h1:27017,h2:27017", "db", "AWS_SESSION_TOKEN:abc")
+	f.Add("u", "h", "", "")
+	f.Add("u/x", "h?", "d@b", "a@b")
+	f.Fuzz(func(t *testing.T, user, hosts, db, option string) {
+		const secret = "S3CR3T"
+		if strings.Contains(user+hosts+db+option, secret[:3]) {
+			return
+		}
+		for _, uri := range []string{
+			"mongodb://" + user + ":" + secret + "@" + hosts + "/" + db + "?replicaSet=rs&authMechanismProperties=" + option,
+			"mongodb://" + user + ":" + option + secret + "@" + hosts + "/" + db,
+			"mongodb+srv://" + hosts + "/" + db + "?tlsCertificateKeyFilePassword=" + secret + option,
+			"mongodb://" + hosts + "/?authMechanismProperties=AWS_SESSION_TOKEN:" + option + secret + option,
+		} {
+			if got := RedactURI(uri); strings.Contains(got, secret) {
+				t.Errorf("RedactURI(%q) = %q leaks the secret", uri, got)
+			}
 		}
 	})
 }

@@ -268,15 +268,3 @@ func splitList(s string) []string {
 	}
 	return out
 }
-
-// redactURI hides credentials in a database URI for logs.
-func redactURI(uri string) string {
-	scheme, rest, ok := strings.Cut(uri, "://")
-	if !ok {
-		return "(unparsable URI)"
-	}
-	if at := strings.LastIndex(rest, "@"); at >= 0 {
-		rest = "***@" + rest[at+1:]
-	}
-	return scheme + "://" + rest
-}
