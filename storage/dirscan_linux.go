@@ -31,8 +31,9 @@ type entryStamp struct {
 	ino   uint64
 	nlink uint64
 
-	badName bool // name is not text we can store or report; never descended or uploaded
-	tooDeep bool // a directory below the depth limit; not scanned
+	badName  bool // name is not text we can store or report; never descended or uploaded
+	longName bool // path longer than maxNameBytes (which ValidFileName would refuse); likewise
+	tooDeep  bool // a directory below the depth limit; not scanned
 }
 
 // Snapshot is the state of a kernel's working directory, taken before an execution so that the
@@ -101,8 +102,13 @@ func (s *scanner) scanDir(fd int, prefix string, depth int) error {
 			continue // removed since readdir
 		}
 		stamp := stampOf(&st)
-		if entryNameProblem(name) != "" || len(rel) > maxNameBytes {
+		if entryNameProblem(name) != "" {
 			stamp.badName = true
+			s.snap.entries[rel] = stamp
+			continue
+		}
+		if len(rel) > maxNameBytes {
+			stamp.longName = true
 			s.snap.entries[rel] = stamp
 			continue
 		}
@@ -216,6 +222,15 @@ func openRoot(dir string) (int, error) {
 
 func closeRoot(fd int) error {
 	return unix.Close(fd)
+}
+
+// dupRoot gives an upload its own descriptor of the kernel's directory.
+func dupRoot(fd int) (int, error) {
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("storage: duplicate kernel directory descriptor: %w", err)
+	}
+	return dup, nil
 }
 
 func describeMode(mode uint32) string {

@@ -14,15 +14,16 @@ import (
 var errScanUnsupported = errors.New("storage: scanning kernel directories is supported on Linux only")
 
 type entryStamp struct {
-	mode    uint32
-	size    int64
-	mtime   int64
-	ctime   int64
-	dev     uint64
-	ino     uint64
-	nlink   uint64
-	badName bool
-	tooDeep bool
+	mode     uint32
+	size     int64
+	mtime    int64
+	ctime    int64
+	dev      uint64
+	ino      uint64
+	nlink    uint64
+	badName  bool
+	longName bool
+	tooDeep  bool
 }
 
 // Snapshot is the state of a kernel's working directory.
@@ -47,4 +48,5 @@ func openRegularInTree(int, string, entryStamp) (*os.File, entryStamp, string) {
 func stampFile(*os.File) (entryStamp, error) { return entryStamp{}, errScanUnsupported }
 func openRoot(string) (int, error)           { return -1, errScanUnsupported }
 func closeRoot(int) error                    { return nil }
+func dupRoot(int) (int, error)               { return -1, errScanUnsupported }
 func describeMode(uint32) string             { return "not a regular file" }

@@ -21,6 +21,7 @@ import (
 	"github.com/rs/zerolog"
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 )
 
 // FileLimits bound what a kernel can push into storage. Zero fields take the defaults given.
@@ -70,29 +71,51 @@ const (
 	// maxSkipNotices bounds the skipped entries listed one by one in an UploadReport.
 	maxSkipNotices = 50
 	maxNameBytes   = 1024
+
+	// uploadsCollection holds a marker per upload in progress, stored before its first chunk and
+	// removed once it is committed or cleaned up; SweepOrphans finds abandoned uploads by them
+	// without scanning the chunks.
+	uploadsCollection = filesBucket + ".uploads"
+	// orphanAge is how old a marker must be for SweepOrphans to clean up its upload. An upload
+	// that has run for half of it gives up rather than commit, so the sweep never removes the
+	// chunks of an upload that could still become visible.
+	orphanAge = time.Hour
 )
+
+// ErrIncompleteFile is returned (along with ErrNotFound) for a stored file whose chunks are not
+// all there: an upload cleaned up after its files document was stored. It is never served.
+var ErrIncompleteFile = errors.New("storage: file incomplete")
 
 // Files stores files written by kernels in a GridFS bucket ("files.files", "files.chunks"), in
 // the GridFS layout, so any GridFS client can read them.
 //
 // It writes the chunks itself rather than through the driver's upload stream, which allocates a
-// 16 MiB buffer per file and whose bucket is not safe for concurrent use; the files document is
-// inserted last, so a file is either complete or invisible (an upload cut short leaves at most
-// orphan chunks, which no reader can reach).
+// 16 MiB buffer per file and whose bucket is not safe for concurrent use. The files document is
+// inserted last, so a file is complete or invisible: an upload that fails deletes what it stored,
+// files document first; one cut short by a crash is found by its marker and removed by
+// SweepOrphans; and OpenFile checks the last chunk, so a file whose chunks went missing anyway
+// is not served.
 type Files struct {
-	filesColl  *mongo.Collection
-	chunksColl *mongo.Collection
-	limits     FileLimits
-	log        zerolog.Logger
-	buffers    sync.Pool // *[]byte of fileChunkSize*fileChunkBatch
+	filesColl   *mongo.Collection
+	chunksColl  *mongo.Collection
+	uploadsColl *mongo.Collection
+	limits      FileLimits
+	log         zerolog.Logger
+	buffers     sync.Pool // *[]byte of fileChunkSize*fileChunkBatch
+	// cleanupTimeout bounds the removal of a failed upload, which runs after the upload's own
+	// context may have ended; what it does not remove in time is left to SweepOrphans.
+	cleanupTimeout time.Duration
 }
 
 func newFiles(db *mongo.Database, limits FileLimits, log zerolog.Logger) *Files {
 	f := &Files{
-		filesColl:  db.Collection(filesBucket + ".files"),
-		chunksColl: db.Collection(filesBucket + ".chunks"),
-		limits:     limits.withDefaults(),
-		log:        log,
+		filesColl:   db.Collection(filesBucket + ".files"),
+		chunksColl:  db.Collection(filesBucket + ".chunks"),
+		uploadsColl: db.Collection(uploadsCollection),
+		limits:      limits.withDefaults(),
+		log:         log,
+
+		cleanupTimeout: 10 * time.Second,
 	}
 	f.buffers.New = func() any {
 		buf := make([]byte, fileChunkSize*fileChunkBatch)
@@ -137,7 +160,14 @@ type Watcher struct {
 	files *Files
 	owner FileOwner
 
-	mu           sync.Mutex // one scan or upload at a time
+	// uploading makes one UploadChanged run at a time, so that each checks the session total
+	// after the previous one's files. It is held through database writes: only UploadChanged
+	// takes it.
+	uploading sync.Mutex
+
+	// mu guards what follows and is never held across a database call: Snapshot runs on the
+	// client's send path before each execution, and must not wait for a slow database.
+	mu           sync.Mutex
 	rootFD       int
 	closed       bool
 	sessionBytes int64
@@ -191,13 +221,25 @@ func (w *Watcher) Close() error {
 // When the database fails, the files not yet uploaded are listed as skipped and the error is
 // returned along with the report.
 func (w *Watcher) UploadChanged(ctx context.Context, before Snapshot, permalink string) (UploadReport, error) {
+	w.uploading.Lock()
+	defer w.uploading.Unlock()
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	if w.closed {
+		w.mu.Unlock()
 		return UploadReport{}, errors.New("storage: watcher closed")
 	}
+	// A descriptor of our own, so that Close need not wait for the upload: the directory stays
+	// open, and the number is not reused for another file, until we are done.
+	rootFD, err := dupRoot(w.rootFD)
+	sessionBytes := w.sessionBytes // only uploads, which we exclude, change it
+	w.mu.Unlock()
+	if err != nil {
+		return UploadReport{}, err
+	}
+	defer closeRoot(rootFD)
+
 	limits := w.files.limits
-	after, err := scanTree(w.rootFD, limits)
+	after, err := scanTree(rootFD, limits)
 	if err != nil {
 		return UploadReport{}, err
 	}
@@ -229,6 +271,8 @@ func (w *Watcher) UploadChanged(ctx context.Context, before Snapshot, permalink 
 		switch {
 		case stamp.badName:
 			skip(printableName(rel), "file name is not printable UTF-8 text")
+		case stamp.longName:
+			skip(rel, fmt.Sprintf("path longer than %d bytes", maxNameBytes))
 		case stamp.tooDeep:
 			skip(rel+"/", fmt.Sprintf("directory nested more than %d levels deep; not scanned", limits.MaxDepth))
 		case stamp.mode == modeDir:
@@ -243,10 +287,10 @@ func (w *Watcher) UploadChanged(ctx context.Context, before Snapshot, permalink 
 			skip(rel, fmt.Sprintf("more than %d files changed in one execution", limits.MaxFilesPerExecution))
 		case stamp.size > limits.MaxFileBytes:
 			skip(rel, fmt.Sprintf("larger than the %d-byte file limit", limits.MaxFileBytes))
-		case w.sessionBytes+stamp.size > limits.MaxSessionBytes:
+		case sessionBytes+stamp.size > limits.MaxSessionBytes:
 			skip(rel, fmt.Sprintf("session storage limit of %d bytes reached", limits.MaxSessionBytes))
 		default:
-			file, reason, err := w.uploadOne(ctx, rel, stamp, permalink)
+			file, reason, err := w.uploadOne(ctx, rootFD, rel, stamp, permalink, sessionBytes)
 			switch {
 			case err != nil:
 				storeErr = err
@@ -255,7 +299,10 @@ func (w *Watcher) UploadChanged(ctx context.Context, before Snapshot, permalink 
 				skip(rel, reason)
 			default:
 				uploaded++
+				sessionBytes += file.Size
+				w.mu.Lock()
 				w.sessionBytes += file.Size
+				w.mu.Unlock()
 				report.Files = append(report.Files, file)
 			}
 		}
@@ -286,11 +333,11 @@ type fileDoc struct {
 	Metadata   fileMeta  `bson:"metadata"`
 }
 
-// uploadOne stores one file. A non-empty reason means it was skipped (and nothing is left
-// stored); an error means the database failed.
-func (w *Watcher) uploadOne(ctx context.Context, rel string, want entryStamp, permalink string) (UploadedFile, string, error) {
+// uploadOne stores one file found below rootFD, given the session's bytes so far. A non-empty
+// reason means it was skipped (and nothing is left stored); an error means the database failed.
+func (w *Watcher) uploadOne(ctx context.Context, rootFD int, rel string, want entryStamp, permalink string, sessionBytes int64) (UploadedFile, string, error) {
 	limits := w.files.limits
-	file, opened, reason := openRegularInTree(w.rootFD, rel, want)
+	file, opened, reason := openRegularInTree(rootFD, rel, want)
 	if reason != "" {
 		return UploadedFile{}, reason, nil
 	}
@@ -300,7 +347,8 @@ func (w *Watcher) uploadOne(ctx context.Context, rel string, want entryStamp, pe
 	}
 
 	id := newFileID()
-	up := chunkUploader{files: w.files, id: id, hash: sha256.New()}
+	up := chunkUploader{files: w.files, id: id, hash: sha256.New(),
+		maxChunks: (limits.MaxFileBytes + fileChunkSize - 1) / fileChunkSize}
 	defer func() {
 		if !up.committed {
 			up.abort(ctx)
@@ -333,8 +381,12 @@ func (w *Watcher) uploadOne(ctx context.Context, rel string, want entryStamp, pe
 	if err != nil || now.size != opened.size || now.mtime != opened.mtime || now.ctime != opened.ctime || up.size != opened.size {
 		return UploadedFile{}, "changed while being read", nil
 	}
-	if w.sessionBytes+up.size > limits.MaxSessionBytes {
+	if sessionBytes+up.size > limits.MaxSessionBytes {
 		return UploadedFile{}, fmt.Sprintf("session storage limit of %d bytes reached", limits.MaxSessionBytes), nil
+	}
+	if up.marked && time.Since(up.started) > orphanAge/2 {
+		// SweepOrphans may soon take this upload for abandoned and delete its chunks.
+		return UploadedFile{}, "", fmt.Errorf("storage: store file %s: upload took longer than %v", rel, orphanAge/2)
 	}
 
 	result := UploadedFile{
@@ -360,10 +412,13 @@ func (w *Watcher) uploadOne(ctx context.Context, rel string, want entryStamp, pe
 			ContentType: result.ContentType,
 		},
 	}
+	up.insertTried = true // from here on, even a failed insert may have stored the document
 	if _, err := w.files.filesColl.InsertOne(ctx, doc); err != nil {
+		up.inDoubt = true
 		return UploadedFile{}, "", fmt.Errorf("storage: store file %s: %w", rel, err)
 	}
 	up.committed = true
+	up.unmark(ctx)
 	return result, "", nil
 }
 
@@ -384,17 +439,41 @@ func fillChunks(src io.Reader, buf []byte) (int, bool, error) {
 type chunkUploader struct {
 	files     *Files
 	id        string
+	maxChunks int64 // the most chunks this upload can write, for the sweep
 	hash      hash.Hash
 	head      []byte // first bytes, for content type detection
 	size      int64
 	next      int32 // next chunk index
-	wrote     bool
-	committed bool
+
+	marked      bool // the upload's marker is stored, so chunks may be
+	started     time.Time
+	inDoubt     bool // a write failed, and so may still land after the cleanup
+	insertTried bool // the files document may be stored
+	committed   bool
+}
+
+// uploadMarker is an uploadsCollection document.
+type uploadMarker struct {
+	ID      string    `bson:"_id"` // the file's
+	Started time.Time `bson:"started"`
+	// MaxChunks bounds the chunk numbers the upload may have written.
+	MaxChunks int64 `bson:"max_chunks"`
+	// Aborted is set when the upload failed after sending its files document, which may thus
+	// still land: the sweep deletes it again.
+	Aborted bool `bson:"aborted"`
 }
 
 func (u *chunkUploader) write(ctx context.Context, data []byte) error {
 	if len(data) == 0 {
 		return nil
+	}
+	if !u.marked {
+		u.started = time.Now().UTC().Truncate(time.Millisecond)
+		marker := uploadMarker{ID: u.id, Started: u.started, MaxChunks: u.maxChunks}
+		if _, err := u.files.uploadsColl.InsertOne(ctx, marker); err != nil {
+			return fmt.Errorf("storage: start file upload: %w", err)
+		}
+		u.marked = true
 	}
 	if u.head == nil {
 		u.head = append([]byte(nil), data[:min(len(data), 512)]...)
@@ -412,28 +491,126 @@ func (u *chunkUploader) write(ctx context.Context, data []byte) error {
 		})
 		u.next++
 	}
-	u.wrote = true // even a failed InsertMany may have stored some
 	if _, err := u.files.chunksColl.InsertMany(ctx, docs); err != nil {
+		u.inDoubt = true
 		return fmt.Errorf("storage: store file chunks: %w", err)
 	}
 	return nil
 }
 
-// abort removes the chunks of an upload that will not be committed, one by one by _id (see
-// chunkID: a delete by files_id would scan the whole chunks collection on FerretDB).
-func (u *chunkUploader) abort(ctx context.Context) {
-	if !u.wrote {
+// unmark removes the marker of a committed upload. Failing is harmless: the sweep finds the file
+// complete and removes only the marker.
+func (u *chunkUploader) unmark(ctx context.Context) {
+	if !u.marked {
 		return
 	}
+	if _, err := u.files.uploadsColl.DeleteOne(ctx, bson.D{{Key: "_id", Value: u.id}}); err != nil {
+		u.files.log.Debug().Err(err).Str("file_id", u.id).Msg("could not remove the marker of a finished upload")
+	}
+}
+
+// abort removes what an upload that will not be committed stored. The files document goes first,
+// so that no reader can find the file while its chunks are being removed; if that fails, the
+// chunks stay (the file is then whole, only unannounced). Chunks go from the last one down, so
+// that a removal cut short leaves the last chunk missing, which OpenFile checks. Whatever is left
+// stays marked for SweepOrphans, as does an upload with a write that failed: a write that timed
+// out on our side may still be applied by the server after our cleanup.
+func (u *chunkUploader) abort(ctx context.Context) {
+	if !u.marked {
+		return // nothing stored: the marker precedes the first chunk
+	}
 	// Clean up even when ctx was what ended the upload.
-	cleanupCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	cleanupCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), u.files.cleanupTimeout)
 	defer cancel()
-	for n := range int64(u.next) {
-		if _, err := u.files.chunksColl.DeleteOne(cleanupCtx, bson.D{{Key: "_id", Value: chunkID(u.id, n)}}); err != nil {
-			u.files.log.Warn().Err(err).Str("file_id", u.id).Msg("could not remove chunks of an aborted upload")
+	byID := func(id string) bson.D { return bson.D{{Key: "_id", Value: id}} }
+	warn := func(err error, what string) {
+		u.files.log.Warn().Err(err).Str("file_id", u.id).Msg("could not remove " + what + " of a failed upload; SweepOrphans will")
+	}
+	if u.insertTried {
+		update := bson.D{{Key: "$set", Value: bson.D{{Key: "aborted", Value: true}}}}
+		if _, err := u.files.uploadsColl.UpdateOne(cleanupCtx, byID(u.id), update); err != nil {
+			warn(err, "anything")
+			return
+		}
+		if _, err := u.files.filesColl.DeleteOne(cleanupCtx, byID(u.id)); err != nil {
+			warn(err, "the files document")
 			return
 		}
 	}
+	if err := u.files.deleteChunks(cleanupCtx, u.id, int64(u.next)); err != nil {
+		warn(err, "the chunks")
+		return
+	}
+	if !u.inDoubt {
+		if _, err := u.files.uploadsColl.DeleteOne(cleanupCtx, byID(u.id)); err != nil {
+			u.files.log.Debug().Err(err).Str("file_id", u.id).Msg("could not remove the marker of a failed upload")
+		}
+	}
+}
+
+// deleteChunks removes chunks n-1 down to 0 of a file, one by one by _id (see chunkID: a delete by
+// files_id would scan the whole chunks collection on FerretDB).
+func (f *Files) deleteChunks(ctx context.Context, fileID string, n int64) error {
+	for i := n - 1; i >= 0; i-- {
+		if _, err := f.chunksColl.DeleteOne(ctx, bson.D{{Key: "_id", Value: chunkID(fileID, i)}}); err != nil {
+			return fmt.Errorf("storage: remove chunk %d of file %s: %w", i, fileID, err)
+		}
+	}
+	return nil
+}
+
+// maxSweepBatch bounds the uploads one SweepOrphans call cleans up.
+const maxSweepBatch = 1000
+
+// SweepOrphans removes what abandoned uploads left behind (a process that died mid-upload, or
+// a cleanup that failed while the database was down): chunks with no files document, and files
+// documents of uploads that failed. It finds them by their uploads' markers, not by scanning the
+// chunks, which on FerretDB would read every stored byte. It looks only at uploads started more
+// than an hour ago, so it never touches one in progress, and cleans up at most 1000 per call. It
+// returns how many uploads it cleaned up; call it at start-up and then periodically.
+func (f *Files) SweepOrphans(ctx context.Context) (int, error) {
+	return f.sweepOrphans(ctx, time.Now().Add(-orphanAge))
+}
+
+func (f *Files) sweepOrphans(ctx context.Context, startedBefore time.Time) (int, error) {
+	cur, err := f.uploadsColl.Find(ctx,
+		bson.D{{Key: "started", Value: bson.D{{Key: "$lt", Value: startedBefore.UTC()}}}},
+		options.Find().SetLimit(maxSweepBatch))
+	if err != nil {
+		return 0, fmt.Errorf("storage: sweep orphan uploads: %w", err)
+	}
+	var markers []uploadMarker
+	if err := cur.All(ctx, &markers); err != nil {
+		return 0, fmt.Errorf("storage: sweep orphan uploads: %w", err)
+	}
+	swept := 0
+	for _, m := range markers {
+		byID := bson.D{{Key: "_id", Value: m.ID}}
+		if !m.Aborted {
+			err := f.filesColl.FindOne(ctx, byID).Err()
+			if err == nil {
+				// Committed, or its process died right after the insert: the file is whole
+				// (its chunks were all written first), only its marker is left.
+				if _, err := f.uploadsColl.DeleteOne(ctx, byID); err != nil {
+					return swept, fmt.Errorf("storage: sweep orphan uploads: %w", err)
+				}
+				continue
+			}
+			if !errors.Is(err, mongo.ErrNoDocuments) {
+				return swept, fmt.Errorf("storage: sweep orphan uploads: %w", err)
+			}
+		} else if _, err := f.filesColl.DeleteOne(ctx, byID); err != nil {
+			return swept, fmt.Errorf("storage: sweep orphan uploads: %w", err)
+		}
+		if err := f.deleteChunks(ctx, m.ID, m.MaxChunks); err != nil {
+			return swept, fmt.Errorf("storage: sweep orphan uploads: %w", err)
+		}
+		if _, err := f.uploadsColl.DeleteOne(ctx, byID); err != nil {
+			return swept, fmt.Errorf("storage: sweep orphan uploads: %w", err)
+		}
+		swept++
+	}
+	return swept, nil
 }
 
 // chunkID is the _id of chunk n of a file. GridFS allows any unique _id; a derived one lets a
@@ -563,13 +740,22 @@ func (f *Files) OpenFile(ctx context.Context, id, name string) (*FileReader, err
 	if doc.Length < 0 || (doc.Length > 0 && doc.ChunkSize <= 0) {
 		return nil, fmt.Errorf("storage: open file %s: invalid length %d or chunk size %d", id, doc.Length, doc.ChunkSize)
 	}
-	return &FileReader{
+	r := &FileReader{
 		Info:      doc.info(),
 		ctx:       ctx,
 		chunks:    f.chunksColl,
 		chunkSize: int64(doc.ChunkSize),
 		loaded:    -1,
-	}, nil
+	}
+	if doc.Length > 0 {
+		// Before any header is sent: chunks are written in order before the files document, and
+		// removed from the last one down, so a file with its last chunk has them all. The chunk
+		// stays loaded, for the range requests that start by reading the end.
+		if err := r.load((doc.Length - 1) / r.chunkSize); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
 }
 
 // FileReader reads a stored file: an io.ReadSeekCloser.
@@ -618,14 +804,14 @@ func (r *FileReader) load(index int64) error {
 	}
 	err := r.chunks.FindOne(r.ctx, bson.D{{Key: "_id", Value: chunkID(r.Info.ID, index)}}).Decode(&chunk)
 	if errors.Is(err, mongo.ErrNoDocuments) {
-		return fmt.Errorf("storage: read file %s: chunk %d missing", r.Info.ID, index)
+		return fmt.Errorf("storage: read file %s: chunk %d missing: %w (%w)", r.Info.ID, index, ErrIncompleteFile, ErrNotFound)
 	}
 	if err != nil {
 		return fmt.Errorf("storage: read file %s: %w", r.Info.ID, err)
 	}
 	want := min(r.chunkSize, r.Info.Size-index*r.chunkSize)
 	if chunk.FilesID != r.Info.ID || chunk.N != index || int64(len(chunk.Data)) != want {
-		return fmt.Errorf("storage: read file %s: chunk %d is not the expected chunk", r.Info.ID, index)
+		return fmt.Errorf("storage: read file %s: chunk %d is not the expected chunk: %w (%w)", r.Info.ID, index, ErrIncompleteFile, ErrNotFound)
 	}
 	r.loaded, r.data = index, chunk.Data
 	return nil

@@ -363,6 +363,15 @@ func TestFilesHostileDirectory(t *testing.T) {
 				want: []expect{{"a/b/", "nested more than 1 levels"}, {"a/one.txt", ""}},
 			},
 			{
+				name:   "paths too long",
+				limits: FileLimits{MaxDepth: 10},
+				make: func(t *testing.T, dir string) {
+					writeFile(t, filepath.Join(dir, longName(maxNameBytes)), []byte("fits"))
+					writeFile(t, filepath.Join(dir, longName(maxNameBytes+1)), []byte("one byte too long"))
+				},
+				want: []expect{{longName(maxNameBytes), ""}, {longName(maxNameBytes + 1), "path longer than 1024 bytes"}},
+			},
+			{
 				name: "hidden files and caches are ignored",
 				make: func(t *testing.T, dir string) {
 					writeFile(t, filepath.Join(dir, ".ipython", "profile_default", "history.sqlite"), []byte("x"))
@@ -511,88 +520,9 @@ func TestFilesSwappedUnderfoot(t *testing.T) {
 					t.Fatalf("scan missed the file: %v", after.entries)
 				}
 				tc.swap(t, path)
-				_, reason, err := w.uploadOne(ctx, "sub/secret", stamp, "")
+				_, reason, err := w.uploadOne(ctx, w.rootFD, "sub/secret", stamp, "", 0)
 				if err != nil || !strings.Contains(reason, tc.want) {
 					t.Errorf("uploadOne = %q, %v; want a skip for %q", reason, err, tc.want)
-				}
-			})
-		}
-	})
-}
-
-// TestFilesChangingWhileRead uploads a file that another process keeps writing to: whatever the
-// timing, a file is stored whole and consistent (its bytes match its size and hash) or skipped
-// with nothing left behind.
-func TestFilesChangingWhileRead(t *testing.T) {
-	const limit = 2 << 20
-	forEachBackend(t, Config{}, func(t *testing.T, s *Store) {
-		for _, mode := range []string{"append", "overwrite"} {
-			t.Run(mode, func(t *testing.T) {
-				ctx := context.Background()
-				files := newFiles(s.db, FileLimits{MaxFileBytes: limit, MaxSessionBytes: 1 << 40}, testLogger(t))
-				w, dir, _ := watch(t, files, FileOwner{})
-				path := filepath.Join(dir, "changing.log")
-				writeFile(t, path, make([]byte, 1<<20))
-
-				stop := make(chan struct{})
-				writerDone := make(chan struct{})
-				go func() {
-					defer close(writerDone)
-					f, err := os.OpenFile(path, os.O_WRONLY, 0)
-					if err != nil {
-						return
-					}
-					defer f.Close()
-					block := bytes.Repeat([]byte("x"), 4096)
-					for i := int64(0); ; i++ {
-						select {
-						case <-stop:
-							return
-						default:
-						}
-						if mode == "append" {
-							_, _ = f.Seek(0, io.SeekEnd)
-							_, _ = f.Write(block)
-						} else {
-							_, _ = f.WriteAt(block, (i*4096)%(1<<20))
-						}
-					}
-				}()
-				defer func() { close(stop); <-writerDone }()
-
-				outcomes := map[string]int{}
-				for range 5 {
-					report, err := w.UploadChanged(ctx, Snapshot{}, "")
-					if err != nil {
-						t.Fatal(err)
-					}
-					for _, f := range report.Files {
-						if f.Skipped != "" {
-							outcomes[f.Skipped]++
-							continue
-						}
-						outcomes["uploaded"]++
-						r, err := files.OpenFile(ctx, f.ID, f.Name)
-						if err != nil {
-							t.Fatal(err)
-						}
-						data := readAll(t, r)
-						sum := sha256.Sum256(data)
-						if int64(len(data)) != f.Size || hex.EncodeToString(sum[:]) != f.SHA256 || f.Size > limit {
-							t.Errorf("stored %d bytes, reported %d (limit %d), hash match %v", len(data), f.Size, limit, hex.EncodeToString(sum[:]) == f.SHA256)
-						}
-					}
-				}
-				t.Logf("outcomes: %v", outcomes)
-				for reason := range outcomes {
-					switch {
-					case reason == "uploaded", strings.Contains(reason, "changed while being read"), strings.Contains(reason, "limit"):
-					default:
-						t.Errorf("unexpected outcome %q", reason)
-					}
-				}
-				if n, err := files.chunksColl.CountDocuments(ctx, bson.D{{Key: "files_id", Value: bson.D{{Key: "$nin", Value: storedIDs(t, files)}}}}); err != nil || n != 0 {
-					t.Errorf("%d orphan chunks (%v)", n, err)
 				}
 			})
 		}
@@ -639,6 +569,8 @@ func TestValidFileName(t *testing.T) {
 		{"a\u202eb", false},
 		{"\xff", false},
 		{strings.Repeat("a", 256), false},
+		{longName(maxNameBytes), true},
+		{longName(maxNameBytes + 1), false},
 	}
 	for _, tc := range tests {
 		if got := ValidFileName(tc.name); got != tc.want {
@@ -731,9 +663,114 @@ func FuzzDetectContentType(f *testing.F) {
 	})
 }
 
+// longName is a valid '/'-separated path of exactly n bytes, its directories 199 bytes long.
+func longName(n int) string {
+	var parts []string
+	for ; n > 200; n -= 200 {
+		parts = append(parts, strings.Repeat("d", 199))
+	}
+	return strings.Join(append(parts, strings.Repeat("f", n)), "/")
+}
+
 func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestOpenIncompleteFile: a files document whose chunks are not all there (as an upload cleaned
+// up after its files document landed would leave) is not served: OpenFile says so before any
+// header could be sent, as not found.
+func TestOpenIncompleteFile(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		w, dir, snap := watch(t, s.Files(), FileOwner{})
+		writeFile(t, filepath.Join(dir, "three-chunks.bin"), randomBytes(2*fileChunkSize+7, 5))
+		writeFile(t, filepath.Join(dir, "one-chunk.txt"), []byte("short"))
+		report, err := w.UploadChanged(ctx, snap, "")
+		if err != nil || len(report.Files) != 2 {
+			t.Fatalf("UploadChanged = %+v, %v", report, err)
+		}
+		short, long := report.Files[0], report.Files[1]
+		chunks := s.Files().chunksColl
+		for _, c := range []struct {
+			file UploadedFile
+			n    int64
+		}{{long, 2}, {short, 0}} {
+			if _, err := chunks.DeleteOne(ctx, bson.D{{Key: "_id", Value: chunkID(c.file.ID, c.n)}}); err != nil {
+				t.Fatal(err)
+			}
+			_, err := s.Files().OpenFile(ctx, c.file.ID, c.file.Name)
+			if !errors.Is(err, ErrNotFound) || !errors.Is(err, ErrIncompleteFile) {
+				t.Errorf("OpenFile(%s) without its last chunk = %v, want ErrIncompleteFile and ErrNotFound", c.file.Name, err)
+			}
+		}
+	})
+}
+
+// TestSweepOrphans plays uploads abandoned in each state a crash or a failed cleanup can leave,
+// and checks that the sweep removes exactly what no reader should see, and only once it is old.
+func TestSweepOrphans(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		f := s.Files()
+		old := time.Now().Add(-2 * orphanAge).UTC().Truncate(time.Millisecond)
+		plant := func(marker uploadMarker, chunks int, withFile bool) {
+			t.Helper()
+			if _, err := f.uploadsColl.InsertOne(ctx, marker); err != nil {
+				t.Fatal(err)
+			}
+			for n := range chunks {
+				doc := bson.D{{Key: "_id", Value: chunkID(marker.ID, int64(n))}, {Key: "files_id", Value: marker.ID},
+					{Key: "n", Value: int32(n)}, {Key: "data", Value: bson.Binary{Data: []byte("x")}}}
+				if _, err := f.chunksColl.InsertOne(ctx, doc); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if withFile {
+				doc := fileDoc{ID: marker.ID, Length: int64(chunks), ChunkSize: 1, UploadDate: old, Filename: "f.txt"}
+				if _, err := f.filesColl.InsertOne(ctx, doc); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		crashed := uploadMarker{ID: newFileID(), Started: old, MaxChunks: 5}                // died mid-upload
+		committed := uploadMarker{ID: newFileID(), Started: old, MaxChunks: 5}              // marker removal failed
+		aborted := uploadMarker{ID: newFileID(), Started: old, MaxChunks: 5, Aborted: true} // cleanup failed
+		recent := uploadMarker{ID: newFileID(), Started: time.Now().UTC(), MaxChunks: 5}    // may be in progress
+		plant(crashed, 3, false)
+		plant(committed, 2, true)
+		plant(aborted, 2, true)
+		plant(recent, 2, false)
+
+		swept, err := f.SweepOrphans(ctx)
+		if err != nil || swept != 2 {
+			t.Fatalf("SweepOrphans = %d, %v; want the crashed and the aborted upload", swept, err)
+		}
+		for _, tc := range []struct {
+			name                  string
+			id                    string
+			chunks, files, marker int64
+		}{
+			{"crashed", crashed.ID, 0, 0, 0},
+			{"committed", committed.ID, 2, 1, 0},
+			{"aborted", aborted.ID, 0, 0, 0},
+			{"recent", recent.ID, 2, 0, 1},
+		} {
+			byFile := bson.D{{Key: "files_id", Value: tc.id}}
+			byID := bson.D{{Key: "_id", Value: tc.id}}
+			if got := [3]int64{countDocs(t, s, filesBucket+".chunks", byFile), countDocs(t, s, filesBucket+".files", byID), countDocs(t, s, uploadsCollection, byID)}; got != [3]int64{tc.chunks, tc.files, tc.marker} {
+				t.Errorf("%s upload: %d chunks, %d files documents, %d markers left; want %d, %d, %d", tc.name, got[0], got[1], got[2], tc.chunks, tc.files, tc.marker)
+			}
+		}
+		if r, err := f.OpenFile(ctx, committed.ID, ""); err != nil {
+			t.Errorf("the committed file is no longer readable: %v", err)
+		} else {
+			_ = r.Close()
+		}
+		if swept, err := f.SweepOrphans(ctx); err != nil || swept != 0 {
+			t.Errorf("second SweepOrphans = %d, %v", swept, err)
+		}
+	})
 }

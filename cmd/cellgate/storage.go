@@ -13,12 +13,18 @@ import (
 	"github.com/cellgate/cellgate/storage"
 )
 
+// orphanSweepEvery is how often abandoned uploads are looked for (also once at start-up).
+const orphanSweepEvery = time.Hour
+
 // storageStack is the database and what the gateway uses of it.
 type storageStack struct {
 	embedded *storage.Embedded
 	store    *storage.Store
 	queue    *storage.Queue
 	where    string
+
+	stopSweep context.CancelFunc
+	swept     chan struct{} // closed when the sweeper has stopped
 }
 
 // openStorage connects to --mongo-uri, or starts the embedded database
@@ -48,7 +54,37 @@ func openStorage(ctx context.Context, o options, log zerolog.Logger, onDropped f
 		return nil, err
 	}
 	st.queue = storage.NewQueue(context.Background(), st.store.Permalinks(), storage.QueueConfig{Logger: log, OnDropped: onDropped})
+	st.startSweeper(log)
 	return st, nil
+}
+
+// startSweeper removes what uploads cut short by a crash left in GridFS, at start-up and then
+// every orphanSweepEvery, until close.
+func (st *storageStack) startSweeper(log zerolog.Logger) {
+	ctx, cancel := context.WithCancel(context.Background())
+	st.stopSweep, st.swept = cancel, make(chan struct{})
+	files := st.store.Files()
+	go func() {
+		defer close(st.swept)
+		ticker := time.NewTicker(orphanSweepEvery)
+		defer ticker.Stop()
+		for {
+			n, err := files.SweepOrphans(ctx)
+			switch {
+			case ctx.Err() != nil:
+				return
+			case err != nil:
+				log.Warn().Err(err).Int("swept", n).Msg("sweeping abandoned file uploads")
+			case n > 0:
+				log.Info().Int("swept", n).Msg("removed abandoned file uploads")
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-ticker.C:
+			}
+		}
+	}()
 }
 
 func (st *storageStack) gateway() gateway.Storage {
@@ -58,6 +94,10 @@ func (st *storageStack) gateway() gateway.Storage {
 // close writes what is queued (up to ctx) and disconnects.
 func (st *storageStack) close(ctx context.Context) error {
 	var errs []error
+	if st.stopSweep != nil {
+		st.stopSweep()
+		<-st.swept
+	}
 	if st.queue != nil {
 		errs = append(errs, st.queue.Close(ctx))
 	}
