@@ -287,9 +287,16 @@ func (s *Server) writeClient(conn *websocket.Conn, sess *session, clientSession 
 		return conn.WriteControl(websocket.PingMessage, []byte(strconv.FormatUint(cursor, 10)), time.Now().Add(writeTimeout)) == nil
 	}
 	const batch = 256
+	closeWith := func(reason string) {
+		_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, reason), time.Now().Add(time.Second))
+	}
+	const replaced = "replaced by a newer connection with the same session_id"
 	for {
 		select {
 		case <-kicked:
+			// Checked here too: a client flooded with output may never
+			// leave the loop for the select below.
+			closeWith(replaced)
 			return
 		default:
 		}
@@ -318,8 +325,7 @@ func (s *Server) writeClient(conn *websocket.Conn, sess *session, clientSession 
 			return
 		}
 		if closed {
-			reason := "session ended: " + sess.reason()
-			_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, reason), time.Now().Add(time.Second))
+			closeWith("session ended: " + sess.reason())
 			return
 		}
 		select {
@@ -334,7 +340,7 @@ func (s *Server) writeClient(conn *websocket.Conn, sess *session, clientSession 
 				return
 			}
 		case <-kicked:
-			_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "replaced by a newer connection with the same session_id"), time.Now().Add(time.Second))
+			closeWith(replaced)
 			return
 		case <-readerDone:
 			return
