@@ -94,7 +94,7 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig) (*Embedded, error) {
 		return nil, fmt.Errorf("storage: start embedded database: restrict %s: %w", dir, err)
 	}
 
-	lockFile, err := lockDir(dir)
+	lockFile, err := lockDir(dir, embeddedLockName, "embedded database directory")
 	if err != nil {
 		return nil, err
 	}
@@ -185,18 +185,21 @@ func (e *Embedded) Close() error {
 	return err
 }
 
-func lockDir(dir string) (*os.File, error) {
-	path := filepath.Join(dir, embeddedLockName)
+// lockDir takes an exclusive lock on the file name in dir, so that a second process (or a second
+// user in this one) on the same directory fails clearly instead of corrupting it; what names the
+// directory in errors.
+func lockDir(dir, name, what string) (*os.File, error) {
+	path := filepath.Join(dir, name)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("storage: lock embedded database directory: %w", err)
+		return nil, fmt.Errorf("storage: lock %s: %w", what, err)
 	}
 	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
 		_ = f.Close()
 		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("storage: embedded database directory %s is in use by another instance: %w", dir, err)
+			return nil, fmt.Errorf("storage: %s %s is in use by another instance: %w", what, dir, err)
 		}
-		return nil, fmt.Errorf("storage: lock embedded database directory %s: %w", dir, err)
+		return nil, fmt.Errorf("storage: lock %s %s: %w", what, dir, err)
 	}
 	return f, nil
 }

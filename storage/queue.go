@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -18,15 +19,15 @@ var (
 	// (the database has been slow or down for a while). Nothing was queued.
 	ErrQueueFull = errors.New("storage: permalink queue full")
 	// ErrQueueClosed is returned by Enqueue after Close, and passed to OnDropped for permalinks
-	// still unwritten when Close's deadline passed.
+	// still unwritten when Close's deadline passed (without a journal).
 	ErrQueueClosed = errors.New("storage: permalink queue closed")
 	// ErrGaveUp is passed to OnDropped when a permalink stayed unwritten for QueueConfig.MaxPending.
 	ErrGaveUp = errors.New("storage: gave up writing permalink")
 )
 
-// QueueConfig configures NewQueue. Zero fields take the defaults given.
+// QueueConfig configures OpenQueue. Zero fields take the defaults given.
 type QueueConfig struct {
-	// Capacity bounds the unwritten permalinks kept in memory. Default 10000.
+	// Capacity bounds the unwritten permalinks kept in memory (and in the journal). Default 10000.
 	Capacity int
 	// Workers write concurrently. Default 2.
 	Workers int
@@ -38,9 +39,17 @@ type QueueConfig struct {
 	// MaxPending is how long a permalink is retried before it is dropped. Default 1 h.
 	MaxPending time.Duration
 
+	// JournalDir makes the queue durable: every permalink is appended to a journal in this
+	// directory, and fsync'd, before its id is handed out, and stays there until it is written.
+	// OpenQueue replays the journal, so a crash, or a shutdown while the database is down, loses
+	// nothing acknowledged. The directory is created (mode 0700: it holds users' code) and
+	// locked: one queue per directory. Empty keeps the queue in memory only.
+	JournalDir string
+
 	// OnDropped is called when a permalink whose id was handed out will not be stored: the server
-	// rejected it, MaxPending passed, or Close's deadline passed (err wraps ErrQueueClosed or
-	// ErrGaveUp, or is the server's error). It runs on a queue goroutine and must not block.
+	// rejected it, MaxPending passed, or, for a queue without a journal, Close's deadline passed
+	// (err wraps ErrQueueClosed or ErrGaveUp, or is the server's error). It runs on a queue
+	// goroutine and must not block. The queue does not log drops itself: this is the place to.
 	OnDropped func(id string, err error)
 	// OnMoved is called when the id handed out was found, on writing, to belong to a different
 	// cell already stored (a hash prefix collision, about one in 10^4 after 10^9 permalinks); the
@@ -50,14 +59,16 @@ type QueueConfig struct {
 	Logger zerolog.Logger
 }
 
-// Queue is a write-behind buffer in front of Permalinks: Enqueue hands out the id at once and
-// never waits for the database; workers write in the background, retrying with backoff while the
-// database is slow or down. Until a permalink is written, Get serves it from memory, so an id
-// handed to a client is readable at once.
+// Queue is a write-behind buffer in front of Permalinks: Enqueue hands out the id without waiting
+// for the database; workers write in the background, retrying with backoff while the database is
+// slow or down. Until a permalink is written, Get serves it from memory, so an id handed to a
+// client is readable at once; with a journal (QueueConfig.JournalDir) it is also readable after a
+// crash or restart.
 type Queue struct {
 	permalinks *Permalinks
 	cfg        QueueConfig
 	log        zerolog.Logger
+	journal    *journal // nil: memory only
 
 	mu      sync.Mutex
 	pending map[string]*queuedCell // by handed-out id
@@ -79,15 +90,31 @@ type queuedCell struct {
 	cell     Cell
 	digest   [sha256.Size]byte
 	enqueued time.Time
+	seq      uint64 // journal order; guarded by journal.mu
+
+	// durable is closed once the item is in the journal (at once without one), journalErr
+	// set before if that failed. Enqueue hands out no id before.
+	durable    chan struct{}
+	journalErr error
 
 	// Gets served from the queue; guarded by Queue.mu.
 	requests   int64
 	lastAccess time.Time
 }
 
-// NewQueue starts the queue's workers. They stop when Close returns or, without draining, when
-// ctx is cancelled.
+// NewQueue starts a queue kept in memory only, ignoring cfg.JournalDir: what is pending when the
+// process dies is lost. Prefer OpenQueue.
 func NewQueue(ctx context.Context, permalinks *Permalinks, cfg QueueConfig) *Queue {
+	cfg.JournalDir = ""
+	q, _ := OpenQueue(ctx, permalinks, cfg) // cannot fail without a journal
+	return q
+}
+
+// OpenQueue starts the queue's workers, after replaying cfg.JournalDir's journal when set: the
+// permalinks it holds are pending again, served by Get and written as soon as the database
+// allows. A torn or corrupt journal tail is discarded (a copy of the journal is kept beside it).
+// The workers stop when Close returns or, without draining, when ctx is cancelled.
+func OpenQueue(ctx context.Context, permalinks *Permalinks, cfg QueueConfig) (*Queue, error) {
 	if cfg.Capacity <= 0 {
 		cfg.Capacity = 10000
 	}
@@ -106,26 +133,67 @@ func NewQueue(ctx context.Context, permalinks *Permalinks, cfg QueueConfig) *Que
 	if cfg.MaxPending <= 0 {
 		cfg.MaxPending = time.Hour
 	}
-	workerCtx, cancel := context.WithCancel(ctx)
 	q := &Queue{
 		permalinks: permalinks,
 		cfg:        cfg,
 		log:        cfg.Logger.With().Str("component", "permalink-queue").Logger(),
 		pending:    make(map[string]*queuedCell),
-		order:      make(chan *queuedCell, cfg.Capacity),
 		draining:   make(chan struct{}),
-		ctx:        workerCtx,
-		cancel:     cancel,
 	}
+	var replayed []*queuedCell
+	if cfg.JournalDir != "" {
+		var err error
+		if replayed, err = q.openJournal(cfg.JournalDir); err != nil {
+			return nil, err
+		}
+	}
+	// Replayed permalinks are kept even beyond Capacity: they were acknowledged.
+	q.order = make(chan *queuedCell, max(cfg.Capacity, len(replayed)))
+	for _, item := range replayed {
+		q.order <- item
+	}
+	q.ctx, q.cancel = context.WithCancel(ctx)
 	q.workers.Add(cfg.Workers)
 	for range cfg.Workers {
 		go q.work()
 	}
-	return q
+	return q, nil
 }
 
-// Enqueue validates cell and returns its id without waiting for the database. It fails only for
-// an invalid cell (ErrInvalidCell), a full queue (ErrQueueFull) or a closed one (ErrQueueClosed).
+func (q *Queue) openJournal(dir string) ([]*queuedCell, error) {
+	j, records, discarded, err := openJournal(dir)
+	if err != nil {
+		return nil, err
+	}
+	items := make([]*queuedCell, 0, len(records))
+	for i, r := range records {
+		item := &queuedCell{
+			id: r.id, attempt: r.attempt, cell: r.cell, digest: r.digest, enqueued: r.enqueued,
+			seq: uint64(i), durable: make(chan struct{}),
+		}
+		close(item.durable)
+		items = append(items, item)
+		q.pending[item.id] = item
+	}
+	// A fresh file: no torn tail for appends to land behind, and no done records.
+	if err := j.rewrite(slices.Clone(items)); err != nil {
+		_ = j.close()
+		return nil, err
+	}
+	q.journal = j
+	if discarded > 0 {
+		q.log.Warn().Str("dir", dir).Int("bytes", discarded).
+			Msg("permalink journal ended in a torn or corrupt record; kept what preceded it")
+	}
+	if len(items) > 0 {
+		q.log.Info().Str("dir", dir).Int("permalinks", len(items)).Msg("replaying unwritten permalinks from the journal")
+	}
+	return items, nil
+}
+
+// Enqueue validates cell and returns its id without waiting for the database (but, with a
+// journal, after the cell is on disk). It fails only for an invalid cell (ErrInvalidCell), a full
+// queue (ErrQueueFull), a closed one (ErrQueueClosed), or a journal that cannot be written.
 func (q *Queue) Enqueue(cell Cell) (string, error) {
 	if err := q.permalinks.Validate(cell); err != nil {
 		return "", err
@@ -134,27 +202,52 @@ func (q *Queue) Enqueue(cell Cell) (string, error) {
 	now := time.Now()
 
 	q.mu.Lock()
-	defer q.mu.Unlock()
 	if q.closed || q.ctx.Err() != nil {
+		q.mu.Unlock()
 		return "", ErrQueueClosed
 	}
+	var item *queuedCell
 	for attempt := range idAttempts {
 		id := idCandidate(digest, attempt)
 		if other, ok := q.pending[id]; ok {
 			if other.digest == digest {
-				return id, nil // same cell still pending
+				q.mu.Unlock()
+				return q.handOut(other) // same cell still pending
 			}
 			continue // a different pending cell has this id: take the next one, as store would
 		}
 		if len(q.pending) >= q.cfg.Capacity {
+			q.mu.Unlock()
 			return "", ErrQueueFull
 		}
-		item := &queuedCell{id: id, attempt: attempt, cell: cell, digest: digest, enqueued: now}
-		q.pending[id] = item
-		q.order <- item // cannot block: len(order) <= len(pending) < cap(order)
-		return id, nil
+		item = &queuedCell{id: id, attempt: attempt, cell: cell, digest: digest, enqueued: now, durable: make(chan struct{})}
+		q.pending[id] = item // reserves the id and the capacity while the journal is written
+		break
 	}
-	return "", errIDSpaceExhausted
+	q.mu.Unlock()
+	if item == nil {
+		return "", errIDSpaceExhausted
+	}
+
+	if q.journal != nil {
+		item.journalErr = q.journal.add(item)
+	}
+	close(item.durable)
+	if item.journalErr != nil {
+		q.forget(item)
+		return "", fmt.Errorf("storage: queue permalink: %w", item.journalErr)
+	}
+	q.order <- item // cannot block: len(order) <= len(pending) <= cap(order)
+	return item.id, nil
+}
+
+// handOut returns the id of an item already pending once it is as durable as a new one would be.
+func (q *Queue) handOut(item *queuedCell) (string, error) {
+	<-item.durable
+	if item.journalErr != nil {
+		return "", fmt.Errorf("storage: queue permalink: %w", item.journalErr)
+	}
+	return item.id, nil
 }
 
 // Get returns a pending permalink from memory, or else the stored one (see Permalinks.Get).
@@ -174,7 +267,8 @@ func (q *Queue) Get(ctx context.Context, id string) (Permalink, error) {
 	return q.permalinks.Get(ctx, id)
 }
 
-// Len is the number of permalinks not yet written.
+// Len is the number of permalinks not yet written. After Close, it is the number kept in the
+// journal for the next start (zero without a journal: they were dropped).
 func (q *Queue) Len() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -182,8 +276,10 @@ func (q *Queue) Len() int {
 }
 
 // Close stops accepting permalinks and keeps writing the pending ones until they are all written
-// or ctx ends; then it stops the workers, reports the unwritten ones to OnDropped, and returns an
-// error counting them. Safe to call more than once.
+// or ctx ends; then it stops the workers. With a journal, what is still unwritten stays in it for
+// the next OpenQueue, and Close reports no error for it. Without one, the unwritten permalinks
+// are reported to OnDropped and counted in the error (wrapping ErrQueueClosed), which is not
+// logged here. Safe to call more than once.
 func (q *Queue) Close(ctx context.Context) error {
 	q.closeOnce.Do(func() {
 		q.mu.Lock()
@@ -204,6 +300,14 @@ func (q *Queue) Close(ctx context.Context) error {
 		}
 		q.cancel()
 
+		if q.journal != nil {
+			if kept := q.Len(); kept > 0 {
+				q.log.Info().Int("permalinks", kept).Str("dir", q.cfg.JournalDir).
+					Msg("unwritten permalinks kept in the journal for the next start")
+			}
+			q.closeErr = q.journal.close()
+			return
+		}
 		q.mu.Lock()
 		lost := make([]string, 0, len(q.pending))
 		for id := range q.pending {
@@ -211,9 +315,6 @@ func (q *Queue) Close(ctx context.Context) error {
 		}
 		clear(q.pending)
 		q.mu.Unlock()
-		if len(lost) > 0 {
-			q.log.Error().Int("dropped", len(lost)).Msg("permalink queue closed before writing everything")
-		}
 		for _, id := range lost {
 			if q.cfg.OnDropped != nil {
 				q.cfg.OnDropped(id, ErrQueueClosed)
@@ -250,7 +351,7 @@ func (q *Queue) work() {
 }
 
 // write stores one item, retrying transient failures until it succeeds, a permanent error or
-// MaxPending ends it, or the queue is stopped (the item then stays pending for Close to report).
+// MaxPending ends it, or the queue is stopped (the item then stays pending for Close).
 func (q *Queue) write(item *queuedCell) {
 	backoff := q.cfg.MinBackoff
 	for failures := 0; ; failures++ {
@@ -269,13 +370,11 @@ func (q *Queue) write(item *queuedCell) {
 			return
 		}
 		if isPermanent(err) {
-			q.forget(item)
-			q.dropped(item.id, err)
+			q.dropped(item, err)
 			return
 		}
 		if time.Since(item.enqueued) > q.cfg.MaxPending {
-			q.forget(item)
-			q.dropped(item.id, fmt.Errorf("%w after %d attempts: %w", ErrGaveUp, failures+1, err))
+			q.dropped(item, fmt.Errorf("%w after %d attempts: %w", ErrGaveUp, failures+1, err))
 			return
 		}
 		ev := q.log.Debug()
@@ -299,8 +398,8 @@ func (q *Queue) write(item *queuedCell) {
 }
 
 func (q *Queue) written(item *queuedCell, res storeResult, storedRequests int64) {
+	q.forget(item)
 	q.mu.Lock()
-	delete(q.pending, item.id)
 	extra, lastAccess := item.requests, item.lastAccess
 	if res.inserted {
 		extra -= storedRequests
@@ -323,16 +422,28 @@ func (q *Queue) written(item *queuedCell, res storeResult, storedRequests int64)
 	}
 }
 
+// forget removes an item that needs no more writing, from the journal first: until it is gone
+// from pending, an Enqueue of the same cell reuses it rather than journaling it again, so its
+// done record cannot cancel a newer add.
 func (q *Queue) forget(item *queuedCell) {
+	if q.journal != nil && item.journalErr == nil {
+		if err := q.journal.done(item); err != nil {
+			// Harmless: the item is replayed at the next start and found stored (or dropped
+			// again); the journal repairs itself before the next append.
+			q.log.Warn().Err(err).Str("id", item.id).Msg("could not mark a permalink finished in the journal")
+		}
+	}
 	q.mu.Lock()
-	delete(q.pending, item.id)
+	if q.pending[item.id] == item {
+		delete(q.pending, item.id)
+	}
 	q.mu.Unlock()
 }
 
-func (q *Queue) dropped(id string, err error) {
-	q.log.Error().Err(err).Str("id", id).Msg("permalink dropped")
+func (q *Queue) dropped(item *queuedCell, err error) {
+	q.forget(item)
 	if q.cfg.OnDropped != nil {
-		q.cfg.OnDropped(id, err)
+		q.cfg.OnDropped(item.id, err)
 	}
 }
 

@@ -84,7 +84,9 @@ func TestQueueFull(t *testing.T) {
 	}
 	var mu sync.Mutex
 	var dropped []string
+	var errs errorLog
 	cfg := fastQueueConfig(t)
+	cfg.Logger = errs.logger(t)
 	cfg.Capacity = 3
 	cfg.OnDropped = func(id string, err error) {
 		mu.Lock()
@@ -117,6 +119,10 @@ func TestQueueFull(t *testing.T) {
 	defer mu.Unlock()
 	if len(dropped) != 3 {
 		t.Errorf("OnDropped called for %d permalinks, want 3", len(dropped))
+	}
+	// Close returned the error and OnDropped had each id: logging is the caller's.
+	if got := errs.String(); got != "" {
+		t.Errorf("the queue logged errors itself: %s", got)
 	}
 }
 

@@ -27,6 +27,12 @@ type storageStack struct {
 	swept     chan struct{} // closed when the sweeper has stopped
 }
 
+// queueJournalDir is where unwritten permalinks are kept across crashes and restarts: beside the
+// embedded database under --data-dir, also when the database is an external MongoDB.
+func queueJournalDir(o options) string {
+	return filepath.Join(o.dataDir, "permalink-queue")
+}
+
 // openStorage connects to --mongo-uri, or starts the embedded database
 // under --data-dir. onDropped is told about permalinks that could not be
 // stored after all.
@@ -53,7 +59,18 @@ func openStorage(ctx context.Context, o options, log zerolog.Logger, onDropped f
 		st.close(context.Background())
 		return nil, err
 	}
-	st.queue = storage.NewQueue(context.Background(), st.store.Permalinks(), storage.QueueConfig{Logger: log, OnDropped: onDropped})
+	journalDir, err := filepath.Abs(queueJournalDir(o))
+	if err != nil {
+		st.close(context.Background())
+		return nil, err
+	}
+	st.queue, err = storage.OpenQueue(context.Background(), st.store.Permalinks(), storage.QueueConfig{
+		Logger: log, OnDropped: onDropped, JournalDir: journalDir,
+	})
+	if err != nil {
+		st.close(context.Background())
+		return nil, err
+	}
 	st.startSweeper(log)
 	return st, nil
 }
@@ -91,7 +108,7 @@ func (st *storageStack) gateway() gateway.Storage {
 	return gateway.Storage{Permalinks: st.queue, Files: st.store.Files(), Ping: st.store.Ping}
 }
 
-// close writes what is queued (up to ctx) and disconnects.
+// close writes what is queued (up to ctx; the rest stays in the journal) and disconnects.
 func (st *storageStack) close(ctx context.Context) error {
 	var errs []error
 	if st.stopSweep != nil {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -21,5 +22,11 @@ func TestRedactURISecrets(t *testing.T) {
 		if !strings.HasPrefix(got, "mongodb") {
 			t.Errorf("redactURI(%q) = %q", uri, got)
 		}
+	}
+}
+
+func TestQueueJournalBesideData(t *testing.T) {
+	if got, want := queueJournalDir(options{dataDir: "/var/lib/cellgate"}), filepath.Join("/var/lib/cellgate", "permalink-queue"); got != want {
+		t.Errorf("queueJournalDir = %q, want %q", got, want)
 	}
 }
