@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -56,45 +57,65 @@ func openStore(t testing.TB, cfg Config) *Store {
 	return s
 }
 
-// backend opens a fresh, empty store on one kind of server.
-type backend struct {
-	name string
+// testServer is one database server the suite runs against. open opens a store on it; stores
+// opened with the same cfg.Database share a database, which is fresh for each server (and
+// dropped after the test on a real MongoDB).
+type testServer struct {
 	open func(t *testing.T, cfg Config) *Store
 }
 
-func testBackends() []backend {
-	return []backend{
-		{name: "embedded", open: func(t *testing.T, cfg Config) *Store {
+// serverKinds start a fresh embedded database, or use CELLGATE_TEST_MONGO_URI when set.
+func serverKinds() []struct {
+	name  string
+	start func(t *testing.T) testServer
+} {
+	return []struct {
+		name  string
+		start func(t *testing.T) testServer
+	}{
+		{"embedded", func(t *testing.T) testServer {
 			e := startEmbedded(t, t.TempDir())
-			cfg.URI = e.URI()
-			return openStore(t, cfg)
+			return testServer{open: func(t *testing.T, cfg Config) *Store {
+				cfg.URI = e.URI()
+				return openStore(t, cfg)
+			}}
 		}},
-		{name: "mongodb", open: func(t *testing.T, cfg Config) *Store {
+		{"mongodb", func(t *testing.T) testServer {
 			uri := os.Getenv(testMongoURIEnv)
 			if uri == "" {
 				t.Skipf("%s not set", testMongoURIEnv)
 			}
-			cfg.URI = uri
-			cfg.Database = "cellgate_test_" + randomHex(6)
-			s := openStore(t, cfg)
-			t.Cleanup(func() {
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				defer cancel()
-				_ = s.db.Drop(ctx)
-			})
-			return s
+			prefix := "cellgate_test_" + randomHex(6)
+			return testServer{open: func(t *testing.T, cfg Config) *Store {
+				cfg.URI = uri
+				cfg.Database = prefix + "_" + cmp.Or(cfg.Database, defaultDatabase)
+				s := openStore(t, cfg)
+				t.Cleanup(func() {
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					defer cancel()
+					_ = s.db.Drop(ctx)
+				})
+				return s
+			}}
 		}},
 	}
 }
 
-// forEachBackend runs test against the embedded database, and against CELLGATE_TEST_MONGO_URI
+// forEachServer runs test against the embedded database, and against CELLGATE_TEST_MONGO_URI
 // when set.
-func forEachBackend(t *testing.T, cfg Config, test func(t *testing.T, s *Store)) {
-	for _, b := range testBackends() {
-		t.Run(b.name, func(t *testing.T) {
-			test(t, b.open(t, cfg))
+func forEachServer(t *testing.T, test func(t *testing.T, srv testServer)) {
+	for _, kind := range serverKinds() {
+		t.Run(kind.name, func(t *testing.T) {
+			test(t, kind.start(t))
 		})
 	}
+}
+
+// forEachBackend runs test with a fresh store on each server (see forEachServer).
+func forEachBackend(t *testing.T, cfg Config, test func(t *testing.T, s *Store)) {
+	forEachServer(t, func(t *testing.T, srv testServer) {
+		test(t, srv.open(t, cfg))
+	})
 }
 
 func randomHex(n int) string {

@@ -177,32 +177,59 @@ func TestPermalinkCollision(t *testing.T) {
 }
 
 func TestPermalinkKey(t *testing.T) {
-	ctx := context.Background()
-	e := startEmbedded(t, t.TempDir())
-	cell := Cell{Code: "factor(2^64+1)", Language: "sage"}
+	forEachServer(t, func(t *testing.T, srv testServer) {
+		ctx := context.Background()
+		cell := Cell{Code: "factor(2^64+1)", Language: "sage"}
 
-	first := openStore(t, Config{URI: e.URI()})
-	id := first.Permalinks().ID(cell)
-	var doc bson.M
-	if err := first.db.Collection(settingsCollection).FindOne(ctx, bson.D{{Key: "_id", Value: permalinkKeySetting}}).Decode(&doc); err != nil {
-		t.Fatalf("the generated key is not stored: %v", err)
-	}
+		first := srv.open(t, Config{})
+		id := first.Permalinks().ID(cell)
+		var doc bson.M
+		if err := first.db.Collection(settingsCollection).FindOne(ctx, bson.D{{Key: "_id", Value: permalinkKeySetting}}).Decode(&doc); err != nil {
+			t.Fatalf("the generated key is not stored: %v", err)
+		}
 
-	// Another instance on the same database derives the same ids.
-	second := openStore(t, Config{URI: e.URI()})
-	if got := second.Permalinks().ID(cell); got != id {
-		t.Errorf("second instance derives %q, first %q", got, id)
-	}
-	// A different database (another deployment) has its own key, so its ids tell nothing.
-	other := openStore(t, Config{URI: e.URI(), Database: "other"})
-	if got := other.Permalinks().ID(cell); got == id {
-		t.Errorf("two databases with separate keys gave the same id %q", got)
-	}
-	// An explicit key wins.
-	keyed := openStore(t, Config{URI: e.URI(), PermalinkKey: []byte("0123456789abcdef0123456789abcdef")})
-	if got := keyed.Permalinks().ID(cell); got == id {
-		t.Errorf("explicit key ignored")
-	}
+		// Another instance on the same database derives the same ids.
+		second := srv.open(t, Config{})
+		if got := second.Permalinks().ID(cell); got != id {
+			t.Errorf("second instance derives %q, first %q", got, id)
+		}
+		// A different database (another deployment) has its own key, so its ids tell nothing.
+		other := srv.open(t, Config{Database: "other"})
+		if got := other.Permalinks().ID(cell); got == id {
+			t.Errorf("two databases with separate keys gave the same id %q", got)
+		}
+		// An explicit key wins.
+		keyed := srv.open(t, Config{PermalinkKey: []byte("0123456789abcdef0123456789abcdef")})
+		if got := keyed.Permalinks().ID(cell); got == id {
+			t.Errorf("explicit key ignored")
+		}
+	})
+}
+
+// TestMaxCellBytes: the configured cap is enforced, and clamped to what still fits in a BSON
+// document; a cell of the clamped size is stored and read back whole.
+func TestMaxCellBytes(t *testing.T) {
+	forEachBackend(t, Config{MaxCellBytes: 64 << 20}, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		p := s.Permalinks()
+		if p.maxCellBytes != maxCellBytesLimit {
+			t.Fatalf("MaxCellBytes 64 MiB became %d, want the %d clamp", p.maxCellBytes, maxCellBytesLimit)
+		}
+		lang := "python3"
+		tooLarge := Cell{Code: strings.Repeat("x", maxCellBytesLimit-len(lang)+1), Language: lang}
+		if err := p.Validate(tooLarge); !errors.Is(err, ErrInvalidCell) {
+			t.Errorf("Validate of a cell over the clamp = %v", err)
+		}
+		largest := Cell{Code: strings.Repeat("x = 1\n", (maxCellBytesLimit-len(lang)-2)/6), Language: lang, Interacts: "[]"}
+		id, err := p.Save(ctx, largest)
+		if err != nil {
+			t.Fatalf("Save of a cell at the clamp: %v", err)
+		}
+		got, err := p.Get(ctx, id)
+		if err != nil || got.Cell != largest {
+			t.Errorf("Get of the largest cell: %d bytes of code, %v", len(got.Code), err)
+		}
+	})
 }
 
 func TestValidID(t *testing.T) {

@@ -210,17 +210,17 @@ func TestQueueSurvivesDatabaseRestart(t *testing.T) {
 }
 
 func TestQueueStoppedByContext(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	e := startEmbedded(t, t.TempDir())
-	s := openStore(t, Config{URI: e.URI()})
-	q := NewQueue(ctx, s.Permalinks(), fastQueueConfig(t))
-	cancel()
-	if _, err := q.Enqueue(Cell{Code: "1", Language: "python3"}); !errors.Is(err, ErrQueueClosed) {
-		t.Errorf("Enqueue after the context ended = %v, want ErrQueueClosed", err)
-	}
-	if err := q.Close(context.Background()); err != nil {
-		t.Errorf("Close: %v", err)
-	}
+	forEachBackend(t, Config{}, func(t *testing.T, s *Store) {
+		ctx, cancel := context.WithCancel(context.Background())
+		q := NewQueue(ctx, s.Permalinks(), fastQueueConfig(t))
+		cancel()
+		if _, err := q.Enqueue(Cell{Code: "1", Language: "python3"}); !errors.Is(err, ErrQueueClosed) {
+			t.Errorf("Enqueue after the context ended = %v, want ErrQueueClosed", err)
+		}
+		if err := q.Close(context.Background()); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
 }
 
 func TestIsPermanent(t *testing.T) {
