@@ -128,7 +128,3 @@ func (st *storageStack) close(ctx context.Context) error {
 	}
 	return errors.Join(errs...)
 }
-
-// redactURI keeps the name this package's tests know; the redaction is storage's, so that the
-// server logs a URI exactly as redacted as storage's own errors do.
-func redactURI(uri string) string { return storage.RedactURI(uri) }

@@ -4,6 +4,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/cellgate/cellgate/storage"
 )
 
 // TestRedactURISecrets: what the server logs as its database hides secrets wherever a MongoDB
@@ -15,7 +17,7 @@ func TestRedactURISecrets(t *testing.T) {
 		"mongodb+srv://cluster.example.com/?tlsCertificateKeyFilePassword=hunter2",
 		"mongodb://user:pass/hunter2@db1/", // an unescaped '/' in the password
 	} {
-		got := redactURI(uri)
+		got := storage.RedactURI(uri)
 		if strings.Contains(got, "hunter2") {
 			t.Errorf("redactURI(%q) = %q leaks the secret", uri, got)
 		}
