@@ -63,7 +63,9 @@ func newTestEnvWith(t testing.TB, ready int, maxKernels int, tweak func(*Config)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := Config{Log: log, LeaseTimeout: 60 * time.Second, Metrics: m}
+	// A short detach grace keeps one-shot tests quick; the test of the
+	// grace sets its own.
+	cfg := Config{Log: log, LeaseTimeout: 60 * time.Second, Metrics: m, DetachGrace: 100 * time.Millisecond}
 	if tweak != nil {
 		tweak(&cfg)
 	}

@@ -60,6 +60,25 @@ func TestBusyKernelIsNotIdle(t *testing.T) {
 	}
 }
 
+// A one-shot cell whose websocket drops and comes back (a network blip)
+// finds its session, and its interacts' kernel state, still there; once
+// its client is gone for good, it ends.
+func TestOneShotSurvivesReconnect(t *testing.T) {
+	env := newTestEnv(t, 1, 4, func(c *Config) { c.DetachGrace = 5 * time.Second })
+	k := env.newKernel(url.Values{"timeout": {"0"}})
+	c := env.dialSage(k.ID, "")
+	replyAndIdle(c, c.execute("x = 41"))
+	c.conn.Close()
+	again := env.dialSage(k.ID, "")
+	if got := streamText(replyAndIdle(again, again.execute("print(x + 1)"))); got != "42\n" {
+		t.Errorf("after reconnecting got %q, want the session's state", got)
+	}
+	again.conn.Close()
+	if reason := env.endReason(k.ID); reason != endOneShot {
+		t.Errorf("ended with %q, want %q", reason, endOneShot)
+	}
+}
+
 // A one-shot client may send its code and leave at once: the session
 // ends once that code has run, not before.
 func TestOneShotClientLeavingAfterSending(t *testing.T) {

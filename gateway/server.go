@@ -57,6 +57,11 @@ type Config struct {
 	MaxLifespan time.Duration
 	// OneShotGrace ends a one-shot session nobody uses.
 	OneShotGrace time.Duration
+	// DetachGrace is how long a one-shot session that has computed
+	// outlives its last client, so a websocket that drops and reconnects
+	// (a network blip, a phone waking up) finds its cell and interacts
+	// still there (default 10 s).
+	DetachGrace time.Duration
 	// JupyterIdleTimeout culls Jupyter-API kernels that are idle with no
 	// client connected.
 	JupyterIdleTimeout time.Duration
@@ -98,6 +103,7 @@ func (c *Config) applyDefaults() {
 	setDefault(&c.MaxTimeout, time.Hour)
 	setDefault(&c.MaxLifespan, 4*time.Hour)
 	setDefault(&c.OneShotGrace, time.Minute)
+	setDefault(&c.DetachGrace, 10*time.Second)
 	setDefault(&c.JupyterIdleTimeout, 30*time.Minute)
 	setDefault(&c.LeaseTimeout, 10*time.Second)
 	setDefault(&c.ServiceTimeout, 30*time.Second)

@@ -70,6 +70,7 @@ type session struct {
 
 	mu          sync.Mutex
 	lastActive  time.Time
+	detachedAt  time.Time // when the last client left
 	idleFor     time.Duration
 	clients     int
 	byTransport map[string]int
@@ -135,7 +136,46 @@ func (s *session) discard() {
 // pendingExecution is what the gateway adds to an execution's reply.
 type pendingExecution struct {
 	wantsFiles bool
-	permalink  string
+	permalink  *permalinkFuture
+}
+
+// permalinkFuture is a permalink being recorded while its execution runs.
+// Recording makes it durable (the queue's journal is fsynced), which must
+// not delay the code; only the reply that tells the client the id waits
+// for it, so a client is never told an id that could still be lost.
+type permalinkFuture struct {
+	done chan struct{}
+	id   string
+}
+
+func recordPermalink(record func() string) *permalinkFuture {
+	f := &permalinkFuture{done: make(chan struct{})}
+	go func() {
+		defer close(f.done)
+		f.id = record()
+	}()
+	return f
+}
+
+// wait returns the id once recorded, or "" if recording takes longer than
+// d (the reply then goes without it) or there is no permalink.
+func (f *permalinkFuture) wait(d time.Duration) string {
+	if f == nil {
+		return ""
+	}
+	select {
+	case <-f.done:
+		return f.id
+	default:
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-f.done:
+		return f.id
+	case <-t.C:
+		return ""
+	}
 }
 
 // pump moves every kernel message into the replay log. It never waits for
@@ -217,7 +257,7 @@ func (s *session) observe(r kernelpool.Received) {
 		if s.uploads != nil && s.uploads.hold(m, p, to) {
 			return
 		}
-		m = rewriteReply(m, p.permalink, p.wantsFiles, nil)
+		m = rewriteReply(m, p.permalink.wait(s.cfg.Storage.ReplyHold), p.wantsFiles, nil)
 	}
 	s.log.append(r.Channel, m, to)
 }
@@ -360,25 +400,35 @@ func (s *session) prepareExecute(m *jupytermsg.Message) error {
 		}
 		m.Content = raw
 	}
+	var code string
 	if s.permalink != nil {
-		var code string
 		_ = json.Unmarshal(content["code"], &code)
 		var silent bool
 		_ = json.Unmarshal(content["silent"], &silent)
-		if code != "" && !silent {
-			p.permalink = s.permalink(s, code)
+		if silent {
+			code = ""
 		}
 	}
-	if !p.wantsFiles && p.permalink == "" && s.files == nil {
+	if !p.wantsFiles && code == "" && s.files == nil {
 		return nil
 	}
 	s.mu.Lock()
 	full := len(s.pending) >= s.cfg.MaxPendingExecutions
 	if !full {
-		s.pending[m.Header.MsgID] = p
-		if p.permalink != "" && len(s.permalinks) < s.cfg.MaxPendingExecutions {
-			s.permalinks = append(s.permalinks, p.permalink)
+		if code != "" {
+			p.permalink = recordPermalink(func() string {
+				id := s.permalink(s, code)
+				if id != "" {
+					s.mu.Lock()
+					if len(s.permalinks) < s.cfg.MaxPendingExecutions {
+						s.permalinks = append(s.permalinks, id)
+					}
+					s.mu.Unlock()
+				}
+				return id
+			})
 		}
+		s.pending[m.Header.MsgID] = p
 	}
 	s.mu.Unlock()
 	if full {
@@ -432,6 +482,9 @@ func (s *session) attach(transport string) (detach func()) {
 			s.mu.Lock()
 			s.clients--
 			s.byTransport[transport]--
+			if s.clients == 0 {
+				s.detachedAt = time.Now()
+			}
 			s.mu.Unlock()
 			s.touch()
 		})
@@ -482,10 +535,11 @@ func (s *session) watchLifetime() {
 		s.mu.Lock()
 		quiet := s.quietLocked()
 		idleLeft := s.idleFor - time.Since(s.lastActive)
-		finished := s.life.oneShot && quiet && s.doneExecs > 0 && s.clients == 0
+		computed := s.life.oneShot && quiet && s.doneExecs > 0 && s.clients == 0
+		graceLeft := s.cfg.DetachGrace - time.Since(s.detachedAt)
 		s.mu.Unlock()
 		switch {
-		case finished:
+		case computed && graceLeft <= 0:
 			s.end(endOneShot)
 			return
 		case quiet && idleLeft <= 0:
@@ -495,6 +549,9 @@ func (s *session) watchLifetime() {
 		wait := time.Hour
 		if quiet {
 			wait = max(idleLeft, 10*time.Millisecond)
+		}
+		if computed {
+			wait = min(wait, max(graceLeft, 10*time.Millisecond))
 		}
 		check.Reset(wait)
 		select {

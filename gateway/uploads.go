@@ -194,7 +194,7 @@ func (u *uploader) hold(reply *jupytermsg.Message, p pendingExecution, to string
 	j := &uploadJob{msgID: msgID, reply: reply, p: p, to: to}
 	j.timer = time.AfterFunc(u.sess.cfg.Storage.ReplyHold, func() {
 		if j.claim() {
-			u.sess.log.append(jupytermsg.Shell, rewriteReply(j.reply, j.p.permalink, j.p.wantsFiles, nil), j.to)
+			u.sess.log.append(jupytermsg.Shell, rewriteReply(j.reply, j.p.permalink.wait(0), j.p.wantsFiles, nil), j.to)
 			u.sess.notice(j.reply.ParentHeader, "files are still being stored; they are announced when they are")
 		}
 	})
@@ -232,7 +232,7 @@ func (u *uploader) upload(j *uploadJob) {
 	s := u.sess
 	ctx, cancel := context.WithTimeout(u.ctx, s.cfg.Storage.UploadTimeout)
 	began := time.Now()
-	links, notices, err := s.files.afterExecute(ctx, j.msgID, j.p.permalink)
+	links, notices, err := s.files.afterExecute(ctx, j.msgID, j.p.permalink.wait(s.cfg.Storage.ReplyHold))
 	s.metrics.storage.WithLabelValues("upload").Observe(time.Since(began).Seconds())
 	cancel()
 	if err != nil {
@@ -255,7 +255,7 @@ func (u *uploader) upload(j *uploadJob) {
 		s.notice(j.reply.ParentHeader, strings.Join(notices, "\n"))
 	}
 	if inTime {
-		s.log.append(jupytermsg.Shell, rewriteReply(j.reply, j.p.permalink, j.p.wantsFiles, names), j.to)
+		s.log.append(jupytermsg.Shell, rewriteReply(j.reply, j.p.permalink.wait(0), j.p.wantsFiles, names), j.to)
 	}
 }
 

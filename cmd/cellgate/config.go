@@ -44,6 +44,11 @@ type options struct {
 	kernelDisk     int64
 	kernelProcs    int
 	kernelLifespan time.Duration
+	maxMessageMB   int64
+	perAddress     int
+	perClient      int
+	jupyterIdle    time.Duration
+	detachGrace    time.Duration
 }
 
 func newFlagSet(o *options) *flag.FlagSet {
@@ -77,6 +82,11 @@ func newFlagSet(o *options) *flag.FlagSet {
 	fs.Int64Var(&o.kernelDisk, "kernel-disk-mb", 0, "sandbox: size of a kernel's writable space in MiB (0: sandbox default, 128)")
 	fs.IntVar(&o.kernelProcs, "kernel-processes", 0, "sandbox: processes and threads per kernel (0: sandbox default, 64)")
 	fs.DurationVar(&o.kernelLifespan, "kernel-lifespan", 0, "sandbox: wall-clock life of a kernel process (0: sandbox default, 6h)")
+	fs.Int64Var(&o.maxMessageMB, "max-message-mb", 16, "largest message in MiB from a client (websocket frame, HTTP body) or from a kernel; larger ones are refused or dropped")
+	fs.IntVar(&o.perAddress, "max-kernels-per-address", 16, "sessions one remote address may hold at once (then 429)")
+	fs.IntVar(&o.perClient, "max-kernels-per-client", 4, "sessions one client_id may hold at once (then 429)")
+	fs.DurationVar(&o.jupyterIdle, "jupyter-idle-timeout", 30*time.Minute, "Jupyter API kernels end after this long idle with no client connected")
+	fs.DurationVar(&o.detachGrace, "detach-grace", 10*time.Second, "how long a one-shot session outlives its last client, so a dropped websocket can reconnect")
 	return fs
 }
 
@@ -117,8 +127,11 @@ func parseOptions(args []string, getenv func(string) string) (options, error) {
 			set[f.Name] = true
 		}
 	})
-	if err != nil || o.configFile == "" {
+	if err != nil {
 		return o, err
+	}
+	if o.configFile == "" {
+		return o, o.validate()
 	}
 	values, err := readConfigFile(o.configFile)
 	if err != nil {
@@ -136,7 +149,41 @@ func parseOptions(args []string, getenv func(string) string) (options, error) {
 			return o, fmt.Errorf("%s: %s = %q: %w", o.configFile, name, v, e)
 		}
 	}
-	return o, nil
+	return o, o.validate()
+}
+
+// validate refuses settings that would make no sense at run time, naming
+// the flag.
+func (o options) validate() error {
+	positive := []struct {
+		name  string
+		value int64
+	}{
+		{"max-kernels", int64(o.maxKernels)}, {"max-message-mb", o.maxMessageMB},
+		{"max-kernels-per-address", int64(o.perAddress)}, {"max-kernels-per-client", int64(o.perClient)},
+		{"drain-timeout", int64(o.drainTimeout)}, {"lease-timeout", int64(o.leaseTimeout)},
+		{"service-timeout", int64(o.serviceTimeout)}, {"poll-wait", int64(o.pollWait)},
+		{"max-timeout", int64(o.maxTimeout)}, {"max-lifespan", int64(o.maxLifespan)},
+		{"jupyter-idle-timeout", int64(o.jupyterIdle)},
+	}
+	for _, p := range positive {
+		if p.value <= 0 {
+			return fmt.Errorf("--%s must be positive", p.name)
+		}
+	}
+	if o.maxMessageMB > 1024 {
+		return fmt.Errorf("--max-message-mb %d is over 1024", o.maxMessageMB)
+	}
+	for _, p := range []struct {
+		name  string
+		value int64
+	}{{"kernel-memory-mb", o.kernelMemory}, {"kernel-disk-mb", o.kernelDisk}, {"kernel-processes", int64(o.kernelProcs)},
+		{"kernel-cpu", int64(o.kernelCPU)}, {"kernel-lifespan", int64(o.kernelLifespan)}, {"detach-grace", int64(o.detachGrace)}} {
+		if p.value < 0 {
+			return fmt.Errorf("--%s must not be negative", p.name)
+		}
+	}
+	return nil
 }
 
 // readConfigFile reads "name = value" lines; # starts a comment.

@@ -38,6 +38,10 @@ func TestOptionErrors(t *testing.T) {
 		"missing file":     {[]string{"--config", "/nonexistent"}, nil},
 		"stray argument":   {[]string{"extra"}, nil},
 		"bad duration env": {nil, map[string]string{"CELLGATE_LEASE_TIMEOUT": "soon"}},
+		"zero max kernels": {[]string{"--max-kernels", "0"}, nil},
+		"huge messages":    {[]string{"--max-message-mb", "4096"}, nil},
+		"negative memory":  {nil, map[string]string{"CELLGATE_KERNEL_MEMORY_MB": "-1"}},
+		"zero drain":       {[]string{"--drain-timeout", "0s"}, nil},
 	}
 	for name, c := range cases {
 		if _, err := parseOptions(c.args, func(k string) string { return c.env[k] }); err == nil {

@@ -13,7 +13,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -146,15 +146,13 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 		return context.WithDeadline(context.Background(), shutdownAt)
 	}
 
-	// The pool starts kernels, and the queue may drop permalinks, before
-	// the gateway exists; early events wait for it in events.
-	events := &earlyEvents{}
+	// The metrics exist before the pool, so its first kernel starts count.
+	metrics := gateway.NewMetrics()
+	maxMessage := o.maxMessageMB << 20
 	pool, err := kernelpool.New(kernelpool.Config{
-		Specs: specs, Ready: sizes, MaxKernels: o.maxKernels,
-		OnStart: func(spec string, took time.Duration, err error) {
-			events.do(func(gw *gateway.Server) { gw.ObserveKernelStart(spec, took, err) })
-		},
-		Kernel: kernelpool.KernelConfig{Launcher: launcher, RuntimeRoot: runtimeRoot, WorkRoot: workRoot, Log: log},
+		Specs: specs, Ready: sizes, MaxKernels: o.maxKernels, OnStart: metrics.ObserveKernelStart,
+		Kernel: kernelpool.KernelConfig{Launcher: launcher, RuntimeRoot: runtimeRoot, WorkRoot: workRoot, Log: log,
+			MaxMessageBytes: maxMessage},
 	})
 	if err != nil {
 		return err
@@ -169,8 +167,13 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 		}
 	}()
 
+	// A permalink dropped before the gateway exists belongs to no session
+	// (only replayed ones from an earlier run), so nobody is told.
+	var gwRef atomic.Pointer[gateway.Server]
 	stack, err := openStorage(ctx, o, log, func(id string, err error) {
-		events.do(func(gw *gateway.Server) { gw.PermalinkDropped(id, err) })
+		if gw := gwRef.Load(); gw != nil {
+			gw.PermalinkDropped(id, err)
+		}
 	})
 	if err != nil {
 		return err
@@ -187,13 +190,15 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 		PublicURL: o.publicURL, AllowOrigins: splitList(o.allowOrigin), Token: o.token, TrustProxy: o.trustProxy,
 		DefaultKernel: o.defaultKernel, MaxTimeout: o.maxTimeout, MaxLifespan: o.maxLifespan,
 		LeaseTimeout: o.leaseTimeout, ServiceTimeout: o.serviceTimeout, PollWait: o.pollWait, Log: log,
-		Storage: stack.gateway(),
+		Storage: stack.gateway(), Metrics: metrics, MaxMessageBytes: maxMessage,
+		MaxKernelsPerAddr: o.perAddress, MaxKernelsPerClient: o.perClient,
+		JupyterIdleTimeout: o.jupyterIdle, DetachGrace: o.detachGrace,
 	}
 	if launcher.Name() == "none" {
 		cfg.SandboxWarning = "kernels run unsandboxed (--sandbox=none): development only"
 	}
 	gw := gateway.New(cfg, pool)
-	events.attach(gw)
+	gwRef.Store(gw)
 
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
@@ -223,40 +228,6 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 		_ = httpServer.Close()
 	}
 	return nil
-}
-
-// earlyEvents holds what happens before the gateway exists (the pool's
-// first kernel starts) and hands it over once it does.
-type earlyEvents struct {
-	mu      sync.Mutex
-	gw      *gateway.Server
-	pending []func(*gateway.Server)
-}
-
-// maxEarlyEvents bounds what waits for the gateway; the first fill of a
-// pool starts at most --max-kernels kernels.
-const maxEarlyEvents = 4096
-
-func (e *earlyEvents) do(f func(*gateway.Server)) {
-	e.mu.Lock()
-	gw := e.gw
-	if gw == nil && len(e.pending) < maxEarlyEvents {
-		e.pending = append(e.pending, f)
-	}
-	e.mu.Unlock()
-	if gw != nil {
-		f(gw)
-	}
-}
-
-func (e *earlyEvents) attach(gw *gateway.Server) {
-	e.mu.Lock()
-	pending := e.pending
-	e.gw, e.pending = gw, nil
-	e.mu.Unlock()
-	for _, f := range pending {
-		f(gw)
-	}
 }
 
 func splitList(s string) []string {
