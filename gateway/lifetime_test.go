@@ -79,6 +79,20 @@ func TestOneShotSurvivesReconnect(t *testing.T) {
 	}
 }
 
+// A page that is done closes its websocket with a close frame: the
+// computed one-shot session ends then, without waiting out the grace that
+// a dropped connection gets.
+func TestOneShotCleanCloseEndsAtOnce(t *testing.T) {
+	env := newTestEnv(t, 1, 4, func(c *Config) { c.DetachGrace = time.Hour })
+	k := env.newKernel(url.Values{"timeout": {"0"}})
+	c := env.dialSage(k.ID, "")
+	replyAndIdle(c, c.execute("1+1"))
+	_ = c.conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "done"))
+	if reason := env.endReason(k.ID); reason != endOneShot {
+		t.Errorf("ended with %q, want %q", reason, endOneShot)
+	}
+}
+
 // A one-shot client may send its code and leave at once: the session
 // ends once that code has run, not before.
 func TestOneShotClientLeavingAfterSending(t *testing.T) {

@@ -58,7 +58,7 @@ type pollPresence struct {
 type presence struct {
 	deadline time.Time
 	timer    *time.Timer
-	detach   func()
+	detach   func(clean bool)
 }
 
 func (p *pollPresence) mark(sess *session, client string, grace time.Duration) {
@@ -101,7 +101,8 @@ func (p *pollPresence) expire(sess *session, client string, e *presence) {
 	delete(p.clients, client)
 	p.mu.Unlock()
 	sess.metrics.clients.WithLabelValues("polling").Dec()
-	e.detach()
+	// The presence deadline was this poller's grace already.
+	e.detach(true)
 }
 
 // stop detaches every polling client; the session has ended.
@@ -113,7 +114,7 @@ func (p *pollPresence) stop(sess *session) {
 	for _, e := range all {
 		e.timer.Stop()
 		sess.metrics.clients.WithLabelValues("polling").Dec()
-		e.detach()
+		e.detach(true)
 	}
 }
 

@@ -123,7 +123,7 @@ func (s *Server) runService(ctx context.Context, sess *session, code string) (se
 		return col.result(), fmt.Errorf("make execute_request: %w", err)
 	}
 	detach := sess.attach(transportService)
-	defer detach()
+	defer detach(true)
 	cursor := sess.log.last()
 	if err := sess.send(client, jupytermsg.Shell, req); err != nil {
 		return col.result(), err

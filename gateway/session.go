@@ -70,7 +70,7 @@ type session struct {
 
 	mu          sync.Mutex
 	lastActive  time.Time
-	detachedAt  time.Time // when the last client left
+	detachedAt  time.Time // when the last client dropped; zero if it left cleanly
 	idleFor     time.Duration
 	clients     int
 	byTransport map[string]int
@@ -469,21 +469,26 @@ func (s *session) poke() {
 	}
 }
 
-// attach registers a client; the returned func detaches it.
-func (s *session) attach(transport string) (detach func()) {
+// attach registers a client; the returned func detaches it. A client that
+// leaves on purpose (cleanly) lets a computed one-shot session end at
+// once; one that dropped gets --detach-grace to come back.
+func (s *session) attach(transport string) (detach func(clean bool)) {
 	s.mu.Lock()
 	s.clients++
 	s.byTransport[transport]++
 	s.mu.Unlock()
 	s.touch()
 	var once sync.Once
-	return func() {
+	return func(clean bool) {
 		once.Do(func() {
 			s.mu.Lock()
 			s.clients--
 			s.byTransport[transport]--
 			if s.clients == 0 {
 				s.detachedAt = time.Now()
+				if clean {
+					s.detachedAt = time.Time{}
+				}
 			}
 			s.mu.Unlock()
 			s.touch()

@@ -149,7 +149,8 @@ func (s *Server) bridge(c echo.Context, sess *session, cd codec) error {
 	cd = cd.forProtocol(conn.Subprotocol())
 	conn.SetReadLimit(s.cfg.MaxMessageBytes)
 	detach := sess.attach(transportWebsocket)
-	defer detach()
+	var closedCleanly atomic.Bool
+	defer func() { detach(closedCleanly.Load()) }()
 	transport := "websocket_" + sess.api
 	s.metrics.clients.WithLabelValues(transport).Inc()
 	defer s.metrics.clients.WithLabelValues(transport).Dec()
@@ -160,7 +161,7 @@ func (s *Server) bridge(c echo.Context, sess *session, cd codec) error {
 	readerDone := make(chan struct{})
 	go func() {
 		defer close(readerDone)
-		s.readClient(conn, sess, clientSession, cd, problems, ack)
+		closedCleanly.Store(s.readClient(conn, sess, clientSession, cd, problems, ack))
 	}()
 	s.writeClient(conn, sess, clientSession, cd, *cursor, problems, readerDone, turn.kicked, ack)
 	// Only what the client has acknowledged counts as delivered: a frame
@@ -223,7 +224,11 @@ func (s *session) startCursor(clientSession string, fromStart bool) *uint64 {
 	return &n
 }
 
-func (s *Server) readClient(conn *websocket.Conn, sess *session, clientSession string, cd codec, problems chan<- string, ack *delivery) {
+// readClient relays a client's frames until its connection ends, and
+// reports whether the client closed it on purpose: it sent a close frame
+// (1000, 1001 when a page navigates away, or none, as a browser's close()
+// sends), rather than the connection dropping.
+func (s *Server) readClient(conn *websocket.Conn, sess *session, clientSession string, cd codec, problems chan<- string, ack *delivery) (clean bool) {
 	defer func() {
 		// A bug triggered by one client's bytes ends that connection only.
 		if r := recover(); r != nil {
@@ -251,7 +256,7 @@ func (s *Server) readClient(conn *websocket.Conn, sess *session, clientSession s
 			if errors.Is(err, websocket.ErrReadLimit) {
 				tell(fmt.Sprintf("message over the %d-byte limit; connection closed", s.cfg.MaxMessageBytes))
 			}
-			return
+			return websocket.IsCloseError(err, websocket.CloseNormalClosure, websocket.CloseGoingAway, websocket.CloseNoStatusReceived)
 		}
 		deadline()
 		if err := s.relayClientFrame(sess, clientSession, cd, kind, data); err != nil {
