@@ -190,7 +190,13 @@ func TestBrowser(t *testing.T) {
 	base := srv.URL + "/"
 	other := startOther(t, base)
 	blocked := startBlockingProxy(t, base)
-	shots, _ := filepath.Abs("../../bench/screenshots")
+	// Screenshots for humans go to test-output/ (not tracked: PNGs differ
+	// from run to run); CELLGATE_SCREENSHOTS=bench/screenshots refreshes
+	// the committed ones.
+	shots, _ := filepath.Abs("../../test-output/screenshots")
+	if dir := os.Getenv("CELLGATE_SCREENSHOTS"); dir != "" {
+		shots, _ = filepath.Abs(filepath.Join("../..", dir))
+	}
 	if err := os.MkdirAll(shots, 0o755); err != nil {
 		t.Fatal(err)
 	}
