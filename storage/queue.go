@@ -73,6 +73,10 @@ type Queue struct {
 	mu      sync.Mutex
 	pending map[string]*queuedCell // by handed-out id
 	closed  bool
+	// stored remembers cells written lately, so the same cell run again
+	// (every reader of a page with an embedded cell runs the same code)
+	// costs neither a journal write nor a database round trip.
+	stored storedCells
 
 	order    chan *queuedCell // FIFO of pending; never fuller than pending, so sends never block
 	draining chan struct{}    // closed by Close: workers exit once order is empty
@@ -139,6 +143,7 @@ func OpenQueue(ctx context.Context, permalinks *Permalinks, cfg QueueConfig) (*Q
 		log:        cfg.Logger.With().Str("component", "permalink-queue").Logger(),
 		pending:    make(map[string]*queuedCell),
 		draining:   make(chan struct{}),
+		stored:     newStoredCells(storedCellsCap, storedCellsTTL),
 	}
 	var replayed []*queuedCell
 	if cfg.JournalDir != "" {
@@ -205,6 +210,10 @@ func (q *Queue) Enqueue(cell Cell) (string, error) {
 	if q.closed || q.ctx.Err() != nil {
 		q.mu.Unlock()
 		return "", ErrQueueClosed
+	}
+	if id, ok := q.stored.lookup(digest, now); ok {
+		q.mu.Unlock()
+		return id, nil
 	}
 	var item *queuedCell
 	for attempt := range idAttempts {
@@ -400,6 +409,7 @@ func (q *Queue) write(item *queuedCell) {
 func (q *Queue) written(item *queuedCell, res storeResult, storedRequests int64) {
 	q.forget(item)
 	q.mu.Lock()
+	q.stored.add(item.digest, res.id, time.Now())
 	extra, lastAccess := item.requests, item.lastAccess
 	if res.inserted {
 		extra -= storedRequests
@@ -497,4 +507,52 @@ func transientServerCodes() [16]int {
 		13435, // NotPrimaryNoSecondaryOk
 		13436, // NotPrimaryOrSecondary
 	}
+}
+
+const (
+	storedCellsCap = 10000
+	// storedCellsTTL bounds how long a remembered id is trusted without
+	// asking the database: an operator may delete permalinks.
+	storedCellsTTL = time.Hour
+)
+
+// storedCells is a bounded map of recently written cells to their ids,
+// evicting the oldest first. Guarded by Queue.mu.
+type storedCells struct {
+	cap, next int
+	ttl       time.Duration
+	byDigest  map[[sha256.Size]byte]storedCell
+	ring      [][sha256.Size]byte // insertion order, for eviction
+}
+
+type storedCell struct {
+	id      string
+	written time.Time
+}
+
+func newStoredCells(capacity int, ttl time.Duration) storedCells {
+	return storedCells{cap: capacity, ttl: ttl, byDigest: make(map[[sha256.Size]byte]storedCell, capacity)}
+}
+
+func (c *storedCells) lookup(digest [sha256.Size]byte, now time.Time) (string, bool) {
+	e, ok := c.byDigest[digest]
+	if !ok || now.Sub(e.written) > c.ttl {
+		return "", false
+	}
+	return e.id, true
+}
+
+func (c *storedCells) add(digest [sha256.Size]byte, id string, now time.Time) {
+	if _, ok := c.byDigest[digest]; ok {
+		c.byDigest[digest] = storedCell{id: id, written: now}
+		return
+	}
+	if len(c.ring) < c.cap {
+		c.ring = append(c.ring, digest)
+	} else {
+		delete(c.byDigest, c.ring[c.next])
+		c.ring[c.next] = digest
+		c.next = (c.next + 1) % c.cap
+	}
+	c.byDigest[digest] = storedCell{id: id, written: now}
 }

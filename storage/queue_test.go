@@ -153,6 +153,11 @@ func TestQueueSurvivesDatabaseRestart(t *testing.T) {
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
 	}
+	// A cell written lately is known: running it again needs neither the
+	// journal nor the database.
+	if again, err := q.Enqueue(Cell{Code: "before", Language: "python3"}); err != nil || again != before || q.Len() != 0 {
+		t.Errorf("re-enqueue of a stored cell = %q, %v with %d pending; want %q from memory, nothing pending", again, err, q.Len(), before)
+	}
 
 	during := make(map[string]Cell)
 	for i := range 20 {
@@ -247,5 +252,28 @@ func TestIsPermanent(t *testing.T) {
 				t.Errorf("isPermanent(%v) = %v, want %v", tc.err, got, tc.want)
 			}
 		})
+	}
+}
+
+func TestStoredCellsBoundedAndExpire(t *testing.T) {
+	now := time.Now()
+	c := newStoredCells(2, time.Minute)
+	d := func(b byte) (k [32]byte) { k[0] = b; return k }
+	c.add(d(1), "one", now)
+	c.add(d(2), "two", now)
+	c.add(d(3), "three", now) // evicts the oldest
+	if _, ok := c.lookup(d(1), now); ok {
+		t.Error("oldest entry not evicted")
+	}
+	for b, want := range map[byte]string{2: "two", 3: "three"} {
+		if id, ok := c.lookup(d(b), now); !ok || id != want {
+			t.Errorf("lookup(%d) = %q, %v", b, id, ok)
+		}
+	}
+	if len(c.byDigest) != 2 || len(c.ring) != 2 {
+		t.Errorf("holds %d entries in a ring of %d, cap 2", len(c.byDigest), len(c.ring))
+	}
+	if _, ok := c.lookup(d(2), now.Add(2*time.Minute)); ok {
+		t.Error("expired entry still trusted")
 	}
 }
