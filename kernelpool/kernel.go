@@ -64,7 +64,26 @@ type KernelConfig struct {
 	// SendTimeout bounds Send: a kernel that does not take a message in
 	// this time gets ErrKernelBusy instead of holding the caller.
 	SendTimeout time.Duration
-	Log         zerolog.Logger
+	// Warmup gives the code run through a new kernel before it counts as
+	// ready; nil means DefaultWarmup, and a func returning nil runs none.
+	Warmup func(jupytermsg.Spec) []string
+	Log    zerolog.Logger
+}
+
+// DefaultWarmup warms IPython-based kernels (python, sage): a kernel's
+// first displayed result costs it about twice a later one (formatters and
+// the display hook load on first use), which a reader would otherwise
+// wait for on the first cell. The steps run without history, so the
+// execution count stays at zero, and the last one forgets the result.
+func DefaultWarmup(spec jupytermsg.Spec) []string {
+	switch spec.Language {
+	case "python", "sage":
+		return []string{
+			"1+1",
+			"try:\n    Out.clear()\n    _ = __ = ___ = ''\nexcept Exception:\n    pass",
+		}
+	}
+	return nil
 }
 
 func (c *KernelConfig) applyDefaults() {
@@ -88,6 +107,9 @@ func (c *KernelConfig) applyDefaults() {
 	}
 	if c.SendTimeout <= 0 {
 		c.SendTimeout = 5 * time.Second
+	}
+	if c.Warmup == nil {
+		c.Warmup = DefaultWarmup
 	}
 }
 
@@ -227,6 +249,11 @@ func (k *Kernel) launch(ctx context.Context) error {
 	k.mu.Unlock()
 
 	if err := k.waitReady(ctx, proc, socks, startup); err != nil {
+		socks.close()
+		_ = proc.Close()
+		return err
+	}
+	if err := k.warmUp(ctx, proc, socks, startup); err != nil {
 		socks.close()
 		_ = proc.Close()
 		return err
@@ -490,4 +517,54 @@ func (k *Kernel) Output() string { return k.output.String() }
 func isIdle(m *jupytermsg.Message) bool {
 	var st jupytermsg.Status
 	return m.DecodeContent(&st) == nil && st.ExecutionState == jupytermsg.StateIdle
+}
+
+// warmUp runs the spec's warm-up code, each step to its idle status, so
+// nothing it caused reaches whoever leases the kernel. A step that fails
+// in the kernel is only logged: warm-up is an optimisation.
+func (k *Kernel) warmUp(ctx context.Context, proc *sandbox.Process, socks *sockets, startup <-chan Received) error {
+	ctx, cancel := context.WithTimeout(ctx, k.cfg.StartTimeout)
+	defer cancel()
+	for _, code := range k.cfg.Warmup(k.Spec) {
+		req, err := jupytermsg.New("execute_request", k.Session, nil, jupytermsg.ExecuteRequest{
+			Code: code, UserExpressions: map[string]string{},
+		})
+		if err != nil {
+			return err
+		}
+		if err := socks.send(jupytermsg.Shell, req); err != nil {
+			return fmt.Errorf("%w: warm-up: %w", ErrStartFailed, err)
+		}
+		// The idle comes on iopub, which may drop it: once the reply is
+		// in, a missing idle ends the wait soon, not at StartTimeout.
+		lostIdle := time.NewTimer(time.Hour)
+		for done := false; !done; {
+			select {
+			case r := <-startup:
+				if r.Msg.ParentMsgID() != req.Header.MsgID {
+					continue
+				}
+				switch r.Msg.Header.MsgType {
+				case "execute_reply":
+					var reply jupytermsg.ExecuteReply
+					if r.Msg.DecodeContent(&reply) == nil && reply.Status != "ok" {
+						k.cfg.Log.Warn().Str("kernel", k.ID).Str("spec", k.Spec.Name).Str("status", reply.Status).Msg("kernel warm-up step failed")
+					}
+					lostIdle.Reset(time.Second)
+				case "status":
+					done = isIdle(r.Msg)
+				}
+			case <-lostIdle.C:
+				k.cfg.Log.Warn().Str("kernel", k.ID).Str("spec", k.Spec.Name).Msg("kernel warm-up: no idle status after the reply; going on")
+				done = true
+			case <-proc.Done():
+				return fmt.Errorf("%w: %s exited during warm-up (%v): %s", ErrStartFailed, k.Spec.Name, proc.Err(), k.output.String())
+			case <-ctx.Done():
+				lostIdle.Stop()
+				return fmt.Errorf("%w: %s warm-up: %w", ErrStartFailed, k.Spec.Name, ctx.Err())
+			}
+		}
+		lostIdle.Stop()
+	}
+	return nil
 }

@@ -126,6 +126,33 @@ func TestLeaseExecute(t *testing.T) {
 	}
 }
 
+// The warm-up a new kernel gets leaves nothing a reader could see: the
+// first cell is execution 1, with no earlier result or history.
+func TestWarmupLeavesNoTrace(t *testing.T) {
+	specs := installedSpecs(t)
+	ready := map[string]int{"python3": 1}
+	if _, ok := specs["sagemath"]; ok {
+		ready["sagemath"] = 1
+	}
+	p := newTestPool(t, ready, 4)
+	for name := range ready {
+		k := lease(t, p, name)
+		out, reply := run(t, k, "print(repr(_), len(Out), len(In))")
+		var r jupytermsg.ExecuteReply
+		if err := reply.DecodeContent(&r); err != nil || r.Status != "ok" || r.ExecutionCount != 1 {
+			t.Errorf("%s: first reply %s (%v), want ok with execution_count 1", name, reply.Content, err)
+		}
+		// In holds a blank entry 0 and this cell.
+		if out.stdout != "'' 0 2\n" {
+			t.Errorf("%s: after warm-up _, len(Out), len(In) = %q, want '' 0 2", name, out.stdout)
+		}
+		k.Shutdown()
+	}
+	if got := DefaultWarmup(jupytermsg.Spec{KernelSpec: jupytermsg.KernelSpec{Language: "julia"}}); got != nil {
+		t.Errorf("a kernel of another language is warmed with %q", got)
+	}
+}
+
 func TestLeasedKernelIsNeverHandedOutAgain(t *testing.T) {
 	p := newTestPool(t, map[string]int{"python3": 2}, 6)
 	seen := map[string]bool{}
