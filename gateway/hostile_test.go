@@ -109,7 +109,7 @@ func startTCPStorage(t *testing.T, dir string) (*testStorage, string) {
 		_ = emb.Close()
 		t.Fatalf("embedded database URI %q: %v", emb.URI(), err)
 	}
-	store, err := storage.Open(ctx, storage.Config{URI: emb.URI(), Logger: log, ServerSelectionTimeout: time.Second})
+	store, err := storage.Open(ctx, storage.Config{URI: emb.URI(), Logger: log, ServerSelectionTimeout: time.Second, Embedded: emb})
 	if err != nil {
 		_ = emb.Close()
 		t.Fatal(err)

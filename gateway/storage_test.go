@@ -40,7 +40,7 @@ func startTestStorageWith(t *testing.T, dir string, limits storage.FileLimits) *
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := storage.Open(ctx, storage.Config{URI: emb.URI(), Logger: log, ServerSelectionTimeout: time.Second, Files: limits})
+	store, err := storage.Open(ctx, storage.Config{URI: emb.URI(), Logger: log, ServerSelectionTimeout: time.Second, Files: limits, Embedded: emb})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -76,7 +76,7 @@ func serverKinds() []struct {
 		{"embedded", func(t *testing.T) testServer {
 			e := startEmbedded(t, t.TempDir())
 			return testServer{open: func(t *testing.T, cfg Config) *Store {
-				cfg.URI = e.URI()
+				cfg.URI, cfg.Embedded = e.URI(), e
 				return openStore(t, cfg)
 			}}
 		}},

@@ -1,6 +1,7 @@
 // Package storage keeps cellgate's permalinks and the files kernels write, in MongoDB (GridFS for
 // files) or in an embedded FerretDB when no MongoDB is configured. It speaks to its database only
-// through the official Go driver, so both run the same code over the same wire protocol.
+// through the official Go driver, so both run the same code over the same wire protocol (with one
+// exception, below).
 //
 // FerretDB 1.24 with its SQLite handler lacks a few MongoDB features; the package is designed so
 // that it needs none of them:
@@ -9,7 +10,10 @@
 //     becomes visible by a single insert of its files document after its chunks are written;
 //   - strings are stored as JSON text, so invalid UTF-8 would be silently replaced: cells with
 //     invalid UTF-8 are rejected instead of being stored altered;
-//   - no endSessions command (the driver's disconnect gets an error reply; harmless).
+//   - no endSessions command (the driver's disconnect gets an error reply; harmless);
+//   - lookups by _id miss the _id index (the index and the query spell the JSON path
+//     differently): Open adds an index on the query's spelling (embedded_index.go), the one
+//     place this package touches the embedded database other than through the driver.
 package storage
 
 import (
@@ -62,6 +66,10 @@ type Config struct {
 	// Files caps what is uploaded from kernel directories; zero fields take the defaults
 	// documented on FileLimits.
 	Files FileLimits
+
+	// Embedded is the embedded database URI points at, if it does: Open then also gives its
+	// collections the index that lookups by _id need there (see embedded_index.go).
+	Embedded *Embedded
 }
 
 const (
@@ -147,6 +155,16 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		log:          log,
 	}
 	s.files = newFiles(db, cfg.Files, log)
+	if cfg.Embedded != nil {
+		if err := s.createCollections(ctx); err != nil {
+			return fail(err)
+		}
+		n, err := cfg.Embedded.indexIDLookups(ctx, cfg.Database)
+		if err != nil {
+			return fail(err)
+		}
+		log.Debug().Int("collections", n).Msg("embedded database: _id lookups indexed")
+	}
 	log.Info().Str("uri", where).Str("database", cfg.Database).Msg("storage ready")
 	return s, nil
 }
@@ -178,6 +196,22 @@ func pingUntilReachable(ctx context.Context, client *mongo.Client, cfg Config, w
 		backoff = min(backoff*2, 15*time.Second)
 	}
 }
+
+// createCollections creates the collections that would otherwise appear
+// only on their first write, so that start-up can index them.
+func (s *Store) createCollections(ctx context.Context) error {
+	for _, name := range []string{permalinksCollection, settingsCollection, filesBucket + ".files", filesBucket + ".chunks", uploadsCollection} {
+		err := s.db.CreateCollection(ctx, name)
+		var cmdErr mongo.CommandError
+		if err != nil && !(errors.As(err, &cmdErr) && cmdErr.Code == namespaceExists) {
+			return fmt.Errorf("storage: create collection %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// namespaceExists is the server's error code for creating a collection that exists.
+const namespaceExists = 48
 
 // createIndexes creates, idempotently, what the queries need. The GridFS ones are those of the
 // GridFS spec, so the driver's own bucket finds them and does not try to create others.

@@ -54,7 +54,7 @@ func openStorage(ctx context.Context, o options, log zerolog.Logger, onDropped f
 		st.where = storage.RedactURI(uri)
 	}
 	var err error
-	st.store, err = storage.Open(ctx, storage.Config{URI: uri, Database: o.database, Logger: log, ConnectRetry: o.dbConnectRetry})
+	st.store, err = storage.Open(ctx, storage.Config{URI: uri, Database: o.database, Logger: log, ConnectRetry: o.dbConnectRetry, Embedded: st.embedded})
 	if err != nil {
 		st.close(context.Background())
 		return nil, err

@@ -75,7 +75,7 @@ func startCellgate(t testing.TB, ready map[string]int) (*httptest.Server, []stri
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := storage.Open(startCtx, storage.Config{URI: db.URI(), Logger: log})
+	store, err := storage.Open(startCtx, storage.Config{URI: db.URI(), Logger: log, Embedded: db})
 	if err != nil {
 		t.Fatal(err)
 	}
