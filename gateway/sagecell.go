@@ -37,12 +37,21 @@ func param(c echo.Context, body map[string]any, name string) string {
 	return c.FormValue(name)
 }
 
-// formOrJSON parses a JSON body when the request has one.
+// formOrJSON parses a JSON body when the request has one, and checks that
+// a form body parses: a form the server cannot read would otherwise look
+// like one without the field ("missing code"), which misleads whoever
+// typed `curl -d 'code=a; b'` (a raw ';' is not a form separator any more).
 func formOrJSON(c echo.Context) (map[string]any, error) {
 	body := map[string]any{}
-	if strings.HasPrefix(c.Request().Header.Get("Content-Type"), "application/json") {
+	contentType := c.Request().Header.Get("Content-Type")
+	switch {
+	case strings.HasPrefix(contentType, "application/json"):
 		if err := c.Bind(&body); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("invalid JSON body: %w", err)
+		}
+	case strings.HasPrefix(contentType, "application/x-www-form-urlencoded"):
+		if err := c.Request().ParseForm(); err != nil {
+			return nil, fmt.Errorf("invalid form body (URL-encode the values, e.g. curl --data-urlencode code@file.py): %w", err)
 		}
 	}
 	return body, nil
@@ -79,7 +88,7 @@ func (s *Server) wsURL(c echo.Context) string {
 func (s *Server) createSageKernel(c echo.Context) error {
 	body, err := formOrJSON(c)
 	if err != nil {
-		return httpError(c, http.StatusBadRequest, "invalid JSON body: "+err.Error())
+		return httpError(c, http.StatusBadRequest, err.Error())
 	}
 	life := lifetime{maxIdle: s.cfg.MaxTimeout, lifespan: s.cfg.MaxLifespan}
 	timeout := time.Duration(0)

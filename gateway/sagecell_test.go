@@ -336,6 +336,13 @@ func TestServiceLimits(t *testing.T) {
 	if !ok.Success || ok.Stdout != "json\n" {
 		t.Errorf("JSON body: %+v", ok)
 	}
+	// A raw ';' in a form body (curl -d 'code=a; b') is not readable: say
+	// so, rather than "missing code".
+	var bad apiError
+	resp = env.do(http.MethodPost, "/service", "application/x-www-form-urlencoded", "code=import os; print(1)", &bad)
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(bad.Message, "form body") {
+		t.Errorf("unreadable form: %d %+v", resp.StatusCode, bad)
+	}
 }
 
 func TestDrainEndsSessionsClearly(t *testing.T) {

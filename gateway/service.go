@@ -41,7 +41,7 @@ type serviceResult struct {
 func (s *Server) service(c echo.Context) error {
 	body, err := formOrJSON(c)
 	if err != nil {
-		return httpError(c, http.StatusBadRequest, "invalid JSON body: "+err.Error())
+		return httpError(c, http.StatusBadRequest, err.Error())
 	}
 	code := param(c, body, "code")
 	if code == "" {

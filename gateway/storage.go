@@ -141,7 +141,7 @@ func (s *Server) createPermalink(c echo.Context) error {
 	}
 	body, err := formOrJSON(c)
 	if err != nil {
-		return httpError(c, http.StatusBadRequest, "invalid JSON body: "+err.Error())
+		return httpError(c, http.StatusBadRequest, err.Error())
 	}
 	code := param(c, body, "code")
 	if code == "" {

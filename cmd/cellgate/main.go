@@ -139,6 +139,12 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 	// begins (or now, if serve fails before), so the whole of it takes
 	// --drain-timeout, not a multiple of it.
 	var shutdownAt time.Time
+	defer func() {
+		// Runs last: after the pool and the storage have closed.
+		if !shutdownAt.IsZero() {
+			log.Info().Dur("took", time.Since(shutdownAt.Add(-o.drainTimeout))).Msg("cellgate stopped")
+		}
+	}()
 	shutdownCtx := func() (context.Context, context.CancelFunc) {
 		if shutdownAt.IsZero() {
 			shutdownAt = time.Now().Add(o.drainTimeout)

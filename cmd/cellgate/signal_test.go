@@ -137,6 +137,9 @@ func TestSIGTERMDrains(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("cellgate did not exit after SIGTERM")
 	}
+	if logs.find("cellgate stopped") == nil {
+		t.Errorf("no final line after SIGTERM in %v", logs.raw)
+	}
 	end := logs.find("session ended")
 	if end == nil {
 		t.Fatalf("no session end line in %v", logs.raw)
