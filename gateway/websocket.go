@@ -292,6 +292,13 @@ func (s *Server) writeClient(conn *websocket.Conn, sess *session, clientSession 
 		return conn.WriteControl(websocket.PingMessage, []byte(strconv.FormatUint(cursor, 10)), time.Now().Add(writeTimeout)) == nil
 	}
 	const batch = 256
+	// The ping that acknowledges delivery waits until output pauses: a
+	// ping (and its pong) in the middle of an execution's burst of
+	// messages costs that execution about half a millisecond.
+	ackTimer := time.NewTimer(time.Hour)
+	ackTimer.Stop()
+	defer ackTimer.Stop()
+	ackArmed := false
 	closeWith := func(reason string) {
 		_ = conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, reason), time.Now().Add(time.Second))
 	}
@@ -326,8 +333,9 @@ func (s *Server) writeClient(conn *websocket.Conn, sess *session, clientSession 
 			continue
 		}
 		// One ping in flight at a time: the next goes once it is answered.
-		if cursor > pinged && ack.acked.Load() >= pinged && !sendPing() {
-			return
+		if cursor > pinged && ack.acked.Load() >= pinged && !ackArmed {
+			ackTimer.Reset(ackDelay)
+			ackArmed = true
 		}
 		if closed {
 			closeWith("session ended: " + sess.reason())
@@ -338,6 +346,11 @@ func (s *Server) writeClient(conn *websocket.Conn, sess *session, clientSession 
 		case <-ack.ponged:
 		case text := <-problems:
 			if kind, data := cd.problem(text, sess.kernelSession()); !write(kind, data) {
+				return
+			}
+		case <-ackTimer.C:
+			ackArmed = false
+			if cursor > pinged && !sendPing() {
 				return
 			}
 		case <-ping.C:
@@ -352,6 +365,11 @@ func (s *Server) writeClient(conn *websocket.Conn, sess *session, clientSession 
 		}
 	}
 }
+
+// ackDelay is how long output must pause before the writer asks the
+// client to acknowledge what it has (a resume after a drop repeats at most
+// what came in the last ackDelay and round trip).
+const ackDelay = 50 * time.Millisecond
 
 // truncationNotice tells a client that fell behind how much output it
 // lost, as stderr of the request whose output follows.
