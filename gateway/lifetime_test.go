@@ -37,23 +37,27 @@ func logText(sess *session) string {
 	return out.String()
 }
 
-// The idle deadline runs only while the kernel is idle: a one-shot
-// computation longer than the one-shot grace, and one longer than a
-// positive timeout, both finish.
+// The idle deadline runs only while the kernel is idle, and starts when
+// the work ends: a one-shot computation longer than the one-shot grace,
+// and one longer than a positive timeout, both finish, and the session
+// with a timeout can still be used right after.
 func TestBusyKernelIsNotIdle(t *testing.T) {
-	env := newTestEnv(t, 2, 6, func(c *Config) { c.OneShotGrace = 300 * time.Millisecond })
-	for _, timeout := range []string{"0", "0.3"} {
+	env := newTestEnv(t, 2, 6, func(c *Config) { c.OneShotGrace = time.Second })
+	for _, timeout := range []string{"0", "1"} {
 		k := env.newKernel(url.Values{"timeout": {timeout}})
 		c := env.dialSage(k.ID, "")
-		frames := replyAndIdle(c, c.execute("import time\nfor i in range(3):\n    time.sleep(0.5)\nprint('done')"))
+		frames := replyAndIdle(c, c.execute("import time\nfor i in range(3):\n    time.sleep(0.6)\nprint('done')"))
 		if got := streamText(frames); got != "done\n" {
 			t.Errorf("timeout=%s: a computation longer than the idle timeout got %q (last %+v)", timeout, got, frames[len(frames)-1])
 		}
-		c.conn.Close()
-		want := endIdle
-		if timeout == "0" {
-			want = endOneShot
+		want := endOneShot
+		if timeout != "0" {
+			want = endIdle
+			if got := streamText(replyAndIdle(c, c.execute("print('again')"))); got != "again\n" {
+				t.Errorf("timeout=%s: right after a long computation the session answered %q", timeout, got)
+			}
 		}
+		c.conn.Close()
 		if reason := env.endReason(k.ID); reason != want {
 			t.Errorf("timeout=%s ended with %q, want %q", timeout, reason, want)
 		}
