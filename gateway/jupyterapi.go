@@ -497,25 +497,33 @@ func (s *Server) apiPatchSession(c echo.Context) error {
 	if err != nil {
 		return httpError(c, http.StatusBadRequest, err.Error())
 	}
+	next, started := sess, false
 	if req.Kernel != nil {
-		var next *session
 		if req.Kernel.ID != "" {
 			if next = s.jupyterKernel(c, req.Kernel.ID); next == nil {
 				return httpError(c, http.StatusBadRequest, "no such kernel "+req.Kernel.ID)
 			}
-		} else if next, err = s.startJupyterKernel(c, req.Kernel.Name); err != nil {
-			return sessionError(c, err)
-		}
-		if next != sess {
-			sess.end(endDeleted)
-			sess = next
+		} else {
+			if next, err = s.startJupyterKernel(c, req.Kernel.Name); err != nil {
+				return sessionError(c, err)
+			}
+			started = true
 		}
 	}
-	updated, ok := s.nbs.update(ns.ID, req, sess.id)
+	updated, ok := s.nbs.update(ns.ID, req, next.id)
 	if !ok {
+		// Deleted meanwhile: a kernel started for it has no one to use it.
+		if started {
+			next.end(endDeleted)
+		}
 		return httpError(c, http.StatusNotFound, "no such session")
 	}
-	return c.JSON(http.StatusOK, s.sessionModel(updated, sess))
+	// The old kernel ends only once this session has moved off it: its end
+	// hooks forget every notebook session still on it.
+	if next != sess {
+		sess.end(endDeleted)
+	}
+	return c.JSON(http.StatusOK, s.sessionModel(updated, next))
 }
 
 func (s *Server) apiDeleteSession(c echo.Context) error {

@@ -274,3 +274,36 @@ func TestNotebookSessionBounds(t *testing.T) {
 		t.Errorf("%d notebook sessions outlive their kernel", n)
 	}
 }
+
+// PATCH to a new kernel moves the notebook session to it and ends the old
+// one. Ending the old kernel first used to forget this notebook session
+// with it: the PATCH answered 404 and left the new kernel running.
+func TestNotebookSessionPatchToNewKernel(t *testing.T) {
+	env := newTestEnv(t, 1, 4, nil)
+	var created struct {
+		ID     string      `json:"id"`
+		Kernel kernelModel `json:"kernel"`
+	}
+	if resp := env.do(http.MethodPost, "/api/sessions", "application/json", `{"path":"a.ipynb","type":"notebook","kernel":{"name":"python3"}}`, &created); resp.StatusCode != http.StatusCreated {
+		t.Fatalf("POST /api/sessions: %d %+v", resp.StatusCode, created)
+	}
+	old := created.Kernel.ID
+	var patched struct {
+		ID     string      `json:"id"`
+		Kernel kernelModel `json:"kernel"`
+	}
+	resp := env.do(http.MethodPatch, "/api/sessions/"+created.ID, "application/json", `{"kernel":{"name":"python3"}}`, &patched)
+	if resp.StatusCode != http.StatusOK || patched.Kernel.ID == "" || patched.Kernel.ID == old {
+		t.Fatalf("PATCH to a new kernel: %d %+v (old kernel %s)", resp.StatusCode, patched, old)
+	}
+	env.waitEnded(old)
+	var got struct {
+		Kernel kernelModel `json:"kernel"`
+	}
+	if resp := env.do(http.MethodGet, "/api/sessions/"+created.ID, "", "", &got); resp.StatusCode != http.StatusOK || got.Kernel.ID != patched.Kernel.ID {
+		t.Errorf("GET after the PATCH: %d, kernel %s, want %s", resp.StatusCode, got.Kernel.ID, patched.Kernel.ID)
+	}
+	if env.gw.lookup(patched.Kernel.ID) == nil {
+		t.Error("the new kernel is gone")
+	}
+}
