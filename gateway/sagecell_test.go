@@ -367,3 +367,26 @@ func TestDrainEndsSessionsClearly(t *testing.T) {
 		t.Errorf("new session while draining: %d", resp.StatusCode)
 	}
 }
+
+// An upgrade refused (here for its origin) must not touch the live
+// connection of the session_id it names: claiming the session_id before
+// the upgrade let anyone who knew it disconnect the client.
+func TestRefusedUpgradeKeepsTheLiveClient(t *testing.T) {
+	env := newTestEnv(t, 1, 4, func(c *Config) { c.AllowOrigins = []string{"https://good.example"} })
+	k := env.newKernel(url.Values{"timeout": {"60"}})
+	c := env.dialSage(k.ID, "")
+	c.until(idleAfter(c.execute("print('before')")))
+
+	header := http.Header{"Origin": {"https://evil.example"}}
+	conn, resp, err := websocket.DefaultDialer.Dial(env.wsURL("/kernel/"+k.ID+"/channels?session_id="+c.session), header)
+	if err == nil {
+		conn.Close()
+		t.Fatal("an upgrade from a disallowed origin succeeded")
+	}
+	if resp == nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("upgrade from a disallowed origin: %v, %+v", err, resp)
+	}
+	if txt := streamText(c.until(idleAfter(c.execute("print('after')")))); txt != "after\n" {
+		t.Errorf("live client got %q after the refused upgrade", txt)
+	}
+}

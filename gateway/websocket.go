@@ -129,12 +129,6 @@ func (s *Server) bridge(c echo.Context, sess *session, cd codec) error {
 	if err != nil {
 		return httpError(c, http.StatusBadRequest, err.Error())
 	}
-	turn := sess.claim(clientSession)
-	defer sess.release(clientSession, turn)
-	cursor := since
-	if cursor == nil {
-		cursor = sess.startCursor(clientSession, cd.resumeFromStart())
-	}
 	up := websocket.Upgrader{
 		CheckOrigin:  s.originAllowed,
 		Subprotocols: cd.subprotocols(),
@@ -145,6 +139,16 @@ func (s *Server) bridge(c echo.Context, sess *session, cd codec) error {
 		return nil // upgradeError has answered
 	}
 	defer conn.Close()
+	// Only an upgrade that passed its checks (the origin's among them)
+	// replaces the live connection of this session_id: a refused one must
+	// not disconnect it. The cursor is read after the claim, once the
+	// replaced connection has saved where it got to.
+	turn := sess.claim(clientSession)
+	defer sess.release(clientSession, turn)
+	cursor := since
+	if cursor == nil {
+		cursor = sess.startCursor(clientSession, cd.resumeFromStart())
+	}
 	turn.setNet(conn.NetConn())
 	cd = cd.forProtocol(conn.Subprotocol())
 	conn.SetReadLimit(s.cfg.MaxMessageBytes)
