@@ -31,31 +31,14 @@ func Execute(ctx context.Context, k *Kernel, code string, onMessage func(Receive
 	if err := k.Send(jupytermsg.Shell, req); err != nil {
 		return nil, err
 	}
-	var reply *jupytermsg.Message
-	idle := false
-	for reply == nil || !idle {
-		select {
-		case r := <-k.Messages():
-			if r.Msg.ParentMsgID() != req.Header.MsgID {
-				continue
-			}
-			if onMessage != nil {
-				onMessage(r)
-			}
-			switch {
-			case r.Msg.Header.MsgType == "execute_reply":
-				reply = r.Msg
-			case r.Msg.Header.MsgType == "status":
-				idle = isIdle(r.Msg)
-			}
-		case <-k.Done():
-			return nil, fmt.Errorf("execute: %w", k.Err())
-		case <-ctx.Done():
-			if reply != nil {
-				return reply, fmt.Errorf("execute: %w: %w", ErrNoIdle, ctx.Err())
-			}
-			return nil, fmt.Errorf("execute: %w", ctx.Err())
-		}
+	reply, _, err := awaitReplyAndIdle(ctx, k.Messages(), k.Done(), req.Header.MsgID, 0, 0, onMessage)
+	switch {
+	case errors.Is(err, errProcessEnded):
+		return nil, fmt.Errorf("execute: %w", k.Err())
+	case err != nil && reply != nil:
+		return reply, fmt.Errorf("execute: %w: %w", ErrNoIdle, err)
+	case err != nil:
+		return nil, fmt.Errorf("execute: %w", err)
 	}
 	return reply, nil
 }

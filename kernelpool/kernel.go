@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -54,7 +55,7 @@ type KernelConfig struct {
 	// ReceiveHWM is how many messages each of the kernel's four message
 	// sockets queues in the gateway before libzmq stops reading from the
 	// kernel. What one kernel can make the gateway hold is then bounded by
-	// (4*ReceiveHWM + 16 + 6) * MaxMessageBytes: the queues, the Messages
+	// (4*ReceiveHWM + outBuffer + 6) * MaxMessageBytes: the queues, the Messages
 	// channel, one message in hand per receiving loop and one being decoded
 	// per socket. The rest waits in the kernel's own process, under its
 	// sandbox's memory limit, or is dropped there (iopub). With the
@@ -80,7 +81,10 @@ func DefaultWarmup(spec jupytermsg.Spec) []string {
 	case "python", "sage":
 		return []string{
 			"1+1",
-			"try:\n    Out.clear()\n    _ = __ = ___ = ''\nexcept Exception:\n    pass",
+			// IPython's own reset of the output cache (what %reset out
+			// runs): Out, _N and the display hook's _, __, ___. Resetting
+			// them by hand would stop the hook from updating _ for good.
+			"try:\n    get_ipython().displayhook.flush()\nexcept Exception:\n    pass",
 		}
 	}
 	return nil
@@ -161,6 +165,8 @@ func StartKernel(ctx context.Context, zctx *zmq.Context, cfg KernelConfig) (*Ker
 		done:       make(chan struct{}),
 		cleaned:    make(chan struct{}),
 	}
+	// Sockets are named /s<launch>-<n>: len("/sock-5") leaves room for
+	// 999 launches (restarts) of one kernel.
 	if n := len(k.runtimeDir) + len("/sock-5"); n > maxIPCPath {
 		return nil, fmt.Errorf("%w: %w: runtime dir %s gives %d bytes, over %d", ErrStartFailed, ErrIPCPathTooLong, cfg.RuntimeRoot, n, maxIPCPath)
 	}
@@ -248,12 +254,14 @@ func (k *Kernel) launch(ctx context.Context) error {
 	k.proc, k.socks = proc, socks
 	k.mu.Unlock()
 
-	if err := k.waitReady(ctx, proc, socks, startup); err != nil {
-		socks.close()
-		_ = proc.Close()
-		return err
+	// Readiness and warm-up share one StartTimeout.
+	readyCtx, cancelReady := context.WithTimeout(ctx, k.cfg.StartTimeout)
+	err = k.waitReady(readyCtx, proc, socks, startup)
+	if err == nil {
+		err = k.warmUp(readyCtx, proc, socks, startup)
 	}
-	if err := k.warmUp(ctx, proc, socks, startup); err != nil {
+	cancelReady()
+	if err != nil {
 		socks.close()
 		_ = proc.Close()
 		return err
@@ -278,9 +286,6 @@ func (k *Kernel) launch(ctx context.Context) error {
 // that the readiness probes caused has arrived before the kernel is handed
 // on, so none of them leaks into a session.
 func (k *Kernel) waitReady(ctx context.Context, proc *sandbox.Process, socks *sockets, startup <-chan Received) error {
-	ctx, cancel := context.WithTimeout(ctx, k.cfg.StartTimeout)
-	defer cancel()
-attempt:
 	for {
 		req, err := jupytermsg.New("kernel_info_request", k.Session, nil, nil)
 		if err != nil {
@@ -289,33 +294,15 @@ attempt:
 		if err := socks.send(jupytermsg.Shell, req); err != nil {
 			return fmt.Errorf("%w: %w", ErrStartFailed, err)
 		}
-		gotReply, gotIdle := false, false
-		round := time.NewTimer(time.Second)
-		for !(gotReply && gotIdle) {
-			select {
-			case r := <-startup:
-				if r.Msg.ParentMsgID() != req.Header.MsgID {
-					continue
-				}
-				switch {
-				case r.Channel == jupytermsg.IOPub && r.Msg.Header.MsgType == "status" && isIdle(r.Msg):
-					gotIdle = true
-				case r.Msg.Header.MsgType == "kernel_info_reply":
-					gotReply = true
-					if !gotIdle {
-						round.Reset(200 * time.Millisecond)
-					}
-				}
-			case <-round.C:
-				continue attempt
-			case <-proc.Done():
-				return fmt.Errorf("%w: %s exited (%v): %s", ErrStartFailed, k.Spec.Name, proc.Err(), k.output.String())
-			case <-ctx.Done():
-				round.Stop()
-				return fmt.Errorf("%w: %s not ready: %w; output: %s", ErrStartFailed, k.Spec.Name, ctx.Err(), k.output.String())
-			}
+		reply, idle, err := awaitReplyAndIdle(ctx, startup, proc.Done(), req.Header.MsgID, time.Second, 200*time.Millisecond, nil)
+		switch {
+		case errors.Is(err, errProcessEnded):
+			return fmt.Errorf("%w: %s exited (%v): %s", ErrStartFailed, k.Spec.Name, proc.Err(), k.output.String())
+		case err != nil:
+			return fmt.Errorf("%w: %s not ready: %w; output: %s", ErrStartFailed, k.Spec.Name, err, k.output.String())
+		case reply == nil || !idle:
+			continue // a round lost to the slow joiner: ask again
 		}
-		round.Stop()
 		select {
 		case <-socks.stdinReady:
 			return nil
@@ -523,8 +510,6 @@ func isIdle(m *jupytermsg.Message) bool {
 // nothing it caused reaches whoever leases the kernel. A step that fails
 // in the kernel is only logged: warm-up is an optimisation.
 func (k *Kernel) warmUp(ctx context.Context, proc *sandbox.Process, socks *sockets, startup <-chan Received) error {
-	ctx, cancel := context.WithTimeout(ctx, k.cfg.StartTimeout)
-	defer cancel()
 	for _, code := range k.cfg.Warmup(k.Spec) {
 		req, err := jupytermsg.New("execute_request", k.Session, nil, jupytermsg.ExecuteRequest{
 			Code: code, UserExpressions: map[string]string{},
@@ -537,34 +522,79 @@ func (k *Kernel) warmUp(ctx context.Context, proc *sandbox.Process, socks *socke
 		}
 		// The idle comes on iopub, which may drop it: once the reply is
 		// in, a missing idle ends the wait soon, not at StartTimeout.
-		lostIdle := time.NewTimer(time.Hour)
-		for done := false; !done; {
-			select {
-			case r := <-startup:
-				if r.Msg.ParentMsgID() != req.Header.MsgID {
-					continue
-				}
-				switch r.Msg.Header.MsgType {
-				case "execute_reply":
-					var reply jupytermsg.ExecuteReply
-					if r.Msg.DecodeContent(&reply) == nil && reply.Status != "ok" {
-						k.cfg.Log.Warn().Str("kernel", k.ID).Str("spec", k.Spec.Name).Str("status", reply.Status).Msg("kernel warm-up step failed")
-					}
-					lostIdle.Reset(time.Second)
-				case "status":
-					done = isIdle(r.Msg)
-				}
-			case <-lostIdle.C:
-				k.cfg.Log.Warn().Str("kernel", k.ID).Str("spec", k.Spec.Name).Msg("kernel warm-up: no idle status after the reply; going on")
-				done = true
-			case <-proc.Done():
-				return fmt.Errorf("%w: %s exited during warm-up (%v): %s", ErrStartFailed, k.Spec.Name, proc.Err(), k.output.String())
-			case <-ctx.Done():
-				lostIdle.Stop()
-				return fmt.Errorf("%w: %s warm-up: %w", ErrStartFailed, k.Spec.Name, ctx.Err())
-			}
+		reply, idle, err := awaitReplyAndIdle(ctx, startup, proc.Done(), req.Header.MsgID, 0, time.Second, nil)
+		switch {
+		case errors.Is(err, errProcessEnded):
+			return fmt.Errorf("%w: %s exited during warm-up (%v): %s", ErrStartFailed, k.Spec.Name, proc.Err(), k.output.String())
+		case err != nil:
+			return fmt.Errorf("%w: %s warm-up: %w", ErrStartFailed, k.Spec.Name, err)
+		case !idle:
+			k.cfg.Log.Warn().Str("kernel", k.ID).Str("spec", k.Spec.Name).Msg("kernel warm-up: no idle status after the reply; going on")
 		}
-		lostIdle.Stop()
+		var content jupytermsg.ExecuteReply
+		if reply.DecodeContent(&content) == nil && content.Status != "ok" {
+			k.cfg.Log.Warn().Str("kernel", k.ID).Str("spec", k.Spec.Name).Str("status", content.Status).Msg("kernel warm-up step failed")
+		}
 	}
 	return nil
+}
+
+// errProcessEnded is awaitReplyAndIdle's error when ended closes first.
+var errProcessEnded = errors.New("kernel ended")
+
+// awaitReplyAndIdle reads in until both the shell or control reply to
+// request msgID and the iopub idle status it caused have arrived (they come
+// on different sockets, in either order), passing each message of that
+// request to onMessage (may be nil). replyWithin bounds the wait for the
+// reply and idleWithin the wait for the idle once the reply is in (0: only
+// ctx bounds them); when one runs out it returns what it has, with no
+// error. Messages of other requests are discarded.
+func awaitReplyAndIdle(ctx context.Context, in <-chan Received, ended <-chan struct{}, msgID string, replyWithin, idleWithin time.Duration, onMessage func(Received)) (reply *jupytermsg.Message, idle bool, err error) {
+	var timeout <-chan time.Time // nil: never
+	var timer *time.Timer
+	arm := func(d time.Duration) {
+		if timer != nil {
+			timer.Stop()
+		}
+		timer, timeout = nil, nil
+		if d > 0 {
+			timer = time.NewTimer(d)
+			timeout = timer.C
+		}
+	}
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	arm(replyWithin)
+	for reply == nil || !idle {
+		select {
+		case r := <-in:
+			if r.Msg.ParentMsgID() != msgID {
+				continue
+			}
+			if onMessage != nil {
+				onMessage(r)
+			}
+			switch {
+			case r.Channel == jupytermsg.IOPub:
+				if r.Msg.Header.MsgType == "status" && isIdle(r.Msg) {
+					idle = true
+				}
+			case strings.HasSuffix(r.Msg.Header.MsgType, "_reply"):
+				reply = r.Msg
+				if !idle {
+					arm(idleWithin)
+				}
+			}
+		case <-timeout:
+			return reply, idle, nil
+		case <-ended:
+			return reply, idle, errProcessEnded
+		case <-ctx.Done():
+			return reply, idle, ctx.Err()
+		}
+	}
+	return reply, idle, nil
 }

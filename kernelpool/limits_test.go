@@ -350,7 +350,7 @@ func assertEmpty(t *testing.T, dirs ...string) {
 func TestIPCPathLimit(t *testing.T) {
 	cfg := testKernelConfig(t)
 	cfg.Spec = installedSpecs(t)["python3"]
-	// runtime dir = root/<36-byte uuid>; its sockets need 7 more bytes.
+	// runtime dir = root/<36-byte uuid>; StartKernel reserves 7 more bytes for socket names.
 	fits := maxIPCPath - len("/sock-5") - 37
 	root := filepath.Dir(cfg.RuntimeRoot)
 	atLimit := root + "/" + strings.Repeat("r", fits-len(root)-1)

@@ -146,6 +146,12 @@ func TestWarmupLeavesNoTrace(t *testing.T) {
 		if out.stdout != "'' 0 2\n" {
 			t.Errorf("%s: after warm-up _, len(Out), len(In) = %q, want '' 0 2", name, out.stdout)
 		}
+		// The display hook still works: results reach _ and nothing of the
+		// warm-up's result is left under its own name.
+		run(t, k, "40+2")
+		if out, _ := run(t, k, "print(repr(_), [n for n in ('_0', '_1', '_2') if n in globals()])"); out.stdout != "42 ['_2']\n" {
+			t.Errorf("%s: after warm-up and 40+2, _ and the _N names are %q, want 42 ['_2']", name, out.stdout)
+		}
 		k.Shutdown()
 	}
 	if got := DefaultWarmup(jupytermsg.Spec{KernelSpec: jupytermsg.KernelSpec{Language: "julia"}}); got != nil {
