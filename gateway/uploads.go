@@ -81,28 +81,35 @@ func (f *executionFiles) forget(msgID string) {
 // what the client should be told about the rest.
 //
 // Executions queue in the kernel: one sent while another still ran took
-// its snapshot before the other's files existed. So when an upload starts,
-// every execution still waiting measures from the directory as it is now,
-// and no file is uploaded again under the next execution.
+// its snapshot before the other's files existed. So every execution that
+// was waiting when an upload started measures from the directory as that
+// upload found it, and no file is uploaded again under the next execution.
+// The upload's own scan serves: scanning again for this would double the
+// cost of every execution in a large directory.
 func (f *executionFiles) afterExecute(ctx context.Context, msgID, permalink string) ([]fileLink, []string, error) {
 	f.mu.Lock()
 	before, ok := f.before[msgID]
 	delete(f.before, msgID)
+	if ok {
+		f.gen++
+	}
+	gen := f.gen
 	f.mu.Unlock()
 	if !ok {
 		return nil, nil, nil
 	}
-	if cut, err := f.watcher.Snapshot(); err == nil {
+	report, err := f.watcher.UploadChanged(ctx, before.snap, permalink)
+	if report.After != nil {
 		f.mu.Lock()
-		f.gen++
 		for id, b := range f.before {
-			if b.gen < f.gen {
-				f.before[id] = baseline{snap: cut, gen: f.gen}
+			// Executions sent since the upload started (gen) keep their
+			// own snapshots: they were taken after the ones waiting.
+			if b.gen < gen {
+				f.before[id] = baseline{snap: *report.After, gen: gen}
 			}
 		}
 		f.mu.Unlock()
 	}
-	report, err := f.watcher.UploadChanged(ctx, before.snap, permalink)
 	var links []fileLink
 	var notices []string
 	for _, up := range report.Files {

@@ -152,6 +152,9 @@ type UploadReport struct {
 	// Truncated is set when the directory had more than MaxEntries entries; the rest were not
 	// examined.
 	Truncated bool
+	// After is the directory as this upload found it, for measuring later changes against
+	// without scanning it again. Nil when the directory could not be scanned.
+	After *Snapshot
 }
 
 // Watcher finds and uploads the files a kernel writes in its working directory. It holds the
@@ -244,7 +247,7 @@ func (w *Watcher) UploadChanged(ctx context.Context, before Snapshot, permalink 
 		return UploadReport{}, err
 	}
 
-	report := UploadReport{Truncated: after.truncated}
+	report := UploadReport{Truncated: after.truncated, After: &after}
 	notices := 0
 	skip := func(name, reason string) {
 		if notices >= maxSkipNotices {

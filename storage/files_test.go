@@ -774,3 +774,22 @@ func TestSweepOrphans(t *testing.T) {
 		}
 	})
 }
+
+// The report's After is the directory as the upload found it: measured
+// against, it shows only what changed since, so callers need not scan again.
+func TestUploadReportAfterIsTheNextBaseline(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		w, dir, snap := watch(t, s.Files(), FileOwner{Session: "sess-after", Kernel: "k"})
+		writeFile(t, filepath.Join(dir, "first.txt"), []byte("1"))
+		report, err := w.UploadChanged(ctx, snap, "")
+		if err != nil || len(report.Files) != 1 || report.After == nil {
+			t.Fatalf("first upload = %+v, %v", report, err)
+		}
+		writeFile(t, filepath.Join(dir, "second.txt"), []byte("2"))
+		report, err = w.UploadChanged(ctx, *report.After, "")
+		if err != nil || len(report.Files) != 1 || report.Files[0].Name != "second.txt" {
+			t.Fatalf("measured from After, got %+v, %v; want second.txt alone", report, err)
+		}
+	})
+}
