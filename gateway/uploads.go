@@ -169,26 +169,15 @@ type uploadJob struct {
 	reply *jupytermsg.Message
 	p     pendingExecution
 	to    string
+	// timer relays the reply once ReplyHold passes. Its Stop reports
+	// whether that is still to be done: true iff the func will not run, so
+	// exactly one of it and the upload relays the reply.
 	timer *time.Timer
-
-	mu       sync.Mutex
-	released bool
 }
 
 func newUploader(sess *session) *uploader {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &uploader{sess: sess, jobs: make(chan *uploadJob, maxSnapshots+1), ctx: ctx, cancel: cancel, done: make(chan struct{})}
-}
-
-// claim reports whether the caller is the one to relay the reply.
-func (j *uploadJob) claim() bool {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	if j.released {
-		return false
-	}
-	j.released = true
-	return true
 }
 
 // hold takes over reply if its execution has files to upload; false
@@ -200,19 +189,17 @@ func (u *uploader) hold(reply *jupytermsg.Message, p pendingExecution, to string
 	}
 	j := &uploadJob{msgID: msgID, reply: reply, p: p, to: to}
 	j.timer = time.AfterFunc(u.sess.cfg.Storage.ReplyHold, func() {
-		if j.claim() {
-			u.sess.log.append(jupytermsg.Shell, rewriteReply(j.reply, j.p.permalink.wait(0), j.p.wantsFiles, nil), j.to)
-			u.sess.notice(j.reply.ParentHeader, "files are still being stored; they are announced when they are")
-		}
+		u.sess.log.append(jupytermsg.Shell, rewriteReply(j.reply, j.p.permalink.wait(0), j.p.wantsFiles, nil), j.to)
+		u.sess.notice(j.reply.ParentHeader, "files are still being stored; they are announced when they are")
 	})
 	select {
 	case u.jobs <- j:
 		return true
 	default:
 		// Cannot happen while jobs outnumber snapshots; never block the pump.
-		j.timer.Stop()
 		u.sess.files.forget(msgID)
-		return false
+		// A timer that already fired has relayed the reply.
+		return !j.timer.Stop()
 	}
 }
 
@@ -247,8 +234,7 @@ func (u *uploader) upload(j *uploadJob) {
 		notices = append(notices, "files could not be stored (storage unavailable)")
 		s.logger.Warn().Err(err).Msg("upload kernel files")
 	}
-	inTime := j.claim()
-	j.timer.Stop()
+	inTime := j.timer.Stop()
 	var names []string
 	for _, l := range links {
 		names = append(names, l.Name)
