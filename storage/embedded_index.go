@@ -21,7 +21,9 @@ import (
 // lookup by _id scans the whole table: a permalink lookup took 3.8 ms with
 // 100 permalinks stored and 157 ms with 10,000, and reading one chunk of a
 // file parsed every chunk stored. The fix is one more index, on the exact
-// expression the queries use.
+// expression the queries use. (FerretDB v1.24.0 sources:
+// internal/backends/sqlite/metadata/metadata.go IDColumn, the queries'
+// spelling; metadata/registry.go indexesCreate, the index's.)
 const (
 	ferretIDLookup       = `_ferretdb_sjson->'$._id'`
 	ferretCollections    = "_ferretdb_collections"

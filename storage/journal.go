@@ -2,6 +2,7 @@ package storage
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
@@ -258,7 +259,7 @@ func openJournal(dir string) (*journal, []journalRecord, int, error) {
 	return j, live, discarded, nil
 }
 
-// rewrite replaces the file with one holding only items, atomically (write, fsync, rename, fsync
+// rewrite replaces the file with one holding only items (in journal order), atomically (write, fsync, rename, fsync
 // the directory). Callers other than the opener hold syncMu and mu. On failure the journal is
 // left broken, so that the next append tries again first.
 func (j *journal) rewrite(items []*queuedCell) (err error) {
@@ -267,7 +268,6 @@ func (j *journal) rewrite(items []*queuedCell) (err error) {
 			j.broken = err
 		}
 	}()
-	slices.SortFunc(items, func(a, b *queuedCell) int { return cmpUint64(a.seq, b.seq) })
 	buf := append(j.buf[:0], journalMagic...)
 	for _, item := range items {
 		buf = appendJournalRecord(buf, item.record())
@@ -309,16 +309,6 @@ func (j *journal) rewrite(items []*queuedCell) (err error) {
 	j.synced = j.appended
 	j.broken = nil
 	return nil
-}
-
-func cmpUint64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func syncDir(dir string) error {
@@ -438,11 +428,13 @@ func (j *journal) rewriteLive(need func() bool) error {
 	return j.rewrite(j.liveItems())
 }
 
+// liveItems are the items not yet done, in journal order (rewrite keeps it).
 func (j *journal) liveItems() []*queuedCell {
 	items := make([]*queuedCell, 0, len(j.live))
 	for _, item := range j.live {
 		items = append(items, item)
 	}
+	slices.SortFunc(items, func(a, b *queuedCell) int { return cmp.Compare(a.seq, b.seq) })
 	return items
 }
 

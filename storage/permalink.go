@@ -60,21 +60,10 @@ type Permalinks struct {
 // idAttempts is how many candidate ids a cell has (see idDigestLength).
 const idAttempts = 5
 
-// idDigestLength is the digest prefix (in bytes) of a cell's attempt-th candidate id; multiples of
-// 3 give base64 without padding. 9 bytes = 12 characters.
+// idDigestLength is the digest prefix (in bytes) of a cell's attempt-th candidate id, for attempt
+// below idAttempts; multiples of 3 give base64 without padding. 9 bytes = 12 characters.
 func idDigestLength(attempt int) int {
-	switch attempt {
-	case 0:
-		return 9
-	case 1:
-		return 12
-	case 2:
-		return 18
-	case 3:
-		return 24
-	default:
-		return sha256.Size
-	}
+	return [idAttempts]int{9, 12, 18, 24, sha256.Size}[attempt]
 }
 
 const (

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"slices"
 	"sync"
 	"time"
 
@@ -181,7 +180,8 @@ func (q *Queue) openJournal(dir string) ([]*queuedCell, error) {
 		q.pending[item.id] = item
 	}
 	// A fresh file: no torn tail for appends to land behind, and no done records.
-	if err := j.rewrite(slices.Clone(items)); err != nil {
+	// items are in journal order already.
+	if err := j.rewrite(items); err != nil {
 		_ = j.close()
 		return nil, err
 	}
@@ -407,8 +407,11 @@ func (q *Queue) write(item *queuedCell) {
 }
 
 func (q *Queue) written(item *queuedCell, res storeResult, storedRequests int64) {
-	q.forget(item)
+	q.markDone(item)
 	q.mu.Lock()
+	// Leaving pending and becoming known happen together, so an Enqueue of
+	// the same cell finds it in one place or the other, never in neither.
+	q.removePendingLocked(item)
 	q.stored.add(item.digest, res.id, time.Now())
 	extra, lastAccess := item.requests, item.lastAccess
 	if res.inserted {
@@ -436,6 +439,15 @@ func (q *Queue) written(item *queuedCell, res storeResult, storedRequests int64)
 // from pending, an Enqueue of the same cell reuses it rather than journaling it again, so its
 // done record cannot cancel a newer add.
 func (q *Queue) forget(item *queuedCell) {
+	q.markDone(item)
+	q.mu.Lock()
+	q.removePendingLocked(item)
+	q.mu.Unlock()
+}
+
+// markDone records in the journal that item needs no replay; it comes
+// before the item leaves pending.
+func (q *Queue) markDone(item *queuedCell) {
 	if q.journal != nil && item.journalErr == nil {
 		if err := q.journal.done(item); err != nil {
 			// Harmless: the item is replayed at the next start and found stored (or dropped
@@ -443,11 +455,12 @@ func (q *Queue) forget(item *queuedCell) {
 			q.log.Warn().Err(err).Str("id", item.id).Msg("could not mark a permalink finished in the journal")
 		}
 	}
-	q.mu.Lock()
+}
+
+func (q *Queue) removePendingLocked(item *queuedCell) {
 	if q.pending[item.id] == item {
 		delete(q.pending, item.id)
 	}
-	q.mu.Unlock()
 }
 
 func (q *Queue) dropped(item *queuedCell, err error) {

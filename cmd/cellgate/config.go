@@ -155,10 +155,11 @@ func parseOptions(args []string, getenv func(string) string) (options, error) {
 // validate refuses settings that would make no sense at run time, naming
 // the flag.
 func (o options) validate() error {
-	positive := []struct {
+	type setting struct {
 		name  string
 		value int64
-	}{
+	}
+	positive := []setting{
 		{"max-kernels", int64(o.maxKernels)}, {"max-message-mb", o.maxMessageMB},
 		{"max-kernels-per-address", int64(o.perAddress)}, {"max-kernels-per-client", int64(o.perClient)},
 		{"drain-timeout", int64(o.drainTimeout)}, {"lease-timeout", int64(o.leaseTimeout)},
@@ -174,10 +175,7 @@ func (o options) validate() error {
 	if o.maxMessageMB > 1024 {
 		return fmt.Errorf("--max-message-mb %d is over 1024", o.maxMessageMB)
 	}
-	for _, p := range []struct {
-		name  string
-		value int64
-	}{{"kernel-memory-mb", o.kernelMemory}, {"kernel-disk-mb", o.kernelDisk}, {"kernel-processes", int64(o.kernelProcs)},
+	for _, p := range []setting{{"kernel-memory-mb", o.kernelMemory}, {"kernel-disk-mb", o.kernelDisk}, {"kernel-processes", int64(o.kernelProcs)},
 		{"kernel-cpu", int64(o.kernelCPU)}, {"kernel-lifespan", int64(o.kernelLifespan)}, {"detach-grace", int64(o.detachGrace)}} {
 		if p.value < 0 {
 			return fmt.Errorf("--%s must not be negative", p.name)

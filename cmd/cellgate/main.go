@@ -138,18 +138,18 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 	// Every step of shutdown shares one deadline, set when shutdown
 	// begins (or now, if serve fails before), so the whole of it takes
 	// --drain-timeout, not a multiple of it.
-	var shutdownAt time.Time
+	var shutdownBegan time.Time
 	defer func() {
 		// Runs last: after the pool and the storage have closed.
-		if !shutdownAt.IsZero() {
-			log.Info().Dur("took", time.Since(shutdownAt.Add(-o.drainTimeout))).Msg("cellgate stopped")
+		if !shutdownBegan.IsZero() {
+			log.Info().Dur("took", time.Since(shutdownBegan)).Msg("cellgate stopped")
 		}
 	}()
 	shutdownCtx := func() (context.Context, context.CancelFunc) {
-		if shutdownAt.IsZero() {
-			shutdownAt = time.Now().Add(o.drainTimeout)
+		if shutdownBegan.IsZero() {
+			shutdownBegan = time.Now()
 		}
-		return context.WithDeadline(context.Background(), shutdownAt)
+		return context.WithDeadline(context.Background(), shutdownBegan.Add(o.drainTimeout))
 	}
 
 	// The metrics exist before the pool, so its first kernel starts count.
