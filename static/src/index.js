@@ -9,7 +9,7 @@
 
 import { Cell, dedent, kernelSpecs } from './cell.js';
 import { Kernel } from './kernel.js';
-import { FRAME_SANDBOX, sanitizedNode } from './mime.js';
+import { sanitizedNode } from './mime.js';
 import { OutputArea } from './output.js';
 import { zlibDecode, zlibEncode } from './util.js';
 import { WidgetManager } from './widgets.js';
@@ -144,7 +144,7 @@ const api = {
   dedent,
   Kernel,
   // For tests and advanced embedding; not a stable API.
-  _internals: { OutputArea, WidgetManager, sanitizedNode, FRAME_SANDBOX },
+  _internals: { OutputArea, WidgetManager, sanitizedNode },
 };
 
 window.cellgate = Object.assign(window.cellgate || {}, api);

@@ -10,7 +10,7 @@ const POLL_WAIT = 25;
 // Messages kept for the kernel while no transport can take them (a
 // reconnecting websocket, a failing POST); past this the oldest go, and the
 // cell is told.
-export const MAX_QUEUE = 500;
+const MAX_QUEUE = 500;
 
 /** KernelError is a failed request to the server, with its answer. */
 export class KernelError extends Error {
@@ -301,6 +301,13 @@ export class Kernel extends Emitter {
     return msg;
   }
 
+  /** _trimQueue drops the oldest queued messages beyond MAX_QUEUE and says how many. */
+  _trimQueue() {
+    const n = Math.max(0, this.queue.length - MAX_QUEUE);
+    if (n) this.queue.splice(0, n);
+    return n;
+  }
+
   /** send queues msg for the kernel, and returns its msg_id. */
   send(msg, handler) {
     if (handler) this.handlers.set(msg.header.msg_id, handler);
@@ -309,8 +316,7 @@ export class Kernel extends Emitter {
       return msg.header.msg_id;
     }
     this.queue.push(msg);
-    if (this.queue.length > MAX_QUEUE) {
-      this.queue.splice(0, this.queue.length - MAX_QUEUE);
+    if (this._trimQueue()) {
       if (!this._dropped++) {
         setTimeout(() => {
           const n = this._dropped;
@@ -376,11 +382,8 @@ export class Kernel extends Emitter {
         }
         // Not sent: keep the batch (bounded), wait, try again.
         this.queue.unshift(...batch);
-        if (this.queue.length > MAX_QUEUE) {
-          const n = this.queue.length - MAX_QUEUE;
-          this.queue.splice(0, n);
-          this.emit('problem', `${n} message(s) to the kernel were dropped: the server cannot be reached`);
-        }
+        const n = this._trimQueue();
+        if (n) this.emit('problem', `${n} message(s) to the kernel were dropped: the server cannot be reached`);
         if (!told && backoff >= 2000) {
           told = true;
           this.emit('problem', `could not send to the kernel (${failure || `${resp.status} ${resp.statusText}`}); retrying`);
