@@ -205,15 +205,27 @@ func (s *session) pump() {
 // observe records one kernel message, updating the session's view of it.
 func (s *session) observe(r kernelpool.Received) {
 	m := r.Msg
-	if strings.HasPrefix(m.Header.MsgType, gatewayMsgPrefix) {
+	msgType := m.Header.MsgType
+	if strings.HasPrefix(msgType, gatewayMsgPrefix) {
 		// Only the gateway speaks for itself: a kernel could otherwise
 		// announce files (links) of its choosing.
 		s.metrics.errors.WithLabelValues("forged_message").Inc()
-		s.logger.Warn().Str("msg_type", m.Header.MsgType).Msg("dropped a kernel message posing as the gateway's")
+		s.logger.Warn().Str("msg_type", msgType).Msg("dropped a kernel message posing as the gateway's")
 		return
 	}
 	s.metrics.relayed.WithLabelValues("out", string(r.Channel)).Inc()
-	parent := m.Parent()
+	// Most messages are iopub output, which needs nothing of the parent
+	// header: it is parsed only for routing and the types that read it.
+	var parent jupytermsg.Header
+	if r.Channel != jupytermsg.IOPub || msgType == "status" || msgType == "execute_reply" {
+		parent = m.Parent()
+	}
+	var st jupytermsg.Status
+	isStatus := msgType == "status" && m.DecodeContent(&st) == nil
+	// An interact is in use: keep the session alive up to the cap.
+	interact := msgType == "comm_open" || msgType == "comm_msg"
+	var p pendingExecution
+	tracked := false
 	s.mu.Lock()
 	// Kernel output is activity: a computation that prints is not idle.
 	s.lastActive = time.Now()
@@ -228,33 +240,26 @@ func (s *session) observe(r kernelpool.Received) {
 			to = parent.Session
 		}
 	}
-	s.mu.Unlock()
-	switch m.Header.MsgType {
-	case "status":
-		var st jupytermsg.Status
-		if m.DecodeContent(&st) == nil {
-			s.mu.Lock()
-			s.state = st.ExecutionState
-			if st.ExecutionState == jupytermsg.StateIdle && parent.MsgType == "execute_request" && s.doneExecs < s.sentExecs {
-				s.doneExecs++
-			}
-			s.mu.Unlock()
-			s.poke()
+	switch {
+	case isStatus:
+		s.state = st.ExecutionState
+		if st.ExecutionState == jupytermsg.StateIdle && parent.MsgType == "execute_request" && s.doneExecs < s.sentExecs {
+			s.doneExecs++
 		}
-	case "comm_open", "comm_msg":
-		// An interact is in use: keep the session alive up to the cap.
-		s.extendIdle(s.life.maxIdle)
-	case "execute_reply":
-		s.mu.Lock()
-		p, tracked := s.pending[parent.MsgID]
+	case interact:
+		s.idleFor = max(s.idleFor, s.life.maxIdle)
+	case msgType == "execute_reply":
+		p, tracked = s.pending[parent.MsgID]
 		delete(s.pending, parent.MsgID)
-		s.mu.Unlock()
-		if !tracked {
-			break
-		}
+	}
+	s.mu.Unlock()
+	if isStatus || interact {
+		s.poke()
+	}
+	if tracked {
 		// Files are uploaded off this goroutine; the uploader relays the
 		// reply once they are stored or a short while has passed.
-		if s.uploads != nil && s.uploads.hold(m, p, to) {
+		if s.uploads != nil && s.uploads.hold(m, parent.MsgID, p, to) {
 			return
 		}
 		m = rewriteReply(m, p.permalink.wait(s.cfg.Storage.ReplyHold), p.wantsFiles, nil)
@@ -348,8 +353,9 @@ func (s *session) send(client string, ch jupytermsg.Channel, m *jupytermsg.Messa
 	if execute {
 		s.sentExecs++
 	}
+	s.lastActive = time.Now()
 	s.mu.Unlock()
-	s.touch()
+	s.poke()
 	s.metrics.relayed.WithLabelValues("in", string(ch)).Inc()
 	if err := s.kernel.Send(ch, m); err != nil {
 		if execute {
@@ -446,17 +452,6 @@ func (s *session) prepareExecute(m *jupytermsg.Message) error {
 // touch records client activity, pushing back the idle deadline.
 func (s *session) touch() {
 	s.mu.Lock()
-	s.lastActive = time.Now()
-	s.mu.Unlock()
-	s.poke()
-}
-
-// extendIdle raises the idle timeout, never past the server's cap.
-func (s *session) extendIdle(d time.Duration) {
-	s.mu.Lock()
-	if d > s.idleFor {
-		s.idleFor = min(d, s.life.maxIdle)
-	}
 	s.lastActive = time.Now()
 	s.mu.Unlock()
 	s.poke()

@@ -180,10 +180,9 @@ func newUploader(sess *session) *uploader {
 	return &uploader{sess: sess, jobs: make(chan *uploadJob, maxSnapshots+1), ctx: ctx, cancel: cancel, done: make(chan struct{})}
 }
 
-// hold takes over reply if its execution has files to upload; false
-// means the caller relays it.
-func (u *uploader) hold(reply *jupytermsg.Message, p pendingExecution, to string) bool {
-	msgID := reply.ParentMsgID()
+// hold takes over reply, to the execute_request msgID, if its execution
+// has files to upload; false means the caller relays it.
+func (u *uploader) hold(reply *jupytermsg.Message, msgID string, p pendingExecution, to string) bool {
 	if !u.sess.files.tracks(msgID) {
 		return false
 	}
