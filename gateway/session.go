@@ -91,7 +91,11 @@ type session struct {
 	files      *executionFiles
 	uploads    *uploader
 	// permalink records an execution's code; "" when not stored.
-	permalink   func(s *session, code string) string
+	permalink func(s *session, code string) string
+	// lastHeld is closed once the latest reply held for its permalink is
+	// relayed; replies after it wait for it, so they keep their order.
+	// Only the pump uses it.
+	lastHeld    chan struct{}
 	onEnd       []func(*session)
 	activity    chan struct{}
 	ended       chan struct{}
@@ -157,16 +161,25 @@ func recordPermalink(record func() string) *permalinkFuture {
 	return f
 }
 
-// wait returns the id once recorded, or "" if recording takes longer than
-// d (the reply then goes without it) or there is no permalink.
-func (f *permalinkFuture) wait(d time.Duration) string {
+// recorded reports whether recording is over (or there is no permalink),
+// and the id if so.
+func (f *permalinkFuture) recorded() (string, bool) {
 	if f == nil {
-		return ""
+		return "", true
 	}
 	select {
 	case <-f.done:
-		return f.id
+		return f.id, true
 	default:
+		return "", false
+	}
+}
+
+// wait returns the id once recorded, or "" if recording takes longer than
+// d (the reply then goes without it) or there is no permalink.
+func (f *permalinkFuture) wait(d time.Duration) string {
+	if id, ok := f.recorded(); ok {
+		return id
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
@@ -262,9 +275,42 @@ func (s *session) observe(r kernelpool.Received) {
 		if s.uploads != nil && s.uploads.hold(m, parent.MsgID, p, to) {
 			return
 		}
-		m = rewriteReply(m, p.permalink.wait(s.cfg.Storage.ReplyHold), p.wantsFiles, nil)
+		s.relayReply(r.Channel, m, p, to)
+		return
 	}
 	s.log.append(r.Channel, m, to)
+}
+
+// relayReply relays a tracked execute_reply with its permalink. One whose
+// permalink is still being recorded (the journal's fsync) waits for it, up
+// to ReplyHold, off the pump; later replies wait behind it, so replies keep
+// the order the kernel sent them in while other output flows meanwhile.
+// Only the pump calls it.
+func (s *session) relayReply(ch jupytermsg.Channel, m *jupytermsg.Message, p pendingExecution, to string) {
+	prev := s.lastHeld
+	if prev != nil {
+		select {
+		case <-prev:
+			prev, s.lastHeld = nil, nil
+		default:
+		}
+	}
+	if id, ok := p.permalink.recorded(); ok && prev == nil {
+		s.log.append(ch, rewriteReply(m, id, p.wantsFiles, nil), to)
+		return
+	}
+	done := make(chan struct{})
+	s.lastHeld = done
+	go func() {
+		defer close(done)
+		// Measured from the reply, as if the pump had waited: waiting for
+		// prev does not extend it.
+		id := p.permalink.wait(s.cfg.Storage.ReplyHold)
+		if prev != nil {
+			<-prev
+		}
+		s.log.append(ch, rewriteReply(m, id, p.wantsFiles, nil), to)
+	}()
 }
 
 // kernelSession is the session id the kernel's messages carry. Messages

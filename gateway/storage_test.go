@@ -9,7 +9,9 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -408,5 +410,59 @@ func TestUntrackedFilesAreToldAbout(t *testing.T) {
 	_, frames, _ = execFiles(c, "for i in range(40):\n    open('f%d.txt' % i, 'w').write('x')")
 	if !strings.Contains(streamText(frames), "too many entries") {
 		t.Errorf("no notice of a truncated scan: %q", streamText(frames))
+	}
+}
+
+// slowPermalinks takes delay to record each permalink, as a journal whose
+// fsync is slow does.
+type slowPermalinks struct {
+	delay time.Duration
+	n     atomic.Int64
+}
+
+func (p *slowPermalinks) Enqueue(storage.Cell) (string, error) {
+	time.Sleep(p.delay)
+	return "slow" + strconv.FormatInt(p.n.Add(1), 10), nil
+}
+
+func (p *slowPermalinks) Get(context.Context, string) (storage.Permalink, error) {
+	return storage.Permalink{}, storage.ErrNotFound
+}
+
+// A permalink slow to record holds its reply back, not the kernel's other
+// output: the next execution's output comes meanwhile, the replies keep
+// their order, and each carries its permalink.
+func TestSlowPermalinkNeverStallsTheKernel(t *testing.T) {
+	env := newTestEnv(t, 1, 4, func(c *Config) {
+		c.Storage.Permalinks = &slowPermalinks{delay: time.Second}
+		c.Storage.ReplyHold = 20 * time.Second
+	})
+	k := env.newKernel(url.Values{"timeout": {"60"}})
+	c := env.dialSage(k.ID, "")
+	first := c.execute("1")
+	second := c.execute("print('meanwhile')")
+	frames := c.until(func(f frame) bool { return f.Header.MsgType == "execute_reply" && f.ParentHeader.MsgID == second })
+	reply, other := -1, -1
+	for i, f := range frames {
+		switch {
+		case f.Header.MsgType == "execute_reply" && f.ParentHeader.MsgID == first:
+			reply = i
+		case f.ParentHeader.MsgID == second && f.str("text") == "meanwhile\n":
+			other = i
+		}
+	}
+	if reply < 0 || other < 0 || other > reply {
+		t.Errorf("first reply at %d, next execution's output at %d of %d: the permalink held the kernel's output up", reply, other, len(frames))
+	}
+	for _, i := range []int{reply, len(frames) - 1} {
+		if i < 0 {
+			continue
+		}
+		var meta struct {
+			Permalink string `json:"permalink"`
+		}
+		if err := json.Unmarshal(frames[i].Metadata["cellgate"], &meta); err != nil || meta.Permalink == "" {
+			t.Errorf("reply to %s carries no permalink: %s", frames[i].ParentHeader.MsgID, frames[i].Metadata["cellgate"])
+		}
 	}
 }
