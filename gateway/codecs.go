@@ -107,7 +107,7 @@ func (c jupyterCodec) encode(e outgoing) (int, []byte, error) {
 // other place to show a gateway error. It carries the kernel's session:
 // JupyterLab takes the session of every message as the kernel's.
 func (c jupyterCodec) problem(text, session string) (int, []byte) {
-	m, err := jupytermsg.New("stream", session, nil, jupytermsg.Stream{Name: "stderr", Text: "[cellgate] " + text + "\n"})
+	m, err := jupytermsg.New("stream", session, nil, noticeStream(text))
 	if err != nil {
 		return websocket.TextMessage, nil
 	}

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,9 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/labstack/echo/v4"
-
-	"github.com/cellgate/cellgate/jupytermsg"
 )
 
 // Long-polling is the same session over plain HTTP, for clients whose
@@ -166,22 +166,26 @@ func parseWait(v string, limit time.Duration) (time.Duration, error) {
 func (s *Server) pollReceive(c echo.Context) error {
 	sess, ended, client, err := s.pollTarget(c)
 	if ended != nil {
+		asked, err := askedSince(c, ended.last)
+		if err != nil {
+			return httpError(c, http.StatusBadRequest, err.Error())
+		}
 		since := ended.last
-		if v := c.QueryParam("since"); v != "" {
-			if since, err = parseSince(v, ended.last); err != nil {
-				return httpError(c, http.StatusBadRequest, err.Error())
-			}
+		if asked != nil {
+			since = *asked
 		}
 		return c.JSON(http.StatusOK, pollResponse{Messages: []json.RawMessage{}, Next: since, Ended: true, Reason: ended.reason})
 	}
 	if sess == nil {
 		return err
 	}
+	asked, err := askedSince(c, sess.log.last())
+	if err != nil {
+		return httpError(c, http.StatusBadRequest, err.Error())
+	}
 	since := uint64(0)
-	if v := c.QueryParam("since"); v != "" {
-		if since, err = parseSince(v, sess.log.last()); err != nil {
-			return httpError(c, http.StatusBadRequest, err.Error())
-		}
+	if asked != nil {
+		since = *asked
 	} else if n, ok := sess.cursor(client); ok {
 		since = n
 	}
@@ -222,7 +226,7 @@ func (s *Server) pollReceive(c echo.Context) error {
 // splitPollBody reads a poll POST body: one message frame, or a JSON
 // array of them.
 func splitPollBody(body []byte) ([]json.RawMessage, error) {
-	trimmed := trimLeftSpace(body)
+	trimmed := bytes.TrimLeft(body, jsonSpace)
 	if len(trimmed) > 0 && trimmed[0] == '[' {
 		var frames []json.RawMessage
 		if err := json.Unmarshal(trimmed, &frames); err != nil {
@@ -233,12 +237,8 @@ func splitPollBody(body []byte) ([]json.RawMessage, error) {
 	return []json.RawMessage{body}, nil
 }
 
-func trimLeftSpace(b []byte) []byte {
-	for len(b) > 0 && (b[0] == ' ' || b[0] == '\t' || b[0] == '\n' || b[0] == '\r') {
-		b = b[1:]
-	}
-	return b
-}
+// jsonSpace is the white space JSON allows between tokens.
+const jsonSpace = " \t\n\r"
 
 func (s *Server) pollSend(c echo.Context) error {
 	sess, ended, client, err := s.pollTarget(c)
@@ -259,14 +259,8 @@ func (s *Server) pollSend(c echo.Context) error {
 	}
 	sess.polls.mark(sess, client, 2*s.cfg.PollWait)
 	for i, f := range frames {
-		ch, m, err := jupytermsg.DecodeJSONFrame(f)
-		if err == nil && ch == jupytermsg.IOPub {
-			err = errors.New("clients cannot send on the iopub channel")
-		}
-		if err == nil {
-			err = sess.send(client, ch, m)
-		}
-		if err != nil {
+		// A poll frame is what a Sage-cell websocket text frame carries.
+		if err := s.relayClientFrame(sess, client, sageCodec{}, websocket.TextMessage, f); err != nil {
 			code := http.StatusBadRequest
 			if errors.Is(err, errSessionEnded) {
 				code = http.StatusGone

@@ -337,10 +337,16 @@ func (s *session) gatewayMessage(msgType string, parentHeader []byte, content an
 	return m, nil
 }
 
+// noticeStream is the gateway's own word to a client, on stderr and marked
+// as the gateway's so it is not taken for the kernel's output.
+func noticeStream(text string) jupytermsg.Stream {
+	return jupytermsg.Stream{Name: "stderr", Text: "[cellgate] " + text + "\n"}
+}
+
 // notice tells the clients of the request with parentHeader something on
 // stderr.
 func (s *session) notice(parentHeader []byte, text string) {
-	m, err := s.gatewayMessage("stream", parentHeader, jupytermsg.Stream{Name: "stderr", Text: "[cellgate] " + text + "\n"})
+	m, err := s.gatewayMessage("stream", parentHeader, noticeStream(text))
 	if err != nil {
 		return
 	}

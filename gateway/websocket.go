@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -106,16 +105,6 @@ func (s *session) release(client string, c *clientConn) {
 	close(c.done)
 }
 
-// upgradeError answers a failed upgrade in the JSON error shape.
-func upgradeError(w http.ResponseWriter, _ *http.Request, status int, reason error) {
-	w.Header().Set("Content-Type", "application/json")
-	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
-		w.Header().Set("Retry-After", "5")
-	}
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(apiError{Error: http.StatusText(status), Message: reason.Error()})
-}
-
 // bridge runs one websocket client of a session until either side ends.
 func (s *Server) bridge(c echo.Context, sess *session, cd codec) error {
 	if !websocket.IsWebSocketUpgrade(c.Request()) {
@@ -125,18 +114,22 @@ func (s *Server) bridge(c echo.Context, sess *session, cd codec) error {
 	if clientSession == "" {
 		clientSession = uuid.NewString()
 	}
-	since, err := s.askedSince(c, sess)
+	since, err := askedSince(c, sess.log.last())
 	if err != nil {
 		return httpError(c, http.StatusBadRequest, err.Error())
 	}
 	up := websocket.Upgrader{
 		CheckOrigin:  s.originAllowed,
 		Subprotocols: cd.subprotocols(),
-		Error:        upgradeError,
+		// Upgrade writes to c.Response(), so a refusal is answered in the
+		// JSON error shape like any other.
+		Error: func(_ http.ResponseWriter, _ *http.Request, status int, reason error) {
+			_ = httpError(c, status, reason.Error())
+		},
 	}
 	conn, err := up.Upgrade(c.Response(), c.Request(), nil)
 	if err != nil {
-		return nil // upgradeError has answered
+		return nil // Error has answered
 	}
 	defer conn.Close()
 	// Only an upgrade that passed its checks (the origin's among them)
@@ -200,13 +193,14 @@ func (d *delivery) pong(data string) {
 	}
 }
 
-// askedSince is the ?since=N a client resumes from, nil if none.
-func (s *Server) askedSince(c echo.Context, sess *session) (*uint64, error) {
+// askedSince is the ?since=N a client resumes from, nil if none; last is
+// the session's last sequence number.
+func askedSince(c echo.Context, last uint64) (*uint64, error) {
 	v := c.QueryParam("since")
 	if v == "" {
 		return nil, nil
 	}
-	n, err := parseSince(v, sess.log.last())
+	n, err := parseSince(v, last)
 	if err != nil {
 		return nil, err
 	}
