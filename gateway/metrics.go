@@ -78,11 +78,6 @@ func (m *Metrics) ObserveKernelStart(spec string, took time.Duration, err error)
 	m.kernelStart.WithLabelValues(spec, result).Observe(took.Seconds())
 }
 
-// ObserveKernelStart records a kernel start; the pool calls it.
-func (s *Server) ObserveKernelStart(spec string, took time.Duration, err error) {
-	s.metrics.ObserveKernelStart(spec, took, err)
-}
-
 // poolCollector reads the pool's state at scrape time.
 type poolCollector struct{ s *Server }
 

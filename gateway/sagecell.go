@@ -58,7 +58,8 @@ func formOrJSON(c echo.Context) (map[string]any, error) {
 }
 
 // baseURL is where clients reach this server, for ws_url and file links.
-// It always ends with a slash: links are the base plus a relative path.
+// It always ends with a slash, added here alone: links are the base plus a
+// relative path ("files/…").
 func (s *Server) baseURL(c echo.Context) *url.URL {
 	if s.cfg.PublicURL != "" {
 		if u, err := url.Parse(s.cfg.PublicURL); err == nil && u.Host != "" {
@@ -77,9 +78,6 @@ func (s *Server) wsURL(c echo.Context) string {
 		u.Scheme = "wss"
 	} else {
 		u.Scheme = "ws"
-	}
-	if !strings.HasSuffix(u.Path, "/") {
-		u.Path += "/"
 	}
 	return u.String()
 }

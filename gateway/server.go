@@ -138,10 +138,6 @@ func (c *Config) applyDefaults() {
 	if len(c.AllowOrigins) == 0 {
 		c.AllowOrigins = []string{"*"}
 	}
-	if c.PublicURL != "" && !strings.HasSuffix(c.PublicURL, "/") {
-		// File URLs are the base plus "files/…".
-		c.PublicURL += "/"
-	}
 }
 
 // Server is the gateway.
@@ -230,7 +226,8 @@ var (
 
 // reserve takes a slot under the per-client caps before the (slow) lease,
 // so that concurrent requests cannot all pass the check; release gives it
-// back when the session does not start.
+// back when the session does not start. Call release at most once: a
+// session that starts gives its slot back through forget instead.
 func (s *Server) reserve(remote, owner string) (release func(), err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -249,8 +246,7 @@ func (s *Server) reserve(remote, owner string) (release func(), err error) {
 	if owner != "" {
 		s.perOwner[owner]++
 	}
-	var once sync.Once
-	return func() { once.Do(func() { s.mu.Lock(); s.unreserveLocked(remote, owner); s.mu.Unlock() }) }, nil
+	return func() { s.mu.Lock(); s.unreserveLocked(remote, owner); s.mu.Unlock() }, nil
 }
 
 func (s *Server) unreserveLocked(remote, owner string) {

@@ -74,7 +74,9 @@ type session struct {
 	idleFor     time.Duration
 	clients     int
 	byTransport map[string]int
-	executions  int
+	// executions counts the execute_requests taken in, for the end log.
+	// It is not sentExecs: that one gives back a send the kernel refused.
+	executions int
 	// sentExecs and doneExecs count execute_requests relayed and those
 	// whose idle status came: the kernel has work queued while they
 	// differ, even when its last status says idle.
