@@ -95,6 +95,11 @@ func FuzzClientFrame(f *testing.F) {
 	f.Add(true, true, []byte{0, 0, 0, 2, 0, 0, 0, 12, 0, 0, 0, 14, '{', '}', 'x'})
 	f.Add(false, false, []byte(`{"channel":"shell","header":{"msg_type":"execute_request"},"content":{"code":1,"silent":"no","user_expressions":[]}}`))
 	codecs := []codec{sageCodec{}, jupyterCodec{}, jupyterCodec{protocol: jupytermsg.WSProtocolV1}}
+	// Built once: a registry per input would dominate the fuzzing time.
+	// prepareExecute only counts into the metrics and reads the config.
+	metrics := NewMetrics()
+	cfg := Config{}
+	cfg.applyDefaults()
 	f.Fuzz(func(t *testing.T, sage, binary bool, data []byte) {
 		kind := websocket.TextMessage
 		if binary {
@@ -115,9 +120,7 @@ func FuzzClientFrame(f *testing.F) {
 			if clientMaySend(ch, m.Header.MsgType) && m.Header.MsgType == "execute_request" {
 				// A session without a kernel: prepareExecute only reads the
 				// message and its own bookkeeping.
-				cfg := Config{}
-				cfg.applyDefaults()
-				s := &session{cfg: &cfg, metrics: NewMetrics(), pending: map[string]pendingExecution{}, kernelSess: "k",
+				s := &session{cfg: &cfg, metrics: metrics, pending: map[string]pendingExecution{}, kernelSess: "k",
 					log: newReplayLog(10, 1<<20)}
 				if err := s.prepareExecute(m); err == nil && !json.Valid(m.Content) {
 					t.Fatalf("prepareExecute left content %q", m.Content)
