@@ -5,11 +5,16 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"io"
+	mathrand "math/rand/v2"
 	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
+	"go.mongodb.org/mongo-driver/v2/bson"
 )
 
 // testMongoURIEnv names a real MongoDB to run the suite against as well (skipped when unset).
@@ -133,5 +138,77 @@ func eventually(t testing.TB, timeout time.Duration, what string, cond func() bo
 			t.Fatalf("timed out after %v waiting for %s", timeout, what)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func readAll(t testing.TB, r io.Reader) []byte {
+	t.Helper()
+	data, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	return data
+}
+
+func writeFile(t testing.TB, path string, data []byte) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func randomBytes(n int, seed uint64) []byte {
+	r := mathrand.New(mathrand.NewPCG(seed, seed))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// watch starts watching a fresh directory and returns it with a snapshot of its empty state.
+func watch(t *testing.T, f *Files, owner FileOwner) (*Watcher, string, Snapshot) {
+	t.Helper()
+	dir := t.TempDir()
+	w, err := f.Watch(dir, owner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Close() })
+	snap, err := w.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w, dir, snap
+}
+
+// storedIDs lists the ids of all committed files.
+func storedIDs(t *testing.T, files *Files) []string {
+	t.Helper()
+	all, err := files.filesColl.Distinct(context.Background(), "_id", bson.D{}).Raw()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	must(t, bson.UnmarshalValue(bson.TypeArray, all, &ids))
+	return ids
+}
+
+// longName is a valid '/'-separated path of exactly n bytes, its directories 199 bytes long.
+func longName(n int) string {
+	var parts []string
+	for ; n > 200; n -= 200 {
+		parts = append(parts, strings.Repeat("d", 199))
+	}
+	return strings.Join(append(parts, strings.Repeat("f", n)), "/")
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -92,63 +91,6 @@ func appendFile(t *testing.T, path string, data []byte) {
 	must(t, err)
 	_, err = f.Write(data)
 	must(t, errors.Join(err, f.Close()))
-}
-
-// TestSnapshotDoesNotWaitForTheDatabase stalls an upload's chunk write and checks that Snapshot
-// (and Close) of the same watcher still answer: they run on the client's send path.
-func TestSnapshotDoesNotWaitForTheDatabase(t *testing.T) {
-	s, proxy := proxiedStore(t)
-	for _, call := range []string{"Snapshot", "Close"} {
-		t.Run(call, func(t *testing.T) {
-			w, dir, snap := watch(t, s.Files(), FileOwner{Session: "stall-" + randomHex(4)})
-			content := []byte("stalled upload " + randomHex(16))
-			writeFile(t, filepath.Join(dir, "out.txt"), content)
-			stall := proxy.on(content, holdRequest)
-
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			type result struct {
-				report UploadReport
-				err    error
-			}
-			uploaded := make(chan result, 1)
-			go func() {
-				report, err := w.UploadChanged(ctx, snap, "")
-				uploaded <- result{report, err}
-			}()
-			<-stall.fired // the upload is inside a database write, and stays there
-
-			var gaveUp atomic.Bool
-			guard := time.AfterFunc(deadlockGuard, func() { gaveUp.Store(true); cancel(); stall.Release() })
-			var err error
-			if call == "Snapshot" {
-				_, err = w.Snapshot()
-			} else {
-				err = w.Close()
-			}
-			guard.Stop()
-			if gaveUp.Load() {
-				t.Fatalf("%s waited for the stalled database write", call)
-			}
-			if err != nil {
-				t.Fatalf("%s: %v", call, err)
-			}
-
-			stall.Release()
-			res := <-uploaded
-			if res.err != nil || len(res.report.Files) != 1 || res.report.Files[0].Skipped != "" {
-				t.Fatalf("UploadChanged after the stall = %+v, %v", res.report, res.err)
-			}
-			r, err := s.Files().OpenFile(context.Background(), res.report.Files[0].ID, "out.txt")
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
-			if got := readAll(t, r); !bytes.Equal(got, content) {
-				t.Errorf("stored %q, want %q", got, content)
-			}
-		})
-	}
 }
 
 // TestFilesDocumentReplyLost: the server stores the files document but its reply never arrives,

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,52 +23,10 @@ import (
 	"go.mongodb.org/mongo-driver/v2/mongo/options"
 )
 
-// FileLimits bound what a kernel can push into storage. Zero fields take the defaults given.
-type FileLimits struct {
-	// MaxFileBytes is the largest file uploaded. Default 10 MiB.
-	MaxFileBytes int64
-	// MaxFilesPerExecution is how many files one execution may upload. Default 50.
-	MaxFilesPerExecution int
-	// MaxSessionBytes caps the bytes uploaded for one Watcher (one kernel session). Default 100 MiB.
-	MaxSessionBytes int64
-	// MaxDepth is how many levels of subdirectories are scanned. Default 3; negative: top level only.
-	MaxDepth int
-	// MaxEntries caps the directory entries examined per scan, so that a kernel creating millions
-	// of files costs a bounded amount of work. Default 10000.
-	MaxEntries int
-	// IncludeHidden also uploads names starting with "." and __pycache__ directories, which are
-	// otherwise ignored silently: they are the caches and settings of the kernel's libraries.
-	IncludeHidden bool
-}
-
-func (l FileLimits) withDefaults() FileLimits {
-	if l.MaxFileBytes <= 0 {
-		l.MaxFileBytes = 10 << 20
-	}
-	if l.MaxFilesPerExecution <= 0 {
-		l.MaxFilesPerExecution = 50
-	}
-	if l.MaxSessionBytes <= 0 {
-		l.MaxSessionBytes = 100 << 20
-	}
-	switch {
-	case l.MaxDepth == 0:
-		l.MaxDepth = 3
-	case l.MaxDepth < 0:
-		l.MaxDepth = 0
-	}
-	if l.MaxEntries <= 0 {
-		l.MaxEntries = 10000
-	}
-	return l
-}
-
 const (
 	// fileChunkSize is GridFS's default; chunks are written in batches of fileChunkBatch.
 	fileChunkSize  = 255 * 1024
 	fileChunkBatch = 16
-	// maxSkipNotices bounds the skipped entries listed one by one in an UploadReport.
-	maxSkipNotices = 50
 	maxNameBytes   = 1024
 
 	// uploadsCollection holds a marker per upload in progress, stored before its first chunk and
@@ -133,189 +90,6 @@ type FileOwner struct {
 	Kernel  string
 }
 
-// UploadedFile is one entry of an UploadReport: a file uploaded, or an entry skipped and why.
-type UploadedFile struct {
-	Name        string // relative to the working directory, '/'-separated
-	ID          string // for OpenFile and file URLs; empty when skipped
-	Size        int64
-	ContentType string
-	SHA256      string // hex
-	Skipped     string // why it was not uploaded; empty when uploaded
-}
-
-// UploadReport lists what an execution created or changed in its working directory.
-type UploadReport struct {
-	// Files lists uploaded files and skipped entries, in name order.
-	Files []UploadedFile
-	// Omitted counts further skipped entries not listed (beyond 50 notices).
-	Omitted int
-	// Truncated is set when the directory had more than MaxEntries entries; the rest were not
-	// examined.
-	Truncated bool
-	// After is the directory as this upload found it, for measuring later changes against
-	// without scanning it again. Nil when the directory could not be scanned.
-	After *Snapshot
-}
-
-// Watcher finds and uploads the files a kernel writes in its working directory. It holds the
-// directory open; Close it when the session ends. Files uploaded stay after that.
-type Watcher struct {
-	files *Files
-	owner FileOwner
-
-	// uploading makes one UploadChanged run at a time, so that each checks the session total
-	// after the previous one's files. It is held through database writes: only UploadChanged
-	// takes it.
-	uploading sync.Mutex
-
-	// mu guards what follows and is never held across a database call: Snapshot runs on the
-	// client's send path before each execution, and must not wait for a slow database.
-	mu           sync.Mutex
-	rootFD       int
-	closed       bool
-	sessionBytes int64
-}
-
-// Watch opens dir, a kernel's working directory, for Snapshot and UploadChanged.
-func (f *Files) Watch(dir string, owner FileOwner) (*Watcher, error) {
-	fd, err := openRoot(dir)
-	if err != nil {
-		return nil, err
-	}
-	return &Watcher{files: f, owner: owner, rootFD: fd}, nil
-}
-
-// Snapshot records the directory's state; take one before each execution.
-func (w *Watcher) Snapshot() (Snapshot, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.closed {
-		return Snapshot{}, errors.New("storage: watcher closed")
-	}
-	return scanTree(w.rootFD, w.files.limits)
-}
-
-// SessionBytes is the total size of the files uploaded through this watcher.
-func (w *Watcher) SessionBytes() int64 {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.sessionBytes
-}
-
-// Close releases the directory.
-func (w *Watcher) Close() error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.closed {
-		return nil
-	}
-	w.closed = true
-	if err := closeRoot(w.rootFD); err != nil {
-		return fmt.Errorf("storage: close kernel directory: %w", err)
-	}
-	return nil
-}
-
-// UploadChanged uploads the regular files created or changed since before, tagging them with
-// permalink (may be empty). Entries that are not uploaded are listed with the reason: symlinks,
-// special files, names that are not text, files over a limit, directories too deep. A file is
-// stored whole or not at all.
-//
-// When the database fails, the files not yet uploaded are listed as skipped and the error is
-// returned along with the report.
-func (w *Watcher) UploadChanged(ctx context.Context, before Snapshot, permalink string) (UploadReport, error) {
-	w.uploading.Lock()
-	defer w.uploading.Unlock()
-	w.mu.Lock()
-	if w.closed {
-		w.mu.Unlock()
-		return UploadReport{}, errors.New("storage: watcher closed")
-	}
-	// A descriptor of our own, so that Close need not wait for the upload: the directory stays
-	// open, and the number is not reused for another file, until we are done.
-	rootFD, err := dupRoot(w.rootFD)
-	sessionBytes := w.sessionBytes // only uploads, which we exclude, change it
-	w.mu.Unlock()
-	if err != nil {
-		return UploadReport{}, err
-	}
-	defer closeRoot(rootFD)
-
-	limits := w.files.limits
-	after, err := scanTree(rootFD, limits)
-	if err != nil {
-		return UploadReport{}, err
-	}
-
-	report := UploadReport{Truncated: after.truncated, After: &after}
-	notices := 0
-	skip := func(name, reason string) {
-		if notices >= maxSkipNotices {
-			report.Omitted++
-			return
-		}
-		notices++
-		report.Files = append(report.Files, UploadedFile{Name: name, Skipped: reason})
-	}
-
-	names := make([]string, 0, len(after.entries))
-	for name := range after.entries {
-		names = append(names, name)
-	}
-	slices.Sort(names)
-
-	uploaded := 0
-	var storeErr error
-	for _, rel := range names {
-		stamp := after.entries[rel]
-		if prev, ok := before.entries[rel]; ok && prev == stamp {
-			continue
-		}
-		switch {
-		case stamp.badName:
-			skip(printableName(rel), "file name is not printable UTF-8 text")
-		case stamp.longName:
-			skip(rel, fmt.Sprintf("path longer than %d bytes", maxNameBytes))
-		case stamp.tooDeep:
-			skip(rel+"/", fmt.Sprintf("directory nested more than %d levels deep; not scanned", limits.MaxDepth))
-		case stamp.mode == modeDir:
-			// its files are entries of their own
-		case stamp.mode != modeRegular:
-			skip(rel, describeMode(stamp.mode))
-		case stamp.nlink > 1:
-			skip(rel, hardLinkReason)
-		case storeErr != nil:
-			skip(rel, "not uploaded: storage unavailable")
-		case uploaded >= limits.MaxFilesPerExecution:
-			skip(rel, fmt.Sprintf("more than %d files changed in one execution", limits.MaxFilesPerExecution))
-		case stamp.size > limits.MaxFileBytes:
-			skip(rel, fmt.Sprintf("larger than the %d-byte file limit", limits.MaxFileBytes))
-		case sessionBytes+stamp.size > limits.MaxSessionBytes:
-			skip(rel, fmt.Sprintf("session storage limit of %d bytes reached", limits.MaxSessionBytes))
-		default:
-			file, reason, err := w.uploadOne(ctx, rootFD, rel, stamp, permalink, sessionBytes)
-			switch {
-			case err != nil:
-				storeErr = err
-				skip(rel, "not uploaded: storage unavailable")
-			case reason != "":
-				skip(rel, reason)
-			default:
-				uploaded++
-				sessionBytes += file.Size
-				w.mu.Lock()
-				w.sessionBytes += file.Size
-				w.mu.Unlock()
-				report.Files = append(report.Files, file)
-			}
-		}
-	}
-	if storeErr != nil {
-		return report, fmt.Errorf("storage: upload files: %w", storeErr)
-	}
-	return report, nil
-}
-
 type fileMeta struct {
 	Session     string `bson:"session"`
 	Kernel      string `bson:"kernel"`
@@ -336,10 +110,11 @@ type fileDoc struct {
 	Metadata   fileMeta  `bson:"metadata"`
 }
 
-// uploadOne stores one file found below rootFD, given the session's bytes so far. A non-empty
-// reason means it was skipped (and nothing is left stored); an error means the database failed.
-func (w *Watcher) uploadOne(ctx context.Context, rootFD int, rel string, want entryStamp, permalink string, sessionBytes int64) (UploadedFile, string, error) {
-	limits := w.files.limits
+// uploadOne stores one file found below rootFD as owner's, given the session's bytes so far. A
+// non-empty reason means it was skipped (and nothing is left stored); an error means the database
+// failed.
+func (f *Files) uploadOne(ctx context.Context, rootFD int, rel string, want entryStamp, owner FileOwner, permalink string, sessionBytes int64) (UploadedFile, string, error) {
+	limits := f.limits
 	file, opened, reason := openRegularInTree(rootFD, rel, want)
 	if reason != "" {
 		return UploadedFile{}, reason, nil
@@ -350,7 +125,7 @@ func (w *Watcher) uploadOne(ctx context.Context, rootFD int, rel string, want en
 	}
 
 	id := newFileID()
-	up := chunkUploader{files: w.files, id: id, hash: sha256.New(),
+	up := chunkUploader{files: f, id: id, hash: sha256.New(),
 		maxChunks: (limits.MaxFileBytes + fileChunkSize - 1) / fileChunkSize}
 	defer func() {
 		if !up.committed {
@@ -361,8 +136,8 @@ func (w *Watcher) uploadOne(ctx context.Context, rootFD int, rel string, want en
 	// Read at most one byte more than allowed: a file growing while it is read is caught without
 	// reading all of it.
 	src := io.LimitReader(file, limits.MaxFileBytes+1)
-	bufp := w.files.buffers.Get().(*[]byte)
-	defer w.files.buffers.Put(bufp)
+	bufp := f.buffers.Get().(*[]byte)
+	defer f.buffers.Put(bufp)
 	buf := *bufp
 	for {
 		filled, eof, err := fillChunks(src, buf)
@@ -406,8 +181,8 @@ func (w *Watcher) uploadOne(ctx context.Context, rootFD int, rel string, want en
 		UploadDate: time.Now().UTC().Truncate(time.Millisecond),
 		Filename:   rel,
 		Metadata: fileMeta{
-			Session:     w.owner.Session,
-			Kernel:      w.owner.Kernel,
+			Session:     owner.Session,
+			Kernel:      owner.Kernel,
 			Permalink:   permalink,
 			Name:        rel,
 			Size:        up.size,
@@ -416,7 +191,7 @@ func (w *Watcher) uploadOne(ctx context.Context, rootFD int, rel string, want en
 		},
 	}
 	up.insertTried = true // from here on, even a failed insert may have stored the document
-	if _, err := w.files.filesColl.InsertOne(ctx, doc); err != nil {
+	if _, err := f.filesColl.InsertOne(ctx, doc); err != nil {
 		up.inDoubt = true
 		return UploadedFile{}, "", fmt.Errorf("storage: store file %s: %w", rel, err)
 	}
