@@ -34,7 +34,8 @@ var (
 	ErrKernelBusy = errors.New("kernel is not taking messages")
 )
 
-// KernelConfig is what starting one kernel needs.
+// KernelConfig is what starting one kernel needs. Start from
+// DefaultKernelConfig; a field left zero takes its default too.
 type KernelConfig struct {
 	Spec     jupytermsg.Spec
 	Launcher sandbox.Launcher
@@ -59,7 +60,7 @@ type KernelConfig struct {
 	// channel, one message in hand per receiving loop and one being decoded
 	// per socket. The rest waits in the kernel's own process, under its
 	// sandbox's memory limit, or is dropped there (iopub). With the
-	// defaults that is 54 messages: about 3.4 GiB at the 64 MiB cap, so a
+	// defaults that is 54 messages: about 864 MiB at the 16 MiB cap, so a
 	// gateway that runs many kernels should lower MaxMessageBytes.
 	ReceiveHWM int
 	// SendTimeout bounds Send: a kernel that does not take a message in
@@ -90,32 +91,47 @@ func DefaultWarmup(spec jupytermsg.Spec) []string {
 	return nil
 }
 
-func (c *KernelConfig) applyDefaults() {
-	if c.StartTimeout == 0 {
-		c.StartTimeout = 60 * time.Second
-	}
-	if c.HeartbeatInterval == 0 {
-		c.HeartbeatInterval = 2 * time.Second
-	}
-	if c.HeartbeatMisses == 0 {
-		c.HeartbeatMisses = 3
-	}
-	if c.ShutdownGrace == 0 {
-		c.ShutdownGrace = 2 * time.Second
-	}
-	if c.MaxMessageBytes == 0 {
-		c.MaxMessageBytes = 64 << 20
-	}
-	if c.ReceiveHWM <= 0 {
-		c.ReceiveHWM = 8
-	}
-	if c.SendTimeout <= 0 {
-		c.SendTimeout = 5 * time.Second
-	}
-	if c.Warmup == nil {
-		c.Warmup = DefaultWarmup
+// DefaultKernelConfig is what starting a kernel uses when nothing is said:
+// the one place each of these defaults lives. Spec, Launcher and the
+// directories have none; the caller must give them.
+func DefaultKernelConfig() KernelConfig {
+	return KernelConfig{
+		StartTimeout:      60 * time.Second,
+		HeartbeatInterval: 2 * time.Second,
+		HeartbeatMisses:   3,
+		ShutdownGrace:     2 * time.Second,
+		MaxMessageBytes:   DefaultMaxMessageBytes,
+		ReceiveHWM:        8,
+		SendTimeout:       5 * time.Second,
+		Warmup:            DefaultWarmup,
 	}
 }
+
+// applyDefaults fills every field left zero (or negative: none of these
+// means anything below zero) from DefaultKernelConfig.
+func (c *KernelConfig) applyDefaults() {
+	d := DefaultKernelConfig()
+	orDefault(&c.StartTimeout, d.StartTimeout)
+	orDefault(&c.HeartbeatInterval, d.HeartbeatInterval)
+	orDefault(&c.HeartbeatMisses, d.HeartbeatMisses)
+	orDefault(&c.ShutdownGrace, d.ShutdownGrace)
+	orDefault(&c.MaxMessageBytes, d.MaxMessageBytes)
+	orDefault(&c.ReceiveHWM, d.ReceiveHWM)
+	orDefault(&c.SendTimeout, d.SendTimeout)
+	if c.Warmup == nil {
+		c.Warmup = d.Warmup
+	}
+}
+
+func orDefault[T int | int64 | time.Duration](v *T, d T) {
+	if *v <= 0 {
+		*v = d
+	}
+}
+
+// DefaultMaxMessageBytes is the one default cap on a Jupyter message, in
+// either direction: the gateway applies it to clients, the pool to kernels.
+const DefaultMaxMessageBytes = 16 << 20
 
 // maxIPCPath is the length limit of a unix socket path (sun_path, 108 with NUL).
 const maxIPCPath = 107

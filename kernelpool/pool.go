@@ -21,7 +21,8 @@ var (
 	ErrPoolClosed    = errors.New("kernel pool is closed")
 )
 
-// Config configures a Pool.
+// Config configures a Pool. Start from DefaultConfig; a field left zero
+// takes its default too.
 type Config struct {
 	Specs map[string]jupytermsg.Spec
 	// Ready is how many idle, ready kernels to keep per kernelspec name.
@@ -41,6 +42,19 @@ type Config struct {
 
 // DefaultReady is the pool size used when Config.Ready is nil.
 func DefaultReady() map[string]int { return map[string]int{"python3": 2} }
+
+// DefaultConfig is the pool's settings when nothing is said: the one place
+// each default lives (cellgate's flags take theirs from here). Specs and
+// Kernel.Launcher have none; the caller must give them.
+func DefaultConfig() Config {
+	return Config{
+		Ready:               DefaultReady(),
+		MaxKernels:          16,
+		MaxConcurrentStarts: 2,
+		MaxSockets:          DefaultMaxSockets,
+		Kernel:              DefaultKernelConfig(),
+	}
+}
 
 // Pool keeps prewarmed kernels per kernelspec and leases them out.
 type Pool struct {
@@ -87,15 +101,15 @@ type Stats struct {
 
 // New starts a pool and begins warming kernels at once.
 func New(cfg Config) (*Pool, error) {
+	d := DefaultConfig()
+	// An empty Ready map is a pool that keeps no kernel ready; only nil
+	// means "not said".
 	if cfg.Ready == nil {
-		cfg.Ready = DefaultReady()
+		cfg.Ready = d.Ready
 	}
-	if cfg.MaxKernels <= 0 {
-		cfg.MaxKernels = 16
-	}
-	if cfg.MaxConcurrentStarts <= 0 {
-		cfg.MaxConcurrentStarts = 2
-	}
+	orDefault(&cfg.MaxKernels, d.MaxKernels)
+	orDefault(&cfg.MaxConcurrentStarts, d.MaxConcurrentStarts)
+	orDefault(&cfg.MaxSockets, d.MaxSockets)
 	if cfg.Kernel.Launcher == nil {
 		return nil, errors.New("kernel pool: no launcher")
 	}
