@@ -6,12 +6,18 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/cellgate/cellgate/gateway"
+	"github.com/cellgate/cellgate/kernelpool"
+	"github.com/cellgate/cellgate/sandbox"
 )
 
-// options are cellgate serve's settings. Every flag can also be set by the
+// options are cellgate serve's settings, one field per row of settings
+// (where their defaults come from). Every flag can also be set by the
 // environment variable CELLGATE_<FLAG> (upper case, '-' as '_'); a flag on
 // the command line wins.
 type options struct {
@@ -51,43 +57,135 @@ type options struct {
 	detachGrace    time.Duration
 }
 
+// setting is one row of the table that cellgate serve's flags, their
+// environment variables, --help and README.md's options table are all built
+// from, so that none of them can say something the others do not.
+type setting struct {
+	name string
+	// help is markdown (backticks around literals); --help shows it
+	// without the backticks.
+	help string
+	// def is the default as text, as a flag would parse it.
+	def string
+	// docDefault stands for def in README.md where def alone would
+	// mislead: it depends on the machine, or empty means something.
+	docDefault string
+	define     func(fs *flag.FlagSet, usage string)
+}
+
+type settingType interface {
+	string | int | int64 | bool | time.Duration
+}
+
+// opt binds a setting to the option at p, starting at def.
+func opt[T settingType](name string, p *T, def T, help string) setting {
+	s := setting{name: name, help: help}
+	switch p := any(p).(type) {
+	case *string:
+		d := any(def).(string)
+		s.def, s.define = d, func(fs *flag.FlagSet, u string) { fs.StringVar(p, name, d, u) }
+	case *int:
+		d := any(def).(int)
+		s.def, s.define = strconv.Itoa(d), func(fs *flag.FlagSet, u string) { fs.IntVar(p, name, d, u) }
+	case *int64:
+		d := any(def).(int64)
+		s.def, s.define = strconv.FormatInt(d, 10), func(fs *flag.FlagSet, u string) { fs.Int64Var(p, name, d, u) }
+	case *bool:
+		d := any(def).(bool)
+		s.def, s.define = strconv.FormatBool(d), func(fs *flag.FlagSet, u string) { fs.BoolVar(p, name, d, u) }
+	case *time.Duration:
+		d := any(def).(time.Duration)
+		s.def, s.define = shortDuration(d), func(fs *flag.FlagSet, u string) { fs.DurationVar(p, name, d, u) }
+	}
+	return s
+}
+
+// documented sets what README.md shows as the default.
+func (s setting) documented(text string) setting {
+	s.docDefault = text
+	return s
+}
+
+// settings is the table, bound to o. Each default comes from the package
+// that owns the setting, so a package that changes one changes the flag,
+// --help and the README with it; the literals here are cmd's own settings,
+// and storage's (which has no DefaultConfig to read them from).
+func settings(o *options) []setting {
+	gw := gateway.DefaultConfig()
+	kp := kernelpool.DefaultConfig()
+	sb := sandbox.DefaultConfig()
+	return []setting{
+		opt("config", &o.configFile, "", "file of `name = value` lines (flag names without `--`; `#` starts a comment); flags and `CELLGATE_*` variables win over it"),
+		opt("listen", &o.listen, "127.0.0.1:8888", "address to serve HTTP on"),
+		opt("public-url", &o.publicURL, "", "base URL clients use to reach cellgate, for `ws_url` and file links (set it behind a proxy)").
+			documented("from each request"),
+		opt("data-dir", &o.dataDir, "./data", "directory for the embedded database (`db/`), the journal of permalinks not yet written (`permalink-queue/`) and kernel working directories (`kernels/`)"),
+		opt("runtime-dir", &o.runtimeDir, defaultRuntimeDir(), "short directory for kernel connection files and ipc sockets (unix socket paths are limited to 107 bytes)").
+			documented("`/run/cellgate` as root, else `$TMPDIR/cellgate-<uid>`"),
+		opt("mongo-uri", &o.mongoURI, "", "MongoDB URI (standalone, replica set, `mongos`); unset starts the embedded FerretDB under `--data-dir`"),
+		opt("database", &o.database, "cellgate", "MongoDB database name"),
+		opt("db-connect-retry", &o.dbConnectRetry, 0, "keep retrying an unreachable database at start-up this long (0: fail at once)"),
+		opt("pool", &o.pool, formatPool(kp.Ready), "ready kernels kept per kernelspec, e.g. `python3=2,sagemath=1`"),
+		opt("max-kernels", &o.maxKernels, kp.MaxKernels, "cap on all kernels: ready, starting and in use"),
+		opt("sandbox", &o.sandbox, "bwrap", "kernel isolation: `bwrap`, or `none` (development only: loud warning, refused on a non-loopback address unless `--allow-unsandboxed-public`)"),
+		opt("allow-unsandboxed-public", &o.allowUnsafe, false, "let `--sandbox=none` serve a non-loopback address (dangerous)"),
+		opt("kernel-cpu", &o.kernelCPU, sb.CPUTime, "sandbox: CPU time limit per kernel process (SIGXCPU, then SIGKILL 2 s later), truncated to whole seconds"),
+		opt("kernel-memory-mb", &o.kernelMemory, sb.Memory>>20, "sandbox: address-space limit per kernel process, in MiB"),
+		opt("kernel-disk-mb", &o.kernelDisk, sb.Disk>>20, "sandbox: size of a kernel's writable space, in MiB (a tmpfs: it is RAM)"),
+		opt("kernel-processes", &o.kernelProcs, sb.Processes, "sandbox: processes and threads per kernel"),
+		opt("kernel-lifespan", &o.kernelLifespan, sb.Lifespan, "sandbox: wall-clock life of a kernel process, a backstop behind the session limits"),
+		opt("token", &o.token, gw.Token, "token required by the Jupyter Server API (`/api`); unset: no auth, and callers only see kernels their address started"),
+		opt("allow-origin", &o.allowOrigin, strings.Join(gw.AllowOrigins, ","), "comma-separated origins allowed to embed cells (CORS and websocket origin check), or `*`"),
+		opt("trust-proxy", &o.trustProxy, gw.TrustProxy, "take client addresses from `X-Forwarded-For` (behind a reverse proxy; the per-address cap counts them)"),
+		opt("default-kernel", &o.defaultKernel, gw.DefaultKernel, "kernelspec used when a request names none"),
+		opt("max-timeout", &o.maxTimeout, gw.MaxTimeout, "longest idle timeout a client (or an interact) may ask for"),
+		opt("max-lifespan", &o.maxLifespan, gw.MaxLifespan, "hard cap on any session's life"),
+		opt("lease-timeout", &o.leaseTimeout, gw.LeaseTimeout, "how long a request waits for a kernel when none is ready (then 503)"),
+		opt("service-timeout", &o.serviceTimeout, gw.ServiceTimeout, "wall-clock limit of one `/service` computation"),
+		opt("poll-wait", &o.pollWait, gw.PollWait, "how long a long-poll request is held open"),
+		opt("max-kernels-per-address", &o.perAddress, gw.MaxKernelsPerAddr, "sessions one remote address may hold at once (then 429)"),
+		opt("max-kernels-per-client", &o.perClient, gw.MaxKernelsPerClient, "sessions one `client_id` may hold at once (then 429)"),
+		opt("jupyter-idle-timeout", &o.jupyterIdle, gw.JupyterIdleTimeout, "Jupyter API kernels end after this long idle with no client connected"),
+		opt("detach-grace", &o.detachGrace, gw.DetachGrace, "how long a one-shot session outlives its last client, so a dropped websocket can reconnect"),
+		opt("max-message-mb", &o.maxMessageMB, kp.Kernel.MaxMessageBytes>>20, "largest message in MiB from a client (websocket frame, HTTP body; then an error or 413) or from a kernel (then dropped)"),
+		opt("log-level", &o.logLevel, "info", "log level: `debug`, `info`, `warn` or `error`"),
+		opt("log-format", &o.logFormat, "console", "log format: `console` (for people) or `json` (for log collectors)"),
+		opt("drain-timeout", &o.drainTimeout, 20*time.Second, "on SIGTERM: refuse new sessions, end the live ones, write queued permalinks; the whole shutdown takes at most this long (a second SIGTERM or ^C exits at once)"),
+	}
+}
+
 func newFlagSet(o *options) *flag.FlagSet {
 	fs := flag.NewFlagSet("cellgate serve", flag.ContinueOnError)
-	fs.StringVar(&o.configFile, "config", "", "optional file of name = value lines (flag names); flags and CELLGATE_* variables win over it")
-	fs.StringVar(&o.listen, "listen", "127.0.0.1:8888", "address to serve HTTP on")
-	fs.StringVar(&o.publicURL, "public-url", "", "base URL clients use to reach cellgate (for ws_url and file links); default: derived from each request")
-	fs.StringVar(&o.dataDir, "data-dir", "./data", "directory for the embedded database and kernel working directories")
-	fs.StringVar(&o.runtimeDir, "runtime-dir", defaultRuntimeDir(), "short directory for kernel connection files and ipc sockets")
-	fs.StringVar(&o.mongoURI, "mongo-uri", "", "MongoDB URI; empty starts the embedded database under --data-dir")
-	fs.StringVar(&o.pool, "pool", "python3=2", "ready kernels to keep per kernelspec, e.g. python3=2,sagemath=1")
-	fs.IntVar(&o.maxKernels, "max-kernels", 16, "cap on all kernels: ready, starting and in use")
-	fs.StringVar(&o.sandbox, "sandbox", "bwrap", "kernel isolation: bwrap, or none (development only)")
-	fs.BoolVar(&o.allowUnsafe, "allow-unsandboxed-public", false, "allow --sandbox=none on a non-loopback address (dangerous)")
-	fs.StringVar(&o.token, "token", "", "token required by the Jupyter Server API (/api); empty: no auth")
-	fs.StringVar(&o.allowOrigin, "allow-origin", "*", "comma-separated origins allowed to embed cells, or *")
-	fs.BoolVar(&o.trustProxy, "trust-proxy", false, "take client addresses from X-Forwarded-For (behind a reverse proxy)")
-	fs.StringVar(&o.defaultKernel, "default-kernel", "python3", "kernelspec used when a request names none")
-	fs.DurationVar(&o.maxTimeout, "max-timeout", time.Hour, "longest idle timeout a client or an interact may ask for")
-	fs.DurationVar(&o.maxLifespan, "max-lifespan", 4*time.Hour, "hard cap on any session's life")
-	fs.DurationVar(&o.leaseTimeout, "lease-timeout", 10*time.Second, "how long a request waits for a kernel when none is ready")
-	fs.DurationVar(&o.serviceTimeout, "service-timeout", 30*time.Second, "wall-clock limit of one /service computation")
-	fs.DurationVar(&o.pollWait, "poll-wait", 25*time.Second, "how long a long-poll request is held open")
-	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.StringVar(&o.logFormat, "log-format", "console", "console or json")
-	fs.DurationVar(&o.drainTimeout, "drain-timeout", 20*time.Second, "on SIGTERM, how long to wait for sessions to end")
-	fs.StringVar(&o.database, "database", "cellgate", "MongoDB database name")
-	fs.DurationVar(&o.dbConnectRetry, "db-connect-retry", 0, "keep retrying an unreachable database at start-up this long (0: fail at once)")
-	fs.Int64Var(&o.kernelMemory, "kernel-memory-mb", 0, "sandbox: address-space limit per kernel process in MiB (0: sandbox default, 4096)")
-	fs.DurationVar(&o.kernelCPU, "kernel-cpu", 0, "sandbox: CPU time limit per kernel process (0: sandbox default, 10m)")
-	fs.Int64Var(&o.kernelDisk, "kernel-disk-mb", 0, "sandbox: size of a kernel's writable space in MiB (0: sandbox default, 128)")
-	fs.IntVar(&o.kernelProcs, "kernel-processes", 0, "sandbox: processes and threads per kernel (0: sandbox default, 64)")
-	fs.DurationVar(&o.kernelLifespan, "kernel-lifespan", 0, "sandbox: wall-clock life of a kernel process (0: sandbox default, 6h)")
-	fs.Int64Var(&o.maxMessageMB, "max-message-mb", 16, "largest message in MiB from a client (websocket frame, HTTP body) or from a kernel; larger ones are refused or dropped")
-	fs.IntVar(&o.perAddress, "max-kernels-per-address", 16, "sessions one remote address may hold at once (then 429)")
-	fs.IntVar(&o.perClient, "max-kernels-per-client", 4, "sessions one client_id may hold at once (then 429)")
-	fs.DurationVar(&o.jupyterIdle, "jupyter-idle-timeout", 30*time.Minute, "Jupyter API kernels end after this long idle with no client connected")
-	fs.DurationVar(&o.detachGrace, "detach-grace", 10*time.Second, "how long a one-shot session outlives its last client, so a dropped websocket can reconnect")
+	for _, s := range settings(o) {
+		s.define(fs, plain(s.help))
+	}
 	return fs
+}
+
+// plain is markdown help as a terminal shows it.
+func plain(help string) string { return strings.ReplaceAll(help, "`", "") }
+
+// shortDuration drops the zero minutes and seconds that
+// time.Duration.String adds ("1h" rather than "1h0m0s").
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+// formatPool writes sizes as --pool reads them, in name order.
+func formatPool(sizes map[string]int) string {
+	parts := make([]string, 0, len(sizes))
+	for name, n := range sizes {
+		parts = append(parts, fmt.Sprintf("%s=%d", name, n))
+	}
+	slices.Sort(parts)
+	return strings.Join(parts, ",")
 }
 
 func defaultRuntimeDir() string {
@@ -106,7 +204,7 @@ func envName(flagName string) string {
 func parseOptions(args []string, getenv func(string) string) (options, error) {
 	var o options
 	fs := newFlagSet(&o)
-	fs.Usage = func() { usage(fs, fs.Output()) }
+	fs.Usage = func() { usage(fs.Output()) }
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -155,33 +253,74 @@ func parseOptions(args []string, getenv func(string) string) (options, error) {
 // validate refuses settings that would make no sense at run time, naming
 // the flag.
 func (o options) validate() error {
-	type setting struct {
+	type limit struct {
 		name  string
 		value int64
 	}
-	positive := []setting{
+	// Zero is refused rather than read as "the default": a flag not set
+	// already holds its default, and the packages would quietly turn a zero
+	// into theirs.
+	positive := []limit{
 		{"max-kernels", int64(o.maxKernels)}, {"max-message-mb", o.maxMessageMB},
 		{"max-kernels-per-address", int64(o.perAddress)}, {"max-kernels-per-client", int64(o.perClient)},
 		{"drain-timeout", int64(o.drainTimeout)}, {"lease-timeout", int64(o.leaseTimeout)},
 		{"service-timeout", int64(o.serviceTimeout)}, {"poll-wait", int64(o.pollWait)},
 		{"max-timeout", int64(o.maxTimeout)}, {"max-lifespan", int64(o.maxLifespan)},
-		{"jupyter-idle-timeout", int64(o.jupyterIdle)},
+		{"jupyter-idle-timeout", int64(o.jupyterIdle)}, {"detach-grace", int64(o.detachGrace)},
+		{"kernel-memory-mb", o.kernelMemory}, {"kernel-disk-mb", o.kernelDisk},
+		{"kernel-processes", int64(o.kernelProcs)}, {"kernel-lifespan", int64(o.kernelLifespan)},
 	}
 	for _, p := range positive {
 		if p.value <= 0 {
 			return fmt.Errorf("--%s must be positive", p.name)
 		}
 	}
+	if o.kernelCPU < time.Second {
+		return fmt.Errorf("--kernel-cpu %v is under 1s", o.kernelCPU)
+	}
 	if o.maxMessageMB > 1024 {
 		return fmt.Errorf("--max-message-mb %d is over 1024", o.maxMessageMB)
 	}
-	for _, p := range []setting{{"kernel-memory-mb", o.kernelMemory}, {"kernel-disk-mb", o.kernelDisk}, {"kernel-processes", int64(o.kernelProcs)},
-		{"kernel-cpu", int64(o.kernelCPU)}, {"kernel-lifespan", int64(o.kernelLifespan)}, {"detach-grace", int64(o.detachGrace)}} {
-		if p.value < 0 {
-			return fmt.Errorf("--%s must not be negative", p.name)
-		}
+	if o.dbConnectRetry < 0 {
+		return fmt.Errorf("--db-connect-retry must not be negative")
 	}
 	return nil
+}
+
+// gatewayConfig is what the settings say of the gateway; the caller adds
+// what no flag sets (log, storage, metrics).
+func (o options) gatewayConfig() gateway.Config {
+	cfg := gateway.DefaultConfig()
+	cfg.PublicURL, cfg.Token, cfg.TrustProxy = o.publicURL, o.token, o.trustProxy
+	cfg.AllowOrigins = splitList(o.allowOrigin)
+	cfg.DefaultKernel = o.defaultKernel
+	cfg.MaxMessageBytes = o.maxMessageMB << 20
+	cfg.MaxTimeout, cfg.MaxLifespan = o.maxTimeout, o.maxLifespan
+	cfg.LeaseTimeout, cfg.ServiceTimeout, cfg.PollWait = o.leaseTimeout, o.serviceTimeout, o.pollWait
+	cfg.MaxKernelsPerAddr, cfg.MaxKernelsPerClient = o.perAddress, o.perClient
+	cfg.JupyterIdleTimeout, cfg.DetachGrace = o.jupyterIdle, o.detachGrace
+	return cfg
+}
+
+// poolConfig is what the settings say of the kernel pool; the caller adds
+// the kernelspecs, the launcher, the directories and the log.
+func (o options) poolConfig() (kernelpool.Config, error) {
+	cfg := kernelpool.DefaultConfig()
+	ready, err := parsePool(o.pool)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Ready, cfg.MaxKernels = ready, o.maxKernels
+	cfg.Kernel.MaxMessageBytes = o.maxMessageMB << 20
+	return cfg, nil
+}
+
+// sandboxConfig is what the settings say of the bwrap sandbox.
+func (o options) sandboxConfig() sandbox.Config {
+	cfg := sandbox.DefaultConfig()
+	cfg.CPUTime, cfg.Memory, cfg.Disk = o.kernelCPU, o.kernelMemory<<20, o.kernelDisk<<20
+	cfg.Processes, cfg.Lifespan = o.kernelProcs, o.kernelLifespan
+	return cfg
 }
 
 // readConfigFile reads "name = value" lines; # starts a comment.
@@ -207,19 +346,44 @@ func readConfigFile(path string) (map[string]string, error) {
 	return values, nil
 }
 
-func usage(fs *flag.FlagSet, out io.Writer) {
+// usage is cellgate serve --help, in the table's order.
+func usage(out io.Writer) {
 	fmt.Fprintln(out, "Usage: cellgate serve [flags]")
 	fmt.Fprintln(out, "\nEvery flag can also be set by the environment variable shown beside it, or in the --config file;")
 	fmt.Fprintln(out, "a flag wins over the environment, which wins over the file.")
 	fmt.Fprintln(out, "\nFlags:")
-	fs.VisitAll(func(f *flag.Flag) {
-		kind, text := flag.UnquoteUsage(f)
-		fmt.Fprintf(out, "  %s\n    \t%s", strings.TrimSpace("--"+f.Name+" "+kind), text)
-		if f.DefValue != "" && f.DefValue != "0" && f.DefValue != "false" && f.DefValue != "0s" {
-			fmt.Fprintf(out, " (default %q)", f.DefValue)
+	var o options
+	fs := newFlagSet(&o)
+	for _, s := range settings(&o) {
+		kind, _ := flag.UnquoteUsage(fs.Lookup(s.name))
+		fmt.Fprintf(out, "  %s\n    \t%s", strings.TrimSpace("--"+s.name+" "+kind), plain(s.help))
+		switch {
+		case s.def != "" && s.def != "false":
+			fmt.Fprintf(out, " (default %q)", s.def)
+		case s.docDefault != "":
+			fmt.Fprintf(out, " (default: %s)", plain(s.docDefault))
 		}
-		fmt.Fprintf(out, " [$%s]\n", envName(f.Name))
-	})
+		fmt.Fprintf(out, " [$%s]\n", envName(s.name))
+	}
+}
+
+// optionsMarkdown is README.md's table of settings.
+func optionsMarkdown() string {
+	var b strings.Builder
+	b.WriteString("| flag | default | environment | meaning |\n|---|---|---|---|\n")
+	var o options
+	for _, s := range settings(&o) {
+		def := s.docDefault
+		switch {
+		case def != "":
+		case s.def == "":
+			def = "unset"
+		default:
+			def = "`" + s.def + "`"
+		}
+		fmt.Fprintf(&b, "| `--%s` | %s | `%s` | %s |\n", s.name, def, envName(s.name), strings.ReplaceAll(s.help, "|", `\|`))
+	}
+	return b.String()
 }
 
 // parsePool reads "python3=2,sagemath=1".

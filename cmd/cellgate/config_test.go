@@ -1,12 +1,19 @@
 package main
 
 import (
+	"bytes"
+	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cellgate/cellgate/gateway"
+	"github.com/cellgate/cellgate/kernelpool"
+	"github.com/cellgate/cellgate/sandbox"
 )
 
 func TestOptionPrecedence(t *testing.T) {
@@ -41,6 +48,11 @@ func TestOptionErrors(t *testing.T) {
 		"zero max kernels": {[]string{"--max-kernels", "0"}, nil},
 		"huge messages":    {[]string{"--max-message-mb", "4096"}, nil},
 		"negative memory":  {nil, map[string]string{"CELLGATE_KERNEL_MEMORY_MB": "-1"}},
+		"zero memory":      {[]string{"--kernel-memory-mb", "0"}, nil},
+		"zero processes":   {[]string{"--kernel-processes", "0"}, nil},
+		"sub-second cpu":   {[]string{"--kernel-cpu", "500ms"}, nil},
+		"zero grace":       {[]string{"--detach-grace", "0s"}, nil},
+		"negative retry":   {[]string{"--db-connect-retry", "-1s"}, nil},
 		"zero drain":       {[]string{"--drain-timeout", "0s"}, nil},
 	}
 	for name, c := range cases {
@@ -62,17 +74,143 @@ func TestParsePool(t *testing.T) {
 	}
 }
 
-func TestUnsandboxedRefusedOnPublicAddress(t *testing.T) {
-	for listen, public := range map[string]bool{"127.0.0.1:8888": false, "localhost:1": false, "[::1]:1": false, "0.0.0.0:8888": true, ":8888": true, "192.0.2.1:80": true} {
-		_, err := newLauncher(options{sandbox: "none", listen: listen})
-		if public != (err != nil) {
-			t.Errorf("%s: err = %v", listen, err)
+// TestDefaultsComeFromPackages: a setting nobody sets gives each package
+// exactly its DefaultConfig, so a flag whose default drifts from its
+// package's (a literal, a unit lost in a MiB conversion) fails here.
+func TestDefaultsComeFromPackages(t *testing.T) {
+	o, err := parseOptions(nil, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := o.gatewayConfig(), gateway.DefaultConfig(); !reflect.DeepEqual(got, want) {
+		t.Errorf("gateway config from default flags:\n%+v\nwant gateway.DefaultConfig():\n%+v", got, want)
+	}
+	got, err := o.poolConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := kernelpool.DefaultConfig()
+	if got.Kernel.Warmup == nil {
+		t.Error("kernel config from default flags has no warm-up")
+	}
+	// Functions never compare equal; the warm-up is not a setting.
+	got.Kernel.Warmup, want.Kernel.Warmup = nil, nil
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("pool config from default flags:\n%+v\nwant kernelpool.DefaultConfig():\n%+v", got, want)
+	}
+	if got, want := o.sandboxConfig(), sandbox.DefaultConfig(); !reflect.DeepEqual(got, want) {
+		t.Errorf("sandbox config from default flags:\n%+v\nwant sandbox.DefaultConfig():\n%+v", got, want)
+	}
+	// One cap on a message, whichever side it comes from.
+	if gw, kp := gateway.DefaultConfig().MaxMessageBytes, kernelpool.DefaultConfig().Kernel.MaxMessageBytes; gw != kernelpool.DefaultMaxMessageBytes || kp != kernelpool.DefaultMaxMessageBytes {
+		t.Errorf("message cap: gateway %d, kernelpool %d, want both kernelpool.DefaultMaxMessageBytes (%d)", gw, kp, kernelpool.DefaultMaxMessageBytes)
+	}
+}
+
+// TestEveryOptionIsASetting: each field of options is bound by one row of
+// the table, so none is set by a flag that --help and the README miss.
+func TestEveryOptionIsASetting(t *testing.T) {
+	var o options
+	table := settings(&o)
+	if n := reflect.TypeFor[options]().NumField(); len(table) != n {
+		t.Errorf("%d settings for %d options", len(table), n)
+	}
+	fs := newFlagSet(&o) // panics on a name defined twice
+	bound := map[uintptr]string{}
+	fs.VisitAll(func(f *flag.Flag) {
+		p := reflect.ValueOf(f.Value).Pointer()
+		if other, ok := bound[p]; ok {
+			t.Errorf("--%s and --%s set the same option", f.Name, other)
 		}
-		if _, err := newLauncher(options{sandbox: "none", listen: listen, allowUnsafe: true}); err != nil {
-			t.Errorf("%s forced: %v", listen, err)
+		bound[p] = f.Name
+	})
+	for _, s := range table {
+		if s.help == "" || strings.Count(s.help, "`")%2 != 0 {
+			t.Errorf("--%s: help %q is empty or has an unpaired backtick", s.name, s.help)
 		}
 	}
-	if _, err := newLauncher(options{sandbox: "chroot"}); err == nil || !strings.Contains(err.Error(), "bwrap or none") {
-		t.Errorf("unknown sandbox: %v", err)
+}
+
+func TestHelpShowsEverySetting(t *testing.T) {
+	var buf bytes.Buffer
+	usage(&buf)
+	help := buf.String()
+	var o options
+	last := 0
+	for _, s := range settings(&o) {
+		i := strings.Index(help, "\n  --"+s.name+" ")
+		if i < 0 {
+			i = strings.Index(help, "\n  --"+s.name+"\n") // a bool takes no value
+		}
+		if i < last {
+			t.Errorf("--%s missing or out of the table's order in --help", s.name)
+			continue
+		}
+		last = i
+		entry, _, _ := strings.Cut(help[i+1:], "[$")
+		if s.def != "" && s.def != "false" && !strings.Contains(entry, fmt.Sprintf("(default %q)", s.def)) {
+			t.Errorf("--%s: help entry %q does not show the default %q", s.name, entry, s.def)
+		}
+		if !strings.Contains(help[i:], "[$"+envName(s.name)+"]") {
+			t.Errorf("--%s: no $%s", s.name, envName(s.name))
+		}
 	}
+	for _, want := range []string{`--max-message-mb int`, `(default "16")`, `--kernel-memory-mb int`, `(default "4096")`, `--max-timeout duration`, `(default "1h")`, `--trust-proxy` + "\n"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("--help lacks %q:\n%s", want, help)
+		}
+	}
+	if strings.Contains(help, "`") {
+		t.Error("--help shows markdown backticks")
+	}
+}
+
+var update = flag.Bool("update", false, "rewrite README.md's options table from the settings table")
+
+const (
+	readmePath   = "../../README.md"
+	optionsBegin = "<!-- options:begin: generated from cmd/cellgate/config.go by: go test ./cmd/cellgate -run TestREADMEOptions -update (do not edit by hand) -->\n"
+	optionsEnd   = "<!-- options:end -->\n"
+)
+
+// TestREADMEOptions: README.md's options table is the settings table.
+func TestREADMEOptions(t *testing.T) {
+	data, err := os.ReadFile(readmePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := string(data)
+	before, rest, ok := strings.Cut(readme, optionsBegin)
+	if !ok {
+		t.Fatalf("README.md has no line %q", optionsBegin)
+	}
+	current, after, ok := strings.Cut(rest, optionsEnd)
+	if !ok {
+		t.Fatalf("README.md has no line %q after the options table", optionsEnd)
+	}
+	want := optionsMarkdown()
+	if current == want {
+		return
+	}
+	if *update {
+		if err := os.WriteFile(readmePath, []byte(before+optionsBegin+want+optionsEnd+after), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Log("rewrote README.md's options table")
+		return
+	}
+	have, gen := strings.Split(current, "\n"), strings.Split(want, "\n")
+	i := 0
+	for i < len(have) && i < len(gen) && have[i] == gen[i] {
+		i++
+	}
+	line := func(lines []string) string {
+		if i < len(lines) {
+			return lines[i]
+		}
+		return "(end of table)"
+	}
+	t.Errorf("README.md's options table differs from the settings in cmd/cellgate/config.go, first at table line %d:\n README.md: %s\n generated: %s\n"+
+		"Change the setting in config.go (or its package's DefaultConfig), not README.md, then rewrite the table with:\n"+
+		"  go test ./cmd/cellgate -run TestREADMEOptions -update", i+1, line(have), line(gen))
 }

@@ -40,8 +40,7 @@ func run(args []string) error {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "-help" || args[0] == "help" {
 		fmt.Println("cellgate serves Jupyter kernels as embeddable compute cells.\n\nCommands:\n  serve    run the server (the only command)")
 		fmt.Println()
-		var o options
-		usage(newFlagSet(&o), os.Stdout)
+		usage(os.Stdout)
 		if len(args) == 0 {
 			return errors.New("no command given")
 		}
@@ -101,7 +100,7 @@ func newLauncher(o options) (sandbox.Launcher, error) {
 }
 
 func serve(ctx context.Context, o options, log zerolog.Logger) error {
-	sizes, err := parsePool(o.pool)
+	poolCfg, err := o.poolConfig()
 	if err != nil {
 		return err
 	}
@@ -154,12 +153,9 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 
 	// The metrics exist before the pool, so its first kernel starts count.
 	metrics := gateway.NewMetrics()
-	maxMessage := o.maxMessageMB << 20
-	pool, err := kernelpool.New(kernelpool.Config{
-		Specs: specs, Ready: sizes, MaxKernels: o.maxKernels, OnStart: metrics.ObserveKernelStart,
-		Kernel: kernelpool.KernelConfig{Launcher: launcher, RuntimeRoot: runtimeRoot, WorkRoot: workRoot, Log: log,
-			MaxMessageBytes: maxMessage},
-	})
+	poolCfg.Specs, poolCfg.OnStart = specs, metrics.ObserveKernelStart
+	poolCfg.Kernel.Launcher, poolCfg.Kernel.RuntimeRoot, poolCfg.Kernel.WorkRoot, poolCfg.Kernel.Log = launcher, runtimeRoot, workRoot, log
+	pool, err := kernelpool.New(poolCfg)
 	if err != nil {
 		return err
 	}
@@ -192,14 +188,8 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 		}
 	}()
 
-	cfg := gateway.Config{
-		PublicURL: o.publicURL, AllowOrigins: splitList(o.allowOrigin), Token: o.token, TrustProxy: o.trustProxy,
-		DefaultKernel: o.defaultKernel, MaxTimeout: o.maxTimeout, MaxLifespan: o.maxLifespan,
-		LeaseTimeout: o.leaseTimeout, ServiceTimeout: o.serviceTimeout, PollWait: o.pollWait, Log: log,
-		Storage: stack.gateway(), Metrics: metrics, MaxMessageBytes: maxMessage,
-		MaxKernelsPerAddr: o.perAddress, MaxKernelsPerClient: o.perClient,
-		JupyterIdleTimeout: o.jupyterIdle, DetachGrace: o.detachGrace,
-	}
+	cfg := o.gatewayConfig()
+	cfg.Log, cfg.Storage, cfg.Metrics = log, stack.gateway(), metrics
 	if launcher.Name() == "none" {
 		cfg.SandboxWarning = "kernels run unsandboxed (--sandbox=none): development only"
 	}
