@@ -14,6 +14,7 @@ import (
 	"github.com/cellgate/cellgate/gateway"
 	"github.com/cellgate/cellgate/kernelpool"
 	"github.com/cellgate/cellgate/sandbox"
+	"github.com/cellgate/cellgate/storage"
 )
 
 // options are cellgate serve's settings, one field per row of settings
@@ -108,9 +109,9 @@ func (s setting) documented(text string) setting {
 
 // settings is the table, bound to o. Each default comes from the package
 // that owns the setting, so a package that changes one changes the flag,
-// --help and the README with it; the literals here are cmd's own settings,
-// and storage's (which has no DefaultConfig to read them from).
+// --help and the README with it; the literals here are cmd's own settings.
 func settings(o *options) []setting {
+	st := storage.DefaultConfig()
 	gw := gateway.DefaultConfig()
 	kp := kernelpool.DefaultConfig()
 	sb := sandbox.DefaultConfig()
@@ -123,8 +124,8 @@ func settings(o *options) []setting {
 		opt("runtime-dir", &o.runtimeDir, defaultRuntimeDir(), "short directory for kernel connection files and ipc sockets (unix socket paths are limited to 107 bytes)").
 			documented("`/run/cellgate` as root, else `$TMPDIR/cellgate-<uid>`"),
 		opt("mongo-uri", &o.mongoURI, "", "MongoDB URI (standalone, replica set, `mongos`); unset starts the embedded FerretDB under `--data-dir`"),
-		opt("database", &o.database, "cellgate", "MongoDB database name"),
-		opt("db-connect-retry", &o.dbConnectRetry, 0, "keep retrying an unreachable database at start-up this long (0: fail at once)"),
+		opt("database", &o.database, st.Database, "MongoDB database name"),
+		opt("db-connect-retry", &o.dbConnectRetry, st.ConnectRetry, "keep retrying an unreachable database at start-up this long (0: fail at once)"),
 		opt("pool", &o.pool, formatPool(kp.Ready), "ready kernels kept per kernelspec, e.g. `python3=2,sagemath=1`"),
 		opt("max-kernels", &o.maxKernels, kp.MaxKernels, "cap on all kernels: ready, starting and in use"),
 		opt("sandbox", &o.sandbox, "bwrap", "kernel isolation: `bwrap`, or `none` (development only: loud warning, refused on a non-loopback address unless `--allow-unsandboxed-public`)"),

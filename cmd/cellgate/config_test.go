@@ -14,6 +14,7 @@ import (
 	"github.com/cellgate/cellgate/gateway"
 	"github.com/cellgate/cellgate/kernelpool"
 	"github.com/cellgate/cellgate/sandbox"
+	"github.com/cellgate/cellgate/storage"
 )
 
 func TestOptionPrecedence(t *testing.T) {
@@ -100,6 +101,11 @@ func TestDefaultsComeFromPackages(t *testing.T) {
 	}
 	if got, want := o.sandboxConfig(), sandbox.DefaultConfig(); !reflect.DeepEqual(got, want) {
 		t.Errorf("sandbox config from default flags:\n%+v\nwant sandbox.DefaultConfig():\n%+v", got, want)
+	}
+	// cmd builds storage's config with its wiring (storage.go); the two
+	// settings it takes from flags are checked here.
+	if st := storage.DefaultConfig(); o.database != st.Database || o.dbConnectRetry != st.ConnectRetry {
+		t.Errorf("--database %q, --db-connect-retry %v; storage.DefaultConfig() says %q, %v", o.database, o.dbConnectRetry, st.Database, st.ConnectRetry)
 	}
 	// One cap on a message, whichever side it comes from.
 	if gw, kp := gateway.DefaultConfig().MaxMessageBytes, kernelpool.DefaultConfig().Kernel.MaxMessageBytes; gw != kernelpool.DefaultMaxMessageBytes || kp != kernelpool.DefaultMaxMessageBytes {
