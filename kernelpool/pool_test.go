@@ -12,101 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"github.com/cellgate/cellgate/jupytermsg"
 	"github.com/cellgate/cellgate/sandbox"
 )
-
-func installedSpecs(t testing.TB) map[string]jupytermsg.Spec {
-	t.Helper()
-	specs, _ := jupytermsg.FindKernelSpecs(jupytermsg.KernelSpecDirs(os.Getenv))
-	if _, ok := specs["python3"]; !ok {
-		t.Fatal("no python3 kernelspec installed: run make deps")
-	}
-	return specs
-}
-
-// shortTempDir keeps ipc socket paths under the 107-byte limit.
-func shortTempDir(t testing.TB) string {
-	t.Helper()
-	d, err := os.MkdirTemp("/tmp", "cgk")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
-}
-
-func testKernelConfig(t testing.TB) KernelConfig {
-	root := shortTempDir(t)
-	return KernelConfig{
-		Launcher:          sandbox.None{},
-		RuntimeRoot:       filepath.Join(root, "run"),
-		WorkRoot:          filepath.Join(root, "work"),
-		HeartbeatInterval: 300 * time.Millisecond,
-		ShutdownGrace:     time.Second,
-		Log:               zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel),
-	}
-}
-
-func newTestPool(t testing.TB, ready map[string]int, max int) *Pool {
-	t.Helper()
-	p, err := New(Config{Specs: installedSpecs(t), Ready: ready, MaxKernels: max, Kernel: testKernelConfig(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if err := p.Close(ctx); err != nil {
-			t.Error(err)
-		}
-	})
-	return p
-}
-
-func lease(t testing.TB, p *Pool, name string) *Kernel {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	k, err := p.Lease(ctx, name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-type outputs struct {
-	stdout, result, ename string
-}
-
-func run(t testing.TB, k *Kernel, code string) (outputs, *jupytermsg.Message) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	var out outputs
-	reply, err := Execute(ctx, k, code, func(r Received) {
-		switch r.Msg.Header.MsgType {
-		case "stream":
-			var s jupytermsg.Stream
-			_ = r.Msg.DecodeContent(&s)
-			out.stdout += s.Text
-		case "execute_result":
-			var d jupytermsg.DisplayData
-			_ = r.Msg.DecodeContent(&d)
-			out.result = strings.Trim(string(d.Data["text/plain"]), `"`)
-		case "error":
-			var e jupytermsg.Error
-			_ = r.Msg.DecodeContent(&e)
-			out.ename = e.EName
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return out, reply
-}
 
 func TestLeaseExecute(t *testing.T) {
 	p := newTestPool(t, map[string]int{"python3": 1}, 4)
@@ -126,39 +34,6 @@ func TestLeaseExecute(t *testing.T) {
 	}
 }
 
-// The warm-up a new kernel gets leaves nothing a reader could see: the
-// first cell is execution 1, with no earlier result or history.
-func TestWarmupLeavesNoTrace(t *testing.T) {
-	specs := installedSpecs(t)
-	ready := map[string]int{"python3": 1}
-	if _, ok := specs["sagemath"]; ok {
-		ready["sagemath"] = 1
-	}
-	p := newTestPool(t, ready, 4)
-	for name := range ready {
-		k := lease(t, p, name)
-		out, reply := run(t, k, "print(repr(_), len(Out), len(In))")
-		var r jupytermsg.ExecuteReply
-		if err := reply.DecodeContent(&r); err != nil || r.Status != "ok" || r.ExecutionCount != 1 {
-			t.Errorf("%s: first reply %s (%v), want ok with execution_count 1", name, reply.Content, err)
-		}
-		// In holds a blank entry 0 and this cell.
-		if out.stdout != "'' 0 2\n" {
-			t.Errorf("%s: after warm-up _, len(Out), len(In) = %q, want '' 0 2", name, out.stdout)
-		}
-		// The display hook still works: results reach _ and nothing of the
-		// warm-up's result is left under its own name.
-		run(t, k, "40+2")
-		if out, _ := run(t, k, "print(repr(_), [n for n in ('_0', '_1', '_2') if n in globals()])"); out.stdout != "42 ['_2']\n" {
-			t.Errorf("%s: after warm-up and 40+2, _ and the _N names are %q, want 42 ['_2']", name, out.stdout)
-		}
-		k.Shutdown()
-	}
-	if got := DefaultWarmup(jupytermsg.Spec{KernelSpec: jupytermsg.KernelSpec{Language: "julia"}}); got != nil {
-		t.Errorf("a kernel of another language is warmed with %q", got)
-	}
-}
-
 func TestLeasedKernelIsNeverHandedOutAgain(t *testing.T) {
 	p := newTestPool(t, map[string]int{"python3": 2}, 6)
 	seen := map[string]bool{}
@@ -174,67 +49,6 @@ func TestLeasedKernelIsNeverHandedOutAgain(t *testing.T) {
 	for _, k := range kernels {
 		k.Shutdown()
 	}
-}
-
-func TestInterrupt(t *testing.T) {
-	p := newTestPool(t, map[string]int{"python3": 1}, 2)
-	k := lease(t, p, "python3")
-	defer k.Shutdown()
-	go func() {
-		time.Sleep(time.Second)
-		if err := k.Interrupt(); err != nil {
-			t.Error(err)
-		}
-	}()
-	out, _ := run(t, k, "while True: pass")
-	if out.ename != "KeyboardInterrupt" {
-		t.Errorf("after interrupt: %+v", out)
-	}
-	if out := runAfterError(t, k, "1+1"); out.result != "2" {
-		t.Errorf("kernel unusable after interrupt: %+v", out)
-	}
-}
-
-// runAfterError runs code right after an execution that failed: with
-// stop_on_error, ipykernel aborts the requests that reach it before it has
-// cleared the queue, so an "aborted" reply is retried.
-func runAfterError(t *testing.T, k *Kernel, code string) outputs {
-	t.Helper()
-	for range 20 {
-		out, reply := run(t, k, code)
-		var r jupytermsg.ExecuteReply
-		if err := reply.DecodeContent(&r); err != nil || r.Status != "aborted" {
-			return out
-		}
-	}
-	t.Fatal("every execution aborted")
-	return outputs{}
-}
-
-func TestRestartKeepsIDAndClearsState(t *testing.T) {
-	p := newTestPool(t, map[string]int{"python3": 1}, 2)
-	k := lease(t, p, "python3")
-	defer k.Shutdown()
-	run(t, k, "x = 41")
-	oldPid := k.Pid()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := k.Restart(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if k.Pid() == oldPid || processExists(oldPid) {
-		t.Errorf("old process %d still there after restart", oldPid)
-	}
-	if out, _ := run(t, k, "'x' in globals()"); out.result != "False" {
-		t.Errorf("state survived restart: %+v", out)
-	}
-	if k.Err() != nil {
-		t.Errorf("restart declared the kernel dead: %v", k.Err())
-	}
-}
-
-func processExists(pid int) bool {
-	return syscall.Kill(pid, 0) == nil
 }
 
 // readyKernel waits for a ready kernel in the pool other than not.
@@ -358,9 +172,6 @@ func TestBrokenKernelFailsWithItsOutput(t *testing.T) {
 }
 
 func TestFiftyLeasesLeaveNothingBehind(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts 50 kernels")
-	}
 	p := newTestPool(t, map[string]int{"python3": 2}, 4)
 	cfg := p.cfg.Kernel
 	var pids []int
@@ -417,9 +228,6 @@ func TestSageKernel(t *testing.T) {
 	if _, ok := installedSpecs(t)["sagemath"]; !ok {
 		t.Fatal("sagemath kernelspec missing: make deps installs sagemath-jupyter")
 	}
-	if testing.Short() {
-		t.Skip("sage starts slowly")
-	}
 	p := newTestPool(t, map[string]int{"sagemath": 1}, 2)
 	k := lease(t, p, "sagemath")
 	defer k.Shutdown()
@@ -456,32 +264,233 @@ func TestConcurrentLeases(t *testing.T) {
 	}
 }
 
-// TestInputRightAfterStart asks for input the moment a kernel is handed
-// out: the kernel drops input_request to a stdin peer it has not seen yet,
-// so a kernel must not count as ready before its stdin is connected.
-func TestInputRightAfterStart(t *testing.T) {
-	p := newTestPool(t, map[string]int{"python3": 2}, 4)
-	for range 4 {
-		k := lease(t, p, "python3")
-		req, err := jupytermsg.New("execute_request", k.Session, nil, jupytermsg.ExecuteRequest{Code: "input('name? ')", AllowStdin: true, UserExpressions: map[string]string{}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := k.Send(jupytermsg.Shell, req); err != nil {
-			t.Fatal(err)
-		}
-		timeout := time.After(30 * time.Second)
-	wait:
-		for {
-			select {
-			case r := <-k.Messages():
-				if r.Channel == jupytermsg.Stdin && r.Msg.Header.MsgType == "input_request" {
-					break wait
-				}
-			case <-timeout:
-				t.Fatal("input_request never arrived")
+// countingLauncher records how many kernel starts run at once: from
+// Launch to the pool's OnStart, which StartKernel's return precedes.
+type countingLauncher struct {
+	sandbox.Launcher
+	mu            sync.Mutex
+	inFlight, max int
+}
+
+func (c *countingLauncher) Launch(ctx context.Context, req sandbox.Request) (*sandbox.Process, error) {
+	c.mu.Lock()
+	c.inFlight++
+	c.max = max(c.max, c.inFlight)
+	c.mu.Unlock()
+	return c.Launcher.Launch(ctx, req)
+}
+
+func (c *countingLauncher) started(string, time.Duration, error) {
+	c.mu.Lock()
+	c.inFlight--
+	c.mu.Unlock()
+}
+
+func TestMaxConcurrentStarts(t *testing.T) {
+	for _, limit := range []int{1, 2} {
+		t.Run(strconv.Itoa(limit), func(t *testing.T) {
+			counter := &countingLauncher{Launcher: sandbox.None{}}
+			cfg := testKernelConfig(t)
+			cfg.Launcher = counter
+			p, err := New(Config{Specs: installedSpecs(t), Ready: map[string]int{"python3": 3}, MaxKernels: 3,
+				MaxConcurrentStarts: limit, Kernel: cfg, OnStart: counter.started})
+			if err != nil {
+				t.Fatal(err)
 			}
+			defer p.Close(context.Background())
+			for deadline := time.Now().Add(hangGuard); !(p.Stats()[0].Ready == 3); time.Sleep(50 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("pool never warmed: %+v", p.Stats())
+				}
+			}
+			counter.mu.Lock()
+			defer counter.mu.Unlock()
+			if counter.max > limit {
+				t.Errorf("%d kernels started at once, limit %d", counter.max, limit)
+			}
+		})
+	}
+}
+
+func specStats(t *testing.T, p *Pool, name string) Stats {
+	t.Helper()
+	for _, s := range p.Stats() {
+		if s.Name == name {
+			return s
 		}
-		k.Shutdown()
+	}
+	t.Fatalf("no stats for %s", name)
+	return Stats{}
+}
+
+func waitClosed(t *testing.T, p *Pool) {
+	t.Helper()
+	for deadline := time.Now().Add(hangGuard); ; time.Sleep(10 * time.Millisecond) {
+		p.mu.Lock()
+		closed := p.closed
+		p.mu.Unlock()
+		if closed {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Close never began")
+		}
+	}
+}
+
+// TestLeaseOfDeadReadyKernelKeepsCounts: Lease may take a kernel that died
+// in the pool out of ready before the pool's tracker has seen the death;
+// the tracker must not count it as a lease ending then.
+func TestLeaseOfDeadReadyKernelKeepsCounts(t *testing.T) {
+	// One kernel at most: the replacement can only start once the
+	// tracker has freed the dead kernel's place.
+	p := newTestPool(t, map[string]int{"python3": 1}, 1)
+	victim := readyKernel(t, p, "python3", nil)
+	p.mu.Lock()
+	if err := syscall.Kill(-victim.Pid(), syscall.SIGKILL); err != nil {
+		p.mu.Unlock()
+		t.Fatal(err)
+	}
+	<-victim.Done() // the tracker now waits for p.mu
+	got := p.takeReadyLocked(p.specs["python3"])
+	p.mu.Unlock()
+	if got != nil {
+		t.Fatalf("Lease took a dead kernel")
+	}
+	readyKernel(t, p, "python3", victim)
+	if st := specStats(t, p, "python3"); st.Leased != 0 || st.Ready != 1 {
+		t.Errorf("after a dead kernel was skipped: %+v, want 0 leased, 1 ready", st)
+	}
+	k := lease(t, p, "python3")
+	if st := specStats(t, p, "python3"); st.Leased != 1 {
+		t.Errorf("with one lease: %+v", st)
+	}
+	k.Shutdown()
+	for deadline := time.Now().Add(hangGuard); specStats(t, p, "python3").Leased != 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("lease never ended: %+v", specStats(t, p, "python3"))
+		}
+	}
+}
+
+// TestCloseWaitsForKernelReadyDuringClose: a kernel whose start finishes
+// after Close began is shut down by the pool, and Close returns only once
+// it is gone.
+func TestCloseWaitsForKernelReadyDuringClose(t *testing.T) {
+	cfg := testKernelConfig(t)
+	started, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	var startErr error
+	p, err := New(Config{Specs: installedSpecs(t), Ready: map[string]int{"python3": 1}, MaxKernels: 1, Kernel: cfg,
+		OnStart: func(_ string, _ time.Duration, err error) {
+			once.Do(func() {
+				startErr = err
+				close(started)
+				<-release
+			})
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, started, "the first kernel start")
+	closed := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
+		defer cancel()
+		closed <- p.Close(ctx)
+	}()
+	waitClosed(t, p)
+	close(release)
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	if startErr != nil {
+		t.Fatalf("the start failed (%v), so the branch under test did not run", startErr)
+	}
+	assertEmpty(t, cfg.RuntimeRoot, cfg.WorkRoot)
+	if kids := children(func(state string) bool { return state != "Z" }); len(kids) > 0 {
+		t.Errorf("processes left after Close: %v", kids)
+	}
+}
+
+// TestCloseShutsDownKernelOfAbandonedLease: a kernel handed to a Lease
+// whose context ended at that moment goes back to the pool, unless Close
+// has already collected the pool's kernels: then nobody else would shut it
+// down, and Close would wait for it in vain.
+func TestCloseShutsDownKernelOfAbandonedLease(t *testing.T) {
+	p := newTestPool(t, map[string]int{"python3": 1}, 1)
+	k := readyKernel(t, p, "python3", nil)
+	pgid := k.Pid()
+	sp := p.specs["python3"]
+	// What readyLocked does for a waiting Lease.
+	p.mu.Lock()
+	handed := p.takeReadyLocked(sp)
+	p.mu.Unlock()
+	if handed != k {
+		t.Fatal("ready kernel not taken")
+	}
+	closed := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		closed <- p.Close(ctx)
+	}()
+	waitClosed(t, p)
+	// The Lease gives up after Close took its snapshot.
+	p.mu.Lock()
+	p.unclaimedLocked(sp, handed)
+	p.mu.Unlock()
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	if !errors.Is(k.Err(), ErrKernelGone) {
+		t.Errorf("abandoned kernel: Err = %v, want it shut down", k.Err())
+	}
+	assertKernelGone(t, k, pgid)
+}
+
+// TestSandboxedKernel runs the pool's life cycle with kernels inside the
+// real bwrap sandbox.
+func TestSandboxedKernel(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the bwrap sandbox needs root to switch kernels to their own uids")
+	}
+	specs := installedSpecs(t) // before NewBwrap's trial run: go test -short skips here
+	launcher, err := sandbox.NewBwrap(sandbox.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testKernelConfig(t)
+	cfg.Launcher = launcher
+	p, err := New(Config{Specs: specs, Ready: map[string]int{"python3": 1}, MaxKernels: 3, Kernel: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close(context.Background())
+	k := lease(t, p, "python3")
+	out, _ := run(t, k, "import os; print(os.getuid()); 1+1")
+	uid, _ := strconv.Atoi(strings.TrimSpace(out.stdout))
+	if out.result != "2" || uid == 0 || uid == os.Getuid() {
+		t.Errorf("sandboxed kernel: %+v", out)
+	}
+	go func() {
+		time.Sleep(time.Second)
+		_ = k.Interrupt()
+	}()
+	if out, _ := run(t, k, "while True: pass"); out.ename != "KeyboardInterrupt" {
+		t.Errorf("interrupt in the sandbox: %+v", out)
+	}
+	restartCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := k.Restart(restartCtx); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := run(t, k, "1+1"); out.result != "2" {
+		t.Errorf("after restart: %+v", out)
+	}
+	work := k.WorkDir
+	k.Shutdown()
+	if _, err := os.Stat(work); !os.IsNotExist(err) {
+		t.Errorf("work dir left behind: %v", err)
 	}
 }

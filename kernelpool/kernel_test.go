@@ -13,83 +13,8 @@ import (
 	"testing"
 	"time"
 
-	zmq "github.com/pebbe/zmq4"
-
 	"github.com/cellgate/cellgate/jupytermsg"
-	"github.com/cellgate/cellgate/sandbox"
 )
-
-// hangGuard is how long a test waits for something that must happen
-// before calling it a hang. It is not a speed requirement.
-const hangGuard = 2 * time.Minute
-
-func testContext(t testing.TB) *zmq.Context {
-	t.Helper()
-	zctx, err := NewZMQContext(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = zctx.Term() })
-	return zctx
-}
-
-// startKernel starts one kernel of spec outside any pool; it is shut down
-// when the test ends.
-func startKernel(t *testing.T, spec jupytermsg.Spec, change func(*KernelConfig)) *Kernel {
-	t.Helper()
-	zctx := testContext(t)
-	cfg := testKernelConfig(t)
-	cfg.Spec = spec
-	if change != nil {
-		change(&cfg)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	k, err := StartKernel(ctx, zctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(k.Shutdown)
-	return k
-}
-
-// misbehavingSpec runs testdata/misbehaving_kernel.py in mode.
-func misbehavingSpec(t *testing.T, mode string) jupytermsg.Spec {
-	t.Helper()
-	script, err := filepath.Abs("testdata/misbehaving_kernel.py")
-	if err != nil {
-		t.Fatal(err)
-	}
-	python := installedSpecs(t)["python3"].Argv[0]
-	return jupytermsg.Spec{Name: "misbehaving-" + mode, KernelSpec: jupytermsg.KernelSpec{
-		Argv: []string{python, script, mode, "-f", "{connection_file}"}, Language: "python",
-	}}
-}
-
-func waitFor(t *testing.T, ch <-chan struct{}, what string) {
-	t.Helper()
-	select {
-	case <-ch:
-	case <-time.After(hangGuard):
-		t.Fatalf("hung waiting for %s", what)
-	}
-}
-
-func groupGone(pgid int) bool {
-	return errors.Is(syscall.Kill(-pgid, 0), syscall.ESRCH)
-}
-
-func assertKernelGone(t *testing.T, k *Kernel, pgid int) {
-	t.Helper()
-	if !groupGone(pgid) {
-		t.Errorf("process group %d still exists", pgid)
-	}
-	for _, d := range []string{k.runtimeDir, k.WorkDir} {
-		if _, err := os.Stat(d); !os.IsNotExist(err) {
-			t.Errorf("%s left behind: %v", d, err)
-		}
-	}
-}
 
 // TestStoppedFloodedKernelShutsDown: a kernel that reads nothing, while
 // senders keep pushing at it, must still be shut down, its process group
@@ -138,72 +63,6 @@ func TestStoppedFloodedKernelShutsDown(t *testing.T) {
 	assertKernelGone(t, k, pgid)
 	if !errors.Is(k.Err(), ErrKernelGone) {
 		t.Errorf("Err = %v, want ErrKernelGone", k.Err())
-	}
-}
-
-// TestSlowConsumerHoldsLittle: a kernel that publishes far more than its
-// reader takes must not make the gateway hold it. Once the kernel has
-// published everything it is stopped, so whatever can still be read was
-// held by the gateway.
-func TestSlowConsumerHoldsLittle(t *testing.T) {
-	k := startKernel(t, installedSpecs(t)["python3"], func(c *KernelConfig) { c.HeartbeatInterval = time.Hour })
-	const published = 400
-	code := "from IPython.display import display\nimport sys\n" +
-		"for i in range(" + strconv.Itoa(published) + "):\n    display({'text/plain': 'x' * 65536}, raw=True)\n" +
-		// flush returns once the iopub thread has sent everything before it.
-		"sys.stdout.flush()\nopen('flooded', 'w').close()\n"
-	m, err := jupytermsg.New("execute_request", k.Session, nil, jupytermsg.ExecuteRequest{Code: code, UserExpressions: map[string]string{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := k.Send(jupytermsg.Shell, m); err != nil {
-		t.Fatal(err)
-	}
-	flooded := filepath.Join(k.WorkDir, "flooded")
-	for deadline := time.Now().Add(hangGuard); ; time.Sleep(20 * time.Millisecond) {
-		if _, err := os.Stat(flooded); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the kernel never finished publishing: %s", k.Output())
-		}
-	}
-	if err := syscall.Kill(-k.Pid(), syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	held := 0
-	for quiet := time.NewTimer(time.Second); ; {
-		select {
-		case <-k.Messages():
-			held++
-			quiet.Reset(time.Second)
-			continue
-		case <-quiet.C:
-		}
-		break
-	}
-	// The default queues (16 in Messages, 8 per socket) and a few messages
-	// in socket buffers and in hand; a literal, so that raising the queues
-	// fails here.
-	const bound = 64
-	if held > bound {
-		t.Errorf("the gateway held %d of %d messages a stopped kernel published; want at most %d", held, published, bound)
-	}
-}
-
-// TestExecuteWithoutIdleEndsWithContext: the idle that ends an execution
-// can be dropped (iopub is a PUB socket); Execute must then end with its
-// context and say what it missed, handing back the reply it did get.
-func TestExecuteWithoutIdleEndsWithContext(t *testing.T) {
-	k := startKernel(t, misbehavingSpec(t, "no-idle"), nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	reply, err := Execute(ctx, k, "1+1", nil)
-	if !errors.Is(err, ErrNoIdle) || !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Execute = %v, want ErrNoIdle and the context's error", err)
-	}
-	if reply == nil || reply.Header.MsgType != "execute_reply" {
-		t.Errorf("reply = %v, want the execute_reply that did arrive", reply)
 	}
 }
 
@@ -336,15 +195,6 @@ func TestStartTimeout(t *testing.T) {
 	assertEmpty(t, cfg.RuntimeRoot, cfg.WorkRoot)
 }
 
-func assertEmpty(t *testing.T, dirs ...string) {
-	t.Helper()
-	for _, d := range dirs {
-		if left, _ := os.ReadDir(d); len(left) != 0 {
-			t.Errorf("%s holds %d leftover entries", d, len(left))
-		}
-	}
-}
-
 // TestIPCPathLimit: a runtime root too long for unix socket paths fails
 // clearly before anything is created; one at the limit works.
 func TestIPCPathLimit(t *testing.T) {
@@ -375,73 +225,6 @@ func TestIPCPathLimit(t *testing.T) {
 	k.Shutdown()
 }
 
-// countingLauncher records how many kernel starts run at once: from
-// Launch to the pool's OnStart, which StartKernel's return precedes.
-type countingLauncher struct {
-	sandbox.Launcher
-	mu            sync.Mutex
-	inFlight, max int
-}
-
-func (c *countingLauncher) Launch(ctx context.Context, req sandbox.Request) (*sandbox.Process, error) {
-	c.mu.Lock()
-	c.inFlight++
-	c.max = max(c.max, c.inFlight)
-	c.mu.Unlock()
-	return c.Launcher.Launch(ctx, req)
-}
-
-func (c *countingLauncher) started(string, time.Duration, error) {
-	c.mu.Lock()
-	c.inFlight--
-	c.mu.Unlock()
-}
-
-func TestMaxConcurrentStarts(t *testing.T) {
-	for _, limit := range []int{1, 2} {
-		t.Run(strconv.Itoa(limit), func(t *testing.T) {
-			counter := &countingLauncher{Launcher: sandbox.None{}}
-			cfg := testKernelConfig(t)
-			cfg.Launcher = counter
-			p, err := New(Config{Specs: installedSpecs(t), Ready: map[string]int{"python3": 3}, MaxKernels: 3,
-				MaxConcurrentStarts: limit, Kernel: cfg, OnStart: counter.started})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer p.Close(context.Background())
-			for deadline := time.Now().Add(hangGuard); !(p.Stats()[0].Ready == 3); time.Sleep(50 * time.Millisecond) {
-				if time.Now().After(deadline) {
-					t.Fatalf("pool never warmed: %+v", p.Stats())
-				}
-			}
-			counter.mu.Lock()
-			defer counter.mu.Unlock()
-			if counter.max > limit {
-				t.Errorf("%d kernels started at once, limit %d", counter.max, limit)
-			}
-		})
-	}
-}
-
-// TestStdinMonitorFailureFailsFast: if the stdin handshake can no longer
-// be seen, start-up must hear of it at once, not at StartTimeout.
-func TestStdinMonitorFailureFailsFast(t *testing.T) {
-	zctx := testContext(t)
-	monitor, err := zctx.NewSocket(zmq.PAIR)
-	if err != nil {
-		t.Fatal(err)
-	}
-	monitor.Close()
-	s := &sockets{stop: make(chan struct{}), stdinReady: make(chan struct{}), stdinFailed: make(chan struct{})}
-	s.wg.Add(1)
-	go s.watchStdinHandshake(monitor)
-	waitFor(t, s.stdinFailed, "the stdin watcher to report its failure")
-	if s.stdinErr == nil {
-		t.Error("stdinFailed closed without an error")
-	}
-	s.wg.Wait()
-}
-
 // TestLateWatcherAfterRestart: the watcher of a process that Restart
 // replaced may run only after Restart has finished; it must not kill the
 // new process then.
@@ -460,5 +243,125 @@ func TestLateWatcherAfterRestart(t *testing.T) {
 	}
 	if out, _ := run(t, k, "1+1"); out.result != "2" {
 		t.Errorf("restarted kernel: %+v", out)
+	}
+}
+
+// The warm-up a new kernel gets leaves nothing a reader could see: the
+// first cell is execution 1, with no earlier result or history.
+func TestWarmupLeavesNoTrace(t *testing.T) {
+	specs := installedSpecs(t)
+	ready := map[string]int{"python3": 1}
+	if _, ok := specs["sagemath"]; ok {
+		ready["sagemath"] = 1
+	}
+	p := newTestPool(t, ready, 4)
+	for name := range ready {
+		k := lease(t, p, name)
+		out, reply := run(t, k, "print(repr(_), len(Out), len(In))")
+		var r jupytermsg.ExecuteReply
+		if err := reply.DecodeContent(&r); err != nil || r.Status != "ok" || r.ExecutionCount != 1 {
+			t.Errorf("%s: first reply %s (%v), want ok with execution_count 1", name, reply.Content, err)
+		}
+		// In holds a blank entry 0 and this cell.
+		if out.stdout != "'' 0 2\n" {
+			t.Errorf("%s: after warm-up _, len(Out), len(In) = %q, want '' 0 2", name, out.stdout)
+		}
+		// The display hook still works: results reach _ and nothing of the
+		// warm-up's result is left under its own name.
+		run(t, k, "40+2")
+		if out, _ := run(t, k, "print(repr(_), [n for n in ('_0', '_1', '_2') if n in globals()])"); out.stdout != "42 ['_2']\n" {
+			t.Errorf("%s: after warm-up and 40+2, _ and the _N names are %q, want 42 ['_2']", name, out.stdout)
+		}
+		k.Shutdown()
+	}
+	if got := DefaultWarmup(jupytermsg.Spec{KernelSpec: jupytermsg.KernelSpec{Language: "julia"}}); got != nil {
+		t.Errorf("a kernel of another language is warmed with %q", got)
+	}
+}
+
+func TestInterrupt(t *testing.T) {
+	p := newTestPool(t, map[string]int{"python3": 1}, 2)
+	k := lease(t, p, "python3")
+	defer k.Shutdown()
+	go func() {
+		time.Sleep(time.Second)
+		if err := k.Interrupt(); err != nil {
+			t.Error(err)
+		}
+	}()
+	out, _ := run(t, k, "while True: pass")
+	if out.ename != "KeyboardInterrupt" {
+		t.Errorf("after interrupt: %+v", out)
+	}
+	if out := runAfterError(t, k, "1+1"); out.result != "2" {
+		t.Errorf("kernel unusable after interrupt: %+v", out)
+	}
+}
+
+// runAfterError runs code right after an execution that failed: with
+// stop_on_error, ipykernel aborts the requests that reach it before it has
+// cleared the queue, so an "aborted" reply is retried.
+func runAfterError(t *testing.T, k *Kernel, code string) outputs {
+	t.Helper()
+	for range 20 {
+		out, reply := run(t, k, code)
+		var r jupytermsg.ExecuteReply
+		if err := reply.DecodeContent(&r); err != nil || r.Status != "aborted" {
+			return out
+		}
+	}
+	t.Fatal("every execution aborted")
+	return outputs{}
+}
+
+func TestRestartKeepsIDAndClearsState(t *testing.T) {
+	p := newTestPool(t, map[string]int{"python3": 1}, 2)
+	k := lease(t, p, "python3")
+	defer k.Shutdown()
+	run(t, k, "x = 41")
+	oldPid := k.Pid()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := k.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if k.Pid() == oldPid || processExists(oldPid) {
+		t.Errorf("old process %d still there after restart", oldPid)
+	}
+	if out, _ := run(t, k, "'x' in globals()"); out.result != "False" {
+		t.Errorf("state survived restart: %+v", out)
+	}
+	if k.Err() != nil {
+		t.Errorf("restart declared the kernel dead: %v", k.Err())
+	}
+}
+
+// TestInputRightAfterStart asks for input the moment a kernel is handed
+// out: the kernel drops input_request to a stdin peer it has not seen yet,
+// so a kernel must not count as ready before its stdin is connected.
+func TestInputRightAfterStart(t *testing.T) {
+	p := newTestPool(t, map[string]int{"python3": 2}, 4)
+	for range 4 {
+		k := lease(t, p, "python3")
+		req, err := jupytermsg.New("execute_request", k.Session, nil, jupytermsg.ExecuteRequest{Code: "input('name? ')", AllowStdin: true, UserExpressions: map[string]string{}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := k.Send(jupytermsg.Shell, req); err != nil {
+			t.Fatal(err)
+		}
+		timeout := time.After(30 * time.Second)
+	wait:
+		for {
+			select {
+			case r := <-k.Messages():
+				if r.Channel == jupytermsg.Stdin && r.Msg.Header.MsgType == "input_request" {
+					break wait
+				}
+			case <-timeout:
+				t.Fatal("input_request never arrived")
+			}
+		}
+		k.Shutdown()
 	}
 }
