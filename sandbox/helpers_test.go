@@ -22,8 +22,13 @@ func testConfig() Config {
 }
 
 // newBwrap skips unless the sandbox can run here (bwrap installed, root).
+// Every test of the real sandbox starts here, so go test -short (make
+// check) skips them here, in one place.
 func newBwrap(t testing.TB, change func(*Config)) *Bwrap {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("sandbox: slow (real bwrap sandbox, needs root); run make test")
+	}
 	cfg := testConfig()
 	if change != nil {
 		change(&cfg)
