@@ -9,6 +9,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/cellgate/cellgate/gateway/session"
 	"github.com/cellgate/cellgate/jupytermsg"
 )
 
@@ -25,7 +26,7 @@ func (sageCodec) decode(kind int, data []byte) (jupytermsg.Channel, *jupytermsg.
 	return jupytermsg.DecodeWS("", kind == websocket.BinaryMessage, data)
 }
 
-func (sageCodec) encode(e outgoing) (int, []byte, error) {
+func (sageCodec) encode(e session.Entry) (int, []byte, error) {
 	frame, err := sageJSON(e)
 	return websocket.TextMessage, frame, err
 }
@@ -33,19 +34,19 @@ func (sageCodec) encode(e outgoing) (int, []byte, error) {
 // sageJSON is a text frame with seq; buffers (widget binary data) go as
 // base64 strings, so every Sage-cell frame carries its seq and long-poll
 // answers stay JSON.
-func sageJSON(e outgoing) ([]byte, error) {
-	m := *e.msg
+func sageJSON(e session.Entry) ([]byte, error) {
+	m := *e.Msg
 	m.Buffers = nil
-	frame, err := jupytermsg.EncodeJSONFrame(e.channel, &m)
+	frame, err := jupytermsg.EncodeJSONFrame(e.Channel, &m)
 	if err != nil {
 		return nil, err
 	}
-	frame = withSeq(frame, e.seq)
-	if len(e.msg.Buffers) == 0 {
+	frame = withSeq(frame, e.Seq)
+	if len(e.Msg.Buffers) == 0 {
 		return frame, nil
 	}
-	encoded := make([]string, len(e.msg.Buffers))
-	for i, b := range e.msg.Buffers {
+	encoded := make([]string, len(e.Msg.Buffers))
+	for i, b := range e.Msg.Buffers {
 		encoded[i] = base64.StdEncoding.EncodeToString(b)
 	}
 	list, _ := json.Marshal(encoded)
@@ -92,8 +93,8 @@ func (c jupyterCodec) decode(kind int, data []byte) (jupytermsg.Channel, *jupyte
 	return jupytermsg.DecodeWS(c.protocol, kind == websocket.BinaryMessage, data)
 }
 
-func (c jupyterCodec) encode(e outgoing) (int, []byte, error) {
-	frame, binary, err := jupytermsg.EncodeWS(c.protocol, e.channel, e.msg)
+func (c jupyterCodec) encode(e session.Entry) (int, []byte, error) {
+	frame, binary, err := jupytermsg.EncodeWS(c.protocol, e.Channel, e.Msg)
 	if err != nil {
 		return 0, nil, err
 	}
@@ -106,12 +107,12 @@ func (c jupyterCodec) encode(e outgoing) (int, []byte, error) {
 // problem is told to Jupyter clients as stderr on iopub: they have no
 // other place to show a gateway error. It carries the kernel's session:
 // JupyterLab takes the session of every message as the kernel's.
-func (c jupyterCodec) problem(text, session string) (int, []byte) {
-	m, err := jupytermsg.New("stream", session, nil, noticeStream(text))
+func (c jupyterCodec) problem(text, kernelSession string) (int, []byte) {
+	m, err := jupytermsg.New("stream", kernelSession, nil, session.NoticeStream(text))
 	if err != nil {
 		return websocket.TextMessage, nil
 	}
-	kind, frame, err := c.encode(outgoing{channel: jupytermsg.IOPub, msg: m})
+	kind, frame, err := c.encode(session.Entry{Channel: jupytermsg.IOPub, Msg: m})
 	if err != nil {
 		return websocket.TextMessage, nil
 	}

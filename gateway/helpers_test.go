@@ -37,6 +37,9 @@ func newTestEnv(t testing.TB, ready int, maxKernels int, tweak func(*Config)) *t
 
 func newTestEnvWith(t testing.TB, ready int, maxKernels int, tweak func(*Config), tweakKernel func(*kernelpool.KernelConfig)) *testEnv {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("starts real kernels: slow; make test runs it")
+	}
 	specs, _ := jupytermsg.FindKernelSpecs(jupytermsg.KernelSpecDirs(os.Getenv))
 	if _, ok := specs["python3"]; !ok {
 		t.Fatal("python3 kernelspec missing: run make deps")
@@ -55,7 +58,7 @@ func newTestEnvWith(t testing.TB, ready int, maxKernels int, tweak func(*Config)
 		tweakKernel(&kcfg)
 	}
 	// The metrics exist before the pool, so its first kernel starts count.
-	m := NewMetrics()
+	m := NewMetrics(nil)
 	pool, err := kernelpool.New(kernelpool.Config{
 		Specs: specs, Ready: map[string]int{"python3": ready}, MaxKernels: maxKernels, Kernel: kcfg,
 		OnStart: m.ObserveKernelStart,
@@ -275,7 +278,7 @@ func (e *testEnv) newKernel(form url.Values) kernelAnswer {
 // waitEnded waits until the gateway forgot session id.
 func (e *testEnv) waitEnded(id string) {
 	e.t.Helper()
-	for i := 0; e.gw.lookup(id) != nil; i++ {
+	for i := 0; e.gw.sessions.get(id) != nil; i++ {
 		if i > 600 {
 			e.t.Fatalf("session %s never ended", id)
 		}

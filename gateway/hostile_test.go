@@ -31,6 +31,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/cellgate/cellgate/gateway/session"
 	"github.com/cellgate/cellgate/kernelpool"
 	"github.com/cellgate/cellgate/sandbox"
 	"github.com/cellgate/cellgate/storage"
@@ -59,6 +60,9 @@ const (
 // requireBwrap skips unless the real sandbox can run here.
 func requireBwrap(t *testing.T) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("runs hostile code in real sandboxed kernels: slow; make test runs it")
+	}
 	if os.Geteuid() != 0 {
 		t.Skip("hostile-code tests need root: the bwrap sandbox switches kernels to their own uids and mounts their tmpfs")
 	}
@@ -193,8 +197,8 @@ func newHostileEnv(t *testing.T) *hostileEnv {
 	by := h.newKernel(url.Values{"timeout": {"600"}})
 	h.byID = by.ID
 	h.byClient = h.dialSage(by.ID, "")
-	sess := h.gw.lookup(by.ID)
-	h.byWorkDir = sess.kernel.WorkDir
+	sess := h.gw.sessions.get(by.ID)
+	h.byWorkDir = sess.Kernel().WorkDir
 	h.root = filepath.Dir(filepath.Dir(h.byWorkDir))
 	h.byRunDir = filepath.Join(h.root, "r", by.ID)
 	frames := replyAndIdle(h.byClient, h.byClient.execute("open('bystander-secret.txt', 'w').write("+pyStr(h.secret)+")\nprint(1+1)"))
@@ -248,11 +252,11 @@ func (h *hostileEnv) newAttacker(t *testing.T) *attacker {
 	e := h.in(t)
 	k := e.newKernel(url.Values{"timeout": {"300"}})
 	a := &attacker{id: k.ID, c: e.dialSage(k.ID, "")}
-	sess := h.gw.lookup(k.ID)
+	sess := h.gw.sessions.get(k.ID)
 	if sess == nil {
 		t.Fatalf("session %s unknown right after POST /kernel", k.ID)
 	}
-	a.kernel = sess.kernel
+	a.kernel = sess.Kernel()
 	out, dead := a.run(t, "import os; print(os.getuid())")
 	uid, err := strconv.Atoi(strings.TrimSpace(streamText(out)))
 	if dead || err != nil {
@@ -387,7 +391,7 @@ func uidProcesses(t *testing.T, uid int) map[int]string {
 // neither are its directories.
 func (h *hostileEnv) endAndCheckGone(t *testing.T, a *attacker) {
 	t.Helper()
-	if h.gw.lookup(a.id) != nil {
+	if h.gw.sessions.get(a.id) != nil {
 		h.in(t).do(http.MethodDelete, "/kernel/"+a.id, "", "", nil)
 	}
 	h.in(t).waitEnded(a.id)
@@ -739,8 +743,8 @@ func (h *hostileEnv) cpuLimit(t *testing.T) {
 	if !dead {
 		t.Fatalf("busy loop finished instead of dying: %s", errorText(frames))
 	}
-	if reason := frames[len(frames)-1].str("reason"); !strings.HasPrefix(reason, endKernel) {
-		t.Errorf("dead reason %q, want %q", reason, endKernel)
+	if reason := frames[len(frames)-1].str("reason"); !strings.HasPrefix(reason, session.EndKernel) {
+		t.Errorf("dead reason %q, want %q", reason, session.EndKernel)
 	}
 	if err := a.kernel.Err(); err == nil || !strings.Contains(err.Error(), sandbox.ErrCPULimit.Error()) {
 		t.Errorf("kernel ended with %v, want the CPU limit", err)
@@ -987,7 +991,7 @@ print("daemon started")
 func (h *hostileEnv) killParentAndAll(t *testing.T) {
 	h.checkBystander(t)
 	a := h.newAttacker(t)
-	byPid := h.gw.lookup(h.byID).kernel.Pid()
+	byPid := h.gw.sessions.get(h.byID).Kernel().Pid()
 	frames, dead := a.run(t, fmt.Sprintf(killCode, os.Getpid(), byPid))
 	if dead {
 		t.Logf("kernel died killing its parent (contained): %s", streamText(frames))
@@ -1052,8 +1056,8 @@ func (h *hostileEnv) setsidDaemon(t *testing.T) {
 	if !dead {
 		t.Fatalf("kernel survived SIGKILL: %s", streamText(frames))
 	}
-	if reason := frames[len(frames)-1].str("reason"); !strings.HasPrefix(reason, endKernel) {
-		t.Errorf("dead reason %q, want %q", reason, endKernel)
+	if reason := frames[len(frames)-1].str("reason"); !strings.HasPrefix(reason, session.EndKernel) {
+		t.Errorf("dead reason %q, want %q", reason, session.EndKernel)
 	}
 	h.endAndCheckGone(t, a)
 	h.serverWorks(t, true)
@@ -1122,10 +1126,10 @@ func (h *hostileEnv) symlinks(t *testing.T) {
 	if reply.str("status") != "ok" || !strings.Contains(streamText(frames), "planted") {
 		t.Fatalf("planting links: %s %s", streamText(frames), errorText(frames))
 	}
-	var announced []fileLink
+	var announced []session.FileLink
 	for _, f := range frames {
-		if f.Header.MsgType == filesMsgType {
-			var files struct{ Files []fileLink }
+		if f.Header.MsgType == session.FilesMsgType {
+			var files struct{ Files []session.FileLink }
 			raw, _ := json.Marshal(f.Content)
 			_ = json.Unmarshal(raw, &files)
 			announced = append(announced, files.Files...)
@@ -1177,10 +1181,10 @@ func (h *hostileEnv) symlinks(t *testing.T) {
 		id := c.execute("pass")
 		frames := replyAndIdle(&c, id)
 		for _, f := range frames {
-			if f.Header.MsgType != filesMsgType {
+			if f.Header.MsgType != session.FilesMsgType {
 				continue
 			}
-			var files struct{ Files []fileLink }
+			var files struct{ Files []session.FileLink }
 			raw, _ := json.Marshal(f.Content)
 			_ = json.Unmarshal(raw, &files)
 			for _, l := range files.Files {
@@ -1229,7 +1233,7 @@ print("forged")
 func (h *hostileEnv) forgedFiles(t *testing.T) {
 	h.checkBystander(t)
 	own := strings.TrimSuffix(h.http.URL, "/") + "/files/"
-	check := func(via string, links []fileLink) {
+	check := func(via string, links []session.FileLink) {
 		t.Helper()
 		for _, l := range links {
 			if !strings.HasPrefix(l.URL, own) {
@@ -1246,8 +1250,8 @@ func (h *hostileEnv) forgedFiles(t *testing.T) {
 		t.Fatalf("forging: %q %s", streamText(frames), errorText(frames))
 	}
 	for _, f := range frames {
-		if f.Header.MsgType == filesMsgType {
-			var files struct{ Files []fileLink }
+		if f.Header.MsgType == session.FilesMsgType {
+			var files struct{ Files []session.FileLink }
 			raw, _ := json.Marshal(f.Content)
 			_ = json.Unmarshal(raw, &files)
 			check("websocket", files.Files)
@@ -1273,12 +1277,12 @@ func TestHostileLifespan(t *testing.T) {
 	env := newTestEnvWith(t, 1, 3, nil, func(k *kernelpool.KernelConfig) { k.Launcher = launcher })
 	k := env.newKernel(url.Values{"timeout": {"300"}})
 	c := env.dialSage(k.ID, "")
-	kernel := env.gw.lookup(k.ID).kernel
+	kernel := env.gw.sessions.get(k.ID).Kernel()
 	id := c.execute("import time\ntime.sleep(600)")
 	frames := c.until(func(f frame) bool {
 		return f.Header.MsgType == "status" && (f.str("execution_state") == "dead" || f.ParentHeader.MsgID == id && f.str("execution_state") == "idle")
 	})
-	if last := frames[len(frames)-1]; last.str("execution_state") != "dead" || !strings.HasPrefix(last.str("reason"), endKernel) {
+	if last := frames[len(frames)-1]; last.str("execution_state") != "dead" || !strings.HasPrefix(last.str("reason"), session.EndKernel) {
 		t.Fatalf("sleeper: last frame %+v", last)
 	}
 	if err := kernel.Err(); err == nil || !strings.Contains(err.Error(), sandbox.ErrLifespan.Error()) {

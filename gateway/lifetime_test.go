@@ -10,13 +10,15 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/gorilla/websocket"
+
+	"github.com/cellgate/cellgate/gateway/session"
 )
 
 // endReason waits for session id to end and returns why.
 func (e *testEnv) endReason(id string) string {
 	e.t.Helper()
 	e.waitEnded(id)
-	t, ok := e.gw.tombstone(id)
+	t, ok := e.gw.sessions.tombstone(id)
 	if !ok {
 		e.t.Fatalf("no tombstone for ended session %s", id)
 	}
@@ -24,13 +26,13 @@ func (e *testEnv) endReason(id string) string {
 }
 
 // logText is the stream text a session's replay log holds.
-func logText(sess *session) string {
-	msgs, _, _, _ := sess.log.since(0, "", 0)
+func logText(sess *session.Session) string {
+	msgs, _, _, _ := sess.Replay().Since(0, "", 0)
 	var out strings.Builder
 	for _, e := range msgs {
-		if e.msg.Header.MsgType == "stream" {
+		if e.Msg.Header.MsgType == "stream" {
 			var st struct{ Text string }
-			_ = json.Unmarshal(e.msg.Content, &st)
+			_ = json.Unmarshal(e.Msg.Content, &st)
 			out.WriteString(st.Text)
 		}
 	}
@@ -50,9 +52,9 @@ func TestBusyKernelIsNotIdle(t *testing.T) {
 		if got := streamText(frames); got != "done\n" {
 			t.Errorf("timeout=%s: a computation longer than the idle timeout got %q (last %+v)", timeout, got, frames[len(frames)-1])
 		}
-		want := endOneShot
+		want := session.EndOneShot
 		if timeout != "0" {
-			want = endIdle
+			want = session.EndIdle
 			if got := streamText(replyAndIdle(c, c.execute("print('again')"))); got != "again\n" {
 				t.Errorf("timeout=%s: right after a long computation the session answered %q", timeout, got)
 			}
@@ -78,8 +80,8 @@ func TestOneShotSurvivesReconnect(t *testing.T) {
 		t.Errorf("after reconnecting got %q, want the session's state", got)
 	}
 	again.conn.Close()
-	if reason := env.endReason(k.ID); reason != endOneShot {
-		t.Errorf("ended with %q, want %q", reason, endOneShot)
+	if reason := env.endReason(k.ID); reason != session.EndOneShot {
+		t.Errorf("ended with %q, want %q", reason, session.EndOneShot)
 	}
 }
 
@@ -92,8 +94,8 @@ func TestOneShotCleanCloseEndsAtOnce(t *testing.T) {
 	c := env.dialSage(k.ID, "")
 	replyAndIdle(c, c.execute("1+1"))
 	_ = c.conn.WriteMessage(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "done"))
-	if reason := env.endReason(k.ID); reason != endOneShot {
-		t.Errorf("ended with %q, want %q", reason, endOneShot)
+	if reason := env.endReason(k.ID); reason != session.EndOneShot {
+		t.Errorf("ended with %q, want %q", reason, session.EndOneShot)
 	}
 }
 
@@ -103,10 +105,10 @@ func TestOneShotClientLeavingAfterSending(t *testing.T) {
 	env := newTestEnv(t, 1, 4, nil)
 	k := env.newKernel(url.Values{"timeout": {"0"}})
 	c := env.dialSage(k.ID, "")
-	sess := env.gw.lookup(k.ID)
+	sess := env.gw.sessions.get(k.ID)
 	c.execute("import time\ntime.sleep(0.5)\nprint('ran')")
 	c.conn.Close()
-	if reason := env.endReason(k.ID); reason != endOneShot {
+	if reason := env.endReason(k.ID); reason != session.EndOneShot {
 		t.Errorf("ended with %q", reason)
 	}
 	if got := logText(sess); !strings.Contains(got, "ran\n") {
@@ -126,11 +128,11 @@ func TestJupyterIdleTimeoutOnlyWhenDetached(t *testing.T) {
 	}
 	// Several idle timeouts pass with the client connected and silent.
 	time.Sleep(1500 * time.Millisecond)
-	if env.gw.lookup(model.ID) == nil {
+	if env.gw.sessions.get(model.ID) == nil {
 		t.Fatal("a connected Jupyter kernel was culled as idle")
 	}
 	conn.Close()
-	if reason := env.endReason(model.ID); reason != endIdle {
+	if reason := env.endReason(model.ID); reason != session.EndIdle {
 		t.Errorf("ended with %q", reason)
 	}
 }
@@ -142,7 +144,7 @@ func TestMaxLifespanEndsBusySession(t *testing.T) {
 	c := env.dialSage(k.ID, "")
 	c.execute("while True: pass")
 	frames := c.until(func(f frame) bool { return f.str("execution_state") == "dead" })
-	if reason := frames[len(frames)-1].str("reason"); reason != endLifespan {
+	if reason := frames[len(frames)-1].str("reason"); reason != session.EndLifespan {
 		t.Errorf("reason %q", reason)
 	}
 }
@@ -153,7 +155,7 @@ func TestTimeoutClampAndOneShotGrace(t *testing.T) {
 	env := newTestEnv(t, 2, 6, func(c *Config) { c.MaxTimeout = 400 * time.Millisecond; c.OneShotGrace = 400 * time.Millisecond })
 	for _, timeout := range []string{"86400", "0"} {
 		k := env.newKernel(url.Values{"timeout": {timeout}})
-		if reason := env.endReason(k.ID); reason != endIdle {
+		if reason := env.endReason(k.ID); reason != session.EndIdle {
 			t.Errorf("timeout=%s: ended with %q", timeout, reason)
 		}
 	}
@@ -211,14 +213,14 @@ func TestReconnectSameSessionLosesNothing(t *testing.T) {
 	k := env.newKernel(url.Values{"timeout": {"60"}})
 	a := env.dialSage(k.ID, "")
 	a.until(idleAfter(a.execute("print('zero')")))
-	sess := env.gw.lookup(k.ID)
-	before := sess.log.last()
+	sess := env.gw.sessions.get(k.ID)
+	before := sess.Replay().Last()
 	// a sends and stops reading: what the gateway writes it never reads.
 	id := a.execute("print('one')")
 	waitFor(t, "the output of the unread request", func() bool {
-		msgs, _, _, _ := sess.log.since(before, a.session, 0)
+		msgs, _, _, _ := sess.Replay().Since(before, a.session, 0)
 		for _, e := range msgs {
-			if e.msg.ParentMsgID() == id && e.msg.Header.MsgType == "status" && strings.Contains(string(e.msg.Content), "idle") {
+			if e.Msg.ParentMsgID() == id && e.Msg.Header.MsgType == "status" && strings.Contains(string(e.Msg.Content), "idle") {
 				return true
 			}
 		}
@@ -229,9 +231,7 @@ func TestReconnectSameSessionLosesNothing(t *testing.T) {
 	time.Sleep(300 * time.Millisecond)
 	a.conn.Close()
 	waitFor(t, "the old connection released", func() bool {
-		sess.mu.Lock()
-		defer sess.mu.Unlock()
-		return sess.conns[a.session] == nil
+		return !sess.Claimed(a.session)
 	})
 
 	redial := func() *wsClient {
@@ -275,11 +275,11 @@ func TestPollAfterEndTellsWhy(t *testing.T) {
 	env.do(http.MethodDelete, "/kernel/"+k.ID, "", "", nil)
 	env.waitEnded(k.ID)
 	var resp pollResponse
-	if r := env.do(http.MethodGet, "/kernel/"+k.ID+"/poll?client=p", "", "", &resp); r.StatusCode != http.StatusOK || !resp.Ended || resp.Reason != endDeleted {
+	if r := env.do(http.MethodGet, "/kernel/"+k.ID+"/poll?client=p", "", "", &resp); r.StatusCode != http.StatusOK || !resp.Ended || resp.Reason != session.EndDeleted {
 		t.Errorf("GET poll after the end: %d %+v", r.StatusCode, resp)
 	}
 	var e apiError
-	if r := env.do(http.MethodPost, "/kernel/"+k.ID+"/poll?client=p", "application/json", `{"channel":"shell","header":{"msg_type":"kernel_info_request"},"content":{}}`, &e); r.StatusCode != http.StatusGone || !strings.Contains(e.Message, endDeleted) {
+	if r := env.do(http.MethodPost, "/kernel/"+k.ID+"/poll?client=p", "application/json", `{"channel":"shell","header":{"msg_type":"kernel_info_request"},"content":{}}`, &e); r.StatusCode != http.StatusGone || !strings.Contains(e.Message, session.EndDeleted) {
 		t.Errorf("POST poll after the end: %d %+v", r.StatusCode, e)
 	}
 	if r := env.do(http.MethodGet, "/kernel/never-was/poll?client=p", "", "", nil); r.StatusCode != http.StatusNotFound {

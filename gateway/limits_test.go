@@ -15,6 +15,8 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/cellgate/cellgate/jupytermsg"
+
+	"github.com/cellgate/cellgate/gateway/session"
 )
 
 // /service keeps a bounded part of what a computation prints.
@@ -152,7 +154,7 @@ func TestPendingExecutionCap(t *testing.T) {
 	}
 	for i, id := range ids {
 		reply, _ := replyTo(frames, id)
-		answered := strings.Contains(string(reply.Content["user_expressions"]), filesRequest)
+		answered := strings.Contains(string(reply.Content["user_expressions"]), session.FilesRequest)
 		if answered != (i < 2) {
 			t.Errorf("execution %d: _sagecell_files answered %v", i, answered)
 		}

@@ -3,16 +3,16 @@ package gateway
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/gorilla/websocket"
 	"github.com/labstack/echo/v4"
+
+	"github.com/cellgate/cellgate/gateway/session"
 )
 
 // Long-polling is the same session over plain HTTP, for clients whose
@@ -44,83 +44,9 @@ type pollResponse struct {
 // pollBatch caps the messages of one poll answer.
 const pollBatch = 512
 
-// pollPresence keeps a polling client counted as attached between polls,
-// so a one-shot session does not end while its client is between requests.
-type pollPresence struct {
-	mu      sync.Mutex
-	clients map[string]*presence
-	stopped bool
-}
-
-// presence is one polling client. Its timer is never Reset from outside
-// expire: a timer that has fired may have its func waiting for the lock,
-// so a poll only moves the deadline, and expire re-arms from it.
-type presence struct {
-	deadline time.Time
-	timer    *time.Timer
-	detach   func(clean bool)
-}
-
-func (p *pollPresence) mark(sess *session, client string, grace time.Duration) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.stopped {
-		return
-	}
-	if p.clients == nil {
-		p.clients = map[string]*presence{}
-	}
-	deadline := time.Now().Add(grace)
-	if e, ok := p.clients[client]; ok {
-		if deadline.After(e.deadline) {
-			e.deadline = deadline
-		}
-		return
-	}
-	if len(p.clients) >= maxRememberedClients {
-		return
-	}
-	e := &presence{deadline: deadline, detach: sess.attach(transportPoll)}
-	sess.metrics.clients.WithLabelValues("polling").Inc()
-	p.clients[client] = e
-	// expire takes p.mu, held here until e.timer is set.
-	e.timer = time.AfterFunc(grace, func() { p.expire(sess, client, e) })
-}
-
-func (p *pollPresence) expire(sess *session, client string, e *presence) {
-	p.mu.Lock()
-	if p.clients[client] != e {
-		p.mu.Unlock()
-		return
-	}
-	if left := time.Until(e.deadline); left > 0 {
-		e.timer.Reset(left)
-		p.mu.Unlock()
-		return
-	}
-	delete(p.clients, client)
-	p.mu.Unlock()
-	sess.metrics.clients.WithLabelValues("polling").Dec()
-	// The presence deadline was this poller's grace already.
-	e.detach(true)
-}
-
-// stop detaches every polling client; the session has ended.
-func (p *pollPresence) stop(sess *session) {
-	p.mu.Lock()
-	all := p.clients
-	p.clients, p.stopped = nil, true
-	p.mu.Unlock()
-	for _, e := range all {
-		e.timer.Stop()
-		sess.metrics.clients.WithLabelValues("polling").Dec()
-		e.detach(true)
-	}
-}
-
 // pollTarget is what a poll request names: a live session, or the
 // tombstone of an ended one.
-func (s *Server) pollTarget(c echo.Context) (*session, *tombstone, string, error) {
+func (s *Server) pollTarget(c echo.Context) (*session.Session, *tombstone, string, error) {
 	id, err := pathParam(c, "id")
 	if err != nil {
 		return nil, nil, "", httpError(c, http.StatusNotFound, "no such kernel")
@@ -129,10 +55,10 @@ func (s *Server) pollTarget(c echo.Context) (*session, *tombstone, string, error
 	if client == "" {
 		return nil, nil, "", httpError(c, http.StatusBadRequest, "missing client (the client's session id)")
 	}
-	if sess := s.lookupAPI(id, sageCellAPI); sess != nil {
+	if sess := s.sessions.getAPI(id, session.SageCell); sess != nil {
 		return sess, nil, client, nil
 	}
-	if t, ok := s.tombstone(id); ok && t.api == sageCellAPI {
+	if t, ok := s.sessions.tombstone(id); ok && t.api == session.SageCell {
 		return nil, &t, client, nil
 	}
 	return nil, nil, "", httpError(c, http.StatusNotFound, "no such kernel")
@@ -179,25 +105,25 @@ func (s *Server) pollReceive(c echo.Context) error {
 	if sess == nil {
 		return err
 	}
-	asked, err := askedSince(c, sess.log.last())
+	asked, err := askedSince(c, sess.Replay().Last())
 	if err != nil {
 		return httpError(c, http.StatusBadRequest, err.Error())
 	}
 	since := uint64(0)
 	if asked != nil {
 		since = *asked
-	} else if n, ok := sess.cursor(client); ok {
+	} else if n, ok := sess.Cursor(client); ok {
 		since = n
 	}
 	wait, err := parseWait(c.QueryParam("wait"), s.cfg.PollWait)
 	if err != nil {
 		return httpError(c, http.StatusBadRequest, err.Error())
 	}
-	sess.polls.mark(sess, client, wait+s.cfg.PollWait)
+	sess.KeepAttached(client, wait+s.cfg.PollWait)
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	for {
-		msgs, missed, changed, closed := sess.log.since(since, client, pollBatch)
+		msgs, missed, changed, closed := sess.Replay().Since(since, client, pollBatch)
 		if len(msgs) > 0 || closed {
 			resp := pollResponse{Next: since, Missed: missed, Messages: []json.RawMessage{}}
 			for _, e := range msgs {
@@ -205,12 +131,12 @@ func (s *Server) pollReceive(c echo.Context) error {
 				if err == nil {
 					resp.Messages = append(resp.Messages, data)
 				}
-				resp.Next = e.seq
+				resp.Next = e.Seq
 			}
 			if closed && len(msgs) < pollBatch {
-				resp.Ended, resp.Reason = true, sess.reason()
+				resp.Ended, resp.Reason = true, sess.Reason()
 			}
-			sess.rememberCursor(client, resp.Next)
+			sess.RememberCursor(client, resp.Next)
 			return c.JSON(http.StatusOK, resp)
 		}
 		select {
@@ -257,71 +183,12 @@ func (s *Server) pollSend(c echo.Context) error {
 	if err != nil {
 		return httpError(c, http.StatusBadRequest, err.Error())
 	}
-	sess.polls.mark(sess, client, 2*s.cfg.PollWait)
+	sess.KeepAttached(client, 2*s.cfg.PollWait)
 	for i, f := range frames {
 		// A poll frame is what a Sage-cell websocket text frame carries.
-		if err := s.relayClientFrame(sess, client, sageCodec{}, websocket.TextMessage, f); err != nil {
-			code := http.StatusBadRequest
-			if errors.Is(err, errSessionEnded) {
-				code = http.StatusGone
-			}
-			return httpError(c, code, fmt.Sprintf("message %d: %v (%d sent before it)", i, err, i))
+		if err := relayClientFrame(sess, client, sageCodec{}, websocket.TextMessage, f); err != nil {
+			return httpError(c, statusOf(err, http.StatusBadRequest), fmt.Sprintf("message %d: %v (%d sent before it)", i, err, i))
 		}
 	}
 	return c.JSON(http.StatusAccepted, map[string]int{"sent": len(frames)})
-}
-
-// Tombstones of ended sessions are kept this long, and this many at most.
-const (
-	tombstoneTTL = 5 * time.Minute
-	maxTombstone = 10000
-)
-
-// tombstone is what is kept of an ended session.
-type tombstone struct {
-	api    string
-	reason string
-	last   uint64
-	at     time.Time
-}
-
-// tombstones is a bounded, time-ordered record of ended sessions.
-type tombstones struct {
-	byID  map[string]tombstone
-	order []string // oldest first
-}
-
-func (t *tombstones) add(id string, ts tombstone) {
-	if t.byID == nil {
-		t.byID = map[string]tombstone{}
-	}
-	t.prune(ts.at)
-	for len(t.order) >= maxTombstone {
-		delete(t.byID, t.order[0])
-		t.order = t.order[1:]
-	}
-	t.byID[id] = ts
-	t.order = append(t.order, id)
-}
-
-// prune drops tombstones older than the TTL; ids are in end order.
-func (t *tombstones) prune(now time.Time) {
-	for len(t.order) > 0 {
-		old, ok := t.byID[t.order[0]]
-		if ok && now.Sub(old.at) < tombstoneTTL {
-			return
-		}
-		delete(t.byID, t.order[0])
-		t.order = t.order[1:]
-	}
-}
-
-func (s *Server) tombstone(id string) (tombstone, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	t, ok := s.ended.byID[id]
-	if !ok || time.Since(t.at) >= tombstoneTTL {
-		return tombstone{}, false
-	}
-	return t, true
 }

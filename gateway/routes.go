@@ -3,7 +3,9 @@ package gateway
 import (
 	"context"
 	"net/http"
+	"net/url"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -12,6 +14,7 @@ import (
 	"github.com/cellgate/cellgate/jupytermsg"
 )
 
+// routes is every route the gateway serves, in one table.
 func (s *Server) routes() *echo.Echo {
 	e := echo.New()
 	e.HideBanner, e.HidePort = true, true
@@ -24,7 +27,7 @@ func (s *Server) routes() *echo.Echo {
 	}
 	e.Use(middleware.RequestID())
 	e.Use(middleware.Recover())
-	e.Use(middleware.BodyLimit(humanBytes(s.cfg.MaxMessageBytes)))
+	e.Use(middleware.BodyLimit(strconv.FormatInt(s.cfg.MaxMessageBytes, 10)))
 	e.Use(middleware.CORSWithConfig(middleware.CORSConfig{
 		AllowOrigins:  s.cfg.AllowOrigins,
 		AllowHeaders:  []string{"Content-Type", "Authorization", "X-Requested-With"},
@@ -66,6 +69,11 @@ func (s *Server) originAllowed(r *http.Request) bool {
 	return slices.Contains(s.cfg.AllowOrigins, origin) || sameHost(origin, r.Host)
 }
 
+func sameHost(origin, host string) bool {
+	u, err := url.Parse(origin)
+	return err == nil && u.Host == host
+}
+
 // readyz answers 200 when the server can serve a new session: the pool
 // has warmed once, every pool that should keep kernels has one ready or
 // is starting one (a pool momentarily all leased is refilling, not
@@ -88,7 +96,7 @@ func (s *Server) readyz(c echo.Context) error {
 		defer cancel()
 		began := time.Now()
 		err := ping(ctx)
-		s.metrics.storage.WithLabelValues("ping").Observe(time.Since(began).Seconds())
+		s.metrics.session.Storage.WithLabelValues("ping").Observe(time.Since(began).Seconds())
 		if err != nil {
 			ready = false
 			body["storage"] = "unavailable: " + err.Error()

@@ -3,83 +3,29 @@ package gateway
 import (
 	"fmt"
 	"net/http"
-	"net/url"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
+
+	"github.com/cellgate/cellgate/gateway/session"
 )
+
+// The Sage Cell Server API: POST /kernel, DELETE /kernel/{id}, the
+// interrupt, and the kernel's websocket. Long-polling (poll.go), /service
+// (service.go), permalinks (permalinks.go) and files (files.go) are the
+// rest of it.
 
 // maxClientIDBytes bounds the client key the per-client cap counts by.
 const maxClientIDBytes = 256
 
-func humanBytes(n int64) string { return strconv.FormatInt(n, 10) }
-
-func sameHost(origin, host string) bool {
-	u, err := url.Parse(origin)
-	return err == nil && u.Host == host
-}
-
-// param reads a form, query or JSON-body field. Sage-cell clients send
-// forms; apps often send JSON.
-func param(c echo.Context, body map[string]any, name string) string {
-	if v, ok := body[name]; ok {
-		switch t := v.(type) {
-		case string:
-			return t
-		case float64:
-			return strconv.FormatFloat(t, 'f', -1, 64)
-		case bool:
-			return strconv.FormatBool(t)
-		}
+// sageSession is the Sage-cell session a route names.
+func (s *Server) sageSession(c echo.Context) *session.Session {
+	id, err := pathParam(c, "id")
+	if err != nil {
+		return nil
 	}
-	return c.FormValue(name)
-}
-
-// formOrJSON parses a JSON body when the request has one, and checks that
-// a form body parses: a form the server cannot read would otherwise look
-// like one without the field ("missing code"), which misleads whoever
-// typed `curl -d 'code=a; b'` (a raw ';' is not a form separator any more).
-func formOrJSON(c echo.Context) (map[string]any, error) {
-	body := map[string]any{}
-	contentType := c.Request().Header.Get("Content-Type")
-	switch {
-	case strings.HasPrefix(contentType, "application/json"):
-		if err := c.Bind(&body); err != nil {
-			return nil, fmt.Errorf("invalid JSON body: %w", err)
-		}
-	case strings.HasPrefix(contentType, "application/x-www-form-urlencoded"):
-		if err := c.Request().ParseForm(); err != nil {
-			return nil, fmt.Errorf("invalid form body (URL-encode the values, e.g. curl --data-urlencode code@file.py): %w", err)
-		}
-	}
-	return body, nil
-}
-
-// baseURL is where clients reach this server, for ws_url and file links.
-// It always ends with a slash, added here alone: links are the base plus a
-// relative path ("files/…").
-func (s *Server) baseURL(c echo.Context) *url.URL {
-	if s.cfg.PublicURL != "" {
-		if u, err := url.Parse(s.cfg.PublicURL); err == nil && u.Host != "" {
-			if !strings.HasSuffix(u.Path, "/") {
-				u.Path += "/"
-			}
-			return u
-		}
-	}
-	return &url.URL{Scheme: c.Scheme(), Host: c.Request().Host, Path: "/"}
-}
-
-func (s *Server) wsURL(c echo.Context) string {
-	u := *s.baseURL(c)
-	if u.Scheme == "https" {
-		u.Scheme = "wss"
-	} else {
-		u.Scheme = "ws"
-	}
-	return u.String()
+	return s.sessions.getAPI(id, session.SageCell)
 }
 
 // createSageKernel is POST /kernel: lease a kernel for a Sage-cell client.
@@ -88,7 +34,7 @@ func (s *Server) createSageKernel(c echo.Context) error {
 	if err != nil {
 		return httpError(c, http.StatusBadRequest, err.Error())
 	}
-	life := lifetime{maxIdle: s.cfg.MaxTimeout, lifespan: s.cfg.MaxLifespan}
+	life := session.Lifetime{MaxIdle: s.cfg.MaxTimeout, Lifespan: s.cfg.MaxLifespan}
 	timeout := time.Duration(0)
 	if v := param(c, body, "timeout"); v != "" {
 		if timeout, err = parseSeconds(v); err != nil {
@@ -96,28 +42,24 @@ func (s *Server) createSageKernel(c echo.Context) error {
 		}
 	}
 	if timeout == 0 {
-		life.oneShot, life.idle = true, s.cfg.OneShotGrace
+		life.OneShot, life.Idle = true, s.cfg.OneShotGrace
 	} else {
-		life.idle = min(timeout, s.cfg.MaxTimeout)
+		life.Idle = min(timeout, s.cfg.MaxTimeout)
 	}
-	asked := param(c, body, "kernel_name")
-	if asked == "" {
-		asked = param(c, body, "language")
-	}
-	spec, err := s.resolveKernel(asked)
+	kernelName, err := s.resolveKernel(askedKernel(c, body))
 	if err != nil {
 		return httpError(c, http.StatusBadRequest, err.Error())
 	}
-	owner := param(c, body, "client_id")
-	if len(owner) > maxClientIDBytes {
+	clientKey := param(c, body, "client_id")
+	if len(clientKey) > maxClientIDBytes {
 		return httpError(c, http.StatusBadRequest, fmt.Sprintf("client_id longer than %d bytes", maxClientIDBytes))
 	}
-	sess, err := s.startSession(c.Request().Context(), spec, sageCellAPI, c.RealIP(), owner, s.baseURL(c).String(), life)
+	sess, err := s.startSession(c.Request().Context(), kernelName, session.SageCell, c.RealIP(), clientKey, s.baseURL(c).String(), life)
 	if err != nil {
-		return sessionError(c, err)
+		return answerError(c, err)
 	}
-	c.Response().Header().Set("Jupyter-Kernel-ID", sess.id)
-	return c.JSON(http.StatusOK, map[string]string{"id": sess.id, "ws_url": s.wsURL(c), "kernel_name": spec})
+	c.Response().Header().Set("Jupyter-Kernel-ID", sess.ID())
+	return c.JSON(http.StatusOK, map[string]string{"id": sess.ID(), "ws_url": s.wsURL(c), "kernel_name": kernelName})
 }
 
 // deleteSageKernel is DELETE /kernel/{id}, or POST with method=DELETE for
@@ -130,7 +72,7 @@ func (s *Server) deleteSageKernel(c echo.Context) error {
 	if sess == nil {
 		return httpError(c, http.StatusNotFound, "no such kernel")
 	}
-	sess.end(endDeleted)
+	sess.End(session.EndDeleted)
 	return c.NoContent(http.StatusNoContent)
 }
 
@@ -151,13 +93,13 @@ func (s *Server) interruptSageKernel(c echo.Context) error {
 }
 
 // interrupt answers an interrupt request for sess (nil: unknown kernel).
-func interrupt(c echo.Context, sess *session) error {
+func interrupt(c echo.Context, sess *session.Session) error {
 	if sess == nil {
 		return httpError(c, http.StatusNotFound, "no such kernel")
 	}
-	if err := sess.kernel.Interrupt(); err != nil {
+	if err := sess.Kernel().Interrupt(); err != nil {
 		return httpError(c, http.StatusConflict, err.Error())
 	}
-	sess.touch()
+	sess.Touch()
 	return c.NoContent(http.StatusNoContent)
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
+	"github.com/cellgate/cellgate/gateway/session"
 	"github.com/cellgate/cellgate/kernelpool"
 )
 
@@ -58,7 +59,7 @@ func TestOneShotSessionEndsWhenDoneAndClientGone(t *testing.T) {
 	k := env.newKernel(url.Values{"timeout": {"0"}})
 	c := env.dialSage(k.ID, "")
 	c.until(idleAfter(c.execute("1+1")))
-	if env.gw.lookup(k.ID) == nil {
+	if env.gw.sessions.get(k.ID) == nil {
 		t.Fatal("one-shot session ended while its client was attached")
 	}
 	c.conn.Close()
@@ -71,12 +72,12 @@ func TestIdleTimeoutEndsSessionAndTellsClient(t *testing.T) {
 	c := env.dialSage(k.ID, "")
 	frames := c.until(func(f frame) bool { return f.Header.MsgType == "status" && f.str("execution_state") == "dead" })
 	dead := frames[len(frames)-1]
-	if dead.str("reason") != endIdle || dead.Channel != "iopub" {
+	if dead.str("reason") != session.EndIdle || dead.Channel != "iopub" {
 		t.Errorf("dead status %+v", dead)
 	}
 	_, err := c.read()
 	var closeErr *websocket.CloseError
-	if !errorsAs(err, &closeErr) || closeErr.Code != websocket.CloseNormalClosure || !strings.Contains(closeErr.Text, endIdle) {
+	if !errorsAs(err, &closeErr) || closeErr.Code != websocket.CloseNormalClosure || !strings.Contains(closeErr.Text, session.EndIdle) {
 		t.Errorf("close: %v", err)
 	}
 	env.waitEnded(k.ID)
@@ -243,10 +244,10 @@ func TestKernelKilledMidComputation(t *testing.T) {
 	c := env.dialSage(k.ID, "")
 	id := c.execute("while True: pass")
 	c.until(func(f frame) bool { return f.ParentHeader.MsgID == id && f.str("execution_state") == "busy" })
-	sess := env.gw.lookup(k.ID)
-	syscall.Kill(-sess.kernel.Pid(), syscall.SIGKILL)
+	sess := env.gw.sessions.get(k.ID)
+	syscall.Kill(-sess.Kernel().Pid(), syscall.SIGKILL)
 	frames := c.until(func(f frame) bool { return f.str("execution_state") == "dead" })
-	if reason := frames[len(frames)-1].str("reason"); !strings.HasPrefix(reason, endKernel) {
+	if reason := frames[len(frames)-1].str("reason"); !strings.HasPrefix(reason, session.EndKernel) {
 		t.Errorf("reason %q", reason)
 	}
 	env.waitEnded(k.ID)
@@ -256,7 +257,7 @@ func TestKernelKilledMidComputation(t *testing.T) {
 	c2.until(idleAfter(c2.execute("1")))
 	// Messages to the dead session get an error, not silence.
 	var e apiError
-	if resp := env.do(http.MethodPost, "/kernel/"+k.ID+"/poll?client=x", "application/json", `{"channel":"shell","header":{"msg_type":"execute_request"},"content":{"code":"1"}}`, &e); resp.StatusCode != http.StatusGone || !strings.Contains(e.Message, endKernel) {
+	if resp := env.do(http.MethodPost, "/kernel/"+k.ID+"/poll?client=x", "application/json", `{"channel":"shell","header":{"msg_type":"execute_request"},"content":{"code":"1"}}`, &e); resp.StatusCode != http.StatusGone || !strings.Contains(e.Message, session.EndKernel) {
 		t.Errorf("message to dead kernel: %d %+v", resp.StatusCode, e)
 	}
 }
@@ -269,13 +270,11 @@ func TestFloodIsBoundedAndInterruptible(t *testing.T) {
 	c := env.dialSage(k.ID, "")
 	// Unflushed prints pile up into huge messages, flushed ones into many.
 	id := c.execute("import itertools\nfor i in itertools.count():\n    print('x' * 10000, flush=i % 2 == 0)")
-	sess := env.gw.lookup(k.ID)
+	sess := env.gw.sessions.get(k.ID)
 	// Let the kernel flood, while this client does not read, until it has
 	// written many times what the buffer holds.
-	waitFor(t, "the flood overrunning the replay buffer", func() bool { return sess.log.last() > 5*200 })
-	sess.log.mu.Lock()
-	n, size := len(sess.log.entries), sess.log.bytes
-	sess.log.mu.Unlock()
+	waitFor(t, "the flood overrunning the replay buffer", func() bool { return sess.Replay().Last() > 5*200 })
+	n, size := sess.Replay().Held()
 	if n > 200 || size > 1<<20+maxMsg {
 		t.Errorf("replay log holds %d messages, %d bytes after the overrun: over its bounds", n, size)
 	}
@@ -349,11 +348,11 @@ func TestDrainEndsSessionsClearly(t *testing.T) {
 	env := newTestEnv(t, 1, 4, nil)
 	k := env.newKernel(url.Values{"timeout": {"60"}})
 	c := env.dialSage(k.ID, "")
-	pid := env.gw.lookup(k.ID).kernel.Pid()
+	pid := env.gw.sessions.get(k.ID).Kernel().Pid()
 	done := make(chan error)
 	go func() { done <- env.gw.Drain(t.Context()) }()
 	frames := c.until(func(f frame) bool { return f.str("execution_state") == "dead" })
-	if frames[len(frames)-1].str("reason") != endShutdown {
+	if frames[len(frames)-1].str("reason") != session.EndShutdown {
 		t.Errorf("drain reason %+v", frames[len(frames)-1])
 	}
 	if err := <-done; err != nil {

@@ -11,6 +11,8 @@ import (
 
 	"github.com/labstack/echo/v4"
 
+	"github.com/cellgate/cellgate/gateway/permalink"
+	"github.com/cellgate/cellgate/gateway/session"
 	"github.com/cellgate/cellgate/jupytermsg"
 )
 
@@ -25,48 +27,40 @@ const (
 // serviceResult is the answer of POST /service, the Sage Cell Server's
 // one-shot computation, plus the rich outputs and the permalink id.
 type serviceResult struct {
-	Success          bool              `json:"success"`
-	Stdout           string            `json:"stdout"`
-	Stderr           string            `json:"stderr"`
-	ExecuteReply     json.RawMessage   `json:"execute_reply"`
-	Outputs          []json.RawMessage `json:"outputs"`
-	OutputsTruncated bool              `json:"outputs_truncated,omitempty"`
-	Files            []fileLink        `json:"files"`
-	Permalink        string            `json:"permalink,omitempty"`
-	Error            string            `json:"error,omitempty"`
+	Success          bool               `json:"success"`
+	Stdout           string             `json:"stdout"`
+	Stderr           string             `json:"stderr"`
+	ExecuteReply     json.RawMessage    `json:"execute_reply"`
+	Outputs          []json.RawMessage  `json:"outputs"`
+	OutputsTruncated bool               `json:"outputs_truncated,omitempty"`
+	Files            []session.FileLink `json:"files"`
+	Permalink        string             `json:"permalink,omitempty"`
+	Error            string             `json:"error,omitempty"`
 }
 
 // service is POST /service: run code once on a fresh kernel and answer
 // with what it printed.
 func (s *Server) service(c echo.Context) error {
-	body, err := formOrJSON(c)
+	body, code, err := codeRequest(c)
 	if err != nil {
 		return httpError(c, http.StatusBadRequest, err.Error())
-	}
-	code := param(c, body, "code")
-	if code == "" {
-		return httpError(c, http.StatusBadRequest, "missing code")
 	}
 	if n := utf8.RuneCountInString(code); n > s.cfg.MaxCodeChars {
 		return httpError(c, http.StatusRequestEntityTooLarge, fmt.Sprintf("code is %d characters; the limit is %d", n, s.cfg.MaxCodeChars))
 	}
-	asked := param(c, body, "kernel_name")
-	if asked == "" {
-		asked = param(c, body, "language")
-	}
-	spec, err := s.resolveKernel(asked)
+	kernelName, err := s.resolveKernel(askedKernel(c, body))
 	if err != nil {
 		return httpError(c, http.StatusBadRequest, err.Error())
 	}
-	life := lifetime{idle: s.cfg.ServiceTimeout * 2, maxIdle: s.cfg.ServiceTimeout * 2, lifespan: s.cfg.ServiceTimeout * 2}
-	sess, err := s.startSession(c.Request().Context(), spec, serviceAPI, c.RealIP(), "", s.baseURL(c).String(), life)
+	life := session.Lifetime{Idle: s.cfg.ServiceTimeout * 2, MaxIdle: s.cfg.ServiceTimeout * 2, Lifespan: s.cfg.ServiceTimeout * 2}
+	sess, err := s.startSession(c.Request().Context(), kernelName, session.Service, c.RealIP(), "", s.baseURL(c).String(), life)
 	if err != nil {
-		return sessionError(c, err)
+		return answerError(c, err)
 	}
-	defer sess.end(endOneShot)
+	defer sess.End(session.EndOneShot)
 	ctx, cancel := context.WithTimeout(c.Request().Context(), s.cfg.ServiceTimeout)
 	defer cancel()
-	res, err := s.runService(ctx, sess, code)
+	res, err := runService(ctx, sess, code)
 	if errors.Is(err, context.DeadlineExceeded) {
 		res.Error = fmt.Sprintf("computation exceeded the %s limit", s.cfg.ServiceTimeout)
 		return c.JSON(http.StatusOK, res)
@@ -84,7 +78,7 @@ type serviceCollector struct {
 	outputBytes    int
 	outputsCut     bool
 	reply          *jupytermsg.Message
-	files          []fileLink
+	files          []session.FileLink
 }
 
 // boundedText keeps the first limit bytes of a stream, then a marker.
@@ -104,7 +98,7 @@ func (t *boundedText) add(s string) {
 			room--
 		}
 		t.b.WriteString(s[:room])
-		fmt.Fprintf(&t.b, "\n[cellgate: output truncated after %d bytes]\n", t.limit)
+		t.b.WriteString("\n" + session.NoticeStream(fmt.Sprintf("output truncated after %d bytes", t.limit)).Text)
 		t.cut = true
 		return
 	}
@@ -113,7 +107,7 @@ func (t *boundedText) add(s string) {
 
 // runService executes code through the session, so /service goes the same
 // way as every other execution, and collects what a one-shot caller needs.
-func (s *Server) runService(ctx context.Context, sess *session, code string) (serviceResult, error) {
+func runService(ctx context.Context, sess *session.Session, code string) (serviceResult, error) {
 	col := &serviceCollector{stdout: boundedText{limit: serviceMaxStream}, stderr: boundedText{limit: serviceMaxStream}}
 	const client = "service"
 	req, err := jupytermsg.New("execute_request", client, nil, jupytermsg.ExecuteRequest{
@@ -122,21 +116,21 @@ func (s *Server) runService(ctx context.Context, sess *session, code string) (se
 	if err != nil {
 		return col.result(), fmt.Errorf("make execute_request: %w", err)
 	}
-	detach := sess.attach(transportService)
+	detach := sess.Attach(session.TransportService)
 	defer detach(true)
-	cursor := sess.log.last()
-	if err := sess.send(client, jupytermsg.Shell, req); err != nil {
+	cursor := sess.Replay().Last()
+	if err := sess.Send(client, jupytermsg.Shell, req); err != nil {
 		return col.result(), err
 	}
 	idle := false
 	for col.reply == nil || !idle {
-		msgs, _, changed, closed := sess.log.since(cursor, client, pollBatch)
+		msgs, _, changed, closed := sess.Replay().Since(cursor, client, pollBatch)
 		for _, e := range msgs {
-			cursor = e.seq
-			if e.msg.ParentMsgID() != req.Header.MsgID {
+			cursor = e.Seq
+			if e.Msg.ParentMsgID() != req.Header.MsgID {
 				continue
 			}
-			if col.add(e.msg) {
+			if col.add(e.Msg) {
 				idle = true
 			}
 		}
@@ -148,7 +142,7 @@ func (s *Server) runService(ctx context.Context, sess *session, code string) (se
 		}
 		if closed {
 			res := col.result()
-			res.Error = "kernel ended during the computation: " + sess.reason()
+			res.Error = "kernel ended during the computation: " + sess.Reason()
 			return res, nil
 		}
 		select {
@@ -169,21 +163,14 @@ func (col *serviceCollector) result() serviceResult {
 		res.Outputs = []json.RawMessage{}
 	}
 	if res.Files == nil {
-		res.Files = []fileLink{}
+		res.Files = []session.FileLink{}
 	}
 	if col.reply != nil {
 		res.ExecuteReply = col.reply.Content
 		var reply jupytermsg.ExecuteReply
 		_ = json.Unmarshal(col.reply.Content, &reply)
 		res.Success = reply.Status == "ok"
-		var meta struct {
-			Cellgate struct {
-				Permalink string `json:"permalink"`
-			} `json:"cellgate"`
-		}
-		if json.Unmarshal(col.reply.Metadata, &meta) == nil {
-			res.Permalink = meta.Cellgate.Permalink
-		}
+		res.Permalink = permalink.FromReply(col.reply)
 	}
 	return res
 }
@@ -216,9 +203,9 @@ func (col *serviceCollector) add(m *jupytermsg.Message) bool {
 				col.stderr.add(e.EName + ": " + e.EValue + "\n")
 			}
 		}
-	case filesMsgType:
+	case session.FilesMsgType:
 		var announced struct {
-			Files []fileLink `json:"files"`
+			Files []session.FileLink `json:"files"`
 		}
 		if m.DecodeContent(&announced) == nil && len(col.files) < serviceMaxOutputs {
 			col.files = append(col.files, announced.Files[:min(len(announced.Files), serviceMaxOutputs-len(col.files))]...)

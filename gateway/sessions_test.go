@@ -14,8 +14,6 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-
-	"github.com/cellgate/cellgate/jupytermsg"
 )
 
 // metricValue reads one series from /metrics, e.g.
@@ -52,19 +50,19 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestPollPresenceExpiresOnce(t *testing.T) {
 	env := newTestEnv(t, 1, 4, nil)
 	k := env.newKernel(url.Values{"timeout": {"60"}})
-	sess := env.gw.lookup(k.ID)
+	sess := env.gw.sessions.get(k.ID)
 	var wg sync.WaitGroup
 	for g := range 8 {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for i := range 20000 {
-				sess.polls.mark(sess, "racer"+strconv.Itoa(g%2), time.Duration(i%50)*time.Microsecond)
+				sess.KeepAttached("racer"+strconv.Itoa(g%2), time.Duration(i%50)*time.Microsecond)
 			}
 		}()
 	}
 	wg.Wait()
-	waitFor(t, "polling clients detached", func() bool { _, n, _ := sess.snapshot(); return n == 0 })
+	waitFor(t, "polling clients detached", func() bool { _, n, _ := sess.Snapshot(); return n == 0 })
 	if v, ok := env.metricValue(`cellgate_clients{transport="polling"}`); !ok || v != 0 {
 		t.Errorf("polling clients gauge %v (present %v), want 0", v, ok)
 	}
@@ -96,31 +94,6 @@ func TestSinceBeyondTheLastMessage(t *testing.T) {
 	}
 }
 
-func TestReplayLogSinceNeverOverflows(t *testing.T) {
-	l := newReplayLog(3, 1<<20)
-	for range 5 {
-		m, err := jupytermsg.New("stream", "k", nil, jupytermsg.Stream{Name: "stdout", Text: "x"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		l.append("iopub", m, "")
-	}
-	for _, seq := range []uint64{0, 1, 2, 3, 4, 5, 6, 1 << 63, 1<<64 - 1} {
-		msgs, missed, _, _ := l.since(seq, "", 0)
-		wantMsgs := 0
-		if seq < 5 {
-			wantMsgs = min(3, int(5-seq))
-		}
-		wantMissed := uint64(0)
-		if seq < 2 {
-			wantMissed = 2 - seq
-		}
-		if len(msgs) != wantMsgs || missed != wantMissed {
-			t.Errorf("since(%d): %d messages, %d missed; want %d, %d", seq, len(msgs), missed, wantMsgs, wantMissed)
-		}
-	}
-}
-
 // A kernel id must not be a way around the Jupyter API's token: the
 // Sage-cell routes only see Sage-cell sessions, and the other way round.
 func TestKernelIDsStayInTheirAPI(t *testing.T) {
@@ -147,7 +120,7 @@ func TestKernelIDsStayInTheirAPI(t *testing.T) {
 	if _, resp, err := websocket.DefaultDialer.Dial(env.wsURL("/kernel/"+id+"/channels"), nil); err == nil || resp == nil || resp.StatusCode != http.StatusNotFound {
 		t.Errorf("Sage-cell websocket to a Jupyter kernel: %v %v", err, resp)
 	}
-	if env.gw.lookup(id) == nil {
+	if env.gw.sessions.get(id) == nil {
 		t.Fatal("the Jupyter kernel ended through a Sage-cell route")
 	}
 	sage := env.newKernel(url.Values{"timeout": {"60"}})
@@ -181,9 +154,9 @@ func TestConcurrentStartsRespectTheAddressCap(t *testing.T) {
 	if count[http.StatusOK] != 2 || count[http.StatusTooManyRequests] != 4 {
 		t.Errorf("answers %v, want 2×200 and 4×429", count)
 	}
-	env.gw.mu.Lock()
-	live, reserved := len(env.gw.sessions), env.gw.perAddr["127.0.0.1"]
-	env.gw.mu.Unlock()
+	env.gw.sessions.mu.Lock()
+	live, reserved := len(env.gw.sessions.live), env.gw.sessions.perAddr["127.0.0.1"]
+	env.gw.sessions.mu.Unlock()
 	if live != 2 || reserved != 2 {
 		t.Errorf("%d sessions, %d slots held for the address; want 2 and 2", live, reserved)
 	}
@@ -202,9 +175,9 @@ func TestSessionEndingAtOnceIsForgotten(t *testing.T) {
 		env.waitEnded(k.ID)
 	}
 	waitFor(t, "address slots given back", func() bool {
-		env.gw.mu.Lock()
-		defer env.gw.mu.Unlock()
-		return len(env.gw.perAddr) == 0 && len(env.gw.sessions) == 0
+		env.gw.sessions.mu.Lock()
+		defer env.gw.sessions.mu.Unlock()
+		return len(env.gw.sessions.perAddr) == 0 && len(env.gw.sessions.live) == 0
 	})
 }
 
@@ -249,7 +222,7 @@ func TestNotebookSessionBounds(t *testing.T) {
 		return string(b)
 	}
 	var e apiError
-	if resp := env.do(http.MethodPost, "/api/sessions", "application/json", body(strings.Repeat("p", maxSessionField+1)), &e); resp.StatusCode != http.StatusBadRequest {
+	if resp := env.do(http.MethodPost, "/api/sessions", "application/json", body(strings.Repeat("p", maxNotebookField+1)), &e); resp.StatusCode != http.StatusBadRequest {
 		t.Errorf("over-long path: %d %+v", resp.StatusCode, e)
 	}
 	var first, again map[string]any
@@ -259,18 +232,18 @@ func TestNotebookSessionBounds(t *testing.T) {
 		t.Errorf("the same path and kernel gave sessions %v and %v", first["id"], again["id"])
 	}
 	refused := 0
-	for i := range maxSessionsPerKernel + 5 {
+	for i := range maxNotebooksPerKernel + 5 {
 		resp := env.do(http.MethodPost, "/api/sessions", "application/json", body(fmt.Sprintf("n%d.ipynb", i)), nil)
 		if resp.StatusCode == http.StatusTooManyRequests {
 			refused++
 		}
 	}
 	if refused != 6 { // one slot went to same.ipynb
-		t.Errorf("%d sessions refused past the per-kernel cap of %d, want 6", refused, maxSessionsPerKernel)
+		t.Errorf("%d sessions refused past the per-kernel cap of %d, want 6", refused, maxNotebooksPerKernel)
 	}
 	env.do(http.MethodDelete, "/api/kernels/"+model.ID, "", "", nil)
 	env.waitEnded(model.ID)
-	if n := len(env.gw.nbs.all()); n != 0 {
+	if n := len(env.gw.notebooks.all()); n != 0 {
 		t.Errorf("%d notebook sessions outlive their kernel", n)
 	}
 }
@@ -303,7 +276,7 @@ func TestNotebookSessionPatchToNewKernel(t *testing.T) {
 	if resp := env.do(http.MethodGet, "/api/sessions/"+created.ID, "", "", &got); resp.StatusCode != http.StatusOK || got.Kernel.ID != patched.Kernel.ID {
 		t.Errorf("GET after the PATCH: %d, kernel %s, want %s", resp.StatusCode, got.Kernel.ID, patched.Kernel.ID)
 	}
-	if env.gw.lookup(patched.Kernel.ID) == nil {
+	if env.gw.sessions.get(patched.Kernel.ID) == nil {
 		t.Error("the new kernel is gone")
 	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/cellgate/cellgate/gateway/session"
 	"github.com/cellgate/cellgate/storage"
 )
 
@@ -35,6 +36,9 @@ func startTestStorage(t *testing.T, dir string) *testStorage {
 
 func startTestStorageWith(t *testing.T, dir string, limits storage.FileLimits) *testStorage {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("starts the embedded database and real kernels: slow; make test runs it")
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel)
@@ -96,12 +100,12 @@ open("table.csv", "w").write("a,b\n1,2\n")
 print(len(png))`
 	id := c.send("shell", "execute_request", map[string]any{"code": code, "user_expressions": map[string]string{"_sagecell_files": "sys._sage_.new_files()"}})
 	frames := c.until(func(f frame) bool { return f.Header.MsgType == "execute_reply" })
-	announced, ok := find(frames, filesMsgType)
+	announced, ok := find(frames, session.FilesMsgType)
 	if !ok || announced.ParentHeader.MsgID != id {
-		t.Fatalf("no %s message before the reply: %+v", filesMsgType, frames)
+		t.Fatalf("no %s message before the reply: %+v", session.FilesMsgType, frames)
 	}
 	var files struct {
-		Files []fileLink `json:"files"`
+		Files []session.FileLink `json:"files"`
 	}
 	raw, _ := json.Marshal(announced.Content)
 	_ = json.Unmarshal(raw, &files)
@@ -111,7 +115,7 @@ print(len(png))`
 	}
 	for _, f := range files.Files {
 		status, body, h := fetch(t, f.URL)
-		local, err := os.ReadFile(filepath.Join(env.gw.lookup(k.ID).kernel.WorkDir, f.Name))
+		local, err := os.ReadFile(filepath.Join(env.gw.sessions.get(k.ID).Kernel().WorkDir, f.Name))
 		if status != http.StatusOK || err != nil || !bytes.Equal(body, local) {
 			t.Errorf("%s: status %d, %d bytes, local %d bytes (%v)", f.Name, status, len(body), len(local), err)
 		}
@@ -241,7 +245,7 @@ func TestDatabaseDownComputationsContinue(t *testing.T) {
 
 // execFiles runs code asking for _sagecell_files and returns the frames
 // up to its reply and idle status, and the files announced for it.
-func execFiles(c *wsClient, code string) (string, []frame, []fileLink) {
+func execFiles(c *wsClient, code string) (string, []frame, []session.FileLink) {
 	c.t.Helper()
 	id := c.send("shell", "execute_request", map[string]any{"code": code, "silent": false,
 		"user_expressions": map[string]string{"_sagecell_files": "sys._sage_.new_files()"}})
@@ -249,11 +253,11 @@ func execFiles(c *wsClient, code string) (string, []frame, []fileLink) {
 	return id, frames, announcedFiles(frames, id)
 }
 
-func announcedFiles(frames []frame, id string) []fileLink {
-	var links []fileLink
+func announcedFiles(frames []frame, id string) []session.FileLink {
+	var links []session.FileLink
 	for _, f := range frames {
-		if f.Header.MsgType == filesMsgType && f.ParentHeader.MsgID == id {
-			var files struct{ Files []fileLink }
+		if f.Header.MsgType == session.FilesMsgType && f.ParentHeader.MsgID == id {
+			var files struct{ Files []session.FileLink }
 			raw, _ := json.Marshal(f.Content)
 			_ = json.Unmarshal(raw, &files)
 			links = append(links, files.Files...)
@@ -402,7 +406,7 @@ func TestUntrackedFilesAreToldAbout(t *testing.T) {
 	c := env.dialSage(k.ID, "")
 	c.execute("import time\ntime.sleep(1)")
 	var last string
-	for range maxSnapshots + 1 {
+	for range session.MaxTrackedExecutions + 1 {
 		last = c.execute("pass")
 	}
 	frames := replyAndIdle(c, last)

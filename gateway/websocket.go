@@ -15,6 +15,7 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/labstack/echo/v4"
 
+	"github.com/cellgate/cellgate/gateway/session"
 	"github.com/cellgate/cellgate/jupytermsg"
 )
 
@@ -25,10 +26,11 @@ type codec interface {
 	// forProtocol returns the codec for the negotiated subprotocol.
 	forProtocol(p string) codec
 	decode(kind int, data []byte) (jupytermsg.Channel, *jupytermsg.Message, error)
-	encode(e outgoing) (kind int, data []byte, err error)
-	// problem is how a per-client error is told to this client; session
-	// is the kernel's session id, which Jupyter clients expect.
-	problem(text, session string) (kind int, data []byte)
+	encode(e session.Entry) (kind int, data []byte, err error)
+	// problem is how a per-client error is told to this client;
+	// kernelSession is the kernel's session id, which Jupyter clients
+	// expect.
+	problem(text, kernelSession string) (kind int, data []byte)
 	// resumeFromStart says whether a client new to the session first gets
 	// the session's buffered output.
 	resumeFromStart() bool
@@ -41,12 +43,11 @@ const (
 	replaceWait = 5 * time.Second
 )
 
-// clientConn is the live websocket of one client session. A reconnect
-// with the same session_id replaces it, as jupyter_server does: the stale
-// one is closed, and the new one resumes where it got to.
+// clientConn is the live websocket of one client. A reconnect with the
+// same session_id replaces it, as jupyter_server does: the stale one is
+// closed, and the new one resumes where it got to.
 type clientConn struct {
 	kicked chan struct{}
-	done   chan struct{}
 
 	mu  sync.Mutex
 	net net.Conn
@@ -74,47 +75,18 @@ func (c *clientConn) setNet(n net.Conn) {
 	}
 }
 
-// claim makes c the live connection of client, replacing (and waiting a
-// little for) the previous one.
-func (s *session) claim(client string) *clientConn {
-	c := &clientConn{kicked: make(chan struct{}), done: make(chan struct{})}
-	s.mu.Lock()
-	if s.conns == nil {
-		s.conns = map[string]*clientConn{}
-	}
-	old := s.conns[client]
-	s.conns[client] = c
-	s.mu.Unlock()
-	if old != nil {
-		old.kick()
-		select {
-		case <-old.done:
-		case <-time.After(replaceWait):
-		}
-	}
-	return c
-}
-
-// release ends c's turn; its cursor is saved.
-func (s *session) release(client string, c *clientConn) {
-	s.mu.Lock()
-	if s.conns[client] == c {
-		delete(s.conns, client)
-	}
-	s.mu.Unlock()
-	close(c.done)
-}
-
 // bridge runs one websocket client of a session until either side ends.
-func (s *Server) bridge(c echo.Context, sess *session, cd codec) error {
+func (s *Server) bridge(c echo.Context, sess *session.Session, cd codec) error {
 	if !websocket.IsWebSocketUpgrade(c.Request()) {
 		return httpError(c, http.StatusBadRequest, "this is a websocket endpoint: the request must ask to upgrade")
 	}
-	clientSession := c.QueryParam("session_id")
-	if clientSession == "" {
-		clientSession = uuid.NewString()
+	// The client's session_id names the connection: its replies, its
+	// cursor, and the connection a reconnect replaces.
+	clientID := c.QueryParam("session_id")
+	if clientID == "" {
+		clientID = uuid.NewString()
 	}
-	since, err := askedSince(c, sess.log.last())
+	since, err := askedSince(c, sess.Replay().Last())
 	if err != nil {
 		return httpError(c, http.StatusBadRequest, err.Error())
 	}
@@ -136,34 +108,35 @@ func (s *Server) bridge(c echo.Context, sess *session, cd codec) error {
 	// replaces the live connection of this session_id: a refused one must
 	// not disconnect it. The cursor is read after the claim, once the
 	// replaced connection has saved where it got to.
-	turn := sess.claim(clientSession)
-	defer sess.release(clientSession, turn)
-	cursor := since
-	if cursor == nil {
-		cursor = sess.startCursor(clientSession, cd.resumeFromStart())
+	turn := &clientConn{kicked: make(chan struct{})}
+	release := sess.Claim(clientID, turn.kick, replaceWait)
+	defer release()
+	cursor := sess.StartCursor(clientID, cd.resumeFromStart())
+	if since != nil {
+		cursor = *since
 	}
 	turn.setNet(conn.NetConn())
 	cd = cd.forProtocol(conn.Subprotocol())
 	conn.SetReadLimit(s.cfg.MaxMessageBytes)
-	detach := sess.attach(transportWebsocket)
+	detach := sess.Attach(session.TransportWebsocket)
 	var closedCleanly atomic.Bool
 	defer func() { detach(closedCleanly.Load()) }()
-	transport := "websocket_" + sess.api
-	s.metrics.clients.WithLabelValues(transport).Inc()
-	defer s.metrics.clients.WithLabelValues(transport).Dec()
+	transport := "websocket_" + string(sess.API())
+	s.metrics.session.Clients.WithLabelValues(transport).Inc()
+	defer s.metrics.session.Clients.WithLabelValues(transport).Dec()
 
 	ack := &delivery{ponged: make(chan struct{}, 1)}
-	ack.acked.Store(*cursor)
+	ack.acked.Store(cursor)
 	problems := make(chan string, 16)
 	readerDone := make(chan struct{})
 	go func() {
 		defer close(readerDone)
-		closedCleanly.Store(s.readClient(conn, sess, clientSession, cd, problems, ack))
+		closedCleanly.Store(s.readClient(conn, sess, clientID, cd, problems, ack))
 	}()
-	s.writeClient(conn, sess, clientSession, cd, *cursor, problems, readerDone, turn.kicked, ack)
+	s.writeClient(conn, sess, clientID, cd, cursor, problems, readerDone, turn.kicked, ack)
 	// Only what the client has acknowledged counts as delivered: a frame
 	// written may still sit in a buffer when the connection drops.
-	sess.rememberCursor(clientSession, ack.acked.Load())
+	sess.RememberCursor(clientID, ack.acked.Load())
 	_ = conn.Close()
 	<-readerDone
 	return nil
@@ -207,35 +180,20 @@ func askedSince(c echo.Context, last uint64) (*uint64, error) {
 	return &n, nil
 }
 
-// startCursor picks the sequence number after which a client starts: the
-// one it reached on its last connection, or the start or the end of the
-// buffer for a new client.
-func (s *session) startCursor(clientSession string, fromStart bool) *uint64 {
-	n, ok := s.cursor(clientSession)
-	switch {
-	case ok:
-	case fromStart:
-		n = 0
-	default:
-		n = s.log.last()
-	}
-	return &n
-}
-
 // readClient relays a client's frames until its connection ends, and
 // reports whether the client closed it on purpose: it sent a close frame
 // (1000, 1001 when a page navigates away, or none, as a browser's close()
 // sends), rather than the connection dropping.
-func (s *Server) readClient(conn *websocket.Conn, sess *session, clientSession string, cd codec, problems chan<- string, ack *delivery) (clean bool) {
+func (s *Server) readClient(conn *websocket.Conn, sess *session.Session, clientID string, cd codec, problems chan<- string, ack *delivery) (clean bool) {
 	defer func() {
 		// A bug triggered by one client's bytes ends that connection only.
 		if r := recover(); r != nil {
-			s.metrics.errors.WithLabelValues("panic").Inc()
-			s.log.Error().Str("session", sess.id).Interface("panic", r).Bytes("stack", debug.Stack()).Msg("websocket reader panicked; connection closed")
+			s.metrics.session.Errors.WithLabelValues("panic").Inc()
+			s.log.Error().Str("session", sess.ID()).Interface("panic", r).Bytes("stack", debug.Stack()).Msg("websocket reader panicked; connection closed")
 		}
 	}()
 	tell := func(text string) {
-		s.metrics.errors.WithLabelValues("client_message").Inc()
+		s.metrics.session.Errors.WithLabelValues("client_message").Inc()
 		select {
 		case problems <- text:
 		default: // the client is not reading its errors either
@@ -257,14 +215,14 @@ func (s *Server) readClient(conn *websocket.Conn, sess *session, clientSession s
 			return websocket.IsCloseError(err, websocket.CloseNormalClosure, websocket.CloseGoingAway, websocket.CloseNoStatusReceived)
 		}
 		deadline()
-		if err := s.relayClientFrame(sess, clientSession, cd, kind, data); err != nil {
+		if err := relayClientFrame(sess, clientID, cd, kind, data); err != nil {
 			tell(err.Error())
 		}
 	}
 }
 
 // relayClientFrame decodes one client frame and sends it to the kernel.
-func (s *Server) relayClientFrame(sess *session, clientSession string, cd codec, kind int, data []byte) error {
+func relayClientFrame(sess *session.Session, clientID string, cd codec, kind int, data []byte) error {
 	ch, m, err := cd.decode(kind, data)
 	if err != nil {
 		return err
@@ -272,12 +230,12 @@ func (s *Server) relayClientFrame(sess *session, clientSession string, cd codec,
 	if ch == jupytermsg.IOPub {
 		return errors.New("clients cannot send on the iopub channel")
 	}
-	return sess.send(clientSession, ch, m)
+	return sess.Send(clientID, ch, m)
 }
 
 // writeClient owns all writes to conn. After frames are written it pings
 // with the last seq written; the pong tells what was delivered.
-func (s *Server) writeClient(conn *websocket.Conn, sess *session, clientSession string, cd codec, cursor uint64, problems <-chan string, readerDone, kicked <-chan struct{}, ack *delivery) {
+func (s *Server) writeClient(conn *websocket.Conn, sess *session.Session, clientID string, cd codec, cursor uint64, problems <-chan string, readerDone, kicked <-chan struct{}, ack *delivery) {
 	ping := time.NewTicker(s.cfg.PingInterval)
 	defer ping.Stop()
 	write := func(kind int, data []byte) bool {
@@ -310,7 +268,7 @@ func (s *Server) writeClient(conn *websocket.Conn, sess *session, clientSession 
 			return
 		default:
 		}
-		msgs, missed, changed, closed := sess.log.since(cursor, clientSession, batch)
+		msgs, missed, changed, closed := sess.Replay().Since(cursor, clientID, batch)
 		if missed > 0 && len(msgs) > 0 {
 			if notice, err := truncationNotice(sess, msgs[0], missed); err == nil {
 				if kind, data, err := cd.encode(notice); err == nil && !write(kind, data) {
@@ -321,11 +279,11 @@ func (s *Server) writeClient(conn *websocket.Conn, sess *session, clientSession 
 		for _, e := range msgs {
 			kind, data, err := cd.encode(e)
 			if err != nil {
-				s.log.Warn().Err(err).Str("session", sess.id).Msg("encode message")
+				s.log.Warn().Err(err).Str("session", sess.ID()).Msg("encode message")
 			} else if !write(kind, data) {
 				return
 			}
-			cursor = e.seq
+			cursor = e.Seq
 		}
 		if len(msgs) == batch {
 			continue
@@ -336,14 +294,14 @@ func (s *Server) writeClient(conn *websocket.Conn, sess *session, clientSession 
 			ackArmed = true
 		}
 		if closed {
-			closeWith("session ended: " + sess.reason())
+			closeWith("session ended: " + sess.Reason())
 			return
 		}
 		select {
 		case <-changed:
 		case <-ack.ponged:
 		case text := <-problems:
-			if kind, data := cd.problem(text, sess.kernelSession()); !write(kind, data) {
+			if kind, data := cd.problem(text, sess.KernelSession()); !write(kind, data) {
 				return
 			}
 		case <-ackTimer.C:
@@ -371,13 +329,11 @@ const ackDelay = 50 * time.Millisecond
 
 // truncationNotice tells a client that fell behind how much output it
 // lost, as stderr of the request whose output follows.
-func truncationNotice(sess *session, next outgoing, missed uint64) (outgoing, error) {
-	m, err := sess.gatewayMessage("stream", next.msg.ParentHeader, jupytermsg.Stream{
-		Name: "stderr",
-		Text: fmt.Sprintf("\n[cellgate: %d messages of output were dropped because this client could not keep up]\n", missed),
-	})
+func truncationNotice(sess *session.Session, next session.Entry, missed uint64) (session.Entry, error) {
+	m, err := sess.GatewayMessage("stream", next.Msg.ParentHeader,
+		session.NoticeStream(fmt.Sprintf("%d messages of output were dropped because this client could not keep up", missed)))
 	if err != nil {
-		return outgoing{}, err
+		return session.Entry{}, err
 	}
-	return outgoing{seq: next.seq - 1, channel: jupytermsg.IOPub, msg: m}, nil
+	return session.Entry{Seq: next.Seq - 1, Channel: jupytermsg.IOPub, Msg: m}, nil
 }

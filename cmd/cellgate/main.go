@@ -13,13 +13,13 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
 
 	"github.com/cellgate/cellgate/gateway"
+	"github.com/cellgate/cellgate/gateway/permalink"
 	"github.com/cellgate/cellgate/jupytermsg"
 	"github.com/cellgate/cellgate/kernelpool"
 	"github.com/cellgate/cellgate/sandbox"
@@ -152,7 +152,7 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 	}
 
 	// The metrics exist before the pool, so its first kernel starts count.
-	metrics := gateway.NewMetrics()
+	metrics := gateway.NewMetrics(nil)
 	poolCfg.Specs, poolCfg.OnStart = specs, metrics.ObserveKernelStart
 	poolCfg.Kernel.Launcher, poolCfg.Kernel.RuntimeRoot, poolCfg.Kernel.WorkRoot, poolCfg.Kernel.Log = launcher, runtimeRoot, workRoot, log
 	pool, err := kernelpool.New(poolCfg)
@@ -169,14 +169,11 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 		}
 	}()
 
-	// A permalink dropped before the gateway exists belongs to no session
-	// (only replayed ones from an earlier run), so nobody is told.
-	var gwRef atomic.Pointer[gateway.Server]
-	stack, err := openStorage(ctx, o, log, func(id string, err error) {
-		if gw := gwRef.Load(); gw != nil {
-			gw.PermalinkDropped(id, err)
-		}
-	})
+	// The ledger of who was told each permalink id exists before the
+	// store whose drops it passes on; a drop replayed from an earlier run
+	// belongs to no session and is only logged.
+	ledger := permalink.NewLedger(log)
+	stack, err := openStorage(ctx, o, log, ledger.Dropped)
 	if err != nil {
 		return err
 	}
@@ -190,11 +187,11 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 
 	cfg := o.gatewayConfig()
 	cfg.Log, cfg.Storage, cfg.Metrics = log, stack.gateway(), metrics
+	cfg.Storage.Ledger = ledger
 	if launcher.Name() == "none" {
 		cfg.SandboxWarning = "kernels run unsandboxed (--sandbox=none): development only"
 	}
 	gw := gateway.New(cfg, pool)
-	gwRef.Store(gw)
 
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {

@@ -1,4 +1,4 @@
-package gateway
+package session
 
 import (
 	"sync"
@@ -6,25 +6,25 @@ import (
 	"github.com/cellgate/cellgate/jupytermsg"
 )
 
-// outgoing is one message from the kernel with its session sequence number.
-// to is the client session a reply is addressed to; "" means everyone
-// (iopub).
-type outgoing struct {
-	seq     uint64
-	channel jupytermsg.Channel
-	msg     *jupytermsg.Message
-	to      string
-	size    int
+// Entry is one message for clients with its session sequence number.
+type Entry struct {
+	Seq     uint64
+	Channel jupytermsg.Channel
+	Msg     *jupytermsg.Message
+	// To is the client a reply is addressed to; "" means every client
+	// (iopub).
+	To   string
+	size int
 }
 
-// replayLog is a session's bounded history of outgoing messages. It lets
+// Replay is a session's bounded history of messages for clients. It lets
 // several clients read at their own pace and lets a client that reconnects
 // resume after the last sequence number it saw. The kernel's reader never
 // waits for clients: a client that falls behind the oldest kept message is
 // told how many it missed.
-type replayLog struct {
+type Replay struct {
 	mu       sync.Mutex
-	entries  []outgoing // oldest first
+	entries  []Entry // oldest first
 	bytes    int
 	maxMsgs  int
 	maxBytes int
@@ -33,8 +33,8 @@ type replayLog struct {
 	closed   bool
 }
 
-func newReplayLog(maxMsgs, maxBytes int) *replayLog {
-	return &replayLog{maxMsgs: maxMsgs, maxBytes: maxBytes, next: 1, changed: make(chan struct{})}
+func newReplay(maxMsgs, maxBytes int) *Replay {
+	return &Replay{maxMsgs: maxMsgs, maxBytes: maxBytes, next: 1, changed: make(chan struct{})}
 }
 
 func messageSize(m *jupytermsg.Message) int {
@@ -45,21 +45,21 @@ func messageSize(m *jupytermsg.Message) int {
 	return n
 }
 
-// append adds a message and wakes every waiting reader.
-func (l *replayLog) append(ch jupytermsg.Channel, m *jupytermsg.Message, to string) uint64 {
+// Append adds a message and wakes every waiting reader.
+func (l *Replay) Append(ch jupytermsg.Channel, m *jupytermsg.Message, to string) uint64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
 		return 0
 	}
-	e := outgoing{seq: l.next, channel: ch, msg: m, to: to, size: messageSize(m)}
+	e := Entry{Seq: l.next, Channel: ch, Msg: m, To: to, size: messageSize(m)}
 	l.next++
 	l.entries = append(l.entries, e)
 	l.bytes += e.size
 	drop := 0
 	for len(l.entries)-drop > 1 && (len(l.entries)-drop > l.maxMsgs || l.bytes > l.maxBytes) {
 		l.bytes -= l.entries[drop].size
-		l.entries[drop] = outgoing{}
+		l.entries[drop] = Entry{}
 		drop++
 	}
 	if drop > 0 {
@@ -67,19 +67,19 @@ func (l *replayLog) append(ch jupytermsg.Channel, m *jupytermsg.Message, to stri
 	}
 	close(l.changed)
 	l.changed = make(chan struct{})
-	return e.seq
+	return e.Seq
 }
 
-// since returns the messages after seq that client may see, how many it
+// Since returns the messages after seq that client may see, how many it
 // missed because they were already dropped, a channel that is closed on
 // the next append, and whether the log is closed.
-func (l *replayLog) since(seq uint64, client string, limit int) (msgs []outgoing, missed uint64, changed <-chan struct{}, closed bool) {
+func (l *Replay) Since(seq uint64, client string, limit int) (msgs []Entry, missed uint64, changed <-chan struct{}, closed bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	start := 0
 	if len(l.entries) > 0 {
 		// Written so that no seq, however large, overflows.
-		first := l.entries[0].seq
+		first := l.entries[0].Seq
 		switch {
 		case seq < first-1:
 			missed = first - 1 - seq
@@ -90,7 +90,7 @@ func (l *replayLog) since(seq uint64, client string, limit int) (msgs []outgoing
 		}
 	}
 	for _, e := range l.entries[start:] {
-		if e.to != "" && e.to != client {
+		if e.To != "" && e.To != client {
 			continue
 		}
 		msgs = append(msgs, e)
@@ -101,19 +101,26 @@ func (l *replayLog) since(seq uint64, client string, limit int) (msgs []outgoing
 	return msgs, missed, l.changed, l.closed
 }
 
-// last returns the newest sequence number handed out.
-func (l *replayLog) last() uint64 {
+// Last returns the newest sequence number handed out.
+func (l *Replay) Last() uint64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.next - 1
 }
 
 // close wakes all readers for good.
-func (l *replayLog) close() {
+func (l *Replay) close() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !l.closed {
 		l.closed = true
 		close(l.changed)
 	}
+}
+
+// Held reports how many messages, and how many bytes of them, are kept.
+func (l *Replay) Held() (msgs, bytes int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.entries), l.bytes
 }

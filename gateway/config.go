@@ -1,0 +1,153 @@
+package gateway
+
+import (
+	"context"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/cellgate/cellgate/gateway/permalink"
+	"github.com/cellgate/cellgate/kernelpool"
+)
+
+// Config configures the gateway. Start from DefaultConfig; a zero field
+// takes its default too.
+type Config struct {
+	// PublicURL is the base that ws_url and file URLs are built from
+	// (e.g. https://cells.example.org/); empty derives it from requests.
+	// A missing trailing slash is added.
+	PublicURL string
+	// AllowOrigins lists origins allowed to embed cells; "*" allows all.
+	AllowOrigins []string
+	// Token protects the Jupyter Server API; empty disables auth there.
+	Token string
+	// TrustProxy takes client addresses from X-Forwarded-For.
+	TrustProxy bool
+	// DefaultKernel is used when a request names none.
+	DefaultKernel string
+	// MaxMessageBytes caps one incoming websocket frame or HTTP body.
+	MaxMessageBytes int64
+	// ReplayMessages and ReplayBytes bound each session's replay buffer.
+	ReplayMessages int
+	ReplayBytes    int
+	// MaxTimeout caps the idle timeout a Sage-cell client may ask for
+	// (and interacts may extend to); MaxLifespan caps any session.
+	MaxTimeout  time.Duration
+	MaxLifespan time.Duration
+	// OneShotGrace ends a one-shot session nobody uses.
+	OneShotGrace time.Duration
+	// DetachGrace is how long a one-shot session that has computed
+	// outlives its last client, so a websocket that drops and reconnects
+	// (a network blip, a phone waking up) finds its cell and interacts
+	// still there (default 10 s).
+	DetachGrace time.Duration
+	// JupyterIdleTimeout culls Jupyter-API kernels that are idle with no
+	// client connected.
+	JupyterIdleTimeout time.Duration
+	// LeaseTimeout is how long a request waits for a kernel.
+	LeaseTimeout time.Duration
+	// MaxKernelsPerClient and MaxKernelsPerAddr cap sessions per client
+	// key and per remote address.
+	MaxKernelsPerClient int
+	MaxKernelsPerAddr   int
+	// MaxPendingExecutions bounds, per session, the executions waiting
+	// for their reply whose permalink and files the gateway tracks
+	// (default 256); later ones still run, with a notice.
+	MaxPendingExecutions int
+	// ServiceTimeout is the wall-clock limit of one /service computation.
+	ServiceTimeout time.Duration
+	// MaxCodeChars refuses longer /service code with 413 (default 65,000
+	// characters, as the Sage Cell Server).
+	MaxCodeChars int
+	// PollWait is how long a long-poll GET is held open.
+	PollWait time.Duration
+	// PingInterval keeps websockets alive through proxies.
+	PingInterval time.Duration
+	// SandboxWarning is shown in /api status when kernels run unsandboxed.
+	SandboxWarning string
+	// Storage holds permalinks and kernel files; zero disables them.
+	Storage Storage
+	// Metrics receives the gateway's series; nil makes a set of its own.
+	Metrics *Metrics
+	Log     zerolog.Logger
+}
+
+// Storage is the gateway's optional storage; nil fields disable a feature.
+type Storage struct {
+	Permalinks PermalinkStore
+	// Ledger remembers which session was told each permalink id; give the
+	// same one to the permalink store as its drop callback
+	// (Ledger.Dropped), so a dropped permalink reaches its clients. Nil
+	// makes one that nobody calls.
+	Ledger *permalink.Ledger
+	Files  FileStore
+	// Ping tells /readyz whether the database answers.
+	Ping func(context.Context) error
+	// UploadTimeout bounds the upload after one execution.
+	UploadTimeout time.Duration
+	// ReplyHold is how long an execute_reply waits for its files to be
+	// stored; files stored later are announced when they land. A slow
+	// database delays the file list, never the computation.
+	ReplyHold time.Duration
+}
+
+// DefaultConfig is the gateway's settings when nothing is said: the one
+// place each default lives (cellgate's flags take theirs from here).
+func DefaultConfig() Config {
+	return Config{
+		AllowOrigins:         []string{"*"},
+		DefaultKernel:        "python3",
+		MaxMessageBytes:      kernelpool.DefaultMaxMessageBytes,
+		ReplayMessages:       2000,
+		ReplayBytes:          16 << 20,
+		MaxTimeout:           time.Hour,
+		MaxLifespan:          4 * time.Hour,
+		OneShotGrace:         time.Minute,
+		DetachGrace:          10 * time.Second,
+		JupyterIdleTimeout:   30 * time.Minute,
+		LeaseTimeout:         10 * time.Second,
+		MaxKernelsPerClient:  4,
+		MaxKernelsPerAddr:    16,
+		MaxPendingExecutions: 256,
+		ServiceTimeout:       30 * time.Second,
+		MaxCodeChars:         65000,
+		PollWait:             25 * time.Second,
+		PingInterval:         30 * time.Second,
+		Storage:              Storage{UploadTimeout: 10 * time.Second, ReplyHold: 3 * time.Second},
+	}
+}
+
+// withDefaults fills every zero field from DefaultConfig.
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	fill(&c.DefaultKernel, d.DefaultKernel)
+	fill(&c.MaxMessageBytes, d.MaxMessageBytes)
+	fill(&c.ReplayMessages, d.ReplayMessages)
+	fill(&c.ReplayBytes, d.ReplayBytes)
+	fill(&c.MaxTimeout, d.MaxTimeout)
+	fill(&c.MaxLifespan, d.MaxLifespan)
+	fill(&c.OneShotGrace, d.OneShotGrace)
+	fill(&c.DetachGrace, d.DetachGrace)
+	fill(&c.JupyterIdleTimeout, d.JupyterIdleTimeout)
+	fill(&c.LeaseTimeout, d.LeaseTimeout)
+	fill(&c.MaxKernelsPerClient, d.MaxKernelsPerClient)
+	fill(&c.MaxKernelsPerAddr, d.MaxKernelsPerAddr)
+	fill(&c.MaxPendingExecutions, d.MaxPendingExecutions)
+	fill(&c.ServiceTimeout, d.ServiceTimeout)
+	fill(&c.MaxCodeChars, d.MaxCodeChars)
+	fill(&c.PollWait, d.PollWait)
+	fill(&c.PingInterval, d.PingInterval)
+	fill(&c.Storage.UploadTimeout, d.Storage.UploadTimeout)
+	fill(&c.Storage.ReplyHold, d.Storage.ReplyHold)
+	if len(c.AllowOrigins) == 0 {
+		c.AllowOrigins = d.AllowOrigins
+	}
+	return c
+}
+
+func fill[T comparable](v *T, d T) {
+	var zero T
+	if *v == zero {
+		*v = d
+	}
+}

@@ -1,0 +1,292 @@
+package session
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/cellgate/cellgate/jupytermsg"
+	"github.com/cellgate/cellgate/storage"
+)
+
+// MaxTrackedExecutions bounds the executions whose "before" state a
+// session keeps; the files of executions queued beyond it are not uploaded
+// (and the client is told).
+const MaxTrackedExecutions = 64
+
+// Watcher follows a kernel's working directory across executions and
+// uploads what each one wrote.
+type Watcher interface {
+	// BeforeExecution takes the state key's changes are measured
+	// against; false when none is kept.
+	BeforeExecution(key string) bool
+	// Tracks reports whether an upload is due when key replies.
+	Tracks(key string) bool
+	Forget(key string)
+	// AfterExecution uploads what key changed; false if key is not
+	// tracked.
+	AfterExecution(ctx context.Context, key, permalink string) (storage.UploadReport, bool, error)
+	// Latest is the id of the latest upload of a file name.
+	Latest(name string) (string, bool)
+	Close() error
+}
+
+// WatchExecutions adapts a storage watcher to Watcher.
+func WatchExecutions(w *storage.Watcher) Watcher {
+	return &executionFiles{watcher: w, before: map[string]baseline{}, byName: map[string]string{}}
+}
+
+// executionFiles remembers, per execute_request, the working directory as
+// it was before, so the files it created can be found after.
+type executionFiles struct {
+	watcher *storage.Watcher
+
+	mu     sync.Mutex
+	before map[string]baseline
+	gen    uint64            // bumped at the start of every upload
+	byName map[string]string // file name → id of its latest upload
+}
+
+// baseline is the state an execution's changes are measured against.
+type baseline struct {
+	snap storage.Snapshot
+	gen  uint64
+}
+
+// beforeExecute takes the snapshot the upload compares against; false
+// when none is kept for this execution.
+func (f *executionFiles) BeforeExecution(msgID string) bool {
+	snap, err := f.watcher.Snapshot()
+	if err != nil {
+		return false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.before) >= MaxTrackedExecutions {
+		return false
+	}
+	f.before[msgID] = baseline{snap: snap, gen: f.gen}
+	return true
+}
+
+// tracks reports whether an upload is due when msgID replies.
+func (f *executionFiles) Tracks(msgID string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, ok := f.before[msgID]
+	return ok
+}
+
+func (f *executionFiles) Forget(msgID string) {
+	f.mu.Lock()
+	delete(f.before, msgID)
+	f.mu.Unlock()
+}
+
+// AfterExecution uploads what the execution wrote.
+//
+// Executions queue in the kernel: one sent while another still ran took
+// its snapshot before the other's files existed. So every execution that
+// was waiting when an upload started measures from the directory as that
+// upload found it, and no file is uploaded again under the next execution.
+// The upload's own scan serves: scanning again for this would double the
+// cost of every execution in a large directory.
+func (f *executionFiles) AfterExecution(ctx context.Context, msgID, permalink string) (storage.UploadReport, bool, error) {
+	f.mu.Lock()
+	before, ok := f.before[msgID]
+	delete(f.before, msgID)
+	if ok {
+		f.gen++
+	}
+	gen := f.gen
+	f.mu.Unlock()
+	if !ok {
+		return storage.UploadReport{}, false, nil
+	}
+	report, err := f.watcher.UploadChanged(ctx, before.snap, permalink)
+	f.mu.Lock()
+	if report.After != nil {
+		for id, b := range f.before {
+			// Executions sent since the upload started (gen) keep their
+			// own snapshots: they were taken after the ones waiting.
+			if b.gen < gen {
+				f.before[id] = baseline{snap: *report.After, gen: gen}
+			}
+		}
+	}
+	for _, up := range report.Files {
+		if up.Skipped == "" {
+			f.byName[up.Name] = up.ID
+		}
+	}
+	f.mu.Unlock()
+	return report, true, err
+}
+
+func (f *executionFiles) Latest(name string) (string, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	id, ok := f.byName[name]
+	return id, ok
+}
+
+func (f *executionFiles) Close() error { return f.watcher.Close() }
+
+// uploader uploads a session's files off the pump, one execution at a
+// time in reply order, so storage never stalls the kernel's output. It
+// holds an execution's execute_reply until its files are stored or
+// ReplyHold passes; files stored later are announced when they land.
+type uploader struct {
+	sess   *Session
+	jobs   chan *uploadJob
+	ctx    context.Context
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// uploadJob is one execution's reply waiting for its files.
+type uploadJob struct {
+	msgID string
+	reply *jupytermsg.Message
+	p     pendingExecution
+	to    string
+	// timer relays the reply once ReplyHold passes. Its Stop reports
+	// whether that is still to be done: true iff the func will not run, so
+	// exactly one of it and the upload relays the reply.
+	timer *time.Timer
+}
+
+// FileLink is one file an execution wrote, as clients are told of it.
+type FileLink struct {
+	Name        string `json:"name"`
+	URL         string `json:"url"`
+	Size        int64  `json:"size"`
+	ContentType string `json:"content_type"`
+}
+
+func newUploader(sess *Session) *uploader {
+	ctx, cancel := context.WithCancel(context.Background())
+	// Every job is a pending execution, so the queue never fills.
+	queue := sess.opts.Config.MaxPendingExecutions + 1
+	return &uploader{sess: sess, jobs: make(chan *uploadJob, queue), ctx: ctx, cancel: cancel, done: make(chan struct{})}
+}
+
+// hold takes over reply, to the execute_request msgID, if its execution
+// has files to upload; false means the caller relays it.
+func (u *uploader) hold(reply *jupytermsg.Message, msgID string, p pendingExecution, to string) bool {
+	s := u.sess
+	if !s.opts.Files.Tracks(msgID) {
+		return false
+	}
+	j := &uploadJob{msgID: msgID, reply: reply, p: p, to: to}
+	j.timer = time.AfterFunc(s.opts.Config.ReplyHold, func() {
+		s.replay.Append(jupytermsg.Shell, completeReply(j.reply, j.p.permalink.Wait(0), j.p.wantsFiles, nil), j.to)
+		s.Notice(j.reply.ParentHeader, "files are still being stored; they are announced when they are")
+	})
+	select {
+	case u.jobs <- j:
+		return true
+	default:
+		// Cannot happen while the queue outnumbers pending executions;
+		// never block the pump.
+		s.opts.Files.Forget(msgID)
+		// A timer that already fired has relayed the reply.
+		return !j.timer.Stop()
+	}
+}
+
+func (u *uploader) run() {
+	defer close(u.done)
+	for {
+		select {
+		case <-u.ctx.Done():
+			for {
+				select {
+				case j := <-u.jobs:
+					j.timer.Stop()
+				default:
+					return
+				}
+			}
+		case j := <-u.jobs:
+			u.upload(j)
+		}
+	}
+}
+
+func (u *uploader) upload(j *uploadJob) {
+	s := u.sess
+	ctx, cancel := context.WithTimeout(u.ctx, s.opts.Config.UploadTimeout)
+	began := time.Now()
+	report, _, err := s.opts.Files.AfterExecution(ctx, j.msgID, j.p.permalink.Wait(s.opts.Config.ReplyHold))
+	s.metrics.Storage.WithLabelValues("upload").Observe(time.Since(began).Seconds())
+	cancel()
+	links, notices := u.describe(report)
+	if err != nil {
+		s.metrics.Errors.WithLabelValues("storage").Inc()
+		notices = append(notices, "files could not be stored (storage unavailable)")
+		s.log.Warn().Err(err).Str("execution", j.msgID).Msg("upload kernel files")
+	}
+	inTime := j.timer.Stop()
+	var names []string
+	for _, l := range links {
+		names = append(names, l.Name)
+	}
+	if len(links) > 0 {
+		if m, err := s.GatewayMessage(FilesMsgType, j.reply.ParentHeader, map[string]any{"files": links}); err == nil {
+			s.replay.Append(jupytermsg.IOPub, m, "")
+		}
+	}
+	if len(notices) > 0 {
+		s.Notice(j.reply.ParentHeader, strings.Join(notices, "\n"))
+	}
+	if inTime {
+		s.replay.Append(jupytermsg.Shell, completeReply(j.reply, j.p.permalink.Wait(0), j.p.wantsFiles, names), j.to)
+	}
+}
+
+// describe turns an upload's report into links and what clients should be
+// told of the rest.
+func (u *uploader) describe(report storage.UploadReport) ([]FileLink, []string) {
+	var links []FileLink
+	var notices []string
+	for _, up := range report.Files {
+		if up.Skipped != "" {
+			notices = append(notices, fmt.Sprintf("%s not stored: %s", up.Name, up.Skipped))
+			continue
+		}
+		links = append(links, FileLink{Name: up.Name, Size: up.Size, ContentType: up.ContentType, URL: u.sess.opts.Link(up.ID, up.Name)})
+	}
+	if report.Omitted > 0 {
+		notices = append(notices, fmt.Sprintf("%d more entries not stored", report.Omitted))
+	}
+	if report.Truncated {
+		notices = append(notices, "the working directory holds too many entries: only part of it was looked at, and some new files may not be stored")
+	}
+	return links, notices
+}
+
+// stop abandons uploads in flight; the session is over.
+func (u *uploader) stop() {
+	if u != nil {
+		u.cancel()
+	}
+}
+
+// wait returns once the uploader no longer uses the working directory.
+func (u *uploader) wait() {
+	if u != nil {
+		<-u.done
+	}
+}
+
+// FileID is the id of the latest upload of a file name the session's
+// kernel wrote.
+func (s *Session) FileID(name string) (string, bool) {
+	if s.opts.Files == nil {
+		return "", false
+	}
+	return s.opts.Files.Latest(name)
+}
