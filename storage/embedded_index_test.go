@@ -29,7 +29,7 @@ func TestEmbeddedIDLookupsUseAnIndex(t *testing.T) {
 			t.Fatalf("round %d: Get = %+v, %v", round, got, err)
 		}
 
-		db, err := sql.Open("sqlite", "file:"+filepath.Join(e.Dir(), defaultDatabase+".sqlite"))
+		db, err := sql.Open("sqlite", "file:"+filepath.Join(e.Dir(), DefaultConfig().Database+".sqlite"))
 		if err != nil {
 			t.Fatal(err)
 		}

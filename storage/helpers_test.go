@@ -93,7 +93,7 @@ func serverKinds() []struct {
 			prefix := "cellgate_test_" + randomHex(6)
 			return testServer{open: func(t *testing.T, cfg Config) *Store {
 				cfg.URI = uri
-				cfg.Database = prefix + "_" + cmp.Or(cfg.Database, defaultDatabase)
+				cfg.Database = prefix + "_" + cmp.Or(cfg.Database, DefaultConfig().Database)
 				s := openStore(t, cfg)
 				t.Cleanup(func() {
 					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

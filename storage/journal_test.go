@@ -287,7 +287,7 @@ func TestQueueFullWithJournal(t *testing.T) {
 
 // testItems makes queue items as Enqueue would, with a key of its own.
 func testItems(n int) []*queuedCell {
-	p := &Permalinks{key: []byte("journal test key 0123456789abcdef"), maxCellBytes: defaultMaxCellBytes}
+	p := &Permalinks{key: []byte("journal test key 0123456789abcdef"), maxCellBytes: DefaultConfig().MaxCellBytes}
 	items := make([]*queuedCell, n)
 	for i := range items {
 		c := Cell{Code: fmt.Sprintf("x = %d\n", i) + strings.Repeat("é", i*50), Language: "python3", Interacts: "[]"}

@@ -24,7 +24,7 @@ var (
 	ErrGaveUp = errors.New("storage: gave up writing permalink")
 )
 
-// QueueConfig configures OpenQueue. Zero fields take the defaults given.
+// QueueConfig configures OpenQueue. Start from DefaultQueueConfig; zero fields take its values too.
 type QueueConfig struct {
 	// Capacity bounds the unwritten permalinks kept in memory (and in the journal). Default 10000.
 	Capacity int
@@ -56,6 +56,34 @@ type QueueConfig struct {
 	OnMoved func(oldID, newID string)
 
 	Logger zerolog.Logger
+}
+
+// DefaultQueueConfig is the queue's settings when nothing is said: the one place each default
+// lives. It keeps the queue in memory only (no JournalDir).
+func DefaultQueueConfig() QueueConfig {
+	return QueueConfig{
+		Capacity:       10000,
+		Workers:        2,
+		AttemptTimeout: 10 * time.Second,
+		MinBackoff:     100 * time.Millisecond,
+		MaxBackoff:     10 * time.Second,
+		MaxPending:     time.Hour,
+	}
+}
+
+// withDefaults fills zero and negative fields from DefaultQueueConfig. A MaxBackoff below
+// MinBackoff (zero included) becomes the default, or MinBackoff if that is larger.
+func (c QueueConfig) withDefaults() QueueConfig {
+	d := DefaultQueueConfig()
+	fillPositive(&c.Capacity, d.Capacity)
+	fillPositive(&c.Workers, d.Workers)
+	fillPositive(&c.AttemptTimeout, d.AttemptTimeout)
+	fillPositive(&c.MinBackoff, d.MinBackoff)
+	if c.MaxBackoff < c.MinBackoff {
+		c.MaxBackoff = max(d.MaxBackoff, c.MinBackoff)
+	}
+	fillPositive(&c.MaxPending, d.MaxPending)
+	return c
 }
 
 // Queue is a write-behind buffer in front of Permalinks: Enqueue hands out the id without waiting
@@ -118,24 +146,7 @@ func NewQueue(ctx context.Context, permalinks *Permalinks, cfg QueueConfig) *Que
 // allows. A torn or corrupt journal tail is discarded (a copy of the journal is kept beside it).
 // The workers stop when Close returns or, without draining, when ctx is cancelled.
 func OpenQueue(ctx context.Context, permalinks *Permalinks, cfg QueueConfig) (*Queue, error) {
-	if cfg.Capacity <= 0 {
-		cfg.Capacity = 10000
-	}
-	if cfg.Workers <= 0 {
-		cfg.Workers = 2
-	}
-	if cfg.AttemptTimeout <= 0 {
-		cfg.AttemptTimeout = 10 * time.Second
-	}
-	if cfg.MinBackoff <= 0 {
-		cfg.MinBackoff = 100 * time.Millisecond
-	}
-	if cfg.MaxBackoff < cfg.MinBackoff {
-		cfg.MaxBackoff = max(10*time.Second, cfg.MinBackoff)
-	}
-	if cfg.MaxPending <= 0 {
-		cfg.MaxPending = time.Hour
-	}
+	cfg = cfg.withDefaults()
 	q := &Queue{
 		permalinks: permalinks,
 		cfg:        cfg,

@@ -277,3 +277,37 @@ func TestStoredCellsBoundedAndExpire(t *testing.T) {
 		t.Error("expired entry still trusted")
 	}
 }
+
+func TestDefaultQueueConfig(t *testing.T) {
+	d := DefaultQueueConfig()
+	if d.Capacity != 10000 || d.Workers != 2 || d.AttemptTimeout != 10*time.Second || d.MinBackoff != 100*time.Millisecond ||
+		d.MaxBackoff != 10*time.Second || d.MaxPending != time.Hour || d.JournalDir != "" {
+		t.Errorf("DefaultQueueConfig() = %+v", d)
+	}
+	type knobs struct {
+		capacity, workers                           int
+		attempt, minBackoff, maxBackoff, maxPending time.Duration
+	}
+	of := func(c QueueConfig) knobs {
+		return knobs{c.Capacity, c.Workers, c.AttemptTimeout, c.MinBackoff, c.MaxBackoff, c.MaxPending}
+	}
+	tests := []struct {
+		name string
+		cfg  QueueConfig
+		want knobs
+	}{
+		{"zero", QueueConfig{}, of(d)},
+		{"defaults", d, of(d)},
+		{"negative", QueueConfig{Capacity: -1, Workers: -1, AttemptTimeout: -1, MinBackoff: -1, MaxBackoff: -1, MaxPending: -1}, of(d)},
+		{"set", QueueConfig{Capacity: 5, Workers: 1, AttemptTimeout: time.Second, MinBackoff: time.Millisecond, MaxBackoff: time.Second, MaxPending: time.Minute},
+			knobs{5, 1, time.Second, time.Millisecond, time.Second, time.Minute}},
+		// A MaxBackoff below MinBackoff is not a bound: the default, or MinBackoff when larger.
+		{"max below min", QueueConfig{MinBackoff: time.Second, MaxBackoff: time.Millisecond}, knobs{d.Capacity, d.Workers, d.AttemptTimeout, time.Second, d.MaxBackoff, d.MaxPending}},
+		{"min above default max", QueueConfig{MinBackoff: time.Minute}, knobs{d.Capacity, d.Workers, d.AttemptTimeout, time.Minute, time.Minute, d.MaxPending}},
+	}
+	for _, tc := range tests {
+		if got := of(tc.cfg.withDefaults()); got != tc.want {
+			t.Errorf("%s: withDefaults() = %+v, want %+v", tc.name, got, tc.want)
+		}
+	}
+}

@@ -33,7 +33,7 @@ import (
 // ErrNotFound is returned for an unknown permalink id or file.
 var ErrNotFound = errors.New("storage: not found")
 
-// Config configures Open.
+// Config configures Open. Start from DefaultConfig; zero fields take its values too.
 type Config struct {
 	// URI is a mongodb:// or mongodb+srv:// URI (standalone, replica set or mongos), or
 	// Embedded.URI().
@@ -63,8 +63,8 @@ type Config struct {
 	// at most 15 MiB.
 	MaxCellBytes int
 
-	// Files caps what is uploaded from kernel directories; zero fields take the defaults
-	// documented on FileLimits.
+	// Files caps what is uploaded from kernel directories; zero fields take the values of
+	// DefaultFileLimits.
 	Files FileLimits
 
 	// Embedded is the embedded database URI points at, if it does: Open then also gives its
@@ -72,11 +72,44 @@ type Config struct {
 	Embedded *Embedded
 }
 
+// DefaultConfig is the settings Open uses for what is left zero: the one place each default lives.
+// It names no database URI: there is no sensible one to assume.
+func DefaultConfig() Config {
+	return Config{
+		Database:               "cellgate",
+		ServerSelectionTimeout: 5 * time.Second,
+		MaxCellBytes:           1 << 20,
+		Files:                  DefaultFileLimits(),
+	}
+}
+
+// withDefaults fills zero and negative fields from DefaultConfig, but for Files, and clamps
+// MaxCellBytes.
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.Database == "" {
+		c.Database = d.Database
+	}
+	fillPositive(&c.ServerSelectionTimeout, d.ServerSelectionTimeout)
+	fillPositive(&c.MaxCellBytes, d.MaxCellBytes)
+	// A larger cell would not fit in a 16 MiB BSON document, and the driver's refusal is not an
+	// error the write-behind queue could tell from a transient one.
+	c.MaxCellBytes = min(c.MaxCellBytes, maxCellBytesLimit)
+	// Files is left to newFiles: FileLimits.withDefaults, which turns a negative MaxDepth into 0,
+	// must run once.
+	return c
+}
+
+// fillPositive sets *v to d unless it is positive: no count, size or duration here means
+// anything at zero or below.
+func fillPositive[T ~int | ~int64](v *T, d T) {
+	if *v <= 0 {
+		*v = d
+	}
+}
+
 const (
-	defaultDatabase               = "cellgate"
-	defaultServerSelectionTimeout = 5 * time.Second
-	defaultMaxCellBytes           = 1 << 20
-	maxCellBytesLimit             = 15 << 20
+	maxCellBytesLimit = 15 << 20
 
 	permalinksCollection = "permalinks"
 	settingsCollection   = "settings"
@@ -102,18 +135,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.URI == "" {
 		return nil, errors.New("storage: empty database URI")
 	}
-	if cfg.Database == "" {
-		cfg.Database = defaultDatabase
-	}
-	if cfg.ServerSelectionTimeout <= 0 {
-		cfg.ServerSelectionTimeout = defaultServerSelectionTimeout
-	}
-	if cfg.MaxCellBytes <= 0 {
-		cfg.MaxCellBytes = defaultMaxCellBytes
-	}
-	// A larger cell would not fit in a 16 MiB BSON document, and the driver's refusal is not an
-	// error the write-behind queue could tell from a transient one.
-	cfg.MaxCellBytes = min(cfg.MaxCellBytes, maxCellBytesLimit)
+	cfg = cfg.withDefaults()
 	where := RedactURI(cfg.URI)
 	log := cfg.Logger.With().Str("component", "storage").Logger()
 

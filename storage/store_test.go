@@ -286,3 +286,31 @@ func TestStartEmbeddedConcurrently(t *testing.T) {
 		}
 	}
 }
+
+func TestDefaultConfig(t *testing.T) {
+	d := DefaultConfig()
+	if d.Database != "cellgate" || d.ServerSelectionTimeout != 5*time.Second || d.MaxCellBytes != 1<<20 ||
+		d.Files != DefaultFileLimits() || d.URI != "" || d.ConnectRetry != 0 {
+		t.Errorf("DefaultConfig() = %+v", d)
+	}
+	tests := []struct {
+		name string
+		cfg  Config
+		want Config
+	}{
+		{"zero", Config{}, Config{Database: d.Database, ServerSelectionTimeout: d.ServerSelectionTimeout, MaxCellBytes: d.MaxCellBytes}},
+		{"defaults", d, d},
+		{"negative", Config{ServerSelectionTimeout: -1, MaxCellBytes: -1}, Config{Database: d.Database, ServerSelectionTimeout: d.ServerSelectionTimeout, MaxCellBytes: d.MaxCellBytes}},
+		{"set", Config{Database: "x", ServerSelectionTimeout: time.Second, MaxCellBytes: 10}, Config{Database: "x", ServerSelectionTimeout: time.Second, MaxCellBytes: 10}},
+		{"clamped", Config{MaxCellBytes: 64 << 20}, Config{Database: d.Database, ServerSelectionTimeout: d.ServerSelectionTimeout, MaxCellBytes: maxCellBytesLimit}},
+		// Files is newFiles' to fill (FileLimits.withDefaults must run once).
+		{"files untouched", Config{Files: FileLimits{MaxDepth: -1}}, Config{Database: d.Database, ServerSelectionTimeout: d.ServerSelectionTimeout, MaxCellBytes: d.MaxCellBytes, Files: FileLimits{MaxDepth: -1}}},
+	}
+	for _, tc := range tests {
+		got := tc.cfg.withDefaults()
+		if got.Database != tc.want.Database || got.ServerSelectionTimeout != tc.want.ServerSelectionTimeout ||
+			got.MaxCellBytes != tc.want.MaxCellBytes || got.Files != tc.want.Files {
+			t.Errorf("%s: withDefaults() = %+v, want %+v", tc.name, got, tc.want)
+		}
+	}
+}

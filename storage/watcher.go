@@ -8,7 +8,8 @@ import (
 	"sync"
 )
 
-// FileLimits bound what a kernel can push into storage. Zero fields take the defaults given.
+// FileLimits bound what a kernel can push into storage. Start from DefaultFileLimits; zero fields
+// take its values too.
 type FileLimits struct {
 	// MaxFileBytes is the largest file uploaded. Default 10 MiB.
 	MaxFileBytes int64
@@ -21,30 +22,42 @@ type FileLimits struct {
 	// MaxEntries caps the directory entries examined per scan, so that a kernel creating millions
 	// of files costs a bounded amount of work. Default 10000.
 	MaxEntries int
+	// MaxTrackedExecutions bounds the executions whose baseline (BeforeExecution) one Watcher
+	// keeps at once: each is a snapshot of the directory, up to MaxEntries entries. The files of
+	// executions queued beyond it are not uploaded. Default 64.
+	MaxTrackedExecutions int
 	// IncludeHidden also uploads names starting with "." and __pycache__ directories, which are
 	// otherwise ignored silently: they are the caches and settings of the kernel's libraries.
 	IncludeHidden bool
 }
 
+// DefaultFileLimits are the limits when nothing is said: the one place each of them lives.
+func DefaultFileLimits() FileLimits {
+	return FileLimits{
+		MaxFileBytes:         10 << 20,
+		MaxFilesPerExecution: 50,
+		MaxSessionBytes:      100 << 20,
+		MaxDepth:             3,
+		MaxEntries:           10000,
+		MaxTrackedExecutions: 64,
+	}
+}
+
+// withDefaults fills zero and negative fields from DefaultFileLimits; a negative MaxDepth, which
+// asks for the top level only, becomes 0.
 func (l FileLimits) withDefaults() FileLimits {
-	if l.MaxFileBytes <= 0 {
-		l.MaxFileBytes = 10 << 20
-	}
-	if l.MaxFilesPerExecution <= 0 {
-		l.MaxFilesPerExecution = 50
-	}
-	if l.MaxSessionBytes <= 0 {
-		l.MaxSessionBytes = 100 << 20
-	}
+	d := DefaultFileLimits()
+	fillPositive(&l.MaxFileBytes, d.MaxFileBytes)
+	fillPositive(&l.MaxFilesPerExecution, d.MaxFilesPerExecution)
+	fillPositive(&l.MaxSessionBytes, d.MaxSessionBytes)
 	switch {
 	case l.MaxDepth == 0:
-		l.MaxDepth = 3
+		l.MaxDepth = d.MaxDepth
 	case l.MaxDepth < 0:
 		l.MaxDepth = 0
 	}
-	if l.MaxEntries <= 0 {
-		l.MaxEntries = 10000
-	}
+	fillPositive(&l.MaxEntries, d.MaxEntries)
+	fillPositive(&l.MaxTrackedExecutions, d.MaxTrackedExecutions)
 	return l
 }
 
@@ -81,9 +94,10 @@ type Watcher struct {
 	files *Files
 	owner FileOwner
 
-	// uploading makes one UploadChanged run at a time, so that each checks the session total
-	// after the previous one's files. It is held through database writes: only UploadChanged
-	// takes it.
+	// uploading makes one upload (UploadChanged or AfterExecution) run at a time, so that each
+	// checks the session total after the previous one's files, and so that an AfterExecution
+	// rebases the executions waiting on it before the next upload starts. It is held through
+	// database writes: only those two take it.
 	uploading sync.Mutex
 
 	// mu guards what follows and is never held across a database call: Snapshot runs on the
@@ -92,15 +106,30 @@ type Watcher struct {
 	rootFD       int
 	closed       bool
 	sessionBytes int64
+
+	// execMu guards the executions' baselines. It is apart from mu, which Snapshot holds through a
+	// directory scan, so that Tracks, asked on the kernel's output path, never waits for one.
+	execMu    sync.Mutex
+	baselines map[string]baseline
+	gen       uint64            // bumped at the start of every AfterExecution upload
+	latest    map[string]string // file name → id of its latest upload by AfterExecution
 }
 
-// Watch opens dir, a kernel's working directory, for Snapshot and UploadChanged.
+// baseline is the state an execution's changes are measured against, and the gen it was taken
+// or last rebased at.
+type baseline struct {
+	snap Snapshot
+	gen  uint64
+}
+
+// Watch opens dir, a kernel's working directory, for Snapshot and UploadChanged, or for
+// BeforeExecution and AfterExecution.
 func (f *Files) Watch(dir string, owner FileOwner) (*Watcher, error) {
 	fd, err := openRoot(dir)
 	if err != nil {
 		return nil, err
 	}
-	return &Watcher{files: f, owner: owner, rootFD: fd}, nil
+	return &Watcher{files: f, owner: owner, rootFD: fd, baselines: map[string]baseline{}, latest: map[string]string{}}, nil
 }
 
 // Snapshot records the directory's state; take one before each execution.
@@ -144,6 +173,11 @@ func (w *Watcher) Close() error {
 func (w *Watcher) UploadChanged(ctx context.Context, before Snapshot, permalink string) (UploadReport, error) {
 	w.uploading.Lock()
 	defer w.uploading.Unlock()
+	return w.uploadChanged(ctx, before, permalink)
+}
+
+// uploadChanged is UploadChanged, w.uploading held.
+func (w *Watcher) uploadChanged(ctx context.Context, before Snapshot, permalink string) (UploadReport, error) {
 	w.mu.Lock()
 	if w.closed {
 		w.mu.Unlock()
@@ -232,4 +266,92 @@ func (w *Watcher) UploadChanged(ctx context.Context, before Snapshot, permalink 
 		return report, fmt.Errorf("storage: upload files: %w", storeErr)
 	}
 	return report, nil
+}
+
+// BeforeExecution takes the snapshot that the changes of the execution key (an execute_request's
+// msg_id, say) are measured against; call it before the execution is sent to the kernel. False
+// means none is kept, and AfterExecution will upload nothing for key: the snapshot failed, or
+// MaxTrackedExecutions executions are already waiting. Calling it again for a key tracked
+// replaces the key's baseline.
+func (w *Watcher) BeforeExecution(key string) bool {
+	snap, err := w.Snapshot()
+	if err != nil {
+		return false
+	}
+	w.execMu.Lock()
+	defer w.execMu.Unlock()
+	if len(w.baselines) >= w.files.limits.MaxTrackedExecutions {
+		return false
+	}
+	w.baselines[key] = baseline{snap: snap, gen: w.gen}
+	return true
+}
+
+// Tracks reports whether key has a baseline, that is, whether AfterExecution would upload its
+// files.
+func (w *Watcher) Tracks(key string) bool {
+	w.execMu.Lock()
+	defer w.execMu.Unlock()
+	_, ok := w.baselines[key]
+	return ok
+}
+
+// Forget drops key's baseline: its files will not be uploaded (nor, unless the directory is
+// scanned again, be measured against it).
+func (w *Watcher) Forget(key string) {
+	w.execMu.Lock()
+	delete(w.baselines, key)
+	w.execMu.Unlock()
+}
+
+// AfterExecution uploads, tagged with permalink, what changed since key's baseline, as
+// UploadChanged does, and forgets the baseline. False means key had none: nothing was done.
+//
+// Executions queue in the kernel: one sent while another still ran took its snapshot before the
+// other's files existed. So every execution that was waiting when this upload started is rebased
+// onto the directory as this upload found it, and no file is uploaded again under the next
+// execution. The upload's own scan serves: scanning again for this would double the cost of
+// every execution in a large directory. Executions whose BeforeExecution came after the upload
+// started keep their own, later, snapshots.
+func (w *Watcher) AfterExecution(ctx context.Context, key, permalink string) (UploadReport, bool, error) {
+	w.uploading.Lock()
+	defer w.uploading.Unlock()
+	w.execMu.Lock()
+	before, ok := w.baselines[key]
+	delete(w.baselines, key)
+	if ok {
+		w.gen++
+	}
+	gen := w.gen
+	w.execMu.Unlock()
+	if !ok {
+		return UploadReport{}, false, nil
+	}
+
+	report, err := w.uploadChanged(ctx, before.snap, permalink)
+
+	w.execMu.Lock()
+	defer w.execMu.Unlock()
+	if report.After != nil {
+		for k, b := range w.baselines {
+			if b.gen < gen {
+				w.baselines[k] = baseline{snap: *report.After, gen: gen}
+			}
+		}
+	}
+	for _, f := range report.Files {
+		if f.Skipped == "" {
+			w.latest[f.Name] = f.ID
+		}
+	}
+	return report, true, err
+}
+
+// Latest is the id of the latest upload, by AfterExecution, of the file name (as in
+// UploadedFile.Name).
+func (w *Watcher) Latest(name string) (id string, ok bool) {
+	w.execMu.Lock()
+	defer w.execMu.Unlock()
+	id, ok = w.latest[name]
+	return id, ok
 }

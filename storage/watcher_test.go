@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -336,4 +337,295 @@ func TestSnapshotDoesNotWaitForTheDatabase(t *testing.T) {
 			}
 		})
 	}
+}
+
+// uploadedNames lists the files a report says were uploaded, and fails the test on any skipped.
+func uploadedNames(t *testing.T, report UploadReport) []string {
+	t.Helper()
+	var names []string
+	for _, f := range report.Files {
+		if f.Skipped != "" {
+			t.Errorf("%s skipped: %s", f.Name, f.Skipped)
+			continue
+		}
+		names = append(names, f.Name)
+	}
+	return names
+}
+
+// afterExecution runs AfterExecution for a key that must be tracked, and returns what it uploaded.
+func afterExecution(t *testing.T, w *Watcher, key string) []string {
+	t.Helper()
+	report, ok, err := w.AfterExecution(context.Background(), key, "")
+	if err != nil || !ok {
+		t.Fatalf("AfterExecution(%s) = %+v, %v, %v", key, report, ok, err)
+	}
+	return uploadedNames(t, report)
+}
+
+func beforeExecution(t *testing.T, w *Watcher, key string) {
+	t.Helper()
+	if !w.BeforeExecution(key) {
+		t.Fatalf("BeforeExecution(%s) kept no baseline", key)
+	}
+}
+
+// TestWatcherExecutions covers the per-execution baselines: BeforeExecution, AfterExecution,
+// Tracks, Forget and Latest.
+func TestWatcherExecutions(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+
+		// Executions queue in the kernel: the second and third are sent, and take their
+		// snapshots, while the first still runs and writes. Neither uploads the first's files
+		// again, although first-late.txt is not in their snapshots.
+		t.Run("queued executions", func(t *testing.T) {
+			w, dir, _ := watch(t, s.Files(), FileOwner{Session: "queued-" + randomHex(4)})
+			beforeExecution(t, w, "first")
+			writeFile(t, filepath.Join(dir, "first-early.txt"), []byte("1"))
+			beforeExecution(t, w, "second")
+			beforeExecution(t, w, "third")
+			writeFile(t, filepath.Join(dir, "first-late.txt"), []byte("1"))
+			if got, want := afterExecution(t, w, "first"), []string{"first-early.txt", "first-late.txt"}; !slices.Equal(got, want) {
+				t.Errorf("first uploaded %q, want %q", got, want)
+			}
+			writeFile(t, filepath.Join(dir, "second.txt"), []byte("2"))
+			if got, want := afterExecution(t, w, "second"), []string{"second.txt"}; !slices.Equal(got, want) {
+				t.Errorf("second uploaded %q, want %q", got, want)
+			}
+			writeFile(t, filepath.Join(dir, "third.txt"), []byte("3"))
+			writeFile(t, filepath.Join(dir, "first-early.txt"), []byte("rewritten"))
+			if got, want := afterExecution(t, w, "third"), []string{"first-early.txt", "third.txt"}; !slices.Equal(got, want) {
+				t.Errorf("third uploaded %q, want %q", got, want)
+			}
+		})
+
+		t.Run("cap on tracked executions", func(t *testing.T) {
+			files := newFiles(s.db, FileLimits{MaxTrackedExecutions: 2}, testLogger(t))
+			w, dir, _ := watch(t, files, FileOwner{Session: "cap-" + randomHex(4)})
+			beforeExecution(t, w, "1")
+			beforeExecution(t, w, "2")
+			if w.BeforeExecution("3") || w.Tracks("3") {
+				t.Fatal("a third execution tracked beyond MaxTrackedExecutions 2")
+			}
+			writeFile(t, filepath.Join(dir, "out.txt"), []byte("x"))
+			if report, ok, err := w.AfterExecution(ctx, "3", ""); ok || err != nil || len(report.Files) != 0 {
+				t.Errorf("AfterExecution of the untracked third = %+v, %v, %v", report, ok, err)
+			}
+			if got, want := afterExecution(t, w, "1"), []string{"out.txt"}; !slices.Equal(got, want) {
+				t.Errorf("uploaded %q, want %q", got, want)
+			}
+			// Only executions waiting count: there is room again.
+			beforeExecution(t, w, "3")
+			if !w.Tracks("2") || !w.Tracks("3") || w.Tracks("1") {
+				t.Errorf("tracks 1 %v, 2 %v, 3 %v; want only 2 and 3", w.Tracks("1"), w.Tracks("2"), w.Tracks("3"))
+			}
+		})
+
+		t.Run("forget", func(t *testing.T) {
+			session := "forget-" + randomHex(4)
+			w, dir, _ := watch(t, s.Files(), FileOwner{Session: session})
+			beforeExecution(t, w, "gone")
+			beforeExecution(t, w, "kept")
+			w.Forget("gone")
+			w.Forget("never tracked")
+			if w.Tracks("gone") || !w.Tracks("kept") {
+				t.Fatalf("after Forget: tracks gone %v, kept %v", w.Tracks("gone"), w.Tracks("kept"))
+			}
+			writeFile(t, filepath.Join(dir, "out.txt"), []byte("x"))
+			if report, ok, err := w.AfterExecution(ctx, "gone", ""); ok || err != nil || len(report.Files) != 0 {
+				t.Errorf("AfterExecution of a forgotten key = %+v, %v, %v", report, ok, err)
+			}
+			if n := countDocs(t, s, filesBucket+".files", bson.D{{Key: "metadata.session", Value: session}}); n != 0 {
+				t.Errorf("%d files stored for a forgotten execution", n)
+			}
+			if got, want := afterExecution(t, w, "kept"), []string{"out.txt"}; !slices.Equal(got, want) {
+				t.Errorf("uploaded %q, want %q", got, want)
+			}
+		})
+
+		t.Run("latest upload of a name", func(t *testing.T) {
+			w, dir, _ := watch(t, s.Files(), FileOwner{Session: "latest-" + randomHex(4)})
+			if id, ok := w.Latest("out.txt"); ok {
+				t.Fatalf("Latest before any upload = %q", id)
+			}
+			var ids []string
+			for i, content := range []string{"v1", "version 2"} {
+				key := fmt.Sprint(i)
+				beforeExecution(t, w, key)
+				writeFile(t, filepath.Join(dir, "out.txt"), []byte(content))
+				if i == 1 {
+					must(t, os.Symlink("/etc/passwd", filepath.Join(dir, "link")))
+				}
+				report, ok, err := w.AfterExecution(ctx, key, "")
+				if err != nil || !ok || len(report.Files) != i+1 || report.Files[len(report.Files)-1].Name != "out.txt" {
+					t.Fatalf("AfterExecution(%s) = %+v, %v, %v", key, report, ok, err)
+				}
+				up := report.Files[len(report.Files)-1]
+				if id, ok := w.Latest("out.txt"); !ok || id != up.ID {
+					t.Errorf("Latest after upload %d = %q, %v; want %q", i+1, id, ok, up.ID)
+				}
+				ids = append(ids, up.ID)
+			}
+			if ids[0] == ids[1] {
+				t.Errorf("both uploads have id %s", ids[0])
+			}
+			r, err := s.Files().OpenFile(ctx, ids[1], "out.txt")
+			must(t, err)
+			defer r.Close()
+			if got := readAll(t, r); string(got) != "version 2" {
+				t.Errorf("latest is %q", got)
+			}
+			if id, ok := w.Latest("link"); ok {
+				t.Errorf("Latest of a skipped entry = %q", id)
+			}
+		})
+
+		t.Run("untracked key", func(t *testing.T) {
+			session := "untracked-" + randomHex(4)
+			w, dir, _ := watch(t, s.Files(), FileOwner{Session: session})
+			writeFile(t, filepath.Join(dir, "out.txt"), []byte("x"))
+			if w.Tracks("nobody") {
+				t.Error("tracks a key never given")
+			}
+			report, ok, err := w.AfterExecution(ctx, "nobody", "")
+			if ok || err != nil || len(report.Files) != 0 || report.After != nil {
+				t.Errorf("AfterExecution of an untracked key = %+v, %v, %v", report, ok, err)
+			}
+			if n := countDocs(t, s, filesBucket+".files", bson.D{{Key: "metadata.session", Value: session}}); n != 0 {
+				t.Errorf("%d files stored for an untracked key", n)
+			}
+			if _, ok := w.Latest("out.txt"); ok {
+				t.Error("Latest knows a file never uploaded")
+			}
+		})
+
+		t.Run("closed watcher", func(t *testing.T) {
+			w, _, _ := watch(t, s.Files(), FileOwner{Session: "closed-" + randomHex(4)})
+			beforeExecution(t, w, "running")
+			must(t, w.Close())
+			if w.BeforeExecution("after close") {
+				t.Error("BeforeExecution kept a baseline on a closed watcher")
+			}
+			if _, ok, err := w.AfterExecution(ctx, "running", ""); !ok || err == nil {
+				t.Errorf("AfterExecution on a closed watcher = %v, %v; want the error", ok, err)
+			}
+		})
+
+		// Every method may be called from any goroutine (run with -race to see it).
+		t.Run("concurrent use", func(t *testing.T) {
+			w, dir, _ := watch(t, s.Files(), FileOwner{Session: "concurrent-" + randomHex(4)})
+			var wg sync.WaitGroup
+			for g := range 4 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := range 5 {
+						key := fmt.Sprintf("%d-%d", g, i)
+						name := fmt.Sprintf("g%d-%d.txt", g, i)
+						if !w.BeforeExecution(key) {
+							t.Errorf("BeforeExecution(%s) kept no baseline", key)
+							return
+						}
+						if err := os.WriteFile(filepath.Join(dir, name), []byte(key), 0o644); err != nil {
+							t.Error(err)
+							return
+						}
+						if i%2 == 1 {
+							w.Forget(key)
+							continue
+						}
+						_ = w.Tracks(key)
+						if _, ok, err := w.AfterExecution(ctx, key, ""); !ok || err != nil {
+							t.Errorf("AfterExecution(%s) = %v, %v", key, ok, err)
+						}
+						_, _ = w.Latest(name)
+					}
+				}()
+			}
+			wg.Wait()
+		})
+	})
+}
+
+// TestExecutionSentDuringUpload: an execution whose BeforeExecution comes while an upload is
+// under way (the kernel has replied, and runs the next one) keeps its own snapshot, taken after
+// the upload's scan; rebasing it onto that older scan would upload under it what was there
+// before it was sent. BeforeExecution and Tracks do not wait for the stalled upload.
+func TestExecutionSentDuringUpload(t *testing.T) {
+	s, proxy := proxiedStore(t)
+	w, dir, _ := watch(t, s.Files(), FileOwner{Session: "during-" + randomHex(4)})
+	beforeExecution(t, w, "first")
+	content := []byte("stalled upload " + randomHex(16))
+	writeFile(t, filepath.Join(dir, "first.txt"), content)
+	stall := proxy.on(content, holdRequest)
+
+	type result struct {
+		names []string
+		ok    bool
+		err   error
+	}
+	uploaded := make(chan result, 1)
+	go func() {
+		report, ok, err := w.AfterExecution(context.Background(), "first", "")
+		var names []string
+		for _, f := range report.Files {
+			names = append(names, f.Name)
+		}
+		uploaded <- result{names, ok, err}
+	}()
+	<-stall.fired // the upload has scanned, and is inside a database write
+
+	writeFile(t, filepath.Join(dir, "before-second.txt"), []byte("x"))
+	sent := make(chan bool, 1)
+	go func() { sent <- w.BeforeExecution("second") && w.Tracks("second") && !w.Tracks("first") }()
+	select {
+	case ok := <-sent:
+		if !ok {
+			t.Error("second not tracked, or first still tracked, during the upload")
+		}
+	case <-time.After(deadlockGuard):
+		stall.Release()
+		t.Fatal("BeforeExecution waited for the stalled upload")
+	}
+	stall.Release()
+	if res := <-uploaded; res.err != nil || !res.ok || !slices.Equal(res.names, []string{"first.txt"}) {
+		t.Fatalf("first's AfterExecution = %q, %v, %v; want first.txt", res.names, res.ok, res.err)
+	}
+
+	writeFile(t, filepath.Join(dir, "second.txt"), []byte("2"))
+	if got, want := afterExecution(t, w, "second"), []string{"second.txt"}; !slices.Equal(got, want) {
+		t.Errorf("second uploaded %q, want %q", got, want)
+	}
+}
+
+func TestDefaultFileLimits(t *testing.T) {
+	d := DefaultFileLimits()
+	if got := (FileLimits{}).withDefaults(); got != d {
+		t.Errorf("zero FileLimits became %+v, want DefaultFileLimits %+v", got, d)
+	}
+	if got := d.withDefaults(); got != d {
+		t.Errorf("DefaultFileLimits filled became %+v", got)
+	}
+	negative := FileLimits{MaxFileBytes: -1, MaxFilesPerExecution: -1, MaxSessionBytes: -1, MaxDepth: -1, MaxEntries: -1, MaxTrackedExecutions: -1}
+	want := d
+	want.MaxDepth = 0 // top level only
+	if got := negative.withDefaults(); got != want {
+		t.Errorf("negative FileLimits became %+v, want %+v", got, want)
+	}
+	if d.MaxTrackedExecutions != 64 {
+		t.Errorf("MaxTrackedExecutions defaults to %d, want 64 (as the gateway's maxSnapshots)", d.MaxTrackedExecutions)
+	}
+}
+
+// TestOpenFillsFileLimits: Open fills FileLimits once, so a negative MaxDepth stays "top level
+// only" rather than becoming the default depth.
+func TestOpenFillsFileLimits(t *testing.T) {
+	forEachBackend(t, Config{Files: FileLimits{MaxDepth: -1, MaxEntries: 7}}, func(t *testing.T, s *Store) {
+		want := DefaultFileLimits()
+		want.MaxDepth, want.MaxEntries = 0, 7
+		if got := s.Files().Limits(); got != want {
+			t.Errorf("Limits() = %+v, want %+v", got, want)
+		}
+	})
 }
