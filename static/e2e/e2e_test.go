@@ -170,7 +170,7 @@ type result struct {
 
 func TestBrowser(t *testing.T) {
 	if testing.Short() {
-		t.Skip("browser tests are not short")
+		t.Skip("e2e: slow (real kernels, chromium); run make test")
 	}
 	if _, err := os.Stat(chromium()); err != nil {
 		t.Fatalf("Debian chromium is needed at %s (apt-get install chromium): %v", chromium(), err)

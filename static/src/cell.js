@@ -7,7 +7,7 @@ import { Kernel } from './kernel.js';
 import { OutputArea } from './output.js';
 import qrcode from 'qrcode-generator';
 import { el, resolveElement, shareURL, zlibEncode } from './util.js';
-import { WidgetManager } from './widgets.js';
+import { WidgetManager } from './widget-views.js';
 
 const DETACH_QUIET_MS = 2500; // a finished one-shot kernel is released after this quiet time
 const LINKED_TIMEOUT = 1800; // idle timeout (s) asked for shared kernels; the server caps it

@@ -12,7 +12,7 @@ import { Kernel } from './kernel.js';
 import { sanitizedNode } from './mime.js';
 import { OutputArea } from './output.js';
 import { zlibDecode, zlibEncode } from './util.js';
-import { WidgetManager } from './widgets.js';
+import { WidgetManager } from './widget-views.js';
 
 /* global SAGECELL_ALIAS, CELLGATE_VERSION */
 

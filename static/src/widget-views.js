@@ -1,35 +1,12 @@
-// ipywidgets over Jupyter comms (target "jupyter.widget"): models kept in
-// sync with the kernel in both directions, and views for the common
-// controls. Two protocols are spoken:
-//  - ipywidgets 6 (Debian's; _model_module "jupyter-js-widgets"): comm_open
-//    data is the state itself; the front end sends {method: "backbone",
-//    sync_data}; the kernel checks the front end over the
-//    "jupyter.widget.version" comm.
-//  - protocol 2.x (ipywidgets 7 and 8): comm_open data {state, buffer_paths}
-//    with metadata {version: "2.x"}; the front end sends {method: "update",
-//    state, buffer_paths}; the kernel may answer with "echo_update".
+// Views of ipywidgets models: the DOM of the common controls, and the
+// widget manager that renders them into output areas. The protocol (comms,
+// state sync, protocol versions) is widget-models.js, which this module
+// imports and which knows nothing of it.
 
 import { OutputArea } from './output.js';
 import { sanitizedNode, typeset } from './mime.js';
-import { el, Emitter } from './util.js';
-
-const OLD_FRONTEND_VERSION = '2.1.4';
-
-function isOldProtocol(data, metadata) {
-  const v = metadata && metadata.version;
-  if (v && /^2\./.test(String(v))) return false;
-  if (data && typeof data.state === 'object' && data.state !== null && ('_model_name' in data.state || 'buffer_paths' in data)) return false;
-  return true;
-}
-
-function setAtPath(obj, path, value) {
-  let o = obj;
-  for (let i = 0; i < path.length - 1; i++) {
-    if (o[path[i]] === undefined) o[path[i]] = typeof path[i + 1] === 'number' ? [] : {};
-    o = o[path[i]];
-  }
-  o[path[path.length - 1]] = value;
-}
+import { el } from './util.js';
+import { ModelManager, WidgetModel, options, selectIndex, selectedIndex } from './widget-models.js';
 
 /** formatNumber applies a Python format spec such as ".2f", "d", ".3g", ",". */
 export function formatNumber(value, spec) {
@@ -68,225 +45,11 @@ export function formatNumber(value, spec) {
   return s;
 }
 
-/** A widget model, in sync with the kernel's. */
-export class WidgetModel extends Emitter {
-  constructor(manager, id, state, protocol) {
-    super();
-    this.manager = manager;
-    this.id = id;
-    this.state = state;
-    this.protocol = protocol; // 'old' | '2'
-    this.closed = false;
-    this._inFlight = false;
-    this._pending = null;
-    this._pendingArea = null;
-  }
-
-  get(key) {
-    return this.state[key];
-  }
-
-  /** ref resolves a model reference ("IPY_MODEL_<id>"). */
-  ref(value) {
-    return this.manager.resolve(value);
-  }
-
-  get viewName() {
-    return String(this.state._view_name || '').replace(/View$/, '');
-  }
-
-  get modelName() {
-    return String(this.state._model_name || '').replace(/Model$/, '');
-  }
-
-  applyState(patch) {
-    Object.assign(this.state, patch);
-    this.emit('change', patch);
-  }
-
-  /** set changes keys from the user's side and syncs them to the kernel. */
-  set(patch, area) {
-    Object.assign(this.state, patch);
-    this.emit('change', patch, true);
-    this.sync(patch, area);
-  }
-
-  sync(patch, area) {
-    if (this.closed) return;
-    if (this._inFlight) {
-      this._pending = { ...(this._pending || {}), ...patch };
-      this._pendingArea = area || this._pendingArea;
-      return;
-    }
-    this._send(patch, area);
-  }
-
-  _send(patch, area) {
-    const data =
-      this.protocol === 'old' ? { method: 'backbone', sync_data: patch, buffer_keys: [] } : { method: 'update', state: patch, buffer_paths: [] };
-    this._inFlight = true;
-    const release = () => {
-      if (!this._inFlight) return;
-      this._inFlight = false;
-      clearTimeout(timer);
-      if (this._pending) {
-        const next = this._pending;
-        const nextArea = this._pendingArea;
-        this._pending = null;
-        this._pendingArea = null;
-        this._send(next, nextArea);
-      }
-    };
-    // Never wait for ever on a kernel that lost the reply.
-    const timer = setTimeout(release, 30000);
-    this.manager.commSend(this.id, data, area, (msg) => {
-      if (msg.header.msg_type === 'status' && msg.content.execution_state === 'idle') release();
-    });
-  }
-
-  /** custom sends a custom message (e.g. a button click). */
-  custom(content, area) {
-    if (this.closed) return;
-    this.manager.commSend(this.id, { method: 'custom', content }, area);
-  }
-
-  handleMsg(data, buffers) {
-    const method = data.method;
-    if (method === 'update' || method === 'echo_update') {
-      const state = { ...(data.state || {}) };
-      if (Array.isArray(data.buffer_paths)) data.buffer_paths.forEach((p, i) => setAtPath(state, p, buffers[i]));
-      if (Array.isArray(data.buffers) && this.protocol === 'old') data.buffers.forEach((k, i) => (state[k] = buffers[i]));
-      // Our own echo: skip keys we still have pending changes for.
-      if (method === 'echo_update' && this._pending) for (const k of Object.keys(this._pending)) delete state[k];
-      this.applyState(state);
-    } else if (method === 'custom') {
-      this.emit('custom', data.content, buffers);
-    }
-    // "display" (ipywidgets 6) is ignored: the display_data that follows it shows the view.
-  }
-
-  close() {
-    this.closed = true;
-    this.emit('close');
-  }
-}
-
-/** WidgetManager keeps the widget models of one kernel. */
-export class WidgetManager {
+/** WidgetManager is the ModelManager of one kernel, with views of its models. */
+export class WidgetManager extends ModelManager {
   constructor(kernel) {
-    this.kernel = kernel;
-    this.models = new Map();
-    this.waiting = new Map(); // model id → callbacks waiting for it
-    this.versionComm = null;
-    this.disabled = false;
+    super(kernel);
     this.roots = []; // {model, area, node}: views displayed in output areas
-
-    kernel.commHandler = (msg) => this.handleComm(msg);
-  }
-
-  get openCount() {
-    let n = 0;
-    for (const m of this.models.values()) if (!m.closed) n++;
-    return n;
-  }
-
-  resolve(value) {
-    if (typeof value === 'string' && value.startsWith('IPY_MODEL_')) return this.models.get(value.slice(10)) || null;
-    return value;
-  }
-
-  handleComm(msg) {
-    const c = msg.content || {};
-    const type = msg.header.msg_type;
-    if (type === 'comm_open') {
-      if (c.target_name !== 'jupyter.widget') {
-        if (c.target_name) this.commClose(c.comm_id);
-        return;
-      }
-      const old = isOldProtocol(c.data, msg.metadata);
-      const state = old ? { ...(c.data || {}) } : { ...((c.data && c.data.state) || {}) };
-      if (!old && Array.isArray(c.data?.buffer_paths)) c.data.buffer_paths.forEach((p, i) => setAtPath(state, p, (msg.buffers || [])[i]));
-      const model = new WidgetModel(this, c.comm_id, state, old ? 'old' : '2');
-      this.models.set(c.comm_id, model);
-      if (state._model_name === 'OutputModel') this._watchOutput(model);
-      if (old && !this.versionComm) this._openVersionComm();
-      return;
-    }
-    if (type === 'comm_msg') {
-      if (this.versionComm && c.comm_id === this.versionComm) {
-        if (c.data && 'version' in c.data) {
-          this.commSend(this.versionComm, { validated: true, frontend_version: OLD_FRONTEND_VERSION });
-        }
-        return;
-      }
-      const model = this.models.get(c.comm_id);
-      if (model) model.handleMsg(c.data || {}, msg.buffers || []);
-      return;
-    }
-    if (type === 'comm_close') {
-      const model = this.models.get(c.comm_id);
-      if (model) {
-        this.models.delete(c.comm_id);
-        model.close();
-      }
-    }
-  }
-
-  _openVersionComm() {
-    this.versionComm = `cgver-${Math.random().toString(36).slice(2)}`;
-    const msg = this.kernel.message('shell', 'comm_open', { comm_id: this.versionComm, target_name: 'jupyter.widget.version', data: {} });
-    this.kernel.send(msg);
-  }
-
-  commSend(commId, data, area, onReply) {
-    const msg = this.kernel.message('shell', 'comm_msg', { comm_id: commId, data }, { metadata: { version: '2.1.0' } });
-    this.kernel.send(msg, (reply) => {
-      if (onReply) onReply(reply);
-      // Output a callback prints outside any Output widget goes to the
-      // output area of the view the user touched.
-      if (area && reply.channel === 'iopub') area.handle(reply);
-    });
-  }
-
-  commClose(commId) {
-    const msg = this.kernel.message('shell', 'comm_close', { comm_id: commId, data: {} });
-    this.kernel.send(msg);
-  }
-
-  // Output widgets capture the output of the request whose msg_id they hold.
-  _watchOutput(model) {
-    model.outputs = [];
-    model.areas = new Set();
-    let captured = '';
-    const capture = (msg) => {
-      const t = msg.header.msg_type;
-      if (!['stream', 'display_data', 'execute_result', 'error', 'clear_output', 'update_display_data'].includes(t)) return false;
-      for (const area of model.areas) {
-        if (area.root.isConnected) area.handle(msg);
-        else model.areas.delete(area);
-      }
-      if (t === 'clear_output') model.outputs = msg.content.wait ? model.outputs.concat([msg]) : [];
-      else model.outputs.push(msg);
-      return true;
-    };
-    const update = () => {
-      const id = model.get('msg_id') || '';
-      if (id === captured) return;
-      if (captured) this.kernel.captures.delete(captured);
-      captured = id;
-      if (id) this.kernel.captures.set(id, capture);
-    };
-    model.on('change', (patch) => {
-      if ('msg_id' in patch) update();
-      if ('outputs' in patch && Array.isArray(patch.outputs) && patch.outputs.length) {
-        model.outputs = [];
-        for (const area of model.areas) renderNbOutputs(area, patch.outputs);
-      }
-    });
-    model.on('close', () => {
-      if (captured) this.kernel.captures.delete(captured);
-    });
-    update();
   }
 
   /** viewFor renders a view of a model, or null if it is unknown. */
@@ -325,12 +88,6 @@ export class WidgetManager {
       out.push({ state, bookmarks: [] });
     }
     return out;
-  }
-
-  /** disableAll greys out every view once the kernel is gone. */
-  disableAll() {
-    this.disabled = true;
-    for (const m of this.models.values()) m.emit('dead');
   }
 }
 
@@ -407,29 +164,6 @@ function description(model) {
   });
   void d;
   return label;
-}
-
-function options(model) {
-  const labels = model.get('_options_labels');
-  if (Array.isArray(labels)) return labels.map(String);
-  const opts = model.get('options');
-  if (Array.isArray(opts)) return opts.map((o) => (Array.isArray(o) ? String(o[0]) : String(o)));
-  return [];
-}
-
-// selectedIndex reads a selection: "index" (protocol 2) or the label value (ipywidgets 6).
-function selectedIndex(model) {
-  const idx = model.get('index');
-  if (typeof idx === 'number') return idx;
-  if (Array.isArray(idx)) return idx;
-  const v = model.get('value');
-  if (v === null || v === undefined) return -1;
-  return options(model).indexOf(String(v));
-}
-
-function selectIndex(model, i, area) {
-  if ('index' in model.state || model.protocol !== 'old') model.set({ index: i }, area);
-  else model.set({ value: options(model)[i] }, area);
 }
 
 function makeControl(model, ctx, control, { labelled = true } = {}) {
@@ -860,6 +594,10 @@ function outputView(model, ctx) {
   model.areas.add(area);
   for (const msg of model.outputs) area.handle(msg);
   if (Array.isArray(model.get('outputs')) && model.get('outputs').length && !model.outputs.length) renderNbOutputs(area, model.get('outputs'));
+  // Outputs the kernel sets (nbformat) replace what the area shows.
+  model.on('change', (patch) => {
+    if ('outputs' in patch && Array.isArray(patch.outputs) && patch.outputs.length && model.areas.has(area)) renderNbOutputs(area, patch.outputs);
+  });
   applyLayout(model, root);
   return root;
 }
