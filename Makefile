@@ -1,10 +1,12 @@
-# cellgate: `make run` to serve the demo, `make test` to run every test.
+# cellgate: `make run` to serve the demo, `make test` to run every test,
+# `make check` for the fast edit loop.
 GO       ?= go
 BIN      := bin/cellgate
 GOFLAGS  ?=
 TESTFLAGS ?= -timeout 40m
+CHECKFLAGS ?= -timeout 5m
 
-.PHONY: all deps build run test bench vet fmt-check clean
+.PHONY: all deps build run test check bench vet fmt-check clean
 
 all: build
 
@@ -29,6 +31,12 @@ fmt-check:
 
 test: deps fmt-check vet
 	$(GO) test $(TESTFLAGS) ./...
+
+# check: gofmt, vet and go test -short, with no deps prerequisite: no
+# installs, no root. -short skips what starts real kernels, the bwrap
+# sandbox, the browser or the database (it assumes `make deps` ran once).
+check: fmt-check vet
+	$(GO) test -short $(CHECKFLAGS) ./...
 
 bench: deps build
 	@scripts/bench.sh
