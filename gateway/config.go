@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/cellgate/cellgate/gateway/permalink"
@@ -67,8 +68,9 @@ type Config struct {
 	SandboxWarning string
 	// Storage holds permalinks and kernel files; zero disables them.
 	Storage Storage
-	// Metrics receives the gateway's series; nil makes a set of its own.
-	Metrics *Metrics
+	// Metrics is the registry the gateway registers its series with and
+	// serves on /metrics (NewRegistry); nil makes one of its own.
+	Metrics *prometheus.Registry
 	Log     zerolog.Logger
 }
 

@@ -57,11 +57,11 @@ func newTestEnvWith(t testing.TB, ready int, maxKernels int, tweak func(*Config)
 	if tweakKernel != nil {
 		tweakKernel(&kcfg)
 	}
-	// The metrics exist before the pool, so its first kernel starts count.
-	m := NewMetrics(nil)
+	// One registry, as cellgate serve makes it: the pool's series and the
+	// gateway's on one /metrics.
+	m := NewRegistry()
 	pool, err := kernelpool.New(kernelpool.Config{
-		Specs: specs, Ready: map[string]int{"python3": ready}, MaxKernels: maxKernels, Kernel: kcfg,
-		OnStart: m.ObserveKernelStart,
+		Specs: specs, Ready: map[string]int{"python3": ready}, MaxKernels: maxKernels, Kernel: kcfg, Metrics: m,
 	})
 	if err != nil {
 		t.Fatal(err)

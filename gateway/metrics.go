@@ -1,8 +1,6 @@
 package gateway
 
 import (
-	"time"
-
 	"github.com/labstack/echo/v4"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -11,73 +9,44 @@ import (
 	"github.com/cellgate/cellgate/gateway/session"
 )
 
-// Metrics are the gateway's Prometheus series, on a registry of their own.
-// Make them with NewMetrics before the pool when its first kernel starts
-// should be recorded, and give them to one Server through Config.Metrics.
-type Metrics struct {
-	registry    *prometheus.Registry
-	session     *session.Metrics
-	leaseWait   *prometheus.HistogramVec
-	kernelStart *prometheus.HistogramVec
-	sessions    *prometheus.CounterVec
+// NewRegistry is the registry a cellgate process serves on /metrics: the
+// Go runtime's and the process's series. Each component (the pool, the
+// gateway) registers its own series with it as it is made.
+func NewRegistry() *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return reg
 }
 
-// NewMetrics makes the gateway's series on reg (nil: a registry of their
-// own, with the Go and process collectors).
-func NewMetrics(reg *prometheus.Registry) *Metrics {
-	if reg == nil {
-		reg = prometheus.NewRegistry()
-		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	}
-	m := &Metrics{
+// metrics are the gateway's series: the sessions' own (package session)
+// and those of starting and counting sessions.
+type metrics struct {
+	registry  *prometheus.Registry
+	session   *session.Metrics
+	leaseWait *prometheus.HistogramVec
+	sessions  *prometheus.CounterVec
+}
+
+// newMetrics registers the gateway's series with reg, among them the
+// live sessions and the permalink queue, read at scrape time; sm are the
+// sessions' own, already registered.
+func newMetrics(reg *prometheus.Registry, sm *session.Metrics, sessions *registry, permalinks PermalinkStore) *metrics {
+	m := &metrics{
 		registry: reg,
-		session:  session.NewMetrics(reg),
+		session:  sm,
 		leaseWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "cellgate_lease_wait_seconds", Help: "Time a request waited for a kernel from the pool.", Buckets: session.Buckets(),
 		}, []string{"kernel"}),
-		kernelStart: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "cellgate_kernel_start_seconds", Help: "Kernel cold start, launch to ready.", Buckets: session.Buckets(),
-		}, []string{"kernel", "result"}),
 		sessions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cellgate_sessions_total", Help: "Sessions started, by API.",
 		}, []string{"api"}),
 	}
-	reg.MustRegister(m.leaseWait, m.kernelStart, m.sessions)
+	reg.MustRegister(m.leaseWait, m.sessions, &sessionCollector{sessions: sessions, permalinks: permalinks})
 	return m
 }
 
-// watch adds the series read at scrape time from the pool, the sessions
-// and the permalink store.
-func (m *Metrics) watch(pool Pool, sessions *registry, permalinks PermalinkStore) {
-	m.registry.MustRegister(&poolCollector{pool: pool}, &sessionCollector{sessions: sessions, permalinks: permalinks})
-}
-
-func (m *Metrics) handler() echo.HandlerFunc {
+func (m *metrics) handler() echo.HandlerFunc {
 	return echo.WrapHandler(promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
-}
-
-// ObserveKernelStart records a kernel start; the pool's OnStart calls it.
-func (m *Metrics) ObserveKernelStart(kernelName string, took time.Duration, err error) {
-	result := "ok"
-	if err != nil {
-		result = "error"
-	}
-	m.kernelStart.WithLabelValues(kernelName, result).Observe(took.Seconds())
-}
-
-// poolCollector reads the pool's state at scrape time.
-type poolCollector struct{ pool Pool }
-
-var poolDesc = prometheus.NewDesc("cellgate_pool_kernels", "Kernels per kernelspec and state.", []string{"kernel", "state"}, nil)
-
-func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) { ch <- poolDesc }
-
-func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, st := range c.pool.Stats() {
-		for state, n := range map[string]int{"ready": st.Ready, "starting": st.Starting, "leased": st.Leased, "waiting": st.Waiting, "wanted": st.Want} {
-			ch <- prometheus.MustNewConstMetric(poolDesc, prometheus.GaugeValue, float64(n), st.Name, state)
-		}
-	}
 }
 
 // sessionCollector reports live sessions and the permalink queue.

@@ -33,6 +33,7 @@ func TestMetricsAndHealth(t *testing.T) {
 		`cellgate_errors_total{kind="client_message"} 1`,
 		`cellgate_messages_total{channel="shell",direction="in"} 1`,
 		`cellgate_lease_wait_seconds_count{kernel="python3"} 1`,
+		`cellgate_kernel_start_seconds_count{kernel="python3",result="ok"}`,
 		"process_resident_memory_bytes",
 	} {
 		if !strings.Contains(text, want) {

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/cellgate/cellgate/gateway/session"
 )
 
@@ -20,7 +22,7 @@ var (
 // per client key for the caps, and keeps tombstones of ended ones.
 type registry struct {
 	maxPerAddr, maxPerClient int
-	metrics                  *Metrics
+	errors                   *prometheus.CounterVec
 
 	mu       sync.Mutex
 	live     map[string]*session.Session
@@ -30,8 +32,8 @@ type registry struct {
 	draining bool
 }
 
-func newRegistry(maxPerAddr, maxPerClient int, m *Metrics) *registry {
-	return &registry{maxPerAddr: maxPerAddr, maxPerClient: maxPerClient, metrics: m,
+func newRegistry(maxPerAddr, maxPerClient int, errorCount *prometheus.CounterVec) *registry {
+	return &registry{maxPerAddr: maxPerAddr, maxPerClient: maxPerClient, errors: errorCount,
 		live: map[string]*session.Session{}, perAddr: map[string]int{}, perKey: map[string]int{}}
 }
 
@@ -46,11 +48,11 @@ func (r *registry) reserve(remote, clientKey string) (release func(), err error)
 		return nil, errDraining
 	}
 	if n := r.perAddr[remote]; n >= r.maxPerAddr {
-		r.metrics.session.Errors.WithLabelValues("client_cap").Inc()
+		r.errors.WithLabelValues("client_cap").Inc()
 		return nil, fmt.Errorf("%w: %d kernels for address %s", errClientCap, n, remote)
 	}
 	if n := r.perKey[clientKey]; clientKey != "" && n >= r.maxPerClient {
-		r.metrics.session.Errors.WithLabelValues("client_cap").Inc()
+		r.errors.WithLabelValues("client_cap").Inc()
 		return nil, fmt.Errorf("%w: %d kernels for client %s", errClientCap, n, clientKey)
 	}
 	r.perAddr[remote]++

@@ -38,7 +38,7 @@ type Server struct {
 	pool       Pool
 	echo       *echo.Echo
 	log        zerolog.Logger
-	metrics    *Metrics
+	metrics    *metrics
 	sessions   *registry
 	notebooks  notebooks
 	permalinks *permalink.Recorder // nil without a permalink store
@@ -52,11 +52,13 @@ type Server struct {
 func New(cfg Config, pool Pool) *Server {
 	cfg = cfg.withDefaults()
 	s := &Server{cfg: cfg, pool: pool, log: cfg.Log, started: time.Now()}
-	s.metrics = cfg.Metrics
-	if s.metrics == nil {
-		s.metrics = NewMetrics(nil)
+	reg := cfg.Metrics
+	if reg == nil {
+		reg = NewRegistry()
 	}
-	s.sessions = newRegistry(cfg.MaxKernelsPerAddr, cfg.MaxKernelsPerClient, s.metrics)
+	sessionMetrics := session.NewMetrics(reg)
+	s.sessions = newRegistry(cfg.MaxKernelsPerAddr, cfg.MaxKernelsPerClient, sessionMetrics.Errors)
+	s.metrics = newMetrics(reg, sessionMetrics, s.sessions, cfg.Storage.Permalinks)
 	if cfg.Storage.Permalinks != nil {
 		ledger := cfg.Storage.Ledger
 		if ledger == nil {
@@ -66,7 +68,6 @@ func New(cfg Config, pool Pool) *Server {
 			s.metrics.session.Storage.WithLabelValues("permalink_save").Observe(took.Seconds())
 		}, cfg.Log)
 	}
-	s.metrics.watch(s.pool, s.sessions, cfg.Storage.Permalinks)
 	s.echo = s.routes()
 	return s
 }
@@ -136,7 +137,7 @@ func (s *Server) watchFiles(k *kernelpool.Kernel, kernelName, baseURL string) (s
 		s.log.Warn().Err(err).Str("session", k.ID).Msg("kernel files will not be uploaded")
 		return nil, nil
 	}
-	return session.WatchExecutions(w), func(id, name string) string { return fileURL(baseURL, id, name) }
+	return w, func(id, name string) string { return fileURL(baseURL, id, name) }
 }
 
 // forget drops an ended session from the registry and its notebooks.

@@ -406,7 +406,7 @@ func TestUntrackedFilesAreToldAbout(t *testing.T) {
 	c := env.dialSage(k.ID, "")
 	c.execute("import time\ntime.sleep(1)")
 	var last string
-	for range session.MaxTrackedExecutions + 1 {
+	for range storage.DefaultFileLimits().MaxTrackedExecutions + 1 {
 		last = c.execute("pass")
 	}
 	frames := replyAndIdle(c, last)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	zmq "github.com/pebbe/zmq4"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
 
 	"github.com/cellgate/cellgate/jupytermsg"
@@ -36,8 +37,11 @@ type Config struct {
 	// uses about ten. Zero means DefaultMaxSockets.
 	MaxSockets int
 	Kernel     KernelConfig
-	// OnStart, if set, is told of every kernel start (for metrics).
+	// OnStart, if set, is told of every kernel start.
 	OnStart func(spec string, took time.Duration, err error)
+	// Metrics is where the pool registers its series (kernel starts,
+	// kernels per state); nil registers none.
+	Metrics prometheus.Registerer
 }
 
 // DefaultReady is the pool size used when Config.Ready is nil.
@@ -58,9 +62,10 @@ func DefaultConfig() Config {
 
 // Pool keeps prewarmed kernels per kernelspec and leases them out.
 type Pool struct {
-	cfg  Config
-	zctx *zmq.Context
-	log  zerolog.Logger
+	cfg     Config
+	zctx    *zmq.Context
+	log     zerolog.Logger
+	metrics *metrics
 
 	mu       sync.Mutex
 	specs    map[string]*specPool
@@ -140,6 +145,8 @@ func New(cfg Config) (*Pool, error) {
 	for name := range cfg.Specs {
 		p.specs[name] = &specPool{name: name, want: cfg.Ready[name], leased: map[*Kernel]struct{}{}}
 	}
+	// Registered before the first start, so every start is counted.
+	p.metrics = newMetrics(cfg.Metrics, p)
 	p.wg.Add(1)
 	go p.retryLoop()
 	p.mu.Lock()
@@ -287,7 +294,7 @@ func (p *Pool) startOne(sp *specPool) {
 	cfg.Spec = p.cfg.Specs[sp.name]
 	began := time.Now()
 	k, err := StartKernel(p.runCtx, p.zctx, cfg)
-
+	p.metrics.started(sp.name, time.Since(began), err)
 	if p.cfg.OnStart != nil {
 		p.cfg.OnStart(sp.name, time.Since(began), err)
 	}

@@ -151,9 +151,10 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 		return context.WithDeadline(context.Background(), shutdownBegan.Add(o.drainTimeout))
 	}
 
-	// The metrics exist before the pool, so its first kernel starts count.
-	metrics := gateway.NewMetrics(nil)
-	poolCfg.Specs, poolCfg.OnStart = specs, metrics.ObserveKernelStart
+	// One registry for the process: the pool and the gateway each register
+	// their own series with it as they are made.
+	metrics := gateway.NewRegistry()
+	poolCfg.Specs, poolCfg.Metrics = specs, metrics
 	poolCfg.Kernel.Launcher, poolCfg.Kernel.RuntimeRoot, poolCfg.Kernel.WorkRoot, poolCfg.Kernel.Log = launcher, runtimeRoot, workRoot, log
 	pool, err := kernelpool.New(poolCfg)
 	if err != nil {

@@ -4,20 +4,14 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/cellgate/cellgate/jupytermsg"
 	"github.com/cellgate/cellgate/storage"
 )
 
-// MaxTrackedExecutions bounds the executions whose "before" state a
-// session keeps; the files of executions queued beyond it are not uploaded
-// (and the client is told).
-const MaxTrackedExecutions = 64
-
 // Watcher follows a kernel's working directory across executions and
-// uploads what each one wrote.
+// uploads what each one wrote (storage.Watcher).
 type Watcher interface {
 	// BeforeExecution takes the state key's changes are measured
 	// against; false when none is kept.
@@ -32,107 +26,6 @@ type Watcher interface {
 	Latest(name string) (string, bool)
 	Close() error
 }
-
-// WatchExecutions adapts a storage watcher to Watcher.
-func WatchExecutions(w *storage.Watcher) Watcher {
-	return &executionFiles{watcher: w, before: map[string]baseline{}, byName: map[string]string{}}
-}
-
-// executionFiles remembers, per execute_request, the working directory as
-// it was before, so the files it created can be found after.
-type executionFiles struct {
-	watcher *storage.Watcher
-
-	mu     sync.Mutex
-	before map[string]baseline
-	gen    uint64            // bumped at the start of every upload
-	byName map[string]string // file name → id of its latest upload
-}
-
-// baseline is the state an execution's changes are measured against.
-type baseline struct {
-	snap storage.Snapshot
-	gen  uint64
-}
-
-// beforeExecute takes the snapshot the upload compares against; false
-// when none is kept for this execution.
-func (f *executionFiles) BeforeExecution(msgID string) bool {
-	snap, err := f.watcher.Snapshot()
-	if err != nil {
-		return false
-	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if len(f.before) >= MaxTrackedExecutions {
-		return false
-	}
-	f.before[msgID] = baseline{snap: snap, gen: f.gen}
-	return true
-}
-
-// tracks reports whether an upload is due when msgID replies.
-func (f *executionFiles) Tracks(msgID string) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	_, ok := f.before[msgID]
-	return ok
-}
-
-func (f *executionFiles) Forget(msgID string) {
-	f.mu.Lock()
-	delete(f.before, msgID)
-	f.mu.Unlock()
-}
-
-// AfterExecution uploads what the execution wrote.
-//
-// Executions queue in the kernel: one sent while another still ran took
-// its snapshot before the other's files existed. So every execution that
-// was waiting when an upload started measures from the directory as that
-// upload found it, and no file is uploaded again under the next execution.
-// The upload's own scan serves: scanning again for this would double the
-// cost of every execution in a large directory.
-func (f *executionFiles) AfterExecution(ctx context.Context, msgID, permalink string) (storage.UploadReport, bool, error) {
-	f.mu.Lock()
-	before, ok := f.before[msgID]
-	delete(f.before, msgID)
-	if ok {
-		f.gen++
-	}
-	gen := f.gen
-	f.mu.Unlock()
-	if !ok {
-		return storage.UploadReport{}, false, nil
-	}
-	report, err := f.watcher.UploadChanged(ctx, before.snap, permalink)
-	f.mu.Lock()
-	if report.After != nil {
-		for id, b := range f.before {
-			// Executions sent since the upload started (gen) keep their
-			// own snapshots: they were taken after the ones waiting.
-			if b.gen < gen {
-				f.before[id] = baseline{snap: *report.After, gen: gen}
-			}
-		}
-	}
-	for _, up := range report.Files {
-		if up.Skipped == "" {
-			f.byName[up.Name] = up.ID
-		}
-	}
-	f.mu.Unlock()
-	return report, true, err
-}
-
-func (f *executionFiles) Latest(name string) (string, bool) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	id, ok := f.byName[name]
-	return id, ok
-}
-
-func (f *executionFiles) Close() error { return f.watcher.Close() }
 
 // uploader uploads a session's files off the pump, one execution at a
 // time in reply order, so storage never stalls the kernel's output. It
