@@ -274,6 +274,12 @@ func (w *Watcher) uploadChanged(ctx context.Context, before Snapshot, permalink 
 // MaxTrackedExecutions executions are already waiting. Calling it again for a key tracked
 // replaces the key's baseline.
 func (w *Watcher) BeforeExecution(key string) bool {
+	// The generation is read before the scan: an upload that starts during
+	// the scan may find files the scan missed (an execution still running
+	// wrote them), so this baseline must count as older and be rebased.
+	w.execMu.Lock()
+	gen := w.gen
+	w.execMu.Unlock()
 	snap, err := w.Snapshot()
 	if err != nil {
 		return false
@@ -283,7 +289,7 @@ func (w *Watcher) BeforeExecution(key string) bool {
 	if len(w.baselines) >= w.files.limits.MaxTrackedExecutions {
 		return false
 	}
-	w.baselines[key] = baseline{snap: snap, gen: w.gen}
+	w.baselines[key] = baseline{snap: snap, gen: gen}
 	return true
 }
 
@@ -340,7 +346,9 @@ func (w *Watcher) AfterExecution(ctx context.Context, key, permalink string) (Up
 		}
 	}
 	for _, f := range report.Files {
-		if f.Skipped == "" {
+		// Bounded like a scan: a kernel that writes new names without end
+		// (empty files cost no session bytes) must not grow this.
+		if _, known := w.latest[f.Name]; f.Skipped == "" && (known || len(w.latest) < w.files.limits.MaxEntries) {
 			w.latest[f.Name] = f.ID
 		}
 	}

@@ -422,6 +422,40 @@ func TestWatcherExecutions(t *testing.T) {
 			}
 		})
 
+		// The names Latest remembers are bounded by MaxEntries: new names past
+		// it are uploaded and announced, but not remembered; known ones still
+		// move to their newest upload.
+		t.Run("latest is bounded", func(t *testing.T) {
+			files := newFiles(s.db, FileLimits{MaxEntries: 3}, testLogger(t))
+			w, dir, _ := watch(t, files, FileOwner{Session: "latest-cap-" + randomHex(4)})
+			beforeExecution(t, w, "1")
+			writeFile(t, filepath.Join(dir, "a.txt"), []byte("a"))
+			writeFile(t, filepath.Join(dir, "b.txt"), []byte("b"))
+			afterExecution(t, w, "1")
+			firstA, _ := w.Latest("a.txt")
+			if err := os.Remove(filepath.Join(dir, "b.txt")); err != nil {
+				t.Fatal(err)
+			}
+			beforeExecution(t, w, "2")
+			writeFile(t, filepath.Join(dir, "c.txt"), []byte("c"))
+			afterExecution(t, w, "2")
+			if err := os.Remove(filepath.Join(dir, "c.txt")); err != nil {
+				t.Fatal(err)
+			}
+			beforeExecution(t, w, "3")
+			writeFile(t, filepath.Join(dir, "d.txt"), []byte("d"))
+			writeFile(t, filepath.Join(dir, "a.txt"), []byte("a2"))
+			if got := afterExecution(t, w, "3"); !slices.Contains(got, "d.txt") {
+				t.Fatalf("d.txt not uploaded past the cap: %q", got)
+			}
+			if _, ok := w.Latest("d.txt"); ok {
+				t.Error("a fourth name remembered past MaxEntries 3")
+			}
+			if id, ok := w.Latest("a.txt"); !ok || id == firstA {
+				t.Errorf("a known name did not move to its newest upload: %q %v (first %q)", id, ok, firstA)
+			}
+		})
+
 		t.Run("forget", func(t *testing.T) {
 			session := "forget-" + randomHex(4)
 			w, dir, _ := watch(t, s.Files(), FileOwner{Session: session})
