@@ -472,3 +472,46 @@ func TestSlowPermalinkNeverStallsTheKernel(t *testing.T) {
 		}
 	}
 }
+
+// Behind a proxy that serves cellgate under a path (--public-url
+// https://host/sub/), every file link keeps the path: the links announced
+// with an execution, and the redirect Sage-cell clients follow from
+// /kernel/{id}/files/{name}. Both are built one way (fileURL).
+func TestFileLinksKeepThePublicURLPath(t *testing.T) {
+	ts := startTestStorage(t, filepath.Join(t.TempDir(), "db"))
+	const public = "https://cells.example.org/sub/"
+	env := newTestEnv(t, 1, 4, func(c *Config) {
+		c.Storage = ts.gateway()
+		c.PublicURL = "https://cells.example.org/sub"
+	})
+	k := env.newKernel(url.Values{"timeout": {"60"}})
+	c := env.dialSage(k.ID, "")
+	_, _, links := execFiles(c, "open('a b.txt', 'w').write('x')")
+	if len(links) != 1 || links[0].URL != public+"files/"+linkID(t, links[0].URL)+"/a%20b.txt" {
+		t.Fatalf("announced links %+v, want one under %sfiles/", links, public)
+	}
+	noRedirect := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	resp, err := noRedirect.Get(env.url("/kernel/" + k.ID + "/files/a%20b.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusFound || resp.Header.Get("Location") != links[0].URL {
+		t.Errorf("redirect %d to %q, want %q", resp.StatusCode, resp.Header.Get("Location"), links[0].URL)
+	}
+	// The proxy strips the prefix: what reaches cellgate is served.
+	if status, body, _ := fetch(t, env.url(strings.TrimPrefix(links[0].URL, strings.TrimSuffix(public, "/")))); status != http.StatusOK || string(body) != "x" {
+		t.Errorf("GET of the link's path: %d %q", status, body)
+	}
+}
+
+// linkID is the upload id in a file link .../files/ID/NAME.
+func linkID(t *testing.T, link string) string {
+	t.Helper()
+	_, rest, ok := strings.Cut(link, "/files/")
+	id, _, ok2 := strings.Cut(rest, "/")
+	if !ok || !ok2 || id == "" {
+		t.Fatalf("link %q has no /files/ID/", link)
+	}
+	return id
+}
