@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -22,6 +24,7 @@ import (
 	"github.com/cellgate/cellgate/jupytermsg"
 	"github.com/cellgate/cellgate/kernelpool"
 	"github.com/cellgate/cellgate/sandbox"
+	"github.com/cellgate/cellgate/storage"
 )
 
 type testEnv struct {
@@ -297,5 +300,110 @@ func (e *testEnv) waitWarm() {
 			e.t.Fatal("pool never warmed")
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// endReason waits for session id to end and returns why.
+func (e *testEnv) endReason(id string) string {
+	e.t.Helper()
+	e.waitEnded(id)
+	t, ok := e.gw.sessions.tombstone(id)
+	if !ok {
+		e.t.Fatalf("no tombstone for ended session %s", id)
+	}
+	return t.reason
+}
+
+type testStorage struct {
+	dir      string
+	embedded *storage.Embedded
+	store    *storage.Store
+	queue    *storage.Queue
+}
+
+// startTestStorage runs the embedded database through the real driver.
+func startTestStorage(t *testing.T, dir string) *testStorage {
+	t.Helper()
+	return startTestStorageWith(t, dir, storage.FileLimits{})
+}
+
+func startTestStorageWith(t *testing.T, dir string, limits storage.FileLimits) *testStorage {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("starts the embedded database and real kernels: slow; make test runs it")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel)
+	emb, err := storage.StartEmbedded(ctx, storage.EmbeddedConfig{Dir: dir, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err := storage.Open(ctx, storage.Config{URI: emb.URI(), Logger: log, ServerSelectionTimeout: time.Second, Files: limits, Embedded: emb})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := storage.NewQueue(context.Background(), store.Permalinks(), storage.QueueConfig{Logger: log, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	ts := &testStorage{dir: dir, embedded: emb, store: store, queue: q}
+	t.Cleanup(func() { ts.stop(t) })
+	return ts
+}
+
+func (ts *testStorage) stop(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if ts.queue != nil {
+		_ = ts.queue.Close(ctx)
+	}
+	_ = ts.store.Close(ctx)
+	_ = ts.embedded.Close()
+}
+
+func (ts *testStorage) gateway() Storage {
+	return Storage{Permalinks: ts.queue, Files: ts.store.Files(), Ping: ts.store.Ping, UploadTimeout: 3 * time.Second}
+}
+
+func newStorageEnv(t *testing.T) (*testEnv, *testStorage) {
+	ts := startTestStorage(t, filepath.Join(t.TempDir(), "db"))
+	env := newTestEnv(t, 1, 4, func(c *Config) { c.Storage = ts.gateway() })
+	return env, ts
+}
+
+// fetch GETs a URL and returns the status, body and headers.
+func fetch(t *testing.T, u string) (int, []byte, http.Header) {
+	t.Helper()
+	resp, err := http.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, body, resp.Header
+}
+
+// metricValue reads one series from /metrics, e.g.
+// `cellgate_clients{transport="polling"}`.
+func (e *testEnv) metricValue(series string) (float64, bool) {
+	e.t.Helper()
+	_, body, _ := fetch(e.t.(*testing.T), e.url("/metrics"))
+	sc := bufio.NewScanner(bytes.NewReader(body))
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		name, value, ok := strings.Cut(sc.Text(), " ")
+		if ok && name == series {
+			f, err := strconv.ParseFloat(value, 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	for i := 0; !cond(); i++ {
+		if i > 1200 {
+			t.Fatalf("%s: never happened", what)
+		}
+		time.Sleep(25 * time.Millisecond)
 	}
 }

@@ -41,3 +41,38 @@ func TestMetricsAndHealth(t *testing.T) {
 		}
 	}
 }
+
+// The series operators watch carry data: kernel starts (the first fill
+// included), storage latency by op, the permalink queue, sessions by
+// transport.
+func TestMetricsCarryData(t *testing.T) {
+	env, _ := newStorageEnv(t)
+	env.waitWarm()
+	k := env.newKernel(url.Values{"timeout": {"60"}})
+	c := env.dialSage(k.ID, "")
+	_, _, links := execFiles(c, "open('m.txt', 'w').write('m')")
+	if len(links) != 1 {
+		t.Fatalf("links %+v", links)
+	}
+	fetch(t, links[0].URL)
+	var created struct{ Query string }
+	env.postForm("/permalink", url.Values{"code": {"1"}}, &created)
+	env.do(http.MethodGet, "/permalink?q="+created.Query, "", "", nil)
+	env.do(http.MethodGet, "/readyz", "", "", nil)
+	for _, series := range []string{
+		`cellgate_kernel_start_seconds_count{kernel="python3",result="ok"}`,
+		`cellgate_storage_seconds_count{op="upload"}`,
+		`cellgate_storage_seconds_count{op="permalink_save"}`,
+		`cellgate_storage_seconds_count{op="permalink_lookup"}`,
+		`cellgate_storage_seconds_count{op="file_open"}`,
+		`cellgate_storage_seconds_count{op="ping"}`,
+		`cellgate_sessions_by_transport{transport="websocket"}`,
+	} {
+		if v, ok := env.metricValue(series); !ok || v < 1 {
+			t.Errorf("%s = %v (present %v)", series, v, ok)
+		}
+	}
+	if _, ok := env.metricValue("cellgate_permalink_queue_depth"); !ok {
+		t.Error("cellgate_permalink_queue_depth missing")
+	}
+}

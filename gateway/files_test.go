@@ -2,91 +2,19 @@ package gateway
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/rs/zerolog"
 
 	"github.com/cellgate/cellgate/gateway/session"
 	"github.com/cellgate/cellgate/storage"
 )
-
-type testStorage struct {
-	dir      string
-	embedded *storage.Embedded
-	store    *storage.Store
-	queue    *storage.Queue
-}
-
-// startTestStorage runs the embedded database through the real driver.
-func startTestStorage(t *testing.T, dir string) *testStorage {
-	t.Helper()
-	return startTestStorageWith(t, dir, storage.FileLimits{})
-}
-
-func startTestStorageWith(t *testing.T, dir string, limits storage.FileLimits) *testStorage {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("starts the embedded database and real kernels: slow; make test runs it")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.ErrorLevel)
-	emb, err := storage.StartEmbedded(ctx, storage.EmbeddedConfig{Dir: dir, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	store, err := storage.Open(ctx, storage.Config{URI: emb.URI(), Logger: log, ServerSelectionTimeout: time.Second, Files: limits, Embedded: emb})
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := storage.NewQueue(context.Background(), store.Permalinks(), storage.QueueConfig{Logger: log, MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
-	ts := &testStorage{dir: dir, embedded: emb, store: store, queue: q}
-	t.Cleanup(func() { ts.stop(t) })
-	return ts
-}
-
-func (ts *testStorage) stop(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if ts.queue != nil {
-		_ = ts.queue.Close(ctx)
-	}
-	_ = ts.store.Close(ctx)
-	_ = ts.embedded.Close()
-}
-
-func (ts *testStorage) gateway() Storage {
-	return Storage{Permalinks: ts.queue, Files: ts.store.Files(), Ping: ts.store.Ping, UploadTimeout: 3 * time.Second}
-}
-
-func newStorageEnv(t *testing.T) (*testEnv, *testStorage) {
-	ts := startTestStorage(t, filepath.Join(t.TempDir(), "db"))
-	env := newTestEnv(t, 1, 4, func(c *Config) { c.Storage = ts.gateway() })
-	return env, ts
-}
-
-// fetch GETs a URL and returns the status, body and headers.
-func fetch(t *testing.T, u string) (int, []byte, http.Header) {
-	t.Helper()
-	resp, err := http.Get(u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	return resp.StatusCode, body, resp.Header
-}
 
 func TestKernelFilesAreStoredAndServed(t *testing.T) {
 	env, _ := newStorageEnv(t)
@@ -165,84 +93,6 @@ print(len(png))`
 	}
 }
 
-func TestPermalinkRoutes(t *testing.T) {
-	env, _ := newStorageEnv(t)
-	var created struct {
-		Query     string `json:"query"`
-		Zip       string `json:"zip"`
-		Interacts string `json:"interacts"`
-		N         any    `json:"n"`
-	}
-	resp := env.postForm("/permalink", url.Values{"code": {"print('hi')"}, "language": {"python3"}, "interacts": {"[]"}, "n": {"2"}}, &created)
-	if resp.StatusCode != http.StatusOK || created.Query == "" || created.N != float64(2) {
-		t.Fatalf("POST /permalink: %d %+v", resp.StatusCode, created)
-	}
-	if code, err := storage.ZipDecode(created.Zip, 1<<20); err != nil || code != "print('hi')" {
-		t.Errorf("zip %q decodes to %q (%v)", created.Zip, code, err)
-	}
-	var again struct{ Query string }
-	env.do(http.MethodPost, "/permalink", "application/json", `{"code":"print('hi')","language":"python3","interacts":"[]"}`, &again)
-	if again.Query != created.Query {
-		t.Errorf("same cell got ids %q and %q", created.Query, again.Query)
-	}
-	for _, path := range []string{"/permalink?q=" + created.Query, "/permalink/" + created.Query} {
-		var cell map[string]string
-		if r := env.do(http.MethodGet, path, "", "", &cell); r.StatusCode != http.StatusOK || cell["code"] != "print('hi')" || cell["language"] != "python3" {
-			t.Errorf("GET %s: %d %v", path, r.StatusCode, cell)
-		}
-	}
-	var e apiError
-	if r := env.do(http.MethodGet, "/permalink?q=doesnotexist", "", "", &e); r.StatusCode != http.StatusNotFound || e.Message == "" {
-		t.Errorf("unknown permalink: %d %+v", r.StatusCode, e)
-	}
-}
-
-// TestDatabaseDownComputationsContinue stops the database mid-run: cells
-// still compute and get permalink ids, which are readable once it is back.
-func TestDatabaseDownComputationsContinue(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "db")
-	ts := startTestStorage(t, dir)
-	env := newTestEnv(t, 1, 4, func(c *Config) { c.Storage = ts.gateway() })
-	// Stop the database under the running gateway; the queue keeps going.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	_ = ts.embedded.Close()
-
-	var res serviceResult
-	env.postForm("/service", url.Values{"code": {"print('db down')"}}, &res)
-	if !res.Success || res.Stdout != "db down\n" {
-		t.Fatalf("computation with the database down: %+v", res)
-	}
-	var ready map[string]any
-	if r := env.do(http.MethodGet, "/readyz", "", "", &ready); r.StatusCode != http.StatusServiceUnavailable {
-		t.Errorf("readyz with the database down: %d %v", r.StatusCode, ready)
-	}
-	var created struct{ Query string }
-	env.postForm("/permalink", url.Values{"code": {"x = 1"}}, &created)
-	if created.Query == "" {
-		t.Fatal("no permalink id while the database is down")
-	}
-	var cell map[string]string
-	if r := env.do(http.MethodGet, "/permalink?q="+created.Query, "", "", &cell); r.StatusCode != http.StatusOK || cell["code"] != "x = 1" {
-		t.Errorf("pending permalink not readable: %d %v", r.StatusCode, cell)
-	}
-	emb, err := storage.StartEmbedded(ctx, storage.EmbeddedConfig{Dir: dir, Logger: zerolog.Nop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts.embedded = emb
-	deadline := time.Now().Add(30 * time.Second)
-	for ts.queue.Len() > 0 && time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
-	}
-	if n := ts.queue.Len(); n != 0 {
-		t.Fatalf("%d permalinks still queued after the database came back", n)
-	}
-	if _, err := ts.store.Permalinks().Get(ctx, created.Query); err != nil {
-		t.Errorf("queued permalink did not land: %v", err)
-	}
-}
-
 // execFiles runs code asking for _sagecell_files and returns the frames
 // up to its reply and idle status, and the files announced for it.
 func execFiles(c *wsClient, code string) (string, []frame, []session.FileLink) {
@@ -293,41 +143,6 @@ func TestFileNamesAreDecodedOnce(t *testing.T) {
 func pyDict(m map[string]string) string {
 	b, _ := json.Marshal(m)
 	return string(b)
-}
-
-// An execution and POST /permalink of the same cell share one id.
-func TestExecutionAndPostedPermalinkAgree(t *testing.T) {
-	env, _ := newStorageEnv(t)
-	k := env.newKernel(url.Values{"timeout": {"60"}})
-	c := env.dialSage(k.ID, "")
-	id := c.execute("print('same cell')")
-	reply, _ := replyTo(replyAndIdle(c, id), id)
-	var meta struct{ Cellgate struct{ Permalink string } }
-	raw, _ := json.Marshal(reply.Metadata)
-	_ = json.Unmarshal(raw, &meta)
-	for _, form := range []url.Values{
-		{"code": {"print('same cell')"}, "language": {"python3"}},
-		{"code": {"print('same cell')"}, "language": {"python3"}, "interacts": {"[]"}},
-	} {
-		var created struct{ Query string }
-		env.postForm("/permalink", form, &created)
-		if created.Query == "" || created.Query != meta.Cellgate.Permalink {
-			t.Errorf("POST /permalink %v gave %q, the execution %q", form, created.Query, meta.Cellgate.Permalink)
-		}
-	}
-}
-
-func TestServiceReturnsItsPermalink(t *testing.T) {
-	env, _ := newStorageEnv(t)
-	var res serviceResult
-	env.postForm("/service", url.Values{"code": {"print('via service')"}}, &res)
-	if !res.Success || res.Permalink == "" {
-		t.Fatalf("result %+v", res)
-	}
-	var cell map[string]string
-	if r := env.do(http.MethodGet, "/permalink?q="+res.Permalink, "", "", &cell); r.StatusCode != http.StatusOK || cell["code"] != "print('via service')" {
-		t.Errorf("GET /permalink?q=%s: %d %v", res.Permalink, r.StatusCode, cell)
-	}
 }
 
 // Executions sent while an earlier one still runs are measured from the
@@ -416,60 +231,6 @@ func TestUntrackedFilesAreToldAbout(t *testing.T) {
 	_, frames, _ = execFiles(c, "for i in range(40):\n    open('f%d.txt' % i, 'w').write('x')")
 	if !strings.Contains(streamText(frames), "too many entries") {
 		t.Errorf("no notice of a truncated scan: %q", streamText(frames))
-	}
-}
-
-// slowPermalinks takes delay to record each permalink, as a journal whose
-// fsync is slow does.
-type slowPermalinks struct {
-	delay time.Duration
-	n     atomic.Int64
-}
-
-func (p *slowPermalinks) Enqueue(storage.Cell) (string, error) {
-	time.Sleep(p.delay)
-	return "slow" + strconv.FormatInt(p.n.Add(1), 10), nil
-}
-
-func (p *slowPermalinks) Get(context.Context, string) (storage.Permalink, error) {
-	return storage.Permalink{}, storage.ErrNotFound
-}
-
-// A permalink slow to record holds its reply back, not the kernel's other
-// output: the next execution's output comes meanwhile, the replies keep
-// their order, and each carries its permalink.
-func TestSlowPermalinkNeverStallsTheKernel(t *testing.T) {
-	env := newTestEnv(t, 1, 4, func(c *Config) {
-		c.Storage.Permalinks = &slowPermalinks{delay: time.Second}
-		c.Storage.ReplyHold = 20 * time.Second
-	})
-	k := env.newKernel(url.Values{"timeout": {"60"}})
-	c := env.dialSage(k.ID, "")
-	first := c.execute("1")
-	second := c.execute("print('meanwhile')")
-	frames := c.until(func(f frame) bool { return f.Header.MsgType == "execute_reply" && f.ParentHeader.MsgID == second })
-	reply, other := -1, -1
-	for i, f := range frames {
-		switch {
-		case f.Header.MsgType == "execute_reply" && f.ParentHeader.MsgID == first:
-			reply = i
-		case f.ParentHeader.MsgID == second && f.str("text") == "meanwhile\n":
-			other = i
-		}
-	}
-	if reply < 0 || other < 0 || other > reply {
-		t.Errorf("first reply at %d, next execution's output at %d of %d: the permalink held the kernel's output up", reply, other, len(frames))
-	}
-	for _, i := range []int{reply, len(frames) - 1} {
-		if i < 0 {
-			continue
-		}
-		var meta struct {
-			Permalink string `json:"permalink"`
-		}
-		if err := json.Unmarshal(frames[i].Metadata["cellgate"], &meta); err != nil || meta.Permalink == "" {
-			t.Errorf("reply to %s carries no permalink: %s", frames[i].ParentHeader.MsgID, frames[i].Metadata["cellgate"])
-		}
 	}
 }
 

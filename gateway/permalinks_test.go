@@ -1,0 +1,183 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"path/filepath"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cellgate/cellgate/storage"
+	"github.com/rs/zerolog"
+)
+
+func TestPermalinkRoutes(t *testing.T) {
+	env, _ := newStorageEnv(t)
+	var created struct {
+		Query     string `json:"query"`
+		Zip       string `json:"zip"`
+		Interacts string `json:"interacts"`
+		N         any    `json:"n"`
+	}
+	resp := env.postForm("/permalink", url.Values{"code": {"print('hi')"}, "language": {"python3"}, "interacts": {"[]"}, "n": {"2"}}, &created)
+	if resp.StatusCode != http.StatusOK || created.Query == "" || created.N != float64(2) {
+		t.Fatalf("POST /permalink: %d %+v", resp.StatusCode, created)
+	}
+	if code, err := storage.ZipDecode(created.Zip, 1<<20); err != nil || code != "print('hi')" {
+		t.Errorf("zip %q decodes to %q (%v)", created.Zip, code, err)
+	}
+	var again struct{ Query string }
+	env.do(http.MethodPost, "/permalink", "application/json", `{"code":"print('hi')","language":"python3","interacts":"[]"}`, &again)
+	if again.Query != created.Query {
+		t.Errorf("same cell got ids %q and %q", created.Query, again.Query)
+	}
+	for _, path := range []string{"/permalink?q=" + created.Query, "/permalink/" + created.Query} {
+		var cell map[string]string
+		if r := env.do(http.MethodGet, path, "", "", &cell); r.StatusCode != http.StatusOK || cell["code"] != "print('hi')" || cell["language"] != "python3" {
+			t.Errorf("GET %s: %d %v", path, r.StatusCode, cell)
+		}
+	}
+	var e apiError
+	if r := env.do(http.MethodGet, "/permalink?q=doesnotexist", "", "", &e); r.StatusCode != http.StatusNotFound || e.Message == "" {
+		t.Errorf("unknown permalink: %d %+v", r.StatusCode, e)
+	}
+}
+
+// TestDatabaseDownComputationsContinue stops the database mid-run: cells
+// still compute and get permalink ids, which are readable once it is back.
+func TestDatabaseDownComputationsContinue(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "db")
+	ts := startTestStorage(t, dir)
+	env := newTestEnv(t, 1, 4, func(c *Config) { c.Storage = ts.gateway() })
+	// Stop the database under the running gateway; the queue keeps going.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_ = ts.embedded.Close()
+
+	var res serviceResult
+	env.postForm("/service", url.Values{"code": {"print('db down')"}}, &res)
+	if !res.Success || res.Stdout != "db down\n" {
+		t.Fatalf("computation with the database down: %+v", res)
+	}
+	var ready map[string]any
+	if r := env.do(http.MethodGet, "/readyz", "", "", &ready); r.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("readyz with the database down: %d %v", r.StatusCode, ready)
+	}
+	var created struct{ Query string }
+	env.postForm("/permalink", url.Values{"code": {"x = 1"}}, &created)
+	if created.Query == "" {
+		t.Fatal("no permalink id while the database is down")
+	}
+	var cell map[string]string
+	if r := env.do(http.MethodGet, "/permalink?q="+created.Query, "", "", &cell); r.StatusCode != http.StatusOK || cell["code"] != "x = 1" {
+		t.Errorf("pending permalink not readable: %d %v", r.StatusCode, cell)
+	}
+	emb, err := storage.StartEmbedded(ctx, storage.EmbeddedConfig{Dir: dir, Logger: zerolog.Nop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.embedded = emb
+	deadline := time.Now().Add(30 * time.Second)
+	for ts.queue.Len() > 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := ts.queue.Len(); n != 0 {
+		t.Fatalf("%d permalinks still queued after the database came back", n)
+	}
+	if _, err := ts.store.Permalinks().Get(ctx, created.Query); err != nil {
+		t.Errorf("queued permalink did not land: %v", err)
+	}
+}
+
+// An execution and POST /permalink of the same cell share one id.
+func TestExecutionAndPostedPermalinkAgree(t *testing.T) {
+	env, _ := newStorageEnv(t)
+	k := env.newKernel(url.Values{"timeout": {"60"}})
+	c := env.dialSage(k.ID, "")
+	id := c.execute("print('same cell')")
+	reply, _ := replyTo(replyAndIdle(c, id), id)
+	var meta struct{ Cellgate struct{ Permalink string } }
+	raw, _ := json.Marshal(reply.Metadata)
+	_ = json.Unmarshal(raw, &meta)
+	for _, form := range []url.Values{
+		{"code": {"print('same cell')"}, "language": {"python3"}},
+		{"code": {"print('same cell')"}, "language": {"python3"}, "interacts": {"[]"}},
+	} {
+		var created struct{ Query string }
+		env.postForm("/permalink", form, &created)
+		if created.Query == "" || created.Query != meta.Cellgate.Permalink {
+			t.Errorf("POST /permalink %v gave %q, the execution %q", form, created.Query, meta.Cellgate.Permalink)
+		}
+	}
+}
+
+func TestServiceReturnsItsPermalink(t *testing.T) {
+	env, _ := newStorageEnv(t)
+	var res serviceResult
+	env.postForm("/service", url.Values{"code": {"print('via service')"}}, &res)
+	if !res.Success || res.Permalink == "" {
+		t.Fatalf("result %+v", res)
+	}
+	var cell map[string]string
+	if r := env.do(http.MethodGet, "/permalink?q="+res.Permalink, "", "", &cell); r.StatusCode != http.StatusOK || cell["code"] != "print('via service')" {
+		t.Errorf("GET /permalink?q=%s: %d %v", res.Permalink, r.StatusCode, cell)
+	}
+}
+
+// slowPermalinks takes delay to record each permalink, as a journal whose
+// fsync is slow does.
+type slowPermalinks struct {
+	delay time.Duration
+	n     atomic.Int64
+}
+
+func (p *slowPermalinks) Enqueue(storage.Cell) (string, error) {
+	time.Sleep(p.delay)
+	return "slow" + strconv.FormatInt(p.n.Add(1), 10), nil
+}
+
+func (p *slowPermalinks) Get(context.Context, string) (storage.Permalink, error) {
+	return storage.Permalink{}, storage.ErrNotFound
+}
+
+// A permalink slow to record holds its reply back, not the kernel's other
+// output: the next execution's output comes meanwhile, the replies keep
+// their order, and each carries its permalink.
+func TestSlowPermalinkNeverStallsTheKernel(t *testing.T) {
+	env := newTestEnv(t, 1, 4, func(c *Config) {
+		c.Storage.Permalinks = &slowPermalinks{delay: time.Second}
+		c.Storage.ReplyHold = 20 * time.Second
+	})
+	k := env.newKernel(url.Values{"timeout": {"60"}})
+	c := env.dialSage(k.ID, "")
+	first := c.execute("1")
+	second := c.execute("print('meanwhile')")
+	frames := c.until(func(f frame) bool { return f.Header.MsgType == "execute_reply" && f.ParentHeader.MsgID == second })
+	reply, other := -1, -1
+	for i, f := range frames {
+		switch {
+		case f.Header.MsgType == "execute_reply" && f.ParentHeader.MsgID == first:
+			reply = i
+		case f.ParentHeader.MsgID == second && f.str("text") == "meanwhile\n":
+			other = i
+		}
+	}
+	if reply < 0 || other < 0 || other > reply {
+		t.Errorf("first reply at %d, next execution's output at %d of %d: the permalink held the kernel's output up", reply, other, len(frames))
+	}
+	for _, i := range []int{reply, len(frames) - 1} {
+		if i < 0 {
+			continue
+		}
+		var meta struct {
+			Permalink string `json:"permalink"`
+		}
+		if err := json.Unmarshal(frames[i].Metadata["cellgate"], &meta); err != nil || meta.Permalink == "" {
+			t.Errorf("reply to %s carries no permalink: %s", frames[i].ParentHeader.MsgID, frames[i].Metadata["cellgate"])
+		}
+	}
+}
