@@ -25,6 +25,7 @@ const deadlockGuard = 60 * time.Second
 // (and those of faultFiles) let a failed upload's cleanup take as long as it needs, so that
 // checking that it happened does not depend on the speed of the machine.
 func proxiedStore(t *testing.T) (*Store, *faultProxy) {
+	slow(t)
 	t.Helper()
 	e := startEmbedded(t, t.TempDir())
 	p := startFaultProxy(t, e)

@@ -212,3 +212,12 @@ func must(t testing.TB, err error) {
 		t.Fatal(err)
 	}
 }
+
+// slow skips a test under go test -short (make check): it waits out
+// timeouts, restarts the database or syncs a journal many times.
+func slow(t *testing.T) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("slow (database faults, restarts or timeouts); make test runs it")
+	}
+}

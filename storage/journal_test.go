@@ -40,6 +40,7 @@ func restartEmbedded(t *testing.T, dir string) {
 
 // unreachableStore is a store whose database was stopped once it was opened.
 func unreachableStore(t *testing.T) *Store {
+	slow(t)
 	t.Helper()
 	e := startEmbedded(t, t.TempDir())
 	s := openStore(t, Config{URI: e.URI(), ServerSelectionTimeout: 200 * time.Millisecond})
@@ -85,6 +86,7 @@ func (l *errorLog) logger(t testing.TB) zerolog.Logger {
 // survive a crash, or a shutdown whose deadline passes, and are written when the queue is opened
 // again with the database back.
 func TestQueueJournalKeepsAcknowledgedPermalinks(t *testing.T) {
+	slow(t)
 	for _, stop := range []string{"crash", "shutdown with the database down"} {
 		t.Run(stop, func(t *testing.T) {
 			ctx := context.Background()
@@ -388,6 +390,7 @@ func TestJournalTornTail(t *testing.T) {
 // TestJournalCompaction: done records do not pile up beyond a bound, and an emptied journal is
 // truncated to its header.
 func TestJournalCompaction(t *testing.T) {
+	slow(t)
 	dir := t.TempDir()
 	j, _, _, err := openJournal(dir)
 	must(t, err)

@@ -209,6 +209,7 @@ func TestPermalinkKey(t *testing.T) {
 // TestMaxCellBytes: the configured cap is enforced, and clamped to what still fits in a BSON
 // document; a cell of the clamped size is stored and read back whole.
 func TestMaxCellBytes(t *testing.T) {
+	slow(t)
 	forEachBackend(t, Config{MaxCellBytes: 64 << 20}, func(t *testing.T, s *Store) {
 		ctx := context.Background()
 		p := s.Permalinks()

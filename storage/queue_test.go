@@ -76,6 +76,7 @@ func TestQueueWritesInBackground(t *testing.T) {
 }
 
 func TestQueueFull(t *testing.T) {
+	slow(t)
 	ctx := context.Background()
 	e := startEmbedded(t, t.TempDir())
 	s := openStore(t, Config{URI: e.URI(), ServerSelectionTimeout: 300 * time.Millisecond})
@@ -130,6 +131,7 @@ func TestQueueFull(t *testing.T) {
 // accepting, serves what it holds, and writes it all once the database is back on the same
 // directory (and, the socket being in that directory, the same address).
 func TestQueueSurvivesDatabaseRestart(t *testing.T) {
+	slow(t)
 	ctx := context.Background()
 	dir := t.TempDir()
 	e := startEmbedded(t, dir)

@@ -142,6 +142,7 @@ func TestOpenFailsClearly(t *testing.T) {
 
 // TestOpenRetriesUntilReachable starts the database after Open began waiting for it.
 func TestOpenRetriesUntilReachable(t *testing.T) {
+	slow(t)
 	dir := t.TempDir()
 	uri := "mongodb://" + url.PathEscape(filepath.Join(dir, embeddedSocketName)) + "/"
 	opened := make(chan error, 1)

@@ -246,6 +246,7 @@ func TestFilesHostileDirectory(t *testing.T) {
 
 // TestFilesDatabaseDown: uploads fail with an error and a complete report, never a panic.
 func TestFilesDatabaseDown(t *testing.T) {
+	slow(t)
 	ctx := context.Background()
 	e := startEmbedded(t, t.TempDir())
 	s := openStore(t, Config{URI: e.URI(), ServerSelectionTimeout: 200 * time.Millisecond})
