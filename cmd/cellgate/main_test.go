@@ -196,6 +196,9 @@ func readUntil(t *testing.T, ws *websocket.Conn, match func(map[string]any) bool
 }
 
 func freeAddr(t *testing.T) string {
+	if testing.Short() {
+		t.Skip("starts cellgate with real kernels and the embedded database: slow; make test runs it")
+	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
