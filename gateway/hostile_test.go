@@ -4,8 +4,9 @@ package gateway
 // leased from the real pool, sandboxed by the real bwrap launcher, driven
 // through the Sage-cell websocket and /service, with storage on. Each
 // attack must fail, and the gateway, a concurrent bystander session and
-// new sessions must carry on. The sandbox package tests the same attacks
-// one level down, with python -c scripts.
+// new sessions must carry on. The sandbox package runs the same payloads
+// (testdata/hostile at the repository's root, read through hostileCode)
+// one level down, as python -c scripts.
 //
 // They need root and bubblewrap, and skip without them. No traffic leaves
 // 127.0.0.1: the network checks read the kernel's interface list and
@@ -322,6 +323,29 @@ func replyTo(frames []frame, id string) (frame, bool) {
 	return frame{}, false
 }
 
+// hostileDir holds the hostile payloads, kept once for this package's
+// tests and the sandbox's; its README says what each attacks and prints.
+const hostileDir = "../testdata/hostile"
+
+// hostileCode returns the hostile payload name as a cell: a first line
+// that sets ARGS to args (through JSON), then the payload.
+func hostileCode(t *testing.T, name string, args map[string]any) string {
+	t.Helper()
+	code, err := os.ReadFile(filepath.Join(hostileDir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if args == nil {
+		args = map[string]any{}
+	}
+	js, err := json.Marshal(args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lit, _ := json.Marshal(string(js)) // a JSON string is a Python string literal
+	return fmt.Sprintf("ARGS = __import__(\"json\").loads(%s)\n%s", lit, code)
+}
+
 // lastJSON decodes the last line of stdout that holds a JSON object.
 func lastJSON(t *testing.T, text string, into any) {
 	t.Helper()
@@ -468,50 +492,6 @@ func TestHostileKernels(t *testing.T) {
 	h.waitWarm() // the pool refilled after all of it
 }
 
-const identityCode = `
-import errno, json, os
-paths = json.loads(%s)
-def err(e):
-    return errno.errorcode.get(e.errno, str(e))
-def probe(p):
-    try:
-        if os.path.isdir(p):
-            return "listed:" + ",".join(sorted(os.listdir(p)))
-        with open(p, "rb") as f:
-            return "read:" + f.read(80).decode("latin-1")
-    except OSError as e:
-        return err(e)
-r = {"uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "groups": os.getgroups()}
-r["paths"] = {p: probe(p) for p in paths}
-procs = {}
-for name in os.listdir("/proc"):
-    if name.isdigit():
-        try:
-            status = open("/proc/%%s/status" %% name).read()
-            uid = [l.split()[1] for l in status.splitlines() if l.startswith("Uid:")][0]
-            cmd = open("/proc/%%s/cmdline" %% name, "rb").read().replace(b"\0", b" ").decode("latin-1")
-            procs[name] = {"uid": int(uid), "cmd": cmd}
-        except OSError:
-            pass
-r["procs"] = procs
-r["env"] = dict(os.environ)
-writes = {}
-for p in ["/usr/cellgate-hostile", "/etc/cellgate-hostile", "/cellgate-hostile", "/proc/sys/kernel/hostname"]:
-    try:
-        with open(p, "w") as f:
-            f.write("x")
-        writes[p] = "written"
-    except OSError as e:
-        writes[p] = err(e)
-r["writes"] = writes
-try:
-    os.setuid(0)
-    r["setuid"] = "root"
-except OSError as e:
-    r["setuid"] = err(e)
-print(json.dumps(r))
-`
-
 // identityAndFiles: the kernel runs under a uid of its own, sees none of
 // the gateway's files, other kernels' directories or processes, and
 // nothing of the gateway's environment.
@@ -538,24 +518,34 @@ func (h *hostileEnv) identityAndFiles(t *testing.T) {
 	// Ancestors of the kernel's own directories exist in the sandbox; they
 	// may list only the way to them.
 	ancestors := []string{h.root, filepath.Join(h.root, "w"), filepath.Join(h.root, "r")}
-	paths, _ := json.Marshal(append(slices.Clone(secrets), ancestors...))
-	frames, dead := a.run(t, fmt.Sprintf(identityCode, pyStr(string(paths))))
+	frames, dead := a.run(t, hostileCode(t, "identity.py", nil))
 	if dead {
 		t.Fatalf("kernel died: %s", streamText(frames))
 	}
 	var r struct {
 		UID, EUID, GID int
 		Groups         []int
-		Paths          map[string]string
-		Procs          map[string]struct {
+		Env            map[string]string
+		Setuid         string
+	}
+	lastJSON(t, streamText(frames), &r)
+	frames, dead = a.run(t, hostileCode(t, "files.py", map[string]any{"paths": append(slices.Clone(secrets), ancestors...)}))
+	if dead {
+		t.Fatalf("kernel died: %s", streamText(frames))
+	}
+	var f struct {
+		Paths map[string]struct {
+			Listed []string
+			Read   string
+			Error  string
+		}
+		Procs map[string]struct {
 			UID int
 			Cmd string
 		}
-		Env    map[string]string
-		Writes map[string]string
-		Setuid string
+		Denied map[string]string
 	}
-	lastJSON(t, streamText(frames), &r)
+	lastJSON(t, streamText(frames), &f)
 	if r.UID == 0 || r.UID == os.Getuid() || r.UID < hostileUIDBase || r.UID >= hostileUIDBase+hostileUIDCount || r.EUID != r.UID || r.GID != r.UID || r.UID != a.uid {
 		t.Errorf("kernel identity uid %d euid %d gid %d: want a uid of its own in %d..%d, not root's or the gateway's (%d)",
 			r.UID, r.EUID, r.GID, hostileUIDBase, hostileUIDBase+hostileUIDCount-1, os.Getuid())
@@ -564,37 +554,36 @@ func (h *hostileEnv) identityAndFiles(t *testing.T) {
 		t.Errorf("supplementary groups %v", r.Groups)
 	}
 	for _, p := range secrets {
-		got := r.Paths[p]
-		if got == "" || strings.HasPrefix(got, "read:") || strings.HasPrefix(got, "listed:") {
-			t.Errorf("kernel reads %s: %.100q", p, got)
+		got, ok := f.Paths[p]
+		if !ok || got.Error == "" {
+			t.Errorf("kernel reads %s: listed %.100q, read %.100q", p, got.Listed, got.Read)
 		}
 	}
 	allowed := []string{"r", "w", a.id}
 	for _, p := range ancestors {
-		got := r.Paths[p]
-		names, listed := strings.CutPrefix(got, "listed:")
-		if !listed {
+		got := f.Paths[p]
+		if got.Error != "" {
 			continue // invisible is fine too
 		}
-		for _, n := range strings.Split(names, ",") {
-			if n != "" && !slices.Contains(allowed, n) {
-				t.Errorf("kernel lists %s in %s (%s)", n, p, got)
+		for _, n := range got.Listed {
+			if !slices.Contains(allowed, n) {
+				t.Errorf("kernel lists %s in %s (%v)", n, p, got.Listed)
 			}
 		}
 	}
-	if len(r.Procs) == 0 {
+	if len(f.Procs) == 0 {
 		t.Error("the kernel saw no process at all in /proc")
 	}
 	var foreign []string
-	for pid, p := range r.Procs {
+	for pid, p := range f.Procs {
 		if p.UID != r.UID || !(strings.HasPrefix(p.Cmd, "/usr/bin/bwrap ") || strings.Contains(p.Cmd, "ipykernel_launcher")) {
 			foreign = append(foreign, fmt.Sprintf("pid %s uid %d %.80q", pid, p.UID, p.Cmd))
 		}
 	}
-	if len(foreign) > 0 || len(r.Procs) > 3 {
+	if len(foreign) > 0 || len(f.Procs) > 3 {
 		slices.Sort(foreign)
 		t.Errorf("/proc in the sandbox shows %d processes, want the sandbox's init and the kernel only; foreign: %d, the first: %v",
-			len(r.Procs), len(foreign), foreign[:min(len(foreign), 5)])
+			len(f.Procs), len(foreign), foreign[:min(len(foreign), 5)])
 	}
 	for k, v := range r.Env {
 		if strings.Contains(v, h.secret) || strings.HasPrefix(k, "CELLGATE_") || strings.HasPrefix(k, "GO") {
@@ -604,7 +593,10 @@ func (h *hostileEnv) identityAndFiles(t *testing.T) {
 	if home := r.Env["HOME"]; home == "" || home == os.Getenv("HOME") {
 		t.Errorf("kernel HOME %q", home)
 	}
-	for p, got := range r.Writes {
+	if len(f.Denied) == 0 {
+		t.Error("the kernel tried no writes")
+	}
+	for p, got := range f.Denied {
 		if got == "written" {
 			t.Errorf("kernel wrote %s", p)
 		}
@@ -615,34 +607,6 @@ func (h *hostileEnv) identityAndFiles(t *testing.T) {
 	h.checkBystander(t)
 	h.endAndCheckGone(t, a)
 }
-
-const networkCode = `
-import errno, json, os, socket
-def err(e):
-    return errno.errorcode.get(e.errno, str(e)) if e.errno else str(e)
-def connect(family, addr):
-    s = socket.socket(family, socket.SOCK_STREAM)
-    s.settimeout(3)
-    try:
-        s.connect(addr)
-        return "connected"
-    except OSError as e:
-        return err(e)
-    finally:
-        s.close()
-gw, db = %s, %s
-r = {"interfaces": sorted(n for _, n in socket.if_nameindex())}
-r["gateway"] = connect(socket.AF_INET, ("127.0.0.1", gw))
-r["gateway localhost"] = connect(socket.AF_INET, ("localhost", gw))
-r["gateway ::1"] = connect(socket.AF_INET6, ("::1", gw))
-r["database"] = connect(socket.AF_INET, ("127.0.0.1", db))
-r["host unix socket"] = connect(socket.AF_UNIX, %s)
-r["host abstract socket"] = connect(socket.AF_UNIX, "\0" + %s)
-r["bystander ipc socket"] = connect(socket.AF_UNIX, %s)
-r["proc net dev"] = sorted(l.split(":")[0].strip() for l in open("/proc/net/dev").read().splitlines()[2:])
-r["sys"] = os.path.exists("/sys/class/net")
-print(json.dumps(r))
-`
 
 // network, through /service: the kernel has its own loopback and nothing
 // else; the gateway's and the database's ports on 127.0.0.1, the host's
@@ -658,50 +622,49 @@ func (h *hostileEnv) network(t *testing.T) {
 		}
 		c.Close()
 	}
-	code := fmt.Sprintf(networkCode, h.gwPort, h.dbPort, pyStr(h.hostUnix), pyStr(h.abstract), pyStr(h.bySocket))
+	targets := map[string][]string{
+		"gateway":              {"inet", "127.0.0.1", h.gwPort},
+		"gateway localhost":    {"inet", "localhost", h.gwPort},
+		"gateway ::1":          {"inet6", "::1", h.gwPort},
+		"database":             {"inet", "127.0.0.1", h.dbPort},
+		"host unix socket":     {"unix", h.hostUnix},
+		"host abstract socket": {"abstract", h.abstract},
+		"bystander ipc socket": {"unix", h.bySocket},
+	}
+	code := hostileCode(t, "network.py", map[string]any{"connect": targets})
 	var res serviceResult
 	resp := h.in(t).postForm("/service", url.Values{"code": {code}}, &res)
 	if resp.StatusCode != http.StatusOK || !res.Success {
 		t.Fatalf("/service: %d %+v", resp.StatusCode, res)
 	}
-	var r map[string]any
+	var r struct {
+		Interfaces []string
+		ProcNetDev []string `json:"proc net dev"`
+		Sys        *bool
+		Connect    map[string]string
+		Own        string `json:"own loopback"`
+	}
 	lastJSON(t, res.Stdout, &r)
-	if ifs, _ := json.Marshal(r["interfaces"]); string(ifs) != `["lo"]` {
-		t.Errorf("kernel sees interfaces %s, want only its loopback", ifs)
+	if !slices.Equal(r.Interfaces, []string{"lo"}) {
+		t.Errorf("kernel sees interfaces %q, want only its loopback", r.Interfaces)
 	}
-	if devs, _ := json.Marshal(r["proc net dev"]); string(devs) != `["lo"]` {
-		t.Errorf("kernel's /proc/net/dev lists %s", devs)
+	if !slices.Equal(r.ProcNetDev, []string{"lo"}) {
+		t.Errorf("kernel's /proc/net/dev lists %q", r.ProcNetDev)
 	}
-	if r["sys"] != false {
-		t.Error("kernel sees /sys/class/net")
+	if r.Sys == nil || *r.Sys {
+		t.Errorf("kernel sees /sys/class/net (%v)", r.Sys)
 	}
-	for _, k := range []string{"gateway", "gateway localhost", "gateway ::1", "database", "host unix socket", "host abstract socket", "bystander ipc socket"} {
-		if got, _ := r[k].(string); got == "" || got == "connected" {
-			t.Errorf("kernel connects to the %s: %q", k, r[k])
+	for k := range targets {
+		if got := r.Connect[k]; got == "" || got == "connected" {
+			t.Errorf("kernel connects to the %s: %q", k, got)
 		}
 	}
-	t.Logf("kernel's connection attempts: %v", r)
+	if r.Own != "connected" {
+		t.Errorf("the kernel's own loopback does not work: %q", r.Own)
+	}
+	t.Logf("kernel's connection attempts: %s", lastLine(res.Stdout))
 	h.checkBystander(t)
 }
-
-const forkBombCode = `
-import json, os, time
-r = {"uid": os.getuid()}
-n = 0
-try:
-    while True:
-        if os.fork() == 0:
-            while True:  # every child forks on, as a real bomb does
-                try:
-                    os.fork()
-                except OSError:
-                    time.sleep(0.05)
-        n += 1
-except OSError as e:
-    r["errno"] = e.errno
-r["forked"] = n
-print(json.dumps(r))
-`
 
 // forkBomb: the bomb stops at the kernel's process limit; while its
 // children keep trying, the gateway, the bystander and new sessions work;
@@ -709,14 +672,18 @@ print(json.dumps(r))
 func (h *hostileEnv) forkBomb(t *testing.T) {
 	h.checkBystander(t)
 	a := h.newAttacker(t)
-	frames, dead := a.run(t, forkBombCode)
+	frames, dead := a.run(t, hostileCode(t, "forkbomb.py", nil))
 	if dead {
 		t.Logf("the fork bomb killed its own kernel: %s", streamText(frames))
 	} else {
-		var r struct{ Errno, Forked int }
+		var r struct {
+			UID    int
+			Errno  string
+			Forked int
+		}
 		lastJSON(t, streamText(frames), &r)
-		if r.Errno != 11 || r.Forked >= hostileProcesses {
-			t.Errorf("fork bomb: errno %d after %d forks (limit %d processes)", r.Errno, r.Forked, hostileProcesses)
+		if r.Errno != "EAGAIN" || r.Forked >= hostileProcesses || r.UID != a.uid {
+			t.Errorf("fork bomb (uid %d): %s after %d forks (limit %d processes)", r.UID, r.Errno, r.Forked, hostileProcesses)
 		}
 	}
 	// The outer bwrap runs as the uid too, outside the sandbox's user
@@ -736,8 +703,9 @@ func (h *hostileEnv) forkBomb(t *testing.T) {
 func (h *hostileEnv) cpuLimit(t *testing.T) {
 	h.checkBystander(t)
 	a := h.newAttacker(t)
+	busy := hostileCode(t, "cpu.py", nil)
 	start := time.Now()
-	id := a.execute(t, "while True: pass")
+	id := a.execute(t, busy)
 	h.checkBystander(t) // while the loop burns
 	frames, dead := a.wait(t, id)
 	if !dead {
@@ -757,33 +725,13 @@ func (h *hostileEnv) cpuLimit(t *testing.T) {
 		serviceResult
 		Message string `json:"message"`
 	}
-	resp := h.in(t).postForm("/service", url.Values{"code": {"while True: pass"}}, &res)
+	resp := h.in(t).postForm("/service", url.Values{"code": {busy}}, &res)
 	if res.Success || res.Error == "" && res.Message == "" {
 		t.Errorf("/service busy loop: %d %+v", resp.StatusCode, res)
 	}
 	t.Logf("/service busy loop: %d, error %q, message %q", resp.StatusCode, res.Error, res.Message)
 	h.serverWorks(t, true)
 }
-
-const memoryCode = `
-import json
-limit = %d
-r = {}
-try:
-    big = bytearray(10 * limit)
-    r["big"] = "allocated"
-    del big
-except MemoryError:
-    r["big"] = "MemoryError"
-chunks = []
-try:
-    while True:
-        chunks.append(bytearray(16 << 20))
-except MemoryError:
-    r["grew"] = len(chunks) * (16 << 20)
-del chunks
-print(json.dumps(r))
-`
 
 // memory, through /service: allocating ten times the limit, then growing
 // until refused, gets MemoryError; the host's memory is untouched.
@@ -793,7 +741,7 @@ func (h *hostileEnv) memory(t *testing.T) {
 		serviceResult
 		Message string `json:"message"`
 	}
-	resp := h.in(t).postForm("/service", url.Values{"code": {fmt.Sprintf(memoryCode, hostileMemory)}}, &res)
+	resp := h.in(t).postForm("/service", url.Values{"code": {hostileCode(t, "memory.py", map[string]any{"limit": hostileMemory})}}, &res)
 	if resp.StatusCode != http.StatusOK || !res.Success {
 		t.Fatalf("/service: %d %+v", resp.StatusCode, res)
 	}
@@ -808,50 +756,6 @@ func (h *hostileEnv) memory(t *testing.T) {
 	h.serverWorks(t, true)
 }
 
-const diskCode = `
-import errno, json, os, shutil
-def err(e):
-    return errno.errorcode.get(e.errno, str(e))
-r = {}
-try:
-    with open("/tmp/big", "wb") as f:
-        f.write(b"\0" * (%d + 1))
-    r["file size"] = "written"
-except OSError as e:
-    r["file size"] = err(e)
-os.remove("/tmp/big")
-os.mkdir("/tmp/fill")
-n = 0
-try:
-    while True:
-        with open("/tmp/fill/%%d" %% n, "wb") as f:
-            f.write(b"\0" * (1 << 20))
-        n += 1
-except OSError as e:
-    r["fill"] = err(e)
-r["filled MiB"] = n
-try:
-    with open("in-workdir", "wb") as f:
-        f.write(b"\0" * (1 << 20))
-    r["workdir"] = "written"
-except OSError as e:
-    r["workdir"] = err(e)
-if os.path.exists("in-workdir"):
-    os.remove("in-workdir")
-shutil.rmtree("/tmp/fill")
-os.mkdir("/tmp/inodes")
-m = 0
-try:
-    while True:
-        open("/tmp/inodes/%%d" %% m, "w").close()
-        m += 1
-except OSError as e:
-    r["inodes"] = err(e)
-r["files"] = m
-shutil.rmtree("/tmp/inodes")
-print(json.dumps(r))
-`
-
 // diskFull: one file past the file size limit, then the disk, then the
 // inodes: EFBIG and ENOSPC, the kernel's WorkDir is full too; the kernel
 // computes on once it frees the space.
@@ -865,15 +769,15 @@ func (h *hostileEnv) diskFull(t *testing.T) {
 	if size := fs.Blocks * uint64(fs.Bsize); size > hostileDisk {
 		t.Errorf("the kernel's WorkDir is on a %d-byte file system, limit %d", size, hostileDisk)
 	}
-	frames, dead := a.run(t, fmt.Sprintf(diskCode, hostileFileSize))
+	frames, dead := a.run(t, hostileCode(t, "disk.py", map[string]any{"file_size": hostileFileSize}))
 	if dead {
 		t.Fatalf("kernel died filling its disk: %s %s", streamText(frames), errorText(frames))
 	}
 	var r struct {
 		FileSize  string `json:"file size"`
 		Fill      string
-		FilledMiB int `json:"filled MiB"`
-		Workdir   string
+		Filled    int
+		AfterFill map[string]string `json:"after fill"`
 		Inodes    string
 		Files     int
 	}
@@ -881,8 +785,13 @@ func (h *hostileEnv) diskFull(t *testing.T) {
 	if r.FileSize != "EFBIG" {
 		t.Errorf("writing past the file size limit: %q, want EFBIG", r.FileSize)
 	}
-	if r.Fill != "ENOSPC" || r.FilledMiB > hostileDisk>>20 || r.Workdir != "ENOSPC" {
-		t.Errorf("filling the disk: %q after %d MiB (limit %d MiB), then in WorkDir %q", r.Fill, r.FilledMiB, hostileDisk>>20, r.Workdir)
+	if r.Fill != "ENOSPC" || r.Filled > hostileDisk || r.AfterFill["."] != "ENOSPC" {
+		t.Errorf("filling the disk: %q after %d bytes (limit %d), then in WorkDir %q", r.Fill, r.Filled, hostileDisk, r.AfterFill["."])
+	}
+	for place, got := range r.AfterFill {
+		if got != "ENOSPC" {
+			t.Errorf("after filling /tmp, a write in %s: %q, want ENOSPC", place, got)
+		}
 	}
 	if r.Inodes != "ENOSPC" || r.Files > hostileInodes {
 		t.Errorf("creating files: %q after %d (limit %d)", r.Inodes, r.Files, hostileInodes)
@@ -896,34 +805,11 @@ func (h *hostileEnv) diskFull(t *testing.T) {
 	h.serverWorks(t, true)
 }
 
-const openFilesCode = `
-import errno, json, socket
-fs = []
-r = {}
-try:
-    while True:
-        fs.append(open("/dev/null"))
-except OSError as e:
-    r["files"] = errno.errorcode.get(e.errno, str(e))
-r["opened"] = len(fs)
-for f in fs:
-    f.close()
-socks = []
-try:
-    while True:
-        socks.append(socket.socket())
-except OSError as e:
-    r["sockets"] = errno.errorcode.get(e.errno, str(e))
-for s in socks:
-    s.close()
-print(json.dumps(r))
-`
-
 // openFiles: opening files and sockets without end stops at the limit.
 func (h *hostileEnv) openFiles(t *testing.T) {
 	h.checkBystander(t)
 	a := h.newAttacker(t)
-	frames, dead := a.run(t, openFilesCode)
+	frames, dead := a.run(t, hostileCode(t, "openfiles.py", nil))
 	if dead {
 		t.Logf("running out of descriptors killed the kernel (contained): %s", streamText(frames))
 	} else {
@@ -944,47 +830,6 @@ func (h *hostileEnv) openFiles(t *testing.T) {
 	h.serverWorks(t, true)
 }
 
-const killCode = `
-import errno, json, os, signal, time
-def kill(pid, sig):
-    try:
-        os.kill(pid, sig)
-        return "sent"
-    except OSError as e:
-        return errno.errorcode.get(e.errno, str(e))
-r = {"pid": os.getpid(), "ppid": os.getppid()}
-r["probe gateway"] = kill(%d, 0)
-r["probe bystander"] = kill(%d, 0)
-r["kill parent"] = kill(os.getppid(), signal.SIGKILL)
-r["kill 1"] = kill(1, signal.SIGKILL)
-time.sleep(0.3)
-r["parent alive"] = os.path.exists("/proc/%%d" %% r["ppid"])
-print(json.dumps(r))
-`
-
-const killAllCode = `
-import json, os, signal, subprocess
-child = subprocess.Popen(["/usr/bin/sleep", "120"])
-os.kill(-1, signal.SIGKILL)
-print(json.dumps({"child": child.wait()}))
-`
-
-const daemonCode = `
-import ctypes, os, signal, time
-pid = os.fork()
-if pid == 0:
-    os.setsid()
-    if os.fork() == 0:
-        for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-            signal.signal(s, signal.SIG_IGN)
-        ctypes.CDLL(None).prctl(15, b"cgdaemon", 0, 0, 0)
-        while True:
-            time.sleep(0.1)
-    os._exit(0)
-os.waitpid(pid, 0)
-print("daemon started")
-`
-
 // killParentAndAll: SIGKILL to the kernel's parent and to -1, and probes
 // of the gateway's and the bystander's host pids, reach nothing outside
 // the sandbox; a setsid daemon left behind dies with the session.
@@ -992,39 +837,61 @@ func (h *hostileEnv) killParentAndAll(t *testing.T) {
 	h.checkBystander(t)
 	a := h.newAttacker(t)
 	byPid := h.gw.sessions.get(h.byID).Kernel().Pid()
-	frames, dead := a.run(t, fmt.Sprintf(killCode, os.Getpid(), byPid))
+	probe := map[string]int{"gateway": os.Getpid(), "bystander": byPid}
+	frames, dead := a.run(t, hostileCode(t, "kill.py", map[string]any{"probe": probe}))
 	if dead {
-		t.Logf("kernel died killing its parent (contained): %s", streamText(frames))
+		t.Logf("kernel died killing its parent or everything (contained): %s", streamText(frames))
 	} else {
-		var r map[string]any
+		var r struct {
+			Probe map[string]string
+			Child int
+		}
 		lastJSON(t, streamText(frames), &r)
-		t.Logf("kill from the sandbox: %v", r)
-		for _, k := range []string{"probe gateway", "probe bystander"} {
+		t.Logf("kill from the sandbox: %s", lastLine(streamText(frames)))
+		for k := range probe {
 			// Host pids this low could exist in the sandbox's namespace too.
-			if r[k] != "ESRCH" && os.Getpid() > 100 && byPid > 100 {
-				t.Errorf("%s from the sandbox: %v, want ESRCH", k, r[k])
+			if r.Probe[k] != "ESRCH" && os.Getpid() > 100 && byPid > 100 {
+				t.Errorf("probe %s from the sandbox: %q, want ESRCH", k, r.Probe[k])
 			}
 		}
-		frames, dead = a.run(t, killAllCode)
-		if !dead {
-			var k struct{ Child int }
-			lastJSON(t, streamText(frames), &k)
-			if k.Child != -9 {
-				t.Errorf("kill(-1) did not reach the kernel's own child: %d", k.Child)
-			}
-			frames, dead = a.run(t, daemonCode)
-			if dead || !strings.Contains(streamText(frames), "daemon started") {
-				t.Errorf("daemon: %q %s (dead %v)", streamText(frames), errorText(frames), dead)
-			}
-			waitDaemon(t, a.uid)
+		if r.Child != -9 {
+			t.Errorf("kill(-1) did not reach the kernel's own child: %d", r.Child)
 		}
+		frames, dead = a.run(t, daemonCode(t))
+		if dead || !daemonStarted(t, frames) {
+			t.Errorf("daemon: %q %s (dead %v)", streamText(frames), errorText(frames), dead)
+		}
+		waitDaemon(t, a.uid)
 	}
 	h.checkBystander(t)
 	h.endAndCheckGone(t, a)
 	h.serverWorks(t, true)
 }
 
-// waitDaemon waits for the process the daemon code names cgdaemon.
+// daemonCode is daemon.py as a cell, its heartbeat in the kernel's /tmp
+// (not uploaded).
+func daemonCode(t *testing.T) string {
+	return hostileCode(t, "daemon.py", map[string]any{"heartbeat": "/tmp/heartbeat"})
+}
+
+// daemonStarted reports whether daemon.py's cell says it started one.
+func daemonStarted(t *testing.T, frames []frame) bool {
+	t.Helper()
+	if !strings.Contains(streamText(frames), "{") {
+		return false
+	}
+	var r struct{ Daemon string }
+	lastJSON(t, streamText(frames), &r)
+	return r.Daemon == "started"
+}
+
+// lastLine is the last non-empty line of text.
+func lastLine(text string) string {
+	lines := strings.Split(strings.TrimSpace(text), "\n")
+	return lines[len(lines)-1]
+}
+
+// waitDaemon waits for the process daemon.py names cgdaemon.
 func waitDaemon(t *testing.T, uid int) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -1047,8 +914,8 @@ func waitDaemon(t *testing.T, uid int) {
 func (h *hostileEnv) setsidDaemon(t *testing.T) {
 	h.checkBystander(t)
 	a := h.newAttacker(t)
-	frames, dead := a.run(t, daemonCode)
-	if dead || !strings.Contains(streamText(frames), "daemon started") {
+	frames, dead := a.run(t, daemonCode(t))
+	if dead || !daemonStarted(t, frames) {
 		t.Fatalf("daemon: %q %s (dead %v)", streamText(frames), errorText(frames), dead)
 	}
 	waitDaemon(t, a.uid)
@@ -1062,39 +929,6 @@ func (h *hostileEnv) setsidDaemon(t *testing.T) {
 	h.endAndCheckGone(t, a)
 	h.serverWorks(t, true)
 }
-
-const symlinkCode = `
-import os
-for name, target in json.loads(%s).items():
-    os.symlink(target, name)
-os.mkdir("sub")
-os.symlink("/etc/passwd", "sub/passwd")
-os.mkfifo("fifo")
-with open("ok.txt", "w") as f:
-    f.write("fine")
-print("planted")
-`
-
-const raceCode = `
-import os, threading, time
-def flip(stop, target):
-    while time.time() < stop:
-        try:
-            os.symlink(target, ".race.tmp")
-            os.replace(".race.tmp", "race.txt")
-            with open(".race.new", "w") as f:
-                f.write("benign")
-            os.replace(".race.new", "race.txt")
-            os.mkfifo(".race.tmp")
-            os.replace(".race.tmp", "race.txt")
-            with open(".race.new", "w") as f:
-                f.write("benign")
-            os.replace(".race.new", "race.txt")
-        except OSError:
-            pass
-        time.sleep(0.002)  # the CPU limit is a few seconds
-threading.Thread(target=flip, args=(time.time() + 3, %s), daemon=True).start()
-`
 
 // symlinks: links planted in the WorkDir to the gateway's files, to
 // /etc/passwd and /etc/shadow, to the bystander's files, and a FIFO, are
@@ -1116,15 +950,19 @@ func (h *hostileEnv) symlinks(t *testing.T) {
 		"secret.txt": secretFile, "secretdir": h.secretDir,
 		"neighbour.txt": filepath.Join(h.byWorkDir, "bystander-secret.txt"),
 	}
-	linksJSON, _ := json.Marshal(links)
 	id := c.send("shell", "execute_request", map[string]any{
-		"code": "import json\n" + fmt.Sprintf(symlinkCode, pyStr(string(linksJSON))), "silent": false,
+		"code": hostileCode(t, "symlinks.py", map[string]any{"links": links}), "silent": false,
 		"user_expressions": map[string]string{"_sagecell_files": "sys._sage_.new_files()"},
 	})
 	frames := replyAndIdle(&c, id)
 	reply, _ := replyTo(frames, id)
-	if reply.str("status") != "ok" || !strings.Contains(streamText(frames), "planted") {
+	if reply.str("status") != "ok" || !strings.Contains(streamText(frames), `{"planted": `) {
 		t.Fatalf("planting links: %s %s", streamText(frames), errorText(frames))
+	}
+	var planted struct{ Planted []string }
+	lastJSON(t, streamText(frames), &planted)
+	if len(planted.Planted) != len(links)+3 {
+		t.Errorf("planted %v", planted.Planted)
 	}
 	var announced []session.FileLink
 	for _, f := range frames {
@@ -1168,7 +1006,7 @@ func (h *hostileEnv) symlinks(t *testing.T) {
 	// The race: race.txt changes kind under the uploader, for 3 s, while
 	// the client runs cell after cell. (Names starting with "." are not
 	// uploaded: the benign file is written under one and renamed.)
-	frames, dead := a.run(t, fmt.Sprintf(raceCode, pyStr(secretFile)))
+	frames, dead := a.run(t, hostileCode(t, "race.py", map[string]any{"target": secretFile}))
 	if dead {
 		t.Fatalf("race: kernel died: %s", errorText(frames))
 	}
@@ -1208,15 +1046,6 @@ func (h *hostileEnv) symlinks(t *testing.T) {
 	h.serverWorks(t, false)
 }
 
-const forgeCode = `
-k = get_ipython().kernel
-k.session.send(k.iopub_socket, "cellgate.files",
-    {"files": [{"name": "results.csv", "url": "javascript:alert(document.domain)", "size": 10, "content_type": "text/csv"},
-               {"name": "plot.png", "url": "https://attacker.invalid/plot.png", "size": 10, "content_type": "image/png"}]},
-    parent=k.get_parent("shell"), ident=k._topic("cellgate.files"))
-print("forged")
-`
-
 // forgedFiles: a kernel sends a cellgate.files message of its own, as the
 // gateway announces uploads, with links to javascript: and to another
 // site. The web client turns these into <a href> and <img src> under
@@ -1244,7 +1073,8 @@ func (h *hostileEnv) forgedFiles(t *testing.T) {
 	a := h.newAttacker(t)
 	c := *a.c
 	c.t = t
-	id := c.execute(forgeCode)
+	forge := hostileCode(t, "forge.py", nil)
+	id := c.execute(forge)
 	frames := replyAndIdle(&c, id)
 	if !strings.Contains(streamText(frames), "forged") {
 		t.Fatalf("forging: %q %s", streamText(frames), errorText(frames))
@@ -1259,7 +1089,7 @@ func (h *hostileEnv) forgedFiles(t *testing.T) {
 	}
 	h.endAndCheckGone(t, a)
 	var res serviceResult
-	if resp := h.in(t).postForm("/service", url.Values{"code": {forgeCode}}, &res); resp.StatusCode != http.StatusOK || !res.Success {
+	if resp := h.in(t).postForm("/service", url.Values{"code": {forge}}, &res); resp.StatusCode != http.StatusOK || !res.Success {
 		t.Fatalf("/service: %d %+v", resp.StatusCode, res)
 	}
 	check("/service", res.Files)

@@ -2,7 +2,6 @@ package sandbox
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -20,28 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// identityScript reports who the kernel is and what it may do.
-const identityScript = `
-import ctypes, json, os, pwd
-status = dict(l.split(":\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\t" in l)
-libc = ctypes.CDLL(None, use_errno=True)
-userns = libc.unshare(0x10000000)  # CLONE_NEWUSER
-libc.syscall.restype = ctypes.c_long
-def syscall(nr, *args):
-    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])
-    return r if r >= 0 else -ctypes.get_errno()
-denied = [syscall(int(nr), 0, 0, 0) for nr in os.environ["DENIED"].split()]
-getpid = syscall(int(os.environ["GETPID"]))
-print(json.dumps({
-    "uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "groups": os.getgroups(),
-    "name": pwd.getpwuid(os.getuid()).pw_name, "home": os.environ.get("HOME"), "cwd": os.getcwd(),
-    "capeff": status["CapEff"].strip(), "capbnd": status["CapBnd"].strip(),
-    "nonewprivs": status["NoNewPrivs"].strip(), "userns": userns,
-    "seccomp": status["Seccomp"].strip(), "denied": denied, "getpid": getpid,
-    "env": sorted(k for k in os.environ),
-}))
-`
-
+// identity is what identity.py reports.
 type identity struct {
 	UID, EUID, GID int
 	Groups         []int
@@ -54,27 +32,28 @@ type identity struct {
 	Seccomp        string
 	Denied         []int
 	GetPid         int
-	Env            []string
+	Setuid         string
+	Env            map[string]string
 }
 
-// identityEnv names the syscalls the identity script tries: the denied
-// ones (and, on x86_64, getpid by its x32 number), then getpid.
-func identityEnv() []string {
-	var denied []string
+// identityArgs names the syscalls identity.py tries: the denied ones
+// (and, on x86_64, getpid by its x32 number), then getpid.
+func identityArgs() map[string]any {
+	var denied []int
 	for _, nr := range deniedSyscalls {
-		denied = append(denied, strconv.Itoa(int(nr)))
+		denied = append(denied, int(nr))
 	}
 	if runtime.GOARCH == "amd64" {
-		denied = append(denied, strconv.Itoa(0x40000000|unix.SYS_GETPID))
+		denied = append(denied, 0x40000000|unix.SYS_GETPID)
 	}
-	return []string{"DENIED=" + strings.Join(denied, " "), "GETPID=" + strconv.Itoa(unix.SYS_GETPID)}
+	return map[string]any{"denied": denied, "getpid": unix.SYS_GETPID}
 }
 
 func TestBwrapIdentity(t *testing.T) {
 	t.Parallel()
 	b := newBwrap(t, nil)
-	k1 := launchPy(t, b, identityScript, identityEnv()...)
-	k2 := launchPy(t, b, identityScript, identityEnv()...)
+	k1 := launchPy(t, b, hostile(t, "identity.py", identityArgs()))
+	k2 := launchPy(t, b, hostile(t, "identity.py", identityArgs()))
 	var id1, id2 identity
 	k1.result(t, &id1)
 	k2.result(t, &id2)
@@ -99,7 +78,7 @@ func TestBwrapIdentity(t *testing.T) {
 			t.Errorf("kernel could create a user namespace")
 		}
 		if seccompFilter() != nil {
-			if want := len(strings.Fields(identityEnv()[0])); len(id.Denied) != want {
+			if want := len(identityArgs()["denied"].([]int)); len(id.Denied) != want {
 				t.Errorf("%d denied syscalls tried, want %d", len(id.Denied), want)
 			}
 			if id.Seccomp != "2" {
@@ -114,10 +93,13 @@ func TestBwrapIdentity(t *testing.T) {
 		if id.GetPid != 2 {
 			t.Errorf("getpid in the sandbox: %d, want 2 (after its init)", id.GetPid)
 		}
+		if id.Setuid == "root" {
+			t.Errorf("kernel became root with setuid(0)")
+		}
 		if id.Name != "sandbox" || id.Home != cfg.Home {
 			t.Errorf("user %q home %q", id.Name, id.Home)
 		}
-		for _, e := range id.Env {
+		for e := range id.Env {
 			if strings.Contains(e, "SSL") || strings.Contains(e, "GO") || strings.Contains(e, "CELLGATE") {
 				t.Errorf("gateway environment leaked: %s", e)
 			}
@@ -130,50 +112,6 @@ func TestBwrapIdentity(t *testing.T) {
 		t.Errorf("cwd %s, want WorkDir %s", id1.CWD, k1.req.WorkDir)
 	}
 }
-
-// filesScript probes what of the host the kernel can reach, prints its
-// findings, plants symlinks for the gateway to trip over, and waits.
-const filesScript = `
-import json, os
-def exists(p):
-    return os.path.lexists(p)
-def read(p):
-    try:
-        with open(p, "rb") as f:
-            f.read(1)
-        return "read"
-    except OSError as e:
-        return e.errno
-def listdir(p):
-    try:
-        return sorted(os.listdir(p))
-    except OSError as e:
-        return e.errno
-def write(p):
-    try:
-        with open(p, "w") as f:
-            f.write("x")
-        return "written"
-    except OSError as e:
-        return e.errno
-home = os.environ["HOME"]
-r = {
-    "shadow": read("/etc/shadow"), "root": exists("/root"), "work": exists("/work"),
-    "sibling": [exists(os.environ["SIBLING_WORK"]), exists(os.environ["SIBLING_RUN"])],
-    "marker": exists(os.environ["HOST_MARKER"]), "sys": exists("/sys/class/net"),
-    "etc": listdir("/etc"), "top": listdir("/"),
-    "proc": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()),
-    "fds": sorted(int(f) for f in os.listdir("/proc/self/fd")),
-    "denied": [write(p) for p in ("/usr/x", "/etc/x", "/x", "/dev/x", "/proc/x", "/etc/passwd")],
-    "allowed": [write(p) for p in ("out.txt", "/tmp/x", home + "/x", "/dev/shm/x", "/var/tmp/y")],
-}
-os.symlink("/etc/hostname", "link")
-os.symlink("/etc/hostname", os.path.join(os.environ["RUNTIME"], "link"))
-print(json.dumps(r), flush=True)
-print("DONE", flush=True)
-import time
-time.sleep(120)
-`
 
 // sandboxTop is what / of a sandbox must hold: what bwrap makes (dev,
 // proc, tmp, etc for the generated files, var for /var/tmp), the first
@@ -209,69 +147,92 @@ func TestBwrapFilesystem(t *testing.T) {
 	marker.Close()
 	defer os.Remove(marker.Name())
 	run, work := newDirs(t)
+	// What the host has and the sandbox must not show, /etc and / to list.
+	hidden := []string{"/root", "/work", sibling.req.WorkDir, sibling.req.RuntimeDir, marker.Name(), "/sys/class/net"}
+	paths := append([]string{"/etc/shadow", "/etc", "/"}, hidden...)
+	// files.py, then symlinks.py planting links for the gateway to trip
+	// over, then a wait: the host side is checked while the kernel runs.
+	links := map[string]string{"link": "/etc/hostname", filepath.Join(run, "link"): "/etc/hostname"}
 	k := launchIn(t, b, Request{
-		Argv: []string{"/usr/bin/python3", "-c", filesScript},
-		Env: []string{
-			"SIBLING_WORK=" + sibling.req.WorkDir, "SIBLING_RUN=" + sibling.req.RuntimeDir,
-			"HOST_MARKER=" + marker.Name(), "RUNTIME=" + run,
-		},
+		Argv: []string{"/usr/bin/python3", "-c", lingering(
+			hostile(t, "files.py", map[string]any{"paths": paths})+
+				hostile(t, "symlinks.py", map[string]any{"links": links}), 120*time.Second)},
 		RuntimeDir: run, WorkDir: work,
 	})
-	k.waitFor(t, "DONE", 30*time.Second)
+	type probe struct {
+		Listed []string
+		Read   string
+		Error  string
+	}
 	var r struct {
-		Shadow  any
-		Root    bool
-		Work    bool
-		Sibling []bool
-		Marker  bool
-		Sys     bool
-		Etc     []string
-		Top     []string
-		Proc    []int
-		FDs     []int
-		Denied  []any
-		Allowed []any
+		FDs   []int
+		Paths map[string]probe
+		Procs map[string]struct {
+			UID int
+			Cmd string
+		}
+		Denied  map[string]string
+		Allowed map[string]string
 	}
-	line, _, _ := strings.Cut(k.out.String(), "\nDONE")
-	if err := json.Unmarshal([]byte(line[strings.LastIndex(line, "\n")+1:]), &r); err != nil {
-		t.Fatalf("%v\n%s", err, k.out)
+	var planted struct{ Planted []string }
+	k.results(t, 30*time.Second, &r, &planted)
+	if r.Paths["/etc/shadow"].Error != "ENOENT" {
+		t.Errorf("/etc/shadow in the sandbox: %+v, want ENOENT", r.Paths["/etc/shadow"])
 	}
-	if r.Shadow != float64(syscall.ENOENT) || r.Root || r.Work || r.Marker || r.Sys {
-		t.Errorf("host paths visible: shadow %v, /root %v, /work %v, host /tmp %v, /sys %v", r.Shadow, r.Root, r.Work, r.Marker, r.Sys)
+	for _, p := range hidden {
+		if got, ok := r.Paths[p]; !ok || got.Error == "" {
+			t.Errorf("host path %s visible: %+v", p, got)
+		}
 	}
-	if r.Sibling[0] || r.Sibling[1] {
-		t.Errorf("a sibling kernel's directories are visible: %v", r.Sibling)
+	if r.Paths["/etc"].Error != "" || r.Paths["/"].Error != "" {
+		t.Errorf("listing /etc or /: %+v %+v", r.Paths["/etc"], r.Paths["/"])
 	}
-	for _, e := range r.Etc {
+	for _, e := range r.Paths["/etc"].Listed {
 		if strings.Contains(e, "shadow") || e == "sudoers" || e == "ssl" || e == "ssh" {
 			t.Errorf("/etc/%s is visible", e)
 		}
 	}
-	if wantTop := sandboxTop(b.cfg, run, work); !slices.Equal(r.Top, wantTop) {
-		t.Errorf("top level %v, want %v", r.Top, wantTop)
+	if wantTop := sandboxTop(b.cfg, run, work); !slices.Equal(r.Paths["/"].Listed, wantTop) {
+		t.Errorf("top level %v, want %v", r.Paths["/"].Listed, wantTop)
 	}
-	if len(r.Proc) > 2 || slices.Max(r.Proc) > 10 {
-		t.Errorf("/proc shows processes %v: more than the sandbox's init and kernel", r.Proc)
+	var procs []int
+	for pid := range r.Procs {
+		n, err := strconv.Atoi(pid)
+		if err != nil {
+			t.Fatalf("pid %q", pid)
+		}
+		procs = append(procs, n)
+	}
+	if len(procs) == 0 || len(procs) > 2 || slices.Max(procs) > 10 {
+		t.Errorf("/proc shows processes %v: more than the sandbox's init and kernel", procs)
 	}
 	if !slices.Equal(r.FDs, []int{0, 1, 2, 3}) { // 3: the listing's own
 		t.Errorf("kernel inherited descriptors: %v", r.FDs)
 	}
-	for i, d := range r.Denied {
+	if len(r.Denied) == 0 || len(r.Allowed) == 0 {
+		t.Errorf("no writes tried: %+v %+v", r.Denied, r.Allowed)
+	}
+	for p, d := range r.Denied {
 		if d == "written" {
-			t.Errorf("write %d succeeded where it must not", i)
+			t.Errorf("write to %s succeeded where it must not", p)
 		}
 	}
-	for i, a := range r.Allowed {
+	for p, a := range r.Allowed {
 		if a != "written" {
-			t.Errorf("write %d to a private dir failed: %v", i, a)
+			t.Errorf("write to %s, a private dir, failed: %v", p, a)
 		}
+	}
+	if len(planted.Planted) != len(links)+3 {
+		t.Errorf("planted %v", planted.Planted)
 	}
 	// The gateway sees the kernel's files where it expects them, and the
 	// kernel's symlinks do not lead it elsewhere.
-	if data, err := os.ReadFile(filepath.Join(work, "out.txt")); err != nil || string(data) != "x" {
-		t.Errorf("kernel's file on the host: %q, %v", data, err)
+	for name, want := range map[string]string{"out.txt": "x", "ok.txt": "fine"} {
+		if data, err := os.ReadFile(filepath.Join(work, name)); err != nil || string(data) != want {
+			t.Errorf("kernel's file %s on the host: %q, %v", name, data, err)
+		}
 	}
-	for _, link := range []string{filepath.Join(work, "link"), filepath.Join(run, "link")} {
+	for _, link := range []string{filepath.Join(work, "link"), filepath.Join(run, "link"), filepath.Join(work, "sub", "passwd")} {
 		if _, err := os.ReadFile(link); !errors.Is(err, syscall.ELOOP) {
 			t.Errorf("gateway followed the kernel's symlink %s: %v", link, err)
 		}
@@ -284,33 +245,6 @@ func TestBwrapFilesystem(t *testing.T) {
 }
 
 const tmpfsMagic = 0x01021994
-
-// netScript reports the kernel's network: interfaces, and whether it
-// reaches a TCP port and an abstract unix socket the test listens on in
-// the host's namespace.
-const netScript = `
-import json, os, socket
-r = {"ifaces": [name for _, name in socket.if_nameindex()]}
-s = socket.socket()
-s.settimeout(5)
-try:
-    s.connect(("127.0.0.1", int(os.environ["PORT"])))
-    r["tcp"] = "connected"
-except OSError as e:
-    r["tcp"] = e.errno
-u = socket.socket(socket.AF_UNIX)
-try:
-    u.connect("\0" + os.environ["ABSTRACT"])
-    r["abstract"] = "connected"
-except OSError as e:
-    r["abstract"] = e.errno
-srv = socket.socket()
-srv.bind(("127.0.0.1", 0))
-srv.listen()
-c = socket.create_connection(srv.getsockname(), timeout=5)
-r["own"] = "connected"
-print(json.dumps(r))
-`
 
 func TestBwrapNetwork(t *testing.T) {
 	t.Parallel()
@@ -341,19 +275,22 @@ func TestBwrapNetwork(t *testing.T) {
 		}()
 	}
 	port := strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
-	k := launchPy(t, b, netScript, "PORT="+port, "ABSTRACT="+abstract)
+	k := launchPy(t, b, hostile(t, "network.py", map[string]any{"connect": map[string][]string{
+		"tcp": {"inet", "127.0.0.1", port}, "abstract": {"abstract", abstract},
+	}}))
 	var r struct {
-		Ifaces   []string
-		TCP      any
-		Abstract any
-		Own      string
+		Interfaces []string
+		ProcNetDev []string `json:"proc net dev"`
+		Sys        bool
+		Connect    map[string]string
+		Own        string `json:"own loopback"`
 	}
 	k.result(t, &r)
-	if !slices.Equal(r.Ifaces, []string{"lo"}) {
-		t.Errorf("interfaces %v, want only lo", r.Ifaces)
+	if !slices.Equal(r.Interfaces, []string{"lo"}) || !slices.Equal(r.ProcNetDev, []string{"lo"}) || r.Sys {
+		t.Errorf("interfaces %v, /proc/net/dev %v, /sys/class/net %v: want only lo", r.Interfaces, r.ProcNetDev, r.Sys)
 	}
-	if r.TCP != float64(syscall.ECONNREFUSED) || r.Abstract != float64(syscall.ECONNREFUSED) {
-		t.Errorf("kernel reached the host: tcp %v, abstract unix %v", r.TCP, r.Abstract)
+	if r.Connect["tcp"] != "ECONNREFUSED" || r.Connect["abstract"] != "ECONNREFUSED" {
+		t.Errorf("kernel reached the host: tcp %v, abstract unix %v", r.Connect["tcp"], r.Connect["abstract"])
 	}
 	if r.Own != "connected" {
 		t.Errorf("kernel's own loopback does not work: %v", r.Own)
@@ -390,32 +327,22 @@ func closeAndCheckGone(t *testing.T, k *kernel, uid int) {
 	}
 }
 
-const forkBombScript = `
-import os, time
-print("uid", os.getuid(), flush=True)
-n = 0
-try:
-    while True:
-        if os.fork() == 0:
-            while True:  # every child forks on, as a real bomb does
-                try:
-                    os.fork()
-                except OSError:
-                    time.sleep(0.05)
-        n += 1
-except OSError as e:
-    print("fork failed", e.errno, "after", n, flush=True)
-time.sleep(120)
-`
-
 func TestBwrapForkBomb(t *testing.T) {
 	t.Parallel()
 	const limit = 30
 	b := newBwrap(t, func(c *Config) { c.Processes = limit })
 	witness := startWitness(t, b)
-	k := launchPy(t, b, forkBombScript)
-	uid := uidOf(t, k)
-	k.waitFor(t, "fork failed", 30*time.Second)
+	k := launchPy(t, b, lingering(hostile(t, "forkbomb.py", nil), 120*time.Second))
+	var r struct {
+		UID    int
+		Errno  string
+		Forked int
+	}
+	k.results(t, 30*time.Second, &r)
+	uid := r.UID
+	if r.Errno != "EAGAIN" || r.Forked >= limit {
+		t.Errorf("fork bomb: %s after %d forks (limit %d processes)", r.Errno, r.Forked, limit)
+	}
 	// The outer bwrap runs as the uid too, outside the sandbox's user
 	// namespace where the limit counts.
 	if n := len(uidProcesses(t, uid)); n > limit+1 {
@@ -430,7 +357,7 @@ func TestBwrapCPULimit(t *testing.T) {
 	t.Parallel()
 	b := newBwrap(t, func(c *Config) { c.CPUTime = time.Second })
 	witness := startWitness(t, b)
-	k := launchPy(t, b, "while True: pass")
+	k := launchPy(t, b, hostile(t, "cpu.py", nil))
 	err := k.wait(t, time.Minute)
 	if !errors.Is(err, ErrCPULimit) {
 		t.Errorf("busy loop ended with %v, want ErrCPULimit\n%s", err, k.out)
@@ -438,31 +365,12 @@ func TestBwrapCPULimit(t *testing.T) {
 	witness.checkAlive(t)
 }
 
-const memoryScript = `
-import json, os
-limit = int(os.environ["LIMIT"])
-r = {}
-try:
-    big = bytearray(10 * limit)
-    r["big"] = "allocated"
-except MemoryError:
-    r["big"] = "MemoryError"
-chunks = []
-try:
-    while True:
-        chunks.append(bytearray(16 << 20))
-except MemoryError:
-    r["grew"] = len(chunks) * (16 << 20)
-del chunks
-print(json.dumps(r))
-`
-
 func TestBwrapMemoryLimit(t *testing.T) {
 	t.Parallel()
 	const limit = 512 << 20
 	b := newBwrap(t, func(c *Config) { c.Memory = limit })
 	witness := startWitness(t, b)
-	k := launchPy(t, b, memoryScript, "LIMIT="+strconv.Itoa(limit))
+	k := launchPy(t, b, hostile(t, "memory.py", map[string]any{"limit": limit}))
 	var r struct {
 		Big  string
 		Grew int64
@@ -474,64 +382,39 @@ func TestBwrapMemoryLimit(t *testing.T) {
 	witness.checkAlive(t)
 }
 
-const diskScript = `
-import json, os
-r = {}
-try:
-    with open("big", "wb") as f:
-        for i in range(8):
-            f.write(b"\0" * (256 << 10))
-    r["fsize"] = "written"
-except OSError as e:
-    r["fsize"] = e.errno
-os.remove("big")
-n = 0
-try:
-    while True:
-        for d in (".", "/tmp", os.environ["HOME"], "/dev/shm"):
-            with open(os.path.join(d, "f%d" % n), "wb") as f:
-                f.write(b"\0" * (256 << 10))
-            n += 1
-except OSError as e:
-    r["fill"] = e.errno
-r["filled"] = n * (256 << 10)
-for d in (".", "/tmp", os.environ["HOME"], "/dev/shm"):
-    for name in os.listdir(d):
-        if os.path.isfile(os.path.join(d, name)):  # /tmp may hold the way to WorkDir
-            os.remove(os.path.join(d, name))
-m = 0
-try:
-    while True:
-        open("e%d" % m, "w").close()
-        m += 1
-except OSError as e:
-    r["inodes"] = e.errno
-r["files"] = m
-print(json.dumps(r))
-`
-
 func TestBwrapDiskLimit(t *testing.T) {
 	t.Parallel()
 	const disk, inodes, fsize = 4 << 20, 500, 1 << 20
 	b := newBwrap(t, func(c *Config) { c.Disk, c.Inodes, c.FileSize = disk, inodes, fsize })
 	witness := startWitness(t, b)
-	k := launchPy(t, b, diskScript)
+	k := launchPy(t, b, hostile(t, "disk.py", map[string]any{"file_size": fsize}))
 	var r struct {
-		FSize  any
-		Fill   int
-		Filled int
-		Inodes int
-		Files  int
+		FileSize  string `json:"file size"`
+		Fill      string
+		Filled    int
+		AfterFill map[string]string `json:"after fill"`
+		Inodes    string
+		Files     int
 	}
 	k.result(t, &r)
-	if r.FSize != float64(syscall.EFBIG) {
-		t.Errorf("writing past FileSize: %v, want EFBIG", r.FSize)
+	if r.FileSize != "EFBIG" {
+		t.Errorf("writing past FileSize: %v, want EFBIG", r.FileSize)
 	}
-	if r.Fill != int(syscall.ENOSPC) || r.Filled > disk {
-		t.Errorf("filling the disk: errno %d after %d bytes (limit %d)", r.Fill, r.Filled, disk)
+	if r.Fill != "ENOSPC" || r.Filled > disk {
+		t.Errorf("filling the disk: %s after %d bytes (limit %d)", r.Fill, r.Filled, disk)
 	}
-	if r.Inodes != int(syscall.ENOSPC) || r.Files > inodes {
-		t.Errorf("creating files: errno %d after %d (limit %d)", r.Inodes, r.Files, inodes)
+	// The working directory, /tmp, HOME and /dev/shm are one tmpfs: all
+	// full once /tmp is.
+	if len(r.AfterFill) != 4 {
+		t.Errorf("after filling: %v, want the kernel's four places", r.AfterFill)
+	}
+	for place, got := range r.AfterFill {
+		if got != "ENOSPC" {
+			t.Errorf("after filling /tmp, a write in %s: %s, want ENOSPC", place, got)
+		}
+	}
+	if r.Inodes != "ENOSPC" || r.Files > inodes {
+		t.Errorf("creating files: %s after %d (limit %d)", r.Inodes, r.Files, inodes)
 	}
 	witness.checkAlive(t)
 }
@@ -541,78 +424,42 @@ func TestBwrapOpenFiles(t *testing.T) {
 	const limit = 64
 	b := newBwrap(t, func(c *Config) { c.OpenFiles = limit })
 	witness := startWitness(t, b)
-	k := launchPy(t, b, `
-import json
-fs = []
-try:
-    while True:
-        fs.append(open("/dev/null"))
-except OSError as e:
-    print(json.dumps({"errno": e.errno, "n": len(fs)}))
-`)
-	var r struct{ Errno, N int }
+	k := launchPy(t, b, hostile(t, "openfiles.py", nil))
+	var r struct {
+		Files, Sockets string
+		Opened         int
+	}
 	k.result(t, &r)
-	if r.Errno != int(syscall.EMFILE) || r.N >= limit {
-		t.Errorf("opening files: errno %d after %d (limit %d)", r.Errno, r.N, limit)
+	if r.Files != "EMFILE" || r.Opened >= limit || r.Sockets != "EMFILE" {
+		t.Errorf("opening files: %s after %d, then sockets: %s (limit %d)", r.Files, r.Opened, r.Sockets, limit)
 	}
 	witness.checkAlive(t)
 }
-
-const killAllScript = `
-import json, os, signal, time
-print("uid", os.getuid(), flush=True)
-child = os.fork()
-if child == 0:
-    time.sleep(120)
-    os._exit(0)
-r = {}
-try:
-    os.kill(1, signal.SIGKILL)
-    r["kill1"] = "sent"
-except OSError as e:
-    r["kill1"] = e.errno
-try:
-    os.kill(os.getppid(), signal.SIGKILL)
-except OSError:
-    pass
-time.sleep(0.2)
-r["init"] = os.path.exists("/proc/1")
-os.kill(-1, signal.SIGKILL)
-_, status = os.waitpid(child, 0)
-r["child"] = os.WTERMSIG(status) if os.WIFSIGNALED(status) else -1
-print(json.dumps(r))
-`
 
 func TestBwrapKillEverything(t *testing.T) {
 	t.Parallel()
 	b := newBwrap(t, nil)
 	witness := startWitness(t, b)
-	k := launchPy(t, b, killAllScript)
+	k := launchPy(t, b, hostile(t, "kill.py", map[string]any{"probe": map[string]int{
+		"test": os.Getpid(), "witness": witness.p.Pid(),
+	}}))
 	var r struct {
-		Init  bool
+		Probe map[string]string
+		Init  bool `json:"init alive"`
 		Child int
 	}
 	k.result(t, &r)
-	if !r.Init || r.Child != int(syscall.SIGKILL) {
-		t.Errorf("inside: sandbox init alive %v, child killed by %d", r.Init, r.Child)
+	if !r.Init || r.Child != -int(syscall.SIGKILL) {
+		t.Errorf("inside: sandbox init alive %v, child's returncode %d, want -%d", r.Init, r.Child, syscall.SIGKILL)
+	}
+	for name, got := range r.Probe {
+		// Host pids this low could exist in the sandbox's namespace too.
+		if got != "ESRCH" && os.Getpid() > 100 && witness.p.Pid() > 100 {
+			t.Errorf("probe of the %s's host pid from the sandbox: %s, want ESRCH", name, got)
+		}
 	}
 	witness.checkAlive(t) // and this test process lives on
 }
-
-const daemonScript = `
-import os, time
-print("uid", os.getuid(), flush=True)
-if os.fork() == 0:
-    os.setsid()
-    if os.fork() == 0:
-        while True:
-            with open("heartbeat", "a") as f:
-                f.write(".")
-            time.sleep(0.05)
-    os._exit(0)
-print("daemon started", flush=True)
-time.sleep(float(os.environ["STAY"]))
-`
 
 func TestBwrapEscapedDaemon(t *testing.T) {
 	t.Parallel()
@@ -628,9 +475,23 @@ func TestBwrapEscapedDaemon(t *testing.T) {
 			t.Errorf("the daemon still writes after its sandbox ended")
 		}
 	}
+	// daemon launches daemon.py, its kernel staying for d, and returns the
+	// kernel's uid once the daemon is started.
+	daemon := func(t *testing.T, d time.Duration) (*kernel, int) {
+		t.Helper()
+		k := launchPy(t, b, lingering(hostile(t, "daemon.py", map[string]any{"heartbeat": "heartbeat"}), d))
+		var r struct {
+			UID    int
+			Daemon string
+		}
+		k.results(t, 30*time.Second, &r)
+		if r.Daemon != "started" {
+			t.Fatalf("daemon: %+v\n%s", r, k.out)
+		}
+		return k, r.UID
+	}
 	t.Run("leader exits", func(t *testing.T) {
-		k := launchPy(t, b, daemonScript, "STAY=0.5")
-		uid := uidOf(t, k)
+		k, uid := daemon(t, 500*time.Millisecond)
 		if err := k.wait(t, 30*time.Second); err != nil {
 			t.Fatalf("leader: %v", err)
 		}
@@ -640,9 +501,7 @@ func TestBwrapEscapedDaemon(t *testing.T) {
 		stopped(t, k)
 	})
 	t.Run("kill", func(t *testing.T) {
-		k := launchPy(t, b, daemonScript, "STAY=120")
-		uid := uidOf(t, k)
-		k.waitFor(t, "daemon started", 30*time.Second)
+		k, uid := daemon(t, 120*time.Second)
 		k.p.Kill()
 		k.wait(t, 30*time.Second)
 		if left := uidProcesses(t, uid); len(left) > 0 {
@@ -651,9 +510,7 @@ func TestBwrapEscapedDaemon(t *testing.T) {
 		stopped(t, k)
 	})
 	t.Run("outer bwrap dies", func(t *testing.T) {
-		k := launchPy(t, b, daemonScript, "STAY=120")
-		uid := uidOf(t, k)
-		k.waitFor(t, "daemon started", 30*time.Second)
+		k, uid := daemon(t, 120*time.Second)
 		// Only the outer bwrap: --die-with-parent must take the rest.
 		if err := syscall.Kill(k.p.Pid(), syscall.SIGKILL); err != nil {
 			t.Fatal(err)

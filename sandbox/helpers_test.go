@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -154,6 +155,71 @@ func (k *kernel) result(t testing.TB, into any) {
 	lines := strings.Split(strings.TrimSpace(k.out.String()), "\n")
 	if err := json.Unmarshal([]byte(lines[len(lines)-1]), into); err != nil {
 		t.Fatalf("kernel output is not JSON: %v\n%s", err, k.out)
+	}
+}
+
+// hostileDir holds the hostile payloads, kept once for this package's
+// tests and the gateway's; its README says what each attacks and prints.
+const hostileDir = "../testdata/hostile"
+
+// hostile returns the hostile payload name as a script: a first line that
+// sets ARGS to args (through JSON), then the payload. Scripts concatenated
+// run one after the other in one process, each printing its JSON line.
+func hostile(t testing.TB, name string, args map[string]any) string {
+	t.Helper()
+	code, err := os.ReadFile(filepath.Join(hostileDir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if args == nil {
+		args = map[string]any{}
+	}
+	js, err := json.Marshal(args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lit, _ := json.Marshal(string(js)) // a JSON string is a Python string literal
+	return fmt.Sprintf("ARGS = __import__(\"json\").loads(%s)\n%s\n", lit, code)
+}
+
+// lingering keeps the script's process alive for d after it is done,
+// for what the test checks while it runs (its files, its children).
+func lingering(script string, d time.Duration) string {
+	return fmt.Sprintf("%s\nimport time\ntime.sleep(%g)\n", script, d.Seconds())
+}
+
+// results waits until the output holds a JSON line (one starting with
+// "{", as the hostile payloads print) for each of into, and decodes them
+// in order, while the process may run on.
+func (k *kernel) results(t testing.TB, d time.Duration, into ...any) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for ended := false; ; {
+		var lines []string
+		for _, l := range strings.SplitAfter(k.out.String(), "\n") {
+			if strings.HasPrefix(l, "{") && strings.HasSuffix(l, "\n") {
+				lines = append(lines, l)
+			}
+		}
+		if len(lines) >= len(into) {
+			for i, v := range into {
+				if err := json.Unmarshal([]byte(lines[i]), v); err != nil {
+					t.Fatalf("kernel output line %d is not its result: %v\n%s", i+1, err, k.out)
+				}
+			}
+			return
+		}
+		if ended {
+			t.Fatalf("kernel ended (%v) after %d of %d results:\n%s", k.p.Err(), len(lines), len(into), k.out)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d results after %v:\n%s", len(lines), len(into), d, k.out)
+		}
+		select {
+		case <-k.p.Done():
+			ended = true // one more look: the output may have come last
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
 }
 

@@ -1,0 +1,3 @@
+# A busy loop: it ends only at the CPU limit. Prints nothing.
+while True:
+    pass
