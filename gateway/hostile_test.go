@@ -1051,14 +1051,10 @@ func (h *hostileEnv) symlinks(t *testing.T) {
 // site. The web client turns these into <a href> and <img src> under
 // "File written:", so clients must only ever see the gateway's own.
 //
-// BUG (fails at the time of writing): the gateway relays every iopub
-// message of the kernel as it is (session.observe, gateway/session.go),
-// cellgate.files included, and /service copies its links into "files"
-// (collectServiceOutput, gateway/service.go). Fix: drop, or rename, kernel
-// messages whose msg_type starts with "cellgate." in session.observe, so
-// that only the gateway's own (appended by finishExecution) reach the
-// replay log; and let the web client (static/src/output.js, files) link
-// only http(s) URLs. (The test only compares URLs; it fetches none.)
+// Session.observe (gateway/session/session.go) drops kernel messages whose
+// msg_type starts with "cellgate.", so only the gateway's own announcements
+// reach the replay and /service's "files". (The test only compares URLs; it
+// fetches none.)
 func (h *hostileEnv) forgedFiles(t *testing.T) {
 	h.checkBystander(t)
 	own := strings.TrimSuffix(h.http.URL, "/") + "/files/"
