@@ -64,6 +64,21 @@ type Config struct {
 	PollWait time.Duration
 	// PingInterval keeps websockets alive through proxies.
 	PingInterval time.Duration
+	// HeaderTimeout bounds the reading of a request's headers and
+	// BodyTimeout the reading of its body (from the end of the headers):
+	// a client trickling either is cut off. IdleTimeout closes a
+	// keep-alive connection with no request in flight. None of them
+	// applies to an upgraded websocket or to a long-poll being held: those
+	// keep their own deadlines (HTTPServer, Listener).
+	HeaderTimeout time.Duration
+	BodyTimeout   time.Duration
+	IdleTimeout   time.Duration
+	// MaxConnsPerAddr caps the open TCP connections from one peer
+	// address (an IPv6 peer counts by its /64); the connection over the
+	// cap is answered 429 and closed. With TrustProxy, peers that may be
+	// the proxy (loopback, private and link-local addresses, as for
+	// X-Forwarded-For) are not capped: the proxy speaks for many clients.
+	MaxConnsPerAddr int
 	// SandboxWarning is shown in /api status when kernels run unsandboxed.
 	SandboxWarning string
 	// Storage holds permalinks and kernel files; zero disables them.
@@ -115,6 +130,10 @@ func DefaultConfig() Config {
 		MaxCodeChars:         65000,
 		PollWait:             25 * time.Second,
 		PingInterval:         30 * time.Second,
+		HeaderTimeout:        10 * time.Second,
+		BodyTimeout:          60 * time.Second,
+		IdleTimeout:          60 * time.Second,
+		MaxConnsPerAddr:      256,
 		Storage:              Storage{UploadTimeout: 10 * time.Second, ReplyHold: 3 * time.Second},
 	}
 }
@@ -139,6 +158,10 @@ func (c Config) withDefaults() Config {
 	fill(&c.MaxCodeChars, d.MaxCodeChars)
 	fill(&c.PollWait, d.PollWait)
 	fill(&c.PingInterval, d.PingInterval)
+	fill(&c.HeaderTimeout, d.HeaderTimeout)
+	fill(&c.BodyTimeout, d.BodyTimeout)
+	fill(&c.IdleTimeout, d.IdleTimeout)
+	fill(&c.MaxConnsPerAddr, d.MaxConnsPerAddr)
 	fill(&c.Storage.UploadTimeout, d.Storage.UploadTimeout)
 	fill(&c.Storage.ReplyHold, d.Storage.ReplyHold)
 	if len(c.AllowOrigins) == 0 {

@@ -56,6 +56,10 @@ type options struct {
 	perClient      int
 	jupyterIdle    time.Duration
 	detachGrace    time.Duration
+	headerTimeout  time.Duration
+	bodyTimeout    time.Duration
+	idleTimeout    time.Duration
+	connsPerAddr   int
 }
 
 // setting is one row of the table that cellgate serve's flags, their
@@ -148,6 +152,10 @@ func settings(o *options) []setting {
 		opt("max-kernels-per-client", &o.perClient, gw.MaxKernelsPerClient, "sessions one `client_id` may hold at once (then 429)"),
 		opt("jupyter-idle-timeout", &o.jupyterIdle, gw.JupyterIdleTimeout, "Jupyter API kernels end after this long idle with no client connected"),
 		opt("detach-grace", &o.detachGrace, gw.DetachGrace, "how long a one-shot session outlives its last client, so a dropped websocket can reconnect"),
+		opt("header-timeout", &o.headerTimeout, gw.HeaderTimeout, "a request's headers must arrive within this long of its start, or the connection is closed"),
+		opt("body-timeout", &o.bodyTimeout, gw.BodyTimeout, "a request's body must arrive within this long of its headers (then 400 and the connection is closed); upgraded websockets and held long-polls are not cut"),
+		opt("idle-timeout", &o.idleTimeout, gw.IdleTimeout, "a keep-alive connection with no request in flight is closed after this long"),
+		opt("max-connections-per-address", &o.connsPerAddr, gw.MaxConnsPerAddr, "open TCP connections one peer address (an IPv6 /64) may hold; the next is answered 429 and closed. With `--trust-proxy`, loopback, private and link-local peers (the proxy) are not capped"),
 		opt("max-message-mb", &o.maxMessageMB, kp.Kernel.MaxMessageBytes>>20, "largest message in MiB from a client (websocket frame, HTTP body; then an error or 413) or from a kernel (then dropped)"),
 		opt("log-level", &o.logLevel, "info", "log level: `debug`, `info`, `warn` or `error`"),
 		opt("log-format", &o.logFormat, "console", "log format: `console` (for people) or `json` (for log collectors)"),
@@ -268,6 +276,8 @@ func (o options) validate() error {
 		{"service-timeout", int64(o.serviceTimeout)}, {"poll-wait", int64(o.pollWait)},
 		{"max-timeout", int64(o.maxTimeout)}, {"max-lifespan", int64(o.maxLifespan)},
 		{"jupyter-idle-timeout", int64(o.jupyterIdle)}, {"detach-grace", int64(o.detachGrace)},
+		{"header-timeout", int64(o.headerTimeout)}, {"body-timeout", int64(o.bodyTimeout)},
+		{"idle-timeout", int64(o.idleTimeout)}, {"max-connections-per-address", int64(o.connsPerAddr)},
 		{"kernel-memory-mb", o.kernelMemory}, {"kernel-disk-mb", o.kernelDisk},
 		{"kernel-processes", int64(o.kernelProcs)}, {"kernel-lifespan", int64(o.kernelLifespan)},
 	}
@@ -300,6 +310,8 @@ func (o options) gatewayConfig() gateway.Config {
 	cfg.LeaseTimeout, cfg.ServiceTimeout, cfg.PollWait = o.leaseTimeout, o.serviceTimeout, o.pollWait
 	cfg.MaxKernelsPerAddr, cfg.MaxKernelsPerClient = o.perAddress, o.perClient
 	cfg.JupyterIdleTimeout, cfg.DetachGrace = o.jupyterIdle, o.detachGrace
+	cfg.HeaderTimeout, cfg.BodyTimeout, cfg.IdleTimeout = o.headerTimeout, o.bodyTimeout, o.idleTimeout
+	cfg.MaxConnsPerAddr = o.connsPerAddr
 	return cfg
 }
 

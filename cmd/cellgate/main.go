@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -104,6 +103,11 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if soft, hard, err := raiseFileLimit(); err != nil {
+		log.Warn().Err(err).Uint64("open_files", soft).Uint64("open_files_hard", hard).Msg("could not raise the open-file limit")
+	} else {
+		log.Info().Uint64("open_files", soft).Uint64("open_files_hard", hard).Msg("open-file limit (RLIMIT_NOFILE)")
+	}
 	specs, problems := jupytermsg.FindKernelSpecs(jupytermsg.KernelSpecDirs(os.Getenv))
 	for _, p := range problems {
 		log.Warn().Err(p).Msg("skipping kernelspec")
@@ -198,7 +202,10 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	httpServer := &http.Server{Handler: static.Wrap(gw.Handler()), ReadHeaderTimeout: 10 * time.Second}
+	// The timeouts and the per-address connection cap hold for every
+	// route, the web client's included.
+	httpServer := gw.HTTPServer(static.Wrap(gw.Handler()))
+	ln = gw.Listener(ln)
 	database := stack.where
 	log.Info().Str("listen", ln.Addr().String()).Str("pool", o.pool).Int("max_kernels", o.maxKernels).
 		Str("sandbox", launcher.Name()).Str("database", database).Strs("kernelspecs", jupytermsg.SortedNames(specs)).
@@ -222,6 +229,29 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 		_ = httpServer.Close()
 	}
 	return nil
+}
+
+// raiseFileLimit raises this process's soft RLIMIT_NOFILE to its hard
+// limit and returns the limits now in force: every client connection,
+// kernel socket and database connection is a descriptor. Go's runtime
+// already raises it to one under the hard limit at start (and os/exec gives
+// children the original back); it is set here only when that did not
+// happen, since an explicit setrlimit stops that restoring. Sandboxed
+// kernels get their own limit (--nofile) whichever way.
+func raiseFileLimit() (soft, hard uint64, err error) {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		return 0, 0, fmt.Errorf("getrlimit: %w", err)
+	}
+	if l.Cur+1 >= l.Max {
+		return l.Cur, l.Max, nil
+	}
+	want := l
+	want.Cur = l.Max
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &want); err != nil {
+		return l.Cur, l.Max, fmt.Errorf("setrlimit to %d: %w", l.Max, err)
+	}
+	return want.Cur, want.Max, nil
 }
 
 func splitList(s string) []string {

@@ -106,6 +106,15 @@ func TestSIGTERMDrains(t *testing.T) {
 			t.Errorf("start-up line lacks %q: %v", field, start)
 		}
 	}
+	var limit syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &limit); err != nil {
+		t.Fatal(err)
+	}
+	if files := logs.find("open-file limit (RLIMIT_NOFILE)"); files == nil {
+		t.Errorf("no line with the open-file limit in %v", logs.raw)
+	} else if n, _ := files["open_files"].(float64); uint64(n)+1 < limit.Max || files["open_files_hard"] != float64(limit.Max) {
+		t.Errorf("open-file limit logged %v, hard %v; the hard limit is %d", files["open_files"], files["open_files_hard"], limit.Max)
+	}
 
 	resp, err := http.PostForm(base+"/kernel", url.Values{"timeout": {"60"}})
 	if err != nil {
@@ -287,6 +296,32 @@ func TestServeStartsAndDrains(t *testing.T) {
 		if left, _ := os.ReadDir(filepath.Join(dataDir, "kernels")); len(left) != 0 {
 			t.Errorf("kernel work dirs left: %d", len(left))
 		}
+	}
+}
+
+// raiseFileLimit lifts a low soft RLIMIT_NOFILE to the hard limit.
+func TestRaiseFileLimit(t *testing.T) {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		t.Fatal(err)
+	}
+	if l.Max <= 1024 {
+		t.Skipf("hard limit %d leaves nothing to raise", l.Max)
+	}
+	low := l
+	low.Cur = 1024
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := raiseFileLimit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		t.Fatal(err)
+	}
+	if got != l.Max || l.Cur != l.Max {
+		t.Errorf("after raiseFileLimit: reported %d, soft %d, hard %d", got, l.Cur, l.Max)
 	}
 }
 
