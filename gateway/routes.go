@@ -54,6 +54,8 @@ func (s *Server) routes() *echo.Echo {
 	e.GET("/permalink/:id", s.getPermalink)
 	e.GET("/files/:id/*", s.serveFile)
 	e.GET("/kernel/:id/files/*", s.sessionFile)
+	e.POST("/tos.html", s.tos)
+	e.GET("/tos.html", s.tos)
 
 	s.jupyterRoutes(e)
 	return e

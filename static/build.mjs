@@ -49,8 +49,9 @@ const common = {
 };
 
 const results = await Promise.all([
-  esbuild.build({ ...common, entryPoints: { embed: 'src/index.js' }, format: 'iife', outdir: 'dist', define: { SAGECELL_ALIAS: 'false', CELLGATE_VERSION: JSON.stringify(version) } }),
-  esbuild.build({ ...common, entryPoints: { embedded_sagecell: 'src/index.js' }, format: 'iife', outdir: 'dist', define: { SAGECELL_ALIAS: 'true', CELLGATE_VERSION: JSON.stringify(version) } }),
+  esbuild.build({ ...common, entryPoints: { embed: 'src/index.js' }, format: 'iife', outdir: 'dist', define: { CELLGATE_VERSION: JSON.stringify(version) } }),
+  // The same client plus the Sage cell's page API and jQuery (sagecell.js).
+  esbuild.build({ ...common, entryPoints: { embedded_sagecell: 'src/sagecell.js' }, format: 'iife', outdir: 'dist', define: { CELLGATE_VERSION: JSON.stringify(version) } }),
   esbuild.build({ ...common, entryPoints: { embed: 'src/embed.css' }, outdir: 'dist', loader: { '.woff2': 'file' }, assetNames: 'fonts/[name]-[hash]', plugins: [katexWoff2Only] }),
   esbuild.build({ ...common, bundle: false, entryPoints: { demo: 'src/page/demo.js' }, outdir: 'dist' }),
   esbuild.build({ ...common, bundle: false, entryPoints: { demo: 'src/page/demo.css' }, outdir: 'dist' }),
@@ -59,6 +60,11 @@ const results = await Promise.all([
 const want = new Map();
 for (const r of results) for (const f of r.outputFiles) want.set(relative(dist, f.path), Buffer.from(f.contents));
 want.set('index.html', readFileSync(join(src, 'page', 'index.html')));
+want.set('help.html', readFileSync(join(src, 'page', 'help.html')));
+// Files pages written for the Sage cell link to: jQuery as npm ships it, and
+// the spinner (src/assets/spinner.gif, made by src/assets/spinner.go).
+want.set('jquery.min.js', readFileSync(join(root, 'node_modules', 'jquery', 'dist', 'jquery.min.js')));
+want.set('spinner.gif', readFileSync(join(src, 'assets', 'spinner.gif')));
 want.set('VERSION', Buffer.from(`${version}\n`));
 
 mkdirSync(dist, { recursive: true });

@@ -1,6 +1,9 @@
 // Package static serves cellgate's browser client: the embed script
 // (/static/embed.js, and /embedded_sagecell.js for pages written for the
-// Sage Cell Server), its stylesheet and fonts, and the demo page at /.
+// Sage Cell Server), its stylesheet and fonts, the demo page at /, and what
+// Sage-cell pages link to (/help.html, /static/jquery.min.js,
+// /static/sagecell_embed.css and /static/sagecell.css, which are embed.css,
+// and /static/spinner.gif).
 //
 // The files are bundled from src/ by scripts/web-build.sh (npm ci and
 // esbuild) into dist/, and embedded into the binary. Without a build, the
@@ -95,7 +98,7 @@ func New() *Client {
 			a.ctype = "application/octet-stream"
 		}
 		switch {
-		case name == "index.html":
+		case name == "index.html" || name == "help.html":
 			a.cache = "no-cache"
 		case strings.HasPrefix(name, "fonts/"):
 			// Font names carry a hash of their bytes.
@@ -103,13 +106,21 @@ func New() *Client {
 		default:
 			a.cache = "public, max-age=300"
 		}
-		if name == "index.html" {
+		switch name {
+		case "index.html":
 			c.files["/"] = a
-		} else {
+		case "help.html":
+			c.files["/help.html"] = a
+		default:
 			c.files["/static/"+name] = a
 		}
-		if name == "embedded_sagecell.js" {
+		// Where pages written for the Sage cell look for them.
+		switch name {
+		case "embedded_sagecell.js":
 			c.files["/embedded_sagecell.js"] = a
+		case "embed.css":
+			c.files["/static/sagecell_embed.css"] = a
+			c.files["/static/sagecell.css"] = a
 		}
 		return nil
 	})
@@ -122,7 +133,7 @@ func (c *Client) Built() bool { return c.built }
 
 // Owns reports whether a request path is the client's.
 func Owns(p string) bool {
-	return p == "/" || p == "/index.html" || p == "/embedded_sagecell.js" || strings.HasPrefix(p, "/static/")
+	return p == "/" || p == "/index.html" || p == "/help.html" || p == "/embedded_sagecell.js" || strings.HasPrefix(p, "/static/")
 }
 
 // ServeHTTP serves /, /static/* and /embedded_sagecell.js.
@@ -220,7 +231,7 @@ func Wrap(next http.Handler) http.Handler {
 // Register adds the client's routes to an echo server.
 func Register(e *echo.Echo) {
 	h := echo.WrapHandler(New())
-	for _, p := range []string{"/", "/index.html", "/embedded_sagecell.js", "/static/*"} {
+	for _, p := range []string{"/", "/index.html", "/help.html", "/embedded_sagecell.js", "/static/*"} {
 		e.GET(p, h)
 		e.HEAD(p, h)
 	}

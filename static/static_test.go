@@ -42,6 +42,13 @@ func TestWrap(t *testing.T) {
 		{"GET", "/embedded_sagecell.js", 200, "text/javascript", "makeSagecell", false, true},
 		{"GET", "/static/embedded_sagecell.js", 200, "text/javascript", "makeSagecell", false, true},
 		{"GET", "/static/demo.js", 200, "text/javascript", "fetchPermalink", false, true},
+		// What pages written for the Sage cell link to.
+		{"GET", "/static/jquery.min.js", 200, "text/javascript", "jQuery v3.7.1", false, true},
+		{"GET", "/static/sagecell_embed.css", 200, "text/css", ".cellgate", false, true},
+		{"GET", "/static/sagecell.css", 200, "text/css", ".cellgate", false, true},
+		{"GET", "/static/spinner.gif", 200, "image/gif", "GIF89a", false, true},
+		{"GET", "/help.html", 200, "text/html", "makeSagecell", false, false},
+		{"POST", "/tos.html", 418, "", "", true, false},
 		{"HEAD", "/static/embed.js", 200, "text/javascript", "", false, true},
 		{"GET", "/static/nope.js", 404, "", "", false, true},
 		{"GET", "/static/../static.go", 404, "", "", false, true},
@@ -153,5 +160,27 @@ func TestFontsAreImmutable(t *testing.T) {
 	}
 	if n == 0 {
 		t.Error("no KaTeX fonts in the bundle")
+	}
+}
+
+// TestJQueryOnlyInSagecellScript checks that jQuery is bundled into
+// /embedded_sagecell.js, which pages written for the Sage cell use, and not
+// into embed.js.
+func TestJQueryOnlyInSagecellScript(t *testing.T) {
+	requireBuilt(t)
+	c := New()
+	const banner = "jQuery JavaScript Library v3.7.1"
+	if a := c.files["/static/embed.js"]; strings.Contains(string(a.data), banner) {
+		t.Error("embed.js bundles jQuery")
+	}
+	for _, p := range []string{"/embedded_sagecell.js", "/static/embedded_sagecell.js"} {
+		if a := c.files[p]; a == nil || !strings.Contains(string(a.data), banner) {
+			t.Errorf("%s does not bundle jQuery", p)
+		}
+	}
+	// The Sage cell's stylesheets are embed.css itself: its fonts resolve
+	// against the same directory.
+	if c.files["/static/sagecell_embed.css"] != c.files["/static/embed.css"] || c.files["/static/sagecell.css"] != c.files["/static/embed.css"] {
+		t.Error("sagecell_embed.css and sagecell.css are not embed.css")
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -44,6 +45,13 @@ func chromium() string {
 // startCellgate serves the gateway and the client as cmd/cellgate does.
 func startCellgate(t testing.TB, ready map[string]int) (*httptest.Server, []string) {
 	t.Helper()
+	return startCellgateWith(t, ready, 12, 60*time.Second)
+}
+
+// startCellgateWith is startCellgate with at most maxKernels kernels, whose
+// requests wait leaseTimeout for one before the server answers 503.
+func startCellgateWith(t testing.TB, ready map[string]int, maxKernels int, leaseTimeout time.Duration) (*httptest.Server, []string) {
+	t.Helper()
 	specs, _ := jupytermsg.FindKernelSpecs(jupytermsg.KernelSpecDirs(os.Getenv))
 	if _, ok := specs["python3"]; !ok {
 		t.Fatal("python3 kernelspec missing: run make deps")
@@ -60,7 +68,7 @@ func startCellgate(t testing.TB, ready map[string]int) (*httptest.Server, []stri
 	t.Cleanup(func() { os.RemoveAll(root) })
 	log := zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)
 	pool, err := kernelpool.New(kernelpool.Config{
-		Specs: specs, Ready: ready, MaxKernels: 12,
+		Specs: specs, Ready: ready, MaxKernels: maxKernels,
 		Kernel: kernelpool.KernelConfig{
 			Launcher: sandbox.None{}, RuntimeRoot: filepath.Join(root, "r"), WorkRoot: filepath.Join(root, "w"),
 			ShutdownGrace: time.Second, Log: log,
@@ -81,7 +89,7 @@ func startCellgate(t testing.TB, ready map[string]int) (*httptest.Server, []stri
 	}
 	queue := storage.NewQueue(context.Background(), store.Permalinks(), storage.QueueConfig{Logger: log})
 	gw := gateway.New(gateway.Config{
-		Log: log, LeaseTimeout: 60 * time.Second, PollWait: 10 * time.Second,
+		Log: log, LeaseTimeout: leaseTimeout, PollWait: 10 * time.Second,
 		Storage: gateway.Storage{Permalinks: queue, Files: store.Files(), Ping: store.Ping},
 	}, pool)
 	srv := httptest.NewServer(static.Wrap(gw.Handler()))
@@ -102,38 +110,87 @@ func startCellgate(t testing.TB, ready map[string]int) (*httptest.Server, []stri
 	return srv, names
 }
 
-// embedPages is the second origin: pages that embed cells from base.
+// embedPages is the second origin: pages that embed cells from .Base (and
+// from .Capped, a cellgate with room for two Sage kernels).
 var embedPages = template.Must(template.New("").Parse(`
 {{define "embed"}}<!doctype html><html><head><meta charset="utf-8"><title>embedding page</title></head>
 <body><h1>A page on another origin</h1>
 <div id="c1">print(6 * 7)</div>
 <div class="many">print("first")</div>
 <div class="many">print("second")</div>
-<script src="{{.}}static/embed.js"></script>
+<script src="{{.Base}}static/embed.js"></script>
 <script>
 cellgate.makeCell({inputLocation: '#c1', autoeval: true, hide: ['share']});
 window.many = cellgate.makeCells('.many', {linked: true});
 </script></body></html>{{end}}
 {{define "sagecell"}}<!doctype html><html><head><meta charset="utf-8"><title>sage cell page</title>
-<script src="{{.}}embedded_sagecell.js"></script></head>
+<script src="{{.Base}}embedded_sagecell.js"></script></head>
 <body><div class="compute"><script type="text/x-sage">print("via " + "makeSagecell")</script></div>
 <script>
 sagecell.makeSagecell({inputLocation: 'div.compute', languages: ['python'], evalButtonText: 'Run', autoeval: true});
 </script></body></html>{{end}}
+{{define "sagehead"}}<!doctype html><html><head><meta charset="utf-8"><title>makeSagecell in head</title>
+<link rel="stylesheet" href="{{.Base}}static/sagecell_embed.css">
+<script src="{{.Base}}embedded_sagecell.js"></script>
+<script>
+// As the Sage cell's documentation, its Sphinx and DokuWiki plugins and its
+// linked.html test call it: in <head>, before the elements exist.
+window.early = sagecell.makeSagecell({inputLocation: '#mycell', languages: ['python'], autoeval: true});
+window.linked = sagecell.makeSagecell({inputLocation: '.linked', languages: ['python'], linked: true});
+window.single = singlecell.makeSinglecell({inputLocation: '#old', languages: ['python'], evalButtonText: 'Go'});
+</script></head>
+<body><div id="mycell"><script type="text/x-sage">print("made in head", 6 * 7)</script></div>
+<div class="linked"><script type="text/x-sage">shared = 5</script></div>
+<div class="linked"><script type="text/x-sage">print("linked sees", shared)</script></div>
+<div id="old">print("singlecell")</div>
+</body></html>{{end}}
+{{define "jquery"}}<!doctype html><html><head><meta charset="utf-8"><title>jQuery ready</title>
+<script src="{{.Base}}embedded_sagecell.js"></script>
+<script>
+$(function () {
+  window.readyRan = true;
+  window.viaReady = sagecell.makeSagecell({inputLocation: '#jq', languages: ['python'], autoeval: true});
+});
+</script></head>
+<body><div id="jq">print("jQuery", "ready")</div>
+<div id="gone">print("to be deleted")</div>
+<div id="form">print("moved and back")</div>
+<img id="spin" src="{{.Base}}static/spinner.gif" alt="spinner">
+</body></html>{{end}}
+{{define "ownjquery"}}<!doctype html><html><head><meta charset="utf-8"><title>a page with its own jQuery</title>
+<script src="{{.Base}}static/jquery.min.js"></script>
+<script>jQuery.pagesOwn = true;</script>
+<script src="{{.Base}}embedded_sagecell.js"></script></head>
+<body><div id="own">print("own jQuery kept")</div>
+<script>sagecell.makeSagecell({inputLocation: '#own', languages: ['python'], autoeval: true});</script>
+</body></html>{{end}}
+{{define "eight"}}<!doctype html><html><head><meta charset="utf-8"><title>eight Sage cells</title>
+<script src="{{.Capped}}embedded_sagecell.js"></script>
+<script>sagecell.makeSagecell({inputLocation: 'div.sage', autoeval: true, hide: ['permalink']});</script></head>
+<body>{{range .Eight}}<div class="sage"><script type="text/x-sage">print("cell {{.}}:", factor({{.}} * 2^10 + 1))</script></div>
+{{end}}</body></html>{{end}}
 `))
 
-func startOther(t testing.TB, base string) *httptest.Server {
+// pageData is what the second origin's pages are made from.
+type pageData struct {
+	Base, Capped string
+	Eight        []int
+}
+
+func startOther(t testing.TB, base, capped string) *httptest.Server {
 	mux := http.NewServeMux()
+	data := pageData{Base: base, Capped: capped, Eight: []int{1, 2, 3, 4, 5, 6, 7, 8}}
 	page := func(name string) http.HandlerFunc {
 		return func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/html; charset=utf-8")
-			if err := embedPages.ExecuteTemplate(w, name, base); err != nil {
+			if err := embedPages.ExecuteTemplate(w, name, data); err != nil {
 				t.Error(err)
 			}
 		}
 	}
-	mux.HandleFunc("/embed.html", page("embed"))
-	mux.HandleFunc("/sagecell.html", page("sagecell"))
+	for _, name := range []string{"embed", "sagecell", "sagehead", "jquery", "ownjquery", "eight"} {
+		mux.HandleFunc("/"+name+".html", page(name))
+	}
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	return srv
@@ -158,6 +215,22 @@ func startBlockingProxy(t testing.TB, base string) *httptest.Server {
 	}))
 	t.Cleanup(srv.Close)
 	return srv
+}
+
+// wants reports whether the browser tests to run include the one named
+// name: CELLGATE_E2E_ONLY is words separated by "|", and a test runs when
+// its name contains one of them.
+func wants(name string) bool {
+	only := os.Getenv("CELLGATE_E2E_ONLY")
+	if only == "" {
+		return true
+	}
+	for _, w := range strings.Split(only, "|") {
+		if strings.Contains(name, w) {
+			return true
+		}
+	}
+	return false
 }
 
 // result is one line of run.mjs's report.
@@ -188,7 +261,15 @@ func TestBrowser(t *testing.T) {
 
 	srv, kernels := startCellgate(t, map[string]int{"python3": 3, "sagemath": 1})
 	base := srv.URL + "/"
-	other := startOther(t, base)
+	// A server with room for two Sage kernels, whose requests for a kernel
+	// wait 2 s for one and then get 503: a page of eight Sage cells must
+	// wait its turn and get them all evaluated.
+	cappedURL := ""
+	if slices.Contains(kernels, "sagemath") && wants("eight autoeval Sage cells on one page") {
+		capped, _ := startCellgateWith(t, map[string]int{"sagemath": 1}, 2, 2*time.Second)
+		cappedURL = capped.URL + "/"
+	}
+	other := startOther(t, base, cappedURL)
 	blocked := startBlockingProxy(t, base)
 	// Screenshots for humans go to test-output/ (not tracked: PNGs differ
 	// from run to run); CELLGATE_SCREENSHOTS=bench/screenshots refreshes
@@ -201,13 +282,14 @@ func TestBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 12*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, node, "run.mjs")
 	cmd.Env = append(os.Environ(),
 		"CELLGATE_URL="+base,
 		"OTHER_URL="+other.URL+"/",
 		"BLOCKED_URL="+blocked.URL+"/",
+		"CAPPED_URL="+cappedURL,
 		"CHROMIUM="+chromium(),
 		"SCREENSHOTS="+shots,
 		"KERNELS="+strings.Join(kernels, ","),
@@ -277,7 +359,7 @@ func TestServe(t *testing.T) {
 		t.Skip("set CELLGATE_E2E_SERVE=1 to serve the client for manual testing")
 	}
 	srv, _ := startCellgate(t, map[string]int{"python3": 2, "sagemath": 1})
-	other := startOther(t, srv.URL+"/")
+	other := startOther(t, srv.URL+"/", srv.URL+"/")
 	fmt.Printf("cellgate: %s/\nother origin: %s/embed.html %s/sagecell.html\n", srv.URL, other.URL, other.URL)
 	d, _ := time.ParseDuration(os.Getenv("CELLGATE_E2E_SERVE"))
 	if d <= 0 {

@@ -8,6 +8,7 @@ import { chromium } from 'playwright-core';
 const BASE = process.env.CELLGATE_URL;
 const OTHER = process.env.OTHER_URL;
 const BLOCKED = process.env.BLOCKED_URL; // cellgate behind a proxy that refuses websockets
+const CAPPED = process.env.CAPPED_URL || ''; // a cellgate with room for two Sage kernels
 const SHOTS = process.env.SCREENSHOTS || '';
 const KERNELS = (process.env.KERNELS || 'python3').split(',');
 const ONLY = process.env.ONLY || '';
@@ -38,8 +39,8 @@ const browser = await chromium.launch({
 class Skip extends Error {}
 
 const tests = [];
-function test(name, fn) {
-  tests.push({ name, fn });
+function test(name, fn, { timeout = TEST_TIMEOUT } = {}) {
+  tests.push({ name, fn, timeout });
 }
 
 // page opens a fresh browser context (no shared cache or storage).
@@ -574,6 +575,113 @@ test('embedded_sagecell.js makeSagecell alias', async (t) => {
   expect(r.error && /reach/.test(r.error), `onError not called: ${j}`);
 });
 
+test('makeSagecell in <head>, before the elements exist', async (t) => {
+  const p = await page(t);
+  await p.goto(`${OTHER}sagehead.html`);
+  await outputContains(p, 'made in head 42', { root: '#mycell .cg-output-root' });
+  const early = await p.evaluate(async () => {
+    const cell = await window.early.ready;
+    return { made: window.early.made, same: cell === window.early.cell, code: window.early.code };
+  });
+  expect(early.made && early.same, `makeSagecell's answer does not stand for the cell: ${JSON.stringify(early)}`);
+  expect(early.code === 'print("made in head", 6 * 7)', `code is ${JSON.stringify(early.code)}`);
+  // Linked cells made in <head> share their kernel.
+  await p.locator('.linked').nth(0).locator('.cg-eval').click();
+  await waitDone(p, '.linked .cg-cell');
+  await p.locator('.linked').nth(1).locator('.cg-eval').click();
+  await outputContains(p, 'linked sees 5', { root: '.linked .cg-output-root' });
+  // The Sage cell's old names.
+  const old = await p.evaluate(() => ({
+    alias: window.singlecell === window.sagecell && sagecell.makeSinglecell === sagecell.makeSagecell,
+    button: document.querySelector('#old .cg-eval')?.textContent,
+  }));
+  expect(old.alias, 'singlecell.makeSinglecell is not makeSagecell');
+  expect(old.button === 'Go', `the singlecell's button says ${old.button}`);
+  // The page links sagecell_embed.css: it styles the cells and the script adds no second sheet.
+  const css = await p.evaluate(() => ({
+    links: [...document.querySelectorAll('link[rel=stylesheet]')].map((l) => l.href).filter((h) => /\/static\/(embed|sagecell_embed|sagecell)\.css/.test(h)),
+    radius: getComputedStyle(document.querySelector('#mycell .cg-editor')).borderTopLeftRadius,
+  }));
+  expect(css.links.length === 1 && css.links[0].includes('sagecell_embed.css'), `stylesheets: ${JSON.stringify(css.links)}`);
+  expect(css.radius === '6px', `the cell is not styled by sagecell_embed.css: ${JSON.stringify(css)}`);
+});
+
+test('jQuery ready, a page\'s own jQuery, and the Sage cell helpers', async (t) => {
+  const p = await page(t);
+  await p.goto(`${OTHER}jquery.html`);
+  await outputContains(p, 'jQuery ready', { root: '#jq .cg-output-root' });
+  const jq = await p.evaluate(() => ({ ran: window.readyRan, version: window.jQuery?.fn?.jquery, same: window.$ === window.jQuery }));
+  expect(jq.ran && jq.version === '3.7.1' && jq.same, `jQuery global: ${JSON.stringify(jq)}`);
+  expect(await p.$eval('#spin', (i) => i.complete && i.naturalWidth === 24), '/static/spinner.gif did not load');
+  // deleteSagecell ends the cell's kernel and removes its elements.
+  const del = await p.evaluate(async () => {
+    const cell = sagecell.makeSagecell({ inputLocation: '#gone', languages: ['python'] });
+    await cell.ready;
+    await cell.evaluate();
+    await new Promise((r) => { const t = setInterval(() => { if (cell.root.dataset.done) { clearInterval(t); r(); } }, 50); });
+    sagecell.deleteSagecell(cell);
+    return { gone: !document.getElementById('gone') && !document.querySelector('[data-cell="' + cell.id + '"]'), ended: cell.kernel === null || cell.kernel.ended };
+  });
+  expect(del.gone, 'deleteSagecell left the cell in the page');
+  expect(del.ended, 'deleteSagecell left the kernel running');
+  // moveInputForm takes the form out of the page; restoreInputForm puts it back, working.
+  const moved = await p.evaluate(() => {
+    window.form = sagecell.makeSagecell({ inputLocation: '#form', languages: ['python'] });
+    sagecell.moveInputForm(window.form);
+    const holder = document.getElementById('sagecell_moved');
+    const r = { emptied: document.getElementById('form').children.length === 0, held: !!holder?.querySelector('.cg-cell'), hidden: holder && getComputedStyle(holder).display === 'none' };
+    sagecell.restoreInputForm(window.form);
+    r.back = !!document.querySelector('#form .cg-cell') && !document.getElementById('sagecell_moved');
+    return r;
+  });
+  expect(moved.emptied && moved.held && moved.hidden && moved.back, `moveInputForm/restoreInputForm: ${JSON.stringify(moved)}`);
+  await p.locator('#form .cg-eval').click();
+  await outputContains(p, 'moved and back', { root: '#form .cg-output-root' });
+  // A page that has its own jQuery keeps it.
+  const p2 = await page(t);
+  await p2.goto(`${OTHER}ownjquery.html`);
+  await outputContains(p2, 'own jQuery kept');
+  expect(await p2.evaluate(() => window.jQuery.pagesOwn === true && window.$ === window.jQuery), "the page's own jQuery was replaced");
+  // embed.js defines no jQuery.
+  const p3 = await page(t);
+  await p3.goto(`${OTHER}embed.html`);
+  await p3.waitForFunction(() => window.cellgate && window.many);
+  expect(await p3.evaluate(() => typeof window.jQuery === 'undefined' && typeof window.$ === 'undefined' && typeof window.sagecell === 'undefined'), 'embed.js defines jQuery or sagecell');
+});
+
+test('eight autoeval Sage cells on one page all evaluate', async (t) => {
+  if (!CAPPED) throw new Skip('the sagemath kernel is not installed');
+  // Every status the cells show is kept, to see that they said they were waiting.
+  const p = await page(t, {
+    init: () => {
+      window.statuses = [];
+      new MutationObserver(() => {
+        for (const s of document.querySelectorAll('.cg-status-text')) if (s.textContent && !window.statuses.includes(s.textContent)) window.statuses.push(s.textContent);
+      }).observe(document, { subtree: true, childList: true, characterData: true });
+    },
+  });
+  await p.goto(`${OTHER}eight.html`);
+  await p.waitForFunction(
+    () => {
+      const cells = [...document.querySelectorAll('div.sage')];
+      return cells.length === 8 && cells.every((c, i) => c.querySelector('.cg-output-root')?.innerText.includes(`cell ${i + 1}:`) && c.querySelector('.cg-cell').dataset.done);
+    },
+    null,
+    { timeout: 280000, polling: 500 },
+  );
+  const r = await p.evaluate(() => ({
+    waited: [...document.querySelectorAll('.cg-cell')].filter((c) => Number(c.dataset.waited) > 0).length,
+    said: window.statuses.filter((s) => /waiting for a kernel/.test(s)),
+    problems: [...document.querySelectorAll('.cg-output-root')].map((o) => o.innerText).filter((x) => /Could not start/.test(x)),
+  }));
+  expect(r.waited > 0, 'no cell had to wait: the test did not reach the server at capacity');
+  expect(r.said.length > 0, `no cell said it was waiting: ${JSON.stringify(r)}`);
+  expect(r.problems.length === 0, `cells gave up: ${JSON.stringify(r.problems)}`);
+  // Each cell shows its own result: cell 1 is 1025 = 5^2 * 41.
+  const first = await p.$eval('div.sage .cg-output-root', (e) => e.innerText);
+  expect(first.includes('5^2 * 41'), `cell 1 shows ${JSON.stringify(first)}`);
+}, { timeout: 300000 });
+
 test('websocket blocked falls back to long-polling', async (t) => {
   // The page is served through a proxy that refuses websocket upgrades.
   const p = await page(t);
@@ -842,8 +950,8 @@ test('demo page screenshot', async (t) => {
 // ------------------------------------------------------------------ runner
 
 let failed = 0;
-for (const { name, fn } of tests) {
-  if (ONLY && !name.includes(ONLY)) continue;
+for (const { name, fn, timeout } of tests) {
+  if (ONLY && !ONLY.split('|').some((w) => name.includes(w))) continue;
   const t = { cleanup: [], errors: [], log: [] };
   const started = Date.now();
   let status = 'pass';
@@ -853,7 +961,7 @@ for (const { name, fn } of tests) {
     await Promise.race([
       fn(t),
       new Promise((_, rej) => {
-        timer = setTimeout(() => rej(new Error(`timed out after ${TEST_TIMEOUT} ms`)), TEST_TIMEOUT);
+        timer = setTimeout(() => rej(new Error(`timed out after ${timeout} ms`)), timeout);
       }),
     ]);
     if (t.errors.length) throw new Error(t.errors.join('; '));

@@ -124,6 +124,8 @@ export class Cell {
     const opts = this.opts;
     let input = resolveElement(opts.inputLocation);
     if (!input) throw new Error(`cellgate: inputLocation ${opts.inputLocation} not found`);
+    /** inputElement and outputElement are the page's elements the cell was made in. */
+    this.inputElement = input;
     const code = dedent(opts.code !== undefined && opts.code !== null ? opts.code : codeFrom(input));
     if (input.tagName === 'SCRIPT' || input.tagName === 'TEXTAREA') {
       const holder = el('div');
@@ -188,6 +190,7 @@ export class Cell {
     const outputRoot = el('div', { class: 'cg-output-root' });
     this.output = new OutputArea(outputRoot, { hideFiles: this.hide.has('files') });
     const outLoc = resolveElement(opts.outputLocation);
+    this.outputElement = outLoc;
     root.append(editorBox, controls, this.sharePanel, this.banner);
     if (outLoc) {
       outLoc.classList.add('cellgate', 'cg-output-host');
@@ -318,11 +321,20 @@ export class Cell {
       k.on('transport', (t) => this._setTransport(t)),
       k.on('ended', (reason, quiet) => this._kernelEnded(k, reason, quiet)),
       k.on('problem', (text) => this.output.note(`[cellgate] ${text}`, 'problem')),
+      k.on('waiting', (w) => this._waiting(k, w)),
       k.on('orphan', (msg) => {
         // Output of an earlier request of this cell (e.g. a background thread).
         if (msg.header.msg_type === 'update_display_data') this.output.handle(msg);
       }),
     ];
+  }
+
+  // _waiting says that the server is busy and when the kernel is asked for again.
+  _waiting(k, { seconds, message }) {
+    if (k !== this.kernel || this.state !== 'starting') return;
+    this.root.dataset.waited = String(Number(this.root.dataset.waited || 0) + 1);
+    this._setState('starting', `Server busy (${message}): waiting for a kernel, trying again in ${seconds} s…`);
+    this.stopButton.hidden = this.hide.has('stop');
   }
 
   _kernelEnded(k, reason, quiet) {
@@ -367,8 +379,11 @@ export class Cell {
     } catch (err) {
       if (this._run !== run) return;
       this._setState('idle', '');
-      const retry = err.retryAfter ? ` Try again in ${err.retryAfter} s.` : '';
-      this.output.note(`Could not start a kernel: ${err.message}.${retry}`, 'problem');
+      if (err.cancelled) {
+        this.output.note('Stopped before a kernel was free.', 'problem');
+        return;
+      }
+      this.output.note(`Could not start a kernel: ${err.message}.`, 'problem');
       this.callbacks.onError?.(err, this);
       return;
     }
@@ -445,6 +460,12 @@ export class Cell {
   /** interrupt stops the running computation. */
   async interrupt() {
     if (!this.kernel || this.kernel.ended) return;
+    if (this.state === 'starting' && !this.kernel.id) {
+      // Still waiting for the server: stop asking.
+      this._setState('idle', '');
+      this.kernel.shutdown();
+      return;
+    }
     this._setState('stopping', 'Stopping…');
     this.output.cancelPrompts();
     try {

@@ -4,8 +4,9 @@
 //   <div id="cell">print(1+1)</div>
 //   <script>cellgate.makeCell({inputLocation: '#cell'})</script>
 //
-// /embedded_sagecell.js is the same client that also defines
-// sagecell.makeSagecell, so pages written for the Sage Cell Server work.
+// /embedded_sagecell.js is this client plus sagecell.js (sagecell.makeSagecell
+// and the rest of the Sage cell's page API, and jQuery as a global), so pages
+// written for the Sage Cell Server work.
 
 import { Cell, dedent, kernelSpecs } from './cell.js';
 import { Kernel } from './kernel.js';
@@ -14,7 +15,7 @@ import { OutputArea } from './output.js';
 import { zlibDecode, zlibEncode } from './util.js';
 import { WidgetManager } from './widget-views.js';
 
-/* global SAGECELL_ALIAS, CELLGATE_VERSION */
+/* global CELLGATE_VERSION */
 
 const script = document.currentScript;
 
@@ -44,8 +45,10 @@ function loadCSS(server) {
   if (cssLoaded) return;
   cssLoaded = true;
   const base = `${server}static/embed.css`;
+  // The Sage cell's stylesheets on this server are the same one.
+  const same = [base, `${server}static/sagecell_embed.css`, `${server}static/sagecell.css`];
   for (const l of document.querySelectorAll('link[rel~="stylesheet"][href]')) {
-    if (l.href.split(/[?#]/)[0] === base) return;
+    if (same.includes(l.href.split(/[?#]/)[0])) return;
   }
   const link = document.createElement('link');
   link.rel = 'stylesheet';
@@ -102,37 +105,6 @@ export async function fetchPermalink(id, server) {
   return r.json();
 }
 
-// ------------------------------------------------ Sage cell compatibility
-
-const allLanguages = ['sage', 'gap', 'gp', 'html', 'macaulay2', 'maxima', 'octave', 'python', 'r', 'singular'];
-const templates = {
-  minimal: { hide: ['editor', 'files', 'permalink'] },
-  restricted: { hide: ['editor', 'files', 'permalink', 'language'], editor: 'codemirror-readonly' },
-};
-
-// Options of makeSagecell that are the Sage cell's own, not makeCell's.
-const SAGECELL_ONLY = ['template', 'callback', 'inputLocation', 'serverURL'];
-
-/**
- * makeSagecell accepts the Sage cell's options; every makeCell option
- * (kernel, sharePage, placeholder, onShare, onError, onLanguage, ...) passes
- * through unchanged.
- */
-export function makeSagecell(args = {}) {
-  const a = { ...(args.template || {}), ...args };
-  if (args.template && args.template.hide && args.hide) a.hide = [...args.template.hide, ...args.hide];
-  const common = { ...a };
-  for (const k of SAGECELL_ONLY) delete common[k];
-  common.server = a.server || a.serverURL;
-  if (!a.kernel) common.language = a.language || (Array.isArray(a.languages) && a.languages[0]) || 'sage';
-  const loc = a.inputLocation;
-  const nodes = typeof loc === 'string' ? Array.from(document.querySelectorAll(loc)) : loc ? [loc] : [];
-  if (!nodes.length) throw new Error(`sagecell: inputLocation ${loc} not found`);
-  const cells = nodes.map((node) => makeCell({ ...common, inputLocation: node }));
-  if (typeof a.callback === 'function') a.callback(cells[0]);
-  return cells.length === 1 ? cells[0] : cells;
-}
-
 const api = {
   version: CELLGATE_VERSION,
   server: defaultServer,
@@ -148,12 +120,3 @@ const api = {
 };
 
 window.cellgate = Object.assign(window.cellgate || {}, api);
-
-if (SAGECELL_ALIAS) {
-  window.sagecell = Object.assign(window.sagecell || {}, {
-    makeSagecell,
-    allLanguages,
-    templates,
-    cellgate: window.cellgate,
-  });
-}

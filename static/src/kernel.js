@@ -11,14 +11,32 @@ const POLL_WAIT = 25;
 // reconnecting websocket, a failing POST); past this the oldest go, and the
 // cell is told.
 const MAX_QUEUE = 500;
+// A busy server (503, 429) is asked again after its Retry-After, within
+// these bounds (seconds), for as long as it takes: a page of many cells must
+// not lose one to a moment of full capacity.
+const RETRY_MIN = 1;
+const RETRY_MAX = 60;
+const RETRY_DEFAULT = 3;
 
 /** KernelError is a failed request to the server, with its answer. */
 export class KernelError extends Error {
-  constructor(message, status, retryAfter) {
+  constructor(message, status, retryAfter, cancelled = false) {
     super(message);
     this.status = status;
     this.retryAfter = retryAfter;
+    this.cancelled = cancelled;
   }
+}
+
+/** abortableSleep waits ms, or less if signal aborts. */
+function abortableSleep(ms, signal) {
+  return new Promise((resolve) => {
+    const t = setTimeout(resolve, ms);
+    signal.addEventListener('abort', () => {
+      clearTimeout(t);
+      resolve();
+    }, { once: true });
+  });
 }
 
 async function errorFrom(resp) {
@@ -54,6 +72,8 @@ export function parseBinaryFrame(buf) {
  *  - 'transport' (name): websocket or polling
  *  - 'ended' (reason): the session is over
  *  - 'problem' (text): the gateway refused something we sent
+ *  - 'waiting' ({seconds, message, status, attempt}): the server is busy;
+ *    the kernel is asked for again in seconds
  */
 export class Kernel extends Emitter {
   /**
@@ -95,12 +115,24 @@ export class Kernel extends Emitter {
     form.set('accepted_tos', 'true');
     if (this.kernelName) form.set('kernel_name', this.kernelName);
     let resp;
-    try {
-      resp = await fetch(this.server + 'kernel', { method: 'POST', body: form, signal: this._abort.signal });
-    } catch (err) {
-      throw new KernelError(`cannot reach the server (${err.message})`, 0, 0);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        resp = await fetch(this.server + 'kernel', { method: 'POST', body: form, signal: this._abort.signal });
+      } catch (err) {
+        if (this._abort.signal.aborted) throw new KernelError('cancelled', 0, 0, true);
+        throw new KernelError(`cannot reach the server (${err.message})`, 0, 0);
+      }
+      if (resp.ok) break;
+      const err = await errorFrom(resp);
+      if (resp.status !== 503 && resp.status !== 429) throw err;
+      // The server is at capacity: wait as it says (a little more, so that
+      // the cells of one page do not all come back at once) and ask again.
+      const base = Math.min(RETRY_MAX, Math.max(RETRY_MIN, err.retryAfter || RETRY_DEFAULT));
+      const seconds = Math.round(base * (1 + Math.random() * 0.3));
+      this.emit('waiting', { seconds, message: err.message, status: resp.status, attempt });
+      await abortableSleep(seconds * 1000, this._abort.signal);
+      if (this._abort.signal.aborted) throw new KernelError('cancelled', 0, 0, true);
     }
-    if (!resp.ok) throw await errorFrom(resp);
     const j = await resp.json();
     this.id = j.id;
     this.kernelName = j.kernel_name || this.kernelName;
