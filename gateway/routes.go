@@ -34,6 +34,9 @@ func (s *Server) routes() *echo.Echo {
 		ExposeHeaders: []string{"Jupyter-Kernel-ID", "Retry-After", "Location"},
 		AllowMethods:  []string{http.MethodGet, http.MethodPost, http.MethodDelete, http.MethodPatch, http.MethodOptions},
 	}))
+	// After CORS, which answers preflights: a browser page's request
+	// that changes state must come from an allowed origin.
+	e.Use(s.refuseForeignOrigins)
 
 	e.GET("/healthz", func(c echo.Context) error { return c.JSON(http.StatusOK, map[string]string{"status": "ok"}) })
 	e.GET("/readyz", s.readyz)
@@ -61,8 +64,9 @@ func (s *Server) routes() *echo.Echo {
 	return e
 }
 
-// originAllowed applies the CORS origin list to websocket upgrades,
-// which browsers do not preflight.
+// originAllowed applies the CORS origin list to what browsers do not
+// preflight: websocket upgrades, form POSTs and GETs (refuseForeignOrigins).
+// A page served by this host itself is allowed.
 func (s *Server) originAllowed(r *http.Request) bool {
 	origin := r.Header.Get("Origin")
 	if origin == "" || slices.Contains(s.cfg.AllowOrigins, "*") {
