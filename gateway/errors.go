@@ -3,7 +3,10 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/google/uuid"
 	"github.com/labstack/echo/v4"
@@ -19,10 +22,13 @@ type apiError struct {
 	RequestID string `json:"request_id,omitempty"`
 }
 
-// httpError answers with a JSON error and, for capacity errors, Retry-After.
+// httpError answers with a JSON error and, for capacity errors, Retry-After
+// (5 s unless the caller set it).
 func httpError(c echo.Context, code int, message string) error {
 	if code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable {
-		c.Response().Header().Set("Retry-After", "5")
+		if c.Response().Header().Get("Retry-After") == "" {
+			c.Response().Header().Set("Retry-After", "5")
+		}
 	}
 	return c.JSON(code, apiError{Error: http.StatusText(code), Message: message})
 }
@@ -47,6 +53,12 @@ func statusOf(err error, otherwise int) int {
 // own and goes to the error handler.
 func answerError(c echo.Context, err error) error {
 	if code := statusOf(err, http.StatusInternalServerError); code != http.StatusInternalServerError {
+		// An error that knows when to come back (the kernel queue's
+		// estimate) says so.
+		var later interface{ RetryAfter() time.Duration }
+		if errors.As(err, &later) {
+			c.Response().Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(later.RetryAfter().Seconds()))))
+		}
 		return httpError(c, code, err.Error())
 	}
 	return err

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -26,7 +27,7 @@ import (
 
 // Pool is what the gateway needs from the kernel pool.
 type Pool interface {
-	Lease(ctx context.Context, kernelName string) (*kernelpool.Kernel, error)
+	Lease(ctx context.Context, req kernelpool.LeaseRequest) (*kernelpool.Kernel, error)
 	Specs() map[string]jupytermsg.Spec
 	Warm() bool
 	Stats() []kernelpool.Stats
@@ -77,6 +78,10 @@ func (s *Server) Handler() http.Handler { return s.echo }
 
 // startSession leases a kernel and registers its session. baseURL is where
 // the client reaches this server, for the links to the files it writes.
+// With no kernel ready, the request waits in the pool's queue, taking
+// turns with other client addresses, up to LeaseTimeout; it is refused at
+// once (503, with a Retry-After from the queue's estimate) when the
+// expected wait is longer.
 func (s *Server) startSession(ctx context.Context, kernelName string, api session.API, remote, clientKey, baseURL string, life session.Lifetime) (*session.Session, error) {
 	release, err := s.sessions.reserve(remote, clientKey)
 	if err != nil {
@@ -85,12 +90,18 @@ func (s *Server) startSession(ctx context.Context, kernelName string, api sessio
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.LeaseTimeout)
 	defer cancel()
 	began := time.Now()
-	k, err := s.pool.Lease(ctx, kernelName)
+	k, err := s.pool.Lease(ctx, kernelpool.LeaseRequest{Kernel: kernelName, Client: queueKey(remote)})
 	s.metrics.leaseWait.WithLabelValues(kernelName).Observe(time.Since(began).Seconds())
 	if err != nil {
 		release()
 		s.metrics.session.Errors.WithLabelValues("lease").Inc()
-		if errors.Is(err, kernelpool.ErrNoKernel) || errors.Is(err, kernelpool.ErrPoolClosed) {
+		var wait *kernelpool.WaitError
+		switch {
+		case errors.As(err, &wait):
+			// Come back when the queue ahead should have drained enough
+			// for the wait to fit the lease timeout.
+			return nil, &capacityError{err: err, retryAfter: max(time.Second, wait.Wait-wait.Within)}
+		case errors.Is(err, kernelpool.ErrNoKernel) || errors.Is(err, kernelpool.ErrPoolClosed):
 			return nil, fmt.Errorf("%w: %w", errCapacity, err)
 		}
 		return nil, fmt.Errorf("lease a %s kernel: %w", kernelName, err)
@@ -124,6 +135,31 @@ func (s *Server) startSession(ctx context.Context, kernelName string, api sessio
 	s.metrics.sessions.WithLabelValues(string(api)).Inc()
 	sess.Start()
 	return sess, nil
+}
+
+// capacityError is errCapacity with the time after which a retry should
+// find room (Retry-After).
+type capacityError struct {
+	err        error
+	retryAfter time.Duration
+}
+
+func (e *capacityError) Error() string   { return fmt.Sprintf("%s: %s", errCapacity, e.err) }
+func (e *capacityError) Unwrap() []error { return []error{errCapacity, e.err} }
+
+// RetryAfter is when to come back.
+func (e *capacityError) RetryAfter() time.Duration { return e.retryAfter }
+
+// queueKey is the client address the pool's queue takes turns by: the
+// address itself, or for IPv6 its /64, which one client usually holds
+// whole.
+func queueKey(remote string) string {
+	ip, err := netip.ParseAddr(remote)
+	if err != nil || !ip.Is6() || ip.Is4In6() {
+		return remote
+	}
+	prefix, _ := ip.Prefix(64)
+	return prefix.String()
 }
 
 // watchFiles watches a kernel's working directory for the files its

@@ -17,7 +17,7 @@ func BenchmarkLease(b *testing.B) {
 			time.Sleep(5 * time.Millisecond)
 		}
 		b.StartTimer()
-		k, err := p.Lease(context.Background(), "python3")
+		k, err := p.Lease(context.Background(), LeaseRequest{Kernel: "python3"})
 		b.StopTimer()
 		if err != nil {
 			b.Fatal(err)

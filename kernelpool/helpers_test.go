@@ -156,7 +156,7 @@ func lease(t testing.TB, p *Pool, name string) *Kernel {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	k, err := p.Lease(ctx, name)
+	k, err := p.Lease(ctx, LeaseRequest{Kernel: name})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -26,13 +27,28 @@ var (
 // takes its default too.
 type Config struct {
 	Specs map[string]jupytermsg.Spec
-	// Ready is how many idle, ready kernels to keep per kernelspec name.
+	// Ready is the floor of the pool: how many idle, ready kernels to keep
+	// per kernelspec name whatever the demand. The pool grows beyond it
+	// while leases ask for more (see MemoryBudget, DemandWindow).
 	Ready map[string]int
 	// MaxKernels caps every kernel the pool owns: ready, starting and leased.
 	MaxKernels int
 	// MaxConcurrentStarts bounds simultaneous kernel starts; many at once
 	// starve each other and all time out.
 	MaxConcurrentStarts int
+	// Queue is how leases wait when no kernel is ready: QueueFair (the
+	// default) or QueueFIFO.
+	Queue QueueMode
+	// MemoryBudget caps, in bytes, the ready kernels the pool keeps, each
+	// counted at its kernelspec's measured PSS (DefaultKernelMemory until
+	// one is measured): the pool grows beyond Ready only within it. Ready
+	// itself is kept even beyond it. Negative: never grow beyond Ready.
+	MemoryBudget int64
+	// DemandWindow is how far back leases count toward the pool's size:
+	// the pool keeps ready what the leases of the last DemandWindow would
+	// have needed at once, and is back at Ready after a DemandWindow
+	// without leases.
+	DemandWindow time.Duration
 	// MaxSockets is libzmq's socket limit for the pool's context; a kernel
 	// uses about ten. Zero means DefaultMaxSockets.
 	MaxSockets int
@@ -40,7 +56,7 @@ type Config struct {
 	// OnStart, if set, is told of every kernel start.
 	OnStart func(spec string, took time.Duration, err error)
 	// Metrics is where the pool registers its series (kernel starts,
-	// kernels per state); nil registers none.
+	// kernels per state, the lease queue); nil registers none.
 	Metrics prometheus.Registerer
 }
 
@@ -55,9 +71,22 @@ func DefaultConfig() Config {
 		Ready:               DefaultReady(),
 		MaxKernels:          16,
 		MaxConcurrentStarts: 2,
+		Queue:               QueueFair,
+		MemoryBudget:        1 << 30,
+		DemandWindow:        time.Minute,
 		MaxSockets:          DefaultMaxSockets,
 		Kernel:              DefaultKernelConfig(),
 	}
+}
+
+// LeaseRequest is what a lease asks for.
+type LeaseRequest struct {
+	// Kernel is the kernelspec name.
+	Kernel string
+	// Client is whom the kernel is for (the gateway gives the client's
+	// address). When leases wait, clients take turns, and one client's
+	// leases are served in the order they came. Empty is one client too.
+	Client string
 }
 
 // Pool keeps prewarmed kernels per kernelspec and leases them out.
@@ -66,11 +95,13 @@ type Pool struct {
 	zctx    *zmq.Context
 	log     zerolog.Logger
 	metrics *metrics
+	names   []string // the kernelspecs, sorted
 
 	mu       sync.Mutex
 	specs    map[string]*specPool
-	live     int // ready + starting + leased
+	live     int // ready + starting + leased + retiring
 	starting int
+	starts   map[*start]struct{}
 	closed   bool
 
 	runCtx context.Context
@@ -78,16 +109,47 @@ type Pool struct {
 	wg     sync.WaitGroup
 }
 
+// start is a kernel start in flight.
+type start struct {
+	sp    *specPool
+	began time.Time
+}
+
+// recentStarts and recentMeasures are how many start durations and memory
+// measurements a kernelspec's estimates average over.
+const (
+	recentStarts   = 8
+	recentMeasures = 8
+	// maxArrivals bounds the leases remembered per kernelspec for its
+	// demand: beyond it the oldest are forgotten early.
+	maxArrivals = 4096
+)
+
 type specPool struct {
-	name     string
-	want     int
+	name string
+	// floor is Config.Ready: kept ready whatever the demand.
+	floor int
+	// target is how many kernels to keep ready now: the floor, grown
+	// towards demand within the caps. demand is what the leases of the
+	// demand window would have needed ready at once.
+	target, demand int
+	// capped names what holds target below demand ("" if nothing).
+	capped   string
 	ready    []*Kernel
 	starting int
 	// leased holds the kernels handed out and not yet ended. A set, not a
 	// count: whether a kernel that ends was leased must not depend on
 	// whether Lease or track saw its death first.
-	leased   map[*Kernel]struct{}
-	waiters  []chan *Kernel
+	leased map[*Kernel]struct{}
+	// retiring holds ready kernels shut down because the pool shrank.
+	retiring map[*Kernel]struct{}
+	queue    fairQueue
+	// arrivals are the leases asked for within the demand window, oldest
+	// first; took the latest successful start durations; memory the
+	// latest measured PSS of a ready kernel.
+	arrivals []time.Time
+	took     []time.Duration
+	memory   []int64
 	lastErr  error
 	failures int
 	retryAt  time.Time
@@ -95,13 +157,28 @@ type specPool struct {
 
 // Stats is a snapshot of one kernelspec's pool.
 type Stats struct {
-	Name     string
-	Want     int
-	Ready    int
-	Starting int
-	Leased   int
-	Waiting  int
-	LastErr  error
+	Name string
+	// Want is the floor (Config.Ready), kept whatever the demand.
+	Want int
+	// Target is the ready kernels the pool aims at now: Want, grown
+	// toward Demand within MaxKernels and the memory budget. Demand is
+	// what the leases of the demand window would have needed ready at
+	// once.
+	Target, Demand int
+	Ready          int
+	Starting       int
+	Leased         int
+	Waiting        int
+	// OldestWait is how long the longest waiting lease has waited.
+	// EstimatedWait is what a lease joining the back of the queue would
+	// wait (0 with a kernel ready, or before any start was timed).
+	OldestWait, EstimatedWait time.Duration
+	// StartTime is the mean of the latest starts; KernelMemory what a
+	// ready kernel is reckoned to cost (its measured PSS, or
+	// DefaultKernelMemory before any is measured).
+	StartTime    time.Duration
+	KernelMemory int64
+	LastErr      error
 }
 
 // New starts a pool and begins warming kernels at once.
@@ -115,6 +192,16 @@ func New(cfg Config) (*Pool, error) {
 	orDefault(&cfg.MaxKernels, d.MaxKernels)
 	orDefault(&cfg.MaxConcurrentStarts, d.MaxConcurrentStarts)
 	orDefault(&cfg.MaxSockets, d.MaxSockets)
+	orDefault(&cfg.DemandWindow, d.DemandWindow)
+	if cfg.MemoryBudget == 0 {
+		cfg.MemoryBudget = d.MemoryBudget
+	}
+	if cfg.Queue == "" {
+		cfg.Queue = d.Queue
+	}
+	if _, err := ParseQueueMode(string(cfg.Queue)); err != nil {
+		return nil, fmt.Errorf("kernel pool: %w", err)
+	}
 	if cfg.Kernel.Launcher == nil {
 		return nil, errors.New("kernel pool: no launcher")
 	}
@@ -139,16 +226,20 @@ func New(cfg Config) (*Pool, error) {
 	ctx, stop := context.WithCancel(context.Background())
 	p := &Pool{
 		cfg: cfg, zctx: zctx, log: cfg.Kernel.Log,
+		names:  jupytermsg.SortedNames(cfg.Specs),
 		specs:  map[string]*specPool{},
+		starts: map[*start]struct{}{},
 		runCtx: ctx, stop: stop,
 	}
 	for name := range cfg.Specs {
-		p.specs[name] = &specPool{name: name, want: cfg.Ready[name], leased: map[*Kernel]struct{}{}}
+		n := cfg.Ready[name]
+		p.specs[name] = &specPool{name: name, floor: n, target: n,
+			leased: map[*Kernel]struct{}{}, retiring: map[*Kernel]struct{}{}}
 	}
 	// Registered before the first start, so every start is counted.
 	p.metrics = newMetrics(cfg.Metrics, p)
 	p.wg.Add(1)
-	go p.retryLoop()
+	go p.tendLoop()
 	p.mu.Lock()
 	p.fillLocked()
 	p.mu.Unlock()
@@ -162,9 +253,12 @@ func (p *Pool) Specs() map[string]jupytermsg.Spec { return p.cfg.Specs }
 func (p *Pool) Launcher() sandbox.Launcher { return p.cfg.Kernel.Launcher }
 
 // Lease hands out a ready kernel of the named spec, exclusively and for
-// good: the caller must Shutdown it. With no kernel ready, it waits for the
-// next one until ctx ends.
-func (p *Pool) Lease(ctx context.Context, name string) (*Kernel, error) {
+// good: the caller must Shutdown it. With no kernel ready, it waits in the
+// kernelspec's queue until a kernel is ready for it or ctx ends. With the
+// fair queue, a lease whose expected wait is beyond ctx's deadline is
+// refused at once with a *WaitError.
+func (p *Pool) Lease(ctx context.Context, req LeaseRequest) (*Kernel, error) {
+	name := req.Kernel
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -175,44 +269,211 @@ func (p *Pool) Lease(ctx context.Context, name string) (*Kernel, error) {
 		p.mu.Unlock()
 		return nil, fmt.Errorf("%w %q", ErrUnknownKernel, name)
 	}
+	now := time.Now()
+	sp.arrive(now)
+	p.resizeLocked(now)
 	if k := p.takeReadyLocked(sp); k != nil {
 		p.mu.Unlock()
+		p.metrics.waited(name, "served", 0)
 		return k, nil
 	}
-	waiter := make(chan *Kernel, 1)
-	sp.waiters = append(sp.waiters, waiter)
+	client := req.Client
+	if p.cfg.Queue == QueueFIFO {
+		client = ""
+	}
+	place := sp.queue.placeFor(client)
+	if deadline, ok := ctx.Deadline(); ok && p.cfg.Queue == QueueFair {
+		if wait, known := p.estimateLocked(sp, place, now); known && wait > deadline.Sub(now) {
+			err := &WaitError{Kernel: name, Place: place, Wait: wait, Within: deadline.Sub(now), Live: p.live, MaxKernels: p.cfg.MaxKernels}
+			p.fillLocked()
+			p.mu.Unlock()
+			p.metrics.refused(name)
+			return nil, err
+		}
+	}
+	w := &waiter{ch: make(chan *Kernel, 1), client: client, since: now}
+	sp.queue.push(w)
 	p.fillLocked()
 	p.mu.Unlock()
 
 	select {
-	case k := <-waiter:
+	case k := <-w.ch:
 		if k == nil {
 			return nil, ErrPoolClosed
 		}
+		p.metrics.waited(name, "served", time.Since(now))
 		return k, nil
 	case <-ctx.Done():
 		p.mu.Lock()
 		defer p.mu.Unlock()
-		for i, w := range sp.waiters {
-			if w == waiter {
-				sp.waiters = append(sp.waiters[:i], sp.waiters[i+1:]...)
-				break
-			}
-		}
+		sp.queue.remove(w)
 		// A kernel may have been handed over just as the wait ended.
 		select {
-		case k := <-waiter:
+		case k := <-w.ch:
 			if k != nil {
 				p.unclaimedLocked(sp, k)
 			}
 		default:
 		}
+		p.metrics.waited(name, "gave_up", time.Since(now))
 		reason := fmt.Sprintf("%s: %d of %d kernels in use", ctx.Err(), p.live, p.cfg.MaxKernels)
 		if sp.lastErr != nil {
 			reason += "; last start failed: " + sp.lastErr.Error()
 		}
 		return nil, fmt.Errorf("%w (%s): %s", ErrNoKernel, name, reason)
 	}
+}
+
+// arrive counts a lease asked for at now toward the demand.
+func (sp *specPool) arrive(now time.Time) {
+	if len(sp.arrivals) >= maxArrivals {
+		sp.arrivals = slices.Delete(sp.arrivals, 0, len(sp.arrivals)-maxArrivals+1)
+	}
+	sp.arrivals = append(sp.arrivals, now)
+}
+
+// startTime is the mean of the latest successful starts; 0 before any.
+func (sp *specPool) startTime() time.Duration {
+	if len(sp.took) == 0 {
+		return 0
+	}
+	var sum time.Duration
+	for _, d := range sp.took {
+		sum += d
+	}
+	return sum / time.Duration(len(sp.took))
+}
+
+// kernelMemory is what a ready kernel of this spec is reckoned to cost.
+func (sp *specPool) kernelMemory() int64 {
+	if len(sp.memory) == 0 {
+		return DefaultKernelMemory
+	}
+	var sum int64
+	for _, m := range sp.memory {
+		sum += m
+	}
+	return sum / int64(len(sp.memory))
+}
+
+func keepLatest[T any](s []T, v T, n int) []T {
+	if len(s) >= n {
+		s = slices.Delete(s, 0, len(s)-n+1)
+	}
+	return append(s, v)
+}
+
+// estimateLocked is the expected wait of the place-th next lease of sp
+// (known is false before any start of sp was timed).
+func (p *Pool) estimateLocked(sp *specPool, place int, now time.Time) (wait time.Duration, known bool) {
+	took := sp.startTime()
+	if took == 0 {
+		return 0, false
+	}
+	m := startModel{slots: p.cfg.MaxConcurrentStarts, took: took}
+	for s := range p.starts {
+		// A start already longer than usual is expected to end soon,
+		// not to have ended.
+		left := max(s.sp.startTime()-now.Sub(s.began), 0)
+		if s.sp == sp {
+			m.mine = append(m.mine, left)
+		} else {
+			m.others = append(m.others, left)
+		}
+	}
+	// Kernels already ready come first (a waiter takes them at once).
+	return m.wait(place - len(sp.ready)), true
+}
+
+// resizeLocked sets each kernelspec's target from its demand: the floor,
+// grown one kernel at a time in turn across kernelspecs while the memory
+// budget and MaxKernels allow, and retires ready kernels beyond a target
+// that fell. Kernels leased do not lower a target: while they hold room
+// under MaxKernels the pool just cannot reach it (fillLocked), and a
+// waiting lease takes room from another kernelspec's surplus.
+func (p *Pool) resizeLocked(now time.Time) {
+	if p.closed {
+		return
+	}
+	targets := make(map[*specPool]int, len(p.specs))
+	capped := map[*specPool]string{}
+	var memory int64
+	kernels := 0
+	for _, name := range p.names {
+		sp := p.specs[name]
+		cut := 0
+		for cut < len(sp.arrivals) && now.Sub(sp.arrivals[cut]) > p.cfg.DemandWindow {
+			cut++
+		}
+		sp.arrivals = slices.Delete(sp.arrivals, 0, cut)
+		perKernel := sp.startTime()
+		if perKernel == 0 {
+			perKernel = time.Second
+		}
+		sp.demand = demand(sp.arrivals, perKernel/time.Duration(p.cfg.MaxConcurrentStarts))
+		targets[sp] = sp.floor
+		memory += int64(sp.floor) * sp.kernelMemory()
+		kernels += sp.floor
+		if p.cfg.MemoryBudget < 0 && sp.demand > sp.floor {
+			capped[sp] = "no growth"
+		}
+	}
+	for grew := p.cfg.MemoryBudget >= 0; grew; {
+		grew = false
+		for _, name := range p.names {
+			sp := p.specs[name]
+			switch {
+			case targets[sp] >= sp.demand:
+			case kernels >= p.cfg.MaxKernels:
+				capped[sp] = "max kernels"
+			case memory+sp.kernelMemory() > p.cfg.MemoryBudget:
+				capped[sp] = "memory budget"
+			default:
+				targets[sp]++
+				memory += sp.kernelMemory()
+				kernels++
+				grew = true
+			}
+		}
+	}
+	for _, name := range p.names {
+		sp := p.specs[name]
+		to, c := targets[sp], capped[sp]
+		var msg string
+		switch {
+		case to > sp.target:
+			msg = "kernel pool grows"
+		case to < sp.target:
+			msg = "kernel pool shrinks"
+		case c != "" && c != sp.capped:
+			msg = "kernel pool held at its cap"
+		}
+		if msg != "" {
+			ev := p.log.Info()
+			if c != "" {
+				ev = ev.Str("capped_by", c)
+			}
+			ev.Str("spec", sp.name).Int("from", sp.target).Int("to", to).Int("floor", sp.floor).Int("demand", sp.demand).
+				Int64("kernel_memory_mb", sp.kernelMemory()>>20).Msg(msg)
+		}
+		sp.target, sp.capped = to, c
+	}
+	for _, sp := range p.specs {
+		for sp.queue.len() == 0 && len(sp.ready) > sp.target {
+			p.retireLocked(sp, sp.ready[0])
+		}
+	}
+}
+
+// retireLocked shuts down k, a ready kernel the pool no longer needs.
+func (p *Pool) retireLocked(sp *specPool, k *Kernel) {
+	i := slices.Index(sp.ready, k)
+	if i < 0 {
+		return
+	}
+	sp.ready = slices.Delete(sp.ready, i, i+1)
+	sp.retiring[k] = struct{}{}
+	p.shutdownLocked(k)
 }
 
 // takeReadyLocked leases the first live ready kernel, or returns nil.
@@ -261,45 +522,95 @@ func (p *Pool) shutdownLocked(k *Kernel) {
 	}()
 }
 
-// fillLocked starts kernels until every spec has what it wants (its ready
-// size plus its waiters), within the caps.
+// fillLocked starts kernels, within the caps: first what every spec
+// must have (its floor and its waiting leases), then its growth toward
+// its target. A waiting lease that finds MaxKernels reached retires a
+// ready kernel beyond another spec's floor to make room.
 func (p *Pool) fillLocked() {
 	if p.closed {
 		return
 	}
 	now := time.Now()
-	for progress := true; progress; {
-		progress = false
-		for _, sp := range p.specs {
-			need := sp.want + len(sp.waiters) - len(sp.ready) - sp.starting
-			if need <= 0 || now.Before(sp.retryAt) {
-				continue
+	for _, growth := range []bool{false, true} {
+		for progress := true; progress; {
+			progress = false
+			for _, name := range p.names {
+				sp := p.specs[name]
+				want := sp.floor
+				if growth {
+					want = max(sp.target, sp.floor)
+				}
+				need := want + sp.queue.len() - len(sp.ready) - sp.starting
+				if need <= 0 || now.Before(sp.retryAt) {
+					continue
+				}
+				if p.starting >= p.cfg.MaxConcurrentStarts {
+					return
+				}
+				if p.live >= p.cfg.MaxKernels {
+					if !growth && sp.queue.len() > sp.starting {
+						p.makeRoomLocked()
+					}
+					continue
+				}
+				p.startLocked(sp, now)
+				progress = true
 			}
-			if p.live >= p.cfg.MaxKernels || p.starting >= p.cfg.MaxConcurrentStarts {
-				return
-			}
-			sp.starting++
-			p.starting++
-			p.live++
-			p.wg.Add(1)
-			go p.startOne(sp)
-			progress = true
 		}
 	}
 }
 
-func (p *Pool) startOne(sp *specPool) {
+// makeRoomLocked retires one ready kernel beyond its spec's floor, unless
+// one is already on its way out.
+func (p *Pool) makeRoomLocked() {
+	var victim *specPool
+	for _, name := range p.names {
+		sp := p.specs[name]
+		if len(sp.retiring) > 0 {
+			return
+		}
+		if surplus := len(sp.ready) - sp.floor; surplus > 0 && (victim == nil || surplus > len(victim.ready)-victim.floor) {
+			victim = sp
+		}
+	}
+	if victim != nil {
+		p.log.Info().Str("spec", victim.name).Msg("kernel pool retires a ready kernel to make room for a waiting lease")
+		p.retireLocked(victim, victim.ready[0])
+	}
+}
+
+func (p *Pool) startLocked(sp *specPool, now time.Time) {
+	s := &start{sp: sp, began: now}
+	p.starts[s] = struct{}{}
+	sp.starting++
+	p.starting++
+	p.live++
+	p.wg.Add(1)
+	go p.startOne(s)
+}
+
+func (p *Pool) startOne(s *start) {
 	defer p.wg.Done()
+	sp := s.sp
 	cfg := p.cfg.Kernel
 	cfg.Spec = p.cfg.Specs[sp.name]
-	began := time.Now()
 	k, err := StartKernel(p.runCtx, p.zctx, cfg)
-	p.metrics.started(sp.name, time.Since(began), err)
+	took := time.Since(s.began)
+	p.metrics.started(sp.name, took, err)
 	if p.cfg.OnStart != nil {
-		p.cfg.OnStart(sp.name, time.Since(began), err)
+		p.cfg.OnStart(sp.name, took, err)
+	}
+	var pss int64
+	if err == nil {
+		// What an idle ready kernel costs, for the memory budget.
+		if pss, err = treePSS(k.Pid()); err != nil {
+			p.log.Debug().Err(err).Str("kernel", k.ID).Msg("kernel memory not measured")
+			pss, err = 0, nil
+		}
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	delete(p.starts, s)
 	sp.starting--
 	p.starting--
 	if err != nil {
@@ -315,7 +626,11 @@ func (p *Pool) startOne(sp *specPool) {
 		return
 	}
 	sp.lastErr, sp.failures = nil, 0
-	p.log.Debug().Str("kernel", k.ID).Str("spec", sp.name).Dur("took", time.Since(began)).Msg("kernel ready")
+	sp.took = keepLatest(sp.took, took, recentStarts)
+	if pss > 0 {
+		sp.memory = keepLatest(sp.memory, pss, recentMeasures)
+	}
+	p.log.Debug().Str("kernel", k.ID).Str("spec", sp.name).Dur("took", took).Int64("pss_kib", pss>>10).Msg("kernel ready")
 	if p.closed {
 		p.live--
 		p.shutdownLocked(k)
@@ -324,16 +639,15 @@ func (p *Pool) startOne(sp *specPool) {
 	p.wg.Add(1)
 	go p.track(sp, k)
 	p.readyLocked(sp, k)
+	p.resizeLocked(time.Now())
 	p.fillLocked()
 }
 
-// readyLocked hands k to the first waiter, or keeps it ready.
+// readyLocked hands k to the next waiter in turn, or keeps it ready.
 func (p *Pool) readyLocked(sp *specPool, k *Kernel) {
-	if len(sp.waiters) > 0 {
-		w := sp.waiters[0]
-		sp.waiters = sp.waiters[1:]
+	if w := sp.queue.pop(); w != nil {
 		sp.leased[k] = struct{}{}
-		w <- k
+		w.ch <- k
 		return
 	}
 	sp.ready = append(sp.ready, k)
@@ -350,13 +664,12 @@ func (p *Pool) track(sp *specPool, k *Kernel) {
 	p.live--
 	if _, ok := sp.leased[k]; ok {
 		delete(sp.leased, k)
+	} else if _, ok := sp.retiring[k]; ok {
+		delete(sp.retiring, k)
 	} else {
 		// In the pool, or taken out of it dead by Lease.
-		for i, r := range sp.ready {
-			if r == k {
-				sp.ready = append(sp.ready[:i], sp.ready[i+1:]...)
-				break
-			}
+		if i := slices.Index(sp.ready, k); i >= 0 {
+			sp.ready = slices.Delete(sp.ready, i, i+1)
 		}
 		if !p.closed {
 			p.log.Warn().Str("kernel", k.ID).Str("spec", sp.name).Err(k.Err()).Msg("ready kernel died; replacing it")
@@ -365,8 +678,9 @@ func (p *Pool) track(sp *specPool, k *Kernel) {
 	p.fillLocked()
 }
 
-// retryLoop retries failed starts once their backoff has passed.
-func (p *Pool) retryLoop() {
+// tendLoop retries failed starts once their backoff has passed, and
+// resizes the pool as leases leave the demand window.
+func (p *Pool) tendLoop() {
 	defer p.wg.Done()
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
@@ -376,6 +690,7 @@ func (p *Pool) retryLoop() {
 			return
 		case <-t.C:
 			p.mu.Lock()
+			p.resizeLocked(time.Now())
 			p.fillLocked()
 			p.mu.Unlock()
 		}
@@ -386,11 +701,20 @@ func (p *Pool) retryLoop() {
 func (p *Pool) Stats() []Stats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	now := time.Now()
 	out := make([]Stats, 0, len(p.specs))
-	for _, name := range jupytermsg.SortedNames(p.cfg.Specs) {
+	for _, name := range p.names {
 		sp := p.specs[name]
-		out = append(out, Stats{Name: name, Want: sp.want, Ready: len(sp.ready), Starting: sp.starting,
-			Leased: len(sp.leased), Waiting: len(sp.waiters), LastErr: sp.lastErr})
+		st := Stats{Name: name, Want: sp.floor, Target: sp.target, Demand: sp.demand,
+			Ready: len(sp.ready), Starting: sp.starting, Leased: len(sp.leased), Waiting: sp.queue.len(),
+			StartTime: sp.startTime(), KernelMemory: sp.kernelMemory(), LastErr: sp.lastErr}
+		if t := sp.queue.oldest(); !t.IsZero() {
+			st.OldestWait = now.Sub(t)
+		}
+		if len(sp.ready) == 0 {
+			st.EstimatedWait, _ = p.estimateLocked(sp, sp.queue.len()+1, now)
+		}
+		out = append(out, st)
 	}
 	return out
 }
@@ -400,7 +724,7 @@ func (p *Pool) Warm() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, sp := range p.specs {
-		if sp.want > 0 && len(sp.ready) == 0 {
+		if sp.floor > 0 && len(sp.ready) == 0 {
 			return false
 		}
 	}
@@ -420,10 +744,9 @@ func (p *Pool) Close(ctx context.Context) error {
 	var ready []*Kernel
 	for _, sp := range p.specs {
 		ready = append(ready, sp.ready...)
-		for _, w := range sp.waiters {
-			close(w)
+		for _, w := range sp.queue.drain() {
+			close(w.ch)
 		}
-		sp.waiters = nil
 	}
 	p.mu.Unlock()
 	p.stop()

@@ -1,16 +1,22 @@
 package kernelpool
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
 
 	"github.com/cellgate/cellgate/jupytermsg"
 	"github.com/cellgate/cellgate/sandbox"
@@ -127,7 +133,7 @@ func TestLeaseWaitsThenFailsClearly(t *testing.T) {
 	k := lease(t, p, "python3")
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
-	_, err := p.Lease(ctx, "python3")
+	_, err := p.Lease(ctx, LeaseRequest{Kernel: "python3"})
 	if !errors.Is(err, ErrNoKernel) || !strings.Contains(err.Error(), "1 of 1 kernels in use") {
 		t.Fatalf("lease at capacity: %v", err)
 	}
@@ -136,7 +142,7 @@ func TestLeaseWaitsThenFailsClearly(t *testing.T) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 		defer cancel()
-		k2, err := p.Lease(ctx, "python3")
+		k2, err := p.Lease(ctx, LeaseRequest{Kernel: "python3"})
 		if err != nil {
 			t.Error(err)
 		}
@@ -150,7 +156,7 @@ func TestLeaseWaitsThenFailsClearly(t *testing.T) {
 		}
 		k2.Shutdown()
 	}
-	if _, err := p.Lease(context.Background(), "cobol"); !errors.Is(err, ErrUnknownKernel) {
+	if _, err := p.Lease(context.Background(), LeaseRequest{Kernel: "cobol"}); !errors.Is(err, ErrUnknownKernel) {
 		t.Errorf("unknown spec: %v", err)
 	}
 }
@@ -165,7 +171,7 @@ func TestBrokenKernelFailsWithItsOutput(t *testing.T) {
 	defer p.Close(context.Background())
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 	defer cancel()
-	_, err = p.Lease(ctx, "broken")
+	_, err = p.Lease(ctx, LeaseRequest{Kernel: "broken"})
 	if !errors.Is(err, ErrNoKernel) || !strings.Contains(err.Error(), "no such module") {
 		t.Fatalf("lease of a broken kernel: %v", err)
 	}
@@ -492,5 +498,339 @@ func TestSandboxedKernel(t *testing.T) {
 	k.Shutdown()
 	if _, err := os.Stat(work); !os.IsNotExist(err) {
 		t.Errorf("work dir left behind: %v", err)
+	}
+}
+
+// slowSpec is the installed python3 kernel behind a start-up delay: a
+// kernelspec whose starts take at least delay, whatever the machine.
+func slowSpec(t *testing.T, delay time.Duration) jupytermsg.Spec {
+	t.Helper()
+	py := installedSpecs(t)["python3"]
+	argv := append([]string{"/bin/sh", "-c", fmt.Sprintf("sleep %.1f; exec \"$@\"", delay.Seconds()), "sh"}, py.Argv...)
+	return jupytermsg.Spec{Name: "slow", KernelSpec: jupytermsg.KernelSpec{Argv: argv, Language: py.Language, DisplayName: "slow"}}
+}
+
+// syncBuffer is a log sink tests read while the pool writes it.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// newPool is New with the test's kernel config and Close at cleanup.
+func newPool(t *testing.T, cfg Config) *Pool {
+	t.Helper()
+	if cfg.Specs == nil {
+		cfg.Specs = installedSpecs(t)
+	}
+	if cfg.Kernel.Launcher == nil {
+		cfg.Kernel = testKernelConfig(t)
+	}
+	p, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := p.Close(ctx); err != nil {
+			t.Error(err)
+		}
+	})
+	return p
+}
+
+// waitStats waits until the spec's stats satisfy ok.
+func waitStats(t *testing.T, p *Pool, name, what string, ok func(Stats) bool) Stats {
+	t.Helper()
+	for deadline := time.Now().Add(hangGuard); ; time.Sleep(20 * time.Millisecond) {
+		st := specStats(t, p, name)
+		if ok(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("never %s: %+v", what, st)
+		}
+	}
+}
+
+// TestBurstLargerThanPoolWaitsInsteadOfFailing: more concurrent leases
+// than ready kernels all get a kernel, none refused, when the queue's wait
+// fits their deadline.
+func TestBurstLargerThanPoolWaitsInsteadOfFailing(t *testing.T) {
+	const burst = 5
+	p := newPool(t, Config{Ready: map[string]int{"python3": 1}, MaxKernels: burst + 1})
+	waitStats(t, p, "python3", "warm", func(s Stats) bool { return s.Ready == 1 })
+	var wg sync.WaitGroup
+	errs := make(chan error, burst)
+	ids := make(chan string, burst)
+	for i := range burst {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			k, err := p.Lease(ctx, LeaseRequest{Kernel: "python3", Client: fmt.Sprintf("10.0.0.%d", i)})
+			if err != nil {
+				errs <- err
+				return
+			}
+			ids <- k.ID
+			k.Shutdown()
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	close(ids)
+	for err := range errs {
+		t.Errorf("a lease of the burst failed: %v", err)
+	}
+	seen := map[string]bool{}
+	for id := range ids {
+		if seen[id] {
+			t.Errorf("kernel %s leased twice", id)
+		}
+		seen[id] = true
+	}
+	if len(seen) != burst {
+		t.Errorf("%d kernels leased, want %d", len(seen), burst)
+	}
+}
+
+// TestFairQueueDoesNotStarveASingleWaiter: with kernels coming one at a
+// time, a client with four leases waiting does not keep another client's
+// single lease behind all four.
+func TestFairQueueDoesNotStarveASingleWaiter(t *testing.T) {
+	// One kernel at most: each waiter is served only once the kernel
+	// before it is shut down, so the order of service is the queue's.
+	p := newPool(t, Config{Ready: map[string]int{"python3": 1}, MaxKernels: 1})
+	held := lease(t, p, "python3")
+	type got struct {
+		who string
+		k   *Kernel
+	}
+	order := make(chan got, 5)
+	var wg sync.WaitGroup
+	queue := func(client, who string, waiting int) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			k, err := p.Lease(ctx, LeaseRequest{Kernel: "python3", Client: client})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			order <- got{who, k}
+		}()
+		waitStats(t, p, "python3", fmt.Sprintf("%d waiting", waiting), func(s Stats) bool { return s.Waiting == waiting })
+	}
+	for i := range 4 {
+		queue("198.51.100.1", fmt.Sprintf("crowd%d", i), i+1)
+	}
+	queue("203.0.113.9", "single", 5)
+	held.Shutdown()
+	var served []string
+	for range 5 {
+		g := <-order
+		served = append(served, g.who)
+		g.k.Shutdown()
+	}
+	wg.Wait()
+	want := []string{"crowd0", "single", "crowd1", "crowd2", "crowd3"}
+	if !slices.Equal(served, want) {
+		t.Errorf("served %v, want %v", served, want)
+	}
+}
+
+// TestFIFOQueueServesInArrivalOrder: QueueFIFO, the old behaviour, serves
+// the same arrivals first come first served.
+func TestFIFOQueueServesInArrivalOrder(t *testing.T) {
+	p := newPool(t, Config{Ready: map[string]int{"python3": 1}, MaxKernels: 1, Queue: QueueFIFO})
+	held := lease(t, p, "python3")
+	order := make(chan string, 3)
+	for i, client := range []string{"a", "a", "b"} {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			k, err := p.Lease(ctx, LeaseRequest{Kernel: "python3", Client: client})
+			if err != nil {
+				t.Error(err)
+				order <- ""
+				return
+			}
+			order <- fmt.Sprint(i)
+			k.Shutdown()
+		}()
+		waitStats(t, p, "python3", "queued", func(s Stats) bool { return s.Waiting == i+1 })
+	}
+	held.Shutdown()
+	var served []string
+	for range 3 {
+		served = append(served, <-order)
+	}
+	if want := []string{"0", "1", "2"}; !slices.Equal(served, want) {
+		t.Errorf("served %v, want %v", served, want)
+	}
+}
+
+// TestLeaseRefusedWhenExpectedWaitExceedsDeadline: with starts that take
+// at least 3 s, a lease that would wait behind another for a new start is
+// refused at once when its deadline is 1 s away, while one whose deadline
+// allows the wait is served.
+func TestLeaseRefusedWhenExpectedWaitExceedsDeadline(t *testing.T) {
+	spec := slowSpec(t, 3*time.Second)
+	p := newPool(t, Config{Specs: map[string]jupytermsg.Spec{"slow": spec}, Ready: map[string]int{"slow": 1},
+		MaxKernels: 4, MaxConcurrentStarts: 1, MemoryBudget: -1})
+	waitStats(t, p, "slow", "warm", func(s Stats) bool { return s.Ready == 1 })
+	first := lease(t, p, "slow") // the refill starts now
+	defer first.Shutdown()
+	served := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		k, err := p.Lease(ctx, LeaseRequest{Kernel: "slow", Client: "a"})
+		if err == nil {
+			k.Shutdown()
+		}
+		served <- err
+	}()
+	waitStats(t, p, "slow", "a lease waiting", func(s Stats) bool { return s.Waiting == 1 })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	began := time.Now()
+	_, err := p.Lease(ctx, LeaseRequest{Kernel: "slow", Client: "b"})
+	var we *WaitError
+	if !errors.As(err, &we) || !errors.Is(err, ErrNoKernel) || !errors.Is(err, ErrWaitTooLong) {
+		t.Fatalf("lease behind a 3 s start with 1 s to spare: %v", err)
+	}
+	if ctx.Err() != nil {
+		t.Errorf("refused only after waiting out its deadline (%v)", time.Since(began))
+	}
+	if we.Place != 2 || we.Wait < 3*time.Second || we.Wait <= we.Within {
+		t.Errorf("refusal: %+v", we)
+	}
+	if err := <-served; err != nil {
+		t.Errorf("the lease whose deadline allowed the wait: %v", err)
+	}
+}
+
+// TestPoolGrowsUnderBurstAndShrinksAfter: a burst makes the pool keep
+// more kernels ready, up to MaxKernels; once the demand window has passed
+// without leases it is back at its floor; the log says both.
+func TestPoolGrowsUnderBurstAndShrinksAfter(t *testing.T) {
+	var logs syncBuffer
+	kcfg := testKernelConfig(t)
+	kcfg.Log = zerolog.New(io.MultiWriter(&logs, zerolog.NewTestWriter(t))).Level(zerolog.InfoLevel)
+	const maxKernels = 4
+	p := newPool(t, Config{Ready: map[string]int{"python3": 1}, MaxKernels: maxKernels, DemandWindow: 30 * time.Second, Kernel: kcfg})
+	waitStats(t, p, "python3", "warm", func(s Stats) bool { return s.Ready == 1 })
+	var wg sync.WaitGroup
+	for i := range maxKernels + 1 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			k, err := p.Lease(ctx, LeaseRequest{Kernel: "python3", Client: fmt.Sprint(i)})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			k.Shutdown()
+		}()
+	}
+	wg.Wait()
+	grown := waitStats(t, p, "python3", "grown", func(s Stats) bool { return s.Ready == maxKernels })
+	if grown.Target != maxKernels || grown.Demand <= maxKernels {
+		t.Errorf("grown pool: %+v, want target %d (MaxKernels) below its demand", grown, maxKernels)
+	}
+	if !strings.Contains(logs.String(), "kernel pool grows") || !strings.Contains(logs.String(), `"capped_by":"max kernels"`) {
+		t.Errorf("log does not say the pool grew up to MaxKernels:\n%s", logs.String())
+	}
+	shrunk := waitStats(t, p, "python3", "back at the floor", func(s Stats) bool { return s.Target == 1 && s.Ready == 1 && s.Demand == 0 })
+	if shrunk.Want != 1 {
+		t.Errorf("floor changed: %+v", shrunk)
+	}
+	if !strings.Contains(logs.String(), "kernel pool shrinks") {
+		t.Errorf("log does not say the pool shrank:\n%s", logs.String())
+	}
+	// The retired kernels are gone, not leaked.
+	for deadline := time.Now().Add(hangGuard); p.liveCount() != 1; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d kernels live after shrinking to 1", p.liveCount())
+		}
+	}
+}
+
+// TestMemoryBudgetCapsGrowth: the same burst with a budget of about three
+// kernels grows the pool only as far as the measured kernels fit.
+func TestMemoryBudgetCapsGrowth(t *testing.T) {
+	var logs syncBuffer
+	kcfg := testKernelConfig(t)
+	kcfg.Log = zerolog.New(io.MultiWriter(&logs, zerolog.NewTestWriter(t))).Level(zerolog.InfoLevel)
+	const budget = 3 * DefaultKernelMemory
+	p := newPool(t, Config{Ready: map[string]int{"python3": 1}, MaxKernels: 12, MemoryBudget: budget, Kernel: kcfg})
+	waitStats(t, p, "python3", "warm", func(s Stats) bool { return s.Ready == 1 })
+	if m := specStats(t, p, "python3").KernelMemory; m == DefaultKernelMemory || m < 8<<20 {
+		t.Fatalf("kernel memory not measured: %d bytes", m)
+	}
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			k, err := p.Lease(ctx, LeaseRequest{Kernel: "python3", Client: fmt.Sprint(i)})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			k.Shutdown()
+		}()
+	}
+	wg.Wait()
+	st := waitStats(t, p, "python3", "refilled to its target", func(s Stats) bool { return s.Starting == 0 && s.Ready == s.Target })
+	if st.Demand <= st.Target {
+		t.Fatalf("the budget was not what held the pool back: %+v", st)
+	}
+	if int64(st.Target)*st.KernelMemory > budget || int64(st.Target+1)*st.KernelMemory <= budget {
+		t.Errorf("target %d kernels of %d MiB for a budget of %d MiB", st.Target, st.KernelMemory>>20, budget>>20)
+	}
+	if !strings.Contains(logs.String(), `"capped_by":"memory budget"`) {
+		t.Errorf("log does not say the budget capped the pool:\n%s", logs.String())
+	}
+	// No growth at all with a negative budget.
+	p2 := newPool(t, Config{Ready: map[string]int{"python3": 1}, MaxKernels: 4, MemoryBudget: -1})
+	var wg2 sync.WaitGroup
+	for range 3 {
+		wg2.Add(1)
+		go func() {
+			defer wg2.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			if k, err := p2.Lease(ctx, LeaseRequest{Kernel: "python3"}); err != nil {
+				t.Error(err)
+			} else {
+				k.Shutdown()
+			}
+		}()
+	}
+	wg2.Wait()
+	if st := specStats(t, p2, "python3"); st.Target != 1 || st.Demand < 2 {
+		t.Errorf("pool without growth: %+v", st)
 	}
 }
