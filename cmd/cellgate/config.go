@@ -30,6 +30,8 @@ type options struct {
 	mongoURI       string
 	pool           string
 	maxKernels     int
+	poolMemoryMB   int64
+	leaseQueue     string
 	sandbox        string
 	allowUnsafe    bool
 	token          string
@@ -132,6 +134,8 @@ func settings(o *options) []setting {
 		opt("db-connect-retry", &o.dbConnectRetry, st.ConnectRetry, "keep retrying an unreachable database at start-up this long (0: fail at once)"),
 		opt("pool", &o.pool, formatPool(kp.Ready), "ready kernels kept per kernelspec, e.g. `python3=2,sagemath=1`"),
 		opt("max-kernels", &o.maxKernels, kp.MaxKernels, "cap on all kernels: ready, starting and in use"),
+		opt("pool-memory-mb", &o.poolMemoryMB, kp.MemoryBudget>>20, "memory budget in MiB of the ready kernels: beyond `--pool`, the pool grows toward what the last minute of requests needed while its ready kernels (at their measured PSS) fit; `0`: never beyond `--pool`"),
+		opt("lease-queue", &o.leaseQueue, string(kp.Queue), "how requests wait when no kernel is ready: `fair` (client addresses take turns; 503 at once when the expected wait exceeds `--lease-timeout`) or `fifo` (one line; each waits out `--lease-timeout`)"),
 		opt("sandbox", &o.sandbox, "bwrap", "kernel isolation: `bwrap`, or `none` (development only: loud warning, refused on a non-loopback address unless `--allow-unsandboxed-public`)"),
 		opt("allow-unsandboxed-public", &o.allowUnsafe, false, "let `--sandbox=none` serve a non-loopback address (dangerous)"),
 		opt("kernel-cpu", &o.kernelCPU, sb.CPUTime, "sandbox: CPU time limit per kernel process (SIGXCPU, then SIGKILL 2 s later), truncated to whole seconds"),
@@ -145,7 +149,7 @@ func settings(o *options) []setting {
 		opt("default-kernel", &o.defaultKernel, gw.DefaultKernel, "kernelspec used when a request names none"),
 		opt("max-timeout", &o.maxTimeout, gw.MaxTimeout, "longest idle timeout a client (or an interact) may ask for"),
 		opt("max-lifespan", &o.maxLifespan, gw.MaxLifespan, "hard cap on any session's life"),
-		opt("lease-timeout", &o.leaseTimeout, gw.LeaseTimeout, "how long a request waits for a kernel when none is ready (then 503)"),
+		opt("lease-timeout", &o.leaseTimeout, gw.LeaseTimeout, "how long a request waits for a kernel when none is ready (then 503, at once if the queue's expected wait is longer)"),
 		opt("service-timeout", &o.serviceTimeout, gw.ServiceTimeout, "wall-clock limit of one `/service` computation"),
 		opt("poll-wait", &o.pollWait, gw.PollWait, "how long a long-poll request is held open"),
 		opt("max-kernels-per-address", &o.perAddress, gw.MaxKernelsPerAddr, "sessions one remote address may hold at once (then 429)"),
@@ -295,6 +299,12 @@ func (o options) validate() error {
 	if o.dbConnectRetry < 0 {
 		return fmt.Errorf("--db-connect-retry must not be negative")
 	}
+	if o.poolMemoryMB < 0 {
+		return fmt.Errorf("--pool-memory-mb must not be negative")
+	}
+	if _, err := kernelpool.ParseQueueMode(o.leaseQueue); err != nil {
+		return fmt.Errorf("--lease-queue: %w", err)
+	}
 	return nil
 }
 
@@ -324,6 +334,13 @@ func (o options) poolConfig() (kernelpool.Config, error) {
 		return cfg, err
 	}
 	cfg.Ready, cfg.MaxKernels = ready, o.maxKernels
+	cfg.MemoryBudget = o.poolMemoryMB << 20
+	if o.poolMemoryMB == 0 {
+		cfg.MemoryBudget = -1 // no growth; the pool's zero would mean its default
+	}
+	if cfg.Queue, err = kernelpool.ParseQueueMode(o.leaseQueue); err != nil {
+		return cfg, err
+	}
 	cfg.Kernel.MaxMessageBytes = o.maxMessageMB << 20
 	return cfg, nil
 }

@@ -55,6 +55,8 @@ func TestOptionErrors(t *testing.T) {
 		"zero grace":       {[]string{"--detach-grace", "0s"}, nil},
 		"negative retry":   {[]string{"--db-connect-retry", "-1s"}, nil},
 		"zero drain":       {[]string{"--drain-timeout", "0s"}, nil},
+		"negative budget":  {[]string{"--pool-memory-mb", "-1"}, nil},
+		"unknown queue":    {nil, map[string]string{"CELLGATE_LEASE_QUEUE": "lifo"}},
 	}
 	for name, c := range cases {
 		if _, err := parseOptions(c.args, func(k string) string { return c.env[k] }); err == nil {
