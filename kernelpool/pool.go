@@ -49,6 +49,13 @@ type Config struct {
 	// have needed at once, and is back at Ready after a DemandWindow
 	// without leases.
 	DemandWindow time.Duration
+	// RefillDelay holds back the start that replaces a leased kernel for
+	// this long, so that it does not slow the leased kernel's first
+	// execution (a start takes a core for about a second, and slows a
+	// kernel running beside it even with a core free), as long as another
+	// kernel of the spec is still ready and no lease waits; otherwise the
+	// refill starts at once.
+	RefillDelay time.Duration
 	// MaxSockets is libzmq's socket limit for the pool's context; a kernel
 	// uses about ten. Zero means DefaultMaxSockets.
 	MaxSockets int
@@ -74,6 +81,7 @@ func DefaultConfig() Config {
 		Queue:               QueueFair,
 		MemoryBudget:        1 << 30,
 		DemandWindow:        time.Minute,
+		RefillDelay:         time.Second,
 		MaxSockets:          DefaultMaxSockets,
 		Kernel:              DefaultKernelConfig(),
 	}
@@ -103,6 +111,8 @@ type Pool struct {
 	starting int
 	starts   map[*start]struct{}
 	closed   bool
+	// refill ends the holds of RefillDelay.
+	refill *time.Timer
 
 	runCtx context.Context
 	stop   context.CancelFunc
@@ -153,6 +163,8 @@ type specPool struct {
 	lastErr  error
 	failures int
 	retryAt  time.Time
+	// holdUntil is when the refill after the latest lease may start.
+	holdUntil time.Time
 }
 
 // Stats is a snapshot of one kernelspec's pool.
@@ -193,6 +205,7 @@ func New(cfg Config) (*Pool, error) {
 	orDefault(&cfg.MaxConcurrentStarts, d.MaxConcurrentStarts)
 	orDefault(&cfg.MaxSockets, d.MaxSockets)
 	orDefault(&cfg.DemandWindow, d.DemandWindow)
+	orDefault(&cfg.RefillDelay, d.RefillDelay)
 	if cfg.MemoryBudget == 0 {
 		cfg.MemoryBudget = d.MemoryBudget
 	}
@@ -477,7 +490,8 @@ func (p *Pool) retireLocked(sp *specPool, k *Kernel) {
 }
 
 // takeReadyLocked leases the first live ready kernel, or returns nil.
-// Dead ones are dropped; track frees their place.
+// Dead ones are dropped; track frees their place. The refill is held back
+// for RefillDelay while another kernel is still ready.
 func (p *Pool) takeReadyLocked(sp *specPool) *Kernel {
 	for len(sp.ready) > 0 {
 		k := sp.ready[0]
@@ -489,10 +503,27 @@ func (p *Pool) takeReadyLocked(sp *specPool) *Kernel {
 		default:
 		}
 		sp.leased[k] = struct{}{}
+		if len(sp.ready) > 0 {
+			sp.holdUntil = time.Now().Add(p.cfg.RefillDelay)
+			if p.refill == nil {
+				p.refill = time.AfterFunc(p.cfg.RefillDelay, p.endHold)
+			} else {
+				p.refill.Reset(p.cfg.RefillDelay)
+			}
+		} else {
+			sp.holdUntil = time.Time{}
+		}
 		p.fillLocked()
 		return k
 	}
 	return nil
+}
+
+// endHold starts the refills held back by takeReadyLocked.
+func (p *Pool) endHold() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.fillLocked()
 }
 
 // unclaimedLocked takes back k, handed to a waiter that gave up. It is
@@ -541,7 +572,8 @@ func (p *Pool) fillLocked() {
 					want = max(sp.target, sp.floor)
 				}
 				need := want + sp.queue.len() - len(sp.ready) - sp.starting
-				if need <= 0 || now.Before(sp.retryAt) {
+				held := now.Before(sp.holdUntil) && sp.queue.len() == 0 && len(sp.ready) > 0
+				if need <= 0 || now.Before(sp.retryAt) || held {
 					continue
 				}
 				if p.starting >= p.cfg.MaxConcurrentStarts {
@@ -741,6 +773,9 @@ func (p *Pool) Close(ctx context.Context) error {
 		return nil
 	}
 	p.closed = true
+	if p.refill != nil {
+		p.refill.Stop()
+	}
 	var ready []*Kernel
 	for _, sp := range p.specs {
 		ready = append(ready, sp.ready...)

@@ -834,3 +834,27 @@ func TestMemoryBudgetCapsGrowth(t *testing.T) {
 		t.Errorf("pool without growth: %+v", st)
 	}
 }
+
+// TestRefillIsHeldWhileAnotherKernelIsReady: the start that replaces a
+// leased kernel waits RefillDelay (here an hour) while the spec still has
+// a kernel ready, so it does not run beside the leased kernel's first
+// execution; the lease of the last ready kernel starts both refills at
+// once.
+func TestRefillIsHeldWhileAnotherKernelIsReady(t *testing.T) {
+	p := newPool(t, Config{Ready: map[string]int{"python3": 2}, MaxKernels: 4, MemoryBudget: -1, RefillDelay: time.Hour})
+	waitStats(t, p, "python3", "warm", func(s Stats) bool { return s.Ready == 2 && s.Starting == 0 })
+	first := lease(t, p, "python3")
+	defer first.Shutdown()
+	if st := specStats(t, p, "python3"); st.Ready != 1 || st.Starting != 0 {
+		t.Errorf("after a lease with a kernel still ready: %+v, want the refill held", st)
+	}
+	if out, _ := run(t, first, "1+1"); out.result != "2" {
+		t.Errorf("first execution: %+v", out)
+	}
+	if st := specStats(t, p, "python3"); st.Starting != 0 {
+		t.Errorf("refill started within RefillDelay: %+v", st)
+	}
+	second := lease(t, p, "python3")
+	defer second.Shutdown()
+	waitStats(t, p, "python3", "refilled after the last ready kernel was leased", func(s Stats) bool { return s.Ready == 2 })
+}
