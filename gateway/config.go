@@ -26,6 +26,11 @@ type Config struct {
 	TrustProxy bool
 	// DefaultKernel is used when a request names none.
 	DefaultKernel string
+	// SageCellDefaultKernel is used when a Sage-cell request (/kernel,
+	// /service, /permalink) names none; empty: the SageMath kernel when
+	// one is installed (the Sage cell's own scripts expect Sage), else
+	// DefaultKernel.
+	SageCellDefaultKernel string
 	// MaxMessageBytes caps one incoming websocket frame or HTTP body.
 	MaxMessageBytes int64
 	// ReplayMessages and ReplayBytes bound each session's replay buffer.
@@ -51,6 +56,11 @@ type Config struct {
 	// key and per remote address.
 	MaxKernelsPerClient int
 	MaxKernelsPerAddr   int
+	// MaxKernelsPerCellSession caps the sessions of one Sage-cell
+	// CellSessionID (one page of the Sage cell's front end), as the Sage
+	// cell does (then 429 too_many_kernels_for_cell_session; default 5,
+	// sagecell.sagemath.org's setting).
+	MaxKernelsPerCellSession int
 	// MaxPendingExecutions bounds, per session, the executions waiting
 	// for their reply whose permalink and files the gateway tracks
 	// (default 256); later ones still run, with a notice.
@@ -135,6 +145,9 @@ func DefaultConfig() Config {
 		IdleTimeout:          60 * time.Second,
 		MaxConnsPerAddr:      256,
 		Storage:              Storage{UploadTimeout: 10 * time.Second, ReplyHold: 3 * time.Second},
+
+		// sagecell.sagemath.org's setting.
+		MaxKernelsPerCellSession: 5,
 	}
 }
 
@@ -153,6 +166,7 @@ func (c Config) withDefaults() Config {
 	fill(&c.LeaseTimeout, d.LeaseTimeout)
 	fill(&c.MaxKernelsPerClient, d.MaxKernelsPerClient)
 	fill(&c.MaxKernelsPerAddr, d.MaxKernelsPerAddr)
+	fill(&c.MaxKernelsPerCellSession, d.MaxKernelsPerCellSession)
 	fill(&c.MaxPendingExecutions, d.MaxPendingExecutions)
 	fill(&c.ServiceTimeout, d.ServiceTimeout)
 	fill(&c.MaxCodeChars, d.MaxCodeChars)

@@ -59,6 +59,14 @@ print(len(png))`
 	if got := exprs["_sagecell_files"].Data["text/plain"]; got != `["dot.png","table.csv"]` {
 		t.Errorf("_sagecell_files = %q", got)
 	}
+	// As the Sage cell's replies: the names in payload[0].new_files.
+	var payload []struct {
+		NewFiles []string `json:"new_files"`
+	}
+	_ = json.Unmarshal(reply.Content["payload"], &payload)
+	if len(payload) == 0 || strings.Join(payload[0].NewFiles, ",") != "dot.png,table.csv" {
+		t.Errorf("payload %s", reply.Content["payload"])
+	}
 	var meta struct {
 		Cellgate struct {
 			Permalink string `json:"permalink"`

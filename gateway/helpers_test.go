@@ -71,7 +71,9 @@ func newTestEnvWith(t testing.TB, ready int, maxKernels int, tweak func(*Config)
 	}
 	// A short detach grace keeps one-shot tests quick; the test of the
 	// grace sets its own.
-	cfg := Config{Log: log, LeaseTimeout: 60 * time.Second, Metrics: m, DetachGrace: 100 * time.Millisecond}
+	// Sage-cell requests that name no kernel get python3, as the pool
+	// keeps: a test of the Sage default (SageMath when installed) says so.
+	cfg := Config{Log: log, LeaseTimeout: 60 * time.Second, Metrics: m, DetachGrace: 100 * time.Millisecond, SageCellDefaultKernel: "python3"}
 	if tweak != nil {
 		tweak(&cfg)
 	}

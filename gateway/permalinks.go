@@ -33,7 +33,7 @@ func (s *Server) createPermalink(c echo.Context) error {
 	}
 	language := param(c, body, "language")
 	if language == "" {
-		language = s.cfg.DefaultKernel
+		language = s.sageDefaultKernel()
 	}
 	interacts := param(c, body, "interacts")
 	if interacts == "" {

@@ -1,14 +1,18 @@
 package gateway
 
 import (
+	"errors"
 	"fmt"
+	"math"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/labstack/echo/v4"
 
 	"github.com/cellgate/cellgate/gateway/session"
+	"github.com/cellgate/cellgate/jupytermsg"
 )
 
 // The Sage Cell Server API: POST /kernel, DELETE /kernel/{id}, the
@@ -29,37 +33,135 @@ func (s *Server) sageSession(c echo.Context) *session.Session {
 }
 
 // createSageKernel is POST /kernel: lease a kernel for a Sage-cell client.
+// As the Sage cell: method=OPTIONS (for clients that cannot send OPTIONS)
+// only answers, frame=on answers with a page that posts the result to its
+// parent, timeout=inf asks for the longest idle timeout allowed, and
+// CellSessionID limits the kernels one page (cell session) holds at once.
 func (s *Server) createSageKernel(c echo.Context) error {
 	body, err := formOrJSON(c)
 	if err != nil {
-		return httpError(c, http.StatusBadRequest, err.Error())
+		return s.sageError(c, http.StatusBadRequest, err.Error())
+	}
+	switch method := strings.ToUpper(param(c, body, "method")); method {
+	case http.MethodOptions:
+		if framed(c) {
+			return framePage(c, http.StatusOK, nil)
+		}
+		return c.NoContent(http.StatusOK)
+	case http.MethodDelete:
+		return s.sageError(c, http.StatusBadRequest, "method=DELETE needs the kernel: POST /kernel/{id}")
 	}
 	life := session.Lifetime{MaxIdle: s.cfg.MaxTimeout, Lifespan: s.cfg.MaxLifespan}
 	timeout := time.Duration(0)
 	if v := param(c, body, "timeout"); v != "" {
-		if timeout, err = parseSeconds(v); err != nil {
-			return httpError(c, http.StatusBadRequest, err.Error())
+		if timeout, err = s.sageTimeout(v); err != nil {
+			return s.sageError(c, http.StatusBadRequest, err.Error())
 		}
 	}
 	if timeout == 0 {
 		life.OneShot, life.Idle = true, s.cfg.OneShotGrace
 	} else {
-		life.Idle = min(timeout, s.cfg.MaxTimeout)
+		life.Idle = timeout
 	}
-	kernelName, err := s.resolveKernel(askedKernel(c, body))
+	kernelName, err := s.resolveSageKernel(askedKernel(c, body))
 	if err != nil {
-		return httpError(c, http.StatusBadRequest, err.Error())
+		return s.sageError(c, http.StatusBadRequest, err.Error())
 	}
 	clientKey := param(c, body, "client_id")
 	if len(clientKey) > maxClientIDBytes {
-		return httpError(c, http.StatusBadRequest, fmt.Sprintf("client_id longer than %d bytes", maxClientIDBytes))
+		return s.sageError(c, http.StatusBadRequest, fmt.Sprintf("client_id longer than %d bytes", maxClientIDBytes))
+	}
+	cellSession := param(c, body, "CellSessionID")
+	if len(cellSession) > maxClientIDBytes {
+		return s.sageError(c, http.StatusBadRequest, fmt.Sprintf("CellSessionID longer than %d bytes", maxClientIDBytes))
+	}
+	releaseCell, ok := s.cellSessions.reserve(cellSession)
+	if !ok {
+		return s.sageAnswer(c, http.StatusTooManyRequests, apiError{Error: tooManyForCellSession, Message: tooManyForCellSessionMessage})
 	}
 	sess, err := s.startSession(c.Request().Context(), kernelName, session.SageCell, c.RealIP(), clientKey, s.baseURL(c).String(), life)
 	if err != nil {
+		releaseCell()
+		if code := statusOf(err, http.StatusInternalServerError); code != http.StatusInternalServerError && framed(c) {
+			return s.sageError(c, code, err.Error())
+		}
 		return answerError(c, err)
 	}
+	s.cellSessions.releaseWhenEnded(sess, releaseCell)
 	c.Response().Header().Set("Jupyter-Kernel-ID", sess.ID())
-	return c.JSON(http.StatusOK, map[string]string{"id": sess.ID(), "ws_url": s.wsURL(c), "kernel_name": kernelName})
+	return s.sageAnswer(c, http.StatusOK, map[string]string{"id": sess.ID(), "ws_url": s.wsURL(c), "kernel_name": kernelName})
+}
+
+// What the Sage cell answers a page over its cell-session limit.
+const (
+	tooManyForCellSession        = "too_many_kernels_for_cell_session"
+	tooManyForCellSessionMessage = "This page requested too many simultaneous kernels. Please wait for existing computations to finish, reload the page, or contact the author of this page for assistance."
+)
+
+// sageTimeout reads a Sage-cell timeout: seconds, where anything above the
+// cap ("inf", which the Sage cell's linked cells send, included) is the cap.
+func (s *Server) sageTimeout(v string) (time.Duration, error) {
+	f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+	if errors.Is(err, strconv.ErrRange) && f > 0 {
+		err = nil // larger than a float: the cap
+	}
+	if err != nil || math.IsNaN(f) || f < 0 {
+		return 0, fmt.Errorf("invalid number of seconds %q", v)
+	}
+	if f >= s.cfg.MaxTimeout.Seconds() {
+		return s.cfg.MaxTimeout, nil
+	}
+	return time.Duration(f * float64(time.Second)), nil
+}
+
+// sageAnswer answers data as JSON, or as the Sage cell's frame page when
+// the request asks for one (frame=on).
+func (s *Server) sageAnswer(c echo.Context, code int, data any) error {
+	if code == http.StatusTooManyRequests || code == http.StatusServiceUnavailable {
+		if c.Response().Header().Get("Retry-After") == "" {
+			c.Response().Header().Set("Retry-After", "5")
+		}
+	}
+	if framed(c) {
+		return framePage(c, code, data)
+	}
+	return c.JSON(code, data)
+}
+
+// sageError answers an error in the JSON error shape, framed if asked.
+func (s *Server) sageError(c echo.Context, code int, message string) error {
+	if !framed(c) {
+		return httpError(c, code, message)
+	}
+	return s.sageAnswer(c, code, apiError{Error: http.StatusText(code), Message: message})
+}
+
+// sageDefaultKernel is the kernel the Sage-cell routes run when a request
+// names none: SageCellDefaultKernel if set, else the SageMath kernel when
+// one is installed (the Sage cell's scripts name no language and expect
+// Sage), else DefaultKernel.
+func (s *Server) sageDefaultKernel() string {
+	if s.cfg.SageCellDefaultKernel != "" {
+		return s.cfg.SageCellDefaultKernel
+	}
+	specs := s.pool.Specs()
+	if _, ok := specs["sagemath"]; ok {
+		return "sagemath"
+	}
+	for _, name := range jupytermsg.SortedNames(specs) {
+		if strings.EqualFold(specs[name].Language, "sage") {
+			return name
+		}
+	}
+	return s.cfg.DefaultKernel
+}
+
+// resolveSageKernel is resolveKernel with the Sage-cell routes' default.
+func (s *Server) resolveSageKernel(asked string) (string, error) {
+	if asked == "" {
+		return s.sageDefaultKernel(), nil
+	}
+	return s.resolveKernel(asked)
 }
 
 // deleteSageKernel is DELETE /kernel/{id}, or POST with method=DELETE for

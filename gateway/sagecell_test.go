@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/url"
 	"strings"
@@ -46,6 +47,10 @@ func TestSageCellExecute(t *testing.T) {
 	_ = json.Unmarshal(reply.Content["user_expressions"], &exprs)
 	if exprs["_sagecell_files"]["status"] != "ok" {
 		t.Errorf("_sagecell_files not answered: %s", reply.Content["user_expressions"])
+	}
+	// The Sage cell's front end reads the new files from payload[0].
+	if got := string(reply.Content["payload"]); got != `[{"new_files":[]}]` {
+		t.Errorf("payload %s", got)
 	}
 	for i := 1; i < len(frames); i++ {
 		if frames[i].Seq <= frames[i-1].Seq {
@@ -231,7 +236,10 @@ func TestTimeoutClampAndOneShotGrace(t *testing.T) {
 
 func TestTimeoutMustBeANumberOfSeconds(t *testing.T) {
 	env := newTestEnv(t, 0, 2, nil)
-	for _, v := range []string{"NaN", "nan", "Inf", "+Inf", "-Inf", "-1", "1e300", "ten"} {
+	for _, v := range []string{"NaN", "nan", "-Inf", "-1", "-1e400", "ten", ""} {
+		if v == "" {
+			v = " "
+		}
 		var e apiError
 		resp := env.postForm("/kernel", url.Values{"timeout": {v}}, &e)
 		if resp.StatusCode != http.StatusBadRequest || e.Error == "" || e.Message == "" {
@@ -264,5 +272,174 @@ func TestPendingExecutionCap(t *testing.T) {
 	}
 	if !strings.Contains(streamText(frames), "ran\n") || !strings.Contains(streamText(frames), "not recorded") {
 		t.Errorf("output %q", streamText(frames))
+	}
+}
+
+// timeout=inf, which the Sage cell's linked cells send, and any timeout
+// over the cap ask for the longest idle timeout allowed.
+func TestTimeoutInfIsTheCap(t *testing.T) {
+	env := newTestEnv(t, 1, 4, func(c *Config) { c.MaxTimeout = 10 * time.Minute })
+	for _, v := range []string{"inf", "Infinity", "1e400"} {
+		k := env.newKernel(url.Values{"timeout": {v}})
+		if got := env.gw.sessions.get(k.ID).IdleLimit(); got != 10*time.Minute {
+			t.Errorf("timeout=%s: idle limit %v", v, got)
+		}
+		env.do(http.MethodDelete, "/kernel/"+k.ID, "", "", nil)
+		env.waitEnded(k.ID)
+	}
+}
+
+// method=OPTIONS on POST /kernel (for clients that cannot send OPTIONS)
+// answers without starting a kernel; method=DELETE needs the kernel's id.
+func TestKernelMethodOptionsStartsNoKernel(t *testing.T) {
+	env := newTestEnv(t, 0, 2, nil)
+	for _, form := range []url.Values{{"method": {"OPTIONS"}}, {"method": {"options"}, "timeout": {"60"}}} {
+		resp := env.postForm("/kernel", form, nil)
+		if resp.StatusCode != http.StatusOK || resp.Header.Get("Jupyter-Kernel-ID") != "" {
+			t.Errorf("%v: %d %v", form, resp.StatusCode, resp.Header)
+		}
+	}
+	var e apiError
+	if resp := env.postForm("/kernel", url.Values{"method": {"DELETE"}}, &e); resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("method=DELETE without an id: %d %+v", resp.StatusCode, e)
+	}
+	if n := env.gw.sessions.count(); n != 0 {
+		t.Errorf("%d sessions started", n)
+	}
+	for _, st := range env.pool.Stats() {
+		if st.Leased != 0 || st.Starting != 0 || st.Ready != 0 {
+			t.Errorf("the pool was asked for a kernel: %+v", st)
+		}
+	}
+}
+
+// frame=on answers with the page the Sage cell answers with: a script that
+// posts the JSON answer to the parent page, for successes and errors.
+func TestKernelFrameAnswer(t *testing.T) {
+	env := newTestEnv(t, 1, 4, nil)
+	post := func(form url.Values) (int, string, map[string]string) {
+		t.Helper()
+		resp, err := http.PostForm(env.url("/kernel"), form)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		page := string(body)
+		if !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/html") {
+			t.Fatalf("frame answer is %s: %s", resp.Header.Get("Content-Type"), page)
+		}
+		inner, _ := strings.CutPrefix(page, "<script>parent.postMessage(")
+		literal, ok := strings.CutSuffix(inner, `,"*");</script>`)
+		var text string
+		var data map[string]string
+		if !ok || json.Unmarshal([]byte(literal), &text) != nil || json.Unmarshal([]byte(text), &data) != nil {
+			t.Fatalf("frame page %q", page)
+		}
+		return resp.StatusCode, page, data
+	}
+	code, _, data := post(url.Values{"frame": {"on"}, "timeout": {"60"}})
+	if code != http.StatusOK || data["id"] == "" || !strings.HasPrefix(data["ws_url"], "ws://") || env.gw.sessions.get(data["id"]) == nil {
+		t.Errorf("framed start: %d %v", code, data)
+	}
+	code, _, data = post(url.Values{"frame": {"on"}, "timeout": {"-1"}})
+	if code != http.StatusBadRequest || !strings.Contains(data["message"], "seconds") {
+		t.Errorf("framed error: %d %v", code, data)
+	}
+	code, page, _ := post(url.Values{"frame": {""}, "method": {"OPTIONS"}})
+	if code != http.StatusOK || !strings.Contains(page, `postMessage("null"`) {
+		t.Errorf("framed OPTIONS: %d %s", code, page)
+	}
+}
+
+// CellSessionID limits the kernels one page holds at once, as the Sage
+// cell does; other pages and requests without one are not held back, and
+// a kernel's end gives its place back.
+func TestKernelsPerCellSession(t *testing.T) {
+	env := newTestEnv(t, 2, 6, func(c *Config) { c.MaxKernelsPerCellSession = 2 })
+	page := url.Values{"CellSessionID": {"page-a"}, "timeout": {"60"}}
+	first := env.newKernel(page)
+	env.newKernel(page)
+	var e apiError
+	resp := env.postForm("/kernel", page, &e)
+	if resp.StatusCode != http.StatusTooManyRequests || e.Error != "too_many_kernels_for_cell_session" || !strings.Contains(e.Message, "too many simultaneous kernels") || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("over the cell-session cap: %d %+v %v", resp.StatusCode, e, resp.Header)
+	}
+	env.newKernel(url.Values{"CellSessionID": {"page-b"}, "timeout": {"60"}})
+	env.do(http.MethodDelete, "/kernel/"+first.ID, "", "", nil)
+	waitFor(t, "the ended kernel's place given back", func() bool { return env.gw.cellSessions.count("page-a") == 1 })
+	env.newKernel(page)
+	if resp := env.postForm("/kernel", url.Values{"CellSessionID": {strings.Repeat("x", maxClientIDBytes+1)}}, &e); resp.StatusCode != http.StatusBadRequest {
+		t.Errorf("overlong CellSessionID: %d %+v", resp.StatusCode, e)
+	}
+}
+
+// On the Sage-cell routes a request that names no language gets Sage when
+// a SageMath kernel is installed (the Sage cell's own scripts expect it);
+// the Jupyter API keeps the default kernel.
+func TestSageCellDefaultKernelIsSage(t *testing.T) {
+	env := newTestEnv(t, 0, 3, func(c *Config) { c.SageCellDefaultKernel = "" })
+	if _, ok := env.pool.Specs()["sagemath"]; !ok {
+		t.Skip("the sagemath kernel is not installed")
+	}
+	var k struct {
+		ID         string `json:"id"`
+		KernelName string `json:"kernel_name"`
+	}
+	if resp := env.postForm("/kernel", url.Values{"timeout": {"60"}}, &k); resp.StatusCode != http.StatusOK || k.KernelName != "sagemath" {
+		t.Errorf("POST /kernel naming no language: %d %+v", resp.StatusCode, k)
+	}
+	env.do(http.MethodDelete, "/kernel/"+k.ID, "", "", nil)
+	var res serviceResult
+	if resp := env.postForm("/service", url.Values{"code": {"print(factor(1025))"}}, &res); resp.StatusCode != http.StatusOK || res.Stdout != "5^2 * 41\n" {
+		t.Errorf("/service naming no language: %d %+v", resp.StatusCode, res)
+	}
+	var specs struct {
+		Default string `json:"default"`
+	}
+	if env.do(http.MethodGet, "/api/kernelspecs", "", "", &specs); specs.Default != "python3" {
+		t.Errorf("the Jupyter API's default is %q", specs.Default)
+	}
+}
+
+// sendKernelTimeout is code that sends kernel_timeout as the Sage cell's
+// kernels send it (misc.reset_kernel_timeout): on iopub, with the running
+// request as parent.
+func sendKernelTimeout(timeout string) string {
+	return "import sys\nsys.stdout.session.send(sys.stdout.pub_thread, 'kernel_timeout', content={'timeout': float(" + timeout + ")}, parent=sys.stdout.parent_header)\nprint('sent')"
+}
+
+// A kernel_timeout from the kernel sets the session's idle timeout, as in
+// the Sage cell, and is not relayed: shorter at once, longer (up to the
+// cap, "inf" being the cap) only while a client is attached.
+func TestKernelTimeoutMessage(t *testing.T) {
+	env := newTestEnv(t, 2, 6, func(c *Config) { c.MaxTimeout = 10 * time.Minute })
+
+	long := env.newKernel(url.Values{"timeout": {"1"}})
+	c := env.dialSage(long.ID, "")
+	// (jupyter_client warns on stderr that it sends inf as "inf".)
+	frames := c.until(idleAfter(c.execute(sendKernelTimeout("'inf'"))))
+	if !strings.HasPrefix(streamText(frames), "sent\n") {
+		t.Fatalf("output %q", streamText(frames))
+	}
+	sess := env.gw.sessions.get(long.ID)
+	waitFor(t, "the kernel's timeout applied", func() bool { return sess.IdleLimit() == 10*time.Minute })
+	c.conn.Close()
+	waitFor(t, "the asked timeout again once the client left", func() bool { return sess.IdleLimit() == time.Second })
+	if reason := env.endReason(long.ID); reason != session.EndIdle {
+		t.Errorf("ended with %q", reason)
+	}
+
+	short := env.newKernel(url.Values{"timeout": {"60"}})
+	c = env.dialSage(short.ID, "")
+	c.execute(sendKernelTimeout("1"))
+	frames = append(frames, c.until(func(f frame) bool { return f.Header.MsgType == "status" && f.str("execution_state") == "dead" })...)
+	if dead := frames[len(frames)-1]; dead.str("reason") != session.EndIdle {
+		t.Errorf("a 60 s session whose kernel asked for 1 s ended: %+v", dead)
+	}
+	for _, f := range frames {
+		if f.Header.MsgType == session.KernelTimeoutMsgType {
+			t.Errorf("kernel_timeout relayed: %+v", f)
+		}
 	}
 }

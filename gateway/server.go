@@ -47,12 +47,14 @@ type Server struct {
 	// everWarm is set once the pool has been warm: from then on a pool
 	// that is momentarily empty is refilling, not failing (/readyz).
 	everWarm atomic.Bool
+	// cellSessions caps the kernels of each Sage-cell CellSessionID.
+	cellSessions *cellSessions
 }
 
 // New builds the gateway over pool.
 func New(cfg Config, pool Pool) *Server {
 	cfg = cfg.withDefaults()
-	s := &Server{cfg: cfg, pool: pool, log: cfg.Log, started: time.Now()}
+	s := &Server{cfg: cfg, pool: pool, log: cfg.Log, started: time.Now(), cellSessions: newCellSessions(cfg.MaxKernelsPerCellSession)}
 	reg := cfg.Metrics
 	if reg == nil {
 		reg = NewRegistry()

@@ -22,10 +22,14 @@ const (
 	serviceMaxStream      = 1 << 20 // bytes of stdout, and of stderr
 	serviceMaxOutputs     = 256
 	serviceMaxOutputBytes = 4 << 20
+	// serviceMaxExpressions bounds the user_expressions of one request.
+	serviceMaxExpressions = 64
 )
 
 // serviceResult is the answer of POST /service, the Sage Cell Server's
 // one-shot computation, plus the rich outputs and the permalink id.
+// Success is true only when the computation finished normally: its reply
+// says ok and its kernel went idle within the time limit.
 type serviceResult struct {
 	Success          bool               `json:"success"`
 	Stdout           string             `json:"stdout"`
@@ -39,7 +43,9 @@ type serviceResult struct {
 }
 
 // service is POST /service: run code once on a fresh kernel and answer
-// with what it printed.
+// with what it printed. A user_expressions field (a JSON object of names
+// to expressions, as a form field or in a JSON body) is evaluated after the
+// code, as the Sage cell does; its values are in execute_reply.
 func (s *Server) service(c echo.Context) error {
 	body, code, err := codeRequest(c)
 	if err != nil {
@@ -48,7 +54,11 @@ func (s *Server) service(c echo.Context) error {
 	if n := utf8.RuneCountInString(code); n > s.cfg.MaxCodeChars {
 		return httpError(c, http.StatusRequestEntityTooLarge, fmt.Sprintf("code is %d characters; the limit is %d", n, s.cfg.MaxCodeChars))
 	}
-	kernelName, err := s.resolveKernel(askedKernel(c, body))
+	exprs, err := userExpressions(c, body)
+	if err != nil {
+		return httpError(c, http.StatusBadRequest, err.Error())
+	}
+	kernelName, err := s.resolveSageKernel(askedKernel(c, body))
 	if err != nil {
 		return httpError(c, http.StatusBadRequest, err.Error())
 	}
@@ -60,7 +70,7 @@ func (s *Server) service(c echo.Context) error {
 	defer sess.End(session.EndOneShot)
 	ctx, cancel := context.WithTimeout(c.Request().Context(), s.cfg.ServiceTimeout)
 	defer cancel()
-	res, err := runService(ctx, sess, code)
+	res, err := runService(ctx, sess, code, exprs)
 	if errors.Is(err, context.DeadlineExceeded) {
 		res.Error = fmt.Sprintf("computation exceeded the %s limit", s.cfg.ServiceTimeout)
 		return c.JSON(http.StatusOK, res)
@@ -69,6 +79,39 @@ func (s *Server) service(c echo.Context) error {
 		return fmt.Errorf("service computation: %w", err)
 	}
 	return c.JSON(http.StatusOK, res)
+}
+
+// userExpressions reads a /service request's user_expressions: a JSON
+// object of names to expressions, given as a form field (text) or as an
+// object in a JSON body. None is an empty object.
+func userExpressions(c echo.Context, body map[string]any) (map[string]string, error) {
+	var raw []byte
+	if v, ok := body["user_expressions"]; ok && v != nil {
+		if text, isText := v.(string); isText {
+			raw = []byte(text)
+		} else {
+			raw, _ = json.Marshal(v)
+		}
+	} else if text := c.FormValue("user_expressions"); text != "" {
+		raw = []byte(text)
+	}
+	return parseUserExpressions(raw)
+}
+
+// parseUserExpressions decodes user_expressions: at most
+// serviceMaxExpressions names, each an expression in a string.
+func parseUserExpressions(raw []byte) (map[string]string, error) {
+	exprs := map[string]string{}
+	if len(raw) == 0 {
+		return exprs, nil
+	}
+	if err := json.Unmarshal(raw, &exprs); err != nil || exprs == nil {
+		return nil, errors.New(`user_expressions must be a JSON object of names to expressions, e.g. {"n": "len(x)"}`)
+	}
+	if len(exprs) > serviceMaxExpressions {
+		return nil, fmt.Errorf("user_expressions has %d names; the limit is %d", len(exprs), serviceMaxExpressions)
+	}
+	return exprs, nil
 }
 
 // serviceCollector gathers what a one-shot caller gets, within bounds.
@@ -107,11 +150,12 @@ func (t *boundedText) add(s string) {
 
 // runService executes code through the session, so /service goes the same
 // way as every other execution, and collects what a one-shot caller needs.
-func runService(ctx context.Context, sess *session.Session, code string) (serviceResult, error) {
+// The result's Success is set only if the computation finishes normally.
+func runService(ctx context.Context, sess *session.Session, code string, exprs map[string]string) (serviceResult, error) {
 	col := &serviceCollector{stdout: boundedText{limit: serviceMaxStream}, stderr: boundedText{limit: serviceMaxStream}}
 	const client = "service"
 	req, err := jupytermsg.New("execute_request", client, nil, jupytermsg.ExecuteRequest{
-		Code: code, StoreHistory: true, UserExpressions: map[string]string{}, StopOnError: true,
+		Code: code, StoreHistory: true, UserExpressions: exprs, StopOnError: true,
 	})
 	if err != nil {
 		return col.result(), fmt.Errorf("make execute_request: %w", err)
@@ -142,13 +186,16 @@ func runService(ctx context.Context, sess *session.Session, code string) (servic
 		}
 		if closed {
 			res := col.result()
+			res.Success = false
 			res.Error = "kernel ended during the computation: " + sess.Reason()
 			return res, nil
 		}
 		select {
 		case <-changed:
 		case <-ctx.Done():
-			return col.result(), ctx.Err()
+			res := col.result()
+			res.Success = false
+			return res, ctx.Err()
 		}
 	}
 	return col.result(), nil

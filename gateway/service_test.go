@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -77,4 +79,73 @@ func TestServiceCodeLimitCountsCharacters(t *testing.T) {
 	if resp := env.postForm("/service", url.Values{"code": {strings.Repeat("é", 65001)}}, &e); resp.StatusCode != http.StatusRequestEntityTooLarge {
 		t.Errorf("over the limit: %d %+v", resp.StatusCode, e)
 	}
+}
+
+// /service evaluates a user_expressions field after the code, as the Sage
+// cell does (a form field holding JSON, or an object in a JSON body).
+func TestServiceUserExpressions(t *testing.T) {
+	env := newTestEnv(t, 1, 4, nil)
+	type reply struct {
+		UserExpressions map[string]struct {
+			Status string            `json:"status"`
+			Data   map[string]string `json:"data"`
+		} `json:"user_expressions"`
+	}
+	var res serviceResult
+	form := url.Values{"code": {"x = 5"}, "user_expressions": {`{"sq": "x*x", "_sagecell_files": "sys._sage_.new_files()"}`}}
+	if resp := env.postForm("/service", form, &res); resp.StatusCode != http.StatusOK || !res.Success {
+		t.Fatalf("%d %+v", resp.StatusCode, res)
+	}
+	var r reply
+	_ = json.Unmarshal(res.ExecuteReply, &r)
+	if r.UserExpressions["sq"].Data["text/plain"] != "25" || r.UserExpressions["_sagecell_files"].Status != "ok" {
+		t.Errorf("execute_reply %s", res.ExecuteReply)
+	}
+	res = serviceResult{}
+	env.do(http.MethodPost, "/service", "application/json", `{"code": "y = 2", "user_expressions": {"y3": "y**3"}}`, &res)
+	r = reply{}
+	_ = json.Unmarshal(res.ExecuteReply, &r)
+	if r.UserExpressions["y3"].Data["text/plain"] != "8" {
+		t.Errorf("JSON body: execute_reply %s", res.ExecuteReply)
+	}
+	many := map[string]string{}
+	for i := 0; i <= serviceMaxExpressions; i++ {
+		many[fmt.Sprint("e", i)] = "1"
+	}
+	tooMany, _ := json.Marshal(many)
+	for _, bad := range []string{`[1]`, `{"a": 1}`, `"x"`, `null`, `{`, string(tooMany)} {
+		var e apiError
+		if resp := env.postForm("/service", url.Values{"code": {"1"}, "user_expressions": {bad}}, &e); resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("user_expressions %.40s: %d %+v", bad, resp.StatusCode, e)
+		}
+	}
+}
+
+// success is false whenever the computation did not finish normally.
+func TestServiceSuccessOnlyWhenFinished(t *testing.T) {
+	env := newTestEnv(t, 1, 4, nil)
+	for code, why := range map[string]string{
+		"import os\nprint('going')\nos.kill(os.getpid(), 9)": "kernel ended",
+		"1/0": "",
+	} {
+		var res serviceResult
+		if resp := env.postForm("/service", url.Values{"code": {code}}, &res); resp.StatusCode != http.StatusOK || res.Success || !strings.Contains(res.Error, why) {
+			t.Errorf("%q: %d %+v", code, resp.StatusCode, res)
+		}
+	}
+}
+
+func FuzzParseUserExpressions(f *testing.F) {
+	for _, s := range []string{`{"a": "1"}`, `{}`, `[]`, `{"a": null}`, `{"a": {"b": 1}}`, ``, `null`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		exprs, err := parseUserExpressions(raw)
+		if err != nil {
+			return
+		}
+		if exprs == nil || len(exprs) > serviceMaxExpressions {
+			t.Fatalf("%q gave %v", raw, exprs)
+		}
+	})
 }

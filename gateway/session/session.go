@@ -17,6 +17,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -63,6 +65,11 @@ const (
 	// FilesMsgType announces the files an execution wrote (iopub, parent =
 	// the execute_request).
 	FilesMsgType = "cellgate.files"
+	// KernelTimeoutMsgType is how a Sage-cell kernel asks for an idle
+	// timeout ({"timeout": seconds}, "inf" for the longest allowed), as the
+	// Sage cell's reset_kernel_timeout sends it on iopub. The gateway takes
+	// it in and does not relay it.
+	KernelTimeoutMsgType = "kernel_timeout"
 	// gatewayMsgPrefix marks the message types only the gateway may send.
 	gatewayMsgPrefix = "cellgate."
 	// maxRememberedClients bounds the clients whose cursor or presence a
@@ -141,10 +148,14 @@ type Session struct {
 	metrics *Metrics
 	uploads *uploader
 
-	mu          sync.Mutex
-	lastActive  time.Time
-	detachedAt  time.Time // when the last client dropped; zero if it left cleanly
-	idleFor     time.Duration
+	mu         sync.Mutex
+	lastActive time.Time
+	detachedAt time.Time // when the last client dropped; zero if it left cleanly
+	idleFor    time.Duration
+	// kernelIdle is the idle timeout the kernel asked for (kernel_timeout),
+	// if kernelAsked; see idleLimitLocked.
+	kernelIdle  time.Duration
+	kernelAsked bool
 	clients     int
 	byTransport map[string]int
 	// executions counts the execute_requests taken in, for the end log.
@@ -414,6 +425,10 @@ func (s *Session) observe(r kernelpool.Received) {
 		s.log.Warn().Str("msg_type", msgType).Msg("dropped a kernel message posing as the gateway's")
 		return
 	}
+	if msgType == KernelTimeoutMsgType && s.opts.API != Jupyter {
+		s.kernelTimeout(m)
+		return
+	}
 	s.metrics.Relayed.WithLabelValues("out", string(r.Channel)).Inc()
 	// Most messages are iopub output, which needs nothing of the parent
 	// header: it is parsed only for routing and the types that read it.
@@ -469,6 +484,71 @@ func (s *Session) observe(r kernelpool.Received) {
 	s.replay.Append(r.Channel, m, to)
 }
 
+// kernelTimeout takes in a kernel_timeout message: the kernel asks for an
+// idle timeout, capped at MaxIdle ("inf" is the cap); a negative one is
+// ignored, as the Sage cell does.
+func (s *Session) kernelTimeout(m *jupytermsg.Message) {
+	d, ok := parseKernelTimeout(m.Content, s.opts.Life.MaxIdle)
+	if !ok {
+		s.log.Debug().RawJSON("content", m.Content).Msg("ignored a kernel_timeout without a timeout")
+		return
+	}
+	s.mu.Lock()
+	s.kernelIdle, s.kernelAsked = d, true
+	s.mu.Unlock()
+	s.poke()
+}
+
+// parseKernelTimeout reads the timeout of a kernel_timeout message's
+// content: seconds as a number, or as the string a Python kernel makes of
+// float("inf") ("inf"; also "Infinity"), capped at limit.
+func parseKernelTimeout(content []byte, limit time.Duration) (time.Duration, bool) {
+	var c struct {
+		Timeout json.RawMessage `json:"timeout"`
+	}
+	if err := json.Unmarshal(content, &c); err != nil || len(c.Timeout) == 0 {
+		return 0, false
+	}
+	var f float64
+	if err := json.Unmarshal(c.Timeout, &f); err != nil {
+		var text string
+		if json.Unmarshal(c.Timeout, &text) != nil {
+			return 0, false
+		}
+		if f, err = strconv.ParseFloat(strings.TrimSpace(text), 64); err != nil {
+			return 0, false
+		}
+	}
+	switch {
+	case math.IsNaN(f) || f < 0:
+		return 0, false
+	case f >= limit.Seconds():
+		return limit, true
+	}
+	return time.Duration(f * float64(time.Second)), true
+}
+
+// idleLimitLocked is how long the session may be idle now. The kernel may
+// ask for a shorter timeout at any time, and for a longer one (up to
+// MaxIdle) only while a client is attached: with nobody there, the session
+// ends on the timeout it was started with.
+func (s *Session) idleLimitLocked() time.Duration {
+	if !s.kernelAsked {
+		return s.idleFor
+	}
+	if s.clients > 0 {
+		return s.kernelIdle
+	}
+	return min(s.kernelIdle, s.idleFor)
+}
+
+// IdleLimit is how long the session may be idle now.
+func (s *Session) IdleLimit() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.idleLimitLocked()
+}
+
 // relayReply relays a tracked execute_reply with its permalink. One whose
 // permalink is still being recorded (the journal's fsync) waits for it, up
 // to ReplyHold, off the pump; later replies wait behind it, so replies keep
@@ -502,7 +582,9 @@ func (s *Session) relayReply(ch jupytermsg.Channel, m *jupytermsg.Message, p pen
 }
 
 // completeReply is an execute_reply as clients get it: with its permalink
-// and, if the client asked, the names of the files the execution wrote.
+// and, if the client asked, the names of the files the execution wrote, in
+// the user expression and, as the Sage cell's replies have them, in
+// payload[0].new_files.
 func completeReply(m *jupytermsg.Message, permalinkID string, wantsFiles bool, names []string) *jupytermsg.Message {
 	m = permalink.Annotate(m, permalinkID)
 	if !wantsFiles {
@@ -524,6 +606,10 @@ func completeReply(m *jupytermsg.Message, permalinkID string, wantsFiles bool, n
 	list, _ := json.Marshal(names)
 	exprs[FilesRequest], _ = json.Marshal(map[string]any{"status": "ok", "data": map[string]string{"text/plain": string(list)}, "metadata": map[string]any{}})
 	content["user_expressions"], _ = json.Marshal(exprs)
+	var payload []json.RawMessage
+	_ = json.Unmarshal(content["payload"], &payload)
+	newFiles, _ := json.Marshal(map[string][]string{"new_files": names})
+	content["payload"], _ = json.Marshal(append([]json.RawMessage{newFiles}, payload...))
 	raw, err := json.Marshal(content)
 	if err != nil {
 		return m
@@ -660,7 +746,7 @@ func (s *Session) watchLifetime() {
 	for {
 		s.mu.Lock()
 		quiet := s.quietLocked()
-		idleLeft := s.idleFor - time.Since(s.lastActive)
+		idleLeft := s.idleLimitLocked() - time.Since(s.lastActive)
 		computed := s.opts.Life.OneShot && quiet && s.doneExecs > 0 && s.clients == 0
 		graceLeft := s.opts.Config.DetachGrace - time.Since(s.detachedAt)
 		s.mu.Unlock()
