@@ -331,6 +331,12 @@ type kernelAnswer struct {
 // (the bench server trusts the proxy header): the per-address cap is
 // meant for distinct readers, and the bench plays many readers.
 func (a *api) newKernel(ctx context.Context, form url.Values, from string) (kernelAnswer, int, error) {
+	if !form.Has("kernel_name") {
+		// The figures are python3's, whatever kernel the Sage-cell routes
+		// default to (SageMath when it is installed).
+		form = cloneValues(form)
+		form.Set("kernel_name", "python3")
+	}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, a.base+"kernel", strings.NewReader(form.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	if from != "" {
@@ -350,6 +356,14 @@ func (a *api) newKernel(ctx context.Context, form url.Values, from string) (kern
 		return k, resp.StatusCode, fmt.Errorf("POST /kernel: HTTP %d: %s %s", resp.StatusCode, k.Error, k.Message)
 	}
 	return k, resp.StatusCode, nil
+}
+
+func cloneValues(v url.Values) url.Values {
+	out := url.Values{}
+	for k, vs := range v {
+		out[k] = append([]string(nil), vs...)
+	}
+	return out
 }
 
 func (a *api) deleteKernel(id string) error {

@@ -49,6 +49,7 @@ type options struct {
 	permalinks   int
 	fileRounds   int
 	coldStarts   int
+	burstSizes   string
 	skip         string
 }
 
@@ -70,7 +71,8 @@ func main() {
 	flag.IntVar(&o.permalinks, "permalinks", 300, "permalinks to create and look up")
 	flag.IntVar(&o.fileRounds, "file-rounds", 3, "10 MB files to upload and fetch")
 	flag.IntVar(&o.coldStarts, "cold-starts", 6, "cold starts per launcher (sandboxed and not)")
-	flag.StringVar(&o.skip, "skip", "", "comma-separated phases to skip: coldstart,sessions,execute,jupyterlab,service,refill,permalinks,files,memory")
+	flag.StringVar(&o.burstSizes, "bursts", "20,50", "sizes of the bursts of concurrent POST /kernel and /service, comma-separated")
+	flag.StringVar(&o.skip, "skip", "", "comma-separated phases to skip: coldstart,sessions,execute,jupyterlab,service,refill,burst,permalinks,files,memory")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -158,10 +160,6 @@ func run(ctx context.Context, o options) int {
 // withServer starts cellgate, runs the phases against it and stops it.
 func (e *env) withServer(ctx context.Context, info map[string]string) error {
 	o := e.opts
-	port, err := freePort()
-	if err != nil {
-		return err
-	}
 	poolTotal := 0
 	for _, part := range strings.Split(o.pool, ",") {
 		if _, n, ok := strings.Cut(part, "="); ok {
@@ -170,45 +168,16 @@ func (e *env) withServer(ctx context.Context, info map[string]string) error {
 		}
 	}
 	e.poolTotal = poolTotal
-	maxKernels := max(40, o.idleSessions+poolTotal+8)
-	token := "cellbench-" + randomHex(12)
-	args := []string{"serve",
-		"--listen", fmt.Sprintf("127.0.0.1:%d", port),
-		"--data-dir", filepath.Join(e.tmp, "data"),
-		"--runtime-dir", filepath.Join(e.tmp, "run"),
-		"--sandbox", "bwrap",
-		"--pool", o.pool,
-		"--max-kernels", strconv.Itoa(maxKernels),
-		"--trust-proxy",
-		"--log-level", "warn", "--log-format", "json",
-	}
-	shown := strings.Join(args, " ") + " --token <random>"
-	shown = strings.ReplaceAll(shown, e.tmp, "$TMPDIR")
-	info["args"] = strings.Replace(shown, fmt.Sprintf("127.0.0.1:%d", port), "127.0.0.1:<free port>", 1)
-	info["note"] = "defaults otherwise; --max-kernels raised for the idle-session and burst figures; --trust-proxy so " +
-		"that simulated readers (X-Forwarded-For from 198.18.0.0/15) are not all one address under the per-address cap"
-	args = append(args, "--token", token)
-	if err := os.MkdirAll(filepath.Join(e.tmp, "data"), 0o711); err != nil {
-		return err
-	}
-	cmd := exec.Command(o.cellgate, args...)
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "CELLGATE_") {
-			env = append(env, kv)
-		}
-	}
-	cmd.Env = env
-	gw, err := startProcess("cellgate", filepath.Join(e.tmp, "cellgate.log"), cmd)
+	e.maxKernels = max(40, o.idleSessions+poolTotal+8)
+	gw, a, shown, err := e.startCellgate("cellgate", nil)
 	if err != nil {
 		return err
 	}
-	e.gw = gw
-	e.api = &api{base: fmt.Sprintf("http://127.0.0.1:%d/", port), token: token, http: newHTTPClient()}
-	defer e.stopServer()
-	if err := gw.waitReady(e.api.base+"readyz", nil, 2*time.Minute); err != nil {
-		return err
-	}
+	info["args"] = shown
+	info["note"] = "defaults otherwise; --max-kernels raised for the idle-session and burst figures; --trust-proxy so " +
+		"that simulated readers (X-Forwarded-For from 198.18.0.0/15) are not all one address under the per-address cap"
+	e.gw, e.api = gw, a
+	defer e.stopServer(gw)
 	e.rec.value(secPool, "cellgate_start_ready", "cellgate process start → /readyz 200", "ms", ms(gw.ready), "",
 		"embedded FerretDB started, one sandboxed kernel ready")
 	if _, err := e.api.waitPoolFull(2 * time.Minute); err != nil {
@@ -227,18 +196,21 @@ func (e *env) withServer(ctx context.Context, info map[string]string) error {
 	defer e.inproc.close()
 
 	phases := []struct {
-		name string
-		run  func(context.Context) error
+		name    string
+		run     func(context.Context) error
+		timeout time.Duration // 5 min if zero
 	}{
-		{"coldstart", e.phaseColdStart},
-		{"sessions", e.phaseSessions},
-		{"execute", e.phaseExecute},
-		{"jupyterlab", e.phaseJupyterLab},
-		{"service", e.phaseService},
-		{"refill", e.phaseRefill},
-		{"permalinks", e.phasePermalinks},
-		{"files", e.phaseFiles},
-		{"memory", func(ctx context.Context) error { return e.phaseMemory(ctx, startRSS) }},
+		{"coldstart", e.phaseColdStart, 0},
+		{"sessions", e.phaseSessions, 0},
+		{"execute", e.phaseExecute, 0},
+		{"jupyterlab", e.phaseJupyterLab, 0},
+		{"service", e.phaseService, 0},
+		{"refill", e.phaseRefill, 0},
+		// Waits about a minute between bursts for the pool to shrink.
+		{"burst", e.phaseBurst, 20 * time.Minute},
+		{"permalinks", e.phasePermalinks, 0},
+		{"files", e.phaseFiles, 0},
+		{"memory", func(ctx context.Context) error { return e.phaseMemory(ctx, startRSS) }, 0},
 	}
 	skip := strings.Split(o.skip, ",")
 	for _, p := range phases {
@@ -250,7 +222,11 @@ func (e *env) withServer(ctx context.Context, info map[string]string) error {
 		}
 		fmt.Fprintf(os.Stderr, "cellbench: %s: %s ...\n", time.Now().Format("15:04:05"), p.name)
 		began := time.Now()
-		phaseCtx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		timeout := p.timeout
+		if timeout == 0 {
+			timeout = 5 * time.Minute
+		}
+		phaseCtx, cancel := context.WithTimeout(ctx, timeout)
 		err := p.run(phaseCtx)
 		cancel()
 		if err != nil {
@@ -266,18 +242,70 @@ func (e *env) withServer(ctx context.Context, info map[string]string) error {
 	return nil
 }
 
-// stopServer stops cellgate gracefully and checks that none of its
+// startCellgate starts bin/cellgate serve as the bench deploys it (name
+// names its directories and log; extra flags are added) and waits for
+// /readyz. shown is its command line as the report prints it.
+func (e *env) startCellgate(name string, extra []string) (gw *server, a *api, shown string, err error) {
+	o := e.opts
+	port, err := freePort()
+	if err != nil {
+		return nil, nil, "", err
+	}
+	dir := filepath.Join(e.tmp, name)
+	token := "cellbench-" + randomHex(12)
+	args := []string{"serve",
+		"--listen", fmt.Sprintf("127.0.0.1:%d", port),
+		"--data-dir", filepath.Join(dir, "data"),
+		"--runtime-dir", filepath.Join(dir, "run"),
+		"--sandbox", "bwrap",
+		"--pool", o.pool,
+		"--max-kernels", strconv.Itoa(e.maxKernels),
+		"--trust-proxy",
+		"--log-level", "warn", "--log-format", "json",
+	}
+	args = append(args, extra...)
+	shown = strings.Join(args, " ") + " --token <random>"
+	shown = strings.ReplaceAll(shown, dir, "$TMPDIR")
+	shown = strings.Replace(shown, fmt.Sprintf("127.0.0.1:%d", port), "127.0.0.1:<free port>", 1)
+	args = append(args, "--token", token)
+	if err := os.MkdirAll(filepath.Join(dir, "data"), 0o711); err != nil {
+		return nil, nil, "", err
+	}
+	// Kernels run under their own uids and must traverse to their dirs.
+	_ = os.Chmod(dir, 0o711)
+	cmd := exec.Command(o.cellgate, args...)
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CELLGATE_") {
+			env = append(env, kv)
+		}
+	}
+	cmd.Env = env
+	gw, err = startProcess(name, filepath.Join(dir, name+".log"), cmd)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	a = &api{base: fmt.Sprintf("http://127.0.0.1:%d/", port), token: token, http: newHTTPClient()}
+	if err := gw.waitReady(a.base+"readyz", nil, 2*time.Minute); err != nil {
+		e.stopServer(gw)
+		return nil, nil, "", err
+	}
+	return gw, a, shown, nil
+}
+
+// stopServer stops a cellgate gracefully and checks that none of its
 // kernels outlived it.
-func (e *env) stopServer() {
-	before, _ := descendants(e.gw.pid())
+func (e *env) stopServer(gw *server) {
+	before, _ := descendants(gw.pid())
 	began := time.Now()
-	if err := e.gw.stop(60 * time.Second); err != nil {
+	if err := gw.stop(60 * time.Second); err != nil {
 		e.rec.problem("%v", err)
 	}
-	if code := e.gw.cmd.ProcessState.ExitCode(); code != 0 {
-		e.rec.problem("cellgate exited with status %d after SIGTERM; log:\n%s", code, e.gw.logTail())
+	if code := gw.cmd.ProcessState.ExitCode(); code != 0 {
+		e.rec.problem("%s exited with status %d after SIGTERM; log:\n%s", gw.name, code, gw.logTail())
 	}
-	fmt.Fprintf(os.Stderr, "cellbench: cellgate stopped in %s\n", time.Since(began).Round(10*time.Millisecond))
+	fmt.Fprintf(os.Stderr, "cellbench: %s stopped in %s\n", gw.name, time.Since(began).Round(10*time.Millisecond))
+	dir := filepath.Join(e.tmp, gw.name)
 	time.Sleep(500 * time.Millisecond)
 	var left []string
 	for _, p := range before {
@@ -288,18 +316,18 @@ func (e *env) stopServer() {
 		}
 	}
 	if len(left) > 0 {
-		e.rec.problem("processes of cellgate still running after it stopped: %s", strings.Join(left, ", "))
+		e.rec.problem("processes of %s still running after it stopped: %s", gw.name, strings.Join(left, ", "))
 	}
 	// Kernel directories and sandbox mounts cellgate should have removed.
 	if mounts, err := os.ReadFile("/proc/self/mountinfo"); err == nil {
 		n := 0
 		for _, line := range strings.Split(string(mounts), "\n") {
-			if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], e.tmp+"/") {
+			if f := strings.Fields(line); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
 				n++
 			}
 		}
 		if n > 0 {
-			e.rec.problem("%d mounts under cellgate's data/runtime directories left after it stopped", n)
+			e.rec.problem("%d mounts under %s's data/runtime directories left after it stopped", n, gw.name)
 			// Clear them as cellgate's next start would: the sandbox's
 			// start-up sweep releases what no live gateway holds.
 			if _, err := sandbox.NewBwrap(sandbox.DefaultConfig()); err != nil {
@@ -307,13 +335,13 @@ func (e *env) stopServer() {
 			}
 		}
 	}
-	if dirs, err := os.ReadDir(filepath.Join(e.tmp, "data", "kernels")); err == nil && len(dirs) > 0 {
-		e.rec.problem("%d kernel working directories left in --data-dir after cellgate stopped", len(dirs))
+	if dirs, err := os.ReadDir(filepath.Join(dir, "data", "kernels")); err == nil && len(dirs) > 0 {
+		e.rec.problem("%d kernel working directories left in --data-dir after %s stopped", len(dirs), gw.name)
 	}
-	if logData, err := os.ReadFile(e.gw.logPath); err == nil {
+	if logData, err := os.ReadFile(gw.logPath); err == nil {
 		// Keep the server's warnings with the results of a failed run.
 		if n := strings.Count(string(logData), `"level":"error"`); n > 0 {
-			e.rec.problem("cellgate logged %d errors; last lines:\n%s", n, e.gw.logTail())
+			e.rec.problem("%s logged %d errors; last lines:\n%s", gw.name, n, gw.logTail())
 		}
 	}
 }

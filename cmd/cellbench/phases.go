@@ -32,7 +32,7 @@ const (
 	codeService = "print(6*7)"
 )
 
-var sectionOrder = []string{secPool, secSession, secExecute, secJupyter, secService, secMemory, secStorage, secCodec}
+var sectionOrder = []string{secPool, secSession, secExecute, secJupyter, secService, secBurst, secMemory, secStorage, secCodec}
 
 // env is what the phases share.
 type env struct {
@@ -47,6 +47,8 @@ type env struct {
 	zmqFloor float64
 	// poolTotal is the number of ready kernels cellgate keeps.
 	poolTotal int
+	// maxKernels is cellgate's --max-kernels.
+	maxKernels int
 }
 
 // reader returns a distinct fake reader address for X-Forwarded-For,
@@ -389,23 +391,23 @@ type serviceAnswer struct {
 	Message string `json:"message"`
 }
 
-func (e *env) postService(ctx context.Context, from string) error {
-	form := url.Values{"code": {codeService}}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, e.api.base+"service", strings.NewReader(form.Encode()))
+func (a *api) postService(ctx context.Context, from string) error {
+	form := url.Values{"code": {codeService}, "kernel_name": {"python3"}}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, a.base+"service", strings.NewReader(form.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("X-Forwarded-For", from)
-	resp, err := e.api.http.Do(req)
+	resp, err := a.http.Do(req)
 	if err != nil {
 		return err
 	}
 	data, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	var a serviceAnswer
-	if err := json.Unmarshal(data, &a); err != nil {
+	var ans serviceAnswer
+	if err := json.Unmarshal(data, &ans); err != nil {
 		return fmt.Errorf("HTTP %d: %.200s", resp.StatusCode, data)
 	}
-	if resp.StatusCode != http.StatusOK || !a.Success || a.Stdout != "42\n" {
-		return fmt.Errorf("HTTP %d: %s %s %s (stdout %q)", resp.StatusCode, a.Error, a.Message, a.Error, a.Stdout)
+	if resp.StatusCode != http.StatusOK || !ans.Success || ans.Stdout != "42\n" {
+		return fmt.Errorf("HTTP %d: %s %s (stdout %q)", resp.StatusCode, ans.Error, ans.Message, ans.Stdout)
 	}
 	return nil
 }
@@ -431,7 +433,7 @@ func (e *env) phaseService(ctx context.Context) error {
 				defer wg.Done()
 				for i := 0; time.Now().Before(deadline) && ctx.Err() == nil; i++ {
 					t := time.Now()
-					err := e.postService(ctx, reader(10+gi, c))
+					err := e.api.postService(ctx, reader(10+gi, c))
 					mu.Lock()
 					if err != nil {
 						errs++
