@@ -142,6 +142,16 @@ start (two at a time). Errors are non-200 answers or wrong output (a 503 after `
 when clients outrun the pool). *burst of 20*: 20 concurrent ` + "`POST /kernel`" + `; *pool full again*: from the
 burst until ` + "`/readyz`" + ` shows every pool at its ready size.
 
+**Bursts.** N concurrent ` + "`POST /kernel`" + ` (each kernel held until the last answer, then deleted) or ` + "`POST /service`" + `,
+each from its own reader address, asking for python3. *all answered after* is the time from sending the burst to
+the last answer; *p50_ms/p99_ms* are over every answer, *errors* counts non-200 answers (a 503), *errors_p50_ms*
+says how soon they came (at once: the fair queue's estimate refused them; about 10 s: they waited out
+` + "`--lease-timeout`" + `), *ready_at_start* is the ready kernels when the burst began. Rows come in threes, on a
+settled pool each: this cellgate with its pool at its floor (` + "`--pool`" + `, after a minute without requests); the
+same again within the minute, when its elastic pool has grown from the first burst; and a second cellgate
+started in the same run with the old behaviour (` + "`--lease-queue fifo --pool-memory-mb 0`" + `: one line, each request
+waiting out the lease timeout, a pool that never grows). The bursts run one at a time, never two at once.
+
 **Memory.** cellgate's RSS (the embedded FerretDB runs in the same process) just after start, before the idle
 sessions, and with N idle sessions open (websocket attached, one ` + "`1+1`" + ` executed); the difference over N is the
 gateway's cost per idle session. *per idle sandboxed kernel* sums the proportional set size (PSS: shared pages
