@@ -63,8 +63,9 @@ func (p *inproc) start(ctx context.Context, l sandbox.Launcher) (*kernelpool.Ker
 // coldStarts starts and stops n kernels with each launcher, alternating,
 // and returns the start-to-ready times by launcher name. On each sandboxed
 // kernel it also times the first execution: alone (quiet), or while
-// another kernel starts (busy), as after a lease, when the pool starts the
-// replacement at once. stops are the times Shutdown took (shutdown_request
+// another kernel starts (busy): what a refill started at once after a lease
+// would cost it (the pool holds the refill back for RefillDelay while
+// another kernel is ready, or starts it at once when none is). stops are the times Shutdown took (shutdown_request
 // until the process is reaped and its sandbox and directories are gone).
 func (p *inproc) coldStarts(ctx context.Context, n int) (starts, stops map[string][]time.Duration, quiet, busy []time.Duration, err error) {
 	starts, stops = map[string][]time.Duration{}, map[string][]time.Duration{}

@@ -794,8 +794,8 @@ func (e *env) phaseColdStart(ctx context.Context) error {
 	e.rec.dist(secPool, "shutdown_bwrap", "kernel shutdown until reaped and sandbox released, --sandbox=bwrap", "ms", durationsMS(stops["bwrap"]), "", "")
 	e.rec.dist(secPool, "first_execute_bwrap", "first 1+1 on a fresh sandboxed kernel, direct ZMQ (reply and idle)", "ms", durationsMS(quiet), "",
 		"the kernel's own share of a new session")
-	e.rec.dist(secPool, "first_execute_bwrap_busy", "  the same while another kernel starts (as after a lease)", "ms", durationsMS(busy), "",
-		"a lease makes the pool start a replacement at once")
+	e.rec.dist(secPool, "first_execute_bwrap_busy", "  the same while another kernel starts", "ms", durationsMS(busy), "",
+		"what a refill started at once after a lease costs the leased kernel; the pool holds it back 1 s while another kernel is ready")
 	return nil
 }
 

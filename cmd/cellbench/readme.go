@@ -101,7 +101,8 @@ split that cost: bwrap's own setup and teardown vs Python's start. With few samp
 1 from run to run: the sandbox's own cost (tens of ms) is small next to Python's start. *kernel shutdown*:
 ` + "`Kernel.Shutdown`" + ` until the process is reaped (and, sandboxed, its tmpfs and uid released).
 *first 1+1 on a fresh kernel*: the first execution right after ready, alone, and while another kernel starts
-(after a lease the pool starts a replacement at once, competing for the CPUs). *cellgate process start → /readyz 200*:
+(what a replacement started at once after a lease would cost the leased kernel: the pool holds the refill back
+for a second while another kernel is ready, and starts it at once when none is). *cellgate process start → /readyz 200*:
 from exec to the first 200, i.e. the embedded database open and one sandboxed kernel ready.
 
 **New session.** A reader opening a cell: ` + "`POST /kernel`" + ` (one-shot, as the Sage-cell embed does), websocket
