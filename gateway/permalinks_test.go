@@ -3,10 +3,12 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/url"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,36 +17,93 @@ import (
 	"github.com/rs/zerolog"
 )
 
+// POST /permalink and GET /permalink answer as the Sage Cell Server's
+// permalink server does; GET /permalink/ID is cellgate's own object.
 func TestPermalinkRoutes(t *testing.T) {
 	env, _ := newStorageEnv(t)
-	var created struct {
-		Query     string `json:"query"`
-		Zip       string `json:"zip"`
-		Interacts string `json:"interacts"`
-		N         any    `json:"n"`
-	}
-	resp := env.postForm("/permalink", url.Values{"code": {"print('hi')"}, "language": {"python3"}, "interacts": {"[]"}, "n": {"2"}}, &created)
-	if resp.StatusCode != http.StatusOK || created.Query == "" || created.N != float64(2) {
+	var created map[string]any
+	interacts := `[{"state": {"x": 7}, "bookmarks": []}]`
+	resp := env.postForm("/permalink", url.Values{"code": {"print('hi')"}, "language": {"python3"}, "interacts": {interacts}, "n": {"2"}}, &created)
+	query, _ := created["query"].(string)
+	if resp.StatusCode != http.StatusOK || query == "" || created["n"] != float64(2) {
 		t.Fatalf("POST /permalink: %d %+v", resp.StatusCode, created)
 	}
-	if code, err := storage.ZipDecode(created.Zip, 1<<20); err != nil || code != "print('hi')" {
-		t.Errorf("zip %q decodes to %q (%v)", created.Zip, code, err)
+	// The code and the interacts in the Sage cell's compressed form.
+	zip, _ := created["zip"].(string)
+	if code, err := storage.ZipDecode(zip, 1<<20); err != nil || code != "print('hi')" {
+		t.Errorf("zip %q decodes to %q (%v)", zip, code, err)
 	}
-	var again struct{ Query string }
-	env.do(http.MethodPost, "/permalink", "application/json", `{"code":"print('hi')","language":"python3","interacts":"[]"}`, &again)
-	if again.Query != created.Query {
-		t.Errorf("same cell got ids %q and %q", created.Query, again.Query)
+	zipped, _ := created["interacts"].(string)
+	if got, err := storage.ZipDecode(zipped, 1<<20); err != nil || got != interacts {
+		t.Errorf("interacts %q decodes to %q (%v)", zipped, got, err)
 	}
-	for _, path := range []string{"/permalink?q=" + created.Query, "/permalink/" + created.Query} {
-		var cell map[string]string
-		if r := env.do(http.MethodGet, path, "", "", &cell); r.StatusCode != http.StatusOK || cell["code"] != "print('hi')" || cell["language"] != "python3" {
-			t.Errorf("GET %s: %d %v", path, r.StatusCode, cell)
-		}
+	// n only when sent; it must be a number.
+	var again map[string]any
+	env.do(http.MethodPost, "/permalink", "application/json", `{"code":"print('hi')","language":"python3","interacts":`+strconv.Quote(interacts)+`}`, &again)
+	if _, sent := again["n"]; again["query"] != query || sent {
+		t.Errorf("the same cell again, without n: %+v (first %q)", again, query)
 	}
 	var e apiError
+	if r := env.postForm("/permalink", url.Values{"code": {"1"}, "n": {"two"}}, &e); r.StatusCode != http.StatusBadRequest {
+		t.Errorf("n=two: %d %+v", r.StatusCode, e)
+	}
+	// GET /permalink?q=: the Sage cell's [code, language, interacts].
+	var cell []string
+	if r := env.do(http.MethodGet, "/permalink?q="+query, "", "", &cell); r.StatusCode != http.StatusOK || len(cell) != 3 || cell[0] != "print('hi')" || cell[1] != "python3" || cell[2] != interacts {
+		t.Errorf("GET /permalink?q=: %d %q", r.StatusCode, cell)
+	}
+	// With a JSONP callback: the array's JSON text, passed to it.
+	status, body, h := fetch(t, env.url("/permalink?q="+query+"&callback=show"))
+	want, _ := json.Marshal(cell)
+	quoted, _ := json.Marshal(string(want))
+	if status != http.StatusOK || !strings.HasPrefix(h.Get("Content-Type"), "application/javascript") || string(body) != "/**/show("+string(quoted)+");" {
+		t.Errorf("JSONP: %d %s %s", status, h.Get("Content-Type"), body)
+	}
+	if status, _, _ := fetch(t, env.url("/permalink?q="+query+"&callback=alert(document.cookie)")); status != http.StatusBadRequest {
+		t.Errorf("a callback that is not a name: %d", status)
+	}
+	// GET /permalink/ID: cellgate's object.
+	var obj map[string]string
+	if r := env.do(http.MethodGet, "/permalink/"+query, "", "", &obj); r.StatusCode != http.StatusOK || obj["code"] != "print('hi')" || obj["language"] != "python3" || obj["interacts"] != interacts {
+		t.Errorf("GET /permalink/ID: %d %v", r.StatusCode, obj)
+	}
 	if r := env.do(http.MethodGet, "/permalink?q=doesnotexist", "", "", &e); r.StatusCode != http.StatusNotFound || e.Message == "" {
 		t.Errorf("unknown permalink: %d %+v", r.StatusCode, e)
 	}
+	// frame=on: the page that posts the answer to its parent.
+	status, body, h = fetchPost(t, env.url("/permalink"), url.Values{"code": {"print('hi')"}, "language": {"python3"}, "interacts": {interacts}, "frame": {"on"}})
+	if status != http.StatusOK || !strings.HasPrefix(h.Get("Content-Type"), "text/html") || !strings.Contains(string(body), `parent.postMessage("{\"interacts\":`) || !strings.Contains(string(body), query) {
+		t.Errorf("frame=on: %d %s %s", status, h.Get("Content-Type"), body)
+	}
+}
+
+// A Sage-cell permalink that names no language is Sage's when a SageMath
+// kernel is installed, as the Sage cell stores it.
+func TestPermalinkDefaultLanguage(t *testing.T) {
+	ts := startTestStorage(t, filepath.Join(t.TempDir(), "db"))
+	env := newTestEnv(t, 0, 2, func(c *Config) { c.Storage = ts.gateway(); c.SageCellDefaultKernel = "" })
+	want := "python3"
+	if _, ok := env.pool.Specs()["sagemath"]; ok {
+		want = "sagemath"
+	}
+	var created struct{ Query string }
+	env.postForm("/permalink", url.Values{"code": {"factor(12)"}}, &created)
+	var cell []string
+	if r := env.do(http.MethodGet, "/permalink?q="+created.Query, "", "", &cell); r.StatusCode != http.StatusOK || len(cell) != 3 || cell[1] != want || cell[2] != "[]" {
+		t.Errorf("GET /permalink?q=: %d %q, want language %s", r.StatusCode, cell, want)
+	}
+}
+
+// fetchPost POSTs a form and returns the status, body and headers.
+func fetchPost(t *testing.T, u string, form url.Values) (int, []byte, http.Header) {
+	t.Helper()
+	resp, err := http.PostForm(u, form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, body, resp.Header
 }
 
 // TestDatabaseDownComputationsContinue stops the database mid-run: cells
@@ -73,7 +132,7 @@ func TestDatabaseDownComputationsContinue(t *testing.T) {
 		t.Fatal("no permalink id while the database is down")
 	}
 	var cell map[string]string
-	if r := env.do(http.MethodGet, "/permalink?q="+created.Query, "", "", &cell); r.StatusCode != http.StatusOK || cell["code"] != "x = 1" {
+	if r := env.do(http.MethodGet, "/permalink/"+created.Query, "", "", &cell); r.StatusCode != http.StatusOK || cell["code"] != "x = 1" {
 		t.Errorf("pending permalink not readable: %d %v", r.StatusCode, cell)
 	}
 	emb, err := storage.StartEmbedded(ctx, storage.EmbeddedConfig{Dir: dir, Logger: zerolog.Nop()})
@@ -123,8 +182,8 @@ func TestServiceReturnsItsPermalink(t *testing.T) {
 		t.Fatalf("result %+v", res)
 	}
 	var cell map[string]string
-	if r := env.do(http.MethodGet, "/permalink?q="+res.Permalink, "", "", &cell); r.StatusCode != http.StatusOK || cell["code"] != "print('via service')" {
-		t.Errorf("GET /permalink?q=%s: %d %v", res.Permalink, r.StatusCode, cell)
+	if r := env.do(http.MethodGet, "/permalink/"+res.Permalink, "", "", &cell); r.StatusCode != http.StatusOK || cell["code"] != "print('via service')" {
+		t.Errorf("GET /permalink/%s: %d %v", res.Permalink, r.StatusCode, cell)
 	}
 }
 

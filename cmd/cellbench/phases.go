@@ -550,11 +550,10 @@ func (e *env) phasePermalinks(ctx context.Context) error {
 	}
 	for _, id := range ids {
 		t := time.Now()
-		var p struct {
-			Code string `json:"code"`
-		}
+		// The Sage cell's shape: [code, language, interacts].
+		var p []string
 		code, err := getJSON(e.api.http, e.api.base+"permalink?q="+id, nil, &p)
-		if err != nil || code != http.StatusOK || !strings.Contains(p.Code, prefix) {
+		if err != nil || code != http.StatusOK || len(p) != 3 || !strings.Contains(p[0], prefix) {
 			return fmt.Errorf("GET /permalink?q=%s: HTTP %d: %v", id, code, err)
 		}
 		lookup = append(lookup, ms(time.Since(t)))

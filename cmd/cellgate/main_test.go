@@ -274,10 +274,10 @@ func TestServeStartsAndDrains(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var cell map[string]string
+			var cell []string // the Sage cell's [code, language, interacts]
 			json.NewDecoder(resp.Body).Decode(&cell)
 			resp.Body.Close()
-			if cell["code"] != "print(6*7)" {
+			if len(cell) != 3 || cell[0] != "print(6*7)" {
 				t.Errorf("permalink %q after restart: %v", permalink, cell)
 			}
 		}

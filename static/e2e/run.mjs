@@ -306,8 +306,10 @@ test('interact slider re-runs the function', async (t) => {
   const interacts = JSON.parse(body.interacts || 'null');
   expect(Array.isArray(interacts) && interacts.length === 1 && interacts[0].state.x === 7, `permalink sent interacts ${body.interacts}`);
   const q = await (await p.waitForSelector('.cg-share-panel input.cg-link-q')).inputValue();
-  const stored = await p.evaluate(async (id) => (await fetch(`permalink?q=${encodeURIComponent(id)}`)).json(), new URL(q).searchParams.get('q'));
+  const stored = await p.evaluate(async (id) => (await fetch(`permalink/${encodeURIComponent(id)}`)).json(), new URL(q).searchParams.get('q'));
   expect(JSON.parse(stored.interacts || '[]')[0]?.state?.x === 7, `stored permalink has interacts ${stored.interacts}`);
+  const z = await (await p.waitForSelector('.cg-share-panel input.cg-link-z')).inputValue();
+  expect(new URL(z).searchParams.get('interacts'), `the ?z= link has no interacts: ${z}`);
   const panelText = await p.$eval('.cg-share-panel', (e) => e.innerText);
   expect(!/\bnull\b/.test(panelText), `share panel shows ${JSON.stringify(panelText)}`);
   const qr = await p.waitForSelector('.cg-share-panel img.cg-qr');
@@ -826,6 +828,41 @@ test('permalink round trip through ?q=', async (t) => {
   const p2 = await page(t);
   await p2.goto(url);
   await outputContains(p2, 'permalinked 1024');
+});
+
+test('a permalink restores the state of its interacts (?q= and ?z=&interacts=)', async (t) => {
+  const p = await page(t);
+  await p.goto(BASE);
+  const code = ['from ipywidgets import interact', '@interact(x=(0, 10))', 'def square(x=3):', '    print("x squared is", x * x)'].join('\n');
+  // A cell saved with x = 7, as the Sage cell's front end and cellgate's Share save it.
+  const made = await p.evaluate(async (code) => {
+    const body = new URLSearchParams({ code, language: 'python3', interacts: JSON.stringify([{ state: { x: 7 }, bookmarks: [] }]) });
+    const r = await fetch('permalink', { method: 'POST', body });
+    return r.json();
+  }, code);
+  expect(made.query && made.zip && made.interacts && made.n === undefined, `POST /permalink answered ${JSON.stringify(made)}`);
+  const links = [`${BASE}?q=${made.query}`, `${BASE}?z=${made.zip}&lang=python3&interacts=${made.interacts}`];
+  for (const link of links) {
+    const q = await page(t);
+    await q.goto(link);
+    await outputContains(q, 'x squared is 49');
+    await q.waitForFunction(() => document.querySelector('.cg-cell').dataset.restored === 'true');
+    const value = await q.$eval('.cg-output-root input[type=range]', (i) => i.value);
+    expect(value === '7', `${link}: the slider shows ${value}, want 7`);
+    const text = await q.$eval('.cg-output-root', (e) => e.innerText);
+    expect(!text.includes('x squared is 9'), `${link}: the default's output was left: ${JSON.stringify(text)}`);
+  }
+  // A Sage @interact saved with x = 7 shows 7, not its default 1.
+  if (!KERNELS.includes('sagemath')) return;
+  const sage = await p.evaluate(async () => {
+    const code = '@interact\ndef f(x=slider(1, 10, 1, 1)):\n    print("x is", x)';
+    const body = new URLSearchParams({ code, language: 'sagemath', interacts: JSON.stringify([{ state: { x: 7 }, bookmarks: [] }]) });
+    return (await fetch('permalink', { method: 'POST', body })).json();
+  });
+  const s = await page(t);
+  await s.goto(`${BASE}?q=${sage.query}`);
+  await outputContains(s, 'x is 7', { timeout: 45000 });
+  await s.waitForFunction(() => document.querySelector('.cg-cell').dataset.restored === 'true');
 });
 
 test('file written by the kernel is a link with the same bytes', async (t) => {

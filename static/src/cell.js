@@ -102,6 +102,18 @@ function qrImage(url) {
   }
 }
 
+/** parseInteracts reads interact state given as an array or as its JSON text. */
+function parseInteracts(x) {
+  if (typeof x === 'string') {
+    try {
+      x = JSON.parse(x);
+    } catch {
+      return null;
+    }
+  }
+  return Array.isArray(x) && x.length ? x : null;
+}
+
 let cellSeq = 0;
 
 export class Cell {
@@ -116,6 +128,9 @@ export class Cell {
     this.language = opts.language || '';
     this.permalink = null; // {id, code} from the last execute_reply
     this.callbacks = opts.callbacks || {};
+    // Interact state to restore once the first evaluation has shown its
+    // interacts (a permalink's, in the Sage cell's form).
+    this._restore = parseInteracts(opts.interacts);
     hookUnload();
     this._build();
   }
@@ -441,6 +456,12 @@ export class Cell {
       const st = run.reply?.status;
       this._setState('idle', st === 'error' ? '' : st === 'aborted' ? 'Aborted' : '');
       this.root.dataset.done = String(Number(this.root.dataset.done || 0) + 1);
+      if (this._restore) {
+        // As the Sage cell: the saved state is put back once the code has run.
+        const states = this._restore;
+        this._restore = null;
+        if (k.widgets.setInteractState(this.output, states)) this.root.dataset.restored = 'true';
+      }
     }
     this.callbacks.onDone?.(run.reply, this);
     this._bumpDetach(k, run);
@@ -493,6 +514,7 @@ export class Cell {
     panel.replaceChildren(el('span', { class: 'cg-note', text: 'Making links…' }));
     let zip = null;
     let query = null;
+    let zipInteracts = null;
     let problem = '';
     // The server stored a permalink (without interact state) for the last evaluation of this code.
     if (!interacts.length && this.permalink && this.permalink.code === code && this.permalink.kernel === kernel) query = this.permalink.id;
@@ -507,6 +529,8 @@ export class Cell {
           const j = await resp.json();
           query = j.query || null;
           zip = j.zip || null;
+          // The interacts, compressed as the Sage cell does it.
+          if (interacts.length && typeof j.interacts === 'string') zipInteracts = j.interacts;
         } else if (resp.status === 404) {
           problem = 'this server keeps no permalinks';
         } else {
@@ -517,9 +541,12 @@ export class Cell {
       }
     }
     if (!zip) zip = await zlibEncode(code);
+    if (interacts.length && !zipInteracts) zipInteracts = await zlibEncode(JSON.stringify(interacts));
     const links = [];
     if (query) links.push(['Permalink', shareURL(page, [['q', query]]), 'cg-link-q']);
-    links.push(['Link with the code', shareURL(page, [['z', zip], ['lang', kernel]]), 'cg-link-z']);
+    const zParams = [['z', zip], ['lang', kernel]];
+    if (interacts.length) zParams.push(['interacts', zipInteracts]);
+    links.push(['Link with the code', shareURL(page, zParams), 'cg-link-z']);
     const rows = [
       ...links.map(([label, url, cls]) => {
         const input = el('input', { class: `cg-link ${cls}`, value: url, readonly: true, 'aria-label': label });

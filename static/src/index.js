@@ -63,7 +63,8 @@ function loadCSS(server) {
  * language, share/permalink, output, status/messages, files, stop],
  * evalButtonText, editor ('codemirror', 'textarea', '…-readonly'),
  * linked, linkKey, timeout, transport ('auto', 'websocket', 'polling'),
- * server, sharePage, placeholder, callbacks {onReady, onEvaluate, onOutput, onDone,
+ * server, sharePage, placeholder, interacts (state to restore, the Sage cell's
+ * permalink form), callbacks {onReady, onEvaluate, onOutput, onDone,
  * onSessionEnd, onShare, onError, onLanguage}.
  */
 export function makeCell(options = {}) {
@@ -89,10 +90,10 @@ export function makeCells(selector, options = {}) {
   return Array.from(nodes, (node) => makeCell({ ...options, inputLocation: node }));
 }
 
-/** fetchPermalink loads the code of a permalink (GET /permalink?q=ID). */
+/** fetchPermalink loads a permalink: {code, language, interacts} (GET /permalink/ID). */
 export async function fetchPermalink(id, server) {
   const s = normalizeServer(server);
-  const r = await fetch(`${s}permalink?q=${encodeURIComponent(id)}`);
+  const r = await fetch(`${s}permalink/${encodeURIComponent(id)}`);
   if (!r.ok) {
     let message = `${r.status} ${r.statusText}`;
     try {

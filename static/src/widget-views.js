@@ -70,22 +70,68 @@ export class WidgetManager extends ModelManager {
    * for each top-level interact (an ipywidgets or Sage interactive).
    */
   interactState(area) {
-    const out = [];
-    for (const r of this.roots) {
-      if (r.area !== area || r.model.closed || !r.node.isConnected) continue;
-      if (!(r.model.get('_dom_classes') || []).includes('widget-interact')) continue;
+    return this._interacts(area).map((controls) => {
       const state = {};
-      for (const ref of r.model.get('children') || []) {
-        const m = this.resolve(ref);
-        if (!(m instanceof WidgetModel) || m.closed) continue;
-        const name = m.get('description');
-        if (!name) continue;
+      for (const [name, m] of controls) {
         let value = m.get('value');
         if (value === undefined && typeof m.get('index') === 'number') value = options(m)[m.get('index')];
         if (value === undefined || (value && typeof value === 'object' && !Array.isArray(value))) continue;
         state[name] = value;
       }
-      out.push({ state, bookmarks: [] });
+      return { state, bookmarks: [] };
+    });
+  }
+
+  /**
+   * setInteractState restores the state interactState made (a permalink's
+   * interacts): the i-th top-level interact shown in area gets states[i].state,
+   * each control by name, and the kernel is told as if the reader had moved
+   * it. It answers how many controls were set.
+   */
+  setInteractState(area, states) {
+    let set = 0;
+    const interacts = this._interacts(area);
+    (Array.isArray(states) ? states : []).forEach((entry, i) => {
+      const controls = interacts[i];
+      const state = entry && typeof entry === 'object' ? entry.state : null;
+      if (!controls || !state || typeof state !== 'object') return;
+      for (const [name, m] of controls) {
+        if (!Object.prototype.hasOwnProperty.call(state, name)) continue;
+        const value = state[name];
+        const labels = options(m);
+        let patch;
+        if (labels.length) {
+          const idx = labels.indexOf(String(value));
+          if (idx < 0) continue;
+          patch = 'index' in m.state || m.protocol !== 'old' ? { index: idx } : { value: labels[idx] };
+        } else {
+          if (value === null || typeof value === 'object' || typeof value !== typeof m.get('value')) continue;
+          patch = { value };
+        }
+        // Shown as the kernel's change (the views redraw), sent as the reader's.
+        m.applyState(patch);
+        m.sync(patch, area);
+        set++;
+      }
+    });
+    return set;
+  }
+
+  // _interacts lists, for each top-level interact shown in area, its named
+  // controls as [name, model] pairs, in order.
+  _interacts(area) {
+    const out = [];
+    for (const r of this.roots) {
+      if (r.area !== area || r.model.closed || !r.node.isConnected) continue;
+      if (!(r.model.get('_dom_classes') || []).includes('widget-interact')) continue;
+      const controls = [];
+      for (const ref of r.model.get('children') || []) {
+        const m = this.resolve(ref);
+        if (!(m instanceof WidgetModel) || m.closed) continue;
+        const name = m.get('description');
+        if (name) controls.push([name, m]);
+      }
+      out.push(controls);
     }
     return out;
   }

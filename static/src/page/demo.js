@@ -1,11 +1,13 @@
-// The demo page at /: one cell, with code from ?q= (permalink), ?z=
-// (compressed code), or ?c= (plain code).
+// The demo page at /: one cell, with code from ?q= (permalink, with the
+// state of its interacts), ?z= (compressed code, and &interacts= their
+// compressed state), or ?c= (plain code).
 (async function () {
   'use strict';
   const params = new URLSearchParams(location.search);
   const server = new URL('./', location.href).href;
   const holder = document.getElementById('cell');
   let code;
+  let interacts = null; // the state of the shared code's interacts
   let lang = params.get('lang') || params.get('language') || '';
   let loaded = false;
   let problem = '';
@@ -14,9 +16,11 @@
       const p = await cellgate.fetchPermalink(params.get('q'), server);
       code = p.code;
       lang = lang || p.language || p.kernel_name || '';
+      interacts = p.interacts;
       loaded = true;
     } else if (params.get('z')) {
       code = await cellgate.zlibDecode(params.get('z'));
+      if (params.get('interacts')) interacts = await cellgate.zlibDecode(params.get('interacts'));
       loaded = true;
     } else if (params.has('c')) {
       code = params.get('c');
@@ -30,6 +34,7 @@
     inputLocation: holder,
     code,
     kernel: lang,
+    interacts,
     autoeval,
     server,
     sharePage: server,
