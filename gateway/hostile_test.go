@@ -131,6 +131,7 @@ func startTCPStorage(t *testing.T, dir string) (*testStorage, string) {
 // worth stealing, and a bystander session that must not notice anything.
 type hostileEnv struct {
 	*testEnv
+	launcher  *sandbox.Bwrap
 	ts        *testStorage
 	dbPort    string
 	gwPort    string
@@ -148,8 +149,8 @@ type hostileEnv struct {
 }
 
 // newHostileEnv starts the gateway with ready prewarmed kernels and the
-// bystander session.
-func newHostileEnv(t *testing.T) *hostileEnv {
+// bystander session; change (may be nil) tunes the sandbox.
+func newHostileEnv(t *testing.T, change func(*sandbox.Config)) *hostileEnv {
 	t.Helper()
 	h := &hostileEnv{secret: "cellgate-hostile-" + randomHex(8), secretDir: t.TempDir()}
 	// What the gateway's configuration could hold: nothing of it may reach
@@ -164,7 +165,9 @@ func newHostileEnv(t *testing.T) *hostileEnv {
 		t.Fatal(err)
 	}
 	h.ts, h.dbPort = startTCPStorage(t, filepath.Join(t.TempDir(), "db"))
-	launcher := newHostileLauncher(t, nil)
+	launcher := newHostileLauncher(t, change)
+	t.Cleanup(launcher.Close)
+	h.launcher = launcher
 	h.testEnv = newTestEnvWith(t, 2, 8, func(c *Config) {
 		c.Storage = h.ts.gateway()
 		c.Storage.UploadTimeout = 10 * time.Second
@@ -475,7 +478,26 @@ func pyStr(s string) string { return strconv.Quote(s) }
 // session that computes before, during and after each.
 func TestHostileKernels(t *testing.T) {
 	requireBwrap(t)
-	h := newHostileEnv(t)
+	hostileKernels(t, newHostileEnv(t, nil))
+}
+
+// Kernels forked from the fork server's template meet every attack as
+// cold ones do.
+func TestHostileForkedKernels(t *testing.T) {
+	requireBwrap(t)
+	h := newHostileEnv(t, func(c *sandbox.Config) { c.Fork = true })
+	// A forked kernel has the template's imports before it runs a line.
+	frames, _ := h.newAttacker(t).run(t, "import sys; print('preloaded' if 'numpy' in sys.modules else 'cold')")
+	if got := streamText(frames); !strings.Contains(got, "preloaded") {
+		t.Fatalf("the kernel was not forked (%q): %s", got, h.launcher.Describe())
+	}
+	hostileKernels(t, h)
+	if d := h.launcher.Describe(); strings.Contains(d, "last fork failure") {
+		t.Errorf("a kernel started cold: %s", d)
+	}
+}
+
+func hostileKernels(t *testing.T, h *hostileEnv) {
 
 	t.Run("IdentityAndFiles", func(t *testing.T) { h.identityAndFiles(t) })
 	t.Run("Network", func(t *testing.T) { h.network(t) })
@@ -523,12 +545,21 @@ func (h *hostileEnv) identityAndFiles(t *testing.T) {
 		t.Fatalf("kernel died: %s", streamText(frames))
 	}
 	var r struct {
-		UID, EUID, GID int
-		Groups         []int
-		Env            map[string]string
-		Setuid         string
+		UID, EUID, GID      int
+		Groups              []int
+		Env                 map[string]string
+		Setuid              string
+		Capeff, Capbnd      string
+		Nonewprivs, Seccomp string
+		Userns              int
 	}
 	lastJSON(t, streamText(frames), &r)
+	// What the sandbox tests check of a cold kernel, checked here for
+	// every launcher the gateway runs (forked kernels too).
+	if r.Capeff != "0000000000000000" || r.Nonewprivs != "1" || r.Seccomp != "2" || r.Userns == 0 || r.Setuid == "root" {
+		t.Errorf("kernel privileges: capeff %s, no_new_privs %s, seccomp %s, user namespace %d (0: made one), setuid(0) %s",
+			r.Capeff, r.Nonewprivs, r.Seccomp, r.Userns, r.Setuid)
+	}
 	frames, dead = a.run(t, hostileCode(t, "files.py", map[string]any{"paths": append(slices.Clone(secrets), ancestors...)}))
 	if dead {
 		t.Fatalf("kernel died: %s", streamText(frames))

@@ -42,8 +42,12 @@ type Bwrap struct {
 	filter []byte   // seccomp program, nil where we have none
 	uids   *uidPool
 
-	mu    sync.Mutex
-	slots map[string]*slot // by WorkDir
+	mu        sync.Mutex
+	slots     map[string]*slot     // by WorkDir
+	templates map[string]*template // by interpreter and roots
+	forkErr   error                // the last time the fork server failed
+
+	templateStart sync.Mutex // held while a template starts
 }
 
 // slot is the storage and uid of one kernel's directories. It outlives a
@@ -79,6 +83,9 @@ func NewBwrap(cfg Config) (*Bwrap, error) {
 	if c := idRangeConflicts(lo, hi); len(c) > 0 {
 		return nil, fmt.Errorf("sandbox bwrap: kernel uid range %d..%d is not free (choose another UIDBase, or see scripts/sandbox-setup.sh): %s", lo, hi-1, strings.Join(c, "; "))
 	}
+	if c := idRangeConflicts(cfg.ForkUID, cfg.ForkUID+1); cfg.Fork && len(c) > 0 {
+		return nil, fmt.Errorf("sandbox bwrap: fork-server uid %d is not free (choose another ForkUID): %s", cfg.ForkUID, strings.Join(c, "; "))
+	}
 	if err := os.MkdirAll(cfg.StateDir, 0o711); err != nil {
 		return nil, fmt.Errorf("sandbox bwrap: state dir: %w", err)
 	}
@@ -94,11 +101,12 @@ func NewBwrap(cfg Config) (*Bwrap, error) {
 		return nil, fmt.Errorf("sandbox bwrap: state dir %s must be a directory owned by root and writable by root only", cfg.StateDir)
 	}
 	b := &Bwrap{
-		cfg:    cfg,
-		tag:    "cellgate-sandbox:" + cfg.StateDir,
-		uids:   newUIDPool(cfg.StateDir, cfg.UIDBase, cfg.UIDCount),
-		slots:  make(map[string]*slot),
-		filter: seccompFilter(),
+		cfg:       cfg,
+		tag:       "cellgate-sandbox:" + cfg.StateDir,
+		uids:      newUIDPool(cfg.StateDir, cfg.UIDBase, cfg.UIDCount),
+		slots:     make(map[string]*slot),
+		templates: make(map[string]*template),
+		filter:    seccompFilter(),
 	}
 	if err := b.sweep(); err != nil {
 		return nil, fmt.Errorf("sandbox bwrap: clean up after a previous run: %w", err)
@@ -127,9 +135,18 @@ func (b *Bwrap) Describe() string {
 	if b.filter == nil {
 		filter = "no seccomp filter on " + runtime.GOARCH
 	}
-	return fmt.Sprintf("bwrap: uids %d..%d; %s; per process: cpu %v, address space %s, files %d, file size %s; per kernel: %d processes, tmpfs %s/%d inodes, lifespan %v; memory by rlimit: %s",
+	fork := "ipykernel kernels start cold"
+	if c.Fork {
+		fork = fmt.Sprintf("ipykernel kernels forked from a template (uid %d)", c.ForkUID)
+		b.mu.Lock()
+		if b.forkErr != nil {
+			fork += "; last fork failure, kernel started cold: " + b.forkErr.Error()
+		}
+		b.mu.Unlock()
+	}
+	return fmt.Sprintf("bwrap: uids %d..%d; %s; per process: cpu %v, address space %s, files %d, file size %s; per kernel: %d processes, tmpfs %s/%d inodes, lifespan %v; memory by rlimit: %s; %s",
 		c.UIDBase, c.UIDBase+c.UIDCount-1, filter, c.CPUTime, mib(c.Memory), c.OpenFiles, mib(c.FileSize),
-		c.Processes, mib(c.Disk), c.Inodes, c.Lifespan, cgroupNote())
+		c.Processes, mib(c.Disk), c.Inodes, c.Lifespan, cgroupNote(), fork)
 }
 
 func mib(n int64) string { return fmt.Sprintf("%dMiB", n>>20) }
@@ -276,7 +293,19 @@ func (b *Bwrap) Launch(ctx context.Context, req Request) (*Process, error) {
 	if err != nil {
 		return nil, err
 	}
-	p, err := b.start(ctx, req, sl)
+	var p *Process
+	if interp, args, ok := forkableArgv(req.Argv); ok && b.cfg.Fork {
+		if p, err = b.launchForked(ctx, req, sl, interp, args); err != nil {
+			// The kernel still starts, cold; Describe tells the operator.
+			b.mu.Lock()
+			b.forkErr = err
+			b.mu.Unlock()
+			p = nil
+		}
+	}
+	if p == nil {
+		p, err = b.start(ctx, req, sl)
+	}
 	b.mu.Lock()
 	sl.launching = false
 	if err == nil {
@@ -532,17 +561,57 @@ func (b *Bwrap) start(ctx context.Context, req Request, sl *slot) (*Process, err
 	// the sandbox, whatever group it moved to.
 	p.signalGroup = child
 	p.killGroups = []int{child, p.Pid()}
-	go func() {
-		t := time.NewTimer(cfg.Lifespan)
-		defer t.Stop()
-		select {
-		case <-p.done:
-		case <-t.C:
-			r.lifespanHit.Store(true)
-			p.Kill()
-		}
-	}()
+	go r.endAtLifespan(p, cfg.Lifespan)
 	return p, nil
+}
+
+// endAtLifespan kills p once it has lived lifespan, unless it is done first.
+func (r *run) endAtLifespan(p *Process, lifespan time.Duration) {
+	t := time.NewTimer(lifespan)
+	defer t.Stop()
+	select {
+	case <-p.done:
+	case <-t.C:
+		r.lifespanHit.Store(true)
+		p.Kill()
+	}
+}
+
+// launchForked makes the kernel of req by forking the template for interp,
+// starting the template first if there is none (or it died).
+func (b *Bwrap) launchForked(ctx context.Context, req Request, sl *slot, interp string, args []string) (*Process, error) {
+	roots := [2]string{filepath.Dir(req.WorkDir), filepath.Dir(req.RuntimeDir)}
+	key := interp + "\x00" + roots[0] + "\x00" + roots[1]
+	// One start at a time: launches that come meanwhile wait for it
+	// rather than start templates of their own.
+	b.templateStart.Lock()
+	b.mu.Lock()
+	t := b.templates[key]
+	b.mu.Unlock()
+	if t == nil || !t.alive() {
+		var err error
+		if t, err = b.startTemplate(ctx, interp, roots[0], roots[1]); err != nil {
+			b.templateStart.Unlock()
+			return nil, err
+		}
+		b.mu.Lock()
+		b.templates[key] = t
+		b.mu.Unlock()
+	}
+	b.templateStart.Unlock()
+	return t.launch(ctx, req, sl, args)
+}
+
+// Close stops the fork-server templates (the kernels they made end with
+// them). Cold kernels are the pool's to stop.
+func (b *Bwrap) Close() {
+	b.mu.Lock()
+	templates := b.templates
+	b.templates = map[string]*template{}
+	b.mu.Unlock()
+	for _, t := range templates {
+		t.stop()
+	}
 }
 
 // markCloexec sets FD_CLOEXEC on every descriptor above stderr, so that

@@ -3,6 +3,7 @@ package sandbox
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -94,6 +95,20 @@ type Config struct {
 	HomeDirs []string
 	// Hostname is the sandbox's host name (it has its own UTS namespace).
 	Hostname string
+
+	// Fork makes ipykernel kernels (`python3 -m ipykernel_launcher`) by
+	// forking a template process that has imported the kernel machinery,
+	// instead of starting each cold; see "Forked kernels" in the package
+	// comment. Other kernels, and any the template fails to make, start
+	// cold.
+	Fork bool
+	// ForkUID is the template's host uid: outside the kernels' range, and
+	// no account's. It is root only in the template's user namespace.
+	ForkUID int
+	// ForkPreload are the modules the template imports before it forks.
+	ForkPreload []string
+	// ForkLog receives the templates' own output (nil: discarded).
+	ForkLog io.Writer
 }
 
 // DefaultConfig returns limits suited to a public server where each kernel
@@ -137,6 +152,12 @@ func DefaultConfig() Config {
 		Home:     "/home/sandbox",
 		HomeDirs: []string{".sage"},
 		Hostname: "cellgate",
+		ForkUID:  69999,
+		ForkPreload: []string{
+			"ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "IPython.core.interactiveshell",
+			"IPython.core.completer", "jupyter_client.session", "zmq", "tornado.ioloop",
+			"numpy",
+		},
 	}
 }
 
@@ -157,6 +178,9 @@ func (c *Config) check() error {
 	}
 	if own := os.Getuid(); own >= c.UIDBase && own < c.UIDBase+c.UIDCount {
 		errs = append(errs, fmt.Errorf("uid range %d..%d holds the gateway's own uid %d", c.UIDBase, c.UIDBase+c.UIDCount-1, own))
+	}
+	if c.Fork && (c.ForkUID <= 0 || c.ForkUID >= c.UIDBase && c.ForkUID < c.UIDBase+c.UIDCount || c.ForkUID == 65534) {
+		errs = append(errs, fmt.Errorf("ForkUID %d: want a uid outside the kernels' range %d..%d, not root or nobody", c.ForkUID, c.UIDBase, c.UIDBase+c.UIDCount-1))
 	}
 	if c.UIDBase <= 65534 && c.UIDBase+c.UIDCount > 65534 {
 		errs = append(errs, fmt.Errorf("uid range %d..%d holds nobody (65534)", c.UIDBase, c.UIDBase+c.UIDCount-1))

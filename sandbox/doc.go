@@ -122,7 +122,46 @@
 //     last read of WorkDir and before removing WorkDir and RuntimeDir,
 //     which are busy mount points until then.
 //
+// # Forked kernels (Config.Fork)
+//
+// A cold ipykernel spends about a second of CPU importing the kernel
+// machinery. With Config.Fork, Launch makes `python3 -m ipykernel_launcher`
+// kernels by forking a template that has imported it once (forkserver.py,
+// embedded), keeping every property above:
+//
+//	gateway (root)
+//	└─ bwrap: the template, in a user namespace made by the gateway
+//	   │  (uid map: 0 → Config.ForkUID, the kernel range → itself), with
+//	   │  its own pid, net, ipc, uts namespaces and the read-only file
+//	   │  system of a kernel (no tmpfs of any kernel, no /etc secrets);
+//	   │  CAP_SYS_ADMIN, CAP_SETUID, CAP_SETGID in that namespace only
+//	   └─ A, a fork per kernel: its own process group (Process.Pid), dies
+//	      │  with the template; unshares mount, pid, net, ipc, uts
+//	      └─ B: pid 1 of the kernel's pid namespace: mounts /proc, moves
+//	         │  in the kernel's tmpfs directories, drops to the kernel's
+//	         │  uid (all capabilities go), no_new_privs, the rlimits, the
+//	         │  seccomp filter; then reaps, and exits as the kernel did
+//	         └─ C: the kernel, pid 2, reseeded (random, numpy) and given
+//	            its own environment, reads its connection file
+//
+// The template never runs user code and never holds a kernel's key: a
+// kernel reads its own connection file after the fork, as its own uid. It
+// starts no thread. Its host uid is no kernel's, and it is root only in a
+// namespace that owns nothing of the host: it can reach no other kernel's
+// files (their tmpfs is not in its view) and its control channel (a
+// socketpair to the gateway) is closed in every kernel before anything
+// else runs.
+//
+// The kernel's tmpfs directories reach B as detached mounts: the gateway
+// clones each (open_tree) and passes the descriptors over the control
+// channel; B attaches them (move_mount) in its own mount namespace. The
+// host's side of them is the same as a cold kernel's, so the pool and the
+// file watcher see no difference. Exit codes travel from the template
+// (which reaps A) to the gateway; ErrCPULimit and ErrLifespan are reported
+// as for cold kernels. If the template cannot start or dies, Launch starts
+// the kernel cold and Describe names the failure.
+//
 // The gateway must run as root (switching uids, mounting tmpfs), on Linux
-// 5.10 or later (nosymfollow), with unprivileged user namespaces enabled
-// (Debian's default).
+// 5.10 or later (nosymfollow; 5.2 for detached mounts), with unprivileged
+// user namespaces enabled (Debian's default).
 package sandbox

@@ -34,7 +34,9 @@ type Launcher interface {
 
 // Process is a started kernel: the leader of its own process group.
 type Process struct {
-	cmd  *exec.Cmd
+	// pid leads the kernel's process group: the exec'd command, or (a
+	// forked kernel) the template's child that holds its namespaces.
+	pid  int
 	done chan struct{}
 	err  error
 
@@ -68,7 +70,7 @@ func start(cmd *exec.Cmd, onExit func()) (*Process, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start kernel %s: %w", cmd.Path, err)
 	}
-	p := &Process{cmd: cmd, done: make(chan struct{})}
+	p := &Process{pid: cmd.Process.Pid, done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		if onExit != nil {
@@ -80,8 +82,9 @@ func start(cmd *exec.Cmd, onExit func()) (*Process, error) {
 }
 
 // Pid is the process group leader's pid (also the group id). Under bwrap
-// this is the outer bwrap process, not the kernel.
-func (p *Process) Pid() int { return p.cmd.Process.Pid }
+// this is the outer bwrap process, not the kernel; for a forked kernel, the
+// template's child that holds the kernel's namespaces.
+func (p *Process) Pid() int { return p.pid }
 
 // Signal sends sig to the kernel's whole process group: the one the kernel
 // and its children run in (for bwrap, the session inside the sandbox).

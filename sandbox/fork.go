@@ -1,0 +1,528 @@
+package sandbox
+
+import (
+	"bufio"
+	"context"
+	_ "embed"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// forkServerSource is the template's program (forkserver.py).
+//
+//go:embed forkserver.py
+var forkServerSource string
+
+// ErrForkServer is wrapped by the error of a kernel the fork server could
+// not start; Launch then starts it cold.
+var ErrForkServer = errors.New("fork server")
+
+// forkableArgv reports whether argv starts an ipykernel kernel the fork
+// server can make (`PYTHON -m ipykernel_launcher -f FILE`), and which
+// interpreter it runs under.
+func forkableArgv(argv []string) (interp string, args []string, ok bool) {
+	if len(argv) != 5 || argv[1] != "-m" || argv[2] != "ipykernel_launcher" || argv[3] != "-f" {
+		return "", nil, false
+	}
+	if base := filepath.Base(argv[0]); !strings.HasPrefix(base, "python3") || !filepath.IsAbs(argv[0]) {
+		return "", nil, false
+	}
+	return argv[0], argv[3:], true
+}
+
+// template is one fork server: a long-lived process that has imported the
+// kernel machinery and forks kernels on request.
+type template struct {
+	b      *Bwrap
+	interp string
+	roots  [2]string // the parents of WorkDir and RuntimeDir it can reach
+	cmd    *exec.Cmd
+	ctrl   *os.File
+	done   chan struct{} // closed when the template has exited
+
+	sendMu sync.Mutex // one request on the wire at a time
+
+	mu       sync.Mutex
+	waiting  map[string]chan forkReply // by request id
+	children map[int]*forkedKernel     // by pid in the template's namespace
+	// early holds exit codes of children that ended before launch had
+	// registered them (one that fails at once can).
+	early map[int]int
+	err   error // why it ended
+}
+
+// forkReply is the template's answer to a launch request.
+type forkReply struct {
+	ID    string `json:"id"`
+	Pid   int    `json:"pid"`
+	Error string `json:"error"`
+}
+
+// forkedKernel is what the template's exit notice completes.
+type forkedKernel struct {
+	p    *Process
+	exit func(code int, err error)
+}
+
+// startTemplate starts the fork server for interp, able to make kernels
+// whose WorkDir and RuntimeDir lie in workRoot and runtimeRoot.
+func (b *Bwrap) startTemplate(ctx context.Context, interp, workRoot, runtimeRoot string) (*template, error) {
+	c := &b.cfg
+	ctrlParent, ctrlChild, err := socketpair()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrForkServer, err)
+	}
+	defer ctrlChild.Close()
+	filterR, filterW, err := os.Pipe()
+	if err != nil {
+		ctrlParent.Close()
+		return nil, fmt.Errorf("%w: %w", ErrForkServer, err)
+	}
+	defer filterR.Close()
+	go func() {
+		// Bigger than a pipe's buffer is possible in principle: write off
+		// this goroutine.
+		_, _ = filterW.Write(b.filter)
+		filterW.Close()
+	}()
+	config, _ := json.Marshal(map[string]any{
+		"preload":  c.ForkPreload,
+		"hostname": c.Hostname,
+		"limits": map[string]int64{
+			"cpu": int64(c.CPUTime / time.Second), "as": c.Memory, "nproc": int64(c.Processes),
+			"nofile": int64(c.OpenFiles), "fsize": c.FileSize,
+		},
+	})
+	args := []string{
+		// Capabilities in the template's own user namespace only: it makes
+		// each kernel's namespaces and mounts, then the kernel drops them.
+		"--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
+		"--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+		"--die-with-parent", "--new-session", "--hostname", c.Hostname,
+	}
+	args = append(args, b.roArgs...)
+	var files []*os.File
+	data := func(content string) string {
+		r, w, err := os.Pipe()
+		if err != nil {
+			return "-1"
+		}
+		go func() { _, _ = w.WriteString(content); w.Close() }()
+		files = append(files, r)
+		return strconv.Itoa(4 + len(files))
+	}
+	args = append(args,
+		"--ro-bind-data", data(b.allPasswd()), "/etc/passwd",
+		"--ro-bind-data", data(b.allGroup()), "/etc/group",
+		"--ro-bind-data", data(fmt.Sprintf("127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n", c.Hostname)), "/etc/hosts",
+		"--ro-bind-data", data(c.Hostname+"\n"), "/etc/hostname",
+		"--ro-bind-data", data("passwd: files\ngroup: files\nshadow: files\nhosts: files\nnetworks: files\nprotocols: files\nservices: files\n"), "/etc/nsswitch.conf",
+		"--proc", "/proc",
+		"--dev", "/dev", "--remount-ro", "/dev",
+		"--tmpfs", "/tmp",
+		"--dir", c.Home,
+		"--dir", workRoot, "--dir", runtimeRoot,
+		"--remount-ro", "/",
+		"--chdir", "/",
+		"--", interp, "-c", forkServerSource, string(config),
+	)
+	defer func() {
+		for _, f := range files {
+			f.Close()
+		}
+	}()
+	env := []string{
+		"PATH=/usr/local/bin:/usr/bin:/bin", "HOME=" + c.Home, "LANG=C.UTF-8", "TMPDIR=/tmp",
+	}
+	env = append(env, c.Env...)
+	if err := markCloexec(); err != nil {
+		ctrlParent.Close()
+		return nil, fmt.Errorf("%w: %w", ErrForkServer, err)
+	}
+	t := &template{
+		b: b, interp: interp, roots: [2]string{workRoot, runtimeRoot}, ctrl: ctrlParent,
+		done: make(chan struct{}), waiting: map[string]chan forkReply{}, children: map[int]*forkedKernel{},
+		early: map[int]int{},
+	}
+	out := &headWriter{w: c.ForkLog}
+	cmd := exec.Command(c.BwrapPath, args...)
+	cmd.Env = env
+	cmd.Dir = "/"
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.ExtraFiles = append([]*os.File{ctrlChild, filterR}, files...)
+	ids := []syscall.SysProcIDMap{
+		{ContainerID: 0, HostID: c.ForkUID, Size: 1},
+		{ContainerID: c.UIDBase, HostID: c.UIDBase, Size: c.UIDCount},
+	}
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		// The template is root of this user namespace only: the host sees
+		// ForkUID, and each kernel's uid as itself.
+		Cloneflags:  syscall.CLONE_NEWUSER,
+		UidMappings: ids, GidMappings: ids,
+		Credential: &syscall.Credential{Uid: 0, Gid: 0, Groups: []uint32{}},
+		Setpgid:    true, Pdeathsig: syscall.SIGKILL,
+	}
+	if err := cmd.Start(); err != nil {
+		ctrlParent.Close()
+		return nil, fmt.Errorf("%w: start: %w", ErrForkServer, err)
+	}
+	t.cmd = cmd
+	// Kernels inherit it: the OOM killer picks them before the gateway.
+	_ = os.WriteFile(fmt.Sprintf("/proc/%d/oom_score_adj", cmd.Process.Pid), []byte("1000"), 0)
+	ready := make(chan error, 1)
+	go t.read(ready)
+	go func() {
+		err := cmd.Wait()
+		t.ended(fmt.Errorf("%w exited (%v): %s", ErrForkServer, err, strings.TrimSpace(out.head())))
+	}()
+	select {
+	case err := <-ready:
+		if err != nil {
+			t.stop()
+			return nil, err
+		}
+	case <-ctx.Done():
+		t.stop()
+		return nil, fmt.Errorf("%w: not ready: %w", ErrForkServer, ctx.Err())
+	case <-t.done:
+		return nil, t.err
+	}
+	return t, nil
+}
+
+// read dispatches the template's messages until its channel closes.
+func (t *template) read(ready chan<- error) {
+	buf := make([]byte, 1<<16)
+	first := true
+	for {
+		n, err := t.ctrl.Read(buf)
+		if err != nil || n == 0 {
+			if first {
+				ready <- fmt.Errorf("%w: closed before it was ready", ErrForkServer)
+			}
+			t.ended(fmt.Errorf("%w: control channel closed: %v", ErrForkServer, err))
+			return
+		}
+		var msg struct {
+			Ready  bool `json:"ready"`
+			Exited int  `json:"exited"`
+			Code   int  `json:"code"`
+			forkReply
+		}
+		if err := json.Unmarshal(buf[:n], &msg); err != nil {
+			t.ended(fmt.Errorf("%w: bad message %q: %w", ErrForkServer, buf[:n], err))
+			t.stop()
+			return
+		}
+		switch {
+		case msg.Ready && first:
+			first = false
+			ready <- nil
+		case msg.Exited != 0:
+			t.mu.Lock()
+			k := t.children[msg.Exited]
+			delete(t.children, msg.Exited)
+			if k == nil && len(t.early) < 4096 {
+				t.early[msg.Exited] = msg.Code
+			}
+			t.mu.Unlock()
+			if k != nil {
+				k.exit(msg.Code, nil)
+			}
+		case msg.ID != "":
+			t.mu.Lock()
+			ch := t.waiting[msg.ID]
+			delete(t.waiting, msg.ID)
+			t.mu.Unlock()
+			if ch != nil {
+				ch <- msg.forkReply
+			}
+		}
+	}
+}
+
+// ended records why the template stopped; every kernel it made is gone
+// with it (their parent-death signal), and every request fails.
+func (t *template) ended(err error) {
+	t.mu.Lock()
+	if t.err != nil {
+		t.mu.Unlock()
+		return
+	}
+	t.err = err
+	children, waiting := t.children, t.waiting
+	t.children, t.waiting = map[int]*forkedKernel{}, map[string]chan forkReply{}
+	t.mu.Unlock()
+	close(t.done)
+	for _, ch := range waiting {
+		ch <- forkReply{Error: err.Error()}
+	}
+	for _, k := range children {
+		k.p.Kill()
+		k.exit(-1, err)
+	}
+}
+
+// stop ends the template and with it every kernel it made.
+func (t *template) stop() {
+	if t.cmd != nil && t.cmd.Process != nil {
+		_ = syscall.Kill(-t.cmd.Process.Pid, syscall.SIGKILL)
+	}
+	_ = t.ctrl.Close()
+}
+
+// alive reports whether the template still serves.
+func (t *template) alive() bool {
+	select {
+	case <-t.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// launch forks a kernel for req in sl: its own uid, namespaces and tmpfs,
+// exactly as a cold bwrap kernel gets them (see sandbox/doc.go).
+func (t *template) launch(ctx context.Context, req Request, sl *slot, args []string) (*Process, error) {
+	c := &t.b.cfg
+	var trees []*os.File
+	defer func() {
+		for _, f := range trees {
+			f.Close()
+		}
+	}()
+	for _, sub := range []string{subRun, subWork, subTmp, subHome, subShm} {
+		fd, err := unix.OpenTree(unix.AT_FDCWD, sl.scratch.path(sub), unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC)
+		if err != nil {
+			return nil, fmt.Errorf("%w: detach %s: %w", ErrForkServer, sub, err)
+		}
+		trees = append(trees, os.NewFile(uintptr(fd), sub))
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrForkServer, err)
+	}
+	defer outW.Close()
+	out := &headWriter{w: req.Output}
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		_, _ = io.Copy(out, bufio.NewReader(outR))
+		outR.Close()
+	}()
+	env := map[string]string{}
+	for _, kv := range append(append([]string{
+		"PATH=/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
+		"HOME=" + c.Home, "USER=sandbox", "LOGNAME=sandbox", "SHELL=/bin/sh",
+		"LANG=C.UTF-8", "TERM=xterm-color", "TMPDIR=/tmp", "PWD=" + req.WorkDir,
+	}, c.Env...), req.Env...) {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	id := filepath.Base(req.WorkDir) + "-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	msg, _ := json.Marshal(map[string]any{
+		"id": id, "uid": sl.uid, "work": req.WorkDir, "runtime": req.RuntimeDir, "home": c.Home,
+		"argv": args, "env": env,
+	})
+	fds := []int{int(outW.Fd())}
+	for _, f := range trees {
+		fds = append(fds, int(f.Fd()))
+	}
+	reply := make(chan forkReply, 1)
+	t.mu.Lock()
+	if t.err != nil {
+		t.mu.Unlock()
+		return nil, t.err
+	}
+	t.waiting[id] = reply
+	t.mu.Unlock()
+	t.sendMu.Lock()
+	err = unix.Sendmsg(int(t.ctrl.Fd()), msg, unix.UnixRights(fds...), nil, 0)
+	t.sendMu.Unlock()
+	if err != nil {
+		t.mu.Lock()
+		delete(t.waiting, id)
+		t.mu.Unlock()
+		return nil, fmt.Errorf("%w: send request: %w", ErrForkServer, err)
+	}
+	var r forkReply
+	select {
+	case r = <-reply:
+	case <-ctx.Done():
+		t.mu.Lock()
+		delete(t.waiting, id)
+		t.mu.Unlock()
+		return nil, fmt.Errorf("%w: no answer: %w", ErrForkServer, ctx.Err())
+	}
+	if r.Error != "" || r.Pid <= 0 {
+		return nil, fmt.Errorf("%w: %s", ErrForkServer, r.Error)
+	}
+	hostPid, err := t.hostPid(r.Pid)
+	if err != nil {
+		// It cannot be reached from here: have the template's group kill
+		// reach it through the template.
+		t.stop()
+		return nil, fmt.Errorf("%w: %w", ErrForkServer, err)
+	}
+	// Kill reaches the group only until the kernel is done: the pid may be
+	// reused after that.
+	p := &Process{pid: hostPid, done: make(chan struct{}), killGroups: []int{hostPid}}
+	r2 := &run{}
+	scr, killPath, kuid := sl.scratch, c.KillPath, sl.uid
+	k := &forkedKernel{p: p}
+	var once sync.Once
+	k.exit = func(code int, cause error) {
+		once.Do(func() {
+			switch {
+			case cause != nil:
+				p.err = cause
+			case code != 0:
+				p.err = &forkExit{code: code}
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			<-copied
+			r2.cleanupErr = errors.Join(sweepUID(ctx, killPath, kuid), scr.emptyRun())
+			close(p.done)
+		})
+	}
+	p.explain = r2.explainForked
+	t.mu.Lock()
+	code, ended := t.early[r.Pid]
+	delete(t.early, r.Pid)
+	switch {
+	case t.err != nil:
+		t.mu.Unlock()
+		k.exit(-1, t.err)
+		return p, nil
+	case ended:
+		t.mu.Unlock()
+		k.exit(code, nil)
+		return p, nil
+	}
+	t.children[r.Pid] = k
+	t.mu.Unlock()
+	go r2.endAtLifespan(p, c.Lifespan)
+	return p, nil
+}
+
+// forkExit is how a forked kernel ended: its exit code, 128+n for signal n.
+type forkExit struct{ code int }
+
+func (e *forkExit) Error() string {
+	if e.code > 128 {
+		return "kernel killed by " + syscall.Signal(e.code-128).String()
+	}
+	return "exit status " + strconv.Itoa(e.code)
+}
+
+// explainForked names the limit that ended a forked kernel.
+func (r *run) explainForked(err error) error {
+	var fe *forkExit
+	switch {
+	case r.lifespanHit.Load():
+		err = fmt.Errorf("%w: %w", ErrLifespan, err)
+	case errors.As(err, &fe) && fe.code == 128+int(syscall.SIGXCPU):
+		err = fmt.Errorf("%w: %w", ErrCPULimit, err)
+	}
+	if r.cleanupErr != nil {
+		err = errors.Join(err, r.cleanupErr)
+	}
+	return err
+}
+
+// hostPid finds the host pid of the template's child nsPid: the process
+// whose pid namespace is the template's and whose pid there is nsPid.
+func (t *template) hostPid(nsPid int) (int, error) {
+	tmplNS, err := t.pidNamespace()
+	if err != nil {
+		return 0, err
+	}
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	want := strconv.Itoa(nsPid)
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		status, err := os.ReadFile("/proc/" + e.Name() + "/status")
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(status), "\n") {
+			fields, ok := strings.CutPrefix(line, "NSpid:")
+			if !ok {
+				continue
+			}
+			f := strings.Fields(fields)
+			if len(f) == 2 && f[1] == want {
+				if ns, err := os.Readlink("/proc/" + e.Name() + "/ns/pid"); err == nil && ns == tmplNS {
+					return pid, nil
+				}
+			}
+			break
+		}
+	}
+	return 0, fmt.Errorf("no host pid for the template's pid %d", nsPid)
+}
+
+// pidNamespace is the template's pid namespace, as /proc/PID/ns/pid names it.
+func (t *template) pidNamespace() (string, error) {
+	// bwrap (our child) made the namespace: its child, the sandbox's
+	// pid 1, is in it.
+	children, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", t.cmd.Process.Pid, t.cmd.Process.Pid))
+	if err != nil {
+		return "", fmt.Errorf("template's pid namespace: %w", err)
+	}
+	f := strings.Fields(string(children))
+	if len(f) == 0 {
+		return "", errors.New("template's pid namespace: bwrap has no child")
+	}
+	return os.Readlink("/proc/" + f[0] + "/ns/pid")
+}
+
+// socketpair makes the template's control channel: SOCK_SEQPACKET keeps
+// each message whole.
+func socketpair() (*os.File, *os.File, error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("control channel: %w", err)
+	}
+	return os.NewFile(uintptr(fds[0]), "fork-control"), os.NewFile(uintptr(fds[1]), "fork-control-child"), nil
+}
+
+// allPasswd names every kernel uid "sandbox": one file serves every fork.
+func (b *Bwrap) allPasswd() string {
+	var s strings.Builder
+	s.WriteString("root:x:0:0:root:/root:/usr/sbin/nologin\n")
+	for uid := b.cfg.UIDBase; uid < b.cfg.UIDBase+b.cfg.UIDCount; uid++ {
+		fmt.Fprintf(&s, "sandbox:x:%d:%d:cellgate kernel:%s:/bin/sh\n", uid, uid, b.cfg.Home)
+	}
+	s.WriteString("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n")
+	return s.String()
+}
+
+func (b *Bwrap) allGroup() string {
+	var s strings.Builder
+	s.WriteString("root:x:0:\n")
+	for gid := b.cfg.UIDBase; gid < b.cfg.UIDBase+b.cfg.UIDCount; gid++ {
+		fmt.Fprintf(&s, "sandbox:x:%d:\n", gid)
+	}
+	s.WriteString("nogroup:x:65534:\n")
+	return s.String()
+}

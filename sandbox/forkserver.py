@@ -1,0 +1,278 @@
+# cellgate's fork-server template (see sandbox/doc.go, "Forked kernels").
+#
+# It runs in bwrap, in a user namespace the gateway made: its own uid (the
+# template uid, outside the kernels' range) is root there, and the kernels'
+# uids map to themselves. It imports the kernel machinery once, then forks
+# one kernel per request from the gateway. It never runs user code, starts
+# no thread, and never holds a kernel's key: each kernel reads its own
+# connection file after the fork, as its own uid.
+#
+# Control channel: fd 3, a SOCK_SEQPACKET socket. Requests are JSON with
+# descriptors (SCM_RIGHTS); every answer is one JSON object:
+#   gateway → {"id", "uid", "work", "runtime", "home", "argv", "env"}
+#             fds: output, then detached mounts of run, work, tmp, home, shm
+#   template → {"ready": true} once, {"id", "pid"} or {"id", "error"},
+#              {"exited": pid, "status": waitstatus}
+# The seccomp program every kernel loads is read from fd 4 at start.
+import ctypes
+import gc
+import json
+import os
+import resource
+import selectors
+import signal
+import socket
+import struct
+import sys
+import traceback
+
+CONFIG = json.loads(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
+CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 0x40000
+PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 1, 38, 22
+SECCOMP_MODE_FILTER = 2
+SYS_MOVE_MOUNT = 429
+MOVE_MOUNT_F_EMPTY_PATH = 4
+AT_FDCWD = -100
+
+
+def check(result, what):
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "%s: %s" % (what, os.strerror(err)))
+
+
+def read_all(fd):
+    chunks = []
+    while True:
+        b = os.read(fd, 65536)
+        if not b:
+            return b"".join(chunks)
+        chunks.append(b)
+
+
+SECCOMP = read_all(4)
+os.close(4)
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def load_seccomp():
+    if not SECCOMP:
+        return
+    buf = ctypes.create_string_buffer(SECCOMP, len(SECCOMP))
+    prog = SockFprog(len(SECCOMP) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0), "seccomp")
+
+
+def move_mount(tree, target):
+    check(libc.syscall(SYS_MOVE_MOUNT, tree, b"", AT_FDCWD, os.fsencode(target), MOVE_MOUNT_F_EMPTY_PATH),
+          "mount on " + target)
+
+
+def mount_point(path):
+    """Makes path exist as a directory to mount on, under a small private
+    tmpfs where the template's read-only root has no room for it."""
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    mount_point(parent)
+    try:
+        os.mkdir(path, 0o755)
+    except OSError:
+        check(libc.mount(b"tmpfs", os.fsencode(parent), b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                         b"size=64k,nr_inodes=64,mode=0755"), "tmpfs on " + parent)
+        os.mkdir(path, 0o755)
+
+
+def loopback_up():
+    """Brings up the kernel's own loopback, as bwrap does: a new network
+    namespace has lo, down."""
+    import fcntl
+    SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        ifreq = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s, SIOCGIFFLAGS, ifreq))[1]
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+def set_limits():
+    limits = CONFIG["limits"]
+    resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu"], limits["cpu"] + 2))
+    resource.setrlimit(resource.RLIMIT_AS, (limits["as"], limits["as"]))
+    resource.setrlimit(resource.RLIMIT_NPROC, (limits["nproc"], limits["nproc"]))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limits["nofile"], limits["nofile"]))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["fsize"], limits["fsize"]))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def exit_code(status):
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    return os.WEXITSTATUS(status)
+
+
+def kernel(req, fds):
+    """Runs in the forked child; never returns."""
+    out, run, work, tmp, home, shm = fds
+    signal.set_wakeup_fd(-1)
+    keep = set(fds) | {0, 1, 2}
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the directory's own descriptor
+    os.setpgid(0, 0)
+    # The gateway interrupts the kernel by signalling this group: only the
+    # kernel itself (below) may act on SIGINT.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    check(libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS), "unshare")
+    init = os.fork()
+    if init:
+        # Outside the kernel's pid namespace: wait for its pid 1 and exit as
+        # it did, so the gateway learns how the kernel ended.
+        _, status = os.waitpid(init, 0)
+        os._exit(exit_code(status))
+    # pid 1 of the kernel's namespaces.
+    check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
+    check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "private mounts")
+    check(libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "proc")
+    socket.sethostname(CONFIG["hostname"])
+    loopback_up()
+    # /tmp first: the pool's directories may lie under it.
+    move_mount(tmp, "/tmp")
+    move_mount(shm, "/dev/shm")
+    move_mount(home, req["home"])
+    for tree, target in ((run, req["runtime"]), (work, req["work"])):
+        mount_point(target)
+        move_mount(tree, target)
+    for fd in fds:
+        os.close(fd)
+    os.chdir(req["work"])
+    uid = req["uid"]
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
+    # A change of credentials clears the parent-death signal.
+    check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
+    check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    set_limits()
+    load_seccomp()
+    child = os.fork()
+    if child:
+        # As pid 1: reap whatever the kernel leaves, end with it.
+        while True:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                os._exit(1)
+            except InterruptedError:
+                continue
+            if pid == child:
+                os._exit(exit_code(status))
+    # The kernel, pid 2.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    os.environ.clear()
+    os.environ.update(req["env"])
+    # Nothing random may be shared between forks.
+    import random
+    random.seed()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()
+    sys.argv = ["ipykernel_launcher"] + req["argv"]
+    import runpy
+    runpy.run_module("ipykernel_launcher", run_name="__main__", alter_sys=True)
+    sys.exit(0)
+
+
+def preload():
+    for name in CONFIG["preload"]:
+        try:
+            __import__(name)
+        except Exception:
+            print("cellgate fork server: preload %s failed" % name, file=sys.stderr, flush=True)
+            traceback.print_exc()
+    gc.collect()
+    # Pages the template touched stay shared with every fork: a collection
+    # in a kernel must not touch (and so copy) them.
+    gc.freeze()
+
+
+def serve():
+    ctrl = socket.socket(fileno=3)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    sel = selectors.DefaultSelector()
+    sel.register(ctrl, selectors.EVENT_READ)
+    sel.register(wake_r, selectors.EVENT_READ)
+    ctrl.send(json.dumps({"ready": True}).encode())
+    while True:
+        for key, _ in sel.select():
+            if key.fileobj is ctrl:
+                try:
+                    msg, fds, _, _ = socket.recv_fds(ctrl, 1 << 20, 8)
+                except InterruptedError:
+                    continue
+                if not msg:
+                    os._exit(0)  # the gateway is gone
+                launch(ctrl, json.loads(msg), fds)
+            else:
+                os.read(wake_r, 4096)
+                reap(ctrl)
+
+
+def launch(ctrl, req, fds):
+    if len(fds) != 6:
+        for fd in fds:
+            os.close(fd)
+        ctrl.send(json.dumps({"id": req.get("id"), "error": "want 6 descriptors, got %d" % len(fds)}).encode())
+        return
+    pid = os.fork()
+    if pid == 0:
+        code = 127
+        try:
+            os.close(3)
+            kernel(req, fds)
+        except SystemExit as e:
+            # The kernel's own way out: its code is how it ended.
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    for fd in fds:
+        os.close(fd)
+    ctrl.send(json.dumps({"id": req["id"], "pid": pid}).encode())
+
+
+def reap(ctrl):
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        ctrl.send(json.dumps({"exited": pid, "code": exit_code(status)}).encode())
+
+
+preload()
+serve()
