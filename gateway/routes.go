@@ -28,12 +28,23 @@ func (s *Server) routes() *echo.Echo {
 	e.Use(middleware.RequestID())
 	e.Use(middleware.Recover())
 	e.Use(middleware.BodyLimit(strconv.FormatInt(s.cfg.MaxMessageBytes, 10)))
-	e.Use(middleware.CORSWithConfig(middleware.CORSConfig{
-		AllowOrigins:  s.cfg.AllowOrigins,
-		AllowHeaders:  []string{"Content-Type", "Authorization", "X-Requested-With"},
-		ExposeHeaders: []string{"Jupyter-Kernel-ID", "Retry-After", "Location"},
-		AllowMethods:  []string{http.MethodGet, http.MethodPost, http.MethodDelete, http.MethodPatch, http.MethodOptions},
-	}))
+	// The Sage cell's front end sends credentialed requests (cookies,
+	// withCredentials): they are answered with the request's own origin,
+	// when allowed, and Access-Control-Allow-Credentials, never with "*"
+	// (which browsers refuse with credentials). cellgate has no cookies or
+	// HTTP auth of its own (the Jupyter API's token is a header or a query
+	// parameter, which CORS credentials do not carry), so this shows an
+	// allowed page nothing it could not read without credentials.
+	cors := middleware.CORSConfig{
+		AllowOrigins:     s.cfg.AllowOrigins,
+		AllowCredentials: true,
+		AllowHeaders:     []string{"Content-Type", "Authorization", "X-Requested-With"},
+		ExposeHeaders:    []string{"Jupyter-Kernel-ID", "Retry-After", "Location"},
+		AllowMethods:     []string{http.MethodGet, http.MethodPost, http.MethodDelete, http.MethodPatch, http.MethodOptions},
+	}
+	// With "*", the request's origin is echoed instead (see above).
+	cors.UnsafeWildcardOriginWithAllowCredentials = slices.Contains(s.cfg.AllowOrigins, "*")
+	e.Use(middleware.CORSWithConfig(cors))
 	// After CORS, which answers preflights: a browser page's request
 	// that changes state must come from an allowed origin.
 	e.Use(s.refuseForeignOrigins)

@@ -145,8 +145,16 @@ func (c *Client) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p = "/"
 	}
 	if strings.HasPrefix(p, "/static/") || p == "/embedded_sagecell.js" {
-		// Fonts are fetched with CORS by pages that embed cells.
-		h.Set("Access-Control-Allow-Origin", "*")
+		// Fonts are fetched with CORS by pages that embed cells. The files
+		// are public: any page may read them, with credentials too (as the
+		// Sage cell's front end asks), which needs its own origin, not "*".
+		if origin := r.Header.Get("Origin"); origin != "" {
+			h.Set("Access-Control-Allow-Origin", origin)
+			h.Set("Access-Control-Allow-Credentials", "true")
+		} else {
+			h.Set("Access-Control-Allow-Origin", "*")
+		}
+		h.Add("Vary", "Origin")
 	}
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
 		if r.Method == http.MethodOptions {

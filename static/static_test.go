@@ -184,3 +184,24 @@ func TestJQueryOnlyInSagecellScript(t *testing.T) {
 		t.Error("sagecell_embed.css and sagecell.css are not embed.css")
 	}
 }
+
+// Static files are public: a request with an Origin (credentialed, as the
+// Sage cell's front end makes them) gets that origin back with
+// Allow-Credentials, never "*"; one without gets "*".
+func TestStaticCORSWithCredentials(t *testing.T) {
+	requireBuilt(t)
+	c := New()
+	req := httptest.NewRequest("GET", "/static/embed.css", nil)
+	req.Header.Set("Origin", "https://book.example")
+	rec := httptest.NewRecorder()
+	c.ServeHTTP(rec, req)
+	h := rec.Header()
+	if h.Get("Access-Control-Allow-Origin") != "https://book.example" || h.Get("Access-Control-Allow-Credentials") != "true" || !strings.Contains(strings.Join(h.Values("Vary"), ","), "Origin") {
+		t.Errorf("with an Origin: %v", h)
+	}
+	rec = httptest.NewRecorder()
+	c.ServeHTTP(rec, httptest.NewRequest("GET", "/static/embed.css", nil))
+	if h := rec.Header(); h.Get("Access-Control-Allow-Origin") != "*" || h.Get("Access-Control-Allow-Credentials") != "" {
+		t.Errorf("without an Origin: %v", h)
+	}
+}

@@ -531,6 +531,41 @@ test('cell embedded in a page on another origin', async (t) => {
   expect(sheets === 1, `embed.css was loaded ${sheets} times`);
 });
 
+test('credentialed requests from another origin are answered', async (t) => {
+  // As the Sage cell's front end makes them: credentials included, which
+  // browsers refuse unless the answer names the page's origin and allows them.
+  const p = await page(t);
+  await p.goto(`${OTHER}embed.html`);
+  const r = await p.evaluate(async (base) => {
+    const out = {};
+    const opts = { credentials: 'include' };
+    try {
+      out.specs = (await (await fetch(`${base}kernelspecs`, opts)).json()).kernels.length;
+      out.tos = (await fetch(`${base}tos.html`, { ...opts, method: 'POST' })).status;
+      const form = new URLSearchParams({ code: 'print(1)', language: 'python3' });
+      out.permalink = (await (await fetch(`${base}permalink`, { ...opts, method: 'POST', body: form })).json()).query;
+      out.css = (await fetch(`${base}static/sagecell_embed.css`, opts)).status;
+      // A kernel, by XMLHttpRequest withCredentials as the Sage cell asks for it.
+      const kernel = await new Promise((resolve, reject) => {
+        const x = new XMLHttpRequest();
+        x.open('POST', `${base}kernel`);
+        x.withCredentials = true;
+        x.onload = () => resolve({ status: x.status, id: JSON.parse(x.responseText).id, header: x.getResponseHeader('Jupyter-Kernel-ID') });
+        x.onerror = () => reject(new Error('XMLHttpRequest refused'));
+        x.send(new URLSearchParams({ timeout: '0', accepted_tos: 'true' }));
+      });
+      out.kernel = kernel.status === 200 && kernel.id && kernel.header === kernel.id;
+      out.deleted = (await fetch(`${base}kernel/${kernel.id}`, { ...opts, method: 'DELETE' })).status;
+    } catch (err) {
+      out.error = err.message;
+    }
+    return out;
+  }, BASE);
+  const j = JSON.stringify(r);
+  expect(!r.error, `a credentialed request was refused: ${j}`);
+  expect(r.specs > 0 && r.tos === 204 && r.permalink && r.css === 200 && r.kernel && r.deleted === 204, `answers: ${j}`);
+});
+
 test('embedded_sagecell.js makeSagecell alias', async (t) => {
   const p = await page(t);
   await p.goto(`${OTHER}sagecell.html`);
