@@ -53,7 +53,9 @@ type Config struct {
 	// LeaseTimeout is how long a request waits for a kernel.
 	LeaseTimeout time.Duration
 	// MaxKernelsPerClient and MaxKernelsPerAddr cap sessions per client
-	// key and per remote address.
+	// key and per remote address. The per-address default is FairShare of
+	// the pool's default MaxKernels; cellgate serve takes FairShare of
+	// --max-kernels unless told otherwise.
 	MaxKernelsPerClient int
 	MaxKernelsPerAddr   int
 	// MaxKernelsPerCellSession caps the sessions of one Sage-cell
@@ -61,6 +63,16 @@ type Config struct {
 	// cell does (then 429 too_many_kernels_for_cell_session; default 5,
 	// sagecell.sagemath.org's setting).
 	MaxKernelsPerCellSession int
+	// KernelTimePerAddr is the kernel time (kernel-seconds, written as a
+	// duration) one remote address may use per KernelTimeWindow: each
+	// session it holds draws on it for as long as it lives, and it refills
+	// evenly over the window, up to KernelTimePerAddr. While it is used up,
+	// the address's new sessions are refused (429, with Retry-After);
+	// those it holds carry on. An overdraft is forgiven beyond one
+	// KernelTimePerAddr, so the wait is at most one window once the
+	// address's sessions end.
+	KernelTimePerAddr time.Duration
+	KernelTimeWindow  time.Duration
 	// MaxPendingExecutions bounds, per session, the executions waiting
 	// for their reply whose permalink and files the gateway tracks
 	// (default 256); later ones still run, with a notice.
@@ -134,7 +146,9 @@ func DefaultConfig() Config {
 		JupyterIdleTimeout:   30 * time.Minute,
 		LeaseTimeout:         10 * time.Second,
 		MaxKernelsPerClient:  4,
-		MaxKernelsPerAddr:    16,
+		MaxKernelsPerAddr:    FairShare(kernelpool.DefaultConfig().MaxKernels),
+		KernelTimePerAddr:    2 * time.Hour,
+		KernelTimeWindow:     time.Hour,
 		MaxPendingExecutions: 256,
 		ServiceTimeout:       30 * time.Second,
 		MaxCodeChars:         65000,
@@ -167,6 +181,8 @@ func (c Config) withDefaults() Config {
 	fill(&c.MaxKernelsPerClient, d.MaxKernelsPerClient)
 	fill(&c.MaxKernelsPerAddr, d.MaxKernelsPerAddr)
 	fill(&c.MaxKernelsPerCellSession, d.MaxKernelsPerCellSession)
+	fill(&c.KernelTimePerAddr, d.KernelTimePerAddr)
+	fill(&c.KernelTimeWindow, d.KernelTimeWindow)
 	fill(&c.MaxPendingExecutions, d.MaxPendingExecutions)
 	fill(&c.ServiceTimeout, d.ServiceTimeout)
 	fill(&c.MaxCodeChars, d.MaxCodeChars)
@@ -183,6 +199,11 @@ func (c Config) withDefaults() Config {
 	}
 	return c
 }
+
+// FairShare is the default cap on the sessions of one remote address
+// when maxKernels kernels exist in all: a quarter of them (at least one),
+// so that one address leaves room for others.
+func FairShare(maxKernels int) int { return max(1, maxKernels/4) }
 
 func fill[T comparable](v *T, d T) {
 	var zero T

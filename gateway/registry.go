@@ -19,22 +19,27 @@ var (
 )
 
 // registry holds the live sessions, counts them per remote address and
-// per client key for the caps, and keeps tombstones of ended ones.
+// per client key for the caps, keeps each address's kernel time, and keeps
+// tombstones of ended ones.
 type registry struct {
 	maxPerAddr, maxPerClient int
 	errors                   *prometheus.CounterVec
+	budget                   kernelTime
+	now                      func() time.Time
 
 	mu       sync.Mutex
 	live     map[string]*session.Session
 	perAddr  map[string]int // live sessions and starts in progress
 	perKey   map[string]int // the same, per client key (client_id)
+	used     map[string]*addrTime
+	starts   int // reservations since the last sweep of used
 	ended    tombstones
 	draining bool
 }
 
-func newRegistry(maxPerAddr, maxPerClient int, errorCount *prometheus.CounterVec) *registry {
-	return &registry{maxPerAddr: maxPerAddr, maxPerClient: maxPerClient, errors: errorCount,
-		live: map[string]*session.Session{}, perAddr: map[string]int{}, perKey: map[string]int{}}
+func newRegistry(maxPerAddr, maxPerClient int, budget kernelTime, errorCount *prometheus.CounterVec) *registry {
+	return &registry{maxPerAddr: maxPerAddr, maxPerClient: maxPerClient, errors: errorCount, budget: budget, now: time.Now,
+		live: map[string]*session.Session{}, perAddr: map[string]int{}, perKey: map[string]int{}, used: map[string]*addrTime{}}
 }
 
 // reserve takes a slot under the per-client caps before the (slow) lease,
@@ -55,6 +60,14 @@ func (r *registry) reserve(remote, clientKey string) (release func(), err error)
 		r.errors.WithLabelValues("client_cap").Inc()
 		return nil, fmt.Errorf("%w: %d kernels for client %s", errClientCap, n, clientKey)
 	}
+	now := r.now()
+	if err := r.budget.check(r.settleLocked(remote, now), r.perAddr[remote], remote); err != nil {
+		r.errors.WithLabelValues("kernel_time").Inc()
+		return nil, err
+	}
+	if r.starts++; r.starts >= sweepEvery {
+		r.sweepLocked(now)
+	}
 	r.perAddr[remote]++
 	if clientKey != "" {
 		r.perKey[clientKey]++
@@ -63,6 +76,7 @@ func (r *registry) reserve(remote, clientKey string) (release func(), err error)
 }
 
 func (r *registry) unreserveLocked(remote, clientKey string) {
+	r.settleLocked(remote, r.now())
 	if r.perAddr[remote]--; r.perAddr[remote] <= 0 {
 		delete(r.perAddr, remote)
 	}
@@ -72,6 +86,39 @@ func (r *registry) unreserveLocked(remote, clientKey string) {
 	if r.perKey[clientKey]--; r.perKey[clientKey] <= 0 {
 		delete(r.perKey, clientKey)
 	}
+}
+
+// settleLocked brings remote's kernel time up to now, at the number of
+// sessions it has held since it was last settled, and returns it. Call it
+// before that number changes.
+func (r *registry) settleLocked(remote string, now time.Time) *addrTime {
+	a := r.used[remote]
+	if a == nil {
+		a = &addrTime{left: r.budget.perAddr.Seconds(), at: now}
+		r.used[remote] = a
+	}
+	r.budget.settle(a, r.perAddr[remote], now)
+	return a
+}
+
+// sweepLocked forgets the addresses that hold nothing and have their whole
+// kernel time back, so the map holds only those seen within a window.
+func (r *registry) sweepLocked(now time.Time) {
+	r.starts = 0
+	for remote, a := range r.used {
+		if r.perAddr[remote] == 0 {
+			if r.budget.settle(a, 0, now); a.left >= r.budget.perAddr.Seconds() {
+				delete(r.used, remote)
+			}
+		}
+	}
+}
+
+// kernelTimeLeft is remote's kernel time now (for tests).
+func (r *registry) kernelTimeLeft(remote string) time.Duration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return time.Duration(r.settleLocked(remote, r.now()).left * float64(time.Second))
 }
 
 // add registers a session whose slot is reserved; when the server is

@@ -60,7 +60,7 @@ func New(cfg Config, pool Pool) *Server {
 		reg = NewRegistry()
 	}
 	sessionMetrics := session.NewMetrics(reg)
-	s.sessions = newRegistry(cfg.MaxKernelsPerAddr, cfg.MaxKernelsPerClient, sessionMetrics.Errors)
+	s.sessions = newRegistry(cfg.MaxKernelsPerAddr, cfg.MaxKernelsPerClient, kernelTime{perAddr: cfg.KernelTimePerAddr, window: cfg.KernelTimeWindow}, sessionMetrics.Errors)
 	s.metrics = newMetrics(reg, sessionMetrics, s.sessions, cfg.Storage.Permalinks)
 	if cfg.Storage.Permalinks != nil {
 		ledger := cfg.Storage.Ledger

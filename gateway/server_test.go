@@ -106,9 +106,10 @@ func newPoolEnv(t *testing.T, pcfg kernelpool.Config, tweak func(*Config)) *test
 // /service larger than the pool all get a kernel, none a 503, when the
 // wait fits the lease timeout.
 func TestBurstOfSessionsWaitsForKernels(t *testing.T) {
-	env := newTestEnv(t, 1, 8, nil)
-	env.waitWarm()
 	const kernels, services = 4, 2
+	// One address makes the whole burst: its share is raised to fit it.
+	env := newTestEnv(t, 1, 8, func(c *Config) { c.MaxKernelsPerAddr = kernels + services })
+	env.waitWarm()
 	var wg sync.WaitGroup
 	answers := make(chan string, kernels+services)
 	post := func(path string, form url.Values) {

@@ -62,6 +62,8 @@ type options struct {
 	bodyTimeout    time.Duration
 	idleTimeout    time.Duration
 	connsPerAddr   int
+	kernelTime     time.Duration
+	kernelWindow   time.Duration
 }
 
 // setting is one row of the table that cellgate serve's flags, their
@@ -152,7 +154,10 @@ func settings(o *options) []setting {
 		opt("lease-timeout", &o.leaseTimeout, gw.LeaseTimeout, "how long a request waits for a kernel when none is ready (then 503, at once if the queue's expected wait is longer)"),
 		opt("service-timeout", &o.serviceTimeout, gw.ServiceTimeout, "wall-clock limit of one `/service` computation"),
 		opt("poll-wait", &o.pollWait, gw.PollWait, "how long a long-poll request is held open"),
-		opt("max-kernels-per-address", &o.perAddress, gw.MaxKernelsPerAddr, "sessions one remote address may hold at once (then 429)"),
+		opt("max-kernels-per-address", &o.perAddress, 0, "sessions one remote address may hold at once (then 429); 0: a quarter of `--max-kernels`, at least 1, so one address leaves room for others").
+			documented("0: max(1, `--max-kernels`/4)"),
+		opt("kernel-time-per-address", &o.kernelTime, gw.KernelTimePerAddr, "kernel time one remote address may use per `--kernel-time-window`: each session it holds uses it up as it lives, and it refills evenly over the window; while it is used up, the address's new sessions get 429 with Retry-After (those it holds carry on)"),
+		opt("kernel-time-window", &o.kernelWindow, gw.KernelTimeWindow, "the window `--kernel-time-per-address` refills over; an address that overdrew waits at most this long once its sessions end"),
 		opt("max-kernels-per-client", &o.perClient, gw.MaxKernelsPerClient, "sessions one `client_id` may hold at once (then 429)"),
 		opt("jupyter-idle-timeout", &o.jupyterIdle, gw.JupyterIdleTimeout, "Jupyter API kernels end after this long idle with no client connected"),
 		opt("detach-grace", &o.detachGrace, gw.DetachGrace, "how long a one-shot session outlives its last client, so a dropped websocket can reconnect"),
@@ -272,10 +277,12 @@ func (o options) validate() error {
 	}
 	// Zero is refused rather than read as "the default": a flag not set
 	// already holds its default, and the packages would quietly turn a zero
-	// into theirs.
+	// into theirs. (--max-kernels-per-address alone means something by 0:
+	// its default depends on --max-kernels.)
 	positive := []limit{
 		{"max-kernels", int64(o.maxKernels)}, {"max-message-mb", o.maxMessageMB},
-		{"max-kernels-per-address", int64(o.perAddress)}, {"max-kernels-per-client", int64(o.perClient)},
+		{"max-kernels-per-client", int64(o.perClient)},
+		{"kernel-time-per-address", int64(o.kernelTime)}, {"kernel-time-window", int64(o.kernelWindow)},
 		{"drain-timeout", int64(o.drainTimeout)}, {"lease-timeout", int64(o.leaseTimeout)},
 		{"service-timeout", int64(o.serviceTimeout)}, {"poll-wait", int64(o.pollWait)},
 		{"max-timeout", int64(o.maxTimeout)}, {"max-lifespan", int64(o.maxLifespan)},
@@ -295,6 +302,9 @@ func (o options) validate() error {
 	}
 	if o.maxMessageMB > 1024 {
 		return fmt.Errorf("--max-message-mb %d is over 1024", o.maxMessageMB)
+	}
+	if o.perAddress < 0 {
+		return fmt.Errorf("--max-kernels-per-address must not be negative (0: a quarter of --max-kernels)")
 	}
 	if o.dbConnectRetry < 0 {
 		return fmt.Errorf("--db-connect-retry must not be negative")
@@ -319,6 +329,10 @@ func (o options) gatewayConfig() gateway.Config {
 	cfg.MaxTimeout, cfg.MaxLifespan = o.maxTimeout, o.maxLifespan
 	cfg.LeaseTimeout, cfg.ServiceTimeout, cfg.PollWait = o.leaseTimeout, o.serviceTimeout, o.pollWait
 	cfg.MaxKernelsPerAddr, cfg.MaxKernelsPerClient = o.perAddress, o.perClient
+	if o.perAddress == 0 {
+		cfg.MaxKernelsPerAddr = gateway.FairShare(o.maxKernels)
+	}
+	cfg.KernelTimePerAddr, cfg.KernelTimeWindow = o.kernelTime, o.kernelWindow
 	cfg.JupyterIdleTimeout, cfg.DetachGrace = o.jupyterIdle, o.detachGrace
 	cfg.HeaderTimeout, cfg.BodyTimeout, cfg.IdleTimeout = o.headerTimeout, o.bodyTimeout, o.idleTimeout
 	cfg.MaxConnsPerAddr = o.connsPerAddr

@@ -115,6 +115,31 @@ func TestDefaultsComeFromPackages(t *testing.T) {
 	}
 }
 
+// --max-kernels-per-address follows --max-kernels (a quarter, at least
+// one) unless it is set.
+func TestPerAddressShareFollowsMaxKernels(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want int
+	}{
+		{nil, 4},
+		{[]string{"--max-kernels", "40"}, 10},
+		{[]string{"--max-kernels", "2"}, 1},
+		{[]string{"--max-kernels", "40", "--max-kernels-per-address", "3"}, 3},
+	} {
+		o, err := parseOptions(c.args, func(string) string { return "" })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := o.gatewayConfig().MaxKernelsPerAddr; got != c.want {
+			t.Errorf("%v: %d kernels per address, want %d", c.args, got, c.want)
+		}
+	}
+	if _, err := parseOptions([]string{"--max-kernels-per-address", "-1"}, func(string) string { return "" }); err == nil {
+		t.Error("a negative --max-kernels-per-address was accepted")
+	}
+}
+
 // TestEveryOptionIsASetting: each field of options is bound by one row of
 // the table, so none is set by a flag that --help and the README miss.
 func TestEveryOptionIsASetting(t *testing.T) {
