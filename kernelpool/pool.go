@@ -185,7 +185,7 @@ type Stats struct {
 	// EstimatedWait is what a lease joining the back of the queue would
 	// wait (0 with a kernel ready, or before any start was timed).
 	OldestWait, EstimatedWait time.Duration
-	// StartTime is the mean of the latest starts; KernelMemory what a
+	// StartTime is the median of the latest starts; KernelMemory what a
 	// ready kernel is reckoned to cost (its measured PSS, or
 	// DefaultKernelMemory before any is measured).
 	StartTime    time.Duration
@@ -345,16 +345,18 @@ func (sp *specPool) arrive(now time.Time) {
 	sp.arrivals = append(sp.arrivals, now)
 }
 
-// startTime is the mean of the latest successful starts; 0 before any.
+// startTime is the median of the latest successful starts (one slow
+// start, under a passing load, does not move it); 0 before any.
 func (sp *specPool) startTime() time.Duration {
 	if len(sp.took) == 0 {
 		return 0
 	}
-	var sum time.Duration
-	for _, d := range sp.took {
-		sum += d
+	sorted := slices.Clone(sp.took)
+	slices.Sort(sorted)
+	if n := len(sorted); n%2 == 0 {
+		return (sorted[n/2-1] + sorted[n/2]) / 2
 	}
-	return sum / time.Duration(len(sp.took))
+	return sorted[len(sorted)/2]
 }
 
 // kernelMemory is what a ready kernel of this spec is reckoned to cost.

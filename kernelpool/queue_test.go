@@ -189,3 +189,22 @@ func TestWaitErrorWrapsBoth(t *testing.T) {
 		t.Error("unknown queue mode accepted")
 	}
 }
+
+func TestStartTimeIsTheMedianOfTheLatest(t *testing.T) {
+	sp := &specPool{}
+	if sp.startTime() != 0 {
+		t.Error("a start time before any start")
+	}
+	for _, d := range []time.Duration{9, 1, 2, 3, 100} {
+		sp.took = keepLatest(sp.took, d*time.Second, recentStarts)
+	}
+	if got := sp.startTime(); got != 3*time.Second {
+		t.Errorf("median of 9,1,2,3,100 s = %v", got)
+	}
+	for range recentStarts {
+		sp.took = keepLatest(sp.took, time.Second, recentStarts)
+	}
+	if len(sp.took) != recentStarts || sp.startTime() != time.Second {
+		t.Errorf("latest %d starts: %v", recentStarts, sp.took)
+	}
+}
