@@ -15,9 +15,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cellgate/cellgate/jupytermsg"
 	"github.com/google/uuid"
 	"github.com/gorilla/websocket"
+
+	"github.com/cellgate/cellgate/gateway/session"
+	"github.com/cellgate/cellgate/jupytermsg"
 )
 
 // TestJupyterLabServices drives the Jupyter Server kernel API with the
@@ -149,5 +151,25 @@ func TestKernelIDsStayInTheirAPI(t *testing.T) {
 	sage := env.newKernel(url.Values{"timeout": {"60"}})
 	if resp := env.doWith(http.MethodGet, "/api/kernels/"+sage.ID, auth, "", nil); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("a Sage-cell kernel through the Jupyter API: %d", resp.StatusCode)
+	}
+}
+
+// A Jupyter kernel whose widgets keep talking is culled as idle once its
+// client has gone: widget traffic from the kernel is not activity.
+func TestJupyterWidgetTrafficIsNotActivity(t *testing.T) {
+	env := newTestEnv(t, 1, 4, func(c *Config) { c.JupyterIdleTimeout = 500 * time.Millisecond; c.MaxTimeout = 10 * time.Minute })
+	var model kernelModel
+	env.do(http.MethodPost, "/api/kernels", "", "", &model)
+	conn, _, err := websocket.DefaultDialer.Dial(env.wsURL("/api/kernels/"+model.ID+"/channels?session_id="+uuid.NewString()), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := &wsClient{t: t, conn: conn, session: "client"}
+	if out := streamText(j.until(idleAfter(j.execute(tickingInteract)))); !strings.Contains(out, "ticking") {
+		t.Fatalf("output %q", out)
+	}
+	conn.Close()
+	if reason := env.endReason(model.ID); reason != session.EndIdle {
+		t.Errorf("ended with %q", reason)
 	}
 }

@@ -443,3 +443,49 @@ func TestKernelTimeoutMessage(t *testing.T) {
 		}
 	}
 }
+
+// tickingInteract makes an interact and a widget that a kernel thread
+// keeps changing: widget traffic from the kernel with no one using it.
+const tickingInteract = `import threading, time
+import ipywidgets as w
+from ipywidgets import interact
+@interact(x=(0, 10))
+def f(x=3):
+    print("x is", x)
+ticker = w.IntSlider()
+def tick():
+    i = 0
+    while True:
+        i += 1
+        ticker.value = i % 100
+        time.sleep(0.05)
+threading.Thread(target=tick, daemon=True).start()
+print("ticking")`
+
+// Widget traffic from the kernel does not keep a session alive: an
+// interact holds the longest idle timeout only while a client is attached,
+// and once nobody is, the session ends on its own idle timeout however
+// much the kernel sends.
+func TestInteractWithNoClientEndsOnItsIdleTimeout(t *testing.T) {
+	env := newTestEnv(t, 1, 4, func(c *Config) { c.MaxTimeout = 10 * time.Minute })
+	k := env.newKernel(url.Values{"timeout": {"1"}})
+	c := env.dialSage(k.ID, "")
+	frames := c.until(idleAfter(c.execute(tickingInteract)))
+	if !strings.Contains(streamText(frames), "ticking") {
+		t.Fatalf("output %q", streamText(frames))
+	}
+	// The kernel keeps sending widget updates after the execution.
+	for n := 0; n < 5; {
+		if f, err := c.read(); err != nil {
+			t.Fatal(err)
+		} else if f.Header.MsgType == "comm_msg" {
+			n++
+		}
+	}
+	sess := env.gw.sessions.get(k.ID)
+	waitFor(t, "the interact's idle timeout while its client is there", func() bool { return sess.IdleLimit() == 10*time.Minute })
+	c.conn.Close()
+	if reason := env.endReason(k.ID); reason != session.EndIdle {
+		t.Errorf("ended with %q", reason)
+	}
+}

@@ -80,12 +80,13 @@ const (
 
 // Lifetime is how long a session may live.
 type Lifetime struct {
-	// Idle ends the session after this long without activity.
+	// Idle ends the session after this long without client activity.
 	Idle time.Duration
 	// OneShot also ends it once it has computed, is idle and nobody is
 	// attached (Sage-cell timeout=0).
 	OneShot bool
-	// MaxIdle caps Idle when an interact extends it.
+	// MaxIdle caps the idle timeout the kernel asks for (kernel_timeout,
+	// or an interact), which holds only while a client is attached.
 	MaxIdle  time.Duration
 	Lifespan time.Duration
 }
@@ -148,10 +149,13 @@ type Session struct {
 	metrics *Metrics
 	uploads *uploader
 
-	mu         sync.Mutex
+	mu sync.Mutex
+	// lastActive is the last client activity, or the kernel's last change
+	// of state (the idle clock starts when its work ends); lastKernel is
+	// its last message of any kind. Only the first extends the session.
 	lastActive time.Time
+	lastKernel time.Time
 	detachedAt time.Time // when the last client dropped; zero if it left cleanly
-	idleFor    time.Duration
 	// kernelIdle is the idle timeout the kernel asked for (kernel_timeout),
 	// if kernelAsked; see idleLimitLocked.
 	kernelIdle  time.Duration
@@ -201,7 +205,7 @@ func New(k *kernelpool.Kernel, o Options) *Session {
 		id: k.ID, kernel: k, opts: o, created: now, metrics: o.Metrics,
 		replay:     newReplay(o.Config.ReplayMessages, o.Config.ReplayBytes),
 		log:        o.Log.With().Str("session", k.ID).Str("kernel", o.KernelName).Logger(),
-		lastActive: now, idleFor: o.Life.Idle, state: jupytermsg.StateIdle,
+		lastActive: now, state: jupytermsg.StateIdle,
 		byTransport: map[string]int{}, pending: map[string]pendingExecution{},
 		activity: make(chan struct{}, 1), ended: make(chan struct{}),
 		pumpStopped: make(chan struct{}), stopped: make(chan struct{}),
@@ -438,13 +442,20 @@ func (s *Session) observe(r kernelpool.Received) {
 	}
 	var st jupytermsg.Status
 	isStatus := msgType == "status" && m.DecodeContent(&st) == nil
-	// An interact is in use: keep the session alive up to the cap.
+	// Widget traffic: an interact is in use.
 	interact := msgType == "comm_open" || msgType == "comm_msg"
 	var p pendingExecution
 	tracked := false
 	s.mu.Lock()
-	// Kernel output is activity: a computation that prints is not idle.
-	s.lastActive = time.Now()
+	// What the kernel sends is not activity: only clients keep a session
+	// alive (a computation is never idle meanwhile: its kernel is busy).
+	// The idle clock starts again when the kernel's state changes, so it
+	// runs from the end of the work.
+	now := time.Now()
+	s.lastKernel = now
+	if isStatus {
+		s.lastActive = now
+	}
 	if s.kernelSession == "" && m.Header.Session != "" {
 		s.kernelSession = m.Header.Session
 	}
@@ -463,7 +474,11 @@ func (s *Session) observe(r kernelpool.Received) {
 			s.doneExecs++
 		}
 	case interact:
-		s.idleFor = max(s.idleFor, s.opts.Life.MaxIdle)
+		// As the Sage cell's kernels ask when they make an interact
+		// (kernel_timeout, inf): the longest idle timeout allowed, which
+		// holds only while a client is attached (idleLimitLocked). An
+		// interact nobody uses ends on the session's own timeout.
+		s.kernelIdle, s.kernelAsked = s.opts.Life.MaxIdle, true
 	case msgType == "execute_reply":
 		p, tracked = s.pending[parent.MsgID]
 		delete(s.pending, parent.MsgID)
@@ -534,12 +549,12 @@ func parseKernelTimeout(content []byte, limit time.Duration) (time.Duration, boo
 // ends on the timeout it was started with.
 func (s *Session) idleLimitLocked() time.Duration {
 	if !s.kernelAsked {
-		return s.idleFor
+		return s.opts.Life.Idle
 	}
 	if s.clients > 0 {
 		return s.kernelIdle
 	}
-	return min(s.kernelIdle, s.idleFor)
+	return min(s.kernelIdle, s.opts.Life.Idle)
 }
 
 // IdleLimit is how long the session may be idle now.
@@ -837,10 +852,14 @@ func (s *Session) Reason() string {
 	return s.endReason
 }
 
-// Snapshot is the session's state as the Jupyter kernel model shows it.
+// Snapshot is the session's state as the Jupyter kernel model shows it:
+// its last activity is the client's or the kernel's, whichever is later.
 func (s *Session) Snapshot() (state string, clients int, lastActive time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.lastKernel.After(s.lastActive) {
+		return s.state, s.clients, s.lastKernel
+	}
 	return s.state, s.clients, s.lastActive
 }
 
