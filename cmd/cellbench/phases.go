@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -407,9 +408,34 @@ func (a *api) postService(ctx context.Context, from string) error {
 		return fmt.Errorf("HTTP %d: %.200s", resp.StatusCode, data)
 	}
 	if resp.StatusCode != http.StatusOK || !ans.Success || ans.Stdout != "42\n" {
-		return fmt.Errorf("HTTP %d: %s %s (stdout %q)", resp.StatusCode, ans.Error, ans.Message, ans.Stdout)
+		err := fmt.Errorf("HTTP %d: %s %s (stdout %q)", resp.StatusCode, ans.Error, ans.Message, ans.Stdout)
+		if s, _ := strconv.Atoi(resp.Header.Get("Retry-After")); s > 0 {
+			return &busyError{err: err, retryAfter: time.Duration(s) * time.Second}
+		}
+		return err
 	}
 	return nil
+}
+
+// busyError is an answer that says when to come back (Retry-After).
+type busyError struct {
+	err        error
+	retryAfter time.Duration
+}
+
+func (e *busyError) Error() string { return e.err.Error() }
+
+// honourRetryAfter sleeps as a busy answer asks (until deadline at most),
+// as a client should rather than asking again at once.
+func honourRetryAfter(ctx context.Context, err error, deadline time.Time) {
+	var busy *busyError
+	if !errors.As(err, &busy) {
+		return
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(min(busy.retryAfter, time.Until(deadline))):
+	}
 }
 
 func (e *env) phaseService(ctx context.Context) error {
@@ -445,6 +471,7 @@ func (e *env) phaseService(ctx context.Context) error {
 					}
 					lastDone = time.Now()
 					mu.Unlock()
+					honourRetryAfter(ctx, err, deadline)
 				}
 			}()
 		}

@@ -139,8 +139,9 @@ where Jupyter Server's execute time goes.
 
 **/service throughput.** 1, 4 and 16 clients each post ` + "`code=print(6*7)`" + ` in a loop for the stated time;
 each computation leases a fresh sandboxed kernel and ends it, so throughput is bounded by how fast kernels
-start (two at a time). Errors are non-200 answers or wrong output (a 503 after ` + "`--lease-timeout`" + `, 10 s,
-when clients outrun the pool). *burst of 20*: 20 concurrent ` + "`POST /kernel`" + `; *pool full again*: from the
+start (two at a time). Errors are non-200 answers or wrong output (a 503 when clients outrun the pool: at once
+when the queue's expected wait exceeds ` + "`--lease-timeout`" + `, 10 s, or after waiting it out); a client told to
+come back later waits as ` + "`Retry-After`" + ` says before asking again. *burst of 20*: 20 concurrent ` + "`POST /kernel`" + `; *pool full again*: from the
 burst until ` + "`/readyz`" + ` shows every pool at its ready size.
 
 **Bursts.** N concurrent ` + "`POST /kernel`" + ` (each kernel held until the last answer, then deleted) or ` + "`POST /service`" + `,
