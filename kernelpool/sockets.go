@@ -45,7 +45,10 @@ type sockets struct {
 	// than wait for a consumer that is gone (the kernel has died).
 	discard <-chan struct{}
 	onError func(error)
-	stop    chan struct{}
+	// drops reports the messages dropped on receipt (bad signature,
+	// malformed, oversized) through onError, a few at a time.
+	drops dropReports
+	stop  chan struct{}
 
 	// stdinReady is closed once the stdin socket is connected; stdinFailed
 	// is closed, with stdinErr set, if that can no longer happen.
@@ -390,6 +393,7 @@ func (s *sockets) close() {
 		_, _ = s.iopubStopper.SendMessageDontwait(stopFrame)
 		s.pushMu.Unlock()
 		s.wg.Wait()
+		s.drops.close(s.onError)
 		s.pushMu.Lock()
 		s.iopubStopper.Close()
 		s.push.Close()
@@ -491,7 +495,7 @@ func channelOf(sock *zmq.Socket, dealers map[jupytermsg.Channel]*zmq.Socket) jup
 func (s *sockets) decodeAndDeliver(ch jupytermsg.Channel, frames [][]byte) bool {
 	_, m, err := s.signer.Decode(frames)
 	if err != nil {
-		s.onError(fmt.Errorf("%s message dropped: %w", ch, err))
+		s.drops.add(fmt.Errorf("%s message dropped: %w", ch, err), s.onError)
 		return true
 	}
 	s.outMu.Lock()
@@ -595,4 +599,104 @@ func (s *sockets) ping(req *zmq.Socket, timeout time.Duration) bool {
 	}
 	_, err = req.RecvMessageBytes(0)
 	return err == nil
+}
+
+// A kernel can send messages the gateway drops (badly signed, malformed,
+// oversized) as fast as it likes; one such kernel once wrote 50,000 log
+// lines in 5 s. Of each dropInterval, the first dropBurst drops are
+// reported one by one and the rest counted, their number reported once at
+// the interval's end (or when the sockets close): at most dropBurst+1
+// reports per interval per kernel.
+const (
+	dropBurst    = 5
+	dropInterval = 10 * time.Second
+)
+
+// dropReports rate-limits the reports of dropped messages. The zero value
+// uses dropBurst and dropInterval; both loops that receive report to it.
+type dropReports struct {
+	burst    int
+	interval time.Duration
+
+	mu       sync.Mutex
+	began    time.Time // the start of the current interval
+	reported int       // drops reported one by one in it
+	counted  int       // drops counted since the last summary
+	last     error     // the last of them
+	timer    *time.Timer
+	closed   bool
+}
+
+// droppedError is the summary of the drops counted in an interval.
+type droppedError struct {
+	n        int
+	interval time.Duration
+	last     error
+}
+
+func (e *droppedError) Error() string {
+	return fmt.Sprintf("%d more messages dropped within %v (only the first %d of an interval are reported one by one); the last: %v", e.n, e.interval, dropBurst, e.last)
+}
+
+func (e *droppedError) Unwrap() error { return e.last }
+
+func (d *dropReports) limits() (int, time.Duration) {
+	burst, interval := d.burst, d.interval
+	if burst <= 0 {
+		burst = dropBurst
+	}
+	if interval <= 0 {
+		interval = dropInterval
+	}
+	return burst, interval
+}
+
+// add reports err now, or counts it for the interval's summary.
+func (d *dropReports) add(err error, report func(error)) {
+	d.mu.Lock()
+	burst, interval := d.limits()
+	now := time.Now()
+	if now.Sub(d.began) >= interval {
+		d.began, d.reported = now, 0
+	}
+	if d.reported < burst {
+		d.reported++
+		d.mu.Unlock()
+		report(err)
+		return
+	}
+	d.counted++
+	d.last = err
+	if d.timer == nil && !d.closed {
+		d.timer = time.AfterFunc(d.began.Add(interval).Sub(now), func() { d.summarize(report, false) })
+	}
+	d.mu.Unlock()
+}
+
+// summarize reports what was counted since the last summary. The timer's
+// call stands down once the reports are closed: close reports the rest.
+func (d *dropReports) summarize(report func(error), closing bool) {
+	d.mu.Lock()
+	if d.closed && !closing {
+		d.mu.Unlock()
+		return
+	}
+	_, interval := d.limits()
+	n, last := d.counted, d.last
+	d.counted, d.last, d.timer = 0, nil, nil
+	d.mu.Unlock()
+	if n > 0 {
+		report(&droppedError{n: n, interval: interval, last: last})
+	}
+}
+
+// close stops the timer and reports what is still counted.
+func (d *dropReports) close(report func(error)) {
+	d.mu.Lock()
+	d.closed = true
+	if d.timer != nil {
+		d.timer.Stop()
+	}
+	d.mu.Unlock()
+	d.summarize(report, true)
 }
