@@ -478,7 +478,7 @@ func pyStr(s string) string { return strconv.Quote(s) }
 // session that computes before, during and after each.
 func TestHostileKernels(t *testing.T) {
 	requireBwrap(t)
-	hostileKernels(t, newHostileEnv(t, nil))
+	hostileKernels(t, newHostileEnv(t, func(c *sandbox.Config) { c.Fork = false }))
 }
 
 // Kernels forked from the fork server's template meet every attack as

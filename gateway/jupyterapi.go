@@ -30,6 +30,7 @@ func (s *Server) jupyterRoutes(e *echo.Echo) {
 	api.GET("/", s.apiInfo)
 	api.GET("/status", s.apiStatus)
 	api.GET("/kernelspecs", s.apiKernelspecs)
+	api.GET("/kernelspecs/:name", s.apiKernelspec)
 	api.GET("/kernels", s.apiListKernels)
 	api.POST("/kernels", s.apiStartKernel)
 	api.GET("/kernels/:id", s.apiGetKernel)
@@ -42,6 +43,8 @@ func (s *Server) jupyterRoutes(e *echo.Echo) {
 	api.GET("/sessions/:id", s.apiGetSession)
 	api.PATCH("/sessions/:id", s.apiPatchSession)
 	api.DELETE("/sessions/:id", s.apiDeleteSession)
+	// Outside /api, as jupyter_server serves them, behind the same token.
+	e.GET("/kernelspecs/:name/:file", s.kernelspecResource, s.requireToken)
 }
 
 // requireToken checks `Authorization: token T`, `Bearer T` or ?token=T.
@@ -91,12 +94,7 @@ type specModel struct {
 func (s *Server) apiKernelspecs(c echo.Context) error {
 	specs := map[string]specModel{}
 	for name, sp := range s.pool.Specs() {
-		ks := sp.KernelSpec
-		ks.Env = nil // the server's business
-		if ks.Metadata == nil {
-			ks.Metadata = json.RawMessage("{}")
-		}
-		specs[name] = specModel{Name: name, Spec: ks, Resources: map[string]string{}}
+		specs[name] = s.specModelOf(c, sp)
 	}
 	return c.JSON(http.StatusOK, map[string]any{"default": s.cfg.DefaultKernel, "kernelspecs": specs})
 }

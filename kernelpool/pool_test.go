@@ -462,7 +462,9 @@ func TestSandboxedKernel(t *testing.T) {
 		t.Skip("the bwrap sandbox needs root to switch kernels to their own uids")
 	}
 	specs := installedSpecs(t) // before NewBwrap's trial run: go test -short skips here
-	launcher, err := sandbox.NewBwrap(sandbox.DefaultConfig())
+	scfg := sandbox.DefaultConfig()
+	scfg.Fork = false // cold: TestForkedKernels covers forked kernels
+	launcher, err := sandbox.NewBwrap(scfg)
 	if err != nil {
 		t.Fatal(err)
 	}

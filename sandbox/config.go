@@ -100,7 +100,7 @@ type Config struct {
 	// forking a template process that has imported the kernel machinery,
 	// instead of starting each cold; see "Forked kernels" in the package
 	// comment. Other kernels, and any the template fails to make, start
-	// cold.
+	// cold. On by default.
 	Fork bool
 	// ForkUID is the template's host uid: outside the kernels' range, and
 	// no account's. It is root only in the template's user namespace.
@@ -152,6 +152,7 @@ func DefaultConfig() Config {
 		Home:     "/home/sandbox",
 		HomeDirs: []string{".sage"},
 		Hostname: "cellgate",
+		Fork:     true,
 		ForkUID:  69999,
 		ForkPreload: []string{
 			"ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "IPython.core.interactiveshell",

@@ -35,6 +35,7 @@ if [ "${BENCH_SKIP_GO:-0}" != 1 ]; then
   gobench ./kernelpool '^BenchmarkLease$' -benchtime=20x -timeout 10m
   gobench ./kernelpool '^BenchmarkExecuteZMQ$' -benchtime=2s -timeout 10m
   gobench ./kernelpool '^BenchmarkColdStart$' -benchtime=3x -timeout 10m
+  gobench ./kernelpool '^BenchmarkSandboxedStart$' -benchtime=5x -timeout 10m
   gobench ./sandbox '^Benchmark(ColdStart|True|IdleMemory)$' -benchtime=5x -timeout 10m
   gobench ./storage '^Benchmark' -benchtime=1s -benchmem -timeout 10m
   gobench ./jupytermsg '^BenchmarkWS$' -benchtime=200ms -benchmem -timeout 10m

@@ -837,6 +837,8 @@ func (e *env) goRows() {
 		{"kernelpool", "BenchmarkLease", "ns/op", secPool, "lease_warm", "lease from a warm pool (kernelpool.Lease)", "µs", nsToUS, "< 1 ms (issue 2)", ""},
 		{"kernelpool", "BenchmarkColdStart/python3", "ns/op", secPool, "cold_start_python3_gobench", "python3 kernel cold start to ready (unsandboxed)", "ms", nsToMS, "~1.3 s (issue 3)", ""},
 		{"kernelpool", "BenchmarkColdStart/sagemath", "ns/op", secPool, "cold_start_sagemath_gobench", "sagemath kernel cold start to ready (unsandboxed)", "ms", nsToMS, "", ""},
+		{"kernelpool", "BenchmarkSandboxedStart/cold", "ns/op", secPool, "start_bwrap_cold_gobench", "python3 kernel launch → ready in bwrap, cold (same run as the next row)", "ms", nsToMS, "", "BenchmarkSandboxedStart"},
+		{"kernelpool", "BenchmarkSandboxedStart/forked", "ns/op", secPool, "start_bwrap_forked_gobench", "  the same, forked from the template (--fork=on)", "ms", nsToMS, "≤ 60 ms (issue 10)", ""},
 		{"sandbox", "BenchmarkColdStart/none", "ns/op", secPool, "sandbox_import_none", "python3 -c 'import ipykernel', unsandboxed", "ms", nsToMS, "", "process start to exit"},
 		{"sandbox", "BenchmarkColdStart/bwrap", "ns/op", secPool, "sandbox_import_bwrap", "python3 -c 'import ipykernel', in bwrap", "ms", nsToMS, "", ""},
 		{"sandbox", "BenchmarkTrue/none", "ns/op", secPool, "sandbox_true_none", "/usr/bin/true, unsandboxed", "ms", nsToMS, "", ""},

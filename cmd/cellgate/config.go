@@ -53,6 +53,7 @@ type options struct {
 	kernelDisk     int64
 	kernelProcs    int
 	kernelLifespan time.Duration
+	fork           string
 	maxMessageMB   int64
 	perAddress     int
 	perClient      int
@@ -145,6 +146,7 @@ func settings(o *options) []setting {
 		opt("kernel-disk-mb", &o.kernelDisk, sb.Disk>>20, "sandbox: size of a kernel's writable space, in MiB (a tmpfs: it is RAM)"),
 		opt("kernel-processes", &o.kernelProcs, sb.Processes, "sandbox: processes and threads per kernel"),
 		opt("kernel-lifespan", &o.kernelLifespan, sb.Lifespan, "sandbox: wall-clock life of a kernel process, a backstop behind the session limits"),
+		opt("fork", &o.fork, onOff(sb.Fork), "sandbox: `on` makes Python (ipykernel) kernels by forking a template that has imported the kernel machinery once (a fraction of a cold start's time and memory, same isolation); `off` starts every kernel cold. Other kernels always start cold"),
 		opt("token", &o.token, gw.Token, "token required by the Jupyter Server API (`/api`); unset: no auth, and callers only see kernels their address started"),
 		opt("allow-origin", &o.allowOrigin, strings.Join(gw.AllowOrigins, ","), "comma-separated origins allowed to embed cells (CORS and websocket origin check), or `*`"),
 		opt("trust-proxy", &o.trustProxy, gw.TrustProxy, "take client addresses from `X-Forwarded-For` (behind a reverse proxy; the per-address cap counts them)"),
@@ -306,6 +308,9 @@ func (o options) validate() error {
 	if o.perAddress < 0 {
 		return fmt.Errorf("--max-kernels-per-address must not be negative (0: a quarter of --max-kernels)")
 	}
+	if o.fork != "on" && o.fork != "off" {
+		return fmt.Errorf("--fork %q: want on or off", o.fork)
+	}
 	if o.dbConnectRetry < 0 {
 		return fmt.Errorf("--db-connect-retry must not be negative")
 	}
@@ -364,7 +369,15 @@ func (o options) sandboxConfig() sandbox.Config {
 	cfg := sandbox.DefaultConfig()
 	cfg.CPUTime, cfg.Memory, cfg.Disk = o.kernelCPU, o.kernelMemory<<20, o.kernelDisk<<20
 	cfg.Processes, cfg.Lifespan = o.kernelProcs, o.kernelLifespan
+	cfg.Fork = o.fork == "on"
 	return cfg
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
 }
 
 // readConfigFile reads "name = value" lines; # starts a comment.
