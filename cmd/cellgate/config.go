@@ -63,6 +63,8 @@ type options struct {
 	bodyTimeout    time.Duration
 	idleTimeout    time.Duration
 	connsPerAddr   int
+	sageDefault    string
+	perCellSession int
 	kernelTime     time.Duration
 	kernelWindow   time.Duration
 }
@@ -151,6 +153,8 @@ func settings(o *options) []setting {
 		opt("allow-origin", &o.allowOrigin, strings.Join(gw.AllowOrigins, ","), "comma-separated origins allowed to embed cells (CORS and websocket origin check), or `*`"),
 		opt("trust-proxy", &o.trustProxy, gw.TrustProxy, "take client addresses from `X-Forwarded-For` (behind a reverse proxy; the per-address cap counts them)"),
 		opt("default-kernel", &o.defaultKernel, gw.DefaultKernel, "kernelspec used when a request names none"),
+		opt("sagecell-default-kernel", &o.sageDefault, gw.SageCellDefaultKernel, "kernelspec the Sage-cell routes (`/kernel`, `/service`, `/permalink`) use when a request names none; unset: the SageMath kernel when installed (the Sage cell's own scripts expect Sage), else `--default-kernel`").
+			documented("`sagemath` if installed"),
 		opt("max-timeout", &o.maxTimeout, gw.MaxTimeout, "longest idle timeout a client (or an interact) may ask for"),
 		opt("max-lifespan", &o.maxLifespan, gw.MaxLifespan, "hard cap on any session's life"),
 		opt("lease-timeout", &o.leaseTimeout, gw.LeaseTimeout, "how long a request waits for a kernel when none is ready (then 503, at once if the queue's expected wait is longer)"),
@@ -161,6 +165,7 @@ func settings(o *options) []setting {
 		opt("kernel-time-per-address", &o.kernelTime, gw.KernelTimePerAddr, "kernel time one remote address may use per `--kernel-time-window`: each session it holds uses it up as it lives, and it refills evenly over the window; while it is used up, the address's new sessions get 429 with Retry-After (those it holds carry on)"),
 		opt("kernel-time-window", &o.kernelWindow, gw.KernelTimeWindow, "the window `--kernel-time-per-address` refills over; an address that overdrew waits at most this long once its sessions end"),
 		opt("max-kernels-per-client", &o.perClient, gw.MaxKernelsPerClient, "sessions one `client_id` may hold at once (then 429)"),
+		opt("max-kernels-per-cell-session", &o.perCellSession, gw.MaxKernelsPerCellSession, "sessions one Sage-cell `CellSessionID` (a page of the Sage cell's front end) may hold at once (then 429 `too_many_kernels_for_cell_session`, as the Sage cell answers)"),
 		opt("jupyter-idle-timeout", &o.jupyterIdle, gw.JupyterIdleTimeout, "Jupyter API kernels end after this long idle with no client connected"),
 		opt("detach-grace", &o.detachGrace, gw.DetachGrace, "how long a one-shot session outlives its last client, so a dropped websocket can reconnect"),
 		opt("header-timeout", &o.headerTimeout, gw.HeaderTimeout, "a request's headers must arrive within this long of its start, or the connection is closed"),
@@ -283,7 +288,7 @@ func (o options) validate() error {
 	// its default depends on --max-kernels.)
 	positive := []limit{
 		{"max-kernels", int64(o.maxKernels)}, {"max-message-mb", o.maxMessageMB},
-		{"max-kernels-per-client", int64(o.perClient)},
+		{"max-kernels-per-client", int64(o.perClient)}, {"max-kernels-per-cell-session", int64(o.perCellSession)},
 		{"kernel-time-per-address", int64(o.kernelTime)}, {"kernel-time-window", int64(o.kernelWindow)},
 		{"drain-timeout", int64(o.drainTimeout)}, {"lease-timeout", int64(o.leaseTimeout)},
 		{"service-timeout", int64(o.serviceTimeout)}, {"poll-wait", int64(o.pollWait)},
@@ -329,7 +334,8 @@ func (o options) gatewayConfig() gateway.Config {
 	cfg := gateway.DefaultConfig()
 	cfg.PublicURL, cfg.Token, cfg.TrustProxy = o.publicURL, o.token, o.trustProxy
 	cfg.AllowOrigins = splitList(o.allowOrigin)
-	cfg.DefaultKernel = o.defaultKernel
+	cfg.DefaultKernel, cfg.SageCellDefaultKernel = o.defaultKernel, o.sageDefault
+	cfg.MaxKernelsPerCellSession = o.perCellSession
 	cfg.MaxMessageBytes = o.maxMessageMB << 20
 	cfg.MaxTimeout, cfg.MaxLifespan = o.maxTimeout, o.maxLifespan
 	cfg.LeaseTimeout, cfg.ServiceTimeout, cfg.PollWait = o.leaseTimeout, o.serviceTimeout, o.pollWait
