@@ -116,7 +116,7 @@ func TestSIGTERMDrains(t *testing.T) {
 		t.Errorf("open-file limit logged %v, hard %v; the hard limit is %d", files["open_files"], files["open_files_hard"], limit.Max)
 	}
 
-	resp, err := http.PostForm(base+"/kernel", url.Values{"timeout": {"60"}})
+	resp, err := http.PostForm(base+"/kernel", url.Values{"timeout": {"60"}, "language": {"python"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -251,7 +251,7 @@ func TestServeStartsAndDrains(t *testing.T) {
 			t.Fatal("never ready")
 		}
 		if round == 0 {
-			resp, err := http.PostForm(base+"/service", url.Values{"code": {"print(6*7)"}})
+			resp, err := http.PostForm(base+"/service", url.Values{"code": {"print(6*7)"}, "language": {"python"}})
 			if err != nil {
 				t.Fatal(err)
 			}
