@@ -100,9 +100,7 @@ func (s *Server) startSession(ctx context.Context, kernelName string, api sessio
 		var wait *kernelpool.WaitError
 		switch {
 		case errors.As(err, &wait):
-			// Come back when the queue ahead should have drained enough
-			// for the wait to fit the lease timeout.
-			return nil, &capacityError{err: err, retryAfter: max(time.Second, wait.Wait-wait.Within)}
+			return nil, refusedLease(err, wait)
 		case errors.Is(err, kernelpool.ErrNoKernel) || errors.Is(err, kernelpool.ErrPoolClosed):
 			return nil, fmt.Errorf("%w: %w", errCapacity, err)
 		}
@@ -151,6 +149,12 @@ func (e *capacityError) Unwrap() []error { return []error{errCapacity, e.err} }
 
 // RetryAfter is when to come back.
 func (e *capacityError) RetryAfter() time.Duration { return e.retryAfter }
+
+// refusedLease is a lease refused for its expected wait: come back when
+// the queue ahead should have drained enough for the wait to fit.
+func refusedLease(err error, wait *kernelpool.WaitError) *capacityError {
+	return &capacityError{err: err, retryAfter: max(time.Second, wait.Wait-wait.Within)}
+}
 
 // queueKey is the client address the pool's queue takes turns by: the
 // address itself, or for IPv6 its /64, which one client usually holds

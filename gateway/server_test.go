@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/labstack/echo/v4"
 	"github.com/rs/zerolog"
 
 	"github.com/cellgate/cellgate/gateway/session"
@@ -207,5 +208,33 @@ func TestQueueKey(t *testing.T) {
 		if got := queueKey(in); got != want {
 			t.Errorf("queueKey(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestRetryAfterFromTheQueueEstimate: a lease refused for its expected
+// wait answers 503 with a Retry-After of that wait less the lease timeout,
+// in whole seconds rounded up (at least 1); other capacity errors keep 5 s.
+func TestRetryAfterFromTheQueueEstimate(t *testing.T) {
+	refused := &kernelpool.WaitError{Kernel: "python3", Place: 9, Wait: 17200 * time.Millisecond, Within: 10 * time.Second, Live: 16, MaxKernels: 16}
+	cases := []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"expected wait 17.2 s, timeout 10 s", refusedLease(refused, refused), "8"},
+		{"just over the timeout", refusedLease(refused, &kernelpool.WaitError{Wait: 10100 * time.Millisecond, Within: 10 * time.Second}), "1"},
+		{"waited out the timeout", fmt.Errorf("%w: %w", errCapacity, kernelpool.ErrNoKernel), "5"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rec := httptest.NewRecorder()
+			ctx := echo.New().NewContext(httptest.NewRequest(http.MethodPost, "/kernel", nil), rec)
+			if err := answerError(ctx, c.err); err != nil {
+				t.Fatal(err)
+			}
+			if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") != c.want {
+				t.Errorf("%d, Retry-After %q, want 503 and %q", rec.Code, rec.Header().Get("Retry-After"), c.want)
+			}
+		})
 	}
 }
