@@ -28,7 +28,7 @@ var (
 	queueOldestDesc = prometheus.NewDesc("cellgate_lease_queue_oldest_wait_seconds",
 		"How long the longest-waiting lease has waited so far.", []string{"kernel"}, nil)
 	queueEstimateDesc = prometheus.NewDesc("cellgate_lease_queue_estimated_wait_seconds",
-		"What a lease joining the back of the queue now would expect to wait (0 with a kernel ready).", []string{"kernel"}, nil)
+		"What a lease joining the back of the queue now would wait at least, if starts go as fast as the quickest recent one (0 with a kernel ready).", []string{"kernel"}, nil)
 )
 
 // newMetrics registers the pool's series with reg; nil registers none.

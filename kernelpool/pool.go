@@ -183,7 +183,8 @@ type Stats struct {
 	Waiting        int
 	// OldestWait is how long the longest waiting lease has waited.
 	// EstimatedWait is what a lease joining the back of the queue would
-	// wait (0 with a kernel ready, or before any start was timed).
+	// wait at least (0 with a kernel ready, or before any start was
+	// timed).
 	OldestWait, EstimatedWait time.Duration
 	// StartTime is the median of the latest starts; KernelMemory what a
 	// ready kernel is reckoned to cost (its measured PSS, or
@@ -345,8 +346,8 @@ func (sp *specPool) arrive(now time.Time) {
 	sp.arrivals = append(sp.arrivals, now)
 }
 
-// startTime is the median of the latest successful starts (one slow
-// start, under a passing load, does not move it); 0 before any.
+// startTime is the median of the latest successful starts, the pool's
+// start rate for its demand; 0 before any.
 func (sp *specPool) startTime() time.Duration {
 	if len(sp.took) == 0 {
 		return 0
@@ -378,18 +379,30 @@ func keepLatest[T any](s []T, v T, n int) []T {
 	return append(s, v)
 }
 
-// estimateLocked is the expected wait of the place-th next lease of sp
-// (known is false before any start of sp was timed).
+// fastestStart is the quickest of the latest successful starts; 0 before
+// any.
+func (sp *specPool) fastestStart() time.Duration {
+	if len(sp.took) == 0 {
+		return 0
+	}
+	return slices.Min(sp.took)
+}
+
+// estimateLocked is the wait of the place-th next lease of sp if starts
+// go as fast as the quickest of the latest ones (known is false before
+// any start of sp was timed). It is a lower bound on purpose: a lease
+// refused on it would not have been served in time even then, while one
+// admitted on a wait that turns out longer only waits out its deadline,
+// as every lease did before the estimate.
 func (p *Pool) estimateLocked(sp *specPool, place int, now time.Time) (wait time.Duration, known bool) {
-	took := sp.startTime()
+	took := sp.fastestStart()
 	if took == 0 {
 		return 0, false
 	}
 	m := startModel{slots: p.cfg.MaxConcurrentStarts, took: took}
 	for s := range p.starts {
-		// A start already longer than usual is expected to end soon,
-		// not to have ended.
-		left := max(s.sp.startTime()-now.Sub(s.began), 0)
+		// A start already longer than that is expected to end now.
+		left := max(s.sp.fastestStart()-now.Sub(s.began), 0)
 		if s.sp == sp {
 			m.mine = append(m.mine, left)
 		} else {

@@ -36,8 +36,9 @@ func ParseQueueMode(s string) (QueueMode, error) {
 // queue ahead of it would not be served before its deadline.
 var ErrWaitTooLong = errors.New("expected wait for a kernel exceeds the deadline")
 
-// WaitError is a lease refused at once because of its expected wait. It
-// wraps ErrNoKernel and ErrWaitTooLong.
+// WaitError is a lease refused at once because of its expected wait (a
+// lower bound: the wait if starts go as fast as the quickest of the latest
+// ones). It wraps ErrNoKernel and ErrWaitTooLong.
 type WaitError struct {
 	Kernel string
 	// Place is where the lease would have stood in the queue (1: next).

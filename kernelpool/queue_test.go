@@ -207,4 +207,8 @@ func TestStartTimeIsTheMedianOfTheLatest(t *testing.T) {
 	if len(sp.took) != recentStarts || sp.startTime() != time.Second {
 		t.Errorf("latest %d starts: %v", recentStarts, sp.took)
 	}
+	sp.took = keepLatest(sp.took, 300*time.Millisecond, recentStarts)
+	if got := sp.fastestStart(); got != 300*time.Millisecond {
+		t.Errorf("fastest of the latest starts = %v", got)
+	}
 }
