@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 	"strconv"
@@ -208,4 +209,33 @@ func (a *api) waitPoolSettled(ctx context.Context, atFloor bool, timeout time.Du
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// poolHeld is how many kernels the pool holds unleased now (ready and
+// starting, every kernelspec): with the elastic pool that can be more
+// than --pool for a minute after a run of requests.
+func (a *api) poolHeld() (int, error) {
+	resp, err := a.http.Get(a.base + "metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err
+	}
+	n := 0.0
+	for _, line := range strings.Split(string(data), "\n") {
+		if !strings.HasPrefix(line, "cellgate_pool_kernels{") ||
+			!(strings.Contains(line, `state="ready"`) || strings.Contains(line, `state="starting"`)) {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			return 0, fmt.Errorf("/metrics: %q: %w", line, err)
+		}
+		n += v
+	}
+	return int(n), nil
 }

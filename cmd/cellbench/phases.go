@@ -769,7 +769,8 @@ func (e *env) phaseMemory(ctx context.Context, startRSS int64) error {
 	e.rec.value(secMemory, "gateway_rss_per_session", "  gateway cost per idle session", "KiB", float64(after-before)/float64(len(sessions)), "", "")
 	// How long the kernels of all these sessions take to be gone once
 	// the sessions are deleted (shutdown request, signals, sandbox
-	// teardown), until only the pool's ready kernels are left.
+	// teardown), until only the pool's own kernels are left (more than
+	// --pool for a while: the elastic pool grew with these sessions).
 	began := time.Now()
 	closeAll()
 	deleted := time.Since(began)
@@ -778,11 +779,15 @@ func (e *env) phaseMemory(ctx context.Context, startRSS int64) error {
 		if err != nil {
 			return err
 		}
-		if km.kernels <= e.poolTotal {
+		held, err := e.api.poolHeld()
+		if err != nil {
+			return err
+		}
+		if km.kernels <= held {
 			break
 		}
 		if time.Since(began) > 2*time.Minute {
-			return fmt.Errorf("%d kernels still running 2 minutes after their sessions were deleted", km.kernels-e.poolTotal)
+			return fmt.Errorf("%d kernels still running 2 minutes after their sessions were deleted (the pool holds %d)", km.kernels-held, held)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
