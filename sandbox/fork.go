@@ -112,6 +112,9 @@ func (b *Bwrap) startTemplate(ctx context.Context, interp, workRoot, runtimeRoot
 		"--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
 		"--die-with-parent", "--new-session", "--hostname", c.Hostname,
 	}
+	// bwrap, as root of this namespace, makes the directories it needs
+	// mode 0700: the kernels, other uids, must be able to pass them.
+	args = append(args, "--perms", "0755", "--dir", "/etc")
 	args = append(args, b.roArgs...)
 	var files []*os.File
 	data := func(content string) string {
@@ -132,8 +135,11 @@ func (b *Bwrap) startTemplate(ctx context.Context, interp, workRoot, runtimeRoot
 		"--proc", "/proc",
 		"--dev", "/dev", "--remount-ro", "/dev",
 		"--tmpfs", "/tmp",
-		"--dir", c.Home,
-		"--dir", workRoot, "--dir", runtimeRoot,
+	)
+	for _, d := range openDirs(c.Home, workRoot, runtimeRoot) {
+		args = append(args, "--perms", "0755", "--dir", d)
+	}
+	args = append(args,
 		"--remount-ro", "/",
 		"--chdir", "/",
 		"--", interp, "-c", forkServerSource, string(config),
@@ -494,6 +500,26 @@ func (t *template) pidNamespace() (string, error) {
 		return "", errors.New("template's pid namespace: bwrap has no child")
 	}
 	return os.Readlink("/proc/" + f[0] + "/ns/pid")
+}
+
+// openDirs lists paths and their ancestors below /, parents first: the
+// directories the template's bwrap must make passable.
+func openDirs(paths ...string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, p := range paths {
+		var chain []string
+		for d := filepath.Clean(p); d != "/" && d != "."; d = filepath.Dir(d) {
+			chain = append([]string{d}, chain...)
+		}
+		for _, d := range chain {
+			if !seen[d] {
+				seen[d] = true
+				out = append(out, d)
+			}
+		}
+	}
+	return out
 }
 
 // socketpair makes the template's control channel: SOCK_SEQPACKET keeps
