@@ -675,10 +675,26 @@ func TestNewBwrapRejects(t *testing.T) {
 // TestBwrapGatewayDeath kills a gateway stand-in (this test binary, run
 // again as TestHelperGateway) with SIGKILL: its kernels must die with it,
 // and the next NewBwrap must clear the mounts it left behind.
+// gatewayDeathConfig gives TestBwrapGatewayDeath's gateways a state dir
+// and uid range of their own: any other NewBwrap running meanwhile (other
+// tests, other packages) would otherwise sweep the dead gateway's leftovers
+// before the test looks, and the uids must not be another test's.
+// The state dir must be passable by the kernel's uid, which the test's
+// temporary directory (0700) is not.
+func gatewayDeathConfig(base string) func(*Config) {
+	return func(c *Config) {
+		c.StateDir = filepath.Join(os.TempDir(), "cg-gwdeath-"+filepath.Base(filepath.Dir(base)))
+		c.UIDBase, c.UIDCount = 72000, 8
+	}
+}
+
 func TestBwrapGatewayDeath(t *testing.T) {
 	t.Parallel()
-	newBwrap(t, nil) // skips where the sandbox cannot run
 	base := t.TempDir()
+	newBwrap(t, gatewayDeathConfig(base)) // skips where the sandbox cannot run
+	var state Config
+	gatewayDeathConfig(base)(&state)
+	t.Cleanup(func() { os.RemoveAll(state.StateDir) })
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperGateway$", "-test.v")
 	cmd.Env = append(os.Environ(), "CELLGATE_SANDBOX_HELPER="+base)
 	var out syncBuffer
@@ -715,7 +731,7 @@ func TestBwrapGatewayDeath(t *testing.T) {
 	if err := syscall.Statfs(work, &st); err != nil || st.Type != tmpfsMagic {
 		t.Fatalf("expected the dead gateway's tmpfs on %s: type %x, %v", work, st.Type, err)
 	}
-	newBwrap(t, nil)
+	newBwrap(t, gatewayDeathConfig(base))
 	if err := syscall.Statfs(work, &st); err != nil || st.Type == tmpfsMagic {
 		t.Errorf("NewBwrap left a dead gateway's tmpfs on %s: %v", work, err)
 	}
@@ -726,7 +742,7 @@ func TestHelperGateway(t *testing.T) {
 	if base == "" {
 		t.Skip("helper process of TestBwrapGatewayDeath")
 	}
-	b := newBwrap(t, nil)
+	b := newBwrap(t, gatewayDeathConfig(base))
 	run, work := filepath.Join(base, "run"), filepath.Join(base, "work")
 	for _, d := range []string{run, work} {
 		if err := os.Mkdir(d, 0o700); err != nil {
