@@ -7,7 +7,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/cellgate/cellgate/sandbox"
 )
@@ -87,21 +86,7 @@ print(json.dumps({"uid": os.getuid(), "pid": os.getpid(), "net": sorted(os.listd
 	if data, err := os.ReadFile(k.WorkDir + "/made-here.txt"); err != nil || string(data) != "x" {
 		t.Errorf("the gateway does not see the kernel's file: %q %v", data, err)
 	}
-	go func() {
-		time.Sleep(time.Second)
-		_ = k.Interrupt()
-	}()
-	if out, _ := run(t, k, "while True: pass"); out.ename != "KeyboardInterrupt" {
-		t.Errorf("interrupt of a forked kernel: %+v", out)
-	}
-	restartCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := k.Restart(restartCtx); err != nil {
-		t.Fatal(err)
-	}
-	if out, _ := run(t, k, "1+1"); out.result != "2" {
-		t.Errorf("after restart: %+v", out)
-	}
+	interruptAndRestart(t, k, "a forked kernel")
 	kernels[1].Shutdown()
 	work := k.WorkDir
 	k.Shutdown()

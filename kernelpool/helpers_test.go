@@ -3,9 +3,11 @@ package kernelpool
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -196,4 +198,47 @@ func run(t testing.TB, k *Kernel, code string) (outputs, *jupytermsg.Message) {
 
 func processExists(pid int) bool {
 	return syscall.Kill(pid, 0) == nil
+}
+
+// interruptAndRestart checks that k (described by what) stops a busy loop
+// on Interrupt and computes again after Restart.
+func interruptAndRestart(t *testing.T, k *Kernel, what string) {
+	t.Helper()
+	go func() {
+		time.Sleep(time.Second)
+		_ = k.Interrupt()
+	}()
+	if out, _ := run(t, k, "while True: pass"); out.ename != "KeyboardInterrupt" {
+		t.Errorf("interrupt in %s: %+v", what, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := k.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := run(t, k, "1+1"); out.result != "2" {
+		t.Errorf("after restart of %s: %+v", what, out)
+	}
+}
+
+// leaseBurst leases n python3 kernels at once, each for its own client,
+// and ends each as soon as it has it.
+func leaseBurst(t *testing.T, p *Pool, n int) {
+	t.Helper()
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			k, err := p.Lease(ctx, LeaseRequest{Kernel: "python3", Client: fmt.Sprint(i)})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			k.Shutdown()
+		}()
+	}
+	wg.Wait()
 }

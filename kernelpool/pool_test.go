@@ -481,21 +481,7 @@ func TestSandboxedKernel(t *testing.T) {
 	if out.result != "2" || uid == 0 || uid == os.Getuid() {
 		t.Errorf("sandboxed kernel: %+v", out)
 	}
-	go func() {
-		time.Sleep(time.Second)
-		_ = k.Interrupt()
-	}()
-	if out, _ := run(t, k, "while True: pass"); out.ename != "KeyboardInterrupt" {
-		t.Errorf("interrupt in the sandbox: %+v", out)
-	}
-	restartCtx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	if err := k.Restart(restartCtx); err != nil {
-		t.Fatal(err)
-	}
-	if out, _ := run(t, k, "1+1"); out.result != "2" {
-		t.Errorf("after restart: %+v", out)
-	}
+	interruptAndRestart(t, k, "the sandbox")
 	work := k.WorkDir
 	k.Shutdown()
 	if _, err := os.Stat(work); !os.IsNotExist(err) {
@@ -739,22 +725,7 @@ func TestPoolGrowsUnderBurstAndShrinksAfter(t *testing.T) {
 	const maxKernels = 4
 	p := newPool(t, Config{Ready: map[string]int{"python3": 1}, MaxKernels: maxKernels, DemandWindow: 30 * time.Second, Kernel: kcfg})
 	waitStats(t, p, "python3", "warm", func(s Stats) bool { return s.Ready == 1 })
-	var wg sync.WaitGroup
-	for i := range maxKernels + 1 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-			defer cancel()
-			k, err := p.Lease(ctx, LeaseRequest{Kernel: "python3", Client: fmt.Sprint(i)})
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			k.Shutdown()
-		}()
-	}
-	wg.Wait()
+	leaseBurst(t, p, maxKernels+1)
 	grown := waitStats(t, p, "python3", "grown", func(s Stats) bool { return s.Ready == maxKernels })
 	if grown.Target != maxKernels || grown.Demand <= maxKernels {
 		t.Errorf("grown pool: %+v, want target %d (MaxKernels) below its demand", grown, maxKernels)
@@ -789,22 +760,7 @@ func TestMemoryBudgetCapsGrowth(t *testing.T) {
 	if m := specStats(t, p, "python3").KernelMemory; m == DefaultKernelMemory || m < 8<<20 {
 		t.Fatalf("kernel memory not measured: %d bytes", m)
 	}
-	var wg sync.WaitGroup
-	for i := range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-			defer cancel()
-			k, err := p.Lease(ctx, LeaseRequest{Kernel: "python3", Client: fmt.Sprint(i)})
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			k.Shutdown()
-		}()
-	}
-	wg.Wait()
+	leaseBurst(t, p, 8)
 	st := waitStats(t, p, "python3", "refilled to its target", func(s Stats) bool { return s.Starting == 0 && s.Ready == s.Target })
 	if st.Demand <= st.Target {
 		t.Fatalf("the budget was not what held the pool back: %+v", st)
