@@ -230,6 +230,19 @@ func (p *Permalinks) Get(ctx context.Context, id string) (Permalink, error) {
 	return doc.permalink(), nil
 }
 
+// Delete removes permalink id; deleting what is not there is not an error.
+// A cell still in the write-behind queue is written after this (delete it
+// again once the queue has drained).
+func (p *Permalinks) Delete(ctx context.Context, id string) error {
+	if !validID(id) {
+		return nil
+	}
+	if _, err := p.coll.DeleteOne(ctx, bson.D{{Key: "_id", Value: id}}); err != nil {
+		return fmt.Errorf("storage: delete permalink %s: %w", id, err)
+	}
+	return nil
+}
+
 // addRequests adds requests counted while the permalink was still in the write-behind queue.
 func (p *Permalinks) addRequests(ctx context.Context, id string, n int64, at time.Time) error {
 	_, err := p.coll.UpdateOne(ctx,

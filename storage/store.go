@@ -125,6 +125,7 @@ type Store struct {
 	db         *mongo.Database
 	log        zerolog.Logger
 	permalinks *Permalinks
+	results    *Results
 	files      *Files
 }
 
@@ -176,6 +177,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		maxCellBytes: cfg.MaxCellBytes,
 		log:          log,
 	}
+	s.results = &Results{refs: db.Collection(resultsCollection), bodies: db.Collection(resultBodiesCollection)}
 	s.files = newFiles(db, cfg.Files, log)
 	if cfg.Embedded != nil {
 		if err := s.createCollections(ctx); err != nil {
@@ -222,7 +224,7 @@ func pingUntilReachable(ctx context.Context, client *mongo.Client, cfg Config, w
 // createCollections creates the collections that would otherwise appear
 // only on their first write, so that start-up can index them.
 func (s *Store) createCollections(ctx context.Context) error {
-	for _, name := range []string{permalinksCollection, settingsCollection, filesBucket + ".files", filesBucket + ".chunks", uploadsCollection} {
+	for _, name := range []string{permalinksCollection, settingsCollection, filesBucket + ".files", filesBucket + ".chunks", uploadsCollection, resultsCollection, resultBodiesCollection} {
 		err := s.db.CreateCollection(ctx, name)
 		var cmdErr mongo.CommandError
 		if err != nil && !(errors.As(err, &cmdErr) && cmdErr.Code == namespaceExists) {
@@ -249,6 +251,7 @@ func (s *Store) createIndexes(ctx context.Context) error {
 		}},
 		{filesBucket + ".files", mongo.IndexModel{Keys: bson.D{{Key: "metadata.session", Value: int32(1)}}}},
 		{filesBucket + ".files", mongo.IndexModel{Keys: bson.D{{Key: "metadata.permalink", Value: int32(1)}}}},
+		{resultsCollection, mongo.IndexModel{Keys: bson.D{{Key: "digest", Value: int32(1)}}}},
 	}
 	for _, spec := range specs {
 		if _, err := s.db.Collection(spec.coll).Indexes().CreateOne(ctx, spec.model); err != nil {
@@ -295,6 +298,9 @@ func (s *Store) loadOrCreatePermalinkKey(ctx context.Context) ([]byte, error) {
 
 // Permalinks gives access to stored permalinks.
 func (s *Store) Permalinks() *Permalinks { return s.permalinks }
+
+// Results gives access to the permalinks' stored results.
+func (s *Store) Results() *Results { return s.results }
 
 // Files gives access to files uploaded from kernel directories.
 func (s *Store) Files() *Files { return s.files }
