@@ -6,6 +6,7 @@ import { createEditor } from './editor.js';
 import { Kernel } from './kernel.js';
 import { OutputArea } from './output.js';
 import qrcode from 'qrcode-generator';
+import { getPermalink, isResult, renderResult, storedNote } from './stored.js';
 import { el, resolveElement, shareURL, zlibEncode } from './util.js';
 import { WidgetManager } from './widget-views.js';
 
@@ -128,6 +129,9 @@ export class Cell {
     this.language = opts.language || '';
     this.permalink = null; // {id, code} from the last execute_reply
     this.callbacks = opts.callbacks || {};
+    // The stored result shown in place of live output (showStoredResult):
+    // {id, code, result, area, widgets, languageChanged}, until the next evaluation.
+    this.stored = null;
     // Interact state to restore once the first evaluation has shown its
     // interacts (a permalink's, in the Sage cell's form).
     this._restore = parseInteracts(opts.interacts);
@@ -174,6 +178,7 @@ export class Cell {
 
     this.languageSelect = el('select', { class: 'cg-language', 'aria-label': 'language', hidden: true });
     this.languageSelect.addEventListener('change', () => {
+      if (this.stored) this.stored.languageChanged = true;
       this.kernelName = this.languageSelect.value;
       const opt = this.languageSelect.selectedOptions[0];
       this.language = opt?.dataset.language || this.kernelName;
@@ -213,12 +218,89 @@ export class Cell {
     } else root.append(outputRoot);
     if (this.hide.has('output')) outputRoot.hidden = true;
     input.append(root);
-    /** ready resolves once the language list is in (and the kernel chosen). */
+    /**
+     * loaded resolves once the cell's permalink (option permalink) is loaded,
+     * at once without one: {ok, stored} (stored: a stored result is shown).
+     */
+    this.loaded = this._load();
+    /** ready resolves once the language list is in (and the kernel chosen) and the permalink loaded. */
     this.ready = this._setupLanguages();
   }
 
+  // _load shows the result given (option result), or loads the permalink
+  // (option permalink: GET /permalink/ID) into the cell: its code, language
+  // and interact state, and its stored result when it has one. No kernel
+  // is asked for.
+  async _load() {
+    const opts = this.opts;
+    const show = (result, id) => {
+      try {
+        this.showStoredResult(result, { id });
+        return true;
+      } catch (err) {
+        this.output.note(`Could not show the stored result: ${err.message}`, 'problem');
+        return false;
+      }
+    };
+    if (opts.permalink === undefined || opts.permalink === null || opts.permalink === '') {
+      return { ok: true, stored: isResult(opts.result) ? show(opts.result, null) : false };
+    }
+    const id = String(opts.permalink);
+    this._setState('idle', 'Loading…');
+    let p;
+    try {
+      p = await getPermalink(this.server, id);
+    } catch (err) {
+      if (this._run) return { ok: false, stored: false };
+      this._setState('idle', '');
+      this.output.note(`Could not load permalink ${id}: ${err.message}`, 'problem');
+      this.callbacks.onError?.(err, this);
+      return { ok: false, stored: false };
+    }
+    // Evaluated meanwhile: what the reader runs wins.
+    if (this._run) return { ok: true, stored: false };
+    this._setState('idle', '');
+    if (typeof p.code === 'string') this.editor.setCode(p.code);
+    const lang = p.language || p.kernel_name;
+    if (lang && !opts.kernel && !opts.kernelName) {
+      this.kernelName = String(lang);
+      this.language = String(lang);
+      this.editor.setLanguage(this.language);
+    }
+    if (opts.interacts === undefined || opts.interacts === null) this._restore = parseInteracts(p.interacts);
+    const result = isResult(p.result) ? p.result : isResult(opts.result) ? opts.result : null;
+    return { ok: true, stored: result ? show(result, id) : false };
+  }
+
+  /**
+   * showStoredResult shows a stored result (what GET /permalink/ID/outputs
+   * answers: {outputs, widgets, files, created, truncated}) in place of the
+   * cell's output, marked as stored with its date, without a kernel: the
+   * outputs are rendered as live ones are, widgets from their saved state
+   * (read-only), files as links. The next evaluation replaces it. info.id is
+   * the permalink it belongs to (Share then answers that permalink while the
+   * code is unchanged).
+   */
+  showStoredResult(result, info = {}) {
+    if (typeof result === 'string') result = JSON.parse(result);
+    if (!isResult(result)) throw new TypeError('not a stored result (want {outputs: [...]})');
+    clearTimeout(this._detachTimer);
+    this.banner.hidden = true;
+    this.output.clear();
+    const evalText = this.hide.has('evalButton') ? '' : this.opts.evalButtonText || 'Evaluate';
+    this.output.root.append(storedNote(result, evalText));
+    const { area, widgets } = renderResult(this.output.root, result, { server: this.server, hideFiles: this.hide.has('files') });
+    this.stored = { id: info.id ?? null, code: this.code, result, area, widgets, languageChanged: false };
+    this.root.dataset.stored = 'true';
+  }
+
+  _clearStored() {
+    this.stored = null;
+    delete this.root.dataset.stored;
+  }
+
   async _setupLanguages() {
-    const specs = await kernelSpecs(this.server);
+    const [specs] = await Promise.all([kernelSpecs(this.server), this.loaded]);
     let kernels = specs.kernels || [];
     const wanted = this.opts.languages;
     if (Array.isArray(wanted) && wanted.length) {
@@ -262,6 +344,7 @@ export class Cell {
   }
 
   setKernel(name) {
+    if (this.stored) this.stored.languageChanged = true;
     this.kernelName = name;
     this.languageSelect.value = name;
     const opt = this.languageSelect.selectedOptions[0];
@@ -384,6 +467,7 @@ export class Cell {
     this.banner.hidden = true;
     this.sharePanel.hidden = true;
     this.permalink = null;
+    this._clearStored();
     this.output.clear();
     this._setState('starting', 'Starting…');
     this.callbacks.onEvaluate?.(code, this);
@@ -499,6 +583,7 @@ export class Cell {
 
   /** interactState is the state of this cell's interacts, in the Sage cell's permalink form. */
   interactState() {
+    if (this.stored) return this.stored.widgets.interactState(this.stored.area);
     const w = this.kernel?.widgets;
     return w ? w.interactState(this.output) : [];
   }
@@ -516,8 +601,10 @@ export class Cell {
     let query = null;
     let zipInteracts = null;
     let problem = '';
+    // The stored result shown is the permalink's, for this code: share that permalink.
+    if (this.stored && this.stored.id && this.stored.code === code && !this.stored.languageChanged) query = this.stored.id;
     // The server stored a permalink (without interact state) for the last evaluation of this code.
-    if (!interacts.length && this.permalink && this.permalink.code === code && this.permalink.kernel === kernel) query = this.permalink.id;
+    else if (!interacts.length && this.permalink && this.permalink.code === code && this.permalink.kernel === kernel) query = this.permalink.id;
     if (!query) {
       try {
         const resp = await fetch(`${this.server}permalink`, {

@@ -8,12 +8,13 @@
 // and the rest of the Sage cell's page API, and jQuery as a global), so pages
 // written for the Sage Cell Server work.
 
-import { Cell, dedent, kernelSpecs } from './cell.js';
+import { Cell, dedent } from './cell.js';
 import { Kernel } from './kernel.js';
 import { sanitizedNode } from './mime.js';
 import { OutputArea } from './output.js';
+import { getPermalink, getResult, renderResult } from './stored.js';
 import { zlibDecode, zlibEncode } from './util.js';
-import { WidgetManager } from './widget-views.js';
+import { WidgetManager, storedWidgets } from './widget-views.js';
 
 /* global CELLGATE_VERSION */
 
@@ -64,8 +65,11 @@ function loadCSS(server) {
  * evalButtonText, editor ('codemirror', 'textarea', '…-readonly'),
  * linked, linkKey, timeout, transport ('auto', 'websocket', 'polling'),
  * server, sharePage, placeholder, interacts (state to restore, the Sage cell's
- * permalink form), callbacks {onReady, onEvaluate, onOutput, onDone,
- * onSessionEnd, onShare, onError, onLanguage}.
+ * permalink form), permalink (an id: the cell loads its code, language,
+ * interacts and stored result), result (a stored result to show at once),
+ * callbacks {onReady, onEvaluate, onOutput, onDone, onSessionEnd, onShare,
+ * onError, onLanguage}. A cell that shows a stored result is not evaluated
+ * by autoeval: its Evaluate button runs it live.
  */
 export function makeCell(options = {}) {
   const opts = { ...options };
@@ -77,8 +81,12 @@ export function makeCell(options = {}) {
   loadCSS(opts.server);
   const cell = new Cell(opts);
   if (opts.autoeval) {
-    // Wait for the language list so the right kernel is asked for.
-    kernelSpecs(opts.server).then(() => setTimeout(() => cell.evaluate(), 0));
+    // Wait for the language list (so the right kernel is asked for) and the
+    // permalink: a stored result is shown instead, and a permalink that
+    // could not be loaded has no code to run.
+    Promise.all([cell.ready, cell.loaded]).then(([, loaded]) => {
+      if (loaded.ok && !loaded.stored && !cell._run) setTimeout(() => cell.evaluate(), 0);
+    });
   }
   opts.callbacks.onReady?.(cell);
   return cell;
@@ -90,20 +98,14 @@ export function makeCells(selector, options = {}) {
   return Array.from(nodes, (node) => makeCell({ ...options, inputLocation: node }));
 }
 
-/** fetchPermalink loads a permalink: {code, language, interacts} (GET /permalink/ID). */
-export async function fetchPermalink(id, server) {
-  const s = normalizeServer(server);
-  const r = await fetch(`${s}permalink/${encodeURIComponent(id)}`);
-  if (!r.ok) {
-    let message = `${r.status} ${r.statusText}`;
-    try {
-      message = (await r.json()).message || message;
-    } catch {
-      // not JSON
-    }
-    throw new Error(message);
-  }
-  return r.json();
+/** fetchPermalink loads a permalink: {code, language, interacts, result?} (GET /permalink/ID). */
+export function fetchPermalink(id, server) {
+  return getPermalink(normalizeServer(server), id);
+}
+
+/** fetchResult loads a permalink's stored result (GET /permalink/ID/outputs), or null when it has none. */
+export function fetchResult(id, server) {
+  return getResult(normalizeServer(server), id);
 }
 
 const api = {
@@ -112,12 +114,13 @@ const api = {
   makeCell,
   makeCells,
   fetchPermalink,
+  fetchResult,
   zlibEncode,
   zlibDecode,
   dedent,
   Kernel,
   // For tests and advanced embedding; not a stable API.
-  _internals: { OutputArea, WidgetManager, sanitizedNode },
+  _internals: { OutputArea, WidgetManager, sanitizedNode, renderResult, storedWidgets },
 };
 
 window.cellgate = Object.assign(window.cellgate || {}, api);

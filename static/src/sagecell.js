@@ -103,6 +103,10 @@ class CellInfo {
     this.ready.then(() => this.cells.forEach((c) => c.setCode(code)));
   }
 
+  showStoredResult(result, info) {
+    this.ready.then(() => this.cells.forEach((c) => c.showStoredResult(result, info)));
+  }
+
   destroy() {
     this.deleted = true;
     this.cells.forEach((c) => c.destroy());

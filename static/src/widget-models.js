@@ -74,7 +74,7 @@ export class WidgetModel extends Emitter {
   }
 
   sync(patch, area) {
-    if (this.closed) return;
+    if (this.closed || this.manager.readOnly) return;
     if (this._inFlight) {
       this._pending = { ...(this._pending || {}), ...patch };
       this._pendingArea = area || this._pendingArea;
@@ -108,7 +108,7 @@ export class WidgetModel extends Emitter {
 
   /** custom sends a custom message (e.g. a button click). */
   custom(content, area) {
-    if (this.closed) return;
+    if (this.closed || this.manager.readOnly) return;
     this.manager.commSend(this.id, { method: 'custom', content }, area);
   }
 
@@ -146,6 +146,7 @@ export class ModelManager {
     this.waiting = new Map(); // model id → callbacks waiting for it
     this.versionComm = null;
     this.disabled = false;
+    this.readOnly = false; // models loaded from saved state (loadState): nothing is ever sent
 
     kernel.commHandler = (msg) => this.handleComm(msg);
   }
@@ -161,7 +162,39 @@ export class ModelManager {
     return value;
   }
 
+  /**
+   * loadState builds models from ipywidgets' saved widget state (the
+   * application/vnd.jupyter.widget-state+json form a stored result carries:
+   * {state: {MODEL_ID: {model_name, model_module, model_module_version,
+   * state}}}), with no kernel behind them: the manager becomes read-only
+   * (nothing is ever sent) and disabled. References between models
+   * ("IPY_MODEL_<id>") resolve among the loaded models; an Output model's
+   * captured outputs are its state's "outputs". Buffers are not part of the
+   * saved state. It answers how many models were loaded.
+   */
+  loadState(widgetState) {
+    this.readOnly = true;
+    this.disabled = true;
+    const all = widgetState && typeof widgetState === 'object' ? widgetState.state : null;
+    if (!all || typeof all !== 'object') return 0;
+    let n = 0;
+    for (const [id, entry] of Object.entries(all)) {
+      if (!entry || typeof entry !== 'object') continue;
+      const state = { ...(entry.state && typeof entry.state === 'object' ? entry.state : {}) };
+      if (!state._model_name && entry.model_name) state._model_name = String(entry.model_name);
+      if (!state._model_module && entry.model_module) state._model_module = String(entry.model_module);
+      if (!state._model_module_version && entry.model_module_version) state._model_module_version = String(entry.model_module_version);
+      if (!state._view_name && /Model$/.test(state._model_name || '')) state._view_name = state._model_name.replace(/Model$/, 'View');
+      const model = new WidgetModel(this, id, state, '2');
+      this.models.set(id, model);
+      if (state._model_name === 'OutputModel') this._watchOutput(model);
+      n++;
+    }
+    return n;
+  }
+
   handleComm(msg) {
+    if (this.readOnly) return;
     const c = msg.content || {};
     const type = msg.header.msg_type;
     if (type === 'comm_open') {
@@ -199,12 +232,14 @@ export class ModelManager {
   }
 
   _openVersionComm() {
+    if (this.readOnly) return;
     this.versionComm = `cgver-${Math.random().toString(36).slice(2)}`;
     const msg = this.kernel.message('shell', 'comm_open', { comm_id: this.versionComm, target_name: 'jupyter.widget.version', data: {} });
     this.kernel.send(msg);
   }
 
   commSend(commId, data, area, onReply) {
+    if (this.readOnly) return;
     const msg = this.kernel.message('shell', 'comm_msg', { comm_id: commId, data }, { metadata: { version: '2.1.0' } });
     this.kernel.send(msg, (reply) => {
       if (onReply) onReply(reply);
@@ -215,6 +250,7 @@ export class ModelManager {
   }
 
   commClose(commId) {
+    if (this.readOnly) return;
     const msg = this.kernel.message('shell', 'comm_close', { comm_id: commId, data: {} });
     this.kernel.send(msg);
   }
@@ -237,6 +273,7 @@ export class ModelManager {
       return true;
     };
     const update = () => {
+      if (this.readOnly) return; // no kernel: nothing to capture
       const id = model.get('msg_id') || '';
       if (id === captured) return;
       if (captured) this.kernel.captures.delete(captured);

@@ -137,6 +137,18 @@ export class WidgetManager extends ModelManager {
   }
 }
 
+/**
+ * storedWidgets is a WidgetManager of saved widget state (a stored result's
+ * "widgets", ipywidgets' widget-state form) with no kernel behind it: its
+ * views show the saved values, their controls are disabled, and nothing is
+ * ever sent anywhere.
+ */
+export function storedWidgets(widgetState) {
+  const manager = new WidgetManager({ captures: new Map(), commHandler: null, stored: true });
+  manager.loadState(widgetState);
+  return manager;
+}
+
 /** renderNbOutputs renders nbformat outputs (Output widget "outputs"). */
 function renderNbOutputs(area, outputs) {
   area.clear();
@@ -386,6 +398,7 @@ function radioView(model, ctx) {
     inputs = opts.map((o, i) => {
       const r = el('input', { type: 'radio', name, value: String(i) });
       r.checked = i === idx;
+      r.disabled = !!model.get('disabled') || model.manager.disabled;
       r.addEventListener('change', () => r.checked && selectIndex(model, i, ctx.area));
       return r;
     });
@@ -698,6 +711,9 @@ export function renderView(model, ctx) {
   const node = make(model, ctx);
   model.on('close', () => node.remove());
   model.on('dead', () => node.classList.add('cg-w-dead'));
-  if (model.manager.disabled) node.classList.add('cg-w-dead');
+  if (model.manager.readOnly) {
+    // A stored result's widget: its saved state, with no kernel to talk to.
+    node.classList.add('cg-w-stored');
+  } else if (model.manager.disabled) node.classList.add('cg-w-dead');
   return node;
 }

@@ -1,5 +1,6 @@
 // The demo page at /: one cell, with code from ?q= (permalink, with the
-// state of its interacts), ?z= (compressed code, and &interacts= their
+// state of its interacts, and its stored result, shown at once without a
+// kernel when it has one), ?z= (compressed code, and &interacts= their
 // compressed state), or ?c= (plain code).
 (async function () {
   'use strict';
@@ -8,15 +9,16 @@
   const holder = document.getElementById('cell');
   let code;
   let interacts = null; // the state of the shared code's interacts
-  let lang = params.get('lang') || params.get('language') || '';
+  const lang = params.get('lang') || params.get('language') || '';
+  const permalink = params.get('q') || null;
   let loaded = false;
   let problem = '';
   try {
-    if (params.get('q')) {
-      const p = await cellgate.fetchPermalink(params.get('q'), server);
-      code = p.code;
-      lang = lang || p.language || p.kernel_name || '';
-      interacts = p.interacts;
+    if (permalink) {
+      // The cell loads the permalink itself (code, language, interacts, and
+      // its stored result, shown without a kernel), so the page is drawn at
+      // once; the example's code is not shown meanwhile.
+      code = '';
       loaded = true;
     } else if (params.get('z')) {
       code = await cellgate.zlibDecode(params.get('z'));
@@ -29,12 +31,14 @@
   } catch (err) {
     problem = `Could not load the shared code: ${err.message}`;
   }
+  // A permalink with a stored result is not evaluated: Evaluate runs it live.
   const autoeval = loaded && !/^(0|false|no)$/i.test(params.get('autoeval') || '');
   const cell = cellgate.makeCell({
     inputLocation: holder,
     code,
     kernel: lang,
     interacts,
+    permalink,
     autoeval,
     server,
     sharePage: server,
