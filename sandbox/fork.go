@@ -126,12 +126,15 @@ func (b *Bwrap) startTemplate(ctx context.Context, interp, workRoot, runtimeRoot
 		files = append(files, r)
 		return strconv.Itoa(4 + len(files))
 	}
+	// The generated files too: bwrap makes them 0600, the template's, and
+	// a kernel could then neither resolve localhost nor find its passwd
+	// entry.
 	args = append(args,
-		"--ro-bind-data", data(b.allPasswd()), "/etc/passwd",
-		"--ro-bind-data", data(b.allGroup()), "/etc/group",
-		"--ro-bind-data", data(fmt.Sprintf("127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n", c.Hostname)), "/etc/hosts",
-		"--ro-bind-data", data(c.Hostname+"\n"), "/etc/hostname",
-		"--ro-bind-data", data("passwd: files\ngroup: files\nshadow: files\nhosts: files\nnetworks: files\nprotocols: files\nservices: files\n"), "/etc/nsswitch.conf",
+		"--perms", "0644", "--ro-bind-data", data(b.allPasswd()), "/etc/passwd",
+		"--perms", "0644", "--ro-bind-data", data(b.allGroup()), "/etc/group",
+		"--perms", "0644", "--ro-bind-data", data(fmt.Sprintf("127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\tlocalhost ip6-localhost ip6-loopback\n", c.Hostname)), "/etc/hosts",
+		"--perms", "0644", "--ro-bind-data", data(c.Hostname+"\n"), "/etc/hostname",
+		"--perms", "0644", "--ro-bind-data", data("passwd: files\ngroup: files\nshadow: files\nhosts: files\nnetworks: files\nprotocols: files\nservices: files\n"), "/etc/nsswitch.conf",
 		"--proc", "/proc",
 		"--dev", "/dev", "--remount-ro", "/dev",
 		"--tmpfs", "/tmp",
