@@ -131,7 +131,7 @@ func (b *Bwrap) Config() Config { return b.cfg }
 // Describe says in one line how kernels are confined, for the startup log.
 func (b *Bwrap) Describe() string {
 	c := b.cfg
-	filter := "seccomp denylist"
+	filter := "seccomp filter (denylist; sockets of unix, inet, inet6, netlink route only)"
 	if b.filter == nil {
 		filter = "no seccomp filter on " + runtime.GOARCH
 	}

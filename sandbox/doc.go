@@ -31,9 +31,21 @@
 // the kernel's uid it builds the sandbox in a user namespace of its own, in
 // which that uid maps to itself and has no capabilities. bwrap sets
 // no_new_privs; --disable-userns forbids further user namespaces (the
-// usual door to kernel attack surface); a seccomp denylist (seccomp.go)
+// usual door to kernel attack surface); a seccomp filter (seccomp.go)
 // closes io_uring, userfaultfd, bpf, perf_event_open, the keyring calls,
-// ptrace, and foreign or x32 syscall numbers.
+// ptrace, and foreign or x32 syscall numbers (EPERM; so i386's socketcall
+// cannot go round the next rule), and lets socket and socketpair make
+// sockets of AF_UNIX, AF_INET and AF_INET6 only, and of AF_NETLINK with
+// protocol NETLINK_ROUTE only: glibc asks the kernel that way for the
+// interfaces and addresses (if_nameindex, getifaddrs, getaddrinfo with
+// AI_ADDRCONFIG), and in the kernel's network namespace it shows the
+// loopback only. Every other family fails with EAFNOSUPPORT, as on a
+// kernel built without it, so Python gets a plain OSError: AF_VSOCK above
+// all (in a virtual machine it reaches the hypervisor's services, and no
+// network namespace covers it), AF_PACKET, AF_ALG (hashlib does not use
+// it), AF_BLUETOOTH, AF_XDP, AF_KEY and the other rarely used families,
+// and the other netlink protocols (audit, uevents, netfilter, sock_diag,
+// generic). Forked kernels load the same program.
 //
 // Namespaces: user, mount, pid (/proc shows the sandbox only), ipc, uts
 // (host name Config.Hostname), cgroup, and network: the kernel has its own
