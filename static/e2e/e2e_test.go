@@ -164,6 +164,10 @@ $(function () {
 <body><div id="own">print("own jQuery kept")</div>
 <script>sagecell.makeSagecell({inputLocation: '#own', languages: ['python'], autoeval: true});</script>
 </body></html>{{end}}
+{{define "stored"}}<!doctype html><html><head><meta charset="utf-8"><title>a page that has a stored result</title></head>
+<body><div id="given">print("live", 6 * 7)</div>
+<script src="{{.Base}}static/embed.js"></script>
+</body></html>{{end}}
 {{define "eight"}}<!doctype html><html><head><meta charset="utf-8"><title>eight Sage cells</title>
 <script src="{{.Capped}}embedded_sagecell.js"></script>
 <script>sagecell.makeSagecell({inputLocation: 'div.sage', autoeval: true, hide: ['permalink']});</script></head>
@@ -188,7 +192,7 @@ func startOther(t testing.TB, base, capped string) *httptest.Server {
 			}
 		}
 	}
-	for _, name := range []string{"embed", "sagecell", "sagehead", "jquery", "ownjquery", "eight"} {
+	for _, name := range []string{"embed", "sagecell", "sagehead", "jquery", "ownjquery", "eight", "stored"} {
 		mux.HandleFunc("/"+name+".html", page(name))
 	}
 	srv := httptest.NewServer(mux)

@@ -994,6 +994,189 @@ test('clear_output(wait=True) keeps the output until the next one', async (t) =>
   expect(text === 'final', `output is ${JSON.stringify(text)}, want "final"`);
 });
 
+// ---------------------------------------------- stored results (issue 15)
+
+// A 48×24 teal PNG, as nbformat stores image/png (base64).
+const TEAL_PNG =
+  'iVBORw0KGgoAAAANSUhEUgAAADAAAAAYCAIAAAAzn+mLAAAALElEQVR42u3OAQkAAAgDsBewtwEMbA3BwQIsNX1KhISEhISEhISEhISEfoUW/k04zHJoRCMAAAAASUVORK5CYII=';
+
+// storedResult is a stored result as the server keeps it with a permalink
+// (GET /permalink/ID/outputs): text, an image, HTML (inline, and with a
+// script), a result, an error, an interact (a slider saved at 7 and an
+// Output widget with its captured output) and a file.
+function storedResult() {
+  const controls = '@jupyter-widgets/controls';
+  return {
+    created: '2026-12-07T12:40:00Z',
+    truncated: false,
+    outputs: [
+      { output_type: 'stream', name: 'stdout', text: ['hello from ', 'the stored run\n'] },
+      { output_type: 'display_data', data: { 'image/png': TEAL_PNG, 'text/plain': '<Figure size 480x240>' }, metadata: {} },
+      { output_type: 'display_data', data: { 'text/html': '<b id="kept">stored html</b><style>body { display: none }</style>' }, metadata: {} },
+      { output_type: 'display_data', data: { 'text/html': '<p>framed</p><img src=x onerror="window.parent.storedPwned = 1"><script>document.body.append(" ran inside"); window.parent.storedPwned = 2</script>' }, metadata: {} },
+      { output_type: 'execute_result', data: { 'text/plain': '6 * 7 = 42' }, metadata: {}, execution_count: 1 },
+      {
+        output_type: 'error',
+        ename: 'ZeroDivisionError',
+        evalue: 'division by zero',
+        traceback: ['\u001b[0;31mZeroDivisionError\u001b[0m                         Traceback (most recent call last)', '\u001b[0;31mZeroDivisionError\u001b[0m: division by zero'],
+      },
+      { output_type: 'display_data', data: { 'application/vnd.jupyter.widget-view+json': { model_id: 'box1', version_major: 2, version_minor: 0 }, 'text/plain': 'interactive(children=(IntSlider(value=7, ...' }, metadata: {} },
+    ],
+    widgets: {
+      state: {
+        box1: { model_name: 'VBoxModel', model_module: controls, model_module_version: '1.5.0', state: { _model_name: 'VBoxModel', _view_name: 'VBoxView', _dom_classes: ['widget-interact'], children: ['IPY_MODEL_slider1', 'IPY_MODEL_out1'], layout: 'IPY_MODEL_layout1' } },
+        // No _view_name: it follows from the model's name.
+        slider1: { model_name: 'IntSliderModel', model_module: controls, model_module_version: '1.5.0', state: { value: 7, min: 0, max: 10, step: 1, description: 'x', continuous_update: true, readout: true, layout: 'IPY_MODEL_layout1', style: 'IPY_MODEL_style1' } },
+        out1: { model_name: 'OutputModel', model_module: '@jupyter-widgets/output', model_module_version: '1.0.0', state: { _view_name: 'OutputView', msg_id: '', layout: 'IPY_MODEL_layout1', outputs: [{ output_type: 'stream', name: 'stdout', text: 'x squared is 49\n' }] } },
+        layout1: { model_name: 'LayoutModel', model_module: '@jupyter-widgets/base', model_module_version: '1.2.0', state: {} },
+        style1: { model_name: 'SliderStyleModel', model_module: controls, model_module_version: '1.5.0', state: { description_width: '' } },
+      },
+    },
+    files: [{ name: 'data.csv', url: 'files/stored-test/data.csv' }],
+  };
+}
+
+// watchKernels records every request for a kernel (POST /kernel, POST
+// /api/kernels) and every websocket a page opens.
+function watchKernels(p) {
+  const seen = [];
+  p.on('request', (r) => {
+    const path = new URL(r.url()).pathname;
+    if (r.method() === 'POST' && /\/(kernel|api\/kernels)\/?$/.test(path)) seen.push(`${r.method()} ${path}`);
+  });
+  p.on('websocket', (ws) => seen.push(`websocket ${ws.url()}`));
+  return seen;
+}
+
+// checkStoredResult asserts what a cell showing storedResult() shows: live
+// is the end of its note, runs the number of live evaluations before it.
+async function checkStoredResult(p, cell, { live, runs }) {
+  await p.waitForSelector(`${cell}[data-stored="true"] .cg-output-root .cg-stored-note`);
+  const r = await p.$eval(cell, (c) => {
+    const out = c.querySelector('.cg-output-root') || document.querySelector('.cg-output-root');
+    const slider = out.querySelector('input[type=range]');
+    const img = out.querySelector('img.cg-image');
+    return {
+      note: out.querySelector('.cg-stored-note')?.innerText || '',
+      noteFirst: out.firstElementChild?.classList.contains('cg-out-stored'),
+      time: out.querySelector('.cg-stored-note time')?.getAttribute('datetime'),
+      stdout: [...out.querySelectorAll('pre.cg-stdout')].map((e) => e.innerText).join('|'),
+      img: img && img.src.startsWith('data:image/png;base64,') && img.complete ? img.naturalWidth : 0,
+      inline: !!out.querySelector('.cg-html b#user-content-kept'),
+      style: !!out.querySelector('style'),
+      scripts: out.querySelectorAll('script').length,
+      onerror: !!out.querySelector('[onerror]'),
+      frames: [...out.querySelectorAll('iframe.cg-frame')].map((f) => f.getAttribute('sandbox')),
+      result: out.innerText.includes('6 * 7 = 42'),
+      error: out.querySelector('pre.cg-error')?.innerText || '',
+      ansi: !!out.querySelector('pre.cg-error span[class*="cg-ansi-"]'),
+      slider: slider && { value: slider.value, disabled: slider.disabled, readout: slider.closest('.cg-widget').querySelector('.cg-w-readout')?.innerText },
+      stored: !!out.querySelector('.cg-widget-area .cg-w-stored'),
+      outputWidget: out.querySelector('.cg-w-output')?.innerText || '',
+      files: [...out.querySelectorAll('.cg-files a')].map((a) => a.href),
+      done: c.dataset.done,
+    };
+  });
+  const j = JSON.stringify(r);
+  expect(r.note.startsWith('Stored result from ') && r.note.includes('2026') && r.note.includes(live), `stored note: ${j}`);
+  expect(r.noteFirst && r.time === '2026-12-07T12:40:00Z', `the note is not first, or its time is wrong: ${j}`);
+  expect(r.stdout.includes('hello from the stored run'), `stream output: ${j}`);
+  expect(r.img === 48, `PNG image: ${j}`);
+  expect(r.inline && !r.style && !r.onerror, `inline HTML not rendered or not sanitised: ${j}`);
+  expect(r.scripts === 0, `a <script> of the stored HTML is in the page: ${j}`);
+  expect(r.frames.length === 1 && r.frames[0] === 'allow-scripts allow-popups', `HTML with a script is not in a sandboxed frame: ${j}`);
+  expect(r.result, `execute_result: ${j}`);
+  expect(r.error.includes('ZeroDivisionError') && r.error.includes('division by zero') && r.ansi, `error: ${j}`);
+  expect(r.slider && r.slider.value === '7' && r.slider.readout === '7' && r.slider.disabled, `the slider saved at 7: ${j}`);
+  expect(r.stored, `the widget is not marked as stored: ${j}`);
+  expect(r.outputWidget.includes('x squared is 49'), `the Output widget's stored outputs: ${j}`);
+  expect(r.files.length === 1 && r.files[0] === `${BASE}files/stored-test/data.csv`, `file links: ${j}`);
+  expect(r.done === (runs ? String(runs) : undefined), `the cell was evaluated: ${j}`);
+  expect((await p.evaluate(() => window.storedPwned)) === undefined, 'stored HTML ran script in the page');
+}
+
+test('a stored result given to makeCell is shown without a kernel, and Evaluate runs live', async (t) => {
+  t.ignoreErrors = /Blocked a frame with origin "null"/;
+  const p = await page(t);
+  const kernels = watchKernels(p);
+  // A page on another origin that has the result already (makeCell's result option).
+  await p.goto(`${OTHER}stored.html`);
+  await p.evaluate((result) => {
+    window.given = cellgate.makeCell({ inputLocation: '#given', result, autoeval: true, evalButtonText: 'Run' });
+  }, storedResult());
+  await checkStoredResult(p, '#given .cg-cell', { live: 'Run to run it live' });
+  // The stored interact's state is what Share would send.
+  const state = await p.evaluate(() => JSON.stringify(window.given.interactState()));
+  expect(state === '[{"state":{"x":7},"bookmarks":[]}]', `interactState of the stored interact is ${state}`);
+  // Its controls send nothing, even forced.
+  const sent = [];
+  p.on('request', (r) => r.url().startsWith(BASE) && sent.push(`${r.method()} ${r.url()}`));
+  await p.evaluate(() => {
+    const s = document.querySelector('#given input[type=range]');
+    s.disabled = false;
+    s.value = '3';
+    s.dispatchEvent(new Event('input'));
+    s.dispatchEvent(new Event('change'));
+  });
+  await p.waitForTimeout(1000); // autoeval would have started by now
+  expect(kernels.length === 0 && sent.length === 0, `requests made: ${[...kernels, ...sent].join(', ')}`);
+  await shot(p, 'stored-result.png', { fullPage: true });
+  // Evaluate runs the code live, in place of the stored result.
+  await p.click('#given .cg-eval');
+  await outputContains(p, 'live 42', { root: '#given .cg-output-root' });
+  await waitDone(p, '#given .cg-cell');
+  const after = await p.$eval('#given .cg-cell', (c) => ({ stored: c.dataset.stored, text: c.innerText }));
+  expect(after.stored === undefined && !after.text.includes('Stored result') && !after.text.includes('hello from'), `the stored result is still shown: ${JSON.stringify(after)}`);
+  expect(kernels.some((k) => k.startsWith('POST')), 'Evaluate did not ask for a kernel');
+  // showStoredResult puts a result back, without a kernel.
+  const before = kernels.length;
+  await p.evaluate((r) => window.given.showStoredResult(r), storedResult());
+  await checkStoredResult(p, '#given .cg-cell', { live: 'Run to run it live', runs: 1 });
+  expect(kernels.length === before, `showStoredResult asked for a kernel: ${kernels.slice(before).join(', ')}`);
+});
+
+test('?q= of a permalink with a stored result shows it at once; Evaluate runs live (server answer mocked)', async (t) => {
+  t.ignoreErrors = /Blocked a frame with origin "null"/;
+  const p = await page(t);
+  const kernels = watchKernels(p);
+  const id = 'stored-mock';
+  const code = 'print("now live", 6 * 7)';
+  // GET /permalink/ID as the server answers it for a permalink with a stored result.
+  await p.route(`${BASE}permalink/${id}`, (r) => r.fulfill({ json: { code, language: 'python3', interacts: '[{"state": {"x": 7}, "bookmarks": []}]', result: storedResult() } }));
+  const posts = [];
+  p.on('request', (r) => r.method() === 'POST' && posts.push(new URL(r.url()).pathname));
+  await p.goto(`${BASE}?q=${id}`);
+  await checkStoredResult(p, '.cg-cell', { live: 'Evaluate to run it live' });
+  expect((await p.evaluate(() => window.demoCell.code)) === code, 'the editor does not hold the permalink\'s code');
+  // Share of the unchanged cell is the same permalink (nothing posted).
+  await p.click('.cg-share');
+  const q = await (await p.waitForSelector('.cg-share-panel input.cg-link-q')).inputValue();
+  expect(q === `${BASE}?q=${id}`, `Share answered ${q}, want the permalink ${id}`);
+  await p.waitForTimeout(1000); // autoeval would have started by now
+  expect(kernels.length === 0 && posts.length === 0, `requests made: ${[...kernels, ...posts].join(', ')}`);
+  await shot(p, 'stored-demo.png', { fullPage: true });
+  await p.click('.cg-eval');
+  await outputContains(p, 'now live 42');
+  await waitDone(p);
+  const after = await p.$eval('.cg-cell', (c) => ({ stored: c.dataset.stored, text: c.querySelector('.cg-output-root').innerText.trim() }));
+  expect(after.stored === undefined && after.text === 'now live 42', `after Evaluate: ${JSON.stringify(after)}`);
+  expect(kernels.some((k) => k.startsWith('POST')), 'Evaluate did not ask for a kernel');
+  // A permalink without a stored result is evaluated at once, as before.
+  const p2 = await page(t);
+  await p2.route(`${BASE}permalink/plain-mock`, (r) => r.fulfill({ json: { code: 'print("ran at once")', language: 'python3', interacts: '[]' } }));
+  await p2.goto(`${BASE}?q=plain-mock`);
+  await outputContains(p2, 'ran at once');
+  expect((await p2.$eval('.cg-cell', (c) => c.dataset.stored)) === undefined, 'a permalink without a result is marked stored');
+  // A permalink that cannot be loaded says so and runs nothing.
+  const p3 = await page(t);
+  const k3 = watchKernels(p3);
+  await p3.goto(`${BASE}?q=no-such-permalink`);
+  await outputContains(p3, 'Could not load permalink no-such-permalink');
+  await p3.waitForTimeout(500);
+  expect(k3.length === 0, `a missing permalink asked for a kernel: ${k3.join(', ')}`);
+});
+
 test('demo page screenshot', async (t) => {
   const p = await page(t, { viewport: { width: 1000, height: 900 } });
   await demo(
