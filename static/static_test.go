@@ -41,7 +41,7 @@ func TestWrap(t *testing.T) {
 		{"GET", "/static/embed.css", 200, "text/css", ".cellgate", false, true},
 		{"GET", "/embedded_sagecell.js", 200, "text/javascript", "makeSagecell", false, true},
 		{"GET", "/static/embedded_sagecell.js", 200, "text/javascript", "makeSagecell", false, true},
-		{"GET", "/static/demo.js", 200, "text/javascript", "fetchPermalink", false, true},
+		{"GET", "/static/demo.js", 200, "text/javascript", "demoCell", false, true},
 		// What pages written for the Sage cell link to.
 		{"GET", "/static/jquery.min.js", 200, "text/javascript", "jQuery v3.7.1", false, true},
 		{"GET", "/static/sagecell_embed.css", 200, "text/css", ".cellgate", false, true},
