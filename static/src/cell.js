@@ -284,7 +284,6 @@ export class Cell {
   showStoredResult(result, info = {}) {
     if (typeof result === 'string') result = JSON.parse(result);
     if (!isResult(result)) throw new TypeError('not a stored result (want {outputs: [...]})');
-    clearTimeout(this._detachTimer);
     this.banner.hidden = true;
     this.output.clear();
     const evalText = this.hide.has('evalButton') ? '' : this.opts.evalButtonText || 'Evaluate';
