@@ -8,6 +8,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/cellgate/cellgate/gateway/permalink"
+	"github.com/cellgate/cellgate/gateway/result"
 	"github.com/cellgate/cellgate/kernelpool"
 )
 
@@ -119,7 +120,11 @@ type Storage struct {
 	// (Ledger.Dropped), so a dropped permalink reaches its clients. Nil
 	// makes one that nobody calls.
 	Ledger *permalink.Ledger
-	Files  FileStore
+	// Results keeps what each recorded execution showed with its
+	// permalink, up to ResultBudget bytes inline; nil keeps none.
+	Results      ResultStore
+	ResultBudget int
+	Files        FileStore
 	// Ping tells /readyz whether the database answers.
 	Ping func(context.Context) error
 	// UploadTimeout bounds the upload after one execution.
@@ -158,7 +163,7 @@ func DefaultConfig() Config {
 		BodyTimeout:          60 * time.Second,
 		IdleTimeout:          60 * time.Second,
 		MaxConnsPerAddr:      256,
-		Storage:              Storage{UploadTimeout: 10 * time.Second, ReplyHold: 3 * time.Second},
+		Storage:              Storage{UploadTimeout: 10 * time.Second, ReplyHold: 3 * time.Second, ResultBudget: result.DefaultBudget},
 
 		// sagecell.sagemath.org's setting.
 		MaxKernelsPerCellSession: 5,
@@ -194,6 +199,7 @@ func (c Config) withDefaults() Config {
 	fill(&c.MaxConnsPerAddr, d.MaxConnsPerAddr)
 	fill(&c.Storage.UploadTimeout, d.Storage.UploadTimeout)
 	fill(&c.Storage.ReplyHold, d.Storage.ReplyHold)
+	fill(&c.Storage.ResultBudget, d.Storage.ResultBudget)
 	if len(c.AllowOrigins) == 0 {
 		c.AllowOrigins = d.AllowOrigins
 	}

@@ -362,12 +362,17 @@ func (ts *testStorage) stop(t *testing.T) {
 }
 
 func (ts *testStorage) gateway() Storage {
-	return Storage{Permalinks: ts.queue, Files: ts.store.Files(), Ping: ts.store.Ping, UploadTimeout: 3 * time.Second}
+	return Storage{Permalinks: ts.queue, Results: ts.store.Results(), Files: ts.store.Files(), Ping: ts.store.Ping, UploadTimeout: 3 * time.Second}
 }
 
-func newStorageEnv(t *testing.T) (*testEnv, *testStorage) {
+func newStorageEnv(t *testing.T, tweaks ...func(*Config)) (*testEnv, *testStorage) {
 	ts := startTestStorage(t, filepath.Join(t.TempDir(), "db"))
-	env := newTestEnv(t, 1, 4, func(c *Config) { c.Storage = ts.gateway() })
+	env := newTestEnv(t, 1, 4, func(c *Config) {
+		c.Storage = ts.gateway()
+		for _, tweak := range tweaks {
+			tweak(c)
+		}
+	})
 	return env, ts
 }
 

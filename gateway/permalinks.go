@@ -21,6 +21,14 @@ import (
 type PermalinkStore interface {
 	permalink.Store
 	Get(ctx context.Context, id string) (storage.Permalink, error)
+	Delete(ctx context.Context, id string) error
+}
+
+// ResultStore keeps permalinks' results (storage.Results).
+type ResultStore interface {
+	permalink.ResultStore
+	Get(ctx context.Context, id string) (storage.Result, error)
+	Delete(ctx context.Context, id string) error
 }
 
 // createPermalink is POST /permalink (form or JSON: code, language,
@@ -67,7 +75,28 @@ func (s *Server) createPermalink(c echo.Context) error {
 		return s.sageError(c, http.StatusServiceUnavailable, "the permalink store is unavailable")
 	}
 	answer["query"], answer["zip"], answer["interacts"] = id, storage.ZipEncode(code), storage.ZipEncode(interacts)
+	if kernelID := param(c, body, "kernel_id"); kernelID != "" {
+		s.keepSharedResult(kernelID, id, code, language)
+	}
 	return s.sageAnswer(c, http.StatusOK, answer)
+}
+
+// keepSharedResult stores with a shared permalink what the sharer's cell
+// shows: its session's last result, if that ran this code, with its
+// interacts as the sharer left them. The session's id is the sharer's
+// proof of access (it is the capability to run code there).
+func (s *Server) keepSharedResult(kernelID, id, code, language string) {
+	sess := s.sessions.get(kernelID)
+	if sess == nil || sess.KernelName() != language || !s.permalinks.KeepsResults() {
+		return
+	}
+	res, ok := sess.LastResult(code)
+	if !ok {
+		return
+	}
+	if err := s.permalinks.KeepNow(id, res); err != nil {
+		s.log.Warn().Err(err).Str("permalink", id).Msg("shared result not stored")
+	}
 }
 
 // permalinkN is the request's n, and whether it sent one.
@@ -115,7 +144,11 @@ func (s *Server) getPermalink(c echo.Context) error {
 		return httpError(c, http.StatusServiceUnavailable, "the permalink store is unavailable")
 	}
 	if !sageShape {
-		return c.JSON(http.StatusOK, map[string]string{"code": p.Code, "language": p.Language, "interacts": p.Interacts})
+		answer := map[string]any{"code": p.Code, "language": p.Language, "interacts": p.Interacts}
+		if res, ok := s.storedResult(c.Request().Context(), id); ok {
+			answer["result"] = res
+		}
+		return c.JSON(http.StatusOK, answer)
 	}
 	cell := []string{p.Code, p.Language, p.Interacts}
 	if callback != "" {
@@ -126,4 +159,80 @@ func (s *Server) getPermalink(c echo.Context) error {
 		return jsonp(c, callback, string(text))
 	}
 	return c.JSON(http.StatusOK, cell)
+}
+
+// storedResult is permalink id's stored result, if there is one and the
+// store answers (a permalink without its result is still a permalink).
+func (s *Server) storedResult(ctx context.Context, id string) (json.RawMessage, bool) {
+	if s.cfg.Storage.Results == nil {
+		return nil, false
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	began := time.Now()
+	res, err := s.cfg.Storage.Results.Get(ctx, id)
+	s.metrics.session.Storage.WithLabelValues("result_lookup").Observe(time.Since(began).Seconds())
+	if err != nil {
+		if !errors.Is(err, storage.ErrNotFound) {
+			s.log.Warn().Err(err).Str("permalink", id).Msg("result lookup failed")
+		}
+		return nil, false
+	}
+	return json.RawMessage(res.Body), true
+}
+
+// permalinkOutputs is GET /permalink/ID/outputs: the stored result alone
+// (outputs, widget state, date).
+func (s *Server) permalinkOutputs(c echo.Context) error {
+	if s.cfg.Storage.Results == nil {
+		return httpError(c, http.StatusNotFound, "this server keeps no results with permalinks")
+	}
+	id, err := pathParam(c, "id")
+	if err != nil || id == "" {
+		return httpError(c, http.StatusNotFound, "no such permalink")
+	}
+	res, ok := s.storedResult(c.Request().Context(), id)
+	if !ok {
+		return httpError(c, http.StatusNotFound, "no result is stored with this permalink")
+	}
+	return c.JSONBlob(http.StatusOK, res)
+}
+
+// deletePermalink is DELETE /permalink/ID, for the operator (the --token):
+// the permalink and its result go; 204 whether or not it existed.
+func (s *Server) deletePermalink(c echo.Context) error {
+	if s.cfg.Storage.Permalinks == nil {
+		return httpError(c, http.StatusNotImplemented, "permalinks need a database")
+	}
+	id, err := pathParam(c, "id")
+	if err != nil || id == "" {
+		return httpError(c, http.StatusNotFound, "no such permalink")
+	}
+	ctx := c.Request().Context()
+	err = s.cfg.Storage.Permalinks.Delete(ctx, id)
+	if errors.Is(err, storage.ErrStillWriting) {
+		c.Response().Header().Set("Retry-After", "5")
+		return httpError(c, http.StatusConflict, err.Error())
+	}
+	if err == nil && s.cfg.Storage.Results != nil {
+		err = s.cfg.Storage.Results.Delete(ctx, id)
+	}
+	if err != nil {
+		s.log.Warn().Err(err).Str("permalink", id).Msg("permalink not deleted")
+		return httpError(c, http.StatusServiceUnavailable, "the permalink store is unavailable")
+	}
+	s.log.Info().Str("permalink", id).Str("remote", c.RealIP()).Msg("permalink deleted")
+	return c.NoContent(http.StatusNoContent)
+}
+
+// requireOperator lets through only requests with the server's --token;
+// with no token set, nobody is the operator.
+func (s *Server) requireOperator(next echo.HandlerFunc) echo.HandlerFunc {
+	checked := s.requireToken(next)
+	return func(c echo.Context) error {
+		if s.cfg.Token == "" {
+			return httpError(c, http.StatusForbidden, "this needs the operator's token: start cellgate with --token")
+		}
+		return checked(c)
+	}
 }

@@ -240,3 +240,5 @@ func TestSlowPermalinkNeverStallsTheKernel(t *testing.T) {
 		}
 	}
 }
+
+func (p *slowPermalinks) Delete(context.Context, string) error { return nil }

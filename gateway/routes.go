@@ -66,6 +66,8 @@ func (s *Server) routes() *echo.Echo {
 	e.POST("/permalink", s.createPermalink)
 	e.GET("/permalink", s.getPermalink)
 	e.GET("/permalink/:id", s.getPermalink)
+	e.GET("/permalink/:id/outputs", s.permalinkOutputs)
+	e.DELETE("/permalink/:id", s.deletePermalink, s.requireOperator)
 	e.GET("/files/:id/*", s.serveFile)
 	e.GET("/kernel/:id/files/*", s.sessionFile)
 	e.POST("/tos.html", s.tos)

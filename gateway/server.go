@@ -67,7 +67,11 @@ func New(cfg Config, pool Pool) *Server {
 		if ledger == nil {
 			ledger = permalink.NewLedger(cfg.Log)
 		}
-		s.permalinks = permalink.NewRecorder(cfg.Storage.Permalinks, ledger, func(took time.Duration) {
+		var results permalink.ResultStore
+		if cfg.Storage.Results != nil {
+			results = cfg.Storage.Results
+		}
+		s.permalinks = permalink.NewRecorder(cfg.Storage.Permalinks, ledger, results, func(took time.Duration) {
 			s.metrics.session.Storage.WithLabelValues("permalink_save").Observe(took.Seconds())
 		}, cfg.Log)
 	}
@@ -124,6 +128,9 @@ func (s *Server) startSession(ctx context.Context, kernelName string, api sessio
 	if api != session.Jupyter {
 		if s.permalinks != nil {
 			o.Permalinks = s.permalinks
+			if s.permalinks.KeepsResults() {
+				o.Results, o.ResultBudget = s.permalinks, s.cfg.Storage.ResultBudget
+			}
 		}
 		o.Files, o.Link = s.watchFiles(k, kernelName, baseURL)
 	}

@@ -287,6 +287,22 @@ func (q *Queue) Get(ctx context.Context, id string) (Permalink, error) {
 	return q.permalinks.Get(ctx, id)
 }
 
+// ErrStillWriting is returned by Delete for a permalink the queue has not written yet.
+var ErrStillWriting = errors.New("storage: the permalink is still being written; try again shortly")
+
+// Delete removes permalink id from the database and forgets it was written, so the same cell
+// run again is stored again. One still waiting to be written is refused with ErrStillWriting.
+func (q *Queue) Delete(ctx context.Context, id string) error {
+	q.mu.Lock()
+	if _, ok := q.pending[id]; ok {
+		q.mu.Unlock()
+		return ErrStillWriting
+	}
+	q.stored.forgetID(id)
+	q.mu.Unlock()
+	return q.permalinks.Delete(ctx, id)
+}
+
 // Len is the number of permalinks not yet written. After Close, it is the number kept in the
 // journal for the next start (zero without a journal: they were dropped).
 func (q *Queue) Len() int {
@@ -564,6 +580,15 @@ func (c *storedCells) lookup(digest [sha256.Size]byte, now time.Time) (string, b
 		return "", false
 	}
 	return e.id, true
+}
+
+// forgetID drops the cells remembered under id (their ring slots stay until reused).
+func (c *storedCells) forgetID(id string) {
+	for digest, e := range c.byDigest {
+		if e.id == id {
+			delete(c.byDigest, digest)
+		}
+	}
 }
 
 func (c *storedCells) add(digest [sha256.Size]byte, id string, now time.Time) {

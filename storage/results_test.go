@@ -96,3 +96,29 @@ func TestPermalinkDelete(t *testing.T) {
 		must(t, s.Permalinks().Delete(ctx, id))
 	})
 }
+
+func TestQueueDeleteForgetsTheWrittenCell(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		q := NewQueue(ctx, s.Permalinks(), fastQueueConfig(t))
+		t.Cleanup(func() { _ = q.Close(context.Background()) })
+		cell := Cell{Code: "print('delete me')", Language: "python3", Interacts: "[]"}
+		id, err := q.Enqueue(cell)
+		must(t, err)
+		eventually(t, 10*time.Second, "permalink written", func() bool { return q.Len() == 0 })
+		must(t, q.Delete(ctx, id))
+		if _, err := q.Get(ctx, id); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("deleted permalink: %v", err)
+		}
+		// The same cell run again is a new permalink, written again.
+		again, err := q.Enqueue(cell)
+		must(t, err)
+		if again != id {
+			t.Fatalf("id %s, then %s", id, again)
+		}
+		eventually(t, 10*time.Second, "permalink written again", func() bool {
+			_, err := s.Permalinks().Get(ctx, id)
+			return err == nil
+		})
+	})
+}

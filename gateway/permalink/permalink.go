@@ -5,6 +5,7 @@
 package permalink
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"sync"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/cellgate/cellgate/gateway/result"
 	"github.com/cellgate/cellgate/jupytermsg"
 	"github.com/cellgate/cellgate/storage"
 )
@@ -93,21 +95,82 @@ func (l *Ledger) Told(id string, t Teller) bool {
 	return l.told[id] == t
 }
 
+// ResultStore keeps each permalink's latest result (storage.Results).
+type ResultStore interface {
+	Put(ctx context.Context, id string, body []byte, created time.Time) error
+}
+
+// maxResultWrites bounds the results being written at once: a database
+// that stalls must not pile up goroutines holding outputs. Results beyond
+// it are dropped (logged); the permalinks themselves are not.
+const maxResultWrites = 8
+
+// resultWriteTimeout bounds one result's write, and its wait for the
+// permalink it belongs to.
+const resultWriteTimeout = 30 * time.Second
+
 // Recorder saves cells in the store and records executions as permalinks.
 type Recorder struct {
 	store   Store
 	ledger  *Ledger
+	results ResultStore
+	writing chan struct{}
 	observe func(took time.Duration)
 	log     zerolog.Logger
 }
 
-// NewRecorder records into store, noting in ledger who was told each id;
-// observe (may be nil) is told how long each save took.
-func NewRecorder(store Store, ledger *Ledger, observe func(time.Duration), log zerolog.Logger) *Recorder {
+// NewRecorder records into store, noting in ledger who was told each id,
+// and keeps results in results (nil keeps none); observe (may be nil) is
+// told how long each save took.
+func NewRecorder(store Store, ledger *Ledger, results ResultStore, observe func(time.Duration), log zerolog.Logger) *Recorder {
 	if observe == nil {
 		observe = func(time.Duration) {}
 	}
-	return &Recorder{store: store, ledger: ledger, observe: observe, log: log}
+	return &Recorder{store: store, ledger: ledger, results: results, writing: make(chan struct{}, maxResultWrites), observe: observe, log: log}
+}
+
+// KeepsResults reports whether results are stored with permalinks.
+func (r *Recorder) KeepsResults() bool { return r.results != nil }
+
+// Keep stores res as the result of the permalink p is recording, once it
+// is recorded, off the caller's goroutine.
+func (r *Recorder) Keep(p *Pending, res result.Result) {
+	if r.results == nil || p == nil {
+		return
+	}
+	select {
+	case r.writing <- struct{}{}:
+	default:
+		r.log.Warn().Msg("result not stored: too many results are being written")
+		return
+	}
+	go func() {
+		defer func() { <-r.writing }()
+		id := p.Wait(resultWriteTimeout)
+		if id == "" {
+			return
+		}
+		if err := r.KeepNow(id, res); err != nil {
+			r.log.Warn().Err(err).Str("permalink", id).Msg("result not stored")
+		}
+	}()
+}
+
+// KeepNow stores res as the result of permalink id.
+func (r *Recorder) KeepNow(id string, res result.Result) error {
+	if r.results == nil {
+		return nil
+	}
+	body, err := json.Marshal(res)
+	if err != nil {
+		return fmt.Errorf("encode result: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), resultWriteTimeout)
+	defer cancel()
+	if err := r.results.Put(ctx, id, body, res.Created); err != nil {
+		return fmt.Errorf("store result: %w", err)
+	}
+	return nil
 }
 
 // Save stores a cell and returns its id.

@@ -413,19 +413,58 @@ func truncateUTF8(s string, n int) string {
 	return s[:n]
 }
 
+// commMessage is a widget comm message in either protocol: 2.x (ipywidgets
+// 7 and 8: data {state, buffer_paths}, updates {method: "update" or
+// "echo_update", state}) or ipywidgets 6's (Debian's: comm_open data is the
+// state itself, the page sends {method: "backbone", sync_data}, and the
+// kernel {method: "update", state, buffers}).
 type commMessage struct {
-	CommID     string `json:"comm_id"`
-	TargetName string `json:"target_name"`
-	Data       struct {
-		Method string                     `json:"method"`
-		State  map[string]json.RawMessage `json:"state"`
-		// BufferPaths name state kept in binary buffers, which results do
-		// not store: those keys are left out.
-		BufferPaths [][]any `json:"buffer_paths"`
-	} `json:"data"`
-	Metadata struct {
-		Version string `json:"version"`
-	} `json:"metadata"`
+	CommID     string                     `json:"comm_id"`
+	TargetName string                     `json:"target_name"`
+	Data       map[string]json.RawMessage `json:"data"`
+}
+
+// patch is the state a comm message sets, and the keys held in binary
+// buffers (which results do not store).
+func (m commMessage) patch(open bool) (state map[string]json.RawMessage, buffered map[string]bool) {
+	buffered = map[string]bool{}
+	var paths [][]any
+	_ = json.Unmarshal(m.Data["buffer_paths"], &paths)
+	for _, p := range paths {
+		if len(p) > 0 {
+			if key, ok := p[0].(string); ok {
+				buffered[key] = true
+			}
+		}
+	}
+	for _, field := range []string{"buffers", "buffer_keys"} {
+		var keys []string
+		_ = json.Unmarshal(m.Data[field], &keys)
+		for _, k := range keys {
+			buffered[k] = true
+		}
+	}
+	if open {
+		if raw, ok := m.Data["state"]; ok && isObject(raw) {
+			_ = json.Unmarshal(raw, &state)
+			return state, buffered
+		}
+		// ipywidgets 6: the data is the state.
+		state = map[string]json.RawMessage{}
+		for k, v := range m.Data {
+			if k != "buffers" && k != "buffer_paths" {
+				state[k] = v
+			}
+		}
+		return state, buffered
+	}
+	switch stringOf(m.Data["method"]) {
+	case "update", "echo_update":
+		_ = json.Unmarshal(m.Data["state"], &state)
+	case "backbone":
+		_ = json.Unmarshal(m.Data["sync_data"], &state)
+	}
+	return state, buffered
 }
 
 func (c *Capture) openLocked(content []byte) {
@@ -436,10 +475,11 @@ func (c *Capture) openLocked(content []byte) {
 	if _, open := c.widgets[m.CommID]; !open && len(c.widgets) >= maxWidgets {
 		return
 	}
+	state, buffered := m.patch(true)
 	w := &widget{Widget: Widget{State: map[string]json.RawMessage{}}}
 	c.closeID(m.CommID)
 	c.widgets[m.CommID] = w
-	c.setState(m.CommID, w, m.Data.State, m.Data.BufferPaths)
+	c.setState(m.CommID, w, state, buffered)
 	w.ModelName = stringOf(w.State["_model_name"])
 	w.ModelModule = stringOf(w.State["_model_module"])
 	w.ModelModuleVersion = stringOf(w.State["_model_module_version"])
@@ -453,11 +493,9 @@ func (c *Capture) updateLocked(content []byte) {
 	if json.Unmarshal(content, &m) != nil {
 		return
 	}
-	if m.Data.Method != "update" && m.Data.Method != "echo_update" {
-		return
-	}
 	if w := c.widgets[m.CommID]; w != nil {
-		c.setState(m.CommID, w, m.Data.State, m.Data.BufferPaths)
+		state, buffered := m.patch(false)
+		c.setState(m.CommID, w, state, buffered)
 	}
 }
 
@@ -480,15 +518,7 @@ func (c *Capture) closeID(id string) {
 
 // setState applies a state patch, leaving out what is in buffers and what
 // would take the session's widgets over budget.
-func (c *Capture) setState(id string, w *widget, patch map[string]json.RawMessage, bufferPaths [][]any) {
-	skip := map[string]bool{}
-	for _, p := range bufferPaths {
-		if len(p) > 0 {
-			if key, ok := p[0].(string); ok {
-				skip[key] = true
-			}
-		}
-	}
+func (c *Capture) setState(id string, w *widget, patch map[string]json.RawMessage, skip map[string]bool) {
 	for k, v := range patch {
 		if skip[k] {
 			continue

@@ -224,3 +224,22 @@ func FuzzKernel(f *testing.F) {
 		}
 	})
 }
+
+// ipywidgets 6 (Debian's) opens a comm with the state as its data, and the
+// page updates it with "backbone" messages.
+func TestOldWidgetProtocol(t *testing.T) {
+	c := NewCapture(0)
+	r := finish(t, c, "old", [][3]string{
+		{"comm_open", "exec", `{"comm_id":"s1","target_name":"jupyter.widget","data":{"_model_name":"IntSliderModel","_model_module":"jupyter-js-widgets","value":3}}`},
+		{"display_data", "exec", `{"data":{"application/vnd.jupyter.widget-view+json":{"model_id":"s1"}},"metadata":{}}`},
+	})
+	if got := string(r.Widgets.State["s1"].State["value"]); got != "3" {
+		t.Fatalf("value %s", got)
+	}
+	c.Client("comm_msg", []byte(`{"comm_id":"s1","data":{"method":"backbone","sync_data":{"value":7},"buffer_keys":[]}}`))
+	c.Kernel("comm_msg", "", []byte(`{"comm_id":"s1","data":{"method":"update","state":{"max":20},"buffers":[]}}`))
+	shared, _ := c.Last("old")
+	if s := shared.Widgets.State["s1"].State; string(s["value"]) != "7" || string(s["max"]) != "20" {
+		t.Fatalf("state after both sides' updates: %s", s)
+	}
+}

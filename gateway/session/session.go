@@ -26,6 +26,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/cellgate/cellgate/gateway/permalink"
+	"github.com/cellgate/cellgate/gateway/result"
 	"github.com/cellgate/cellgate/jupytermsg"
 	"github.com/cellgate/cellgate/kernelpool"
 )
@@ -115,6 +116,11 @@ type Permalinks interface {
 	Forget(t permalink.Teller)
 }
 
+// Results keeps what recorded executions showed (permalink.Recorder).
+type Results interface {
+	Keep(p *permalink.Pending, r result.Result)
+}
+
 // Options are what a session is started with.
 type Options struct {
 	API        API
@@ -127,6 +133,10 @@ type Options struct {
 	Config    Config
 	// Permalinks records executions; nil records none.
 	Permalinks Permalinks
+	// Results keeps each recorded execution's result, of at most
+	// ResultBudget bytes inline; nil keeps none.
+	Results      Results
+	ResultBudget int
 	// Files watches the kernel's working directory; nil uploads nothing.
 	// The session closes it.
 	Files Watcher
@@ -148,6 +158,9 @@ type Session struct {
 	log     zerolog.Logger
 	metrics *Metrics
 	uploads *uploader
+	// capture follows what executions show, for their results; nil when
+	// results are not kept.
+	capture *result.Capture
 
 	mu sync.Mutex
 	// lastActive is the last client activity, or the kernel's last change
@@ -212,6 +225,9 @@ func New(k *kernelpool.Kernel, o Options) *Session {
 	}
 	if o.Files != nil {
 		s.uploads = newUploader(s)
+	}
+	if o.Results != nil && o.Permalinks != nil {
+		s.capture = result.NewCapture(o.ResultBudget)
 	}
 	return s
 }
@@ -319,6 +335,10 @@ func (s *Session) Send(client string, ch jupytermsg.Channel, m *jupytermsg.Messa
 		}
 		return fmt.Errorf("send to kernel: %w", err)
 	}
+	if s.capture != nil && ch == jupytermsg.Shell {
+		// The page's side of widget state (older ipywidgets echo none of it).
+		s.capture.Client(m.Header.MsgType, m.Content)
+	}
 	return nil
 }
 
@@ -378,6 +398,10 @@ func (s *Session) prepareExecute(m *jupytermsg.Message) error {
 	if !full {
 		if code != "" {
 			p.permalink = s.opts.Permalinks.Record(code, s.opts.KernelName, s)
+			if s.capture != nil {
+				recorded := p.permalink
+				s.capture.Begin(m.Header.MsgID, code, func(r result.Result) { s.opts.Results.Keep(recorded, r) })
+			}
 		}
 		s.pending[m.Header.MsgID] = p
 	}
@@ -437,8 +461,11 @@ func (s *Session) observe(r kernelpool.Received) {
 	// Most messages are iopub output, which needs nothing of the parent
 	// header: it is parsed only for routing and the types that read it.
 	var parent jupytermsg.Header
-	if r.Channel != jupytermsg.IOPub || msgType == "status" || msgType == "execute_reply" {
+	if r.Channel != jupytermsg.IOPub || msgType == "status" || msgType == "execute_reply" || s.capture != nil && captured(msgType) {
 		parent = m.Parent()
+	}
+	if s.capture != nil && r.Channel == jupytermsg.IOPub && captured(msgType) {
+		s.capture.Kernel(msgType, parent.MsgID, m.Content)
 	}
 	var st jupytermsg.Status
 	isStatus := msgType == "status" && m.DecodeContent(&st) == nil
@@ -497,6 +524,26 @@ func (s *Session) observe(r kernelpool.Received) {
 		return
 	}
 	s.replay.Append(r.Channel, m, to)
+}
+
+// captured reports whether an iopub message is part of a result (a
+// status ends an execution's).
+func captured(msgType string) bool {
+	switch msgType {
+	case "stream", "display_data", "execute_result", "error", "clear_output", "update_display_data",
+		"comm_open", "comm_msg", "comm_close", "status":
+		return true
+	}
+	return false
+}
+
+// LastResult is the result of the session's last finished execution, if
+// its code was code, with its widgets as the reader left them.
+func (s *Session) LastResult(code string) (result.Result, bool) {
+	if s.capture == nil {
+		return result.Result{}, false
+	}
+	return s.capture.Last(code)
 }
 
 // kernelTimeout takes in a kernel_timeout message: the kernel asks for an

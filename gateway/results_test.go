@@ -1,0 +1,171 @@
+package gateway
+
+import (
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cellgate/cellgate/gateway/result"
+)
+
+// permalinkOf is the permalink id an execute_reply carries.
+func permalinkOf(t *testing.T, frames []frame) string {
+	t.Helper()
+	for _, f := range frames {
+		if f.Header.MsgType == "execute_reply" {
+			var meta struct {
+				Cellgate struct {
+					Permalink string `json:"permalink"`
+				} `json:"cellgate"`
+			}
+			_ = json.Unmarshal(f.Metadata["cellgate"], &meta.Cellgate)
+			if meta.Cellgate.Permalink != "" {
+				return meta.Cellgate.Permalink
+			}
+		}
+	}
+	t.Fatal("no execute_reply with a permalink")
+	return ""
+}
+
+// storedResultOf waits for permalink id's result (it is written after the
+// kernel goes idle) and returns it.
+func storedResultOf(t *testing.T, env *testEnv, id string, ready func(result.Result) bool) result.Result {
+	t.Helper()
+	var res result.Result
+	waitFor(t, "the result stored with permalink "+id, func() bool {
+		res = result.Result{}
+		r := env.do(http.MethodGet, "/permalink/"+id+"/outputs", "", "", &res)
+		return r.StatusCode == http.StatusOK && ready(res)
+	})
+	return res
+}
+
+// An execution's permalink opens with what it showed: its outputs in
+// nbformat, in GET /permalink/ID and GET /permalink/ID/outputs; the Sage
+// cell's array stays as it is; the operator can delete it.
+func TestPermalinkKeepsItsResult(t *testing.T) {
+	env, _ := newStorageEnv(t, func(c *Config) { c.Token = "operator-secret" })
+	k := env.newKernel(url.Values{"timeout": {"60"}})
+	c := env.dialSage(k.ID, "")
+	began := time.Now().Add(-time.Second)
+	msgID := c.execute("print('hello')\nfrom IPython.display import HTML, display\ndisplay(HTML('<b>bold</b>'))\n6*7")
+	frames := c.until(func(f frame) bool { return f.Header.MsgType == "execute_reply" && f.ParentHeader.MsgID == msgID })
+	id := permalinkOf(t, frames)
+
+	res := storedResultOf(t, env, id, func(r result.Result) bool { return len(r.Outputs) > 0 })
+	got, _ := json.Marshal(res.Outputs)
+	for _, want := range []string{`"text":"hello\n"`, `"text/html":"\u003cb\u003ebold\u003c/b\u003e"`, `"output_type":"execute_result"`, `"text/plain":"42"`} {
+		if !strings.Contains(string(got), want) {
+			t.Errorf("stored outputs %s lack %s", got, want)
+		}
+	}
+	if res.Created.Before(began) || res.Created.After(time.Now()) || res.Truncated {
+		t.Errorf("created %v (ran after %v), truncated %v", res.Created, began, res.Truncated)
+	}
+	var obj struct {
+		Code   string          `json:"code"`
+		Result json.RawMessage `json:"result"`
+	}
+	if r := env.do(http.MethodGet, "/permalink/"+id, "", "", &obj); r.StatusCode != http.StatusOK || !strings.Contains(string(obj.Result), "hello") {
+		t.Errorf("GET /permalink/ID: %d, result %s", r.StatusCode, obj.Result)
+	}
+	var cell []any
+	if r := env.do(http.MethodGet, "/permalink?q="+id, "", "", &cell); r.StatusCode != http.StatusOK || len(cell) != 3 {
+		t.Errorf("GET /permalink?q=: %d %v: the Sage cell's array must keep its three items", r.StatusCode, cell)
+	}
+
+	// Deleting is the operator's: without the token, 401; with it, gone.
+	if r := env.do(http.MethodDelete, "/permalink/"+id, "", "", nil); r.StatusCode != http.StatusUnauthorized {
+		t.Errorf("DELETE without the token: %d", r.StatusCode)
+	}
+	h := http.Header{"Authorization": {"token operator-secret"}}
+	if r := env.doWith(http.MethodDelete, "/permalink/"+id, h, "", nil); r.StatusCode != http.StatusNoContent {
+		t.Fatalf("DELETE with the token: %d", r.StatusCode)
+	}
+	for _, path := range []string{"/permalink/" + id, "/permalink/" + id + "/outputs"} {
+		if r := env.do(http.MethodGet, path, "", "", nil); r.StatusCode != http.StatusNotFound {
+			t.Errorf("GET %s after DELETE: %d", path, r.StatusCode)
+		}
+	}
+}
+
+// Without a --token nobody may delete permalinks.
+func TestPermalinkDeleteNeedsAToken(t *testing.T) {
+	env, _ := newStorageEnv(t)
+	var created map[string]any
+	env.postForm("/permalink", url.Values{"code": {"1"}, "language": {"python3"}}, &created)
+	id, _ := created["query"].(string)
+	if r := env.do(http.MethodDelete, "/permalink/"+id, "", "", nil); r.StatusCode != http.StatusForbidden {
+		t.Errorf("DELETE with no token configured: %d, want 403", r.StatusCode)
+	}
+	if r := env.do(http.MethodGet, "/permalink/"+id, "", "", nil); r.StatusCode != http.StatusOK {
+		t.Errorf("permalink gone after a refused DELETE: %d", r.StatusCode)
+	}
+}
+
+// A shared interact keeps the state the sharer left it in: POST /permalink
+// with the session's kernel_id stores its last result with the slider the
+// reader moved to 7 and the Output widget showing x=7.
+func TestSharedInteractKeepsItsState(t *testing.T) {
+	env, _ := newStorageEnv(t)
+	k := env.newKernel(url.Values{"timeout": {"60"}})
+	c := env.dialSage(k.ID, "")
+	code := "from ipywidgets import interact\n@interact(x=(0, 10))\ndef f(x=3):\n    print('x is', x)\n"
+	frames := c.until(idleAfter(c.execute(code)))
+	slider := ""
+	for _, f := range frames {
+		if f.Header.MsgType == "comm_open" && strings.Contains(string(f.Content["data"]), "IntSliderModel") {
+			slider = f.str("comm_id")
+		}
+	}
+	if slider == "" {
+		t.Fatal("the interact opened no slider")
+	}
+	// As a page speaks to Debian's ipywidgets 6.
+	update := c.send("shell", "comm_msg", map[string]any{"comm_id": slider, "data": map[string]any{"method": "backbone", "sync_data": map[string]any{"value": 7}, "buffer_keys": []any{}}})
+	c.until(func(f frame) bool { return f.Header.MsgType == "stream" && strings.Contains(f.str("text"), "x is 7") })
+	c.until(idleAfter(update))
+
+	var created map[string]any
+	interacts := `[{"state":{"x":7},"bookmarks":[]}]`
+	env.postForm("/permalink", url.Values{"code": {code}, "language": {"python3"}, "interacts": {interacts}, "kernel_id": {k.ID}}, &created)
+	id, _ := created["query"].(string)
+	res := storedResultOf(t, env, id, func(r result.Result) bool { return r.Widgets != nil })
+	var value json.RawMessage
+	var shown string
+	for _, w := range res.Widgets.State {
+		switch w.ModelName {
+		case "IntSliderModel":
+			value = w.State["value"]
+		case "OutputModel":
+			shown += string(w.State["outputs"])
+		}
+	}
+	if string(value) != "7" {
+		t.Errorf("shared slider at %s, want 7", value)
+	}
+	if !strings.Contains(shown, "x is 7") || strings.Contains(shown, "x is 3") {
+		t.Errorf("shared Output widget shows %s, want x is 7 only", shown)
+	}
+	views := 0
+	for _, o := range res.Outputs {
+		if strings.Contains(string(o.Data), result.WidgetViewMIME) {
+			views++
+		}
+	}
+	if views == 0 {
+		t.Errorf("outputs %+v show no widget", res.Outputs)
+	}
+
+	// Another session's kernel id, or other code, stores nothing.
+	var other map[string]any
+	env.postForm("/permalink", url.Values{"code": {"print(2)"}, "language": {"python3"}, "kernel_id": {k.ID}}, &other)
+	otherID, _ := other["query"].(string)
+	if r := env.do(http.MethodGet, "/permalink/"+otherID+"/outputs", "", "", nil); r.StatusCode != http.StatusNotFound {
+		t.Errorf("a share of code the session did not run last got a result: %d", r.StatusCode)
+	}
+}
