@@ -65,6 +65,8 @@ type options struct {
 	connsPerAddr   int
 	sageDefault    string
 	perCellSession int
+	storeResults   bool
+	resultKB       int
 	kernelTime     time.Duration
 	kernelWindow   time.Duration
 }
@@ -172,6 +174,8 @@ func settings(o *options) []setting {
 		opt("body-timeout", &o.bodyTimeout, gw.BodyTimeout, "a request's body must arrive within this long of its headers (then 400 and the connection is closed); upgraded websockets and held long-polls are not cut"),
 		opt("idle-timeout", &o.idleTimeout, gw.IdleTimeout, "a keep-alive connection with no request in flight is closed after this long"),
 		opt("max-connections-per-address", &o.connsPerAddr, gw.MaxConnsPerAddr, "open TCP connections one peer address (an IPv6 /64) may hold; the next is answered 429 and closed. With `--trust-proxy`, loopback, private and link-local peers (the proxy) are not capped"),
+		opt("store-results", &o.storeResults, true, "keep what each execution showed (outputs, widget state) with its permalink, so a shared link opens with its result and no kernel; `false`: permalinks keep only code and interacts"),
+		opt("result-max-kb", &o.resultKB, gw.Storage.ResultBudget>>10, "inline size in KiB of one stored result (outputs and widget state); what goes over is left out, with a notice in the result"),
 		opt("max-message-mb", &o.maxMessageMB, kp.Kernel.MaxMessageBytes>>20, "largest message in MiB from a client (websocket frame, HTTP body; then an error or 413) or from a kernel (then dropped)"),
 		opt("log-level", &o.logLevel, "info", "log level: `debug`, `info`, `warn` or `error`"),
 		opt("log-format", &o.logFormat, "console", "log format: `console` (for people) or `json` (for log collectors)"),

@@ -191,7 +191,7 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 	}()
 
 	cfg := o.gatewayConfig()
-	cfg.Log, cfg.Storage, cfg.Metrics = log, stack.gateway(), metrics
+	cfg.Log, cfg.Storage, cfg.Metrics = log, stack.gateway(o), metrics
 	cfg.Storage.Ledger = ledger
 	if launcher.Name() == "none" {
 		cfg.SandboxWarning = "kernels run unsandboxed (--sandbox=none): development only"

@@ -104,8 +104,12 @@ func (st *storageStack) startSweeper(log zerolog.Logger) {
 	}()
 }
 
-func (st *storageStack) gateway() gateway.Storage {
-	return gateway.Storage{Permalinks: st.queue, Files: st.store.Files(), Ping: st.store.Ping}
+func (st *storageStack) gateway(o options) gateway.Storage {
+	g := gateway.Storage{Permalinks: st.queue, Files: st.store.Files(), Ping: st.store.Ping, ResultBudget: o.resultKB << 10}
+	if o.storeResults {
+		g.Results = st.store.Results()
+	}
+	return g
 }
 
 // close writes what is queued (up to ctx; the rest stays in the journal) and disconnects.
