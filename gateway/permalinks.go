@@ -21,6 +21,8 @@ import (
 type PermalinkStore interface {
 	permalink.Store
 	Get(ctx context.Context, id string) (storage.Permalink, error)
+	// Peek is Get without counting a request.
+	Peek(ctx context.Context, id string) (storage.Permalink, error)
 	Delete(ctx context.Context, id string) error
 }
 

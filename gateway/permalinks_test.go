@@ -242,3 +242,7 @@ func TestSlowPermalinkNeverStallsTheKernel(t *testing.T) {
 }
 
 func (p *slowPermalinks) Delete(context.Context, string) error { return nil }
+
+func (p *slowPermalinks) Peek(context.Context, string) (storage.Permalink, error) {
+	return storage.Permalink{}, storage.ErrNotFound
+}

@@ -3,12 +3,14 @@ package gateway
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cellgate/cellgate/gateway/result"
+	"github.com/cellgate/cellgate/static"
 )
 
 // permalinkOf is the permalink id an execute_reply carries.
@@ -167,5 +169,66 @@ func TestSharedInteractKeepsItsState(t *testing.T) {
 	otherID, _ := other["query"].(string)
 	if r := env.do(http.MethodGet, "/permalink/"+otherID+"/outputs", "", "", nil); r.StatusCode != http.StatusNotFound {
 		t.Errorf("a share of code the session did not run last got a result: %d", r.StatusCode)
+	}
+}
+
+// A shared cell's link previews well: /?q=ID carries Open Graph tags (title
+// from the code, description from the result, image from its plot) and an
+// oEmbed link; /oembed answers an iframe of it; the image is served.
+func TestSharedLinkPreviews(t *testing.T) {
+	env, _ := newStorageEnv(t)
+	pages := httptest.NewServer(static.WrapWith(env.gw.Handler(), func(r *http.Request) (static.Meta, bool) {
+		m, ok := env.gw.PermalinkMeta(r)
+		return static.Meta(m), ok
+	}))
+	t.Cleanup(pages.Close)
+	k := env.newKernel(url.Values{"timeout": {"60"}})
+	c := env.dialSage(k.ID, "")
+	code := "# a comment first\nimport matplotlib\nmatplotlib.use('agg')\nimport matplotlib.pyplot as plt, io, base64\nfrom IPython.display import Image, display\nbuf = io.BytesIO(); plt.plot([1, 2, 3]); plt.savefig(buf, format='png')\nprint('the answer is <42>')\ndisplay(Image(buf.getvalue()))\n"
+	msgID := c.execute(code)
+	id := permalinkOf(t, c.until(func(f frame) bool { return f.Header.MsgType == "execute_reply" && f.ParentHeader.MsgID == msgID }))
+	storedResultOf(t, env, id, func(r result.Result) bool { return len(r.Outputs) >= 2 })
+
+	status, body, _ := fetch(t, pages.URL+"/?q="+id)
+	page := string(body)
+	for _, want := range []string{
+		`<meta property="og:title" content="import matplotlib · python3">`,
+		`<meta property="og:description" content="the answer is &lt;42&gt;`,
+		`<meta property="og:image" content="` + pages.URL + `/permalink/` + id + `/image.png">`,
+		`<link rel="alternate" type="application/json+oembed" href="` + pages.URL + `/oembed?format=json&amp;url=`,
+		`<title>import matplotlib · python3 · cellgate</title>`,
+	} {
+		if status != http.StatusOK || !strings.Contains(page, want) {
+			t.Errorf("GET /?q=: %d, page lacks %s", status, want)
+		}
+	}
+	if strings.Contains(page, "<42>") {
+		t.Error("the result's text reached the page unescaped")
+	}
+	if _, plain, _ := fetch(t, pages.URL+"/"); strings.Contains(string(plain), "og:title") {
+		t.Error("the plain page carries a shared cell's preview")
+	}
+
+	status, png, h := fetch(t, pages.URL+"/permalink/"+id+"/image.png")
+	if status != http.StatusOK || h.Get("Content-Type") != "image/png" || !strings.HasPrefix(string(png), "\x89PNG") {
+		t.Errorf("image: %d %s %d bytes", status, h.Get("Content-Type"), len(png))
+	}
+
+	var oe map[string]any
+	link := pages.URL + "/?q=" + id
+	status, raw, _ := fetch(t, pages.URL+"/oembed?url="+url.QueryEscape(link)+"&maxwidth=500")
+	if err := json.Unmarshal(raw, &oe); err != nil || status != http.StatusOK {
+		t.Fatalf("oembed: %d %s", status, raw)
+	}
+	if oe["type"] != "rich" || oe["version"] != "1.0" || oe["width"] != float64(500) || !strings.Contains(oe["html"].(string), `<iframe src="`+pages.URL+`/?q=`+id+`"`) || oe["thumbnail_url"] == nil {
+		t.Errorf("oembed answer %v", oe)
+	}
+	for _, bad := range []string{"http://elsewhere.example/?q=" + id, pages.URL + "/?q=nosuchcell", pages.URL + "/help.html?q=" + id} {
+		if status, _, _ := fetch(t, pages.URL+"/oembed?url="+url.QueryEscape(bad)); status != http.StatusNotFound {
+			t.Errorf("oembed of %s: %d, want 404", bad, status)
+		}
+	}
+	if status, _, _ := fetch(t, pages.URL+"/oembed?format=xml&url="+url.QueryEscape(link)); status != http.StatusNotImplemented {
+		t.Errorf("oembed format=xml: %d, want 501", status)
 	}
 }

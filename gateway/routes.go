@@ -67,6 +67,8 @@ func (s *Server) routes() *echo.Echo {
 	e.GET("/permalink", s.getPermalink)
 	e.GET("/permalink/:id", s.getPermalink)
 	e.GET("/permalink/:id/outputs", s.permalinkOutputs)
+	e.GET("/permalink/:id/image.png", s.permalinkImage)
+	e.GET("/oembed", s.oembed)
 	e.DELETE("/permalink/:id", s.deletePermalink, s.requireOperator)
 	e.GET("/files/:id/*", s.serveFile)
 	e.GET("/kernel/:id/files/*", s.sessionFile)

@@ -16,6 +16,8 @@ import (
 	"crypto/sha256"
 	"embed"
 	"encoding/hex"
+	"fmt"
+	"html"
 	"io/fs"
 	"mime"
 	"net/http"
@@ -69,6 +71,55 @@ type Client struct {
 	files   map[string]*asset // by URL path
 	built   bool
 	started time.Time
+	// meta describes the page / for a shared cell's link (nil: never).
+	meta func(*http.Request) (Meta, bool)
+}
+
+// Meta is what the page / says about the shared cell it opens (?q=ID) to
+// link previews (Open Graph) and oEmbed consumers.
+type Meta struct {
+	Title       string
+	Description string
+	URL         string
+	Image       string
+	OEmbed      string
+}
+
+// tags are Meta as the page's head carries it: every value HTML-escaped.
+func (m Meta) tags() string {
+	var b strings.Builder
+	prop := func(name, value string) {
+		if value != "" {
+			fmt.Fprintf(&b, "<meta property=\"%s\" content=\"%s\">\n", name, html.EscapeString(value))
+		}
+	}
+	prop("og:type", "website")
+	prop("og:site_name", "cellgate")
+	prop("og:title", m.Title)
+	prop("og:description", m.Description)
+	prop("og:url", m.URL)
+	prop("og:image", m.Image)
+	card := "summary"
+	if m.Image != "" {
+		card = "summary_large_image"
+	}
+	fmt.Fprintf(&b, "<meta name=\"twitter:card\" content=\"%s\">\n", card)
+	if m.Description != "" {
+		fmt.Fprintf(&b, "<meta name=\"description\" content=\"%s\">\n", html.EscapeString(m.Description))
+	}
+	if m.OEmbed != "" {
+		fmt.Fprintf(&b, "<link rel=\"alternate\" type=\"application/json+oembed\" href=\"%s\" title=\"%s\">\n", html.EscapeString(m.OEmbed), html.EscapeString(m.Title))
+	}
+	return b.String()
+}
+
+// withMeta is the page with m in its head and title.
+func withMeta(page []byte, m Meta) []byte {
+	s := string(page)
+	if m.Title != "" {
+		s = strings.Replace(s, "<title>cellgate</title>", "<title>"+html.EscapeString(m.Title)+" · cellgate</title>", 1)
+	}
+	return []byte(strings.Replace(s, "</head>", m.tags()+"</head>", 1))
 }
 
 // New loads the embedded client.
@@ -182,6 +233,14 @@ func (c *Client) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.Set("Referrer-Policy", "no-referrer")
 	}
 	h.Add("Vary", "Accept-Encoding")
+	if p == "/" && c.meta != nil && r.URL.Query().Get("q") != "" {
+		if m, ok := c.meta(r); ok {
+			// A page of its own: no ETag of the plain page, no cached gzip.
+			h.Del("ETag")
+			http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(withMeta(a.data, m)))
+			return
+		}
+	}
 	if match := r.Header.Get("If-None-Match"); match != "" && etagMatch(match, a.etag) {
 		w.WriteHeader(http.StatusNotModified)
 		return
@@ -226,7 +285,14 @@ func acceptsGzip(r *http.Request) bool {
 // Wrap serves the client's paths and hands every other request to next
 // (the gateway): static.Wrap(gw.Handler()).
 func Wrap(next http.Handler) http.Handler {
+	return WrapWith(next, nil)
+}
+
+// WrapWith is Wrap whose page / describes the shared cell it opens with
+// meta (the gateway's PermalinkMeta), for link previews.
+func WrapWith(next http.Handler, meta func(*http.Request) (Meta, bool)) http.Handler {
 	c := New()
+	c.meta = meta
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if Owns(r.URL.Path) && (r.Method == http.MethodGet || r.Method == http.MethodHead || r.URL.Path != "/") {
 			c.ServeHTTP(w, r)

@@ -230,6 +230,22 @@ func (p *Permalinks) Get(ctx context.Context, id string) (Permalink, error) {
 	return doc.permalink(), nil
 }
 
+// Peek returns the permalink without counting a request (for link previews).
+func (p *Permalinks) Peek(ctx context.Context, id string) (Permalink, error) {
+	if !validID(id) {
+		return Permalink{}, ErrNotFound
+	}
+	var doc permalinkDoc
+	err := p.coll.FindOne(ctx, bson.D{{Key: "_id", Value: id}}).Decode(&doc)
+	if errors.Is(err, mongo.ErrNoDocuments) {
+		return Permalink{}, ErrNotFound
+	}
+	if err != nil {
+		return Permalink{}, fmt.Errorf("storage: peek permalink %s: %w", id, err)
+	}
+	return doc.permalink(), nil
+}
+
 // Delete removes permalink id; deleting what is not there is not an error.
 // A cell still in the write-behind queue is written after this (delete it
 // again once the queue has drained).

@@ -287,6 +287,18 @@ func (q *Queue) Get(ctx context.Context, id string) (Permalink, error) {
 	return q.permalinks.Get(ctx, id)
 }
 
+// Peek is Get without counting a request (for link previews).
+func (q *Queue) Peek(ctx context.Context, id string) (Permalink, error) {
+	q.mu.Lock()
+	if item, ok := q.pending[id]; ok {
+		p := Permalink{ID: id, Cell: item.cell, Created: item.enqueued, LastAccessed: item.lastAccess, Requests: item.requests}
+		q.mu.Unlock()
+		return p, nil
+	}
+	q.mu.Unlock()
+	return q.permalinks.Peek(ctx, id)
+}
+
 // ErrStillWriting is returned by Delete for a permalink the queue has not written yet.
 var ErrStillWriting = errors.New("storage: the permalink is still being written; try again shortly")
 

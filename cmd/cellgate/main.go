@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -204,7 +205,11 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 	}
 	// The timeouts and the per-address connection cap hold for every
 	// route, the web client's included.
-	httpServer := gw.HTTPServer(static.Wrap(gw.Handler()))
+	previews := func(r *http.Request) (static.Meta, bool) {
+		m, ok := gw.PermalinkMeta(r)
+		return static.Meta(m), ok
+	}
+	httpServer := gw.HTTPServer(static.WrapWith(gw.Handler(), previews))
 	ln = gw.Listener(ln)
 	database := stack.where
 	log.Info().Str("listen", ln.Addr().String()).Str("pool", o.pool).Int("max_kernels", o.maxKernels).
