@@ -18,6 +18,7 @@ import (
 type FileStore interface {
 	Watch(dir string, owner storage.FileOwner) (*storage.Watcher, error)
 	OpenFile(ctx context.Context, id, name string) (*storage.FileReader, error)
+	ByPermalink(ctx context.Context, permalink string, since time.Time) ([]storage.FileInfo, error)
 }
 
 // fileURL is the one way a link to a stored file is built: the server's

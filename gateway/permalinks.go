@@ -147,7 +147,7 @@ func (s *Server) getPermalink(c echo.Context) error {
 	}
 	if !sageShape {
 		answer := map[string]any{"code": p.Code, "language": p.Language, "interacts": p.Interacts}
-		if res, ok := s.storedResult(c.Request().Context(), id); ok {
+		if res, ok := s.resultWithFiles(c, id); ok {
 			answer["result"] = res
 		}
 		return c.JSON(http.StatusOK, answer)
@@ -183,6 +183,42 @@ func (s *Server) storedResult(ctx context.Context, id string) (json.RawMessage, 
 	return json.RawMessage(res.Body), true
 }
 
+// resultWithFiles is permalink id's stored result with links to the files
+// its execution wrote (stored in GridFS with the permalink's id).
+func (s *Server) resultWithFiles(c echo.Context, id string) (json.RawMessage, bool) {
+	ctx := c.Request().Context()
+	raw, ok := s.storedResult(ctx, id)
+	if !ok || s.cfg.Storage.Files == nil {
+		return raw, ok
+	}
+	var res map[string]json.RawMessage
+	var created time.Time
+	if json.Unmarshal(raw, &res) != nil || json.Unmarshal(res["created"], &created) != nil {
+		return raw, ok
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	files, err := s.cfg.Storage.Files.ByPermalink(ctx, id, created)
+	if err != nil {
+		s.log.Warn().Err(err).Str("permalink", id).Msg("listing a result's files failed")
+		return raw, ok
+	}
+	if len(files) == 0 {
+		return raw, ok
+	}
+	base := s.baseURL(c).String()
+	links := make([]map[string]any, 0, len(files))
+	for _, f := range files {
+		links = append(links, map[string]any{"name": f.Name, "url": fileURL(base, f.ID, f.Name), "size": f.Size, "content_type": f.ContentType})
+	}
+	res["files"], _ = json.Marshal(links)
+	withFiles, err := json.Marshal(res)
+	if err != nil {
+		return raw, ok
+	}
+	return withFiles, true
+}
+
 // permalinkOutputs is GET /permalink/ID/outputs: the stored result alone
 // (outputs, widget state, date).
 func (s *Server) permalinkOutputs(c echo.Context) error {
@@ -193,7 +229,7 @@ func (s *Server) permalinkOutputs(c echo.Context) error {
 	if err != nil || id == "" {
 		return httpError(c, http.StatusNotFound, "no such permalink")
 	}
-	res, ok := s.storedResult(c.Request().Context(), id)
+	res, ok := s.resultWithFiles(c, id)
 	if !ok {
 		return httpError(c, http.StatusNotFound, "no result is stored with this permalink")
 	}

@@ -54,11 +54,16 @@ func TestPermalinkKeepsItsResult(t *testing.T) {
 	k := env.newKernel(url.Values{"timeout": {"60"}})
 	c := env.dialSage(k.ID, "")
 	began := time.Now().Add(-time.Second)
-	msgID := c.execute("print('hello')\nfrom IPython.display import HTML, display\ndisplay(HTML('<b>bold</b>'))\n6*7")
+	msgID := c.execute("print('hello')\nfrom IPython.display import HTML, display\ndisplay(HTML('<b>bold</b>'))\nopen('out.txt', 'w').write('written')\n6*7")
 	frames := c.until(func(f frame) bool { return f.Header.MsgType == "execute_reply" && f.ParentHeader.MsgID == msgID })
 	id := permalinkOf(t, frames)
 
-	res := storedResultOf(t, env, id, func(r result.Result) bool { return len(r.Outputs) > 0 })
+	res := storedResultOf(t, env, id, func(r result.Result) bool { return len(r.Outputs) > 0 && len(r.Files) > 0 })
+	if f := res.Files[0]; f.Name != "out.txt" {
+		t.Errorf("result's files %+v, want out.txt", res.Files)
+	} else if status, body, _ := fetch(t, f.URL); status != http.StatusOK || string(body) != "written" {
+		t.Errorf("GET %s: %d %q", f.URL, status, body)
+	}
 	got, _ := json.Marshal(res.Outputs)
 	for _, want := range []string{`"text":"hello\n"`, `"text/html":"\u003cb\u003ebold\u003c/b\u003e"`, `"output_type":"execute_result"`, `"text/plain":"42"`} {
 		if !strings.Contains(string(got), want) {

@@ -475,6 +475,45 @@ func (f *Files) Stat(ctx context.Context, id, name string) (FileInfo, error) {
 	return doc.info(), nil
 }
 
+// maxPermalinkFiles bounds the files ByPermalink lists.
+const maxPermalinkFiles = 100
+
+// ByPermalink lists the files the latest execution of permalink wrote, uploaded at or after
+// since: of one session (the one that uploaded last), newest first, one per name, at most 100.
+func (f *Files) ByPermalink(ctx context.Context, permalink string, since time.Time) ([]FileInfo, error) {
+	if !validID(permalink) {
+		return nil, nil
+	}
+	cur, err := f.filesColl.Find(ctx,
+		bson.D{{Key: "metadata.permalink", Value: permalink}, {Key: "uploadDate", Value: bson.D{{Key: "$gte", Value: since.UTC()}}}},
+		options.Find().SetSort(bson.D{{Key: "uploadDate", Value: -1}}).SetLimit(4*maxPermalinkFiles))
+	if err != nil {
+		return nil, fmt.Errorf("storage: files of permalink %s: %w", permalink, err)
+	}
+	defer cur.Close(ctx)
+	var files []FileInfo
+	seen := map[string]bool{}
+	session := ""
+	for cur.Next(ctx) && len(files) < maxPermalinkFiles {
+		var doc fileDoc
+		if err := cur.Decode(&doc); err != nil {
+			return nil, fmt.Errorf("storage: files of permalink %s: %w", permalink, err)
+		}
+		if session == "" {
+			session = doc.Metadata.Session
+		}
+		if doc.Metadata.Session != session || seen[doc.Filename] {
+			continue
+		}
+		seen[doc.Filename] = true
+		files = append(files, doc.info())
+	}
+	if err := cur.Err(); err != nil {
+		return nil, fmt.Errorf("storage: files of permalink %s: %w", permalink, err)
+	}
+	return files, nil
+}
+
 func (f *Files) find(ctx context.Context, id, name string) (fileDoc, error) {
 	if !validID(id) || (name != "" && !ValidFileName(name)) {
 		return fileDoc{}, ErrNotFound
