@@ -37,6 +37,11 @@ type frame struct {
 			Size int64  `json:"size"`
 		} `json:"files"`
 	} `json:"content"`
+	Metadata struct {
+		Cellgate struct {
+			Permalink string `json:"permalink"`
+		} `json:"cellgate"`
+	} `json:"metadata"`
 	Error   string `json:"error"`
 	Message string `json:"message"`
 
@@ -65,6 +70,7 @@ type executeTiming struct {
 	files       []frame
 	status      string
 	stdout      string
+	permalink   string // the id its execute_reply carries
 }
 
 // execute sends an execute_request and waits for its reply and idle
@@ -94,6 +100,7 @@ func execute(ctx context.Context, c client, code string, waitFiles bool) (execut
 			switch f.Header.MsgType {
 			case "execute_reply":
 				gotReply, t.reply, t.status, t.replyAt = true, f.at.Sub(start), f.Content.Status, f.at
+				t.permalink = f.Metadata.Cellgate.Permalink
 			case "status":
 				if f.Content.ExecutionState == "busy" && t.busy == 0 {
 					t.busy = f.at.Sub(start)

@@ -72,7 +72,7 @@ func main() {
 	flag.IntVar(&o.fileRounds, "file-rounds", 3, "10 MB files to upload and fetch")
 	flag.IntVar(&o.coldStarts, "cold-starts", 6, "cold starts per launcher (sandboxed and not)")
 	flag.StringVar(&o.burstSizes, "bursts", "20,50", "sizes of the bursts of concurrent POST /kernel and /service, comma-separated")
-	flag.StringVar(&o.skip, "skip", "", "comma-separated phases to skip: coldstart,sessions,execute,jupyterlab,service,refill,burst,permalinks,files,memory")
+	flag.StringVar(&o.skip, "skip", "", "comma-separated phases to skip: coldstart,sessions,execute,jupyterlab,service,refill,burst,permalinks,stored,files,memory")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -209,6 +209,7 @@ func (e *env) withServer(ctx context.Context, info map[string]string) error {
 		// Waits about a minute between bursts for the pool to shrink.
 		{"burst", e.phaseBurst, 20 * time.Minute},
 		{"permalinks", e.phasePermalinks, 0},
+		{"stored", e.phaseStored, 10 * time.Minute},
 		{"files", e.phaseFiles, 0},
 		{"memory", func(ctx context.Context) error { return e.phaseMemory(ctx, startRSS) }, 0},
 	}

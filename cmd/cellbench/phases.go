@@ -33,7 +33,7 @@ const (
 	codeService = "print(6*7)"
 )
 
-var sectionOrder = []string{secPool, secSession, secExecute, secJupyter, secService, secBurst, secMemory, secStorage, secCodec}
+var sectionOrder = []string{secPool, secSession, secExecute, secJupyter, secService, secBurst, secMemory, secStorage, secStored, secCodec}
 
 // env is what the phases share.
 type env struct {
