@@ -605,11 +605,17 @@ export class Cell {
     // The server stored a permalink (without interact state) for the last evaluation of this code.
     else if (!interacts.length && this.permalink && this.permalink.code === code && this.permalink.kernel === kernel) query = this.permalink.id;
     if (!query) {
+      const body = { code, language: kernel, interacts: JSON.stringify(interacts), n: 0 };
+      // The live session, if any: the server then keeps with the permalink
+      // what this cell shows (its last result, if it ran this code, with the
+      // interacts as they are now), so the link opens with it.
+      const k = this.kernel;
+      if (!this.stored && k && k.id && !k.ended) body.kernel_id = k.id;
       try {
         const resp = await fetch(`${this.server}permalink`, {
           method: 'POST',
           headers: { 'Content-Type': 'application/json' },
-          body: JSON.stringify({ code, language: kernel, interacts: JSON.stringify(interacts), n: 0 }),
+          body: JSON.stringify(body),
         });
         if (resp.ok) {
           const j = await resp.json();
