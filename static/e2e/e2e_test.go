@@ -90,7 +90,7 @@ func startCellgateWith(t testing.TB, ready map[string]int, maxKernels int, lease
 	queue := storage.NewQueue(context.Background(), store.Permalinks(), storage.QueueConfig{Logger: log})
 	gw := gateway.New(gateway.Config{
 		Log: log, LeaseTimeout: leaseTimeout, PollWait: 10 * time.Second,
-		Storage: gateway.Storage{Permalinks: queue, Files: store.Files(), Ping: store.Ping},
+		Storage: gateway.Storage{Permalinks: queue, Results: store.Results(), Files: store.Files(), Ping: store.Ping},
 	}, pool)
 	srv := httptest.NewServer(static.Wrap(gw.Handler()))
 	t.Cleanup(func() {

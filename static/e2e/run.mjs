@@ -1177,6 +1177,113 @@ test('?q= of a permalink with a stored result shows it at once; Evaluate runs li
   expect(k3.length === 0, `a missing permalink asked for a kernel: ${k3.join(', ')}`);
 });
 
+// waitStored waits until the server has the stored result of permalink id
+// (it is written once the execution is recorded).
+async function waitStored(p, id) {
+  const ok = await p.evaluate(async (id) => {
+    for (let i = 0; i < 40; i++) {
+      const r = await fetch(`permalink/${encodeURIComponent(id)}/outputs`);
+      if (r.ok) return true;
+      await new Promise((res) => setTimeout(res, 250));
+    }
+    return false;
+  }, id);
+  expect(ok, `GET /permalink/${id}/outputs never answered a result`);
+}
+
+test('a cell that ran opens from ?q= with its stored result before any kernel, and Evaluate re-runs it', async (t) => {
+  const p = await page(t);
+  const code = [
+    'import matplotlib.pyplot as plt',
+    'plt.figure(figsize=(4, 2))',
+    'plt.plot([0, 1, 2], [0, 1, 4])',
+    'plt.title("stored plot")',
+    'plt.show()',
+    'print("stored", 6 * 7)',
+  ].join('\n');
+  await demo(p, code);
+  await outputContains(p, 'stored 42');
+  await waitDone(p);
+  // The execution's permalink (execute_reply's metadata.cellgate.permalink).
+  const id = await p.evaluate(() => window.demoCell.permalink?.id);
+  expect(id, 'the execute_reply carried no permalink');
+  await waitStored(p, id);
+  const p2 = await page(t);
+  const kernels = watchKernels(p2);
+  const started = Date.now();
+  await p2.goto(`${BASE}?q=${id}`);
+  await p2.waitForSelector('.cg-cell[data-stored="true"] .cg-stored-note');
+  const shown = Date.now() - started;
+  await p2.waitForFunction(() => {
+    const img = document.querySelector('.cg-output-root img.cg-image');
+    return img && img.complete && img.naturalWidth > 100;
+  });
+  const r = await p2.evaluate(() => ({
+    note: document.querySelector('.cg-stored-note').innerText,
+    text: document.querySelector('.cg-output-root').innerText,
+    code: window.demoCell.code,
+    done: document.querySelector('.cg-cell').dataset.done,
+    year: String(new Date().getFullYear()),
+  }));
+  const j = JSON.stringify(r);
+  expect(r.note.startsWith('Stored result from ') && r.note.includes(r.year) && r.note.includes('Evaluate to run it live'), `note: ${j}`);
+  expect(r.text.includes('stored 42') && r.code === code && r.done === undefined, `stored result: ${j}`);
+  expect(kernels.length === 0, `a kernel was asked for before Evaluate: ${kernels.join(', ')}`);
+  t.log.push(`stored result visible ${shown} ms after navigation`);
+  await p2.waitForTimeout(800);
+  expect(kernels.length === 0, `a kernel was asked for: ${kernels.join(', ')}`);
+  await shot(p2, 'stored-permalink.png', { fullPage: true });
+  // Evaluate runs it live, in place of the stored result.
+  await p2.click('.cg-eval');
+  await waitDone(p2);
+  await outputContains(p2, 'stored 42');
+  const after = await p2.evaluate(() => ({
+    stored: document.querySelector('.cg-cell').dataset.stored,
+    note: !!document.querySelector('.cg-stored-note'),
+    images: document.querySelectorAll('.cg-output-root img.cg-image').length,
+    text: document.querySelector('.cg-output-root').innerText,
+  }));
+  expect(after.stored === undefined && !after.note && after.images === 1 && (after.text.match(/stored 42/g) || []).length === 1, `after Evaluate: ${JSON.stringify(after)}`);
+  expect(kernels.length >= 1 && kernels[0].startsWith('POST'), `Evaluate did not ask for a kernel: ${kernels.join(', ')}`);
+});
+
+test('an interact shared at x=7 opens from ?q= at 7 without a kernel', async (t) => {
+  const p = await page(t);
+  await demo(p, ['from ipywidgets import interact', '@interact(x=(0, 10))', 'def square(x=3):', '    print("x squared is", x * x)'].join('\n'));
+  await outputContains(p, 'x squared is 9');
+  const slider = await p.waitForSelector('.cg-output-root input[type=range]');
+  await slider.focus();
+  for (let i = 0; i < 4; i++) await p.keyboard.press('ArrowRight');
+  await outputContains(p, 'x squared is 49');
+  await p.waitForFunction(() => window.demoCell.state === 'idle' && window.demoCell.kernel.widgets.models.size > 0);
+  // Share sends the live session: the server keeps the result as the cell shows it.
+  const [req] = await Promise.all([p.waitForRequest((r) => r.url().endsWith('/permalink') && r.method() === 'POST'), p.click('.cg-share')]);
+  const body = JSON.parse(req.postData() || '{}');
+  expect(body.kernel_id && body.kernel_id === (await p.evaluate(() => window.demoCell.kernel.id)), `Share sent kernel_id ${body.kernel_id}`);
+  const link = await (await p.waitForSelector('.cg-share-panel input.cg-link-q')).inputValue();
+  await waitStored(p, new URL(link).searchParams.get('q'));
+  const p2 = await page(t);
+  const kernels = watchKernels(p2);
+  await p2.goto(link);
+  await p2.waitForSelector('.cg-cell[data-stored="true"] .cg-output-root input[type=range]');
+  const r = await p2.evaluate(() => {
+    const s = document.querySelector('.cg-output-root input[type=range]');
+    return { value: s.value, disabled: s.disabled, text: document.querySelector('.cg-output-root').innerText, interacts: window.demoCell.interactState() };
+  });
+  const j = JSON.stringify(r);
+  expect(r.value === '7' && r.disabled, `the stored slider: ${j}`);
+  expect(r.text.includes('x squared is 49') && !r.text.includes('x squared is 9\n'), `the stored output: ${j}`);
+  expect(r.interacts[0]?.state?.x === 7, `interact state: ${j}`);
+  await p2.waitForTimeout(800);
+  expect(kernels.length === 0, `a kernel was asked for: ${kernels.join(', ')}`);
+  // Evaluate runs it live, and the interact is put back at 7.
+  await p2.click('.cg-eval');
+  await p2.waitForFunction(() => document.querySelector('.cg-cell').dataset.restored === 'true', null, { timeout: 30000 });
+  await outputContains(p2, 'x squared is 49');
+  const live = await p2.evaluate(() => ({ value: document.querySelector('.cg-output-root input[type=range]').value, disabled: document.querySelector('.cg-output-root input[type=range]').disabled, stored: document.querySelector('.cg-cell').dataset.stored }));
+  expect(live.value === '7' && !live.disabled && live.stored === undefined, `live interact: ${JSON.stringify(live)}`);
+});
+
 test('demo page screenshot', async (t) => {
   const p = await page(t, { viewport: { width: 1000, height: 900 } });
   await demo(
