@@ -237,3 +237,42 @@ func TestSharedLinkPreviews(t *testing.T) {
 		t.Errorf("oembed format=xml: %d, want 501", status)
 	}
 }
+
+// What a reader typed at an input() prompt is never part of a result.
+func TestResultKeepsNoStdinAnswer(t *testing.T) {
+	env, _ := newStorageEnv(t)
+	k := env.newKernel(url.Values{"timeout": {"60"}})
+	c := env.dialSage(k.ID, "")
+	msgID := c.send("shell", "execute_request", map[string]any{"code": "answer = input('password? ')\nprint('got', len(answer), 'characters')", "silent": false, "user_expressions": map[string]any{}, "allow_stdin": true})
+	c.until(func(f frame) bool { return f.Header.MsgType == "input_request" })
+	c.send("stdin", "input_reply", map[string]any{"value": "hunter2-secret"})
+	frames := c.until(func(f frame) bool { return f.Header.MsgType == "execute_reply" && f.ParentHeader.MsgID == msgID })
+	id := permalinkOf(t, frames)
+	res := storedResultOf(t, env, id, func(r result.Result) bool { return len(r.Outputs) > 0 })
+	body, _ := json.Marshal(res)
+	if !strings.Contains(string(body), "got 14 characters") {
+		t.Fatalf("result %s lacks the output (the test would prove nothing)", body)
+	}
+	if strings.Contains(string(body), "hunter2") {
+		t.Fatalf("result %s keeps the stdin answer", body)
+	}
+}
+
+// With result storage off (--store-results=false) permalinks keep only
+// their code, and the result routes say so.
+func TestResultsCanBeTurnedOff(t *testing.T) {
+	env, _ := newStorageEnv(t, func(c *Config) { c.Storage.Results = nil })
+	k := env.newKernel(url.Values{"timeout": {"60"}})
+	c := env.dialSage(k.ID, "")
+	msgID := c.execute("print('not kept')")
+	id := permalinkOf(t, c.until(func(f frame) bool { return f.Header.MsgType == "execute_reply" && f.ParentHeader.MsgID == msgID }))
+	c.until(idleAfter(msgID))
+	var e apiError
+	if r := env.do(http.MethodGet, "/permalink/"+id+"/outputs", "", "", &e); r.StatusCode != http.StatusNotFound || !strings.Contains(e.Message, "keeps no results") {
+		t.Errorf("outputs with results off: %d %+v", r.StatusCode, e)
+	}
+	var obj map[string]any
+	if r := env.do(http.MethodGet, "/permalink/"+id, "", "", &obj); r.StatusCode != http.StatusOK || obj["result"] != nil || obj["code"] != "print('not kept')" {
+		t.Errorf("permalink with results off: %d %v", r.StatusCode, obj)
+	}
+}
