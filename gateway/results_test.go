@@ -266,7 +266,6 @@ func TestResultsCanBeTurnedOff(t *testing.T) {
 	c := env.dialSage(k.ID, "")
 	msgID := c.execute("print('not kept')")
 	id := permalinkOf(t, c.until(func(f frame) bool { return f.Header.MsgType == "execute_reply" && f.ParentHeader.MsgID == msgID }))
-	c.until(idleAfter(msgID))
 	var e apiError
 	if r := env.do(http.MethodGet, "/permalink/"+id+"/outputs", "", "", &e); r.StatusCode != http.StatusNotFound || !strings.Contains(e.Message, "keeps no results") {
 		t.Errorf("outputs with results off: %d %+v", r.StatusCode, e)
