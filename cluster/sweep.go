@@ -8,7 +8,12 @@ import (
 
 	"go.mongodb.org/mongo-driver/v2/bson"
 	"go.mongodb.org/mongo-driver/v2/mongo"
+	"go.mongodb.org/mongo-driver/v2/mongo/options"
 )
+
+// maxOrphans bounds the orphaned sessions one sweep reads; each names its incarnation, and one
+// update ends all of an incarnation's.
+const maxOrphans = 1000
 
 // Sweeping is how the dead leave the registry, with no TTL index to do it (the embedded FerretDB
 // has none) and no coordinator: every live instance sweeps, and every step is a conditional
@@ -125,24 +130,35 @@ func (r *Registry) sweepOrphans(ctx context.Context) {
 	}
 	r.mu.Unlock()
 	now := r.Now()
-	res, err := r.sessions.UpdateMany(ctx, bson.D{
+	cur, err := r.sessions.Find(ctx, bson.D{
 		{Key: "ended", Value: bson.D{{Key: "$exists", Value: false}}},
 		{Key: "epoch", Value: bson.D{{Key: "$nin", Value: live}}},
 		{Key: "created", Value: bson.D{{Key: "$lt", Value: now.Add(-r.cfg.Expiry)}}},
-	}, endedUpdate(now, "its cellgate instance is gone", true))
+	}, options.Find().SetProjection(bson.D{{Key: "owner", Value: 1}, {Key: "epoch", Value: 1}}).SetLimit(maxOrphans))
 	if err != nil {
-		r.log.Warn().Err(err).Msg("cluster: sweep of orphaned sessions failed")
+		r.log.Warn().Err(err).Msg("cluster: look for orphaned sessions failed")
 		return
 	}
-	if res.ModifiedCount > 0 {
-		r.log.Info().Int64("sessions", res.ModifiedCount).Msg("cluster: orphaned sessions ended")
+	var orphans []sessionDoc
+	if err := cur.All(ctx, &orphans); err != nil {
+		r.log.Warn().Err(err).Msg("cluster: look for orphaned sessions failed")
+		return
 	}
-	res2, err := r.sessions.DeleteMany(ctx, bson.D{{Key: "ended", Value: bson.D{{Key: "$lt", Value: now.Add(-r.cfg.Tombstone)}}}})
+	done := map[string]bool{}
+	for _, o := range orphans {
+		if !done[o.Epoch] {
+			done[o.Epoch] = true
+			if err := r.tombstoneEpoch(ctx, o.Epoch, fmt.Sprintf("cellgate instance %s is gone", o.Owner)); err != nil {
+				r.log.Warn().Err(err).Msg("cluster: sweep of orphaned sessions failed")
+			}
+		}
+	}
+	del, err := r.sessions.DeleteMany(ctx, bson.D{{Key: "ended", Value: bson.D{{Key: "$lt", Value: now.Add(-r.cfg.Tombstone)}}}})
 	if err != nil {
 		r.log.Warn().Err(err).Msg("cluster: delete old tombstones failed")
 		return
 	}
-	if res2.DeletedCount > 0 {
-		r.log.Debug().Int64("tombstones", res2.DeletedCount).Msg("cluster: old tombstones deleted")
+	if del.DeletedCount > 0 {
+		r.log.Debug().Int64("tombstones", del.DeletedCount).Msg("cluster: old tombstones deleted")
 	}
 }
