@@ -158,7 +158,7 @@ func (s *Server) startJupyterKernel(c echo.Context, asked string) (*session.Sess
 		return nil, err
 	}
 	life := session.Lifetime{Idle: s.cfg.JupyterIdleTimeout, MaxIdle: max(s.cfg.JupyterIdleTimeout, s.cfg.MaxTimeout), Lifespan: s.cfg.MaxLifespan}
-	return s.startSession(c.Request().Context(), kernelName, session.Jupyter, c.RealIP(), "", "", life)
+	return s.startSession(c.Request().Context(), kernelChoice{Kernel: kernelName}, session.Jupyter, c.RealIP(), "", "", life)
 }
 
 func (s *Server) apiStartKernel(c echo.Context) error {

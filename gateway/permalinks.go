@@ -89,7 +89,7 @@ func (s *Server) createPermalink(c echo.Context) error {
 // proof of access (it is the capability to run code there).
 func (s *Server) keepSharedResult(kernelID, id, code, language string) {
 	sess := s.sessions.get(kernelID)
-	if sess == nil || sess.KernelName() != language || !s.permalinks.KeepsResults() {
+	if sess == nil || sess.Language() != language || !s.permalinks.KeepsResults() {
 		return
 	}
 	res, ok := sess.LastResult(code)

@@ -168,7 +168,10 @@ func (s *Server) publicKernelspecs(c echo.Context) error {
 	out := struct {
 		Default string         `json:"default"`
 		Kernels []publicKernel `json:"kernels"`
-	}{Default: s.cfg.DefaultKernel, Kernels: []publicKernel{}}
+		// SageLanguages are the Sage cell's other languages this server
+		// runs through its Sage kernel (ask for them by name).
+		SageLanguages []string `json:"sage_languages"`
+	}{Default: s.cfg.DefaultKernel, Kernels: []publicKernel{}, SageLanguages: s.availableSageLanguages()}
 	for _, name := range jupytermsg.SortedNames(specs) {
 		out.Kernels = append(out.Kernels, publicKernel{Name: name, DisplayName: specs[name].DisplayName, Language: specs[name].Language})
 	}

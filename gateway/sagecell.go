@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -12,7 +13,6 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/cellgate/cellgate/gateway/session"
-	"github.com/cellgate/cellgate/jupytermsg"
 )
 
 // The Sage Cell Server API: POST /kernel, DELETE /kernel/{id}, the
@@ -63,7 +63,7 @@ func (s *Server) createSageKernel(c echo.Context) error {
 	} else {
 		life.Idle = timeout
 	}
-	kernelName, err := s.resolveSageKernel(askedKernel(c, body))
+	choice, err := s.resolveSageChoice(askedKernel(c, body))
 	if err != nil {
 		return s.sageError(c, http.StatusBadRequest, err.Error())
 	}
@@ -79,7 +79,7 @@ func (s *Server) createSageKernel(c echo.Context) error {
 	if !ok {
 		return s.sageAnswer(c, http.StatusTooManyRequests, apiError{Error: tooManyForCellSession, Message: tooManyForCellSessionMessage})
 	}
-	sess, err := s.startSession(c.Request().Context(), kernelName, session.SageCell, c.RealIP(), clientKey, s.baseURL(c).String(), life)
+	sess, err := s.startSession(c.Request().Context(), choice, session.SageCell, c.RealIP(), clientKey, s.baseURL(c).String(), life)
 	if err != nil {
 		releaseCell()
 		if code := statusOf(err, http.StatusInternalServerError); code != http.StatusInternalServerError && framed(c) {
@@ -89,7 +89,7 @@ func (s *Server) createSageKernel(c echo.Context) error {
 	}
 	s.cellSessions.releaseWhenEnded(sess, releaseCell)
 	c.Response().Header().Set("Jupyter-Kernel-ID", sess.ID())
-	return s.sageAnswer(c, http.StatusOK, map[string]string{"id": sess.ID(), "ws_url": s.wsURL(c), "kernel_name": kernelName})
+	return s.sageAnswer(c, http.StatusOK, map[string]string{"id": sess.ID(), "ws_url": s.wsURL(c), "kernel_name": choice.Kernel, "language": cmp.Or(choice.Language, choice.Kernel)})
 }
 
 // What the Sage cell answers a page over its cell-session limit.
@@ -144,14 +144,8 @@ func (s *Server) sageDefaultKernel() string {
 	if s.cfg.SageCellDefaultKernel != "" {
 		return s.cfg.SageCellDefaultKernel
 	}
-	specs := s.pool.Specs()
-	if _, ok := specs["sagemath"]; ok {
-		return "sagemath"
-	}
-	for _, name := range jupytermsg.SortedNames(specs) {
-		if strings.EqualFold(specs[name].Language, "sage") {
-			return name
-		}
+	if sage := s.sageKernel(); sage != "" {
+		return sage
 	}
 	return s.cfg.DefaultKernel
 }

@@ -43,6 +43,7 @@ type Server struct {
 	sessions   *registry
 	notebooks  notebooks
 	permalinks *permalink.Recorder // nil without a permalink store
+	languages  languages
 	started    time.Time
 	// everWarm is set once the pool has been warm: from then on a pool
 	// that is momentarily empty is refilling, not failing (/readyz).
@@ -54,7 +55,8 @@ type Server struct {
 // New builds the gateway over pool.
 func New(cfg Config, pool Pool) *Server {
 	cfg = cfg.withDefaults()
-	s := &Server{cfg: cfg, pool: pool, log: cfg.Log, started: time.Now(), cellSessions: newCellSessions(cfg.MaxKernelsPerCellSession)}
+	s := &Server{cfg: cfg, pool: pool, log: cfg.Log, started: time.Now(), cellSessions: newCellSessions(cfg.MaxKernelsPerCellSession),
+		languages: findLanguages(defaultLookPath)}
 	reg := cfg.Metrics
 	if reg == nil {
 		reg = NewRegistry()
@@ -88,7 +90,8 @@ func (s *Server) Handler() http.Handler { return s.echo }
 // turns with other client addresses, up to LeaseTimeout; it is refused at
 // once (503, with a Retry-After from the queue's estimate) when the
 // expected wait is longer.
-func (s *Server) startSession(ctx context.Context, kernelName string, api session.API, remote, clientKey, baseURL string, life session.Lifetime) (*session.Session, error) {
+func (s *Server) startSession(ctx context.Context, choice kernelChoice, api session.API, remote, clientKey, baseURL string, life session.Lifetime) (*session.Session, error) {
+	kernelName := choice.Kernel
 	release, err := s.sessions.reserve(remote, clientKey)
 	if err != nil {
 		return nil, err
@@ -124,6 +127,10 @@ func (s *Server) startSession(ctx context.Context, kernelName string, api sessio
 		// Every hook is in place before the session can end, so an end at
 		// any point after start is forgotten and its slot given back.
 		OnEnd: s.forget,
+	}
+	if choice.Language != "" {
+		o.Language = choice.Language
+		o.Wrap = func(code string) string { return wrapForSage(choice.Language, code) }
 	}
 	if api != session.Jupyter {
 		if s.permalinks != nil {

@@ -58,12 +58,12 @@ func (s *Server) service(c echo.Context) error {
 	if err != nil {
 		return httpError(c, http.StatusBadRequest, err.Error())
 	}
-	kernelName, err := s.resolveSageKernel(askedKernel(c, body))
+	choice, err := s.resolveSageChoice(askedKernel(c, body))
 	if err != nil {
 		return httpError(c, http.StatusBadRequest, err.Error())
 	}
 	life := session.Lifetime{Idle: s.cfg.ServiceTimeout * 2, MaxIdle: s.cfg.ServiceTimeout * 2, Lifespan: s.cfg.ServiceTimeout * 2}
-	sess, err := s.startSession(c.Request().Context(), kernelName, session.Service, c.RealIP(), "", s.baseURL(c).String(), life)
+	sess, err := s.startSession(c.Request().Context(), choice, session.Service, c.RealIP(), "", s.baseURL(c).String(), life)
 	if err != nil {
 		return answerError(c, err)
 	}

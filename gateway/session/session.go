@@ -14,6 +14,7 @@
 package session
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -125,6 +126,12 @@ type Results interface {
 type Options struct {
 	API        API
 	KernelName string
+	// Language is the Sage-cell language the kernel runs this session's
+	// code in ("gp" through the Sage kernel), "" for the kernel's own;
+	// Wrap makes each execution's code that language's (nil: unchanged).
+	// Permalinks keep the code as sent, under Language.
+	Language string
+	Wrap     func(code string) string
 	// Remote is the client address it was started for, ClientKey the
 	// client_id (both for the per-client caps).
 	Remote    string
@@ -258,6 +265,10 @@ func (s *Session) Kernel() *kernelpool.Kernel { return s.kernel }
 // KernelName is the kernelspec it runs.
 func (s *Session) KernelName() string { return s.opts.KernelName }
 
+// Language is what the session's code is run as: the Sage-cell language
+// it was asked for, or its kernel's name.
+func (s *Session) Language() string { return cmp.Or(s.opts.Language, s.opts.KernelName) }
+
 // API is the API it was started through.
 func (s *Session) API() API { return s.opts.API }
 
@@ -373,6 +384,12 @@ func (s *Session) prepareExecute(m *jupytermsg.Message) error {
 			rewrite = true
 		}
 	}
+	var code string
+	_ = json.Unmarshal(content["code"], &code)
+	if s.opts.Wrap != nil {
+		content["code"], _ = json.Marshal(s.opts.Wrap(code))
+		rewrite = true
+	}
 	if rewrite {
 		raw, err := json.Marshal(content)
 		if err != nil {
@@ -380,14 +397,10 @@ func (s *Session) prepareExecute(m *jupytermsg.Message) error {
 		}
 		m.Content = raw
 	}
-	var code string
-	if s.opts.Permalinks != nil {
-		_ = json.Unmarshal(content["code"], &code)
-		var silent bool
-		_ = json.Unmarshal(content["silent"], &silent)
-		if silent {
-			code = ""
-		}
+	var silent bool
+	_ = json.Unmarshal(content["silent"], &silent)
+	if s.opts.Permalinks == nil || silent {
+		code = ""
 	}
 	if !p.wantsFiles && code == "" && s.opts.Files == nil {
 		return nil
@@ -397,7 +410,7 @@ func (s *Session) prepareExecute(m *jupytermsg.Message) error {
 	full := len(s.pending) >= limit
 	if !full {
 		if code != "" {
-			p.permalink = s.opts.Permalinks.Record(code, s.opts.KernelName, s)
+			p.permalink = s.opts.Permalinks.Record(code, cmp.Or(s.opts.Language, s.opts.KernelName), s)
 			if s.capture != nil {
 				recorded := p.permalink
 				s.capture.Begin(m.Header.MsgID, code, func(r result.Result) { s.opts.Results.Keep(recorded, r) })
