@@ -6,8 +6,10 @@ import (
 	"net/http"
 	"net/url"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // pythonString must mean exactly its input to Python, whatever it holds.
@@ -131,4 +133,26 @@ func rawStrings(raws []json.RawMessage) []string {
 		out[i] = string(r)
 	}
 	return out
+}
+
+// FuzzPythonString: the escapes pythonString writes mean the same in Go,
+// so a Go unquote of any valid text's literal must give the text back, and
+// the literal must never hold a raw line break (Python would end it there).
+func FuzzPythonString(f *testing.F) {
+	for _, s := range []string{"", `a"b`, "x\\", "\n\r\t\x00\x7f", "π\u2028"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		lit := pythonString(s)
+		if strings.ContainsAny(lit, "\n\r") {
+			t.Fatalf("%q: raw line break in %q", s, lit)
+		}
+		if !utf8.ValidString(s) {
+			return
+		}
+		back, err := strconv.Unquote(lit)
+		if err != nil || back != s {
+			t.Fatalf("%q → %q → %q (%v)", s, lit, back, err)
+		}
+	})
 }
