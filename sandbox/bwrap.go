@@ -598,8 +598,45 @@ func (b *Bwrap) launchForked(ctx context.Context, req Request, sl *slot, interp 
 		b.templates[key] = t
 		b.mu.Unlock()
 	}
+	t.mu.Lock()
+	t.forks++
+	t.mu.Unlock()
 	b.templateStart.Unlock()
 	return t.launch(ctx, req, sl, args)
+}
+
+// Template describes a fork-server template, for tools that measure
+// kernels: its processes are not kernels.
+type Template struct {
+	// Pid is the host pid of the template's Python process (named
+	// cellgate-tmpl). Each forked kernel's two helper processes below it
+	// are named cellgate-fork and cellgate-init; the kernel is named as a
+	// cold one (python3).
+	Pid         int
+	Interpreter string
+	// Forks counts the kernels asked of it; Kernels are those still
+	// running.
+	Forks, Kernels int
+}
+
+// Templates lists the fork-server templates running now.
+func (b *Bwrap) Templates() []Template {
+	b.mu.Lock()
+	all := make([]*template, 0, len(b.templates))
+	for _, t := range b.templates {
+		all = append(all, t)
+	}
+	b.mu.Unlock()
+	var out []Template
+	for _, t := range all {
+		if !t.alive() {
+			continue
+		}
+		t.mu.Lock()
+		out = append(out, Template{Pid: t.pid, Interpreter: t.interp, Forks: t.forks, Kernels: len(t.children)})
+		t.mu.Unlock()
+	}
+	return out
 }
 
 // Close stops the fork-server templates (the kernels they made end with

@@ -27,6 +27,9 @@ type identity struct {
 	CWD            string
 	CapEff         string
 	CapBnd         string
+	CapInh         string
+	CapPrm         string
+	CapAmb         string
 	NoNewPrivs     string
 	UserNS         int
 	Seccomp        string
@@ -57,7 +60,15 @@ func TestBwrapIdentity(t *testing.T) {
 	var id1, id2 identity
 	k1.result(t, &id1)
 	k2.result(t, &id2)
-	cfg := b.Config()
+	checkIdentities(t, b.Config(), id1, id2)
+	if id1.CWD != k1.req.WorkDir {
+		t.Errorf("cwd %s, want WorkDir %s", id1.CWD, k1.req.WorkDir)
+	}
+}
+
+// checkIdentities checks what identity.py reported in two live kernels.
+func checkIdentities(t *testing.T, cfg Config, id1, id2 identity) {
+	t.Helper()
 	for _, id := range []identity{id1, id2} {
 		if id.UID == 0 || id.UID == os.Getuid() || id.EUID != id.UID || id.GID != id.UID {
 			t.Errorf("kernel runs as uid %d euid %d gid %d (gateway %d)", id.UID, id.EUID, id.GID, os.Getuid())
@@ -68,8 +79,8 @@ func TestBwrapIdentity(t *testing.T) {
 		if len(id.Groups) > 1 || (len(id.Groups) == 1 && id.Groups[0] != id.GID) {
 			t.Errorf("supplementary groups %v", id.Groups)
 		}
-		if id.CapEff != "0000000000000000" || id.CapBnd != "0000000000000000" {
-			t.Errorf("capabilities: effective %s bounding %s", id.CapEff, id.CapBnd)
+		if none := "0000000000000000"; id.CapEff != none || id.CapBnd != none || id.CapInh != none || id.CapPrm != none || id.CapAmb != none {
+			t.Errorf("capabilities: effective %s bounding %s inheritable %s permitted %s ambient %s", id.CapEff, id.CapBnd, id.CapInh, id.CapPrm, id.CapAmb)
 		}
 		if id.NoNewPrivs != "1" {
 			t.Errorf("no_new_privs is %s", id.NoNewPrivs)
@@ -107,9 +118,6 @@ func TestBwrapIdentity(t *testing.T) {
 	}
 	if id1.UID == id2.UID {
 		t.Errorf("two live kernels share uid %d", id1.UID)
-	}
-	if id1.CWD != k1.req.WorkDir {
-		t.Errorf("cwd %s, want WorkDir %s", id1.CWD, k1.req.WorkDir)
 	}
 }
 
@@ -781,15 +789,45 @@ func TestBwrapNoFreeUID(t *testing.T) {
 // writeConnection writes an ipc connection file the way the pool does:
 // sockets <RuntimeDir>/sock-1..5, heartbeat on sock-5.
 func writeConnection(t *testing.T, runtimeDir string) string {
+	return writeConnectionKey(t, runtimeDir, "0123456789abcdef")
+}
+
+// writeConnectionKey is writeConnection with the HMAC key given.
+func writeConnectionKey(t *testing.T, runtimeDir, key string) string {
 	t.Helper()
 	conn := filepath.Join(runtimeDir, "kernel.json")
 	data := fmt.Sprintf(`{"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5,
-"ip": %q, "key": "0123456789abcdef", "transport": "ipc", "signature_scheme": "hmac-sha256", "kernel_name": "test"}`,
-		filepath.Join(runtimeDir, "sock"))
+"ip": %q, "key": %q, "transport": "ipc", "signature_scheme": "hmac-sha256", "kernel_name": "test"}`,
+		filepath.Join(runtimeDir, "sock"), key)
 	if err := os.WriteFile(conn, []byte(data), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return conn
+}
+
+// waitSockets waits until the kernel has bound its five sockets
+// (writeConnection's) in its RuntimeDir. jupyter_client, run on a kernel
+// still starting, takes a heartbeat missing for a second for a dead kernel
+// ("Kernel died before replying to kernel_info"), as happens on a loaded
+// machine: the tests that use it wait here first.
+func (k *kernel) waitSockets(t *testing.T, startup time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(startup)
+	for n := 1; n <= 5; {
+		st, err := os.Stat(filepath.Join(k.req.RuntimeDir, fmt.Sprintf("sock-%d", n)))
+		if err == nil && st.Mode()&os.ModeSocket != 0 {
+			n++
+			continue
+		}
+		select {
+		case <-k.p.Done():
+			t.Fatalf("kernel ended before binding sock-%d: %v\n%s", n, k.p.Err(), k.out)
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no sock-%d after %v:\n%s", n, startup, k.out)
+		}
+	}
 }
 
 // heartbeatScript pings a kernel's heartbeat socket from outside the
@@ -839,22 +877,7 @@ func testKernel(t *testing.T, b *Bwrap, startup time.Duration, code, want, file 
 		argv[i] = strings.ReplaceAll(a, "{connection_file}", conn)
 	}
 	k := launchIn(t, b, Request{Argv: argv, RuntimeDir: run, WorkDir: work})
-	deadline := time.Now().Add(startup)
-	for n := 1; n <= 5; {
-		st, err := os.Stat(filepath.Join(run, fmt.Sprintf("sock-%d", n)))
-		if err == nil && st.Mode()&os.ModeSocket != 0 {
-			n++
-			continue
-		}
-		select {
-		case <-k.p.Done():
-			t.Fatalf("kernel ended before binding sock-%d: %v\n%s", n, k.p.Err(), k.out)
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no sock-%d after %v:\n%s", n, startup, k.out)
-		}
-	}
+	k.waitSockets(t, startup)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "/usr/bin/python3", "-c", heartbeatScript, filepath.Join(run, "sock-5")).CombinedOutput()

@@ -142,27 +142,38 @@
 // embedded), keeping every property above:
 //
 //	gateway (root)
-//	└─ bwrap: the template, in a user namespace made by the gateway
-//	   │  (uid map: 0 → Config.ForkUID, the kernel range → itself), with
-//	   │  its own pid, net, ipc, uts namespaces and the read-only file
-//	   │  system of a kernel (no tmpfs of any kernel, no /etc secrets);
-//	   │  CAP_SYS_ADMIN, CAP_SETUID, CAP_SETGID in that namespace only
-//	   └─ A, a fork per kernel: its own process group (Process.Pid), dies
-//	      │  with the template; unshares mount, pid, net, ipc, uts
-//	      └─ B: pid 1 of the kernel's pid namespace: mounts /proc, moves
-//	         │  in the kernel's tmpfs directories, drops to the kernel's
-//	         │  uid (all capabilities go), no_new_privs, the rlimits, the
-//	         │  seccomp filter; then reaps, and exits as the kernel did
-//	         └─ C: the kernel, pid 2, reseeded (random, numpy) and given
-//	            its own environment, reads its connection file
+//	└─ bwrap: the template (named cellgate-tmpl), in a user namespace
+//	   │  made by the gateway (uid map: 0 → Config.ForkUID, the kernel
+//	   │  range → itself) that may hold no further user namespace
+//	   │  (max_user_namespaces 0 there: what --disable-userns is for a
+//	   │  cold kernel), with its own pid, net, ipc, uts namespaces and the
+//	   │  read-only file system of a kernel (no tmpfs of any kernel, no
+//	   │  /etc secrets); root of that namespace, with every capability
+//	   │  there and none outside it
+//	   └─ A (cellgate-fork), a fork per kernel: its own process group
+//	      │  (Process.Pid), dies with the template; unshares mount, pid,
+//	      │  net, ipc, uts
+//	      └─ B (cellgate-init): pid 1 of the kernel's pid namespace:
+//	         │  mounts /proc, moves in the kernel's tmpfs directories,
+//	         │  empties the bounding and inheritable capability sets, drops
+//	         │  to the kernel's uid (the other sets empty), is made dumpable
+//	         │  again as a cold kernel is (its /proc files are its own),
+//	         │  no_new_privs, the rlimits, the seccomp filter; then reaps,
+//	         │  and exits as the kernel did
+//	         └─ C: the kernel (named as a cold one: python3), pid 2,
+//	            reseeded (random, numpy) and given its own environment,
+//	            reads its connection file
 //
 // The template never runs user code and never holds a kernel's key: a
-// kernel reads its own connection file after the fork, as its own uid. It
-// starts no thread. Its host uid is no kernel's, and it is root only in a
-// namespace that owns nothing of the host: it can reach no other kernel's
-// files (their tmpfs is not in its view) and its control channel (a
-// socketpair to the gateway) is closed in every kernel before anything
-// else runs.
+// kernel reads its own connection file after the fork, as its own uid
+// (TestForkedKernelKeys scans the memory of kernels, of the template and
+// of the helpers for keys). It starts no thread. Its host uid is no
+// kernel's, and it is root only in a namespace that owns nothing of the
+// host: it can reach no other kernel's files (their tmpfs is not in its
+// view) and its control channel (a socketpair to the gateway) is closed in
+// every kernel before anything else runs. A forked kernel has what a cold
+// one has, no more (TestForkedKernelIdentity): no capability in any set,
+// no way to a new user namespace, no_new_privs, the seccomp filter.
 //
 // The kernel's tmpfs directories reach B as detached mounts: the gateway
 // clones each (open_tree) and passes the descriptors over the control
@@ -172,6 +183,11 @@
 // (which reaps A) to the gateway; ErrCPULimit and ErrLifespan are reported
 // as for cold kernels. If the template cannot start or dies, Launch starts
 // the kernel cold and Describe names the failure.
+//
+// The process names tell templates and the helpers A and B from kernels:
+// a tool that counts python processes counts kernels only. Templates
+// lists the templates (host pid, kernels made and running); kernelpool
+// measures a kernel's memory as A, B and C together.
 //
 // The gateway must run as root (switching uids, mounting tmpfs), on Linux
 // 5.10 or later (nosymfollow; 5.2 for detached mounts), with unprivileged

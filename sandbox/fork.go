@@ -51,6 +51,7 @@ type template struct {
 	cmd    *exec.Cmd
 	ctrl   *os.File
 	done   chan struct{} // closed when the template has exited
+	pid    int           // host pid of the template's Python process
 
 	sendMu sync.Mutex // one request on the wire at a time
 
@@ -61,6 +62,7 @@ type template struct {
 	// registered them (one that fails at once can).
 	early map[int]int
 	err   error // why it ended
+	forks int   // kernels asked of it
 }
 
 // forkReply is the template's answer to a launch request.
@@ -108,7 +110,9 @@ func (b *Bwrap) startTemplate(ctx context.Context, interp, workRoot, runtimeRoot
 	args := []string{
 		// Capabilities in the template's own user namespace only: it makes
 		// each kernel's namespaces and mounts, then the kernel drops them.
-		"--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
+		// These are the ones it uses (CAP_SETPCAP to empty the kernel's
+		// bounding set); bwrap leaves root of the namespace all of them.
+		"--cap-add", "CAP_SYS_ADMIN", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP",
 		"--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
 		"--die-with-parent", "--new-session", "--hostname", c.Hostname,
 	}
@@ -238,7 +242,7 @@ func (t *template) read(ready chan<- error) {
 		switch {
 		case msg.Ready && first:
 			first = false
-			ready <- nil
+			ready <- t.started(msg.Pid)
 		case msg.Exited != 0:
 			t.mu.Lock()
 			k := t.children[msg.Exited]
@@ -260,6 +264,16 @@ func (t *template) read(ready chan<- error) {
 			}
 		}
 	}
+}
+
+// started records, once the template is ready, its host pid.
+func (t *template) started(nsPid int) error {
+	pid, err := t.hostPid(nsPid)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrForkServer, err)
+	}
+	t.pid = pid
+	return nil
 }
 
 // ended records why the template stopped; every kernel it made is gone

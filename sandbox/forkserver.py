@@ -11,8 +11,12 @@
 # descriptors (SCM_RIGHTS); every answer is one JSON object:
 #   gateway → {"id", "uid", "work", "runtime", "home", "argv", "env"}
 #             fds: output, then detached mounts of run, work, tmp, home, shm
-#   template → {"ready": true} once, {"id", "pid"} or {"id", "error"},
-#              {"exited": pid, "status": waitstatus}
+#   template → {"ready": true, "pid": its pid} once; then {"id", "pid"}
+#              or {"id", "error"}, and {"exited": pid, "code": exit code}
+# Process names (comm) tell the template and each kernel's two helper
+# processes from kernels: cellgate-tmpl, cellgate-fork (waits for the
+# kernel's namespaces), cellgate-init (pid 1 of them); the kernel itself
+# is named as a cold one would be (python3).
 # The seccomp program every kernel loads is read from fd 4 at start.
 import ctypes
 import gc
@@ -33,11 +37,18 @@ libc.syscall.restype = ctypes.c_long
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWPID, CLONE_NEWNET = 0x20000000, 0x40000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REC, MS_PRIVATE = 2, 4, 8, 0x4000, 0x40000
-PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 1, 38, 22
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_NAME, PR_CAPBSET_DROP = 1, 4, 15, 24
+PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 38, 22
+CAP_VERSION_3 = 0x20080522
 SECCOMP_MODE_FILTER = 2
 SYS_MOVE_MOUNT = 429
 MOVE_MOUNT_F_EMPTY_PATH = 4
 AT_FDCWD = -100
+
+
+def set_name(name):
+    """Names this process (/proc/PID/comm, what ps and top show)."""
+    libc.prctl(PR_SET_NAME, os.fsencode(name)[:15], 0, 0, 0)
 
 
 def check(result, what):
@@ -61,6 +72,23 @@ os.close(4)
 
 class SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def drop_capability_sets():
+    """Empties the bounding and inheritable capability sets, as bwrap does
+    for a cold kernel: dropping to the kernel's uid clears the effective
+    and permitted sets only. Needs CAP_SETPCAP, which the template has in
+    its own user namespace."""
+    for cap in range(64):
+        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            if ctypes.get_errno() == 22 and cap > 0:  # EINVAL: past the last capability
+                break
+            check(-1, "drop capability %d" % cap)
+    header = (ctypes.c_uint32 * 2)(CAP_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()  # {effective, permitted, inheritable} x 2
+    check(libc.capget(header, data), "capget")
+    data[2] = data[5] = 0
+    check(libc.capset(header, data), "capset")
 
 
 def load_seccomp():
@@ -121,6 +149,7 @@ def exit_code(status):
 def kernel(req, fds):
     """Runs in the forked child; never returns."""
     out, run, work, tmp, home, shm = fds
+    set_name("cellgate-fork")
     signal.set_wakeup_fd(-1)
     keep = set(fds) | {0, 1, 2}
     for name in os.listdir("/proc/self/fd"):
@@ -146,6 +175,7 @@ def kernel(req, fds):
         _, status = os.waitpid(init, 0)
         os._exit(exit_code(status))
     # pid 1 of the kernel's namespaces.
+    set_name("cellgate-init")
     check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
     check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "private mounts")
     check(libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "proc")
@@ -161,11 +191,17 @@ def kernel(req, fds):
     for fd in fds:
         os.close(fd)
     os.chdir(req["work"])
+    drop_capability_sets()
     uid = req["uid"]
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
-    # A change of credentials clears the parent-death signal.
+    # A change of credentials clears the parent-death signal, and makes
+    # the process undumpable: its /proc files would then be root's (the
+    # template's), and the kernel could not read its own /proc/self/mem
+    # or environ as a cold kernel can. Only its own uid (its own processes)
+    # and host root can reach a dumpable process, as for a cold kernel.
     check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
+    check(libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0), "dumpable")
     check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
     set_limits()
     load_seccomp()
@@ -181,7 +217,8 @@ def kernel(req, fds):
                 continue
             if pid == child:
                 os._exit(exit_code(status))
-    # The kernel, pid 2.
+    # The kernel, pid 2, named as a cold one.
+    set_name(os.path.basename(sys.executable))
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -197,6 +234,17 @@ def kernel(req, fds):
     import runpy
     runpy.run_module("ipykernel_launcher", run_name="__main__", alter_sys=True)
     sys.exit(0)
+
+
+def no_user_namespaces():
+    """Forbids new user namespaces below the template's, as bwrap's
+    --disable-userns does for a cold kernel: the usual door to kernel
+    attack surface. The limit counts in every namespace below this one, so
+    a kernel (or any process it forks: a threaded kernel could not unshare
+    one anyway) gets ENOSPC. The template needs none: each kernel's
+    namespaces are made in the template's user namespace."""
+    with open("/proc/sys/user/max_user_namespaces", "w") as f:
+        f.write("0")
 
 
 def preload():
@@ -221,7 +269,7 @@ def serve():
     sel = selectors.DefaultSelector()
     sel.register(ctrl, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
-    ctrl.send(json.dumps({"ready": True}).encode())
+    ctrl.send(json.dumps({"ready": True, "pid": os.getpid()}).encode())
     while True:
         for key, _ in sel.select():
             if key.fileobj is ctrl:
@@ -274,5 +322,7 @@ def reap(ctrl):
         ctrl.send(json.dumps({"exited": pid, "code": exit_code(status)}).encode())
 
 
+set_name("cellgate-tmpl")
+no_user_namespaces()
 preload()
 serve()

@@ -130,6 +130,7 @@ func runCell(t *testing.T, b *Bwrap, code string) string {
 		Argv:       []string{"/usr/bin/python3", "-m", "ipykernel_launcher", "-f", conn},
 		RuntimeDir: run, WorkDir: work,
 	})
+	k.waitSockets(t, 2*time.Minute)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "/usr/bin/python3", "-c", executeScript, conn, code).CombinedOutput()

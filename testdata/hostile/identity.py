@@ -32,9 +32,32 @@ r["home"] = os.environ.get("HOME")
 r["cwd"] = os.getcwd()
 r["capeff"] = status["CapEff"].strip()
 r["capbnd"] = status["CapBnd"].strip()
+r["capinh"] = status["CapInh"].strip()
+r["capprm"] = status["CapPrm"].strip()
+r["capamb"] = status["CapAmb"].strip()
 r["nonewprivs"] = status["NoNewPrivs"].strip()
 r["seccomp"] = status["Seccomp"].strip()
-r["userns"] = libc.unshare(0x10000000)  # CLONE_NEWUSER: 0 if it made one
+
+
+def unshare_user():
+    """unshare(CLONE_NEWUSER) in a child: a threaded process (a kernel)
+    gets EINVAL whatever the sandbox allows, a single-threaded child does
+    not. 0 if it made one, else -1."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(wfd, str(libc.unshare(0x10000000)).encode())  # CLONE_NEWUSER
+        finally:
+            os._exit(0)
+    os.close(wfd)
+    os.waitpid(pid, 0)
+    out = os.read(rfd, 16)
+    os.close(rfd)
+    return int(out) if out else None
+
+
+r["userns"] = unshare_user()
 r["denied"] = [syscall(int(nr), 0, 0, 0) for nr in ARGS.get("denied", [])]
 r["getpid"] = syscall(int(ARGS["getpid"])) if "getpid" in ARGS else None
 try:

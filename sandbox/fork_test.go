@@ -1,0 +1,280 @@
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// skipWithoutIPyKernel skips a test of forked kernels where ipykernel is
+// missing.
+func skipWithoutIPyKernel(t *testing.T) {
+	t.Helper()
+	if _, err := os.Stat("/usr/lib/python3/dist-packages/ipykernel_launcher.py"); err != nil {
+		t.Skipf("python3-ipykernel is not installed: %v", err)
+	}
+}
+
+// ipyKernel is an ipykernel started by a test, and its connection file.
+type ipyKernel struct {
+	*kernel
+	conn string
+	key  string
+}
+
+// poolDirs makes the parents of kernels' RuntimeDir and WorkDir, as the
+// pool has them: kernels in the same ones share a template.
+func poolDirs(t *testing.T) (runtimeRoot, workRoot string) {
+	base := t.TempDir()
+	runtimeRoot, workRoot = filepath.Join(base, "run"), filepath.Join(base, "work")
+	for _, d := range []string{runtimeRoot, workRoot} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return runtimeRoot, workRoot
+}
+
+// startIPyKernel launches an ipykernel in b with a fresh random key (hex,
+// as the pool makes them), its directories in roots (poolDirs), and runs
+// one cell in it, so that it has read its connection file and answered
+// with its key.
+func startIPyKernel(t *testing.T, b *Bwrap, runtimeRoot, workRoot string) *ipyKernel {
+	t.Helper()
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		t.Fatal(err)
+	}
+	key := hex.EncodeToString(raw)
+	run, err := os.MkdirTemp(runtimeRoot, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	work, err := os.MkdirTemp(workRoot, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := writeConnectionKey(t, run, key)
+	k := &ipyKernel{kernel: launchIn(t, b, Request{
+		Argv:       []string{"/usr/bin/python3", "-m", "ipykernel_launcher", "-f", conn},
+		RuntimeDir: run, WorkDir: work,
+	}), conn: conn, key: key}
+	k.waitSockets(t, 2*time.Minute)
+	if out := k.cell(t, "print('up', 1+1)"); !strings.Contains(out, "up 2") {
+		t.Fatalf("the kernel did not run a cell: %s", out)
+	}
+	return k
+}
+
+// cell runs code in k from outside (jupyter_client on its ipc sockets) and
+// returns what it printed; the cell must succeed.
+func (k *ipyKernel) cell(t *testing.T, code string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "/usr/bin/python3", "-c", executeScript, k.conn, code).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "status: ok") {
+		t.Fatalf("execute: %v: %s\nkernel output:\n%s", err, out, k.out)
+	}
+	return string(out)
+}
+
+// lastJSON decodes the last line of out that starts with "{".
+func lastJSON(t *testing.T, out string, into any) {
+	t.Helper()
+	var line string
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(l, "{") {
+			line = l
+		}
+	}
+	if err := json.Unmarshal([]byte(line), into); err != nil {
+		t.Fatalf("no JSON result: %v\n%s", err, out)
+	}
+}
+
+// descendants lists pid and the processes below it, parents first.
+func descendants(pid int) []int {
+	tree := []int{pid}
+	for i := 0; i < len(tree); i++ {
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", tree[i]))
+		for _, task := range tasks {
+			data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", tree[i], task.Name()))
+			for _, f := range strings.Fields(string(data)) {
+				if child, err := strconv.Atoi(f); err == nil {
+					tree = append(tree, child)
+				}
+			}
+		}
+	}
+	return tree
+}
+
+func comm(pid int) string {
+	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", pid))
+	return strings.TrimSpace(string(data))
+}
+
+// scanMemory reports which needles occur in the readable memory of pid
+// (read as root through /proc/PID/mem), and how many bytes it read.
+func scanMemory(t *testing.T, pid int, needles ...[]byte) ([]bool, int64) {
+	t.Helper()
+	maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	longest := 0
+	for _, n := range needles {
+		longest = max(longest, len(n))
+	}
+	const chunk = 1 << 20
+	buf := make([]byte, chunk+longest-1)
+	found := make([]bool, len(needles))
+	var total int64
+	for _, line := range strings.Split(string(maps), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || f[1][0] != 'r' || f[len(f)-1] == "[vvar]" || f[len(f)-1] == "[vsyscall]" {
+			continue
+		}
+		lo, hi, _ := strings.Cut(f[0], "-")
+		start, err1 := strconv.ParseUint(lo, 16, 63)
+		end, err2 := strconv.ParseUint(hi, 16, 63)
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		for pos := start; pos < end; pos += chunk {
+			want := min(end-pos, uint64(len(buf)))
+			n, _ := mem.ReadAt(buf[:want], int64(pos))
+			total += int64(n)
+			for i, needle := range needles {
+				if !found[i] && bytes.Contains(buf[:n], needle) {
+					found[i] = true
+				}
+			}
+			if uint64(n) < want {
+				break // unreadable from here on
+			}
+		}
+	}
+	return found, total
+}
+
+// A forked kernel finds no other kernel's HMAC key in its own memory, and
+// no key ever reaches the template (or the two helper processes each fork
+// keeps above its kernel): each kernel reads its connection file after the
+// fork. Each scan must find what it must find (the kernel's own key, the
+// template's own program), or it proves nothing.
+func TestForkedKernelKeys(t *testing.T) {
+	t.Parallel()
+	skipWithoutIPyKernel(t)
+	b := newBwrap(t, func(c *Config) { c.Fork = true })
+	t.Cleanup(b.Close) // after the kernels' Close
+	runtimeRoot, workRoot := poolDirs(t)
+	a := startIPyKernel(t, b, runtimeRoot, workRoot)
+	// B is forked after the template has forked A: whatever the template
+	// learnt of A would be in B.
+	k := startIPyKernel(t, b, runtimeRoot, workRoot)
+	templates := b.Templates()
+	b.mu.Lock()
+	forkErr := b.forkErr
+	b.mu.Unlock()
+	if forkErr != nil || len(templates) != 1 || templates[0].Forks != 2 || templates[0].Pid <= 0 {
+		t.Fatalf("the kernels were not both forked from one template: %v, %+v", forkErr, templates)
+	}
+	half := len(a.key) / 2
+	var r struct {
+		Found      map[string]int
+		Regions    int
+		Bytes      int64
+		Unreadable int
+	}
+	lastJSON(t, k.cell(t, hostile(t, "keys.py", map[string]any{"needles": map[string][]string{
+		"own":   {k.key[:half], k.key[half:]},
+		"other": {a.key[:half], a.key[half:]},
+	}})), &r)
+	t.Logf("kernel B scanned %d regions, %d MiB (%d unreadable): %v", r.Regions, r.Bytes>>20, r.Unreadable, r.Found)
+	if r.Found["own"] == 0 {
+		t.Errorf("kernel B's scan of its own memory (%d regions, %d bytes) did not find its own key: the scan proves nothing", r.Regions, r.Bytes)
+	}
+	if r.Found["other"] != 0 {
+		t.Errorf("kernel B holds kernel A's key in %d places of its memory", r.Found["other"])
+	}
+
+	// From the gateway's side, as root: the template, and each kernel's
+	// helpers, hold neither key; each kernel holds its own.
+	keyA, keyB := []byte(a.key), []byte(k.key)
+	program := []byte(strings.SplitN(forkServerSource, "\n", 2)[0])
+	found, n := scanMemory(t, templates[0].Pid, keyA, keyB, program)
+	t.Logf("template (pid %d, %s): %d MiB scanned", templates[0].Pid, comm(templates[0].Pid), n>>20)
+	if !found[2] {
+		t.Errorf("the scan of the template's memory (%d bytes) did not find its own program: it proves nothing", n)
+	}
+	if found[0] || found[1] {
+		t.Errorf("the template holds a kernel's key (A: %v, B: %v)", found[0], found[1])
+	}
+	for _, c := range []struct {
+		name       string
+		k          *ipyKernel
+		own, other []byte
+	}{{"A", a, keyA, keyB}, {"B", k, keyB, keyA}} {
+		tree := descendants(c.k.p.Pid())
+		if len(tree) < 3 {
+			t.Fatalf("kernel %s: processes %v, want the fork, its pid 1 and the kernel", c.name, tree)
+		}
+		for i, pid := range tree {
+			found, n := scanMemory(t, pid, c.own, c.other)
+			name := comm(pid)
+			t.Logf("kernel %s: pid %d (%s): %d MiB scanned, own key %v", c.name, pid, name, n>>20, found[0])
+			if found[1] {
+				t.Errorf("kernel %s: pid %d (%s) holds the other kernel's key", c.name, pid, name)
+			}
+			switch {
+			case i < 2 && found[0]:
+				t.Errorf("kernel %s: pid %d (%s), a fork of the template above the kernel, holds the kernel's key", c.name, pid, name)
+			case i == 2 && !found[0]:
+				t.Errorf("kernel %s: the scan of the kernel (pid %d, %s: %d bytes) did not find its own key: it proves nothing", c.name, pid, name, n)
+			}
+		}
+	}
+}
+
+// A forked kernel is who a cold one is (TestBwrapIdentity's checks, run as
+// cells of two forked ipykernels): its own uid, no capability in any set
+// (dropping to a uid empties the effective and permitted sets only),
+// no_new_privs, the seccomp filter, no new user namespace (bwrap's
+// --disable-userns for a cold kernel: tried from a single-threaded child,
+// which a threaded kernel is not), pid 2 of its own namespace.
+func TestForkedKernelIdentity(t *testing.T) {
+	t.Parallel()
+	skipWithoutIPyKernel(t)
+	b := newBwrap(t, func(c *Config) { c.Fork = true })
+	t.Cleanup(b.Close)
+	runtimeRoot, workRoot := poolDirs(t)
+	var ids [2]identity
+	for i := range ids {
+		k := startIPyKernel(t, b, runtimeRoot, workRoot)
+		lastJSON(t, k.cell(t, hostile(t, "identity.py", identityArgs())), &ids[i])
+		if ids[i].CWD != k.req.WorkDir {
+			t.Errorf("cwd %s, want WorkDir %s", ids[i].CWD, k.req.WorkDir)
+		}
+	}
+	if ts := b.Templates(); len(ts) != 1 || ts[0].Forks != 2 {
+		t.Fatalf("the kernels were not both forked from one template: %+v", ts)
+	}
+	checkIdentities(t, b.Config(), ids[0], ids[1])
+}
