@@ -868,7 +868,10 @@ test('permalink round trip through ?q=', async (t) => {
 test('a permalink restores the state of its interacts (?q= and ?z=&interacts=)', async (t) => {
   const p = await page(t);
   await p.goto(BASE);
-  const code = ['from ipywidgets import interact', '@interact(x=(0, 10))', 'def square(x=3):', '    print("x squared is", x * x)'].join('\n');
+  // Code of its own: permalinks are named by their content, and the same
+  // cell shared by another test (Share sends its session) has a stored
+  // result, which ?q= would show instead of running the code.
+  const code = ['# restored from the permalink', 'from ipywidgets import interact', '@interact(x=(0, 10))', 'def square(x=3):', '    print("x squared is", x * x)'].join('\n');
   // A cell saved with x = 7, as the Sage cell's front end and cellgate's Share save it.
   const made = await p.evaluate(async (code) => {
     const body = new URLSearchParams({ code, language: 'python3', interacts: JSON.stringify([{ state: { x: 7 }, bookmarks: [] }]) });
@@ -1233,6 +1236,19 @@ test('a cell that ran opens from ?q= with its stored result before any kernel, a
   await p2.waitForTimeout(800);
   expect(kernels.length === 0, `a kernel was asked for: ${kernels.join(', ')}`);
   await shot(p2, 'stored-permalink.png', { fullPage: true });
+  // A cell embedded on another origin, given the permalink's id, shows the same.
+  const p3 = await page(t);
+  const k3 = watchKernels(p3);
+  await p3.goto(`${OTHER}stored.html`);
+  await p3.evaluate((id) => {
+    window.embedded = cellgate.makeCell({ inputLocation: '#given', permalink: id, autoeval: true });
+  }, id);
+  await p3.waitForSelector('#given .cg-cell[data-stored="true"] .cg-stored-note');
+  await outputContains(p3, 'stored 42', { root: '#given .cg-output-root' });
+  await p3.waitForSelector('#given .cg-output-root img.cg-image');
+  expect((await p3.evaluate(() => window.embedded.code)) === code, 'the embedded cell does not hold the permalink\'s code');
+  await p3.waitForTimeout(800);
+  expect(k3.length === 0, `the embedded cell asked for a kernel: ${k3.join(', ')}`);
   // Evaluate runs it live, in place of the stored result.
   await p2.click('.cg-eval');
   await waitDone(p2);
