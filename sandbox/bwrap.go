@@ -45,9 +45,13 @@ type Bwrap struct {
 	mu        sync.Mutex
 	slots     map[string]*slot     // by WorkDir
 	templates map[string]*template // by interpreter and roots
+	retired   map[*template]bool   // replaced, serving their last kernels
 	forkErr   error                // the last time the fork server failed
 
-	templateStart sync.Mutex // held while a template starts
+	templateStart sync.Mutex // held while a template is chosen or starts
+	// checkEvery is how often a template's imported files are compared
+	// with the disk, at most (tests set 0: at every fork).
+	checkEvery time.Duration
 }
 
 // slot is the storage and uid of one kernel's directories. It outlives a
@@ -101,12 +105,14 @@ func NewBwrap(cfg Config) (*Bwrap, error) {
 		return nil, fmt.Errorf("sandbox bwrap: state dir %s must be a directory owned by root and writable by root only", cfg.StateDir)
 	}
 	b := &Bwrap{
-		cfg:       cfg,
-		tag:       "cellgate-sandbox:" + cfg.StateDir,
-		uids:      newUIDPool(cfg.StateDir, cfg.UIDBase, cfg.UIDCount),
-		slots:     make(map[string]*slot),
-		templates: make(map[string]*template),
-		filter:    seccompFilter(),
+		cfg:        cfg,
+		tag:        "cellgate-sandbox:" + cfg.StateDir,
+		uids:       newUIDPool(cfg.StateDir, cfg.UIDBase, cfg.UIDCount),
+		slots:      make(map[string]*slot),
+		templates:  make(map[string]*template),
+		retired:    make(map[*template]bool),
+		filter:     seccompFilter(),
+		checkEvery: time.Second,
 	}
 	if err := b.sweep(); err != nil {
 		return nil, fmt.Errorf("sandbox bwrap: clean up after a previous run: %w", err)
@@ -137,7 +143,7 @@ func (b *Bwrap) Describe() string {
 	}
 	fork := "ipykernel kernels start cold"
 	if c.Fork {
-		fork = fmt.Sprintf("ipykernel kernels forked from a template (uid %d)", c.ForkUID)
+		fork = fmt.Sprintf("ipykernel kernels forked from a template (uid %d; replaced after %d kernels or when what it imported changes on disk)", c.ForkUID, c.ForkMax)
 		b.mu.Lock()
 		if b.forkErr != nil {
 			fork += "; last fork failure, kernel started cold: " + b.forkErr.Error()
@@ -578,7 +584,10 @@ func (r *run) endAtLifespan(p *Process, lifespan time.Duration) {
 }
 
 // launchForked makes the kernel of req by forking the template for interp,
-// starting the template first if there is none (or it died).
+// starting the template first if there is none (or it died), or if the
+// one there is due for replacement (Config.ForkMax kernels made, or a file
+// it imported changed on disk). A replaced template forks no more and
+// ends once its last kernel has: no kernel is lost.
 func (b *Bwrap) launchForked(ctx context.Context, req Request, sl *slot, interp string, args []string) (*Process, error) {
 	roots := [2]string{filepath.Dir(req.WorkDir), filepath.Dir(req.RuntimeDir)}
 	key := interp + "\x00" + roots[0] + "\x00" + roots[1]
@@ -588,6 +597,21 @@ func (b *Bwrap) launchForked(ctx context.Context, req Request, sl *slot, interp 
 	b.mu.Lock()
 	t := b.templates[key]
 	b.mu.Unlock()
+	if t != nil && t.alive() {
+		if why := t.due(b.cfg.ForkMax, b.checkEvery); why != "" {
+			b.mu.Lock()
+			delete(b.templates, key)
+			for old := range b.retired {
+				if !old.alive() {
+					delete(b.retired, old)
+				}
+			}
+			b.retired[t] = true
+			b.mu.Unlock()
+			t.retire(why)
+			t = nil
+		}
+	}
 	if t == nil || !t.alive() {
 		var err error
 		if t, err = b.startTemplate(ctx, interp, roots[0], roots[1]); err != nil {
@@ -600,9 +624,15 @@ func (b *Bwrap) launchForked(ctx context.Context, req Request, sl *slot, interp 
 	}
 	t.mu.Lock()
 	t.forks++
+	t.pending++
 	t.mu.Unlock()
 	b.templateStart.Unlock()
-	return t.launch(ctx, req, sl, args)
+	p, err := t.launch(ctx, req, sl, args)
+	t.mu.Lock()
+	t.pending--
+	t.mu.Unlock()
+	t.stopIfDone()
+	return p, err
 }
 
 // Template describes a fork-server template, for tools that measure
@@ -617,13 +647,20 @@ type Template struct {
 	// Forks counts the kernels asked of it; Kernels are those still
 	// running.
 	Forks, Kernels int
+	// Retired says why it was replaced ("" while it serves): it forks no
+	// more and ends with its last kernel.
+	Retired string
 }
 
-// Templates lists the fork-server templates running now.
+// Templates lists the fork-server templates running now, serving or
+// retired.
 func (b *Bwrap) Templates() []Template {
 	b.mu.Lock()
-	all := make([]*template, 0, len(b.templates))
+	all := make([]*template, 0, len(b.templates)+len(b.retired))
 	for _, t := range b.templates {
+		all = append(all, t)
+	}
+	for t := range b.retired {
 		all = append(all, t)
 	}
 	b.mu.Unlock()
@@ -633,20 +670,23 @@ func (b *Bwrap) Templates() []Template {
 			continue
 		}
 		t.mu.Lock()
-		out = append(out, Template{Pid: t.pid, Interpreter: t.interp, Forks: t.forks, Kernels: len(t.children)})
+		out = append(out, Template{Pid: t.pid, Interpreter: t.interp, Forks: t.forks, Kernels: len(t.children), Retired: t.retired})
 		t.mu.Unlock()
 	}
 	return out
 }
 
-// Close stops the fork-server templates (the kernels they made end with
-// them). Cold kernels are the pool's to stop.
+// Close stops the fork-server templates, retired ones too (the kernels
+// they made end with them). Cold kernels are the pool's to stop.
 func (b *Bwrap) Close() {
 	b.mu.Lock()
-	templates := b.templates
-	b.templates = map[string]*template{}
+	templates, retired := b.templates, b.retired
+	b.templates, b.retired = map[string]*template{}, map[*template]bool{}
 	b.mu.Unlock()
 	for _, t := range templates {
+		t.stop()
+	}
+	for t := range retired {
 		t.stop()
 	}
 }

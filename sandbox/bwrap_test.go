@@ -667,6 +667,7 @@ func TestNewBwrapRejects(t *testing.T) {
 		{"zero memory", func(c *Config) { c.Memory = 0 }, "Memory"},
 		{"relative state dir", func(c *Config) { c.StateDir = "state" }, "StateDir"},
 		{"short cpu", func(c *Config) { c.CPUTime = time.Millisecond }, "CPUTime"},
+		{"no forks per template", func(c *Config) { c.Fork, c.ForkMax = true, 0 }, "ForkMax"},
 		{"no bwrap", func(c *Config) { c.BwrapPath = "/nonexistent/bwrap" }, "/nonexistent/bwrap"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

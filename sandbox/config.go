@@ -107,6 +107,12 @@ type Config struct {
 	ForkUID int
 	// ForkPreload are the modules the template imports before it forks.
 	ForkPreload []string
+	// ForkMax is how many kernels one template makes before it is
+	// replaced (a fresh template, a fresh address-space layout). A
+	// template is also replaced when a file of a module it imported (or
+	// its directory) changes on disk, as a package upgrade does. A
+	// replaced template forks no more and ends with its last kernel.
+	ForkMax int
 	// ForkLog receives the templates' own output (nil: discarded).
 	ForkLog io.Writer
 }
@@ -154,6 +160,7 @@ func DefaultConfig() Config {
 		Hostname: "cellgate",
 		Fork:     true,
 		ForkUID:  69999,
+		ForkMax:  500,
 		ForkPreload: []string{
 			"ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "IPython.core.interactiveshell",
 			"IPython.core.completer", "jupyter_client.session", "zmq", "tornado.ioloop",
@@ -182,6 +189,9 @@ func (c *Config) check() error {
 	}
 	if c.Fork && (c.ForkUID <= 0 || c.ForkUID >= c.UIDBase && c.ForkUID < c.UIDBase+c.UIDCount || c.ForkUID == 65534) {
 		errs = append(errs, fmt.Errorf("ForkUID %d: want a uid outside the kernels' range %d..%d, not root or nobody", c.ForkUID, c.UIDBase, c.UIDBase+c.UIDCount-1))
+	}
+	if c.Fork && c.ForkMax <= 0 {
+		errs = append(errs, fmt.Errorf("ForkMax %d: want a positive number of kernels per template", c.ForkMax))
 	}
 	if c.UIDBase <= 65534 && c.UIDBase+c.UIDCount > 65534 {
 		errs = append(errs, fmt.Errorf("uid range %d..%d holds nobody (65534)", c.UIDBase, c.UIDBase+c.UIDCount-1))

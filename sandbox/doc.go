@@ -186,8 +186,22 @@
 //
 // The process names tell templates and the helpers A and B from kernels:
 // a tool that counts python processes counts kernels only. Templates
-// lists the templates (host pid, kernels made and running); kernelpool
-// measures a kernel's memory as A, B and C together.
+// lists the templates (host pid, kernels made and running, retired or
+// not); kernelpool measures a kernel's memory as A, B and C together.
+//
+// A template is replaced after Config.ForkMax kernels (500 by default):
+// every kernel it makes shares its address-space layout, and whatever the
+// template may have drifted into. It is also replaced when the Python it
+// imported changes on disk: once ready it names the file of every module
+// it imported, and their directories (about 1100 paths with the default
+// preload); the gateway stamps them (inode, size, mtime, ctime) and, at a
+// launch, at most once a second, compares (a few milliseconds). A package
+// upgrade replaces files and so changes inodes and directories; an edit in
+// place changes mtime and ctime; a file changed while the template started
+// counts as changed. The launch that finds a template due starts the new
+// one (and waits for it, about a second); the old one is retired: it forks
+// no more, its kernels run on, and it is stopped once the last of them has
+// ended (they would die with it). Close stops retired templates too.
 //
 // The gateway must run as root (switching uids, mounting tmpfs), on Linux
 // 5.10 or later (nosymfollow; 5.2 for detached mounts), with unprivileged

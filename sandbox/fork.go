@@ -52,6 +52,13 @@ type template struct {
 	ctrl   *os.File
 	done   chan struct{} // closed when the template has exited
 	pid    int           // host pid of the template's Python process
+	began  time.Time
+
+	// Set while it starts, then read and changed under b.templateStart
+	// only: when to replace it (see Bwrap.launchForked).
+	files   []fileStamp // what it imported, as it was on disk at its start
+	checked time.Time   // when files were last compared with the disk
+	changed string      // what changed on disk since it started, once seen
 
 	sendMu sync.Mutex // one request on the wire at a time
 
@@ -62,7 +69,30 @@ type template struct {
 	// registered them (one that fails at once can).
 	early map[int]int
 	err   error // why it ended
-	forks int   // kernels asked of it
+	// pending counts launches under way; a retired template forks no
+	// more and is stopped once it has neither pending launches nor
+	// children (its kernels die with it).
+	pending int
+	retired string // why it was replaced; "" while it serves
+	forks   int    // kernels asked of it (changed under b.templateStart too)
+}
+
+// fileStamp is what tells a file (or directory) changed: a package
+// upgrade replaces files (new inode, directory mtime), an edit changes
+// size, mtime and ctime.
+type fileStamp struct {
+	path         string
+	ino          uint64
+	size         int64
+	mtime, ctime unix.Timespec
+}
+
+func stampOf(path string) (fileStamp, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return fileStamp{}, err
+	}
+	return fileStamp{path: path, ino: st.Ino, size: st.Size, mtime: st.Mtim, ctime: st.Ctim}, nil
 }
 
 // forkReply is the template's answer to a launch request.
@@ -165,7 +195,7 @@ func (b *Bwrap) startTemplate(ctx context.Context, interp, workRoot, runtimeRoot
 		return nil, fmt.Errorf("%w: %w", ErrForkServer, err)
 	}
 	t := &template{
-		b: b, interp: interp, roots: [2]string{workRoot, runtimeRoot}, ctrl: ctrlParent,
+		b: b, interp: interp, roots: [2]string{workRoot, runtimeRoot}, ctrl: ctrlParent, began: time.Now(),
 		done: make(chan struct{}), waiting: map[string]chan forkReply{}, children: map[int]*forkedKernel{},
 		early: map[int]int{},
 	}
@@ -219,6 +249,7 @@ func (b *Bwrap) startTemplate(ctx context.Context, interp, workRoot, runtimeRoot
 func (t *template) read(ready chan<- error) {
 	buf := make([]byte, 1<<16)
 	first := true
+	var paths []string
 	for {
 		n, err := t.ctrl.Read(buf)
 		if err != nil || n == 0 {
@@ -229,9 +260,10 @@ func (t *template) read(ready chan<- error) {
 			return
 		}
 		var msg struct {
-			Ready  bool `json:"ready"`
-			Exited int  `json:"exited"`
-			Code   int  `json:"code"`
+			Ready  bool     `json:"ready"`
+			Exited int      `json:"exited"`
+			Code   int      `json:"code"`
+			Files  []string `json:"files"`
 			forkReply
 		}
 		if err := json.Unmarshal(buf[:n], &msg); err != nil {
@@ -240,9 +272,11 @@ func (t *template) read(ready chan<- error) {
 			return
 		}
 		switch {
+		case msg.Files != nil && first:
+			paths = append(paths, msg.Files...)
 		case msg.Ready && first:
 			first = false
-			ready <- t.started(msg.Pid)
+			ready <- t.started(msg.Pid, paths)
 		case msg.Exited != 0:
 			t.mu.Lock()
 			k := t.children[msg.Exited]
@@ -254,6 +288,7 @@ func (t *template) read(ready chan<- error) {
 			if k != nil {
 				k.exit(msg.Code, nil)
 			}
+			t.stopIfDone()
 		case msg.ID != "":
 			t.mu.Lock()
 			ch := t.waiting[msg.ID]
@@ -266,14 +301,68 @@ func (t *template) read(ready chan<- error) {
 	}
 }
 
-// started records, once the template is ready, its host pid.
-func (t *template) started(nsPid int) error {
+// started records, once the template is ready, its host pid and the
+// stamps of the files it imported. Paths the gateway cannot stat are left
+// out (the template sees the host's paths where it sees them at all). A
+// file changed since the template began may have been imported before or
+// after the change: the template is then due for replacement at once.
+func (t *template) started(nsPid int, paths []string) error {
 	pid, err := t.hostPid(nsPid)
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrForkServer, err)
 	}
 	t.pid = pid
+	// ctime is kept at the clock's tick: allow for one.
+	since := t.began.Add(-10 * time.Millisecond)
+	for _, p := range paths {
+		st, err := stampOf(p)
+		if err != nil {
+			continue
+		}
+		if t.changed == "" && !time.Unix(st.ctime.Unix()).Before(since) {
+			t.changed = p + " changed while the template started"
+		}
+		t.files = append(t.files, st)
+	}
 	return nil
+}
+
+// due says why t must be replaced before it forks again ("" if it need
+// not): it has made max kernels, or a file it imported has changed on
+// disk (compared at most once per every).
+func (t *template) due(max int, every time.Duration) string {
+	if t.forks >= max {
+		return fmt.Sprintf("%d kernels forked", t.forks)
+	}
+	if t.changed == "" && time.Since(t.checked) >= every {
+		t.checked = time.Now()
+		for _, old := range t.files {
+			if now, err := stampOf(old.path); err != nil || now != old {
+				t.changed = old.path + " changed"
+				break
+			}
+		}
+	}
+	return t.changed
+}
+
+// retire stops t from forking: it ends once the kernels it made have
+// (they die with it) and launches under way are done.
+func (t *template) retire(why string) {
+	t.mu.Lock()
+	t.retired = why
+	t.mu.Unlock()
+	t.stopIfDone()
+}
+
+// stopIfDone stops a retired template that has nothing left to serve.
+func (t *template) stopIfDone() {
+	t.mu.Lock()
+	done := t.retired != "" && t.pending == 0 && len(t.children) == 0 && t.err == nil
+	t.mu.Unlock()
+	if done {
+		t.stop()
+	}
 }
 
 // ended records why the template stopped; every kernel it made is gone

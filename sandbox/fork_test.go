@@ -278,3 +278,146 @@ func TestForkedKernelIdentity(t *testing.T) {
 	}
 	checkIdentities(t, b.Config(), ids[0], ids[1])
 }
+
+// templateGone waits until the template process pid has ended and b no
+// longer lists it.
+func templateGone(t *testing.T, b *Bwrap, pid int) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	listed := func() bool {
+		for _, tm := range b.Templates() {
+			if tm.Pid == pid {
+				return true
+			}
+		}
+		return false
+	}
+	for comm(pid) == "cellgate-tmpl" || listed() {
+		if time.Now().After(deadline) {
+			t.Fatalf("template %d still runs (%s) or is listed: %+v", pid, comm(pid), b.Templates())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A template is replaced after Config.ForkMax kernels: the next kernel
+// comes from a new one, while the old one lives on, forking no more, until
+// its last kernel has ended; its kernels keep working meanwhile.
+func TestForkTemplateReplacedAfterForks(t *testing.T) {
+	t.Parallel()
+	skipWithoutIPyKernel(t)
+	b := newBwrap(t, func(c *Config) { c.Fork = true; c.ForkMax = 2 })
+	b.checkEvery = 0 // and its files are compared at every fork: nothing changed
+	t.Cleanup(b.Close)
+	runtimeRoot, workRoot := poolDirs(t)
+	k1 := startIPyKernel(t, b, runtimeRoot, workRoot)
+	k2 := startIPyKernel(t, b, runtimeRoot, workRoot)
+	first := b.Templates()
+	if len(first) != 1 || first[0].Forks != 2 || first[0].Kernels != 2 || first[0].Retired != "" {
+		t.Fatalf("two kernels, ForkMax 2: want one template that made both: %+v", first)
+	}
+	k3 := startIPyKernel(t, b, runtimeRoot, workRoot)
+	ts := b.Templates()
+	var old, cur *Template
+	for i := range ts {
+		if ts[i].Pid == first[0].Pid {
+			old = &ts[i]
+		} else {
+			cur = &ts[i]
+		}
+	}
+	if len(ts) != 2 || old == nil || cur == nil || old.Retired == "" || old.Kernels != 2 || cur.Retired != "" || cur.Forks != 1 {
+		t.Fatalf("the third kernel must come from a new template, the old one retired with its two kernels: %+v", ts)
+	}
+	t.Logf("old template retired: %s", old.Retired)
+	if out := k1.cell(t, "print('still', 6*7)"); !strings.Contains(out, "still 42") {
+		t.Errorf("a kernel of the retired template: %s", out)
+	}
+	if err := k1.p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if comm(old.Pid) != "cellgate-tmpl" {
+		t.Fatalf("the retired template ended with a kernel of its own left (%s)", comm(old.Pid))
+	}
+	if out := k2.cell(t, "print('still', 6*7)"); !strings.Contains(out, "still 42") {
+		t.Errorf("a kernel of the retired template: %s", out)
+	}
+	if err := k2.p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	templateGone(t, b, old.Pid)
+	if ts := b.Templates(); len(ts) != 1 || ts[0].Pid != cur.Pid {
+		t.Errorf("after the retired template's last kernel: %+v, want the new one only", ts)
+	}
+	if out := k3.cell(t, "print('new', 6*7)"); !strings.Contains(out, "new 42") {
+		t.Errorf("the new template's kernel: %s", out)
+	}
+}
+
+// A template is replaced when a module it preloaded changes on disk (here
+// one of Config.ForkPreload, in a directory of its own on the kernels'
+// PYTHONPATH): the next kernel comes from a new template that imported the
+// new code, while the kernels of the old one keep the old code and run on.
+func TestForkTemplateReplacedOnPackageChange(t *testing.T) {
+	t.Parallel()
+	skipWithoutIPyKernel(t)
+	// Not under /tmp or /var/tmp: a sandbox has its own.
+	dir, err := os.MkdirTemp("/run", "cellgate-preload-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	module := filepath.Join(dir, "cellgate_probe_mod.py")
+	write := func(value int) {
+		// Rewritten in place, as an editor would: the directory stays as it was.
+		if err := os.WriteFile(module, []byte(fmt.Sprintf("VALUE = %d\n", value)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(1)
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b := newBwrap(t, func(c *Config) {
+		c.Fork = true
+		c.ReadOnly = append(c.ReadOnly, dir)
+		c.Env = append(c.Env, "PYTHONPATH="+dir)
+		c.ForkPreload = append(c.ForkPreload, "cellgate_probe_mod")
+	})
+	b.checkEvery = 0
+	t.Cleanup(b.Close)
+	runtimeRoot, workRoot := poolDirs(t)
+	const probe = "import sys\nprint('preloaded', 'cellgate_probe_mod' in sys.modules)\nimport cellgate_probe_mod\nprint('value', cellgate_probe_mod.VALUE)"
+	k1 := startIPyKernel(t, b, runtimeRoot, workRoot)
+	if out := k1.cell(t, probe); !strings.Contains(out, "preloaded True") || !strings.Contains(out, "value 1") {
+		t.Fatalf("the template did not preload the module: %s", out)
+	}
+	first := b.Templates()
+	if len(first) != 1 {
+		t.Fatalf("templates: %+v", first)
+	}
+	write(2)
+	k2 := startIPyKernel(t, b, runtimeRoot, workRoot)
+	if out := k2.cell(t, probe); !strings.Contains(out, "preloaded True") || !strings.Contains(out, "value 2") {
+		t.Errorf("a kernel forked after the module changed: %s", out)
+	}
+	ts := b.Templates()
+	if len(ts) != 2 {
+		t.Fatalf("after the change: %+v, want the retired template and a new one", ts)
+	}
+	for _, tm := range ts {
+		switch {
+		case tm.Pid == first[0].Pid && (!strings.Contains(tm.Retired, module) || tm.Kernels != 1):
+			t.Errorf("the old template: %+v, want it retired for %s, with its kernel", tm, module)
+		case tm.Pid != first[0].Pid && (tm.Retired != "" || tm.Forks != 1):
+			t.Errorf("the new template: %+v", tm)
+		}
+	}
+	if out := k1.cell(t, probe); !strings.Contains(out, "value 1") {
+		t.Errorf("the old template's kernel: %s", out)
+	}
+	if err := k1.p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	templateGone(t, b, first[0].Pid)
+}

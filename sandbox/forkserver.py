@@ -11,8 +11,10 @@
 # descriptors (SCM_RIGHTS); every answer is one JSON object:
 #   gateway → {"id", "uid", "work", "runtime", "home", "argv", "env"}
 #             fds: output, then detached mounts of run, work, tmp, home, shm
-#   template → {"ready": true, "pid": its pid} once; then {"id", "pid"}
-#              or {"id", "error"}, and {"exited": pid, "code": exit code}
+#   template → {"files": [path, ...]} (the files of every module it
+#              imported, and their directories; several messages), then
+#              {"ready": true, "pid": its pid} once; then {"id", "pid"} or
+#              {"id", "error"}, and {"exited": pid, "code": exit code}
 # Process names (comm) tell the template and each kernel's two helper
 # processes from kernels: cellgate-tmpl, cellgate-fork (waits for the
 # kernel's namespaces), cellgate-init (pid 1 of them); the kernel itself
@@ -260,8 +262,23 @@ def preload():
     gc.freeze()
 
 
+def module_files():
+    """The files of every module imported so far, and their directories:
+    the gateway replaces the template when one of them changes."""
+    files = set()
+    for module in list(sys.modules.values()):
+        f = getattr(module, "__file__", None)
+        if isinstance(f, str) and os.path.isabs(f):
+            files.add(f)
+            files.add(os.path.dirname(f))
+    return sorted(files)
+
+
 def serve():
     ctrl = socket.socket(fileno=3)
+    files = module_files()
+    for i in range(0, len(files), 200):
+        ctrl.send(json.dumps({"files": files[i:i + 200]}).encode())
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
