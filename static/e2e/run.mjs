@@ -1300,6 +1300,27 @@ test('an interact shared at x=7 opens from ?q= at 7 without a kernel', async (t)
   expect(live.value === '7' && !live.disabled && live.stored === undefined, `live interact: ${JSON.stringify(live)}`);
 });
 
+test('a result over the server\'s budget opens from ?q= truncated, with a notice', async (t) => {
+  const p = await page(t);
+  // 1.2 MB of output: over the 1 MiB a stored result keeps inline.
+  await demo(p, 'print("a" * 600_000)\nprint("b" * 600_000)\nprint("the end")');
+  await outputContains(p, 'the end');
+  await waitDone(p);
+  const id = await p.evaluate(() => window.demoCell.permalink?.id);
+  expect(id, 'the execute_reply carried no permalink');
+  await waitStored(p, id);
+  const p2 = await page(t);
+  const kernels = watchKernels(p2);
+  await p2.goto(`${BASE}?q=${id}`);
+  await p2.waitForSelector('.cg-cell[data-stored="true"] .cg-stored-note');
+  const r = await p2.evaluate(() => {
+    const out = document.querySelector('.cg-output-root');
+    return { note: out.querySelector('.cg-stored-note').innerText, notice: out.innerText.includes('[cellgate] output truncated'), end: out.innerText.includes('the end'), length: out.innerText.length };
+  });
+  expect(r.note.includes('(truncated)') && r.notice && !r.end && r.length < 1100000, `truncated result: ${JSON.stringify(r)}`);
+  expect(kernels.length === 0, `a kernel was asked for: ${kernels.join(', ')}`);
+});
+
 test('demo page screenshot', async (t) => {
   const p = await page(t, { viewport: { width: 1000, height: 900 } });
   await demo(
