@@ -75,6 +75,7 @@ func (s *Server) routes() *echo.Echo {
 	e.POST("/tos.html", s.tos)
 	e.GET("/tos.html", s.tos)
 
+	s.sockjsRoutes(e)
 	s.jupyterRoutes(e)
 	return e
 }

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs the npm packages the Go tests drive (gateway/testdata/jupyterlab:
-# the unchanged @jupyterlab/services and ws), idempotently: `npm ci` runs
+# the unchanged @jupyterlab/services and ws; gateway/testdata/sockjs: the
+# unchanged sockjs-client), idempotently: `npm ci` runs
 # only when node_modules is missing or older than package-lock.json.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-dirs=(gateway/testdata/jupyterlab)
+dirs=(gateway/testdata/jupyterlab gateway/testdata/sockjs)
 
 for rel in "${dirs[@]}"; do
   dir=$root/$rel

@@ -47,6 +47,7 @@ const (
 const (
 	TransportWebsocket = "websocket"
 	TransportPoll      = "poll"
+	TransportSockJS    = "sockjs"
 	TransportService   = "service"
 )
 

@@ -1,0 +1,297 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+
+	"github.com/gorilla/websocket"
+	"github.com/igm/sockjs-go/v3/sockjs"
+	"github.com/labstack/echo/v4"
+
+	"github.com/cellgate/cellgate/gateway/session"
+	"github.com/cellgate/cellgate/jupytermsg"
+)
+
+// The Sage cell's own front end talks to its server over SockJS at
+// /sockjs: one connection per page (websocket, or xhr-streaming and
+// xhr-polling where websockets fail), multiplexed by a prefix before the
+// first comma of every message. "<kernel id>/channels,<frame>" carries a
+// kernel's messages both ways in the Sage-cell frame form; "complete,<frame>"
+// carries completion requests and their replies. cellgate maps each
+// kernel's stream onto the same session, replay and cursor as its own
+// websocket, so output that came before the page connected is sent first.
+
+const (
+	sockjsPrefix = "/sockjs"
+	// maxSockJSKernels bounds the kernels one SockJS connection follows.
+	maxSockJSKernels = 64
+	// completePrefix is the Sage cell's stream for completions.
+	completePrefix = "complete"
+)
+
+// sockjsHandler serves /sockjs/*.
+func (s *Server) sockjsHandler() http.Handler {
+	opts := sockjs.DefaultOptions
+	// The client is the page's own copy of sockjs-client: no iframe
+	// transport (it would load a script from elsewhere).
+	opts.SockJSURL = ""
+	opts.CheckOrigin = s.originAllowed
+	opts.WebsocketUpgrader = &websocket.Upgrader{CheckOrigin: s.originAllowed}
+	opts.WebsocketWriteTimeout = writeTimeout
+	opts.HeartbeatDelay = s.cfg.PingInterval
+	return sockjs.NewHandler(sockjsPrefix, opts, s.serveSockJS)
+}
+
+// sockjsConn is one page's SockJS connection and the kernel streams it
+// carries.
+type sockjsConn struct {
+	s   *Server
+	sj  sockjs.Session
+	ctx context.Context
+
+	mu      sync.Mutex
+	streams map[string]*sockjsStream // by kernel id
+	last    *sockjsStream            // the latest kernel, for completions
+	wg      sync.WaitGroup
+}
+
+// sockjsStream is one kernel's stream on a SockJS connection.
+type sockjsStream struct {
+	sess     *session.Session
+	clientID string
+	detach   func(clean bool)
+	// completing holds the msg_ids of completion requests sent on the
+	// "complete" stream, whose replies go back there.
+	mu         sync.Mutex
+	completing map[string]bool
+}
+
+func (s *Server) serveSockJS(sj sockjs.Session) {
+	ctx, cancel := context.WithCancel(sj.Context())
+	defer cancel()
+	conn := &sockjsConn{s: s, sj: sj, ctx: ctx, streams: map[string]*sockjsStream{}}
+	transport := "sockjs"
+	s.metrics.session.Clients.WithLabelValues(transport).Inc()
+	defer s.metrics.session.Clients.WithLabelValues(transport).Dec()
+	for {
+		msg, err := sj.RecvCtx(ctx)
+		if err != nil {
+			break
+		}
+		conn.receive(msg)
+	}
+	cancel()
+	conn.wg.Wait()
+	conn.mu.Lock()
+	defer conn.mu.Unlock()
+	for _, st := range conn.streams {
+		// A SockJS session ends when the page closes or stops polling.
+		st.detach(false)
+	}
+}
+
+// receive takes one message from the page.
+func (c *sockjsConn) receive(msg string) {
+	prefix, frame, ok := strings.Cut(msg, ",")
+	if !ok {
+		c.problem("", "a SockJS message must be <kernel id>/channels,<message> or complete,<message>")
+		return
+	}
+	if int64(len(frame)) > c.s.cfg.MaxMessageBytes {
+		c.problem(prefix, fmt.Sprintf("message over the %d-byte limit", c.s.cfg.MaxMessageBytes))
+		return
+	}
+	if prefix == completePrefix {
+		c.complete(frame)
+		return
+	}
+	id, rest, _ := strings.Cut(prefix, "/")
+	if rest != "channels" {
+		c.problem(prefix, fmt.Sprintf("unknown SockJS stream %q", prefix))
+		return
+	}
+	st, err := c.stream(id)
+	if err != nil {
+		c.problem(prefix, err.Error())
+		return
+	}
+	ch, m, err := sageCodec{}.decode(websocket.TextMessage, []byte(frame))
+	if err == nil && ch == jupytermsg.IOPub {
+		err = fmt.Errorf("clients cannot send on the iopub channel")
+	}
+	if err == nil {
+		err = st.sess.Send(st.clientID, ch, m)
+	}
+	if err != nil {
+		c.s.metrics.session.Errors.WithLabelValues("client_message").Inc()
+		c.problem(prefix, err.Error())
+	}
+}
+
+// stream is kernel id's stream, started on its first message.
+func (c *sockjsConn) stream(id string) (*sockjsStream, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st := c.streams[id]; st != nil {
+		c.last = st
+		return st, nil
+	}
+	if len(c.streams) >= maxSockJSKernels {
+		return nil, fmt.Errorf("a SockJS connection carries at most %d kernels", maxSockJSKernels)
+	}
+	sess := c.s.sessions.getAPI(id, session.SageCell)
+	if sess == nil {
+		return nil, fmt.Errorf("no such kernel %q", id)
+	}
+	st := &sockjsStream{sess: sess, clientID: "sockjs-" + c.sj.ID() + "-" + id, completing: map[string]bool{}}
+	st.detach = sess.Attach(session.TransportSockJS)
+	cursor := sess.StartCursor(st.clientID, sageCodec{}.resumeFromStart())
+	c.streams[id] = st
+	c.last = st
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		c.write(st, cursor)
+	}()
+	return st, nil
+}
+
+// write sends the kernel's messages to the page until the session or the
+// connection ends. SockJS has no acknowledgements: what was handed to the
+// connection counts as delivered.
+func (c *sockjsConn) write(st *sockjsStream, cursor uint64) {
+	defer func() { st.sess.RememberCursor(st.clientID, cursor) }()
+	const batch = 256
+	prefix := st.sess.ID() + "/channels"
+	for {
+		msgs, missed, changed, closed := st.sess.Replay().Since(cursor, st.clientID, batch)
+		if missed > 0 && len(msgs) > 0 {
+			if notice, err := truncationNotice(st.sess, msgs[0], missed); err == nil {
+				if !c.send(prefix, notice) {
+					return
+				}
+			}
+		}
+		for _, e := range msgs {
+			to := prefix
+			if e.Channel == jupytermsg.Shell && st.completion(e.Msg.ParentMsgID()) {
+				to = completePrefix
+			}
+			if !c.send(to, e) {
+				return
+			}
+			cursor = e.Seq
+		}
+		if len(msgs) == batch {
+			continue
+		}
+		if closed {
+			return
+		}
+		select {
+		case <-changed:
+		case <-c.ctx.Done():
+			return
+		}
+	}
+}
+
+func (c *sockjsConn) send(prefix string, e session.Entry) bool {
+	frame, err := sageJSON(e)
+	if err != nil {
+		c.s.log.Warn().Err(err).Str("session", e.Msg.Header.Session).Msg("encode message")
+		return true
+	}
+	return c.sj.Send(prefix+","+string(frame)) == nil
+}
+
+// problem tells the page what went wrong with a message on stream prefix.
+func (c *sockjsConn) problem(prefix, text string) {
+	_, data := sageCodec{}.problem(text, "")
+	if prefix == "" {
+		prefix = "gateway"
+	}
+	_ = c.sj.Send(prefix + "," + string(data))
+}
+
+// completion reports (once) whether msgID was a request of the complete
+// stream.
+func (st *sockjsStream) completion(msgID string) bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.completing[msgID] {
+		delete(st.completing, msgID)
+		return true
+	}
+	return false
+}
+
+// maxPendingCompletions bounds the completion requests a stream waits on.
+const maxPendingCompletions = 64
+
+// complete answers a completion request. The Sage Cell Server completes
+// on a kernel of its own; cellgate asks the connection's latest kernel
+// (the code's own namespace), and answers "no completions" when the page
+// has no kernel yet.
+func (c *sockjsConn) complete(frame string) {
+	ch, m, err := sageCodec{}.decode(websocket.TextMessage, []byte(frame))
+	if err != nil {
+		c.problem(completePrefix, err.Error())
+		return
+	}
+	if ch != jupytermsg.Shell || m.Header.MsgType != "complete_request" {
+		c.problem(completePrefix, fmt.Sprintf("the complete stream takes complete_request, not %s on %s", m.Header.MsgType, ch))
+		return
+	}
+	c.mu.Lock()
+	st := c.last
+	c.mu.Unlock()
+	if st != nil && st.sess.Reason() == "" {
+		st.mu.Lock()
+		room := len(st.completing) < maxPendingCompletions
+		if room {
+			st.completing[m.Header.MsgID] = true
+		}
+		st.mu.Unlock()
+		if room && st.sess.Send(st.clientID, jupytermsg.Shell, m) == nil {
+			return
+		}
+		st.completion(m.Header.MsgID)
+	}
+	c.answerNoCompletions(m)
+}
+
+// answerNoCompletions is a complete_reply with no matches.
+func (c *sockjsConn) answerNoCompletions(request *jupytermsg.Message) {
+	var req struct {
+		CursorPos int `json:"cursor_pos"`
+	}
+	_ = json.Unmarshal(request.Content, &req)
+	reply, err := jupytermsg.New("complete_reply", request.Header.Session, nil, map[string]any{
+		"status": "ok", "matches": []string{}, "cursor_start": req.CursorPos, "cursor_end": req.CursorPos, "metadata": map[string]any{},
+	})
+	if err != nil {
+		return
+	}
+	reply.ParentHeader = request.RawHeader
+	c.send(completePrefix, session.Entry{Channel: jupytermsg.Shell, Msg: reply})
+}
+
+// sockjsRoutes mounts /sockjs on e. Its websockets get the message cap
+// through the connection (the library sets no read limit); the xhr
+// transports' bodies are capped by the body limit.
+func (s *Server) sockjsRoutes(e *echo.Echo) {
+	handler := s.sockjsHandler()
+	h := echo.WrapHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if websocket.IsWebSocketUpgrade(r) {
+			w = limitingWriter{ResponseWriter: w, limit: s.cfg.MaxMessageBytes}
+		}
+		handler.ServeHTTP(w, r)
+	}))
+	e.Any(sockjsPrefix, h)
+	e.Any(sockjsPrefix+"/*", h)
+}
