@@ -198,6 +198,17 @@ func runService(ctx context.Context, sess *session.Session, code string, exprs m
 			return res, ctx.Err()
 		}
 	}
+	// The files it wrote are part of the answer: wait for their upload
+	// (bounded by the upload timeout) before the session ends and cancels
+	// it, then take in their announcement.
+	if err := sess.WaitUpload(ctx, req.Header.MsgID); err == nil {
+		msgs, _, _, _ := sess.Replay().Since(cursor, client, pollBatch)
+		for _, e := range msgs {
+			if e.Msg.ParentMsgID() == req.Header.MsgID && e.Msg.Header.MsgType == session.FilesMsgType {
+				col.add(e.Msg)
+			}
+		}
+	}
 	return col.result(), nil
 }
 

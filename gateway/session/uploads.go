@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/cellgate/cellgate/jupytermsg"
@@ -37,6 +38,11 @@ type uploader struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	done   chan struct{}
+
+	mu sync.Mutex
+	// inFlight has a channel per execution whose upload is not over,
+	// closed when it is (WaitUpload).
+	inFlight map[string]chan struct{}
 }
 
 // uploadJob is one execution's reply waiting for its files.
@@ -63,7 +69,7 @@ func newUploader(sess *Session) *uploader {
 	ctx, cancel := context.WithCancel(context.Background())
 	// Every job is a pending execution, so the queue never fills.
 	queue := sess.opts.Config.MaxPendingExecutions + 1
-	return &uploader{sess: sess, jobs: make(chan *uploadJob, queue), ctx: ctx, cancel: cancel, done: make(chan struct{})}
+	return &uploader{sess: sess, jobs: make(chan *uploadJob, queue), ctx: ctx, cancel: cancel, done: make(chan struct{}), inFlight: map[string]chan struct{}{}}
 }
 
 // hold takes over reply, to the execute_request msgID, if its execution
@@ -78,10 +84,14 @@ func (u *uploader) hold(reply *jupytermsg.Message, msgID string, p pendingExecut
 		s.replay.Append(jupytermsg.Shell, completeReply(j.reply, j.p.permalink.Wait(0), j.p.wantsFiles, nil), j.to)
 		s.Notice(j.reply.ParentHeader, "files are still being stored; they are announced when they are")
 	})
+	u.mu.Lock()
+	u.inFlight[msgID] = make(chan struct{})
+	u.mu.Unlock()
 	select {
 	case u.jobs <- j:
 		return true
 	default:
+		u.finished(msgID)
 		// Cannot happen while the queue outnumbers pending executions;
 		// never block the pump.
 		s.opts.Files.Forget(msgID)
@@ -99,6 +109,7 @@ func (u *uploader) run() {
 				select {
 				case j := <-u.jobs:
 					j.timer.Stop()
+					u.finished(j.msgID)
 				default:
 					return
 				}
@@ -109,7 +120,35 @@ func (u *uploader) run() {
 	}
 }
 
+// finished marks execution msgID's upload over.
+func (u *uploader) finished(msgID string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if ch := u.inFlight[msgID]; ch != nil {
+		close(ch)
+		delete(u.inFlight, msgID)
+	}
+}
+
+// waitFor waits until execution msgID's upload is over (at once if it
+// has none), or ctx ends.
+func (u *uploader) waitFor(ctx context.Context, msgID string) error {
+	u.mu.Lock()
+	ch := u.inFlight[msgID]
+	u.mu.Unlock()
+	if ch == nil {
+		return nil
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 func (u *uploader) upload(j *uploadJob) {
+	defer u.finished(j.msgID)
 	s := u.sess
 	ctx, cancel := context.WithTimeout(u.ctx, s.opts.Config.UploadTimeout)
 	began := time.Now()
@@ -138,6 +177,16 @@ func (u *uploader) upload(j *uploadJob) {
 	if inTime {
 		s.replay.Append(jupytermsg.Shell, completeReply(j.reply, j.p.permalink.Wait(0), j.p.wantsFiles, names), j.to)
 	}
+}
+
+// WaitUpload waits until the files execution msgID wrote are stored and
+// announced (at once if it wrote none, or the session uploads nothing),
+// or ctx ends: a one-shot caller answers with its files, not before.
+func (s *Session) WaitUpload(ctx context.Context, msgID string) error {
+	if s.uploads == nil {
+		return nil
+	}
+	return s.uploads.waitFor(ctx, msgID)
 }
 
 // describe turns an upload's report into links and what clients should be
