@@ -65,13 +65,14 @@ func (d testDB) connect(t *testing.T) *mongo.Database {
 	return client.Database(d.name)
 }
 
-// fastConfig is a configuration with heartbeats short enough for tests.
+// fastConfig is a configuration with heartbeats short enough for tests, and an expiry long
+// enough that a loaded machine (go test -race of every package at once) does not miss one.
 func fastConfig(t *testing.T, id string) Config {
 	return Config{
 		InstanceID:   id,
 		AdvertiseURL: "http://127.0.0.1:1/" + id + "/",
-		Heartbeat:    50 * time.Millisecond,
-		Expiry:       300 * time.Millisecond,
+		Heartbeat:    100 * time.Millisecond,
+		Expiry:       1500 * time.Millisecond,
 		Log:          testLogger(t).With().Str("test_instance", id).Logger(),
 	}
 }
