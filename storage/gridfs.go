@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -62,6 +63,10 @@ type Files struct {
 	// cleanupTimeout bounds the removal of a failed upload, which runs after the upload's own
 	// context may have ended; what it does not remove in time is left to SweepOrphans.
 	cleanupTimeout time.Duration
+	// stored is the bytes of all stored files, for MaxTotalBytes: counted once (RefreshUsage),
+	// then kept up to date by this process's uploads and deletions (other instances' are seen
+	// at the next RefreshUsage).
+	stored atomic.Int64
 }
 
 func newFiles(db *mongo.Database, limits FileLimits, log zerolog.Logger) *Files {
@@ -122,6 +127,9 @@ func (f *Files) uploadOne(ctx context.Context, rootFD int, rel string, want entr
 	defer file.Close()
 	if opened.size > limits.MaxFileBytes {
 		return UploadedFile{}, fmt.Sprintf("larger than the %d-byte file limit", limits.MaxFileBytes), nil
+	}
+	if limits.MaxTotalBytes > 0 && f.stored.Load()+opened.size > limits.MaxTotalBytes {
+		return UploadedFile{}, fmt.Sprintf("the server's file storage is full (its cap is %d MiB)", limits.MaxTotalBytes>>20), nil
 	}
 
 	id := newFileID()
@@ -196,6 +204,7 @@ func (f *Files) uploadOne(ctx context.Context, rootFD int, rel string, want entr
 		return UploadedFile{}, "", fmt.Errorf("storage: store file %s: %w", rel, err)
 	}
 	up.committed = true
+	f.stored.Add(up.size)
 	up.unmark(ctx)
 	return result, "", nil
 }
@@ -473,6 +482,69 @@ func (f *Files) Stat(ctx context.Context, id, name string) (FileInfo, error) {
 		return FileInfo{}, err
 	}
 	return doc.info(), nil
+}
+
+// RefreshUsage counts the bytes of all stored files (MaxTotalBytes is checked against it) and
+// returns it with the number of files.
+func (f *Files) RefreshUsage(ctx context.Context) (files, bytes int64, err error) {
+	cur, err := f.filesColl.Find(ctx, bson.D{}, options.Find().SetProjection(bson.D{{Key: "length", Value: 1}}))
+	if err != nil {
+		return 0, 0, fmt.Errorf("storage: count stored files: %w", err)
+	}
+	defer cur.Close(ctx)
+	for cur.Next(ctx) {
+		var doc struct {
+			Length int64 `bson:"length"`
+		}
+		if err := cur.Decode(&doc); err != nil {
+			return 0, 0, fmt.Errorf("storage: count stored files: %w", err)
+		}
+		files++
+		bytes += doc.Length
+	}
+	if err := cur.Err(); err != nil {
+		return 0, 0, fmt.Errorf("storage: count stored files: %w", err)
+	}
+	f.stored.Store(bytes)
+	return files, bytes, nil
+}
+
+// expireBatch bounds the files one DeleteExpired call removes.
+const expireBatch = 500
+
+// DeleteExpired removes the files uploaded before cutoff, with their chunks, at most 500 per
+// call (call again while it returns 500). Each goes as an upload abort does: its files document
+// first (no reader finds it after), then its chunks from the last.
+func (f *Files) DeleteExpired(ctx context.Context, cutoff time.Time) (int, error) {
+	cur, err := f.filesColl.Find(ctx,
+		bson.D{{Key: "uploadDate", Value: bson.D{{Key: "$lt", Value: cutoff.UTC()}}}},
+		options.Find().SetProjection(bson.D{{Key: "length", Value: 1}}).SetLimit(expireBatch))
+	if err != nil {
+		return 0, fmt.Errorf("storage: find expired files: %w", err)
+	}
+	var expired []struct {
+		ID     string `bson:"_id"`
+		Length int64  `bson:"length"`
+	}
+	if err := cur.All(ctx, &expired); err != nil {
+		return 0, fmt.Errorf("storage: find expired files: %w", err)
+	}
+	deleted := 0
+	for _, doc := range expired {
+		res, err := f.filesColl.DeleteOne(ctx, bson.D{{Key: "_id", Value: doc.ID}})
+		if err != nil {
+			return deleted, fmt.Errorf("storage: delete expired file %s: %w", doc.ID, err)
+		}
+		if res.DeletedCount == 0 {
+			continue // another instance took it
+		}
+		if err := f.deleteChunks(ctx, doc.ID, (doc.Length+fileChunkSize-1)/fileChunkSize); err != nil {
+			return deleted, err
+		}
+		f.stored.Add(-doc.Length)
+		deleted++
+	}
+	return deleted, nil
 }
 
 // maxPermalinkFiles bounds the files ByPermalink lists.

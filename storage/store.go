@@ -179,6 +179,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	s.results = &Results{refs: db.Collection(resultsCollection), bodies: db.Collection(resultBodiesCollection)}
 	s.files = newFiles(db, cfg.Files, log)
+	if s.files.limits.MaxTotalBytes > 0 {
+		if _, _, err := s.files.RefreshUsage(ctx); err != nil {
+			return fail(err)
+		}
+	}
 	if cfg.Embedded != nil {
 		if err := s.createCollections(ctx); err != nil {
 			return fail(err)
@@ -252,6 +257,7 @@ func (s *Store) createIndexes(ctx context.Context) error {
 		{filesBucket + ".files", mongo.IndexModel{Keys: bson.D{{Key: "metadata.session", Value: int32(1)}}}},
 		{filesBucket + ".files", mongo.IndexModel{Keys: bson.D{{Key: "metadata.permalink", Value: int32(1)}}}},
 		{resultsCollection, mongo.IndexModel{Keys: bson.D{{Key: "digest", Value: int32(1)}}}},
+		{filesBucket + ".files", mongo.IndexModel{Keys: bson.D{{Key: "uploadDate", Value: int32(1)}}}},
 	}
 	for _, spec := range specs {
 		if _, err := s.db.Collection(spec.coll).Indexes().CreateOne(ctx, spec.model); err != nil {

@@ -29,6 +29,10 @@ type FileLimits struct {
 	// IncludeHidden also uploads names starting with "." and __pycache__ directories, which are
 	// otherwise ignored silently: they are the caches and settings of the kernel's libraries.
 	IncludeHidden bool
+	// MaxTotalBytes caps the bytes of all stored files, every session's together: once reached,
+	// files are not uploaded (each is listed with the reason) until expiry (DeleteExpired) or an
+	// operator makes room. Zero: no cap.
+	MaxTotalBytes int64
 }
 
 // DefaultFileLimits are the limits when nothing is said: the one place each of them lives.

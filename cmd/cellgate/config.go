@@ -67,6 +67,8 @@ type options struct {
 	perCellSession int
 	storeResults   bool
 	resultKB       int
+	fileTTL        time.Duration
+	maxStorageMB   int64
 	kernelTime     time.Duration
 	kernelWindow   time.Duration
 }
@@ -174,6 +176,8 @@ func settings(o *options) []setting {
 		opt("body-timeout", &o.bodyTimeout, gw.BodyTimeout, "a request's body must arrive within this long of its headers (then 400 and the connection is closed); upgraded websockets and held long-polls are not cut"),
 		opt("idle-timeout", &o.idleTimeout, gw.IdleTimeout, "a keep-alive connection with no request in flight is closed after this long"),
 		opt("max-connections-per-address", &o.connsPerAddr, gw.MaxConnsPerAddr, "open TCP connections one peer address (an IPv6 /64) may hold; the next is answered 429 and closed. With `--trust-proxy`, loopback, private and link-local peers (the proxy) are not capped"),
+		opt("file-ttl", &o.fileTTL, time.Duration(0), "remove files kernels wrote (and their GridFS chunks) this long after upload, checked every 10 minutes; `0`: keep them"),
+		opt("max-storage-mb", &o.maxStorageMB, st.Files.MaxTotalBytes>>20, "cap in MiB on all stored kernel files together: once reached, new files are not uploaded (the client is told why) until `--file-ttl` or the operator makes room; `0`: no cap"),
 		opt("store-results", &o.storeResults, true, "keep what each execution showed (outputs, widget state) with its permalink, so a shared link opens with its result and no kernel; `false`: permalinks keep only code and interacts"),
 		opt("result-max-kb", &o.resultKB, gw.Storage.ResultBudget>>10, "inline size in KiB of one stored result (outputs and widget state); what goes over is left out, with a notice in the result"),
 		opt("max-message-mb", &o.maxMessageMB, kp.Kernel.MaxMessageBytes>>20, "largest message in MiB from a client (websocket frame, HTTP body; then an error or 413) or from a kernel (then dropped)"),

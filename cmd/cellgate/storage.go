@@ -54,7 +54,9 @@ func openStorage(ctx context.Context, o options, log zerolog.Logger, onDropped f
 		st.where = storage.RedactURI(uri)
 	}
 	var err error
-	st.store, err = storage.Open(ctx, storage.Config{URI: uri, Database: o.database, Logger: log, ConnectRetry: o.dbConnectRetry, Embedded: st.embedded})
+	files := storage.DefaultFileLimits()
+	files.MaxTotalBytes = o.maxStorageMB << 20
+	st.store, err = storage.Open(ctx, storage.Config{URI: uri, Database: o.database, Logger: log, ConnectRetry: o.dbConnectRetry, Embedded: st.embedded, Files: files})
 	if err != nil {
 		st.close(context.Background())
 		return nil, err
@@ -71,37 +73,75 @@ func openStorage(ctx context.Context, o options, log zerolog.Logger, onDropped f
 		st.close(context.Background())
 		return nil, err
 	}
-	st.startSweeper(log)
+	st.startSweeper(log, o.fileTTL)
 	return st, nil
 }
 
 // startSweeper removes what uploads cut short by a crash left in GridFS, at start-up and then
-// every orphanSweepEvery, until close.
-func (st *storageStack) startSweeper(log zerolog.Logger) {
+// every orphanSweepEvery, and with a fileTTL the files older than it (every expirySweepEvery),
+// until close.
+func (st *storageStack) startSweeper(log zerolog.Logger, fileTTL time.Duration) {
 	ctx, cancel := context.WithCancel(context.Background())
 	st.stopSweep, st.swept = cancel, make(chan struct{})
 	files := st.store.Files()
 	go func() {
 		defer close(st.swept)
-		ticker := time.NewTicker(orphanSweepEvery)
-		defer ticker.Stop()
+		orphans := time.NewTicker(orphanSweepEvery)
+		defer orphans.Stop()
+		expiry := time.NewTicker(expirySweepEvery)
+		defer expiry.Stop()
+		sweepOrphans := true
 		for {
-			n, err := files.SweepOrphans(ctx)
-			switch {
-			case ctx.Err() != nil:
-				return
-			case err != nil:
-				log.Warn().Err(err).Int("swept", n).Msg("sweeping abandoned file uploads")
-			case n > 0:
-				log.Info().Int("swept", n).Msg("removed abandoned file uploads")
+			if sweepOrphans {
+				n, err := files.SweepOrphans(ctx)
+				switch {
+				case ctx.Err() != nil:
+					return
+				case err != nil:
+					log.Warn().Err(err).Int("swept", n).Msg("sweeping abandoned file uploads")
+				case n > 0:
+					log.Info().Int("swept", n).Msg("removed abandoned file uploads")
+				}
+				if _, stored, err := files.RefreshUsage(ctx); err == nil {
+					log.Debug().Int64("bytes", stored).Msg("stored files counted")
+				}
+			}
+			if fileTTL > 0 {
+				expireFiles(ctx, files, fileTTL, log)
 			}
 			select {
 			case <-ctx.Done():
 				return
-			case <-ticker.C:
+			case <-orphans.C:
+				sweepOrphans = true
+			case <-expiry.C:
+				sweepOrphans = false
 			}
 		}
 	}()
+}
+
+// expirySweepEvery is how often files past --file-ttl are removed.
+const expirySweepEvery = 10 * time.Minute
+
+// expireFiles removes the files older than ttl, batch after batch.
+func expireFiles(ctx context.Context, files *storage.Files, ttl time.Duration, log zerolog.Logger) {
+	cutoff := time.Now().Add(-ttl)
+	total := 0
+	for ctx.Err() == nil {
+		n, err := files.DeleteExpired(ctx, cutoff)
+		total += n
+		if err != nil {
+			log.Warn().Err(err).Int("removed", total).Msg("removing expired files")
+			return
+		}
+		if n < 500 {
+			break
+		}
+	}
+	if total > 0 {
+		log.Info().Int("removed", total).Dur("file_ttl", ttl).Msg("removed expired files")
+	}
 }
 
 func (st *storageStack) gateway(o options) gateway.Storage {
