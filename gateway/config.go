@@ -64,6 +64,9 @@ type Config struct {
 	// cell does (then 429 too_many_kernels_for_cell_session; default 5,
 	// sagecell.sagemath.org's setting).
 	MaxKernelsPerCellSession int
+	// PermalinksPerMinute is how many POST /permalink one address may
+	// make a minute (in bursts of as many); then 429 with Retry-After.
+	PermalinksPerMinute int
 	// KernelTimePerAddr is the kernel time (kernel-seconds, written as a
 	// duration) one remote address may use per KernelTimeWindow: each
 	// session it holds draws on it for as long as it lives, and it refills
@@ -167,6 +170,7 @@ func DefaultConfig() Config {
 
 		// sagecell.sagemath.org's setting.
 		MaxKernelsPerCellSession: 5,
+		PermalinksPerMinute:      60,
 	}
 }
 
@@ -190,6 +194,7 @@ func (c Config) withDefaults() Config {
 	fill(&c.KernelTimeWindow, d.KernelTimeWindow)
 	fill(&c.MaxPendingExecutions, d.MaxPendingExecutions)
 	fill(&c.ServiceTimeout, d.ServiceTimeout)
+	fill(&c.PermalinksPerMinute, d.PermalinksPerMinute)
 	fill(&c.MaxCodeChars, d.MaxCodeChars)
 	fill(&c.PollWait, d.PollWait)
 	fill(&c.PingInterval, d.PingInterval)

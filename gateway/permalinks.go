@@ -42,6 +42,10 @@ func (s *Server) createPermalink(c echo.Context) error {
 	if s.permalinks == nil {
 		return s.sageError(c, http.StatusNotImplemented, "permalinks need a database")
 	}
+	if ok, wait := s.permalinkRate.allow(c.RealIP(), time.Now()); !ok {
+		c.Response().Header().Set("Retry-After", strconv.Itoa(int(wait.Seconds())+1))
+		return s.sageError(c, http.StatusTooManyRequests, fmt.Sprintf("too many permalinks from this address: at most %d a minute", s.cfg.PermalinksPerMinute))
+	}
 	body, code, err := codeRequest(c)
 	if err != nil {
 		return s.sageError(c, http.StatusBadRequest, err.Error())

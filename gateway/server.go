@@ -44,6 +44,8 @@ type Server struct {
 	notebooks  notebooks
 	permalinks *permalink.Recorder // nil without a permalink store
 	languages  languages
+	// permalinkRate bounds POST /permalink per address.
+	permalinkRate *rateLimiter
 	started    time.Time
 	// everWarm is set once the pool has been warm: from then on a pool
 	// that is momentarily empty is refilling, not failing (/readyz).
@@ -56,7 +58,7 @@ type Server struct {
 func New(cfg Config, pool Pool) *Server {
 	cfg = cfg.withDefaults()
 	s := &Server{cfg: cfg, pool: pool, log: cfg.Log, started: time.Now(), cellSessions: newCellSessions(cfg.MaxKernelsPerCellSession),
-		languages: findLanguages(defaultLookPath)}
+		languages: findLanguages(defaultLookPath), permalinkRate: newRateLimiter(cfg.PermalinksPerMinute)}
 	reg := cfg.Metrics
 	if reg == nil {
 		reg = NewRegistry()

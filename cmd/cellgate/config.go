@@ -22,55 +22,56 @@ import (
 // environment variable CELLGATE_<FLAG> (upper case, '-' as '_'); a flag on
 // the command line wins.
 type options struct {
-	configFile     string
-	listen         string
-	publicURL      string
-	dataDir        string
-	runtimeDir     string
-	mongoURI       string
-	pool           string
-	maxKernels     int
-	poolMemoryMB   int64
-	leaseQueue     string
-	sandbox        string
-	allowUnsafe    bool
-	token          string
-	allowOrigin    string
-	trustProxy     bool
-	defaultKernel  string
-	maxTimeout     time.Duration
-	maxLifespan    time.Duration
-	leaseTimeout   time.Duration
-	serviceTimeout time.Duration
-	pollWait       time.Duration
-	logLevel       string
-	logFormat      string
-	drainTimeout   time.Duration
-	database       string
-	dbConnectRetry time.Duration
-	kernelMemory   int64
-	kernelCPU      time.Duration
-	kernelDisk     int64
-	kernelProcs    int
-	kernelLifespan time.Duration
-	fork           string
-	maxMessageMB   int64
-	perAddress     int
-	perClient      int
-	jupyterIdle    time.Duration
-	detachGrace    time.Duration
-	headerTimeout  time.Duration
-	bodyTimeout    time.Duration
-	idleTimeout    time.Duration
-	connsPerAddr   int
-	sageDefault    string
-	perCellSession int
-	storeResults   bool
-	resultKB       int
-	fileTTL        time.Duration
-	maxStorageMB   int64
-	kernelTime     time.Duration
-	kernelWindow   time.Duration
+	configFile          string
+	listen              string
+	publicURL           string
+	dataDir             string
+	runtimeDir          string
+	mongoURI            string
+	pool                string
+	maxKernels          int
+	poolMemoryMB        int64
+	leaseQueue          string
+	sandbox             string
+	allowUnsafe         bool
+	token               string
+	allowOrigin         string
+	trustProxy          bool
+	defaultKernel       string
+	maxTimeout          time.Duration
+	maxLifespan         time.Duration
+	leaseTimeout        time.Duration
+	serviceTimeout      time.Duration
+	pollWait            time.Duration
+	logLevel            string
+	logFormat           string
+	drainTimeout        time.Duration
+	database            string
+	dbConnectRetry      time.Duration
+	kernelMemory        int64
+	kernelCPU           time.Duration
+	kernelDisk          int64
+	kernelProcs         int
+	kernelLifespan      time.Duration
+	fork                string
+	maxMessageMB        int64
+	perAddress          int
+	perClient           int
+	jupyterIdle         time.Duration
+	detachGrace         time.Duration
+	headerTimeout       time.Duration
+	bodyTimeout         time.Duration
+	idleTimeout         time.Duration
+	connsPerAddr        int
+	sageDefault         string
+	perCellSession      int
+	storeResults        bool
+	resultKB            int
+	fileTTL             time.Duration
+	permalinksPerMinute int
+	maxStorageMB        int64
+	kernelTime          time.Duration
+	kernelWindow        time.Duration
 }
 
 // setting is one row of the table that cellgate serve's flags, their
@@ -176,6 +177,7 @@ func settings(o *options) []setting {
 		opt("body-timeout", &o.bodyTimeout, gw.BodyTimeout, "a request's body must arrive within this long of its headers (then 400 and the connection is closed); upgraded websockets and held long-polls are not cut"),
 		opt("idle-timeout", &o.idleTimeout, gw.IdleTimeout, "a keep-alive connection with no request in flight is closed after this long"),
 		opt("max-connections-per-address", &o.connsPerAddr, gw.MaxConnsPerAddr, "open TCP connections one peer address (an IPv6 /64) may hold; the next is answered 429 and closed. With `--trust-proxy`, loopback, private and link-local peers (the proxy) are not capped"),
+		opt("permalinks-per-minute", &o.permalinksPerMinute, gw.PermalinksPerMinute, "`POST /permalink` one address may make a minute, in bursts of as many (then 429 with Retry-After); executions record theirs regardless"),
 		opt("file-ttl", &o.fileTTL, time.Duration(0), "remove files kernels wrote (and their GridFS chunks) this long after upload, checked every 10 minutes; `0`: keep them"),
 		opt("max-storage-mb", &o.maxStorageMB, st.Files.MaxTotalBytes>>20, "cap in MiB on all stored kernel files together: once reached, new files are not uploaded (the client is told why) until `--file-ttl` or the operator makes room; `0`: no cap"),
 		opt("store-results", &o.storeResults, true, "keep what each execution showed (outputs, widget state) with its permalink, so a shared link opens with its result and no kernel; `false`: permalinks keep only code and interacts"),
@@ -344,6 +346,7 @@ func (o options) gatewayConfig() gateway.Config {
 	cfg.AllowOrigins = splitList(o.allowOrigin)
 	cfg.DefaultKernel, cfg.SageCellDefaultKernel = o.defaultKernel, o.sageDefault
 	cfg.MaxKernelsPerCellSession = o.perCellSession
+	cfg.PermalinksPerMinute = o.permalinksPerMinute
 	cfg.MaxMessageBytes = o.maxMessageMB << 20
 	cfg.MaxTimeout, cfg.MaxLifespan = o.maxTimeout, o.maxLifespan
 	cfg.LeaseTimeout, cfg.ServiceTimeout, cfg.PollWait = o.leaseTimeout, o.serviceTimeout, o.pollWait
