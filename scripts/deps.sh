@@ -10,6 +10,7 @@ packages=(
   bubblewrap util-linux procps
   chromium
   python3-jupyter-server
+  haproxy
 )
 
 missing=()
