@@ -250,6 +250,14 @@ func (k *Kernel) launch(ctx context.Context) error {
 			k.cfg.Log.Warn().Err(err).Str("kernel", k.ID).Msg("kernel channel")
 		},
 	}
+	socks.onFlood = func(err error) {
+		k.mu.Lock()
+		current := k.socks == socks
+		k.mu.Unlock()
+		if current {
+			go k.die(err)
+		}
+	}
 	hb := heartbeatConfig{
 		interval: k.cfg.HeartbeatInterval, timeout: k.cfg.HeartbeatInterval, misses: k.cfg.HeartbeatMisses,
 		onDead: func(err error) {

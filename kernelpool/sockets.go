@@ -2,6 +2,7 @@ package kernelpool
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sync"
 	"syscall"
@@ -45,6 +46,9 @@ type sockets struct {
 	// than wait for a consumer that is gone (the kernel has died).
 	discard <-chan struct{}
 	onError func(error)
+	// onFlood (may be nil) is told once that the kernel keeps sending
+	// messages that are dropped: the kernel is ended.
+	onFlood func(error)
 	// drops reports the messages dropped on receipt (bad signature,
 	// malformed, oversized) through onError, a few at a time.
 	drops dropReports
@@ -495,7 +499,7 @@ func channelOf(sock *zmq.Socket, dealers map[jupytermsg.Channel]*zmq.Socket) jup
 func (s *sockets) decodeAndDeliver(ch jupytermsg.Channel, frames [][]byte) bool {
 	_, m, err := s.signer.Decode(frames)
 	if err != nil {
-		s.drops.add(fmt.Errorf("%s message dropped: %w", ch, err), s.onError)
+		s.drops.add(fmt.Errorf("%s message dropped: %w", ch, err), s.onError, s.onFlood)
 		return true
 	}
 	s.outMu.Lock()
@@ -610,7 +614,15 @@ func (s *sockets) ping(req *zmq.Socket, timeout time.Duration) bool {
 const (
 	dropBurst    = 5
 	dropInterval = 10 * time.Second
+	// dropFlood drops within one interval mark a kernel that keeps sending
+	// what the gateway drops: it is ended (onFlood), as no honest kernel
+	// sends even one.
+	dropFlood = 1000
 )
+
+// ErrKernelFlooded ends a kernel that sent dropFlood messages the gateway
+// dropped within one dropInterval.
+var ErrKernelFlooded = errors.New("kernel kept sending messages that failed verification")
 
 // dropReports rate-limits the reports of dropped messages. The zero value
 // uses dropBurst and dropInterval; both loops that receive report to it.
@@ -621,6 +633,8 @@ type dropReports struct {
 	mu       sync.Mutex
 	began    time.Time // the start of the current interval
 	reported int       // drops reported one by one in it
+	inWindow int       // drops in it, for the flood limit
+	flooded  bool      // the flood was reported (once)
 	counted  int       // drops counted since the last summary
 	last     error     // the last of them
 	timer    *time.Timer
@@ -651,13 +665,21 @@ func (d *dropReports) limits() (int, time.Duration) {
 	return burst, interval
 }
 
-// add reports err now, or counts it for the interval's summary.
-func (d *dropReports) add(err error, report func(error)) {
+// add reports err now, or counts it for the interval's summary; the
+// dropFlood-th drop of an interval is also told to onFlood (if set), once.
+func (d *dropReports) add(err error, report func(error), onFlood func(error)) {
 	d.mu.Lock()
 	burst, interval := d.limits()
 	now := time.Now()
 	if now.Sub(d.began) >= interval {
-		d.began, d.reported = now, 0
+		d.began, d.reported, d.inWindow = now, 0, 0
+	}
+	d.inWindow++
+	if d.inWindow >= dropFlood && !d.flooded && onFlood != nil {
+		d.flooded = true
+		d.mu.Unlock()
+		onFlood(fmt.Errorf("%w: %d dropped within %v, the last: %v", ErrKernelFlooded, d.inWindow, interval, err))
+		d.mu.Lock()
 	}
 	if d.reported < burst {
 		d.reported++

@@ -1,7 +1,9 @@
 package kernelpool
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -257,5 +259,26 @@ func TestDropSummaryEachInterval(t *testing.T) {
 	s.close()
 	if single, summed, _ := got.count(t); single+summed != flood {
 		t.Errorf("%d bad messages: %d reported one by one, %d in summaries; want all %d", flood, single, summed, flood)
+	}
+}
+
+// A real kernel that keeps sending badly signed messages is ended, with a
+// reason that says so, instead of costing the gateway for ever.
+func TestFloodingKernelIsEnded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a real kernel")
+	}
+	k := startKernel(t, installedSpecs(t)["python3"], nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	flood := fmt.Sprintf("k = get_ipython().kernel\nfor i in range(%d):\n    k.iopub_socket.send_multipart([b'flood', b'<IDS|MSG>', b'0' * 64, b'{}', b'{}', b'{}', b'{}'])\nimport time; time.sleep(30)", 3*dropFlood)
+	go func() { _, _ = Execute(ctx, k, flood, func(Received) {}) }()
+	select {
+	case <-k.Done():
+	case <-ctx.Done():
+		t.Fatal("a kernel flooding the gateway with badly signed messages was not ended")
+	}
+	if err := k.Err(); !errors.Is(err, ErrKernelFlooded) {
+		t.Fatalf("kernel ended with %v, want ErrKernelFlooded", err)
 	}
 }
