@@ -50,7 +50,8 @@ type Config struct {
 	// swept after it missed its heartbeats: a long pause, or a database it could not reach while
 	// the others could). Their clients have been told that its sessions ended, so it must end
 	// them too before it serves again: the registry refuses claims until OnLost returns, then
-	// registers the instance anew. Nil: only logged.
+	// registers the instance anew. It runs on the heartbeat goroutine, with a context that ends
+	// at Close. Nil: only logged.
 	OnLost func(ctx context.Context)
 
 	Log zerolog.Logger

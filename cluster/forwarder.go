@@ -107,7 +107,7 @@ func NewForwarder(cfg ForwarderConfig) (*Forwarder, error) {
 // the caps count it; anything else is sent as unknown), and writes the answer to w. It returns
 // ErrLoop or ErrUnreachable (wrapped) with nothing written; once the target has answered, the
 // answer is the caller's and Forward returns nil (a connection cut mid-answer aborts the
-// handler, as net/http does for any proxy).
+// handler, as net/http does for any proxy). Call it before anything reads r.Body.
 func (f *Forwarder) Forward(w http.ResponseWriter, r *http.Request, to Instance, client string) error {
 	if _, ok := ForwardedFrom(r.Context()); ok || len(r.Header.Values(HeaderName)) > 0 {
 		return fmt.Errorf("%w: it came from another instance", ErrLoop)
@@ -141,8 +141,8 @@ func (f *Forwarder) rewrite(pr *httputil.ProxyRequest) {
 	}
 	pr.Out.Header.Set("X-Forwarded-Proto", proto)
 	pr.Out.Header.Set("X-Forwarded-Host", pr.In.Host)
-	// For logs and for a receiver configured to read it; the signed header is what vouches.
-	pr.Out.Header.Del("X-Forwarded-For")
+	// For logs and for a receiver configured to read it (the proxy removed the client's own); the
+	// signed header is what vouches.
 	if call.client != "" {
 		pr.Out.Header.Set("X-Forwarded-For", call.client)
 	}

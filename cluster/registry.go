@@ -333,7 +333,7 @@ func (r *Registry) loop() {
 				nextBeat, publishAt = time.Now().Add(r.jittered()), time.Time{}
 			case !publishAt.IsZero() && !now.Before(publishAt):
 				publishAt = time.Time{}
-				r.withTimeout(ctx, func(ctx context.Context) { r.renew(ctx) })
+				r.renew(ctx)
 			}
 		}
 		next := nextBeat
@@ -373,24 +373,28 @@ func (r *Registry) withTimeout(ctx context.Context, f func(context.Context)) {
 	f(ctx)
 }
 
-// beat is one heartbeat.
+// beat is one heartbeat. ctx ends at Close; each database call gets less than an expiry.
 func (r *Registry) beat(ctx context.Context) {
 	r.withTimeout(ctx, func(ctx context.Context) {
 		if err := r.clock.sample(ctx, r.db); err != nil {
 			r.log.Debug().Err(err).Msg("cluster: clock sample failed")
 		}
-		r.mu.Lock()
-		lost := r.lost
-		r.mu.Unlock()
-		if lost {
+	})
+	r.mu.Lock()
+	lost := r.lost
+	r.mu.Unlock()
+	if lost {
+		r.withTimeout(ctx, func(ctx context.Context) {
 			if _, err := r.tryRegister(ctx); err != nil {
 				r.log.Warn().Err(err).Msg("cluster: registering anew failed; retrying")
 			}
-			return
-		}
-		if !r.renew(ctx) {
-			return
-		}
+		})
+		return
+	}
+	if !r.renew(ctx) {
+		return
+	}
+	r.withTimeout(ctx, func(ctx context.Context) {
 		if err := r.refreshView(ctx); err != nil {
 			r.noteDB(err, "read the other instances")
 			return
@@ -409,7 +413,7 @@ func (r *Registry) beat(ctx context.Context) {
 }
 
 // renew writes this instance's record: heartbeat, expiry, draining, load. It answers whether the
-// instance is still registered.
+// instance is still registered; finding it is not, it handles the loss (onLost, with ctx).
 func (r *Registry) renew(ctx context.Context) bool {
 	now := r.Now()
 	r.mu.Lock()
@@ -419,12 +423,16 @@ func (r *Registry) renew(ctx context.Context) bool {
 	}
 	doc := r.docLocked(now)
 	r.mu.Unlock()
-	res, err := r.instances.UpdateOne(ctx, bson.D{{Key: "_id", Value: doc.ID}, {Key: "epoch", Value: doc.Epoch}},
-		bson.D{{Key: "$set", Value: bson.D{
-			{Key: "url", Value: doc.URL}, {Key: "draining", Value: doc.Draining},
-			{Key: "sessions", Value: doc.Sessions}, {Key: "ready", Value: doc.Ready},
-			{Key: "heartbeat", Value: doc.Heartbeat}, {Key: "expires", Value: doc.Expires},
-		}}})
+	var res *mongo.UpdateResult
+	var err error
+	r.withTimeout(ctx, func(ctx context.Context) {
+		res, err = r.instances.UpdateOne(ctx, bson.D{{Key: "_id", Value: doc.ID}, {Key: "epoch", Value: doc.Epoch}},
+			bson.D{{Key: "$set", Value: bson.D{
+				{Key: "url", Value: doc.URL}, {Key: "draining", Value: doc.Draining},
+				{Key: "sessions", Value: doc.Sessions}, {Key: "ready", Value: doc.Ready},
+				{Key: "heartbeat", Value: doc.Heartbeat}, {Key: "expires", Value: doc.Expires},
+			}}})
+	})
 	if err != nil {
 		r.noteDB(err, "renew this instance's record")
 		return false
@@ -441,7 +449,8 @@ func (r *Registry) renew(ctx context.Context) bool {
 	return true
 }
 
-// onLost handles finding this instance's record gone: the others declared it dead.
+// onLost handles finding this instance's record gone: the others declared it dead. ctx ends at
+// Close only: OnLost may take its time, and heartbeats wait for it.
 func (r *Registry) onLost(ctx context.Context, epoch string) {
 	r.mu.Lock()
 	r.running, r.lost = false, true
@@ -452,14 +461,16 @@ func (r *Registry) onLost(ctx context.Context, epoch string) {
 	if r.cfg.OnLost != nil {
 		r.cfg.OnLost(ctx)
 	}
-	// Whoever swept the record ended its sessions; doing it again costs little and covers a
-	// sweeper that died half way.
-	if err := r.tombstoneEpoch(ctx, epoch, fmt.Sprintf("cellgate instance %s was declared dead", r.cfg.InstanceID)); err != nil {
-		r.log.Warn().Err(err).Msg("cluster: ending the lost incarnation's sessions failed; the others' sweep will")
-	}
-	if _, err := r.tryRegister(ctx); err != nil {
-		r.log.Warn().Err(err).Msg("cluster: registering anew failed; retrying")
-	}
+	r.withTimeout(ctx, func(ctx context.Context) {
+		// Whoever swept the record ended its sessions; doing it again costs little and covers
+		// a sweeper that died half way.
+		if err := r.tombstoneEpoch(ctx, epoch, fmt.Sprintf("cellgate instance %s was declared dead", r.cfg.InstanceID)); err != nil {
+			r.log.Warn().Err(err).Msg("cluster: ending the lost incarnation's sessions failed; the others' sweep will")
+		}
+		if _, err := r.tryRegister(ctx); err != nil {
+			r.log.Warn().Err(err).Msg("cluster: registering anew failed; retrying")
+		}
+	})
 }
 
 // noteDB keeps track of whether the database has been answering this instance continuously

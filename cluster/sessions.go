@@ -133,6 +133,9 @@ func cutReason(reason string) string {
 // per-address cap. It lags behind sessions being started elsewhere at the same moment (see the
 // package documentation for the slack this leaves).
 func (r *Registry) SessionsOf(ctx context.Context, addr string) (int, error) {
+	if addr == "" {
+		return 0, nil // claims without an address are not counted
+	}
 	n, err := r.sessions.CountDocuments(ctx, bson.D{{Key: "addr", Value: addr}, {Key: "ended", Value: bson.D{{Key: "$exists", Value: false}}}})
 	if err != nil {
 		return 0, fmt.Errorf("cluster: count the sessions of %s: %w", addr, err)
