@@ -4,6 +4,7 @@
 
 import { createEditor } from './editor.js';
 import { Kernel } from './kernel.js';
+import { SAGE_CELL_LANGUAGES, choicesOf, findChoice, missingChoice, offeredChoices, runsThroughSage } from './languages.js';
 import { OutputArea } from './output.js';
 import qrcode from 'qrcode-generator';
 import { getPermalink, isResult, renderResult, storedNote } from './stored.js';
@@ -15,7 +16,7 @@ const LINKED_TIMEOUT = 1800; // idle timeout (s) asked for shared kernels; the s
 
 const liveKernels = new Set();
 const linkedKernels = new Map(); // key → Kernel
-const specsCache = new Map(); // server → Promise<{default, kernels}>
+const specsCache = new Map(); // server → Promise<{default, kernels, sage_languages}>
 
 let unloadHooked = false;
 function hookUnload() {
@@ -26,12 +27,12 @@ function hookUnload() {
   });
 }
 
-/** kernelSpecs fetches the server's kernels (GET /kernelspecs), once. */
+/** kernelSpecs fetches the server's kernels and Sage-cell languages (GET /kernelspecs), once. */
 export function kernelSpecs(server) {
   if (!specsCache.has(server)) {
     const p = fetch(`${server}kernelspecs`)
-      .then((r) => (r.ok ? r.json() : { default: '', kernels: [] }))
-      .catch(() => ({ default: '', kernels: [] }));
+      .then((r) => (r.ok ? r.json() : { default: '', kernels: [], sage_languages: [] }))
+      .catch(() => ({ default: '', kernels: [], sage_languages: [] }));
     specsCache.set(server, p);
   }
   return specsCache.get(server);
@@ -179,10 +180,8 @@ export class Cell {
     this.languageSelect = el('select', { class: 'cg-language', 'aria-label': 'language', hidden: true });
     this.languageSelect.addEventListener('change', () => {
       if (this.stored) this.stored.languageChanged = true;
-      this.kernelName = this.languageSelect.value;
-      const opt = this.languageSelect.selectedOptions[0];
-      this.language = opt?.dataset.language || this.kernelName;
-      this.editor.setLanguage(this.language);
+      const c = findChoice(this.choices || [], this.languageSelect.value);
+      this._choose(c || { name: this.languageSelect.value, language: this.languageSelect.value });
       this.callbacks.onLanguage?.(this.kernelName, this);
     });
 
@@ -298,39 +297,46 @@ export class Cell {
     delete this.root.dataset.stored;
   }
 
+  // _setupLanguages fills the language picker (the server's kernelspecs and
+  // the Sage-cell languages it runs; or the page's `languages`) and chooses
+  // what the cell asks the server for. A Sage-cell language (gp, html, ...)
+  // is asked for by its name even when the server does not run it, so the
+  // cell shows the server's answer rather than running the code as another
+  // language; other names the server does not know fall back to its
+  // default kernel (unless languageFallback is false).
   async _setupLanguages() {
     const [specs] = await Promise.all([kernelSpecs(this.server), this.loaded]);
-    let kernels = specs.kernels || [];
-    const wanted = this.opts.languages;
-    if (Array.isArray(wanted) && wanted.length) {
-      const w = wanted.map((x) => String(x).toLowerCase());
-      kernels = kernels.filter((k) => w.includes(k.name.toLowerCase()) || w.includes(String(k.language).toLowerCase()));
-    }
-    // Pick the kernel for the asked language or kernel name.
+    const choices = choicesOf(specs);
+    const offered = (this.choices = offeredChoices(choices, this.opts.languages));
     const asked = (this.kernelName || this.language || '').toLowerCase();
-    let pick = kernels.find((k) => k.name.toLowerCase() === asked) || kernels.find((k) => String(k.language).toLowerCase() === asked);
-    if (!pick && asked && (specs.kernels || []).length) {
-      const any = (specs.kernels || []).find((k) => k.name.toLowerCase() === asked || String(k.language).toLowerCase() === asked);
-      if (any) pick = any;
-      else if (this.opts.languageFallback !== false) {
-        pick = kernels.find((k) => k.name === specs.default) || kernels[0];
-      }
-    }
-    if (!pick) pick = kernels.find((k) => k.name === specs.default) || kernels[0];
-    if (pick) {
-      this.kernelName = pick.name;
-      this.language = pick.language || pick.name;
-      this.editor.setLanguage(this.language);
-    }
-    this.languageSelect.replaceChildren(
-      ...kernels.map((k) => {
-        const o = el('option', { value: k.name, text: k.display_name || k.name });
-        o.dataset.language = k.language || k.name;
-        return o;
-      }),
-    );
-    if (pick) this.languageSelect.value = pick.name;
-    this.languageSelect.hidden = this.hide.has('language') || kernels.length < 2;
+    // (With no list from the server, nothing is known to be missing.)
+    const unknown = (name) => (choices.length ? missingChoice(name) : { name, display: SAGE_CELL_LANGUAGES[name] || name, language: name });
+    let pick = findChoice(offered, asked) || findChoice(choices, asked);
+    if (!pick && asked && (runsThroughSage(asked) || this.opts.languageFallback === false)) pick = unknown(asked);
+    if (!pick) pick = findChoice(offered, specs.default) || offered.find((c) => !c.missing) || findChoice(choices, specs.default) || choices[0];
+    // Still nothing (the server's list could not be read): ask for it by name.
+    if (!pick && asked) pick = unknown(asked);
+    if (pick && !offered.some((c) => c.name === pick.name)) offered.push(pick);
+    this.languageSelect.replaceChildren(...offered.map((c) => this._option(c)));
+    if (pick) this._choose(pick);
+    this.languageSelect.hidden = this.hide.has('language') || offered.length < 2;
+  }
+
+  _option(c) {
+    const o = el('option', { value: c.name, text: c.display });
+    o.dataset.language = c.language;
+    if (c.missing) o.dataset.missing = 'true';
+    return o;
+  }
+
+  // _choose makes c the cell's language: the picker shows it, the editor
+  // highlights for it (plain text for what it has no mode for).
+  _choose(c) {
+    this.kernelName = c.name;
+    this.language = c.language || c.name;
+    this.languageSelect.value = c.name;
+    this.root.dataset.language = c.name;
+    this.editor.setLanguage(this.language);
   }
 
   /** code returns the editor's code. */
@@ -342,13 +348,17 @@ export class Cell {
     this.editor.setCode(code);
   }
 
+  /** setKernel makes the cell run a kernelspec or language (one the picker does not offer is added). */
   setKernel(name) {
     if (this.stored) this.stored.languageChanged = true;
-    this.kernelName = name;
-    this.languageSelect.value = name;
-    const opt = this.languageSelect.selectedOptions[0];
-    this.language = opt?.dataset.language || name;
-    this.editor.setLanguage(this.language);
+    const offered = this.choices || [];
+    let c = findChoice(offered, name);
+    if (!c) {
+      c = runsThroughSage(name) ? missingChoice(name) : { name, display: name, language: name };
+      offered.push(c);
+      this.languageSelect.append(this._option(c));
+    }
+    this._choose(c);
   }
 
   _setState(state, text) {
@@ -471,6 +481,11 @@ export class Cell {
     this._setState('starting', 'Starting…');
     this.callbacks.onEvaluate?.(code, this);
     const run = (this._run = {});
+    // The language list decides what the server is asked for: a cell asked
+    // for gp must never start the server's default kernel meanwhile.
+    await this.ready;
+    if (this._run !== run) return;
+    run.kernel = this.kernelName;
     let k;
     try {
       k = await this._kernel();
@@ -481,7 +496,10 @@ export class Cell {
         this.output.note('Stopped before a kernel was free.', 'problem');
         return;
       }
-      this.output.note(`Could not start a kernel: ${err.message}.`, 'problem');
+      // A 400 is the server's own word on what it cannot run (a language
+      // whose program is not installed): shown as it says it.
+      if (err.status === 400) this.output.note(`The server cannot run this cell: ${err.message}`, 'problem');
+      else this.output.note(`Could not start a kernel: ${err.message}.`, 'problem');
       this.callbacks.onError?.(err, this);
       return;
     }
@@ -517,7 +535,8 @@ export class Cell {
       run.replied = true;
       run.reply = msg.content;
       const pl = msg.metadata?.cellgate?.permalink;
-      if (pl) this.permalink = { id: pl, code, kernel: k.kernelName };
+      // (what the cell asked for: the server names the kernel that runs it, sagemath for gp)
+      if (pl) this.permalink = { id: pl, code, kernel: run.kernel };
       for (const p of msg.content.payload || []) {
         if (p.source === 'page' && p.data) this.output.display(p.data, {});
       }

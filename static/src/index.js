@@ -10,6 +10,7 @@
 
 import { Cell, dedent } from './cell.js';
 import { Kernel } from './kernel.js';
+import { SAGE_CELL_LANGUAGES } from './languages.js';
 import { sanitizedNode } from './mime.js';
 import { OutputArea } from './output.js';
 import { getPermalink, getResult, renderResult } from './stored.js';
@@ -119,6 +120,8 @@ const api = {
   zlibDecode,
   dedent,
   Kernel,
+  // The Sage cell's languages and the names pickers show them by.
+  sageCellLanguages: SAGE_CELL_LANGUAGES,
   // For tests and advanced embedding; not a stable API.
   _internals: { OutputArea, WidgetManager, sanitizedNode, renderResult, storedWidgets },
 };

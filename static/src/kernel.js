@@ -86,7 +86,11 @@ export class Kernel extends Emitter {
     this.opts = opts;
     this.session = uuid();
     this.id = null;
+    // kernelName is the kernelspec that runs the session (the server says
+    // which: sagemath for the Sage cell's gp), language what its code is run
+    // as (gp); both start as what was asked for.
     this.kernelName = opts.kernelName || '';
+    this.language = this.kernelName;
     this.transport = null; // 'websocket' | 'polling'
     this.lastSeq = 0;
     this.ended = false;
@@ -136,6 +140,7 @@ export class Kernel extends Emitter {
     const j = await resp.json();
     this.id = j.id;
     this.kernelName = j.kernel_name || this.kernelName;
+    this.language = j.language || this.kernelName;
     this.wsURL = j.ws_url || this.server.replace(/^http/, 'ws');
     if (!this.wsURL.endsWith('/')) this.wsURL += '/';
     if (this.opts.transport !== 'polling' && typeof WebSocket !== 'undefined' && (await this._openWS(null))) {

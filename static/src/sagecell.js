@@ -19,7 +19,7 @@ const templates = {
 };
 
 // Options of makeSagecell that are the Sage cell's own, not makeCell's.
-const SAGECELL_ONLY = ['template', 'callback', 'inputLocation', 'serverURL'];
+const SAGECELL_ONLY = ['template', 'callback', 'inputLocation', 'serverURL', 'defaultLanguage'];
 
 /** whenLoaded runs fn once the document is parsed (at once if it is). */
 function whenLoaded(fn) {
@@ -43,7 +43,16 @@ function makeCells(args) {
   const common = { ...a };
   for (const k of SAGECELL_ONLY) delete common[k];
   common.server = a.server || a.serverURL;
-  if (!a.kernel) common.language = a.language || (Array.isArray(a.languages) && a.languages[0]) || 'sage';
+  if (!a.kernel) {
+    // As the Sage cell: languages defaults to ["sage"], defaultLanguage to
+    // its first (and is that when the list does not hold it); the cell asks
+    // the server for the language by name (gp, html, ...), which runs it
+    // through Sage or says it cannot.
+    const asked = String(a.defaultLanguage || a.language || '').toLowerCase();
+    const languages = Array.isArray(a.languages) && a.languages.length ? a.languages.map((l) => String(l).toLowerCase()) : [asked || 'sage'];
+    common.languages = languages;
+    common.language = languages.includes(asked) ? asked : languages[0];
+  }
   // As the Sage cell: an element already made into a cell is left alone.
   const nodes = nodesOf(a.inputLocation).filter((n) => !n.dataset || !n.dataset.sagecellInitialized);
   return nodes.map((node) => {

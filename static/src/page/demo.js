@@ -64,8 +64,12 @@
   ].join('\n');
   try {
     const specs = await fetch(`${server}kernelspecs`).then((r) => r.json());
+    // The Sage cell's languages it runs through Sage (the picker offers them too).
+    const names = cellgate.sageCellLanguages || {};
+    const through = (specs.sage_languages || []).map((l) => names[l] || l);
     document.getElementById('server-info').textContent =
-      `Kernels on this server: ${specs.kernels.map((k) => k.display_name).join(', ')} · cellgate ${cellgate.version || ''}`;
+      `Kernels on this server: ${specs.kernels.map((k) => k.display_name).join(', ')}` +
+      `${through.length ? `; through Sage: ${through.join(', ')}` : ''} · cellgate ${cellgate.version || ''}`;
   } catch {
     // the footer is optional
   }
