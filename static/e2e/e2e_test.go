@@ -168,12 +168,95 @@ $(function () {
 <body><div id="given">print("live", 6 * 7)</div>
 <script src="{{.Base}}static/embed.js"></script>
 </body></html>{{end}}
+{{define "languages"}}<!doctype html><html><head><meta charset="utf-8"><title>the Sage cell's languages</title>
+<script src="{{.Base}}embedded_sagecell.js"></script>
+<script>
+// As the Sage cell documents its languages option (defaultLanguage: the
+// language a cell starts in).
+var langs = ['sage', 'gp', 'html'];
+window.cells = {
+  gp: sagecell.makeSagecell({inputLocation: '#gp', languages: langs, defaultLanguage: 'gp', autoeval: true}),
+  html: sagecell.makeSagecell({inputLocation: '#html', languages: langs, defaultLanguage: 'html', autoeval: true}),
+  octave: sagecell.makeSagecell({inputLocation: '#octave', languages: ['sage', 'octave'], defaultLanguage: 'octave', autoeval: true}),
+};
+</script></head>
+<body><div id="gp"><script type="text/x-sage">2^100</script></div>
+<div id="html"><script type="text/x-sage"><b>hi</b></script></div>
+<div id="octave"><script type="text/x-sage">disp(1 + 1)</script></div>
+</body></html>{{end}}
+{{define "sockjs"}}<!doctype html><html><head><meta charset="utf-8"><title>the Sage cell's transport: sockjs-client</title>
+<script src="/sockjs.min.js"></script></head>
+<body><p>transport: <span id="transport"></span> <span id="state">starting</span></p><pre id="out"></pre>
+<script>
+// As the Sage cell's front end (its session.js and multisockjs.js): POST
+// /kernel, one SockJS connection to /sockjs for the page, the kernel's
+// messages as "<kernel id>/channels,<message>" both ways. ?transport= is
+// the one transport sockjs-client may use.
+(async function () {
+  var base = {{.Base}};
+  var transport = new URLSearchParams(location.search).get('transport');
+  var out = document.getElementById('out');
+  var state = document.getElementById('state');
+  function fail(text) {
+    state.textContent = 'failed: ' + text;
+    document.body.dataset.done = 'failed';
+  }
+  var cellSession = 'sockjs-page-' + Math.random().toString(16).slice(2);
+  var resp = await fetch(base + 'kernel', {
+    method: 'POST', credentials: 'include',
+    body: new URLSearchParams({CellSessionID: cellSession, timeout: '0', accepted_tos: 'true', kernel_name: 'python3'}),
+  });
+  if (!resp.ok) return fail('POST /kernel: ' + resp.status + ' ' + (await resp.text()));
+  var kernel = (await resp.json()).id;
+  var prefix = kernel + '/channels';
+  var sock = new SockJS(base + 'sockjs?CellSessionID=' + cellSession, null, {transports: [transport]});
+  var msgId = 'execute-' + Math.random().toString(16).slice(2);
+  var replied = false, idle = false;
+  sock.onopen = function () {
+    document.getElementById('transport').textContent = sock.transport;
+    document.body.dataset.transport = sock.transport;
+    state.textContent = 'running';
+    sock.send(prefix + ',' + JSON.stringify({
+      channel: 'shell',
+      header: {msg_id: msgId, msg_type: 'execute_request', session: cellSession, username: '', version: '5.3'},
+      parent_header: {}, metadata: {},
+      content: {code: 'print("over sockjs", 6 * 7)\nfor i in range(3): print("line", i)', silent: false, store_history: false, user_expressions: {}, allow_stdin: false},
+    }));
+  };
+  sock.onmessage = function (e) {
+    var i = e.data.indexOf(',');
+    if (e.data.slice(0, i) !== prefix) return;
+    var msg = JSON.parse(e.data.slice(i + 1));
+    if (msg.error) return fail(msg.message);
+    if (!msg.parent_header || msg.parent_header.msg_id !== msgId) return;
+    var type = msg.header.msg_type;
+    if (type === 'stream' && msg.content.name === 'stdout') out.textContent += msg.content.text;
+    if (type === 'execute_reply') { replied = true; document.body.dataset.status = msg.content.status; }
+    if (type === 'status' && msg.content.execution_state === 'idle') idle = true;
+    if (replied && idle && !document.body.dataset.done) {
+      state.textContent = 'done';
+      document.body.dataset.done = 'ok';
+      sock.close();
+    }
+  };
+  sock.onclose = function (e) {
+    if (!document.body.dataset.done) fail('closed: ' + e.code + ' ' + e.reason);
+  };
+})().catch(function (err) {
+  document.getElementById('state').textContent = 'failed: ' + err.message;
+  document.body.dataset.done = 'failed';
+});
+</script></body></html>{{end}}
 {{define "eight"}}<!doctype html><html><head><meta charset="utf-8"><title>eight Sage cells</title>
 <script src="{{.Capped}}embedded_sagecell.js"></script>
 <script>sagecell.makeSagecell({inputLocation: 'div.sage', autoeval: true, hide: ['permalink']});</script></head>
 <body>{{range .Eight}}<div class="sage"><script type="text/x-sage">print("cell {{.}}:", factor({{.}} * 2^10 + 1))</script></div>
 {{end}}</body></html>{{end}}
 `))
+
+// sockjsClient is sockjs-client's browser bundle (a devDependency of
+// static, installed by scripts/web-build.sh).
+const sockjsClient = "../node_modules/sockjs-client/dist/sockjs.min.js"
 
 // pageData is what the second origin's pages are made from.
 type pageData struct {
@@ -192,9 +275,14 @@ func startOther(t testing.TB, base, capped string) *httptest.Server {
 			}
 		}
 	}
-	for _, name := range []string{"embed", "sagecell", "sagehead", "jquery", "ownjquery", "eight", "stored"} {
+	for _, name := range []string{"embed", "sagecell", "sagehead", "jquery", "ownjquery", "eight", "stored", "languages", "sockjs"} {
 		mux.HandleFunc("/"+name+".html", page(name))
 	}
+	// The unchanged sockjs-client, served by this origin (not by cellgate),
+	// as a Sage-cell page bundles its own copy.
+	mux.HandleFunc("/sockjs.min.js", func(w http.ResponseWriter, r *http.Request) {
+		http.ServeFile(w, r, sockjsClient)
+	})
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
 	return srv
@@ -258,6 +346,9 @@ func TestBrowser(t *testing.T) {
 	}
 	if _, err := os.Stat("../node_modules/playwright-core/package.json"); err != nil {
 		t.Fatal("static/node_modules is missing: run scripts/web-build.sh (make deps)")
+	}
+	if _, err := os.Stat(sockjsClient); err != nil {
+		t.Fatal("sockjs-client is missing from static/node_modules: run scripts/web-build.sh (make deps)")
 	}
 	if !static.New().Built() {
 		t.Fatal("the browser client is not built: run scripts/web-build.sh (make build)")

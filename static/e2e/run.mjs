@@ -686,6 +686,102 @@ test('jQuery ready, a page\'s own jQuery, and the Sage cell helpers', async (t) 
   expect(await p3.evaluate(() => typeof window.jQuery === 'undefined' && typeof window.$ === 'undefined' && typeof window.sagecell === 'undefined'), 'embed.js defines jQuery or sagecell');
 });
 
+test("the Sage cell's languages: gp and html run through Sage, octave says it is not installed", async (t) => {
+  if (!KERNELS.includes('sagemath')) throw new Skip('the sagemath kernel is not installed');
+  const specs = await (await fetch(`${BASE}kernelspecs`)).json();
+  const runs = specs.sage_languages || [];
+  for (const l of ['gp', 'html']) if (!runs.includes(l)) throw new Skip(`this server does not run ${l} (sage_languages: ${runs.join(', ')})`);
+  const sage = specs.kernels.find((k) => k.language === 'sage');
+  const p = await page(t);
+  const asked = [];
+  p.on('request', (r) => {
+    if (r.method() === 'POST' && new URL(r.url()).pathname === '/kernel') asked.push(new URLSearchParams(r.postData() || '').get('kernel_name'));
+  });
+  await p.goto(`${OTHER}languages.html`);
+  await outputContains(p, '1267650600228229401496703205376', { root: '#gp .cg-output-root', timeout: 150000 });
+  await p.waitForSelector('#html .cg-output-root b', { timeout: 150000 });
+  await waitDone(p, '#gp .cg-cell');
+  await waitDone(p, '#html .cg-cell');
+  const r = await p.evaluate(() => {
+    const cell = (id) => document.querySelector(`#${id} .cg-cell`);
+    const picker = (id) => [...cell(id).querySelectorAll('.cg-language option')].map((o) => [o.value, o.textContent]);
+    return {
+      gp: { out: cell('gp').querySelector('.cg-output-root').innerText.trim(), language: cell('gp').dataset.language, picker: picker('gp'), shown: !cell('gp').querySelector('.cg-language').hidden },
+      html: { bold: [...cell('html').querySelectorAll('.cg-output-root b')].map((b) => b.innerText), text: cell('html').querySelector('.cg-output-root').innerText.trim(), language: cell('html').dataset.language },
+      permalink: window.cells.gp.cell.permalink,
+    };
+  });
+  const j = JSON.stringify(r);
+  expect(r.gp.out === '1267650600228229401496703205376', `gp output: ${j}`);
+  expect(r.gp.language === 'gp' && r.html.language === 'html', `languages: ${j}`);
+  expect(r.html.bold.length === 1 && r.html.bold[0] === 'hi' && r.html.text === 'hi', `html output: ${j}`);
+  // The picker: the page's languages, in its order, by the Sage cell's names.
+  expect(JSON.stringify(r.gp.picker) === JSON.stringify([[sage.name, sage.display_name], ['gp', 'PARI/GP'], ['html', 'HTML']]) && r.gp.shown, `picker: ${j}`);
+  // The octave cell shows the server's own answer: its program is not installed.
+  if (!runs.includes('octave')) {
+    await outputContains(p, 'not installed', { root: '#octave .cg-output-root' });
+    const o = await p.$eval('#octave .cg-cell', (c) => ({ out: c.querySelector('.cg-output-root').innerText, state: c.dataset.state, option: c.querySelector('.cg-language option[value=octave]')?.textContent }));
+    expect(/octave-cli, which is not installed/.test(o.out) && o.state === 'idle', `octave: ${JSON.stringify(o)}`);
+    expect(o.option === 'Octave (not on this server)', `octave's picker entry: ${JSON.stringify(o)}`);
+  } else {
+    t.log.push('octave is installed here: its "not installed" answer is not checked');
+  }
+  // Each cell asked for its language by name: nothing was run as Sage.
+  expect(asked.filter((k) => k === 'gp').length === 1 && asked.filter((k) => k === 'html').length === 1 && asked.every((k) => ['gp', 'html', 'octave'].includes(k)), `POST /kernel asked for ${JSON.stringify(asked)}`);
+  // Share keeps the language: the evaluation's own permalink, stored as gp,
+  // and the ?z= link says lang=gp.
+  expect(r.permalink && r.permalink.id, `the gp evaluation has no permalink: ${j}`);
+  await p.click('#gp .cg-share');
+  await p.waitForSelector('#gp .cg-link-q');
+  const links = await p.$eval('#gp', (c) => ({ q: c.querySelector('.cg-link-q').value, z: c.querySelector('.cg-link-z').value }));
+  expect(new URL(links.q).searchParams.get('q') === r.permalink.id, `Share made a new permalink rather than the evaluation's: ${JSON.stringify(links)} ${j}`);
+  expect(new URL(links.z).searchParams.get('lang') === 'gp', `?z= link: ${links.z}`);
+  const stored = await (await fetch(`${BASE}permalink/${r.permalink.id}`)).json();
+  expect(stored.code === '2^100' && stored.language === 'gp', `GET /permalink/ID: ${JSON.stringify(stored).slice(0, 300)}`);
+  // The permalink and the ?z= link open in gp on the demo page.
+  let result = false;
+  for (let i = 0; i < 40 && !result; i++) {
+    result = (await fetch(`${BASE}permalink/${r.permalink.id}/outputs`)).ok;
+    if (!result) await new Promise((res) => setTimeout(res, 250));
+  }
+  expect(result, `GET /permalink/${r.permalink.id}/outputs never answered a result`);
+  const p2 = await page(t);
+  await p2.goto(`${BASE}?q=${r.permalink.id}`);
+  await p2.waitForSelector('.cg-cell[data-stored="true"] .cg-stored-note');
+  const q = await p2.$eval('.cg-cell', (c) => ({ language: c.dataset.language, picked: c.querySelector('.cg-language').value, out: c.querySelector('.cg-output-root').innerText }));
+  expect(q.language === 'gp' && q.picked === 'gp' && q.out.includes('1267650600228229401496703205376'), `?q= of the gp permalink: ${JSON.stringify(q)}`);
+  await p2.goto(`${links.z.replace(/^.*?\?/, `${BASE}?`)}&autoeval=0`);
+  await p2.waitForFunction(() => window.demoCell && document.querySelector('.cg-language option'));
+  await p2.evaluate(() => window.demoCell.ready);
+  const z = await p2.evaluate(() => ({ language: window.demoCell.kernelName, code: window.demoCell.code }));
+  expect(z.language === 'gp' && z.code === '2^100', `?z=&lang=gp: ${JSON.stringify(z)}`);
+  await shot(p, 'sagecell-languages.png', { fullPage: true });
+}, { timeout: 240000 });
+
+test('sockjs-client in the browser: the Sage cell\'s transport on websocket and xhr-polling', async (t) => {
+  for (const transport of ['websocket', 'xhr-polling']) {
+    const p = await page(t);
+    const sockets = [];
+    const polls = [];
+    p.on('websocket', (ws) => sockets.push(new URL(ws.url()).pathname));
+    p.on('request', (r) => {
+      if (/\/sockjs\/[^/]+\/[^/]+\/xhr(_send)?$/.test(new URL(r.url()).pathname)) polls.push(new URL(r.url()).pathname.split('/').pop());
+    });
+    await p.goto(`${OTHER}sockjs.html?transport=${transport}`);
+    await p.waitForFunction(() => document.body.dataset.done, null, { timeout: 60000 });
+    const r = await p.evaluate(() => ({ done: document.body.dataset.done, state: document.getElementById('state').textContent, transport: document.body.dataset.transport, shown: document.getElementById('transport').textContent, out: document.getElementById('out').textContent, status: document.body.dataset.status }));
+    const j = JSON.stringify({ transport, ...r, sockets, polls });
+    expect(r.done === 'ok' && r.status === 'ok', `the execution over ${transport}: ${j}`);
+    expect(r.out === 'over sockjs 42\nline 0\nline 1\nline 2\n', `stdout over ${transport}: ${j}`);
+    expect(r.transport === transport && r.shown === transport, `sockjs-client used ${r.transport}, asked for ${transport}: ${j}`);
+    if (transport === 'websocket') {
+      expect(sockets.length === 1 && /^\/sockjs\/[^/]+\/[^/]+\/websocket$/.test(sockets[0]) && polls.length === 0, `websocket transport's traffic: ${j}`);
+    } else {
+      expect(sockets.length === 0 && polls.includes('xhr') && polls.includes('xhr_send'), `xhr-polling transport's traffic: ${j}`);
+    }
+  }
+});
+
 test('eight autoeval Sage cells on one page all evaluate', async (t) => {
   if (!CAPPED) throw new Skip('the sagemath kernel is not installed');
   // Every status the cells show is kept, to see that they said they were waiting.
