@@ -46,7 +46,7 @@ type Server struct {
 	languages  languages
 	// permalinkRate bounds POST /permalink per address.
 	permalinkRate *rateLimiter
-	started    time.Time
+	started       time.Time
 	// everWarm is set once the pool has been warm: from then on a pool
 	// that is momentarily empty is refilling, not failing (/readyz).
 	everWarm atomic.Bool
