@@ -35,6 +35,15 @@ func sageLanguages() []sageLanguage {
 // errLanguageUnavailable is a Sage-cell language this server cannot run.
 var errLanguageUnavailable = errors.New("language unavailable")
 
+// languageError says why a Sage-cell language cannot run here; it is an
+// unknown kernel to the error→status table (400).
+type languageError struct{ text string }
+
+func (e *languageError) Error() string { return e.text }
+func (e *languageError) Unwrap() []error {
+	return []error{kernelpool.ErrUnknownKernel, errLanguageUnavailable}
+}
+
 // kernelChoice is the kernel a session runs and, for a Sage-cell language
 // run through the Sage kernel, that language ("" for the kernel's own).
 type kernelChoice struct {
@@ -100,9 +109,9 @@ func (s *Server) resolveSageChoice(asked string) (kernelChoice, error) {
 	sage := s.sageKernel()
 	switch {
 	case sage == "":
-		return kernelChoice{}, fmt.Errorf("%w: %w: %q runs through SageMath, which is not installed on this server", kernelpool.ErrUnknownKernel, errLanguageUnavailable, name)
+		return kernelChoice{}, &languageError{fmt.Sprintf("language %q runs through SageMath, which is not installed on this server", name)}
 	case !s.languages.available[name]:
-		return kernelChoice{}, fmt.Errorf("%w: %w: %q runs through SageMath's interface to %s, which is not installed on this server", kernelpool.ErrUnknownKernel, errLanguageUnavailable, name, s.languages.missing[name])
+		return kernelChoice{}, &languageError{fmt.Sprintf("language %q runs through SageMath's interface to %s, which is not installed on this server", name, s.languages.missing[name])}
 	}
 	return kernelChoice{Kernel: sage, Language: name}, nil
 }
