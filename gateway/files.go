@@ -19,6 +19,8 @@ type FileStore interface {
 	Watch(dir string, owner storage.FileOwner) (*storage.Watcher, error)
 	OpenFile(ctx context.Context, id, name string) (*storage.FileReader, error)
 	ByPermalink(ctx context.Context, permalink string, since time.Time) ([]storage.FileInfo, error)
+	// PutBytes keeps a stored result's large image.
+	PutBytes(ctx context.Context, name, contentType string, data []byte, owner storage.FileOwner, permalink string) (storage.UploadedFile, error)
 }
 
 // fileURL is the one way a link to a stored file is built: the server's

@@ -2,9 +2,11 @@ package gateway
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -13,6 +15,7 @@ import (
 	"github.com/labstack/echo/v4"
 
 	"github.com/cellgate/cellgate/gateway/permalink"
+	"github.com/cellgate/cellgate/gateway/result"
 	"github.com/cellgate/cellgate/storage"
 )
 
@@ -187,41 +190,87 @@ func (s *Server) storedResult(ctx context.Context, id string) (json.RawMessage, 
 	return json.RawMessage(res.Body), true
 }
 
-// resultWithFiles is permalink id's stored result with links to the files
-// its execution wrote (stored in GridFS with the permalink's id).
+// resultWithFiles is permalink id's stored result as clients get it: its
+// large images put back in place and links to the files its execution
+// wrote (stored in GridFS with the permalink's id).
 func (s *Server) resultWithFiles(c echo.Context, id string) (json.RawMessage, bool) {
-	ctx := c.Request().Context()
-	raw, ok := s.storedResult(ctx, id)
-	if !ok || s.cfg.Storage.Files == nil {
-		return raw, ok
-	}
-	var res map[string]json.RawMessage
-	var created time.Time
-	if json.Unmarshal(raw, &res) != nil || json.Unmarshal(res["created"], &created) != nil {
-		return raw, ok
-	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	ctx, cancel := context.WithTimeout(c.Request().Context(), 10*time.Second)
 	defer cancel()
-	files, err := s.cfg.Storage.Files.ByPermalink(ctx, id, created)
+	res, ok := s.loadResult(ctx, id)
+	if !ok {
+		return nil, false
+	}
+	if s.cfg.Storage.Files != nil {
+		files, err := s.cfg.Storage.Files.ByPermalink(ctx, id, res.Created)
+		if err != nil {
+			s.log.Warn().Err(err).Str("permalink", id).Msg("listing a result's files failed")
+		}
+		base := s.baseURL(c).String()
+		for _, f := range files {
+			res.Files = append(res.Files, result.File{Name: f.Name, URL: fileURL(base, f.ID, f.Name), Size: f.Size, ContentType: f.ContentType})
+		}
+	}
+	raw, err := json.Marshal(res)
 	if err != nil {
-		s.log.Warn().Err(err).Str("permalink", id).Msg("listing a result's files failed")
-		return raw, ok
+		return nil, false
 	}
-	if len(files) == 0 {
-		return raw, ok
-	}
-	base := s.baseURL(c).String()
-	links := make([]map[string]any, 0, len(files))
-	for _, f := range files {
-		links = append(links, map[string]any{"name": f.Name, "url": fileURL(base, f.ID, f.Name), "size": f.Size, "content_type": f.ContentType})
-	}
-	res["files"], _ = json.Marshal(links)
-	withFiles, err := json.Marshal(res)
-	if err != nil {
-		return raw, ok
-	}
-	return withFiles, true
+	return raw, true
 }
+
+// loadResult is permalink id's stored result with its large images put
+// back as the base64 data nbformat has (an image that cannot be read is
+// left out).
+func (s *Server) loadResult(ctx context.Context, id string) (result.Result, bool) {
+	raw, ok := s.storedResult(ctx, id)
+	if !ok {
+		return result.Result{}, false
+	}
+	var res result.Result
+	if err := json.Unmarshal(raw, &res); err != nil {
+		s.log.Warn().Err(err).Str("permalink", id).Msg("a stored result does not decode")
+		return result.Result{}, false
+	}
+	for i, o := range res.Outputs {
+		if !strings.Contains(string(o.Data), permalink.FileRefPrefix) {
+			continue
+		}
+		var data map[string]json.RawMessage
+		if json.Unmarshal(o.Data, &data) != nil {
+			continue
+		}
+		for mime, v := range data {
+			var ref string
+			if json.Unmarshal(v, &ref) != nil || !strings.HasPrefix(ref, permalink.FileRefPrefix) {
+				continue
+			}
+			image, err := s.readStoredFile(ctx, strings.TrimPrefix(ref, permalink.FileRefPrefix))
+			if err != nil {
+				s.log.Warn().Err(err).Str("permalink", id).Msg("a result's image could not be read")
+				delete(data, mime)
+				continue
+			}
+			data[mime], _ = json.Marshal(base64.StdEncoding.EncodeToString(image))
+		}
+		res.Outputs[i].Data, _ = json.Marshal(data)
+	}
+	return res, true
+}
+
+// readStoredFile reads a whole stored file (at most the file limit).
+func (s *Server) readStoredFile(ctx context.Context, fileID string) ([]byte, error) {
+	if s.cfg.Storage.Files == nil {
+		return nil, errors.New("no file store")
+	}
+	r, err := s.cfg.Storage.Files.OpenFile(ctx, fileID, "")
+	if err != nil {
+		return nil, err
+	}
+	defer r.Close()
+	return io.ReadAll(io.LimitReader(r, maxResultImageBytes))
+}
+
+// maxResultImageBytes bounds what readStoredFile reads of one image.
+const maxResultImageBytes = 32 << 20
 
 // permalinkOutputs is GET /permalink/ID/outputs: the stored result alone
 // (outputs, widget state, date).

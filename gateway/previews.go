@@ -80,15 +80,7 @@ func (s *Server) baseURLOf(r *http.Request) *url.URL {
 }
 
 func (s *Server) previewResult(ctx context.Context, id string) (result.Result, bool) {
-	raw, ok := s.storedResult(ctx, id)
-	if !ok {
-		return result.Result{}, false
-	}
-	var res result.Result
-	if json.Unmarshal(raw, &res) != nil {
-		return result.Result{}, false
-	}
-	return res, true
+	return s.loadResult(ctx, id)
 }
 
 // previewTitle is the code's first line that says something, and the

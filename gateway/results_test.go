@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"context"
+	"encoding/base64"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -9,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cellgate/cellgate/gateway/permalink"
 	"github.com/cellgate/cellgate/gateway/result"
 	"github.com/cellgate/cellgate/static"
 )
@@ -273,5 +276,45 @@ func TestResultsCanBeTurnedOff(t *testing.T) {
 	var obj map[string]any
 	if r := env.do(http.MethodGet, "/permalink/"+id, "", "", &obj); r.StatusCode != http.StatusOK || obj["result"] != nil || obj["code"] != "print('not kept')" {
 		t.Errorf("permalink with results off: %d %v", r.StatusCode, obj)
+	}
+}
+
+// A result's large image is stored as a file of its own, not inline: the
+// stored body stays within the budget, and clients get the image back in
+// place, as nbformat has it.
+func TestLargeImagesStoredAsFiles(t *testing.T) {
+	env, ts := newStorageEnv(t, func(c *Config) { c.Storage.ResultBudget = 32 << 10 })
+	k := env.newKernel(url.Values{"timeout": {"60"}})
+	c := env.dialSage(k.ID, "")
+	code := "import numpy as np, io\nimport matplotlib\nmatplotlib.use('agg')\nimport matplotlib.pyplot as plt\nfrom IPython.display import Image, display\nbuf = io.BytesIO()\nplt.imsave(buf, np.random.default_rng(1).random((300, 300)), format='png')\ndisplay(Image(buf.getvalue()))\nprint('noise')"
+	msgID := c.execute(code)
+	id := permalinkOf(t, c.until(func(f frame) bool { return f.Header.MsgType == "execute_reply" && f.ParentHeader.MsgID == msgID }))
+	res := storedResultOf(t, env, id, func(r result.Result) bool { return len(r.Outputs) >= 2 })
+	if res.Truncated {
+		t.Error("a result whose image is over the inline budget was truncated")
+	}
+	var png []byte
+	for _, o := range res.Outputs {
+		var data map[string]string
+		_ = json.Unmarshal(o.Data, &data)
+		if b, err := base64.StdEncoding.DecodeString(data["image/png"]); err == nil && len(b) > 0 {
+			png = b
+		}
+	}
+	if len(png) < result.LargeImageBytes || !strings.HasPrefix(string(png), "\x89PNG") {
+		t.Fatalf("the image came back as %d bytes", len(png))
+	}
+	stored, err := ts.store.Results().Get(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(stored.Body) > 32<<10 || !strings.Contains(string(stored.Body), permalink.FileRefPrefix) {
+		t.Errorf("stored body of %d bytes (budget 32 KiB), refers to a file: %v", len(stored.Body), strings.Contains(string(stored.Body), permalink.FileRefPrefix))
+	}
+	if len(res.Files) != 0 {
+		t.Errorf("the result's image is listed among the files the code wrote: %+v", res.Files)
+	}
+	if status, body, _ := fetch(t, env.url("/permalink/"+id+"/image.png")); status != http.StatusOK || string(body) != string(png) {
+		t.Errorf("image.png: %d, %d bytes", status, len(body))
 	}
 }

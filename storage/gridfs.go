@@ -103,7 +103,13 @@ type fileMeta struct {
 	Size        int64  `bson:"size"`
 	SHA256      string `bson:"sha256"`
 	ContentType string `bson:"contentType"`
+	// Kind is empty for the files kernels wrote, resultImageKind for a
+	// stored result's image (PutBytes).
+	Kind string `bson:"kind,omitempty"`
 }
+
+// resultImageKind marks the files PutBytes stores.
+const resultImageKind = "result-image"
 
 // fileDoc is a GridFS files document.
 type fileDoc struct {
@@ -175,38 +181,73 @@ func (f *Files) uploadOne(ctx context.Context, rootFD int, rel string, want entr
 		return UploadedFile{}, "", fmt.Errorf("storage: store file %s: upload took longer than %v", rel, orphanAge/2)
 	}
 
+	return f.commit(ctx, &up, rel, detectContentType(rel, up.head), owner, permalink, "")
+}
+
+// commit makes an upload whose chunks are all written a file: its files document is inserted.
+func (f *Files) commit(ctx context.Context, up *chunkUploader, name, contentType string, owner FileOwner, permalink, kind string) (UploadedFile, string, error) {
 	result := UploadedFile{
-		Name:        rel,
-		ID:          id,
+		Name:        name,
+		ID:          up.id,
 		Size:        up.size,
-		ContentType: detectContentType(rel, up.head),
+		ContentType: contentType,
 		SHA256:      hex.EncodeToString(up.hash.Sum(nil)),
 	}
 	doc := fileDoc{
-		ID:         id,
+		ID:         up.id,
 		Length:     up.size,
 		ChunkSize:  fileChunkSize,
 		UploadDate: time.Now().UTC().Truncate(time.Millisecond),
-		Filename:   rel,
+		Filename:   name,
 		Metadata: fileMeta{
 			Session:     owner.Session,
 			Kernel:      owner.Kernel,
 			Permalink:   permalink,
-			Name:        rel,
+			Name:        name,
 			Size:        up.size,
 			SHA256:      result.SHA256,
 			ContentType: result.ContentType,
+			Kind:        kind,
 		},
 	}
 	up.insertTried = true // from here on, even a failed insert may have stored the document
 	if _, err := f.filesColl.InsertOne(ctx, doc); err != nil {
 		up.inDoubt = true
-		return UploadedFile{}, "", fmt.Errorf("storage: store file %s: %w", rel, err)
+		return UploadedFile{}, "", fmt.Errorf("storage: store file %s: %w", name, err)
 	}
 	up.committed = true
 	f.stored.Add(up.size)
 	up.unmark(ctx)
 	return result, "", nil
+}
+
+// PutBytes stores data as a file called name for owner, tagged with permalink: what a stored
+// result keeps outside its inline budget (large images). The file limits hold as for uploads;
+// ByPermalink does not list these files (they are part of the result, not files it wrote).
+func (f *Files) PutBytes(ctx context.Context, name, contentType string, data []byte, owner FileOwner, permalink string) (UploadedFile, error) {
+	limits := f.limits
+	switch {
+	case !ValidFileName(name):
+		return UploadedFile{}, fmt.Errorf("storage: put %q: invalid file name", name)
+	case int64(len(data)) > limits.MaxFileBytes:
+		return UploadedFile{}, fmt.Errorf("storage: put %s: larger than the %d-byte file limit", name, limits.MaxFileBytes)
+	case limits.MaxTotalBytes > 0 && f.stored.Load()+int64(len(data)) > limits.MaxTotalBytes:
+		return UploadedFile{}, fmt.Errorf("storage: put %s: the server's file storage is full", name)
+	}
+	up := chunkUploader{files: f, id: newFileID(), hash: sha256.New(),
+		maxChunks: (int64(len(data)) + fileChunkSize - 1) / fileChunkSize}
+	defer func() {
+		if !up.committed {
+			up.abort(ctx)
+		}
+	}()
+	for off := 0; off < len(data); off += fileChunkSize * fileChunkBatch {
+		if err := up.write(ctx, data[off:min(off+fileChunkSize*fileChunkBatch, len(data))]); err != nil {
+			return UploadedFile{}, err
+		}
+	}
+	res, _, err := f.commit(ctx, &up, name, contentType, owner, permalink, resultImageKind)
+	return res, err
 }
 
 // fillChunks reads into buf until it is full or the source ends; only the last chunk of a file
@@ -557,7 +598,11 @@ func (f *Files) ByPermalink(ctx context.Context, permalink string, since time.Ti
 		return nil, nil
 	}
 	cur, err := f.filesColl.Find(ctx,
-		bson.D{{Key: "metadata.permalink", Value: permalink}, {Key: "uploadDate", Value: bson.D{{Key: "$gte", Value: since.UTC()}}}},
+		bson.D{
+			{Key: "metadata.permalink", Value: permalink},
+			{Key: "uploadDate", Value: bson.D{{Key: "$gte", Value: since.UTC()}}},
+			{Key: "metadata.kind", Value: bson.D{{Key: "$exists", Value: false}}},
+		},
 		options.Find().SetSort(bson.D{{Key: "uploadDate", Value: -1}}).SetLimit(4*maxPermalinkFiles))
 	if err != nil {
 		return nil, fmt.Errorf("storage: files of permalink %s: %w", permalink, err)

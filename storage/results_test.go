@@ -122,3 +122,31 @@ func TestQueueDeleteForgetsTheWrittenCell(t *testing.T) {
 		})
 	})
 }
+
+// A result's image is stored as a file of its own, read back whole, and
+// not listed among the files the execution wrote.
+func TestPutBytes(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		files := s.Files()
+		image := randomBytes(fileChunkSize*fileChunkBatch+fileChunkSize+17, 9)
+		f, err := files.PutBytes(ctx, "result-image-1.png", "image/png", image, FileOwner{Session: "result"}, "ffffffffffff")
+		must(t, err)
+		r, err := files.OpenFile(ctx, f.ID, "")
+		must(t, err)
+		if got := readAll(t, r); string(got) != string(image) || f.ContentType != "image/png" {
+			t.Fatalf("read back %d bytes (%s), put %d", len(got), f.ContentType, len(image))
+		}
+		listed, err := files.ByPermalink(ctx, "ffffffffffff", time.Time{})
+		must(t, err)
+		if len(listed) != 0 {
+			t.Fatalf("ByPermalink lists a result's image: %+v", listed)
+		}
+		if _, err := files.PutBytes(ctx, "../escape", "image/png", image, FileOwner{}, "ffffffffffff"); err == nil {
+			t.Error("an invalid name was accepted")
+		}
+		if _, err := files.PutBytes(ctx, "big.png", "image/png", make([]byte, files.Limits().MaxFileBytes+1), FileOwner{}, "ffffffffffff"); err == nil {
+			t.Error("a file over the file limit was accepted")
+		}
+	})
+}

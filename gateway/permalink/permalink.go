@@ -6,8 +6,10 @@ package permalink
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -100,6 +102,16 @@ type ResultStore interface {
 	Put(ctx context.Context, id string, body []byte, created time.Time) error
 }
 
+// ImageStore keeps a result's large images as files (storage.Files).
+type ImageStore interface {
+	PutBytes(ctx context.Context, name, contentType string, data []byte, owner storage.FileOwner, permalink string) (storage.UploadedFile, error)
+}
+
+// FileRefPrefix marks, in a stored result, an image kept as a file: the
+// data of its MIME type is FileRefPrefix + the file's id (the gateway
+// puts the image back when it answers the result).
+const FileRefPrefix = "cellgate-file:"
+
 // maxResultWrites bounds the results being written at once: a database
 // that stalls must not pile up goroutines holding outputs. Results beyond
 // it are dropped (logged); the permalinks themselves are not.
@@ -114,20 +126,26 @@ type Recorder struct {
 	store   Store
 	ledger  *Ledger
 	results ResultStore
+	images  ImageStore
 	writing chan struct{}
 	observe func(took time.Duration)
 	log     zerolog.Logger
 }
 
 // NewRecorder records into store, noting in ledger who was told each id,
-// and keeps results in results (nil keeps none); observe (may be nil) is
-// told how long each save took.
-func NewRecorder(store Store, ledger *Ledger, results ResultStore, observe func(time.Duration), log zerolog.Logger) *Recorder {
+// and keeps results in results (nil keeps none), their large images in
+// images (nil: they count against the inline budget); observe (may be
+// nil) is told how long each save took.
+func NewRecorder(store Store, ledger *Ledger, results ResultStore, images ImageStore, observe func(time.Duration), log zerolog.Logger) *Recorder {
 	if observe == nil {
 		observe = func(time.Duration) {}
 	}
-	return &Recorder{store: store, ledger: ledger, results: results, writing: make(chan struct{}, maxResultWrites), observe: observe, log: log}
+	return &Recorder{store: store, ledger: ledger, results: results, images: images, writing: make(chan struct{}, maxResultWrites), observe: observe, log: log}
 }
+
+// ImagesApart reports whether large images are kept as files, apart from
+// a result's inline budget.
+func (r *Recorder) ImagesApart() bool { return r.results != nil && r.images != nil }
 
 // KeepsResults reports whether results are stored with permalinks.
 func (r *Recorder) KeepsResults() bool { return r.results != nil }
@@ -161,12 +179,13 @@ func (r *Recorder) KeepNow(id string, res result.Result) error {
 	if r.results == nil {
 		return nil
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), resultWriteTimeout)
+	defer cancel()
+	res = r.imagesAsFiles(ctx, id, res)
 	body, err := json.Marshal(res)
 	if err != nil {
 		return fmt.Errorf("encode result: %w", err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), resultWriteTimeout)
-	defer cancel()
 	if err := r.results.Put(ctx, id, body, res.Created); err != nil {
 		return fmt.Errorf("store result: %w", err)
 	}
@@ -201,6 +220,46 @@ func (r *Recorder) Record(code, kernelName string, t Teller) *Pending {
 		p.id = id
 	}()
 	return p
+}
+
+// imagesAsFiles stores res's large images as files tagged with permalink
+// id and puts references to them in their place; an image that cannot be
+// stored is left out, and the result marked truncated.
+func (r *Recorder) imagesAsFiles(ctx context.Context, id string, res result.Result) result.Result {
+	if r.images == nil {
+		return res
+	}
+	outs := make([]result.Output, 0, len(res.Outputs))
+	n := 0
+	for _, o := range res.Outputs {
+		large := o.LargeImages()
+		var data map[string]json.RawMessage
+		if len(large) == 0 || json.Unmarshal(o.Data, &data) != nil {
+			outs = append(outs, o)
+			continue
+		}
+		for mime, text := range large {
+			delete(data, mime)
+			image, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(text), ""))
+			if err != nil {
+				res.Truncated = true
+				continue
+			}
+			n++
+			name := fmt.Sprintf("result-image-%d.%s", n, strings.TrimPrefix(mime, "image/"))
+			f, err := r.images.PutBytes(ctx, name, mime, image, storage.FileOwner{Session: "result:" + id}, id)
+			if err != nil {
+				r.log.Warn().Err(err).Str("permalink", id).Msg("a result's image not stored")
+				res.Truncated = true
+				continue
+			}
+			data[mime], _ = json.Marshal(FileRefPrefix + f.ID)
+		}
+		o.Data, _ = json.Marshal(data)
+		outs = append(outs, o)
+	}
+	res.Outputs = outs
+	return res
 }
 
 // Forget drops what t was told (see Ledger.Forget).

@@ -24,6 +24,14 @@ import (
 // state), and of a session's widget state.
 const DefaultBudget = 1 << 20
 
+// LargeImageBytes is the size (base64) from which an image output is kept
+// apart from the result's inline budget: stored as a file (GridFS) of its
+// own, within ImageBudget per result.
+const LargeImageBytes = 64 << 10
+
+// ImageBudget bounds the large images of one result (base64 bytes).
+const ImageBudget = 16 << 20
+
 // maxRuns bounds the executions a capture follows at once: a client that
 // queues thousands of executions gets the first ones captured.
 const maxRuns = 64
@@ -50,8 +58,10 @@ type Result struct {
 
 // File is a file the execution wrote, with the link it is served at.
 type File struct {
-	Name string `json:"name"`
-	URL  string `json:"url"`
+	Name        string `json:"name"`
+	URL         string `json:"url"`
+	Size        int64  `json:"size,omitempty"`
+	ContentType string `json:"content_type,omitempty"`
 }
 
 // WidgetState is the widget-state form nbformat stores in a notebook's
@@ -117,18 +127,64 @@ func rawOr(raw json.RawMessage, empty string) json.RawMessage {
 	return raw
 }
 
-// size is what an output costs against the budget.
-func (o *Output) size() int {
+// size is what an output costs against the inline budget, with its large
+// images (LargeImages) if they are not kept apart.
+func (o *Output) size(imagesApart bool) int {
 	n := len(o.Text) + len(o.Data) + len(o.Metadata) + len(o.Ename) + len(o.Evalue)
 	for _, line := range o.Traceback {
 		n += len(line)
 	}
+	if imagesApart {
+		n -= o.largeImageBytes()
+	}
 	return n + 32
+}
+
+// imageMIMEs are the image types large ones of which are kept apart.
+func imageMIME(mime string) bool {
+	return mime == "image/png" || mime == "image/jpeg" || mime == "image/gif"
+}
+
+// LargeImages are the MIME types of o's data that are images of at least
+// LargeImageBytes, with their base64 text.
+func (o *Output) LargeImages() map[string]string {
+	if len(o.Data) < LargeImageBytes {
+		return nil
+	}
+	var data map[string]json.RawMessage
+	if json.Unmarshal(o.Data, &data) != nil {
+		return nil
+	}
+	var out map[string]string
+	for mime, raw := range data {
+		if !imageMIME(mime) || len(raw) < LargeImageBytes {
+			continue
+		}
+		var text string
+		if json.Unmarshal(raw, &text) == nil {
+			if out == nil {
+				out = map[string]string{}
+			}
+			out[mime] = text
+		}
+	}
+	return out
+}
+
+func (o *Output) largeImageBytes() int {
+	n := 0
+	for _, text := range o.LargeImages() {
+		n += len(text)
+	}
+	return n
 }
 
 // Capture follows one session's messages. It is safe for concurrent use.
 type Capture struct {
 	budget int
+	// imagesApart keeps large images out of the inline budget (they are
+	// stored as files), within ImageBudget.
+	imagesApart bool
 
 	mu   sync.Mutex
 	runs map[string]*run // by execute_request msg_id
@@ -159,17 +215,19 @@ type widget struct {
 type outputs struct {
 	items      []Output
 	bytes      int
+	imageBytes int // large images kept apart
 	clearAtNew bool
 	truncated  bool
 }
 
 // NewCapture follows a session, keeping budget bytes per result
-// (DefaultBudget if not positive).
-func NewCapture(budget int) *Capture {
+// (DefaultBudget if not positive) and, with imagesApart, large images
+// besides (within ImageBudget; they are stored as files).
+func NewCapture(budget int, imagesApart bool) *Capture {
 	if budget <= 0 {
 		budget = DefaultBudget
 	}
-	return &Capture{budget: budget, runs: map[string]*run{}, widgets: map[string]*widget{}, capturing: map[string][]string{}}
+	return &Capture{budget: budget, imagesApart: imagesApart, runs: map[string]*run{}, widgets: map[string]*widget{}, capturing: map[string][]string{}}
 }
 
 // Begin follows the execution whose execute_request has msgID; done gets
@@ -284,7 +342,7 @@ func (c *Capture) outputLocked(msgType, parentMsgID string, content []byte) {
 	if !ok {
 		return
 	}
-	target.add(o, budget)
+	target.add(o, budget, c.imagesApart)
 }
 
 // updateDisplayLocked applies update_display_data to every output kept
@@ -363,12 +421,12 @@ func isObject(raw json.RawMessage) bool {
 }
 
 func (l *outputs) clear() {
-	l.items, l.bytes, l.clearAtNew = nil, 0, false
+	l.items, l.bytes, l.imageBytes, l.clearAtNew = nil, 0, 0, false
 }
 
 // add appends o, merging a stream into the stream before it; what goes
 // over budget is left out (a stream keeps what fits).
-func (l *outputs) add(o Output, budget int) {
+func (l *outputs) add(o Output, budget int, imagesApart bool) {
 	if l.clearAtNew {
 		l.clear()
 	}
@@ -377,7 +435,7 @@ func (l *outputs) add(o Output, budget int) {
 		merge := n > 0 && l.items[n-1].OutputType == "stream" && l.items[n-1].Name == o.Name
 		room := budget - l.bytes
 		if !merge {
-			room -= o.size() - len(o.Text)
+			room -= o.size(false) - len(o.Text)
 		}
 		if room <= 0 {
 			l.truncated = true
@@ -393,12 +451,16 @@ func (l *outputs) add(o Output, budget int) {
 			return
 		}
 	}
-	size := o.size()
-	if l.bytes+size > budget {
+	size, images := o.size(imagesApart), 0
+	if imagesApart {
+		images = o.largeImageBytes()
+	}
+	if l.bytes+size > budget || l.imageBytes+images > ImageBudget {
 		l.truncated = true
 		return
 	}
 	l.bytes += size
+	l.imageBytes += images
 	l.items = append(l.items, o)
 }
 

@@ -34,7 +34,7 @@ func outputsJSON(t *testing.T, r Result) string {
 }
 
 func TestOutputsAsANotebookKeepsThem(t *testing.T) {
-	c := NewCapture(0)
+	c := NewCapture(0, false)
 	r := finish(t, c, "x", [][3]string{
 		{"stream", "exec", `{"name":"stdout","text":"a"}`},
 		{"stream", "exec", `{"name":"stdout","text":"b\n"}`},
@@ -57,7 +57,7 @@ func TestOutputsAsANotebookKeepsThem(t *testing.T) {
 }
 
 func TestClearOutput(t *testing.T) {
-	c := NewCapture(0)
+	c := NewCapture(0, false)
 	r := finish(t, c, "x", [][3]string{
 		{"stream", "exec", `{"name":"stdout","text":"gone"}`},
 		{"clear_output", "exec", `{"wait":false}`},
@@ -71,7 +71,7 @@ func TestClearOutput(t *testing.T) {
 }
 
 func TestBudgetTruncatesAndSaysSo(t *testing.T) {
-	c := NewCapture(1000)
+	c := NewCapture(1000, false)
 	big := strings.Repeat("é", 800) // 1600 bytes
 	r := finish(t, c, "x", [][3]string{
 		{"stream", "exec", `{"name":"stdout","text":"` + big + `"}`},
@@ -98,7 +98,7 @@ const boxView = `{"data":{"application/vnd.jupyter.widget-view+json":{"model_id"
 const boxOpen = `{"comm_id":"b1","target_name":"jupyter.widget","data":{"state":{"_model_name":"VBoxModel","_model_module":"@jupyter-widgets/controls","children":["IPY_MODEL_s1","IPY_MODEL_o1"]}}}`
 
 func TestWidgetStateFollowsBothSidesAndOutputWidgetsCapture(t *testing.T) {
-	c := NewCapture(0)
+	c := NewCapture(0, false)
 	r := finish(t, c, "interact", [][3]string{
 		{"comm_open", "exec", layoutOpen},
 		{"comm_open", "exec", sliderOpen},
@@ -157,7 +157,7 @@ func TestWidgetStateFollowsBothSidesAndOutputWidgetsCapture(t *testing.T) {
 }
 
 func TestBufferStateIsLeftOut(t *testing.T) {
-	c := NewCapture(0)
+	c := NewCapture(0, false)
 	r := finish(t, c, "img", [][3]string{
 		{"comm_open", "exec", `{"comm_id":"i1","target_name":"jupyter.widget","data":{"state":{"_model_name":"ImageModel","format":"png","value":{}},"buffer_paths":[["value"]]}}`},
 		{"display_data", "exec", `{"data":{"application/vnd.jupyter.widget-view+json":{"model_id":"i1"}},"metadata":{}}`},
@@ -172,7 +172,7 @@ func TestBufferStateIsLeftOut(t *testing.T) {
 }
 
 func TestWidgetStateIsBounded(t *testing.T) {
-	c := NewCapture(2000)
+	c := NewCapture(2000, false)
 	big := strings.Repeat("x", 1500)
 	c.Kernel("comm_open", "", []byte(`{"comm_id":"a","target_name":"jupyter.widget","data":{"state":{"_model_name":"HTMLModel","value":"`+big+`"}}}`))
 	c.Kernel("comm_open", "", []byte(`{"comm_id":"b","target_name":"jupyter.widget","data":{"state":{"_model_name":"HTMLModel","value":"`+big+`"}}}`))
@@ -187,7 +187,7 @@ func TestWidgetStateIsBounded(t *testing.T) {
 }
 
 func TestRunsAreBounded(t *testing.T) {
-	c := NewCapture(0)
+	c := NewCapture(0, false)
 	for i := 0; i < maxRuns; i++ {
 		if !c.Begin(string(rune('A'+i%26))+strings.Repeat("x", i), "", nil) {
 			t.Fatalf("Begin %d refused", i)
@@ -208,7 +208,7 @@ func FuzzKernel(f *testing.F) {
 	}
 	types := []string{"stream", "display_data", "execute_result", "error", "clear_output", "update_display_data", "comm_open", "comm_msg", "comm_close"}
 	f.Fuzz(func(t *testing.T, msgType, content string) {
-		c := NewCapture(4096)
+		c := NewCapture(4096, false)
 		var got Result
 		c.Begin("exec", "code", func(r Result) { got = r })
 		for _, ty := range append(types, msgType) {
@@ -228,7 +228,7 @@ func FuzzKernel(f *testing.F) {
 // ipywidgets 6 (Debian's) opens a comm with the state as its data, and the
 // page updates it with "backbone" messages.
 func TestOldWidgetProtocol(t *testing.T) {
-	c := NewCapture(0)
+	c := NewCapture(0, false)
 	r := finish(t, c, "old", [][3]string{
 		{"comm_open", "exec", `{"comm_id":"s1","target_name":"jupyter.widget","data":{"_model_name":"IntSliderModel","_model_module":"jupyter-js-widgets","value":3}}`},
 		{"display_data", "exec", `{"data":{"application/vnd.jupyter.widget-view+json":{"model_id":"s1"}},"metadata":{}}`},
@@ -241,5 +241,31 @@ func TestOldWidgetProtocol(t *testing.T) {
 	shared, _ := c.Last("old")
 	if s := shared.Widgets.State["s1"].State; string(s["value"]) != "7" || string(s["max"]) != "20" {
 		t.Fatalf("state after both sides' updates: %s", s)
+	}
+}
+
+// Large images are kept apart from the inline budget (they are stored as
+// files), within ImageBudget; without that, they count like the rest.
+func TestLargeImagesKeptApart(t *testing.T) {
+	png := strings.Repeat("A", 200<<10) // 200 KiB of base64
+	image := `{"data":{"image/png":"` + png + `","text/plain":"<Figure>"},"metadata":{}}`
+	apart := NewCapture(100<<10, true)
+	r := finish(t, apart, "plot", [][3]string{{"display_data", "exec", image}, {"display_data", "exec", image}})
+	if r.Truncated || len(r.Outputs) != 2 {
+		t.Fatalf("with images apart: truncated %v, %d outputs; want both images kept", r.Truncated, len(r.Outputs))
+	}
+	if imgs := r.Outputs[0].LargeImages(); len(imgs["image/png"]) != len(png) || len(imgs) != 1 {
+		t.Fatalf("LargeImages %d types", len(imgs))
+	}
+	inline := NewCapture(100<<10, false)
+	if r := finish(t, inline, "plot", [][3]string{{"display_data", "exec", image}}); !r.Truncated {
+		t.Fatal("an image over the inline budget was kept inline")
+	}
+	many := make([][3]string, 0, 100)
+	for range 100 {
+		many = append(many, [3]string{"display_data", "exec", image})
+	}
+	if r := finish(t, NewCapture(0, true), "plots", many); !r.Truncated || len(r.Outputs) > ImageBudget/(200<<10)+1 {
+		t.Fatalf("100 large images: truncated %v with %d outputs; ImageBudget holds %d", r.Truncated, len(r.Outputs), ImageBudget/(200<<10))
 	}
 }

@@ -121,6 +121,9 @@ type Permalinks interface {
 // Results keeps what recorded executions showed (permalink.Recorder).
 type Results interface {
 	Keep(p *permalink.Pending, r result.Result)
+	// ImagesApart reports whether large images are kept as files, apart
+	// from a result's inline budget.
+	ImagesApart() bool
 }
 
 // Options are what a session is started with.
@@ -235,7 +238,7 @@ func New(k *kernelpool.Kernel, o Options) *Session {
 		s.uploads = newUploader(s)
 	}
 	if o.Results != nil && o.Permalinks != nil {
-		s.capture = result.NewCapture(o.ResultBudget)
+		s.capture = result.NewCapture(o.ResultBudget, o.Results.ImagesApart())
 	}
 	return s
 }
