@@ -33,13 +33,11 @@ func (s *Server) jupyterRoutes(e *echo.Echo) {
 	api.GET("/kernelspecs/:name", s.apiKernelspec)
 	api.GET("/kernels", s.apiListKernels)
 	api.POST("/kernels", s.apiStartKernel)
-	// A kernel another instance of the cluster owns is forwarded there.
-	owned := s.owned(session.Jupyter)
-	api.GET("/kernels/:id", s.apiGetKernel, owned)
-	api.DELETE("/kernels/:id", s.apiDeleteKernel, owned)
-	api.POST("/kernels/:id/interrupt", s.apiInterrupt, owned)
-	api.POST("/kernels/:id/restart", s.apiRestart, owned)
-	api.GET("/kernels/:id/channels", s.apiChannels, owned)
+	api.GET("/kernels/:id", s.apiGetKernel)
+	api.DELETE("/kernels/:id", s.apiDeleteKernel)
+	api.POST("/kernels/:id/interrupt", s.apiInterrupt)
+	api.POST("/kernels/:id/restart", s.apiRestart)
+	api.GET("/kernels/:id/channels", s.apiChannels)
 	api.GET("/sessions", s.apiListSessions)
 	api.POST("/sessions", s.apiCreateSession)
 	api.GET("/sessions/:id", s.apiGetSession)
@@ -168,14 +166,10 @@ func (s *Server) apiStartKernel(c echo.Context) error {
 	var body struct {
 		Name string `json:"name"`
 	}
-	raw := s.keepBody(c)
 	if c.Request().ContentLength != 0 {
 		if err := json.NewDecoder(c.Request().Body).Decode(&body); err != nil {
 			return httpError(c, http.StatusBadRequest, "invalid JSON body: "+err.Error())
 		}
-	}
-	if name, err := s.resolveKernel(body.Name); err == nil && s.placeElsewhere(c, name, raw) {
-		return nil
 	}
 	sess, err := s.startJupyterKernel(c, body.Name)
 	if err != nil {
@@ -223,7 +217,7 @@ func (s *Server) apiRestart(c echo.Context) error {
 func (s *Server) apiChannels(c echo.Context) error {
 	sess := s.jupyterSession(c)
 	if sess == nil {
-		return s.endedChannels(c, session.Jupyter, jupyterCodec{})
+		return httpError(c, http.StatusNotFound, "no such kernel")
 	}
 	return s.bridge(c, sess, jupyterCodec{})
 }

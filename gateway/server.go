@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -53,8 +52,6 @@ type Server struct {
 	everWarm atomic.Bool
 	// cellSessions caps the kernels of each Sage-cell CellSessionID.
 	cellSessions *cellSessions
-	// releases are the cluster releases of ended sessions in flight.
-	releases sync.WaitGroup
 }
 
 // New builds the gateway over pool.
@@ -101,7 +98,7 @@ func (s *Server) Handler() http.Handler { return s.echo }
 // expected wait is longer.
 func (s *Server) startSession(ctx context.Context, choice kernelChoice, api session.API, remote, clientKey, baseURL string, life session.Lifetime) (*session.Session, error) {
 	kernelName := choice.Kernel
-	release, err := s.sessions.reserveWith(remote, clientKey, s.othersOf(ctx, remote))
+	release, err := s.sessions.reserve(remote, clientKey)
 	if err != nil {
 		return nil, err
 	}
@@ -135,7 +132,7 @@ func (s *Server) startSession(ctx context.Context, choice kernelChoice, api sess
 		Metrics: s.metrics.session, Log: s.log,
 		// Every hook is in place before the session can end, so an end at
 		// any point after start is forgotten and its slot given back.
-		OnEnd: func(sess *session.Session) { s.forget(sess); s.release(sess) },
+		OnEnd: s.forget,
 	}
 	if choice.Language != "" {
 		o.Language = choice.Language
@@ -151,17 +148,8 @@ func (s *Server) startSession(ctx context.Context, choice kernelChoice, api sess
 		o.Files, o.Link = s.watchFiles(k, kernelName, baseURL)
 	}
 	sess := session.New(k, o)
-	// Claimed in the cluster before its id is answered, so that every
-	// instance finds it.
-	if err := s.claim(ctx, sess); err != nil {
-		release()
-		sess.Discard()
-		s.log.Warn().Err(err).Str("session", sess.ID()).Msg("cluster: claim session")
-		return nil, fmt.Errorf("%w: the cluster registry: %w", errCapacity, err)
-	}
 	if err := s.sessions.add(sess); err != nil {
 		sess.Discard()
-		s.release(sess)
 		return nil, err
 	}
 	s.metrics.sessions.WithLabelValues(string(api)).Inc()
@@ -254,16 +242,5 @@ func (s *Server) Drain(ctx context.Context) error {
 			return fmt.Errorf("drain: %w", ctx.Err())
 		}
 	}
-	// The cluster learns why each ended before this instance leaves it.
-	released := make(chan struct{})
-	go func() { s.releases.Wait(); close(released) }()
-	select {
-	case <-released:
-	case <-ctx.Done():
-		return fmt.Errorf("drain: %w", ctx.Err())
-	}
 	return nil
 }
-
-// Draining tells whether Drain has begun.
-func (s *Server) Draining() bool { return s.sessions.isDraining() }
