@@ -93,6 +93,19 @@ func TestSageCellLanguages(t *testing.T) {
 			t.Errorf("gap: stdout %q", res.Stdout)
 		}
 	}
+	// The others, each in its own program when it is installed.
+	for _, tc := range []struct{ language, program, code, want string }{
+		{"maxima", "maxima-sage", "integrate(x^2, x);", "x^3/3"},
+		{"singular", "Singular", "ring r = 0, (x, y), dp; poly f = (x + y)^2; f;", "x2+2xy+y2"},
+		{"r", "R", "sum(1:10)", "55"},
+	} {
+		if _, err := exec.LookPath(tc.program); err != nil {
+			continue
+		}
+		if res := run(tc.language, tc.code); !strings.Contains(strings.ReplaceAll(res.Stdout, " ", ""), strings.ReplaceAll(tc.want, " ", "")) {
+			t.Errorf("%s: stdout %q, want %q in it", tc.language, res.Stdout, tc.want)
+		}
+	}
 	res := run("html", `<b id="x">bold "quoted"</b>`)
 	if joined := string(res.ExecuteReply) + strings.Join(rawStrings(res.Outputs), ""); !strings.Contains(joined, `bold \"quoted\"`) || !strings.Contains(joined, "text/html") {
 		t.Errorf("html: outputs %s", joined)
