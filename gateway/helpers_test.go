@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -413,4 +414,18 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		}
 		time.Sleep(25 * time.Millisecond)
 	}
+}
+
+// nodeFor is the node binary, once the npm package module (a path below
+// dir/node_modules) is installed there by `make deps`.
+func nodeFor(t *testing.T, dir, module string) string {
+	t.Helper()
+	if _, err := os.Stat(filepath.Join(dir, "node_modules", module, "package.json")); err != nil {
+		t.Fatalf("%s/node_modules is missing: run `make deps` (scripts/npm-deps.sh)", dir)
+	}
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Fatal("node not found: install Node.js >= 20 and run `make deps`")
+	}
+	return node
 }

@@ -30,13 +30,7 @@ import (
 // "ok - ..." / "not ok - ..." line per check.
 func TestJupyterLabServices(t *testing.T) {
 	dir := filepath.Join("testdata", "jupyterlab")
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "@jupyterlab", "services", "package.json")); err != nil {
-		t.Fatalf("%s/node_modules is missing: run `make deps` (scripts/npm-deps.sh)", dir)
-	}
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Fatal("node not found: install Node.js >= 20 and run `make deps`")
-	}
+	node := nodeFor(t, dir, filepath.Join("@jupyterlab", "services"))
 
 	const token = "cellgate-test-token"
 	env := newTestEnv(t, 2, 6, func(c *Config) { c.Token = token })
@@ -73,7 +67,7 @@ func TestJupyterLabServices(t *testing.T) {
 	}()
 
 	start := time.Now()
-	err = cmd.Run()
+	err := cmd.Run()
 	w.Close()
 	<-scanned
 	t.Logf("node ran for %s", time.Since(start).Round(time.Millisecond))

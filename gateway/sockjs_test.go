@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"net/url"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -21,13 +20,7 @@ import (
 // "complete" from the kernel's namespace.
 func TestSockJSWithSockJSClient(t *testing.T) {
 	dir := filepath.Join("testdata", "sockjs")
-	if _, err := os.Stat(filepath.Join(dir, "node_modules", "sockjs-client", "package.json")); err != nil {
-		t.Fatalf("%s/node_modules is missing: run `make deps` (scripts/npm-deps.sh)", dir)
-	}
-	node, err := exec.LookPath("node")
-	if err != nil {
-		t.Fatal("node not found: install Node.js >= 20 and run `make deps`")
-	}
+	node := nodeFor(t, dir, "sockjs-client")
 	env := newTestEnv(t, 2, 6, nil)
 	for _, transport := range []string{"websocket", "xhr-polling", "xhr-streaming"} {
 		t.Run(transport, func(t *testing.T) {

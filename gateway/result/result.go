@@ -375,16 +375,10 @@ func (c *Capture) updateDisplayLocked(content []byte) {
 }
 
 func parseOutput(msgType string, content []byte) (Output, bool) {
+	// A message's content has an output's fields, by the same names.
 	var m struct {
-		Name           string          `json:"name"`
-		Text           string          `json:"text"`
-		Data           json.RawMessage `json:"data"`
-		Metadata       json.RawMessage `json:"metadata"`
-		ExecutionCount json.RawMessage `json:"execution_count"`
-		Ename          string          `json:"ename"`
-		Evalue         string          `json:"evalue"`
-		Traceback      []string        `json:"traceback"`
-		Transient      struct {
+		Output
+		Transient struct {
 			DisplayID string `json:"display_id"`
 		} `json:"transient"`
 	}
