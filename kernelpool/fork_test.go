@@ -119,11 +119,21 @@ func (l *lockedWriter) String() string {
 // started cold with one forked from the template: launch to ready (kernel
 // info answered, warm-up done). The template's own start is outside the
 // loop.
-func BenchmarkSandboxedStart(b *testing.B) {
+func BenchmarkSandboxedStart(b *testing.B) { benchmarkSandboxedStart(b, "python3") }
+
+// BenchmarkSandboxedStartSage is BenchmarkSandboxedStart for SageMath
+// kernels: cold, and forked from a template that has imported sage.all and
+// drawn a plot.
+func BenchmarkSandboxedStartSage(b *testing.B) { benchmarkSandboxedStart(b, "sagemath") }
+
+func benchmarkSandboxedStart(b *testing.B, kernel string) {
 	if os.Geteuid() != 0 {
 		b.Skip("the bwrap sandbox needs root")
 	}
 	specs := installedSpecs(b)
+	if _, ok := specs[kernel]; !ok {
+		b.Skipf("no %s kernelspec installed", kernel)
+	}
 	for _, mode := range []struct {
 		name string
 		fork bool
@@ -139,7 +149,7 @@ func BenchmarkSandboxedStart(b *testing.B) {
 			p := newTestPool(b, map[string]int{}, 1)
 			cfg := p.cfg.Kernel
 			cfg.Launcher = launcher
-			cfg.Spec = specs["python3"]
+			cfg.Spec = specs[kernel]
 			start := func() *Kernel {
 				k, err := StartKernel(context.Background(), p.zctx, cfg)
 				if err != nil {
@@ -156,6 +166,9 @@ func BenchmarkSandboxedStart(b *testing.B) {
 			}
 			if mode.fork && strings.Contains(launcher.Describe(), "last fork failure") {
 				b.Fatal(launcher.Describe())
+			}
+			if ts := launcher.Templates(); mode.fork && len(ts) != 1 {
+				b.Fatalf("templates: %+v", ts)
 			}
 		})
 	}

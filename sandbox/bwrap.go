@@ -48,7 +48,9 @@ type Bwrap struct {
 	retired   map[*template]bool   // replaced, serving their last kernels
 	forkErr   error                // the last time the fork server failed
 
-	templateStart sync.Mutex // held while a template is chosen or starts
+	// starting holds, per template key, a lock held while its template is
+	// chosen or starts.
+	starting map[string]*sync.Mutex
 	// checkEvery is how often a template's imported files are compared
 	// with the disk, at most (tests set 0: at every fork).
 	checkEvery time.Duration
@@ -111,6 +113,7 @@ func NewBwrap(cfg Config) (*Bwrap, error) {
 		slots:      make(map[string]*slot),
 		templates:  make(map[string]*template),
 		retired:    make(map[*template]bool),
+		starting:   make(map[string]*sync.Mutex),
 		filter:     seccompFilter(),
 		checkEvery: time.Second,
 	}
@@ -143,7 +146,11 @@ func (b *Bwrap) Describe() string {
 	}
 	fork := "ipykernel kernels start cold"
 	if c.Fork {
-		fork = fmt.Sprintf("ipykernel kernels forked from a template (uid %d; replaced after %d kernels or when what it imported changes on disk)", c.ForkUID, c.ForkMax)
+		kinds := "ipykernel kernels"
+		if len(c.ForkSagePreload) > 0 {
+			kinds = "ipykernel and Sage kernels"
+		}
+		fork = fmt.Sprintf("%s forked from a template (uid %d; replaced after %d kernels or when what it imported changes on disk)", kinds, c.ForkUID, c.ForkMax)
 		b.mu.Lock()
 		if b.forkErr != nil {
 			fork += "; last fork failure, kernel started cold: " + b.forkErr.Error()
@@ -300,8 +307,8 @@ func (b *Bwrap) Launch(ctx context.Context, req Request) (*Process, error) {
 		return nil, err
 	}
 	var p *Process
-	if interp, args, ok := forkableArgv(req.Argv); ok && b.cfg.Fork {
-		if p, err = b.launchForked(ctx, req, sl, interp, args); err != nil {
+	if kind, args, ok := b.forkable(req.Argv); ok && b.cfg.Fork {
+		if p, err = b.launchForked(ctx, req, sl, kind, args); err != nil {
 			// The kernel still starts, cold; Describe tells the operator.
 			b.mu.Lock()
 			b.forkErr = err
@@ -583,17 +590,25 @@ func (r *run) endAtLifespan(p *Process, lifespan time.Duration) {
 	}
 }
 
-// launchForked makes the kernel of req by forking the template for interp,
+// launchForked makes the kernel of req by forking the template for kind,
 // starting the template first if there is none (or it died), or if the
 // one there is due for replacement (Config.ForkMax kernels made, or a file
 // it imported changed on disk). A replaced template forks no more and
 // ends once its last kernel has: no kernel is lost.
-func (b *Bwrap) launchForked(ctx context.Context, req Request, sl *slot, interp string, args []string) (*Process, error) {
+func (b *Bwrap) launchForked(ctx context.Context, req Request, sl *slot, kind forkKind, args []string) (*Process, error) {
 	roots := [2]string{filepath.Dir(req.WorkDir), filepath.Dir(req.RuntimeDir)}
-	key := interp + "\x00" + roots[0] + "\x00" + roots[1]
-	// One start at a time: launches that come meanwhile wait for it
-	// rather than start templates of their own.
-	b.templateStart.Lock()
+	key := strings.Join(kind.command, "\x00") + "\x00\x00" + roots[0] + "\x00" + roots[1]
+	// One start per template at a time: launches that come meanwhile wait
+	// for it rather than start templates of their own (and a Sage
+	// template's start holds up no Python kernel).
+	b.mu.Lock()
+	start := b.starting[key]
+	if start == nil {
+		start = &sync.Mutex{}
+		b.starting[key] = start
+	}
+	b.mu.Unlock()
+	start.Lock()
 	b.mu.Lock()
 	t := b.templates[key]
 	b.mu.Unlock()
@@ -614,8 +629,8 @@ func (b *Bwrap) launchForked(ctx context.Context, req Request, sl *slot, interp 
 	}
 	if t == nil || !t.alive() {
 		var err error
-		if t, err = b.startTemplate(ctx, interp, roots[0], roots[1]); err != nil {
-			b.templateStart.Unlock()
+		if t, err = b.startTemplate(ctx, kind, roots[0], roots[1]); err != nil {
+			start.Unlock()
 			return nil, err
 		}
 		b.mu.Lock()
@@ -626,7 +641,7 @@ func (b *Bwrap) launchForked(ctx context.Context, req Request, sl *slot, interp 
 	t.forks++
 	t.pending++
 	t.mu.Unlock()
-	b.templateStart.Unlock()
+	start.Unlock()
 	p, err := t.launch(ctx, req, sl, args)
 	t.mu.Lock()
 	t.pending--
@@ -642,8 +657,9 @@ type Template struct {
 	// cellgate-tmpl). Each forked kernel's two helper processes below it
 	// are named cellgate-fork and cellgate-init; the kernel is named as a
 	// cold one (python3).
-	Pid         int
-	Interpreter string
+	Pid int
+	// Kind is the kernels it makes: "python" (ipykernel) or "sage".
+	Kind string
 	// Forks counts the kernels asked of it; Kernels are those still
 	// running.
 	Forks, Kernels int
@@ -670,7 +686,7 @@ func (b *Bwrap) Templates() []Template {
 			continue
 		}
 		t.mu.Lock()
-		out = append(out, Template{Pid: t.pid, Interpreter: t.interp, Forks: t.forks, Kernels: len(t.children), Retired: t.retired})
+		out = append(out, Template{Pid: t.pid, Kind: t.kind.name, Forks: t.forks, Kernels: len(t.children), Retired: t.retired})
 		t.mu.Unlock()
 	}
 	return out

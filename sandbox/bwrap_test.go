@@ -940,7 +940,8 @@ func TestBwrapSageKernel(t *testing.T) {
 	if _, err := os.Stat("/usr/bin/sage"); err != nil {
 		t.Skipf("sagemath-jupyter is not installed: %v", err)
 	}
-	b := newBwrap(t, nil)
+	// Cold: TestForkedSageKernels has forked ones.
+	b := newBwrap(t, func(c *Config) { c.Fork = false })
 	code := "print(factor(2^64 + 1))\nplot(sin(x), (x, 0, 6)).save('sine.png')"
 	testKernel(t, b, 3*time.Minute, code, "274177 * 67280421310721", "sine.png", "/usr/bin/sage", "--python", "-m", "sage.repl.ipython_kernel", "-f", "{connection_file}")
 }

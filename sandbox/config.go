@@ -96,17 +96,23 @@ type Config struct {
 	// Hostname is the sandbox's host name (it has its own UTS namespace).
 	Hostname string
 
-	// Fork makes ipykernel kernels (`python3 -m ipykernel_launcher`) by
-	// forking a template process that has imported the kernel machinery,
-	// instead of starting each cold; see "Forked kernels" in the package
-	// comment. Other kernels, and any the template fails to make, start
-	// cold. On by default.
+	// Fork makes ipykernel kernels (`python3 -m ipykernel_launcher`), and
+	// Sage kernels (`sage --python -m sage.repl.ipython_kernel`, with
+	// ForkSagePreload), by forking a template process that has imported
+	// the kernel machinery, instead of starting each cold; see "Forked
+	// kernels" in the package comment. Other kernels, and any the template
+	// fails to make, start cold. On by default.
 	Fork bool
 	// ForkUID is the template's host uid: outside the kernels' range, and
 	// no account's. It is root only in the template's user namespace.
 	ForkUID int
-	// ForkPreload are the modules the template imports before it forks.
+	// ForkPreload are the modules a Python template imports before it
+	// forks.
 	ForkPreload []string
+	// ForkSagePreload are the modules a SageMath template imports (then
+	// it draws one throw-away plot) to fork `sage --python -m
+	// sage.repl.ipython_kernel` kernels; empty: Sage kernels start cold.
+	ForkSagePreload []string
 	// ForkMax is how many kernels one template makes before it is
 	// replaced (a fresh template, a fresh address-space layout). A
 	// template is also replaced when a file of a module it imported (or
@@ -165,6 +171,12 @@ func DefaultConfig() Config {
 			"ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "IPython.core.interactiveshell",
 			"IPython.core.completer", "jupyter_client.session", "zmq", "tornado.ioloop",
 			"numpy",
+		},
+		ForkSagePreload: []string{
+			"sage.all", "sage.all_cmdline", "sage.repl.ipython_kernel.kernel", "sage.repl.interface_magic",
+			"sage.misc.edit_module", "sage.repl.rich_output.backend_ipython", "sage.repl.display.formatter",
+			"ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "IPython.core.interactiveshell",
+			"IPython.core.completer", "jupyter_client.session", "zmq", "tornado.ioloop",
 		},
 	}
 }

@@ -137,9 +137,14 @@
 // # Forked kernels (Config.Fork)
 //
 // A cold ipykernel spends about a second of CPU importing the kernel
-// machinery. With Config.Fork, Launch makes `python3 -m ipykernel_launcher`
+// machinery, a cold Sage kernel about four (and its first plot seconds
+// more). With Config.Fork, Launch makes `python3 -m ipykernel_launcher`
 // kernels by forking a template that has imported it once (forkserver.py,
-// embedded), keeping every property above:
+// embedded), and `sage --python -m sage.repl.ipython_kernel` kernels from a
+// template of their own, started through the sage script (so sage-env's
+// settings are the template's, and each Sage kernel's under its own
+// environment), that has imported Config.ForkSagePreload (sage.all) and
+// drawn one throw-away plot. Either keeps every property above:
 //
 //	gateway (root)
 //	└─ bwrap: the template (named cellgate-tmpl), in a user namespace
@@ -182,7 +187,19 @@
 // file watcher see no difference. Exit codes travel from the template
 // (which reaps A) to the gateway; ErrCPULimit and ErrLifespan are reported
 // as for cold kernels. If the template cannot start or dies, Launch starts
-// the kernel cold and Describe names the failure.
+// the kernel cold and Describe names the failure. A template whose imports
+// started a thread refuses to start (a fork copies the calling thread
+// only). Each template has a writable home of its own (sage-env and
+// Sage write there), covered in each kernel by the kernel's.
+//
+// What a fork inherits and must not share is renewed in the kernel before
+// it runs: Python's and numpy's random generators, Sage's random state
+// (set_random_seed: Sage's generators, and PARI's, GAP's, NTL's when Sage
+// next uses them; PARI's own generator starts from its fixed default in
+// cold kernels too), Sage's temporary directories (made again in the
+// kernel's home), the signals Python sets at start (SIGPIPE ignored),
+// the environment. Templates start one at a time per kind and pool
+// directories, so a Sage template's start holds up no Python kernel.
 //
 // The process names tell templates and the helpers A and B from kernels:
 // a tool that counts python processes counts kernels only. Templates

@@ -29,32 +29,66 @@ var forkServerSource string
 // not start; Launch then starts it cold.
 var ErrForkServer = errors.New("fork server")
 
-// forkableArgv reports whether argv starts an ipykernel kernel the fork
-// server can make (`PYTHON -m ipykernel_launcher -f FILE`), and which
-// interpreter it runs under.
-func forkableArgv(argv []string) (interp string, args []string, ok bool) {
-	if len(argv) != 5 || argv[1] != "-m" || argv[2] != "ipykernel_launcher" || argv[3] != "-f" {
-		return "", nil, false
+// forkKind is a kind of kernel the fork server makes: what its template
+// runs and imports, and what each fork then runs.
+type forkKind struct {
+	name    string   // "python" or "sage"
+	command []string // what runs the template's program (before -c)
+	module  string   // the kernel, run as __main__ in each fork
+	preload []string // modules the template imports
+	warmup  string   // code the template runs once after its imports
+	// keepEnv: each kernel's environment is the template's (sage-env's
+	// settings) with the kernel's own over it, as a cold kernel's is.
+	keepEnv bool
+}
+
+// sageWarmup is the template's throw-away plot: a first plot costs a Sage
+// kernel seconds (matplotlib, fonts, fast_float), as the Sage Cell Server
+// found.
+const sageWarmup = `import os
+from sage.all import SR, plot, sin
+plot(sin(SR.var("x")), (SR.var("x"), 0, 1)).save("/tmp/cellgate-warmup.png")
+os.remove("/tmp/cellgate-warmup.png")
+`
+
+// forkable reports whether argv starts a kernel the fork server can make
+// (`PYTHON -m ipykernel_launcher -f FILE`, or, with ForkSagePreload,
+// `SAGE --python -m sage.repl.ipython_kernel -f FILE`), of which kind, and
+// the kernel's own arguments.
+func (b *Bwrap) forkable(argv []string) (forkKind, []string, bool) {
+	if len(argv) == 0 || !filepath.IsAbs(argv[0]) {
+		return forkKind{}, nil, false
 	}
-	if base := filepath.Base(argv[0]); !strings.HasPrefix(base, "python3") || !filepath.IsAbs(argv[0]) {
-		return "", nil, false
+	base := filepath.Base(argv[0])
+	switch {
+	case len(argv) == 5 && strings.HasPrefix(base, "python3") &&
+		argv[1] == "-m" && argv[2] == "ipykernel_launcher" && argv[3] == "-f":
+		return forkKind{
+			name: "python", command: argv[:1], module: "ipykernel_launcher", preload: b.cfg.ForkPreload,
+		}, argv[3:], true
+	case len(argv) == 6 && base == "sage" && len(b.cfg.ForkSagePreload) > 0 &&
+		argv[1] == "--python" && argv[2] == "-m" && argv[3] == "sage.repl.ipython_kernel" && argv[4] == "-f":
+		return forkKind{
+			name: "sage", command: argv[:2], module: "sage.repl.ipython_kernel", preload: b.cfg.ForkSagePreload,
+			warmup: sageWarmup, keepEnv: true,
+		}, argv[4:], true
 	}
-	return argv[0], argv[3:], true
+	return forkKind{}, nil, false
 }
 
 // template is one fork server: a long-lived process that has imported the
 // kernel machinery and forks kernels on request.
 type template struct {
-	b      *Bwrap
-	interp string
-	roots  [2]string // the parents of WorkDir and RuntimeDir it can reach
-	cmd    *exec.Cmd
-	ctrl   *os.File
-	done   chan struct{} // closed when the template has exited
-	pid    int           // host pid of the template's Python process
-	began  time.Time
+	b     *Bwrap
+	kind  forkKind
+	roots [2]string // the parents of WorkDir and RuntimeDir it can reach
+	cmd   *exec.Cmd
+	ctrl  *os.File
+	done  chan struct{} // closed when the template has exited
+	pid   int           // host pid of the template's Python process
+	began time.Time
 
-	// Set while it starts, then read and changed under b.templateStart
+	// Set while it starts, then read and changed under its b.starting lock
 	// only: when to replace it (see Bwrap.launchForked).
 	files   []fileStamp // what it imported, as it was on disk at its start
 	checked time.Time   // when files were last compared with the disk
@@ -74,7 +108,7 @@ type template struct {
 	// children (its kernels die with it).
 	pending int
 	retired string // why it was replaced; "" while it serves
-	forks   int    // kernels asked of it (changed under b.templateStart too)
+	forks   int    // kernels asked of it (changed under b.starting too)
 }
 
 // fileStamp is what tells a file (or directory) changed: a package
@@ -108,9 +142,9 @@ type forkedKernel struct {
 	exit func(code int, err error)
 }
 
-// startTemplate starts the fork server for interp, able to make kernels
+// startTemplate starts the fork server for kind, able to make kernels
 // whose WorkDir and RuntimeDir lie in workRoot and runtimeRoot.
-func (b *Bwrap) startTemplate(ctx context.Context, interp, workRoot, runtimeRoot string) (*template, error) {
+func (b *Bwrap) startTemplate(ctx context.Context, kind forkKind, workRoot, runtimeRoot string) (*template, error) {
 	c := &b.cfg
 	ctrlParent, ctrlChild, err := socketpair()
 	if err != nil {
@@ -130,7 +164,10 @@ func (b *Bwrap) startTemplate(ctx context.Context, interp, workRoot, runtimeRoot
 		filterW.Close()
 	}()
 	config, _ := json.Marshal(map[string]any{
-		"preload":  c.ForkPreload,
+		"preload":  kind.preload,
+		"warmup":   kind.warmup,
+		"module":   kind.module,
+		"keep_env": kind.keepEnv,
 		"hostname": c.Hostname,
 		"limits": map[string]int64{
 			"cpu": int64(c.CPUTime / time.Second), "as": c.Memory, "nproc": int64(c.Processes),
@@ -174,13 +211,20 @@ func (b *Bwrap) startTemplate(ctx context.Context, interp, workRoot, runtimeRoot
 		"--tmpfs", "/tmp",
 	)
 	for _, d := range openDirs(c.Home, workRoot, runtimeRoot) {
+		if d == c.Home {
+			// A home of its own, writable (sage-env and Sage's imports
+			// write there); each kernel's own covers it.
+			args = append(args, "--perms", "0755", "--tmpfs", d)
+			continue
+		}
 		args = append(args, "--perms", "0755", "--dir", d)
 	}
-	args = append(args,
-		"--remount-ro", "/",
-		"--chdir", "/",
-		"--", interp, "-c", forkServerSource, string(config),
-	)
+	for _, d := range c.HomeDirs {
+		args = append(args, "--dir", filepath.Join(c.Home, d))
+	}
+	args = append(args, "--remount-ro", "/", "--chdir", "/", "--")
+	args = append(args, kind.command...)
+	args = append(args, "-c", forkServerSource, string(config))
 	defer func() {
 		for _, f := range files {
 			f.Close()
@@ -195,7 +239,7 @@ func (b *Bwrap) startTemplate(ctx context.Context, interp, workRoot, runtimeRoot
 		return nil, fmt.Errorf("%w: %w", ErrForkServer, err)
 	}
 	t := &template{
-		b: b, interp: interp, roots: [2]string{workRoot, runtimeRoot}, ctrl: ctrlParent, began: time.Now(),
+		b: b, kind: kind, roots: [2]string{workRoot, runtimeRoot}, ctrl: ctrlParent, began: time.Now(),
 		done: make(chan struct{}), waiting: map[string]chan forkReply{}, children: map[int]*forkedKernel{},
 		early: map[int]int{},
 	}

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -51,6 +52,13 @@ func poolDirs(t *testing.T) (runtimeRoot, workRoot string) {
 // with its key.
 func startIPyKernel(t *testing.T, b *Bwrap, runtimeRoot, workRoot string) *ipyKernel {
 	t.Helper()
+	return startKernelOf(t, b, runtimeRoot, workRoot, "/usr/bin/python3", "-m", "ipykernel_launcher", "-f")
+}
+
+// startKernelOf is startIPyKernel for the kernel argv (the connection
+// file's path is added at the end).
+func startKernelOf(t *testing.T, b *Bwrap, runtimeRoot, workRoot string, argv ...string) *ipyKernel {
+	t.Helper()
 	raw := make([]byte, 32)
 	if _, err := rand.Read(raw); err != nil {
 		t.Fatal(err)
@@ -66,7 +74,7 @@ func startIPyKernel(t *testing.T, b *Bwrap, runtimeRoot, workRoot string) *ipyKe
 	}
 	conn := writeConnectionKey(t, run, key)
 	k := &ipyKernel{kernel: launchIn(t, b, Request{
-		Argv:       []string{"/usr/bin/python3", "-m", "ipykernel_launcher", "-f", conn},
+		Argv:       append(argv, conn),
 		RuntimeDir: run, WorkDir: work,
 	}), conn: conn, key: key}
 	k.waitSockets(t, 2*time.Minute)
@@ -420,4 +428,102 @@ func TestForkTemplateReplacedOnPackageChange(t *testing.T) {
 		t.Fatal(err)
 	}
 	templateGone(t, b, first[0].Pid)
+}
+
+// SageMath kernels (`sage --python -m sage.repl.ipython_kernel`) are
+// forked from a template of their own that has imported sage.all and drawn
+// a plot: two of them compute, plot (Sage's temporary directory is the
+// kernel's own), share no random state (Sage's, PARI's, Python's), and a
+// long computation inside PARI is interrupted (cysignals' handlers work in
+// a fork). Python kernels keep their template.
+func TestForkedSageKernels(t *testing.T) {
+	t.Parallel()
+	if _, err := os.Stat("/usr/bin/sage"); err != nil {
+		t.Skipf("sagemath-jupyter is not installed: %v", err)
+	}
+	skipWithoutIPyKernel(t)
+	log := &syncBuffer{}
+	b := newBwrap(t, func(c *Config) { c.Fork = true; c.ForkLog = log })
+	t.Cleanup(b.Close)
+	runtimeRoot, workRoot := poolDirs(t)
+	sage := []string{"/usr/bin/sage", "--python", "-m", "sage.repl.ipython_kernel", "-f"}
+	const probe = `import json, os, sys
+from sage.misc.misc import SAGE_TMP
+plot(sin(x), (x, 0, 6)).save('sine.png')
+print(json.dumps({"factor": str(factor(2^64 + 1)), "random": float(random()), "zz": str(ZZ.random_element(10^30)),
+  "seed": str(current_randstate().seed()), "tmp": str(SAGE_TMP),
+  "tmp_exists": os.path.isdir(str(SAGE_TMP)), "home": os.environ["HOME"], "dot_sage": os.environ.get("DOT_SAGE"),
+  "uid": os.getuid(), "pid": os.getpid()}))`
+	type report struct {
+		Factor, Zz, Seed, Tmp, Home string
+		Random                      float64
+		TmpExists                   bool   `json:"tmp_exists"`
+		DotSage                     string `json:"dot_sage"`
+		UID, Pid                    int
+	}
+	var rs [2]report
+	var ks [2]*ipyKernel
+	for i := range ks {
+		ks[i] = startKernelOf(t, b, runtimeRoot, workRoot, sage...)
+		lastJSON(t, ks[i].cell(t, probe), &rs[i])
+		if st, err := os.Stat(filepath.Join(ks[i].req.WorkDir, "sine.png")); err != nil || st.Size() == 0 {
+			t.Errorf("kernel %d: no plot in its work dir: %v", i, err)
+		}
+	}
+	ts := b.Templates()
+	b.mu.Lock()
+	forkErr := b.forkErr
+	b.mu.Unlock()
+	if forkErr != nil || len(ts) != 1 || ts[0].Kind != "sage" || ts[0].Forks != 2 {
+		t.Fatalf("the Sage kernels were not both forked from one Sage template: %v, %+v\ntemplate: %s", forkErr, ts, log)
+	}
+	a, c := rs[0], rs[1]
+	t.Logf("Sage kernels: %+v, %+v", a, c)
+	for _, r := range rs {
+		if r.Factor != "274177 * 67280421310721" || !r.TmpExists || !strings.HasPrefix(r.Tmp, r.Home+"/.sage/") || r.DotSage == "" || r.Pid != 2 {
+			t.Errorf("a forked Sage kernel: %+v", r)
+		}
+	}
+	// (PARI's own generator, pari('random()'), starts from its fixed
+	// default in every kernel, cold ones too.)
+	if a.UID == c.UID || a.Random == c.Random || a.Zz == c.Zz || a.Seed == c.Seed {
+		t.Errorf("two forked Sage kernels share state: %+v and %+v", a, c)
+	}
+	// cysignals turns SIGINT inside PARI into KeyboardInterrupt. PARI
+	// holds the GIL: even the busy status may wait for the end, so the
+	// interrupt is sent every second until the cell ends (an idle kernel
+	// ignores it).
+	k := ks[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "/usr/bin/python3", "-c", executeScript, k.conn, "pari('for(i=1,10^12,)')")
+	var buf syncBuffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan error, 1)
+	go func() { ended <- cmd.Wait() }()
+	var err error
+	for waiting := true; waiting; {
+		select {
+		case err = <-ended:
+			waiting = false
+		case <-time.After(time.Second):
+			if err := k.p.Signal(syscall.SIGINT); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err != nil || !strings.Contains(buf.String(), "status: error KeyboardInterrupt") {
+		t.Errorf("interrupting PARI: %v: %s\nkernel output:\n%s", err, buf.String(), k.out)
+	}
+	if out := k.cell(t, "print('after', 2^10)"); !strings.Contains(out, "after 1024") {
+		t.Errorf("after the interrupt: %s", out)
+	}
+	// A Python kernel gets a template of its own.
+	startIPyKernel(t, b, runtimeRoot, workRoot)
+	if ts := b.Templates(); len(ts) != 2 {
+		t.Errorf("a Python kernel beside Sage ones: templates %+v", ts)
+	}
 }

@@ -33,6 +33,10 @@ import sys
 import traceback
 
 CONFIG = json.loads(sys.argv[1])
+MODULE = CONFIG["module"]  # the kernel: ipykernel_launcher, sage.repl.ipython_kernel
+# What started the template set this (sage-env, for Sage): a kernel with
+# keep_env gets it under its own, as a cold one would.
+TEMPLATE_ENV = dict(os.environ)
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 
@@ -221,21 +225,42 @@ def kernel(req, fds):
                 os._exit(exit_code(status))
     # The kernel, pid 2, named as a cold one.
     set_name(os.path.basename(sys.executable))
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+    # As Python starts: SIGPIPE ignored (a write to a closed pipe or
+    # socket raises BrokenPipeError, it does not kill the kernel).
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    env = dict(TEMPLATE_ENV) if CONFIG["keep_env"] else {}
+    env.update(req["env"])
     os.environ.clear()
-    os.environ.update(req["env"])
+    os.environ.update(env)
     # Nothing random may be shared between forks.
     import random
     random.seed()
     numpy = sys.modules.get("numpy")
     if numpy is not None:
         numpy.random.seed()
-    sys.argv = ["ipykernel_launcher"] + req["argv"]
+    fresh_sage()
+    sys.argv = [MODULE] + req["argv"]
     import runpy
-    runpy.run_module("ipykernel_launcher", run_name="__main__", alter_sys=True)
+    runpy.run_module(MODULE, run_name="__main__", alter_sys=True)
     sys.exit(0)
+
+
+def fresh_sage():
+    """What Sage set up in the template that must be the kernel's own: its
+    random state (Sage's generators, and PARI's, GAP's, NTL's, reseeded
+    from it when next used), and its temporary directories, which name a
+    place in HOME: the template's HOME is not the kernel's."""
+    randstate = sys.modules.get("sage.misc.randstate")
+    if randstate is not None:
+        randstate.set_random_seed()
+    misc = sys.modules.get("sage.misc.misc")
+    for name in ("SAGE_TMP", "SAGE_TMP_INTERFACE", "ECL_TMP", "SPYX_TMP"):
+        d = getattr(misc, name, None)
+        if d is not None:
+            os.makedirs(str(d), exist_ok=True)
 
 
 def no_user_namespaces():
@@ -256,6 +281,18 @@ def preload():
         except Exception:
             print("cellgate fork server: preload %s failed" % name, file=sys.stderr, flush=True)
             traceback.print_exc()
+    if CONFIG["warmup"]:
+        try:
+            exec(CONFIG["warmup"], {})
+        except Exception:
+            print("cellgate fork server: warm-up failed", file=sys.stderr, flush=True)
+            traceback.print_exc()
+    # A fork copies the calling thread only: a thread started by an import
+    # (a pool, a timer) would be missing in every kernel, any lock it held
+    # held for ever.
+    threads = os.listdir("/proc/self/task")
+    if len(threads) != 1:
+        sys.exit("cellgate fork server: the preload started threads (%d tasks): not forking" % len(threads))
     gc.collect()
     # Pages the template touched stay shared with every fork: a collection
     # in a kernel must not touch (and so copy) them.
