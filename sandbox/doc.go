@@ -210,9 +210,10 @@
 // every kernel it makes shares its address-space layout, and whatever the
 // template may have drifted into. It is also replaced when the Python it
 // imported changes on disk: once ready it names the file of every module
-// it imported, and their directories (about 1100 paths with the default
-// preload); the gateway stamps them (inode, size, mtime, ctime) and, at a
-// launch, at most once a second, compares (a few milliseconds). A package
+// it imported, and their directories (about 1100 paths for the default
+// Python preload, 3000 for Sage's); the gateway stamps them (inode, size,
+// mtime, ctime) and, at a launch, at most once a second, compares (a few
+// milliseconds per thousand). A package
 // upgrade replaces files and so changes inodes and directories; an edit in
 // place changes mtime and ctime; a file changed while the template started
 // counts as changed. The launch that finds a template due starts the new
