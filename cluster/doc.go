@@ -11,10 +11,10 @@
 // died). There is no other shared state and no consensus protocol: every decision is one
 // conditional write to a single document, which MongoDB (or FerretDB) applies atomically, and
 // whatever the database says is the truth. Nothing needs a transaction, a TTL index or a partial
-// index, which the embedded FerretDB lacks; expiry is swept instead (sweep.go). Lookups by _id
-// are not indexed on the embedded database (storage/embedded_index.go indexes only the
-// collections that exist when storage opens), which scans at most the live sessions and
-// instances: a production cluster runs on MongoDB, a replica set.
+// index, which the embedded FerretDB lacks; expiry is swept instead (sweep.go). On the embedded
+// database, lookups by _id need the index storage/embedded_index.go adds to the collections that
+// exist when storage opens: cellgate serve has storage create these two first (Collections,
+// storage.Config.Collections). A production cluster runs on MongoDB, a replica set.
 //
 // # One clock
 //

@@ -56,6 +56,10 @@ const (
 	sessionsCollection  = "cluster_sessions"
 )
 
+// Collections names the registry's collections, for whoever opens the database first (storage
+// creates them on the embedded database, so that they get the index its lookups by _id need).
+func Collections() []string { return []string{instancesCollection, sessionsCollection} }
+
 // instanceDoc is an instance's record.
 type instanceDoc struct {
 	ID        string     `bson:"_id"`

@@ -12,7 +12,9 @@ import (
 // TestEmbeddedIDLookupsUseAnIndex: the query FerretDB 1.24 runs for a
 // lookup by _id (SELECT ... WHERE _ferretdb_sjson->'$._id' = ?) is served
 // by an index on every collection once Open has run, and again after a
-// restart, so lookups do not scan what the database holds.
+// restart, so lookups do not scan what the database holds; so are the
+// collections others keep in the database (Config.Collections: the
+// cluster registry's).
 func TestEmbeddedIDLookupsUseAnIndex(t *testing.T) {
 	dir := t.TempDir()
 	for round := range 2 {
@@ -20,7 +22,7 @@ func TestEmbeddedIDLookupsUseAnIndex(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s := openStore(t, Config{URI: e.URI(), Embedded: e})
+		s := openStore(t, Config{URI: e.URI(), Embedded: e, Collections: []string{"cluster_sessions"}})
 		id, err := s.Permalinks().Save(context.Background(), Cell{Code: "print(1)", Language: "python3"})
 		if err != nil {
 			t.Fatal(err)
@@ -46,7 +48,7 @@ func TestEmbeddedIDLookupsUseAnIndex(t *testing.T) {
 			tables[name] = table
 		}
 		rows.Close()
-		for _, coll := range []string{permalinksCollection, filesBucket + ".chunks", filesBucket + ".files", uploadsCollection, settingsCollection} {
+		for _, coll := range []string{permalinksCollection, filesBucket + ".chunks", filesBucket + ".files", uploadsCollection, settingsCollection, "cluster_sessions"} {
 			table, ok := tables[coll]
 			if !ok {
 				t.Errorf("round %d: collection %s was not created at start-up (have %v)", round, coll, tables)

@@ -70,6 +70,10 @@ type Config struct {
 	// Embedded is the embedded database URI points at, if it does: Open then also gives its
 	// collections the index that lookups by _id need there (see embedded_index.go).
 	Embedded *Embedded
+
+	// Collections names more collections of the database that others keep in it (the cluster
+	// registry's), created at start on the embedded database so that they get the index too.
+	Collections []string
 }
 
 // DefaultConfig is the settings Open uses for what is left zero: the one place each default lives.
@@ -185,7 +189,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		}
 	}
 	if cfg.Embedded != nil {
-		if err := s.createCollections(ctx); err != nil {
+		if err := s.createCollections(ctx, cfg.Collections); err != nil {
 			return fail(err)
 		}
 		n, err := cfg.Embedded.indexIDLookups(ctx, cfg.Database)
@@ -228,8 +232,9 @@ func pingUntilReachable(ctx context.Context, client *mongo.Client, cfg Config, w
 
 // createCollections creates the collections that would otherwise appear
 // only on their first write, so that start-up can index them.
-func (s *Store) createCollections(ctx context.Context) error {
-	for _, name := range []string{permalinksCollection, settingsCollection, filesBucket + ".files", filesBucket + ".chunks", uploadsCollection, resultsCollection, resultBodiesCollection} {
+func (s *Store) createCollections(ctx context.Context, more []string) error {
+	names := []string{permalinksCollection, settingsCollection, filesBucket + ".files", filesBucket + ".chunks", uploadsCollection, resultsCollection, resultBodiesCollection}
+	for _, name := range append(names, more...) {
 		err := s.db.CreateCollection(ctx, name)
 		var cmdErr mongo.CommandError
 		if err != nil && !(errors.As(err, &cmdErr) && cmdErr.Code == namespaceExists) {
@@ -310,6 +315,10 @@ func (s *Store) Results() *Results { return s.results }
 
 // Files gives access to files uploaded from kernel directories.
 func (s *Store) Files() *Files { return s.files }
+
+// Database is the database the store keeps its collections in, for others that share it (the
+// cluster registry).
+func (s *Store) Database() *mongo.Database { return s.db }
 
 // Ping checks that the database answers (for readiness probes).
 func (s *Store) Ping(ctx context.Context) error {
