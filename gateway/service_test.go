@@ -154,9 +154,14 @@ func FuzzParseUserExpressions(f *testing.F) {
 // upload outlasts the reply's hold: the session does not end (and cancel
 // the upload) before they are stored.
 func TestServiceWaitsForItsFiles(t *testing.T) {
-	env, _ := newStorageEnv(t, func(c *Config) { c.Storage.ReplyHold = time.Millisecond })
+	env, _ := newStorageEnv(t, func(c *Config) {
+		c.Storage.ReplyHold = time.Millisecond
+		// Generous: this is about waiting for the upload, not its speed
+		// (3 s was too short for 12 MiB on a loaded machine).
+		c.Storage.UploadTimeout = time.Minute
+	})
 	var res serviceResult
-	code := "import os\nfor i in range(3):\n    open(f'part{i}.bin', 'wb').write(os.urandom(4 << 20))\nprint('written')"
+	code := "import os\nfor i in range(3):\n    open(f'part{i}.bin', 'wb').write(os.urandom(1 << 20))\nprint('written')"
 	if r := env.postForm("/service", url.Values{"code": {code}, "language": {"python3"}}, &res); r.StatusCode != http.StatusOK || !res.Success {
 		t.Fatalf("/service: %d %+v", r.StatusCode, res)
 	}
@@ -164,7 +169,7 @@ func TestServiceWaitsForItsFiles(t *testing.T) {
 		t.Fatalf("answer lists %d files (%+v), want the 3 written", len(res.Files), res.Files)
 	}
 	for _, f := range res.Files {
-		if status, body, _ := fetch(t, f.URL); status != http.StatusOK || len(body) != 4<<20 {
+		if status, body, _ := fetch(t, f.URL); status != http.StatusOK || len(body) != 1<<20 {
 			t.Errorf("GET %s: %d, %d bytes", f.URL, status, len(body))
 		}
 	}

@@ -723,7 +723,10 @@ func TestPoolGrowsUnderBurstAndShrinksAfter(t *testing.T) {
 	kcfg := testKernelConfig(t)
 	kcfg.Log = zerolog.New(io.MultiWriter(&logs, zerolog.NewTestWriter(t))).Level(zerolog.InfoLevel)
 	const maxKernels = 4
-	p := newPool(t, Config{Ready: map[string]int{"python3": 1}, MaxKernels: maxKernels, DemandWindow: 30 * time.Second, Kernel: kcfg})
+	// A window long enough for the grown pool's kernels to start on a
+	// loaded machine (starts took 8 s each in one make test run), which
+	// the 30 s it was were not: the pool shrank before they were ready.
+	p := newPool(t, Config{Ready: map[string]int{"python3": 1}, MaxKernels: maxKernels, DemandWindow: 90 * time.Second, Kernel: kcfg})
 	waitStats(t, p, "python3", "warm", func(s Stats) bool { return s.Ready == 1 })
 	leaseBurst(t, p, maxKernels+1)
 	grown := waitStats(t, p, "python3", "grown", func(s Stats) bool { return s.Ready == maxKernels })
