@@ -109,6 +109,10 @@ type Config struct {
 	SandboxWarning string
 	// Storage holds permalinks and kernel files; zero disables them.
 	Storage Storage
+	// Cluster joins the instance to others sharing its database: requests
+	// for their sessions are forwarded to them, its own are claimed there
+	// (cluster.go). Nil: the instance is alone.
+	Cluster Cluster
 	// Metrics is the registry the gateway registers its series with and
 	// serves on /metrics (NewRegistry); nil makes one of its own.
 	Metrics *prometheus.Registry

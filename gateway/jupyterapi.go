@@ -33,16 +33,20 @@ func (s *Server) jupyterRoutes(e *echo.Echo) {
 	api.GET("/kernelspecs/:name", s.apiKernelspec)
 	api.GET("/kernels", s.apiListKernels)
 	api.POST("/kernels", s.apiStartKernel)
-	api.GET("/kernels/:id", s.apiGetKernel)
-	api.DELETE("/kernels/:id", s.apiDeleteKernel)
-	api.POST("/kernels/:id/interrupt", s.apiInterrupt)
-	api.POST("/kernels/:id/restart", s.apiRestart)
-	api.GET("/kernels/:id/channels", s.apiChannels)
+	// A kernel another instance of the cluster owns is forwarded there.
+	owned := s.owned(session.Jupyter)
+	api.GET("/kernels/:id", s.apiGetKernel, owned)
+	api.DELETE("/kernels/:id", s.apiDeleteKernel, owned)
+	api.POST("/kernels/:id/interrupt", s.apiInterrupt, owned)
+	api.POST("/kernels/:id/restart", s.apiRestart, owned)
+	api.GET("/kernels/:id/channels", s.apiChannels, owned)
 	api.GET("/sessions", s.apiListSessions)
 	api.POST("/sessions", s.apiCreateSession)
-	api.GET("/sessions/:id", s.apiGetSession)
-	api.PATCH("/sessions/:id", s.apiPatchSession)
-	api.DELETE("/sessions/:id", s.apiDeleteSession)
+	// A notebook lives on the instance that made it, as its kernel did.
+	notebook := s.ownedBy("", s.notebooks.has)
+	api.GET("/sessions/:id", s.apiGetSession, notebook)
+	api.PATCH("/sessions/:id", s.apiPatchSession, notebook)
+	api.DELETE("/sessions/:id", s.apiDeleteSession, notebook)
 	// Outside /api, as jupyter_server serves them, behind the same token.
 	e.GET("/kernelspecs/:name/:file", s.kernelspecResource, s.requireToken)
 }
@@ -148,6 +152,10 @@ func (s *Server) apiListKernels(c echo.Context) error {
 		}
 	}
 	sort.Slice(models, func(i, j int) bool { return models[i].ID < models[j].ID })
+	if others := s.fromPeers(c); others != nil {
+		// A cluster: the other instances' kernels too.
+		return c.JSON(http.StatusOK, append(rawList(models), others...))
+	}
 	return c.JSON(http.StatusOK, models)
 }
 
@@ -166,10 +174,14 @@ func (s *Server) apiStartKernel(c echo.Context) error {
 	var body struct {
 		Name string `json:"name"`
 	}
+	raw := s.keepBody(c)
 	if c.Request().ContentLength != 0 {
 		if err := json.NewDecoder(c.Request().Body).Decode(&body); err != nil {
 			return httpError(c, http.StatusBadRequest, "invalid JSON body: "+err.Error())
 		}
+	}
+	if name, err := s.resolveKernel(body.Name); err == nil && s.placeElsewhere(c, name, raw) {
+		return nil
 	}
 	sess, err := s.startJupyterKernel(c, body.Name)
 	if err != nil {
@@ -217,7 +229,7 @@ func (s *Server) apiRestart(c echo.Context) error {
 func (s *Server) apiChannels(c echo.Context) error {
 	sess := s.jupyterSession(c)
 	if sess == nil {
-		return httpError(c, http.StatusNotFound, "no such kernel")
+		return s.endedChannels(c, session.Jupyter, jupyterCodec{})
 	}
 	return s.bridge(c, sess, jupyterCodec{})
 }
@@ -239,10 +251,15 @@ func (s *Server) liveNotebooks(c echo.Context) []map[string]any {
 }
 
 func (s *Server) apiListSessions(c echo.Context) error {
+	if others := s.fromPeers(c); others != nil {
+		// A cluster: the other instances' notebooks too.
+		return c.JSON(http.StatusOK, append(rawList(s.liveNotebooks(c)), others...))
+	}
 	return c.JSON(http.StatusOK, s.liveNotebooks(c))
 }
 
 func (s *Server) apiCreateSession(c echo.Context) error {
+	raw := s.keepBody(c)
 	req, err := decodeNotebookRequest(c)
 	if err != nil {
 		return httpError(c, http.StatusBadRequest, err.Error())
@@ -272,13 +289,24 @@ func (s *Server) apiCreateSession(c echo.Context) error {
 		if req.Kernel != nil {
 			name = req.Kernel.Name
 		}
+		if kernel, err := s.resolveKernel(name); err == nil && s.placeElsewhere(c, kernel, raw) {
+			return nil
+		}
 		if sess, err = s.startJupyterKernel(c, name); err != nil {
 			return answerError(c, err)
 		}
 		started = true
 	}
 	ns.kernelID = sess.ID()
+	id := ns.ID
 	ns, err = s.notebooks.add(ns)
+	if err == nil && ns.ID == id {
+		// A new one: other instances forward its requests here.
+		if err = s.claimID(c.Request().Context(), ns.ID, ""); err != nil {
+			s.notebooks.remove(ns.ID)
+			err = fmt.Errorf("%w: the cluster registry: %w", errCapacity, err)
+		}
+	}
 	if err != nil {
 		if started {
 			sess.End(session.EndDeleted)
@@ -349,7 +377,9 @@ func (s *Server) apiDeleteSession(c echo.Context) error {
 	if sess == nil {
 		return httpError(c, http.StatusNotFound, "no such session")
 	}
-	s.notebooks.remove(ns.ID)
+	if s.notebooks.remove(ns.ID) {
+		s.releaseID(ns.ID, session.EndDeleted)
+	}
 	sess.End(session.EndDeleted)
 	return c.NoContent(http.StatusNoContent)
 }

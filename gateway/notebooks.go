@@ -102,13 +102,24 @@ func (n *notebooks) update(id string, req notebookRequest, kernelID string) (not
 	return *ns, true
 }
 
-func (n *notebooks) remove(id string) {
+// remove forgets session id, and tells whether it was there.
+func (n *notebooks) remove(id string) bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if ns, ok := n.byID[id]; ok {
+	ns, ok := n.byID[id]
+	if ok {
 		n.dropLocked(ns)
 		delete(n.byID, id)
 	}
+	return ok
+}
+
+// has tells whether session id is here.
+func (n *notebooks) has(id string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	_, ok := n.byID[id]
+	return ok
 }
 
 func (n *notebooks) dropLocked(ns *notebook) {
@@ -117,19 +128,23 @@ func (n *notebooks) dropLocked(ns *notebook) {
 	}
 }
 
-// dropKernel forgets the sessions of a kernel that has ended.
-func (n *notebooks) dropKernel(kernelID string) {
+// dropKernel forgets the sessions of a kernel that has ended, and returns
+// their ids.
+func (n *notebooks) dropKernel(kernelID string) []string {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.byKernel[kernelID] == 0 {
-		return
+		return nil
 	}
+	var dropped []string
 	for id, ns := range n.byID {
 		if ns.kernelID == kernelID {
 			delete(n.byID, id)
+			dropped = append(dropped, id)
 		}
 	}
 	delete(n.byKernel, kernelID)
+	return dropped
 }
 
 type notebookRequest struct {

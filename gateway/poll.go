@@ -97,6 +97,9 @@ func (s *Server) pollReceive(c echo.Context) error {
 			return httpError(c, http.StatusBadRequest, err.Error())
 		}
 		since := ended.last
+		if ended.foreign {
+			since = 0 // ended on another instance: its last is not known here
+		}
 		if asked != nil {
 			since = *asked
 		}

@@ -47,12 +47,18 @@ func newRegistry(maxPerAddr, maxPerClient int, budget kernelTime, errorCount *pr
 // back when the session does not start. Call release at most once: a
 // session that starts gives its slot back through forget instead.
 func (r *registry) reserve(remote, clientKey string) (release func(), err error) {
+	return r.reserveWith(remote, clientKey, 0)
+}
+
+// reserveWith is reserve where other instances of a cluster hold elsewhere
+// sessions of remote, which count against the per-address cap.
+func (r *registry) reserveWith(remote, clientKey string, elsewhere int) (release func(), err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.draining {
 		return nil, errDraining
 	}
-	if n := r.perAddr[remote]; n >= r.maxPerAddr {
+	if n := r.perAddr[remote] + elsewhere; n >= r.maxPerAddr {
 		r.errors.WithLabelValues("client_cap").Inc()
 		return nil, fmt.Errorf("%w: %d kernels for address %s", errClientCap, n, remote)
 	}
@@ -147,6 +153,42 @@ func (r *registry) forget(sess *session.Session) {
 	r.ended.add(sess.ID(), tombstone{api: sess.API(), reason: sess.Reason(), last: sess.Replay().Last(), at: time.Now()})
 }
 
+// knows tells whether id is a live session here or a recent tombstone.
+func (r *registry) knows(id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.live[id] != nil {
+		return true
+	}
+	t, ok := r.ended.byID[id]
+	return ok && time.Since(t.at) < tombstoneTTL
+}
+
+// addForeign keeps a tombstone of a session that ended on another
+// instance (or whose instance died), so that it is answered here as the
+// owner's own tombstone would be.
+func (r *registry) addForeign(id string, api session.API, reason string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.live[id] != nil {
+		return
+	}
+	r.ended.add(id, tombstone{api: api, reason: reason, last: foreignLast, foreign: true, at: time.Now()})
+}
+
+// liveOf counts the live sessions of remote here.
+func (r *registry) liveOf(remote string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, sess := range r.live {
+		if sess.Remote() == remote {
+			n++
+		}
+	}
+	return n
+}
+
 // get returns a live session of any API (for tests and internal use;
 // routes use the API-scoped lookups).
 func (r *registry) get(id string) *session.Session {
@@ -181,6 +223,12 @@ func (r *registry) count() int {
 	return len(r.live)
 }
 
+func (r *registry) isDraining() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.draining
+}
+
 // drain refuses new sessions from now on and returns the live ones.
 func (r *registry) drain() []*session.Session {
 	r.mu.Lock()
@@ -201,6 +249,8 @@ type tombstone struct {
 	reason string
 	last   uint64
 	at     time.Time
+	// foreign: it ended on another instance (last is foreignLast).
+	foreign bool
 }
 
 // tombstones is a bounded, time-ordered record of ended sessions.

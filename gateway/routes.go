@@ -11,6 +11,7 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
 
+	"github.com/cellgate/cellgate/gateway/session"
 	"github.com/cellgate/cellgate/jupytermsg"
 )
 
@@ -24,6 +25,20 @@ func (s *Server) routes() *echo.Echo {
 	} else {
 		// Client caps count addresses; a spoofable header would void them.
 		e.IPExtractor = echo.ExtractIPDirect()
+	}
+	if s.cfg.Cluster != nil {
+		// First of all: a request signed by another instance is checked
+		// (403 when the signature fails), and its client address is the
+		// one that instance vouches for.
+		e.Pre(echo.WrapMiddleware(s.cfg.Cluster.Middleware))
+		id := s.cfg.Cluster.ID()
+		e.Pre(func(next echo.HandlerFunc) echo.HandlerFunc {
+			return func(c echo.Context) error {
+				c.Response().Header().Add(InstanceHeader, id)
+				return next(c)
+			}
+		})
+		e.IPExtractor = clusterIP(s.cfg.Cluster, e.IPExtractor)
 	}
 	e.Use(middleware.RequestID())
 	e.Use(middleware.Recover())
@@ -53,14 +68,16 @@ func (s *Server) routes() *echo.Echo {
 	e.GET("/readyz", s.readyz)
 	e.GET("/metrics", s.metrics.handler())
 
-	// Sage Cell Server API.
+	// Sage Cell Server API. A route that names a session serves it here,
+	// or forwards it to the instance of the cluster that owns it (owned).
+	sage := s.owned(session.SageCell)
 	e.POST("/kernel", s.createSageKernel)
-	e.DELETE("/kernel/:id", s.deleteSageKernel)
-	e.POST("/kernel/:id", s.deleteSageKernel)
-	e.POST("/kernel/:id/interrupt", s.interruptSageKernel)
-	e.GET("/kernel/:id/channels", s.sageChannels)
-	e.GET("/kernel/:id/poll", s.pollReceive)
-	e.POST("/kernel/:id/poll", s.pollSend)
+	e.DELETE("/kernel/:id", s.deleteSageKernel, sage)
+	e.POST("/kernel/:id", s.deleteSageKernel, sage)
+	e.POST("/kernel/:id/interrupt", s.interruptSageKernel, sage)
+	e.GET("/kernel/:id/channels", s.sageChannels, sage)
+	e.GET("/kernel/:id/poll", s.pollReceive, sage)
+	e.POST("/kernel/:id/poll", s.pollSend, sage)
 	e.POST("/service", s.service)
 	e.GET("/kernelspecs", s.publicKernelspecs)
 	e.POST("/permalink", s.createPermalink)
@@ -71,7 +88,7 @@ func (s *Server) routes() *echo.Echo {
 	e.GET("/oembed", s.oembed)
 	e.DELETE("/permalink/:id", s.deletePermalink, s.requireOperator)
 	e.GET("/files/:id/*", s.serveFile)
-	e.GET("/kernel/:id/files/*", s.sessionFile)
+	e.GET("/kernel/:id/files/*", s.sessionFile, sage)
 	e.POST("/tos.html", s.tos)
 	e.GET("/tos.html", s.tos)
 
@@ -108,6 +125,11 @@ func (s *Server) readyz(c echo.Context) error {
 		s.everWarm.Store(true)
 	}
 	ready := s.everWarm.Load()
+	if s.sessions.isDraining() {
+		// Shutting down: the balancer sends new sessions elsewhere at once.
+		ready = false
+		body["draining"] = true
+	}
 	for _, p := range pools {
 		if p.Want > 0 && p.Ready == 0 && p.Starting == 0 {
 			ready = false

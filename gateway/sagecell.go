@@ -38,6 +38,7 @@ func (s *Server) sageSession(c echo.Context) *session.Session {
 // parent, timeout=inf asks for the longest idle timeout allowed, and
 // CellSessionID limits the kernels one page (cell session) holds at once.
 func (s *Server) createSageKernel(c echo.Context) error {
+	raw := s.keepBody(c)
 	body, err := formOrJSON(c)
 	if err != nil {
 		return s.sageError(c, http.StatusBadRequest, err.Error())
@@ -74,6 +75,9 @@ func (s *Server) createSageKernel(c echo.Context) error {
 	cellSession := param(c, body, "CellSessionID")
 	if len(cellSession) > maxClientIDBytes {
 		return s.sageError(c, http.StatusBadRequest, fmt.Sprintf("CellSessionID longer than %d bytes", maxClientIDBytes))
+	}
+	if s.placeElsewhere(c, choice.Kernel, raw) {
+		return nil
 	}
 	releaseCell, ok := s.cellSessions.reserve(cellSession)
 	if !ok {
@@ -177,7 +181,7 @@ func (s *Server) deleteSageKernel(c echo.Context) error {
 func (s *Server) sageChannels(c echo.Context) error {
 	sess := s.sageSession(c)
 	if sess == nil {
-		return httpError(c, http.StatusNotFound, "no such kernel")
+		return s.endedChannels(c, session.SageCell, sageCodec{})
 	}
 	return s.bridge(c, sess, sageCodec{})
 }

@@ -52,6 +52,8 @@ type Server struct {
 	everWarm atomic.Bool
 	// cellSessions caps the kernels of each Sage-cell CellSessionID.
 	cellSessions *cellSessions
+	// releases are the cluster releases of ended sessions in flight.
+	releases inflight
 }
 
 // New builds the gateway over pool.
@@ -98,7 +100,7 @@ func (s *Server) Handler() http.Handler { return s.echo }
 // expected wait is longer.
 func (s *Server) startSession(ctx context.Context, choice kernelChoice, api session.API, remote, clientKey, baseURL string, life session.Lifetime) (*session.Session, error) {
 	kernelName := choice.Kernel
-	release, err := s.sessions.reserve(remote, clientKey)
+	release, err := s.sessions.reserveWith(remote, clientKey, s.othersOf(ctx, remote))
 	if err != nil {
 		return nil, err
 	}
@@ -132,7 +134,7 @@ func (s *Server) startSession(ctx context.Context, choice kernelChoice, api sess
 		Metrics: s.metrics.session, Log: s.log,
 		// Every hook is in place before the session can end, so an end at
 		// any point after start is forgotten and its slot given back.
-		OnEnd: s.forget,
+		OnEnd: func(sess *session.Session) { s.forget(sess); s.release(sess) },
 	}
 	if choice.Language != "" {
 		o.Language = choice.Language
@@ -148,8 +150,17 @@ func (s *Server) startSession(ctx context.Context, choice kernelChoice, api sess
 		o.Files, o.Link = s.watchFiles(k, kernelName, baseURL)
 	}
 	sess := session.New(k, o)
+	// Claimed in the cluster before its id is answered, so that every
+	// instance finds it.
+	if err := s.claim(ctx, sess); err != nil {
+		release()
+		sess.Discard()
+		s.log.Warn().Err(err).Str("session", sess.ID()).Msg("cluster: claim session")
+		return nil, fmt.Errorf("%w: the cluster registry: %w", errCapacity, err)
+	}
 	if err := s.sessions.add(sess); err != nil {
 		sess.Discard()
+		s.release(sess)
 		return nil, err
 	}
 	s.metrics.sessions.WithLabelValues(string(api)).Inc()
@@ -205,7 +216,9 @@ func (s *Server) watchFiles(k *kernelpool.Kernel, kernelName, baseURL string) (s
 // forget drops an ended session from the registry and its notebooks.
 func (s *Server) forget(sess *session.Session) {
 	s.sessions.forget(sess)
-	s.notebooks.dropKernel(sess.ID())
+	for _, id := range s.notebooks.dropKernel(sess.ID()) {
+		s.releaseID(id, sess.Reason())
+	}
 }
 
 // resolveKernel maps what a client asks for (a kernelspec name, or a
@@ -242,5 +255,12 @@ func (s *Server) Drain(ctx context.Context) error {
 			return fmt.Errorf("drain: %w", ctx.Err())
 		}
 	}
+	// The cluster learns why each ended before this instance leaves it.
+	if err := s.releases.wait(ctx); err != nil {
+		return fmt.Errorf("drain: %w", err)
+	}
 	return nil
 }
+
+// Draining tells whether Drain has begun.
+func (s *Server) Draining() bool { return s.sessions.isDraining() }

@@ -47,6 +47,7 @@ type serviceResult struct {
 // to expressions, as a form field or in a JSON body) is evaluated after the
 // code, as the Sage cell does; its values are in execute_reply.
 func (s *Server) service(c echo.Context) error {
+	raw := s.keepBody(c)
 	body, code, err := codeRequest(c)
 	if err != nil {
 		return httpError(c, http.StatusBadRequest, err.Error())
@@ -61,6 +62,9 @@ func (s *Server) service(c echo.Context) error {
 	choice, err := s.resolveSageChoice(askedKernel(c, body))
 	if err != nil {
 		return httpError(c, http.StatusBadRequest, err.Error())
+	}
+	if s.placeElsewhere(c, choice.Kernel, raw) {
+		return nil
 	}
 	life := session.Lifetime{Idle: s.cfg.ServiceTimeout * 2, MaxIdle: s.cfg.ServiceTimeout * 2, Lifespan: s.cfg.ServiceTimeout * 2}
 	sess, err := s.startSession(c.Request().Context(), choice, session.Service, c.RealIP(), "", s.baseURL(c).String(), life)

@@ -1,0 +1,186 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// fakeCluster is a Cluster of this instance and one other ("peer"), which owns the session
+// "theirs"; "gone" ended when its owner died. It records what the gateway tells it.
+type fakeCluster struct {
+	mu        sync.Mutex
+	claims    map[string]string // session → address
+	releases  map[string]string // session → reason
+	forwarded []string          // "path client"
+	elsewhere int               // SessionsOf adds this
+}
+
+func newFakeCluster() *fakeCluster {
+	return &fakeCluster{claims: map[string]string{}, releases: map[string]string{}}
+}
+
+func (f *fakeCluster) ID() string                                { return "self" }
+func (f *fakeCluster) Middleware(next http.Handler) http.Handler { return next }
+func (f *fakeCluster) ForwardedClient(r *http.Request) (string, bool) {
+	if r.Header.Get("Test-Forwarded") != "" {
+		return r.Header.Get("Test-Forwarded"), true
+	}
+	return "", false
+}
+
+func (f *fakeCluster) Locate(_ context.Context, id string) (Location, error) {
+	switch id {
+	case "theirs":
+		return Location{Owner: &Peer{ID: "peer", URL: "http://peer.invalid/"}}, nil
+	case "gone":
+		return Location{Ended: true, Reason: "the server running this kernel (peer) stopped"}, nil
+	}
+	return Location{}, nil
+}
+
+func (f *fakeCluster) Forward(w http.ResponseWriter, r *http.Request, peer Peer, client string) error {
+	f.mu.Lock()
+	f.forwarded = append(f.forwarded, r.URL.Path+" "+client)
+	f.mu.Unlock()
+	w.Header().Add(InstanceHeader, peer.ID)
+	w.WriteHeader(http.StatusOK)
+	_, _ = io.WriteString(w, "answered by "+peer.ID)
+	return nil
+}
+
+func (f *fakeCluster) Claim(_ context.Context, id, addr string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.claims[id] = addr
+	return nil
+}
+
+func (f *fakeCluster) Release(_ context.Context, id, reason string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.releases[id] = reason
+	return nil
+}
+
+func (f *fakeCluster) SessionsOf(_ context.Context, addr string) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := f.elsewhere
+	for id, a := range f.claims {
+		if _, ended := f.releases[id]; a == addr && !ended {
+			n++
+		}
+	}
+	return n, nil
+}
+
+func (f *fakeCluster) Place(context.Context, string) (Peer, bool) { return Peer{}, false }
+func (f *fakeCluster) SetLoad(int, map[string]int)                {}
+func (f *fakeCluster) Peers(context.Context) ([]Peer, error)      { return nil, nil }
+
+// TestClusterRoutesSessions: with a Cluster, a session this instance does not hold is forwarded
+// to its owner, answered as ended when it ended elsewhere (poll ended with the reason, 410 to a
+// POST, a websocket told status dead), and unknown otherwise; its own sessions are claimed with
+// the client's address before their id is answered and released with their end reason; the
+// per-address cap counts the address's sessions on other instances; a forwarded request is
+// answered here with the client address the forwarding instance vouches for.
+func TestClusterRoutesSessions(t *testing.T) {
+	fc := newFakeCluster()
+	env := newTestEnv(t, 1, 4, func(c *Config) { c.Cluster = fc; c.MaxKernelsPerAddr = 2 })
+
+	// Owned elsewhere: forwarded, with the client's address.
+	resp, err := http.Get(env.url("/kernel/theirs/poll?client=c"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "answered by peer" || strings.Join(resp.Header.Values(InstanceHeader), ",") != "self,peer" {
+		t.Errorf("session of another instance: %d %q %v", resp.StatusCode, body, resp.Header)
+	}
+	if len(fc.forwarded) != 1 || fc.forwarded[0] != "/kernel/theirs/poll 127.0.0.1" {
+		t.Errorf("forwarded %v", fc.forwarded)
+	}
+
+	// Ended elsewhere: answered as an ended session.
+	var p pollResponse
+	if r := env.do(http.MethodGet, "/kernel/gone/poll?client=c&since=7", "", "", &p); r.StatusCode != http.StatusOK || !p.Ended || !strings.Contains(p.Reason, "(peer) stopped") || p.Next != 7 {
+		t.Errorf("poll of a session ended elsewhere: %d %+v", r.StatusCode, p)
+	}
+	if r := env.do(http.MethodPost, "/kernel/gone/poll?client=c", "application/json", "{}", nil); r.StatusCode != http.StatusGone {
+		t.Errorf("poll POST to a session ended elsewhere: %d", r.StatusCode)
+	}
+	ws, _, err := websocket.DefaultDialer.Dial(env.wsURL("/kernel/gone/channels"), nil)
+	if err != nil {
+		t.Fatalf("websocket to a session ended elsewhere: %v", err)
+	}
+	_ = ws.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, data, err := ws.ReadMessage()
+	ws.Close()
+	var dead frame
+	if err != nil || json.Unmarshal(data, &dead) != nil || dead.Channel != "iopub" || dead.str("execution_state") != "dead" || !strings.Contains(dead.str("reason"), "(peer) stopped") {
+		t.Errorf("websocket to a session ended elsewhere: %v %s", err, data)
+	}
+	if r := env.do(http.MethodDelete, "/kernel/gone", "", "", nil); r.StatusCode != http.StatusNotFound {
+		t.Errorf("delete of a session ended elsewhere: %d", r.StatusCode)
+	}
+	if r := env.do(http.MethodGet, "/kernel/nobody/poll?client=c", "", "", nil); r.StatusCode != http.StatusNotFound {
+		t.Errorf("poll of an unknown session: %d", r.StatusCode)
+	}
+
+	// Its own: claimed before answered, released with the reason.
+	k := env.newKernel(url.Values{"timeout": {"60"}})
+	fc.mu.Lock()
+	addr := fc.claims[k.ID]
+	fc.mu.Unlock()
+	if addr != "127.0.0.1" {
+		t.Errorf("session %s claimed with address %q", k.ID, addr)
+	}
+	// The cap (2) counts the address's session on another instance.
+	fc.mu.Lock()
+	fc.elsewhere = 1
+	fc.mu.Unlock()
+	var refused kernelAnswer
+	if r := env.postForm("/kernel", url.Values{"timeout": {"60"}}, &refused); r.StatusCode != http.StatusTooManyRequests {
+		t.Errorf("a start over the cluster-wide cap: %d %+v", r.StatusCode, refused)
+	}
+	fc.mu.Lock()
+	fc.elsewhere = 0
+	fc.mu.Unlock()
+	// A request forwarded by another instance is answered here, as its client's.
+	req, _ := http.NewRequest(http.MethodPost, env.url("/kernel/"+k.ID+"/interrupt"), nil)
+	req.Header.Set("Test-Forwarded", "192.0.2.7")
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != http.StatusNoContent {
+		t.Errorf("forwarded interrupt: %v %v", err, resp)
+	}
+	env.do(http.MethodDelete, "/kernel/"+k.ID, "", "", nil)
+	waitFor(t, "the session released with its reason", func() bool {
+		fc.mu.Lock()
+		defer fc.mu.Unlock()
+		return fc.releases[k.ID] != ""
+	})
+	fc.mu.Lock()
+	if got := fc.releases[k.ID]; got != "deleted by client" {
+		t.Errorf("released with %q", got)
+	}
+	fc.mu.Unlock()
+
+	// Draining: /readyz turns 503 at once.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := env.gw.Drain(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r := env.do(http.MethodGet, "/readyz", "", "", nil); r.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("/readyz while draining: %d", r.StatusCode)
+	}
+}
