@@ -71,6 +71,14 @@
 // there fails with ELOOP instead of leading it to /etc/shadow or to another
 // service's socket. The gateway must still open the kernel's files with
 // O_NONBLOCK and upload regular files only: a FIFO would block a reader.
+// When the pool's directories lie below /tmp (or /var/tmp, /dev/shm),
+// bwrap makes their mount points in the kernel's own /tmp at every launch,
+// restarts included: the gateway makes the directories leading to them
+// first, root's and 0755, in a /tmp and /dev/shm that are root's and
+// sticky, so the kernel can neither move them aside nor leave a symlink
+// out of the sandbox in their place for a restart's bwrap to follow (it
+// once made directories on the host, owned by the kernel's uid). Pool
+// directories below the kernel's home are refused.
 //
 // Descriptors: bwrap passes on whatever it inherits, so Launch marks every
 // descriptor of the gateway above stderr close-on-exec first (inherited

@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -65,13 +66,19 @@ func newScratch(cfg *Config, tag string, uid int, req Request) (s *scratch, err 
 	for _, d := range []struct {
 		name string
 		mode os.FileMode
-	}{{subRun, 0o700}, {subWork, 0o700}, {subHome, 0o700}, {subTmp, 0o1777}, {subShm, 0o1777}} {
+	}{{subRun, 0o700}, {subWork, 0o700}, {subHome, 0o700}, {subTmp, 0o777 | os.ModeSticky}, {subShm, 0o777 | os.ModeSticky}} {
 		p := filepath.Join(s.dir, d.name)
 		if err := os.Mkdir(p, 0o700); err != nil {
 			return s, fmt.Errorf("kernel scratch: %w", err)
 		}
 		if err := os.Chmod(p, d.mode); err != nil {
 			return s, fmt.Errorf("kernel scratch: %w", err)
+		}
+		if d.mode&os.ModeSticky != 0 {
+			// /tmp and /dev/shm stay root's: in a sticky directory its
+			// owner may rename anything, and guardMountPoint's directories
+			// must stay where they are.
+			continue
 		}
 		if err := os.Lchown(p, uid, uid); err != nil {
 			return s, fmt.Errorf("kernel scratch: %w", err)
@@ -86,6 +93,11 @@ func newScratch(cfg *Config, tag string, uid int, req Request) (s *scratch, err 
 			if err := os.Lchown(p, uid, uid); err != nil {
 				return s, fmt.Errorf("kernel home: %w", err)
 			}
+		}
+	}
+	for _, dir := range []string{req.RuntimeDir, req.WorkDir} {
+		if err := s.guardMountPoint(cfg, dir); err != nil {
+			return s, err
 		}
 	}
 	for _, b := range []struct{ sub, host string }{{subRun, req.RuntimeDir}, {subWork, req.WorkDir}} {
@@ -103,6 +115,44 @@ func newScratch(cfg *Config, tag string, uid int, req Request) (s *scratch, err 
 		}
 	}
 	return s, nil
+}
+
+// guardMountPoint makes, root's and mode 0755, the directories leading to
+// dir inside the kernel's own /tmp or /dev/shm, when dir lies below one of
+// them: bwrap makes its mount points there at every launch, and a kernel
+// that could move those directories aside and leave a symlink out of the
+// sandbox in their place would have a restart's bwrap make directories on
+// the host. In the sticky /tmp and /dev/shm a kernel can neither rename nor
+// remove what is root's. Below the kernel's home (its own) pool
+// directories are refused.
+func (s *scratch) guardMountPoint(cfg *Config, dir string) error {
+	if strings.HasPrefix(dir+"/", cfg.Home+"/") {
+		return fmt.Errorf("launch kernel: %s lies in the kernel's home %s, which the kernel can change", dir, cfg.Home)
+	}
+	for _, area := range []struct{ root, sub string }{{"/tmp", subTmp}, {"/var/tmp", subTmp}, {"/dev/shm", subShm}} {
+		rel, below := strings.CutPrefix(dir, area.root+"/")
+		if !below {
+			continue
+		}
+		p := s.path(area.sub)
+		for _, part := range strings.Split(rel, "/") {
+			p = filepath.Join(p, part)
+			if err := os.Mkdir(p, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
+				return fmt.Errorf("kernel scratch: mount point %s: %w", p, err)
+			}
+			st, err := os.Lstat(p)
+			if err != nil {
+				return fmt.Errorf("kernel scratch: mount point %s: %w", p, err)
+			}
+			if sys, ok := st.Sys().(*syscall.Stat_t); !st.IsDir() || !ok || sys.Uid != 0 {
+				return fmt.Errorf("kernel scratch: mount point %s is not a directory of root's", p)
+			}
+			if err := os.Chmod(p, 0o755); err != nil {
+				return fmt.Errorf("kernel scratch: mount point %s: %w", p, err)
+			}
+		}
+	}
+	return nil
 }
 
 // path is a directory of the tmpfs.
