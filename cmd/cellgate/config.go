@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/cellgate/cellgate/cluster"
 	"github.com/cellgate/cellgate/gateway"
 	"github.com/cellgate/cellgate/kernelpool"
 	"github.com/cellgate/cellgate/sandbox"
@@ -72,6 +74,11 @@ type options struct {
 	maxStorageMB        int64
 	kernelTime          time.Duration
 	kernelWindow        time.Duration
+	advertiseURL        string
+	clusterSecret       string
+	instanceID          string
+	clusterHeartbeat    time.Duration
+	clusterExpiry       time.Duration
 }
 
 // setting is one row of the table that cellgate serve's flags, their
@@ -131,6 +138,7 @@ func settings(o *options) []setting {
 	gw := gateway.DefaultConfig()
 	kp := kernelpool.DefaultConfig()
 	sb := sandbox.DefaultConfig()
+	cl := cluster.DefaultConfig()
 	return []setting{
 		opt("config", &o.configFile, "", "file of `name = value` lines (flag names without `--`; `#` starts a comment); flags and `CELLGATE_*` variables win over it"),
 		opt("listen", &o.listen, "127.0.0.1:8888", "address to serve HTTP on"),
@@ -183,6 +191,13 @@ func settings(o *options) []setting {
 		opt("store-results", &o.storeResults, true, "keep what each execution showed (outputs, widget state) with its permalink, so a shared link opens with its result and no kernel; `false`: permalinks keep only code and interacts"),
 		opt("result-max-kb", &o.resultKB, gw.Storage.ResultBudget>>10, "inline size in KiB of one stored result (outputs and widget state); what goes over is left out, with a notice in the result"),
 		opt("max-message-mb", &o.maxMessageMB, kp.Kernel.MaxMessageBytes>>20, "largest message in MiB from a client (websocket frame, HTTP body; then an error or 413) or from a kernel (then dropped)"),
+		opt("advertise-url", &o.advertiseURL, cl.AdvertiseURL, "URL other instances reach this one at directly (not through the balancer), e.g. `http://10.0.0.5:8888/`; setting it joins the cluster of instances sharing `--mongo-uri` (README: Running several instances)").
+			documented("unset: one instance alone"),
+		opt("cluster-secret", &o.clusterSecret, "", fmt.Sprintf("secret shared by every instance of a cluster, which signs the requests they forward to each other (at least %d bytes; required with `--advertise-url`; prefer the environment variable)", cluster.MinSecretBytes)),
+		opt("instance-id", &o.instanceID, cl.InstanceID, "this instance's name in the cluster (letters, digits, `.`, `_`, `-`); a fixed one lets a restarted instance take over its crashed predecessor's records at once").
+			documented("host name and a random suffix"),
+		opt("cluster-heartbeat", &o.clusterHeartbeat, cl.Heartbeat, "how often an instance renews its record in the cluster registry and reads the others'"),
+		opt("cluster-expiry", &o.clusterExpiry, cl.Expiry, "an instance silent this long is dead to the others, and its sessions end for their clients (at least two heartbeats)"),
 		opt("log-level", &o.logLevel, "info", "log level: `debug`, `info`, `warn` or `error`"),
 		opt("log-format", &o.logFormat, "console", "log format: `console` (for people) or `json` (for log collectors)"),
 		opt("drain-timeout", &o.drainTimeout, 20*time.Second, "on SIGTERM: refuse new sessions, end the live ones, write queued permalinks; the whole shutdown takes at most this long (a second SIGTERM or ^C exits at once)"),
@@ -334,6 +349,23 @@ func (o options) validate() error {
 	}
 	if _, err := kernelpool.ParseQueueMode(o.leaseQueue); err != nil {
 		return fmt.Errorf("--lease-queue: %w", err)
+	}
+	return o.validateCluster()
+}
+
+// validateCluster checks the cluster's settings when --advertise-url joins one.
+func (o options) validateCluster() error {
+	if o.advertiseURL == "" {
+		if o.clusterSecret != "" || o.instanceID != "" {
+			return errors.New("--cluster-secret and --instance-id need --advertise-url (which joins a cluster)")
+		}
+		return nil
+	}
+	if len(o.clusterSecret) < cluster.MinSecretBytes {
+		return fmt.Errorf("--advertise-url needs --cluster-secret (or %s) of at least %d bytes, the same on every instance", envName("cluster-secret"), cluster.MinSecretBytes)
+	}
+	if o.clusterHeartbeat <= 0 || o.clusterExpiry < 2*o.clusterHeartbeat {
+		return fmt.Errorf("--cluster-expiry %v must be at least two --cluster-heartbeat (%v)", o.clusterExpiry, o.clusterHeartbeat)
 	}
 	return nil
 }

@@ -197,7 +197,26 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 	if launcher.Name() == "none" {
 		cfg.SandboxWarning = "kernels run unsandboxed (--sandbox=none): development only"
 	}
-	gw := gateway.New(cfg, pool)
+	var gw *gateway.Server
+	var node *clusterNode
+	if o.advertiseURL != "" {
+		// The others declared this instance dead while it lived (they told its clients that its
+		// sessions ended): end them here too. Only after Start, when gw exists.
+		onLost := func(ctx context.Context) { gw.EndSessions(ctx, gateway.EndLost) }
+		if node, err = openCluster(ctx, o, stack.store, log, onLost); err != nil {
+			return fmt.Errorf("cluster: %w", err)
+		}
+		defer func() {
+			// After the drain (a second Close does nothing); before storage closes.
+			closeCtx, cancel := shutdownCtx()
+			defer cancel()
+			if err := node.close(closeCtx); err != nil {
+				log.Error().Err(err).Msg("leaving the cluster")
+			}
+		}()
+		cfg.Cluster = node
+	}
+	gw = gateway.New(cfg, pool)
 
 	ln, err := net.Listen("tcp", o.listen)
 	if err != nil {
@@ -218,6 +237,19 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 
 	served := make(chan error, 1)
 	go func() { served <- httpServer.Serve(ln) }()
+	if node != nil {
+		// Registered once it serves its advertise URL; Start may wait out the record of another
+		// process with this id.
+		if err := node.reg.Start(ctx); err != nil {
+			_ = httpServer.Close()
+			return fmt.Errorf("cluster: %w", err)
+		}
+		loadCtx, stopLoad := context.WithCancel(context.Background())
+		loadDone := make(chan struct{})
+		go func() { defer close(loadDone); gw.PublishLoad(loadCtx, loadEvery) }()
+		defer func() { stopLoad(); <-loadDone }()
+		log.Info().Str("instance", node.reg.ID()).Str("advertise_url", o.advertiseURL).Msg("joined the cluster")
+	}
 	select {
 	case err := <-served:
 		return fmt.Errorf("http server: %w", err)
@@ -226,6 +258,13 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 	log.Info().Dur("deadline", o.drainTimeout).Msg("shutting down: draining sessions")
 	drainCtx, cancel := shutdownCtx()
 	defer cancel()
+	if node != nil {
+		// The others stop placing sessions here at once; forwarded requests for the sessions
+		// still here keep coming until they end.
+		if err := node.reg.SetDraining(drainCtx, true); err != nil {
+			log.Warn().Err(err).Msg("cluster: mark draining")
+		}
+	}
 	if err := gw.Drain(drainCtx); err != nil {
 		log.Error().Err(err).Msg("drain")
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/cellgate/cellgate/cluster"
 	"github.com/cellgate/cellgate/gateway"
 	"github.com/cellgate/cellgate/storage"
 )
@@ -56,7 +57,13 @@ func openStorage(ctx context.Context, o options, log zerolog.Logger, onDropped f
 	var err error
 	files := storage.DefaultFileLimits()
 	files.MaxTotalBytes = o.maxStorageMB << 20
-	st.store, err = storage.Open(ctx, storage.Config{URI: uri, Database: o.database, Logger: log, ConnectRetry: o.dbConnectRetry, Embedded: st.embedded, Files: files})
+	cfg := storage.Config{URI: uri, Database: o.database, Logger: log, ConnectRetry: o.dbConnectRetry, Embedded: st.embedded, Files: files}
+	if o.advertiseURL != "" {
+		// The cluster registry's collections, created (and on the embedded database indexed for
+		// lookups by _id) with storage's own.
+		cfg.Collections = cluster.Collections()
+	}
+	st.store, err = storage.Open(ctx, cfg)
 	if err != nil {
 		st.close(context.Background())
 		return nil, err

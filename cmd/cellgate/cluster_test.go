@@ -1,0 +1,662 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"github.com/rs/zerolog"
+
+	"github.com/cellgate/cellgate/storage"
+)
+
+// The cluster test: three cellgate processes (this test binary as cellgate serve) sharing one
+// database over TCP, Debian's haproxy in front of them with deploy/haproxy.cfg's settings (round
+// robin, no stickiness), and clients that only know haproxy's address.
+
+const (
+	testClusterSecret = "a cluster secret for tests only"
+	testClusterToken  = "cluster-test-token"
+)
+
+// instance is one cellgate process of the test's cluster.
+type instance struct {
+	id, addr string
+	cmd      *exec.Cmd
+	logs     *logLines
+	exited   chan error
+}
+
+func (in *instance) base() string { return "http://" + in.addr }
+
+// startInstance runs cellgate serve as instance id of a cluster on the database at uri. Its
+// kernels are in its process group, which the test kills at the end whatever happened.
+func startInstance(t *testing.T, id, uri string) *instance {
+	t.Helper()
+	runtimeDir, err := os.MkdirTemp("/tmp", "cgcl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(runtimeDir) })
+	in := &instance{id: id, addr: freeAddr(t), logs: &logLines{}, exited: make(chan error, 1)}
+	args := []string{"serve", "--listen", in.addr, "--advertise-url", "http://" + in.addr + "/", "--instance-id", id,
+		"--mongo-uri", uri, "--data-dir", filepath.Join(t.TempDir(), "data"), "--runtime-dir", runtimeDir,
+		"--sandbox", "none", "--pool", "python3=1", "--max-kernels", "8", "--max-kernels-per-address", "16",
+		"--trust-proxy", "--poll-wait", "2s", "--lease-timeout", "60s", "--token", testClusterToken, "--drain-timeout", "15s", "--log-format", "json",
+		"--cluster-heartbeat", "200ms", "--cluster-expiry", "2s"}
+	in.cmd = exec.Command(os.Args[0], "-test.run=^$")
+	in.cmd.Env = append(os.Environ(), "CELLGATE_TEST_AS_MAIN=1", "CELLGATE_TEST_ARGS="+strings.Join(args, " "),
+		"CELLGATE_CLUSTER_SECRET="+testClusterSecret)
+	in.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stderr, err := in.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := in.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	logsDone := make(chan struct{})
+	go func() { in.logs.read(stderr); close(logsDone) }()
+	go func() { <-logsDone; in.exited <- in.cmd.Wait() }()
+	pgid := in.cmd.Process.Pid
+	t.Cleanup(func() {
+		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		if t.Failed() {
+			in.logs.mu.Lock()
+			t.Logf("%s log:\n%s", id, strings.Join(in.logs.raw, "\n"))
+			in.logs.mu.Unlock()
+		}
+	})
+	return in
+}
+
+// startHAProxy runs haproxy with deploy/haproxy.cfg pointed at the instances, with quick checks.
+func startHAProxy(t *testing.T, instances []*instance) string {
+	t.Helper()
+	bin, err := exec.LookPath("haproxy")
+	if err != nil {
+		t.Skip("haproxy not installed (make deps installs it)")
+	}
+	shipped, err := os.ReadFile("../../deploy/haproxy.cfg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	front := freeAddr(t)
+	var out []string
+	n := 0
+	serverRE := regexp.MustCompile(`^(\s*server\s+\S+\s+)\S+(.*)$`)
+	for _, line := range strings.Split(string(shipped), "\n") {
+		f := strings.Fields(line)
+		switch {
+		case len(f) == 0:
+		case f[0] == "chroot" || f[0] == "user" || f[0] == "group" || f[0] == "daemon":
+			continue
+		case f[0] == "log" && f[1] != "global":
+			line = "    log stderr format raw local0"
+		case f[0] == "maxconn":
+			line = "    maxconn 500"
+		case f[0] == "bind":
+			line = "    bind " + front
+		case f[0] == "server":
+			line = serverRE.ReplaceAllString(line, "${1}"+instances[n%len(instances)].addr+"${2}")
+			n++
+		case f[0] == "default-server":
+			line = strings.NewReplacer("inter 2s", "inter 200ms", "fastinter 500ms", "fastinter 100ms", "downinter 2s", "downinter 200ms").Replace(line)
+		}
+		out = append(out, line)
+	}
+	cfg := filepath.Join(t.TempDir(), "haproxy.cfg")
+	if err := os.WriteFile(cfg, []byte(strings.Join(out, "\n")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, bin, "-db", "-f", cfg)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return front
+}
+
+// clusterClient speaks to the cluster through haproxy only.
+type clusterClient struct {
+	t     *testing.T
+	front string
+	http  *http.Client
+}
+
+// answer is an HTTP answer: its status, body, and the instances that handled it (the one the
+// balancer picked first; the owner last when it was forwarded).
+type answer struct {
+	status int
+	body   []byte
+	via    []string
+	header http.Header
+}
+
+func (a answer) picked() string {
+	if len(a.via) == 0 {
+		return ""
+	}
+	return a.via[0]
+}
+
+func (a answer) served() string {
+	if len(a.via) == 0 {
+		return ""
+	}
+	return a.via[len(a.via)-1]
+}
+
+func (c *clusterClient) do(method, path string, body io.Reader, contentType string) answer {
+	c.t.Helper()
+	req, err := http.NewRequest(method, "http://"+c.front+path, body)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		c.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	return answer{status: resp.StatusCode, body: data, via: resp.Header.Values("Cellgate-Instance"), header: resp.Header}
+}
+
+func (c *clusterClient) form(path string, v url.Values) answer {
+	return c.do(http.MethodPost, path, strings.NewReader(v.Encode()), "application/x-www-form-urlencoded")
+}
+
+func decode[T any](t *testing.T, a answer) T {
+	t.Helper()
+	var v T
+	if err := json.Unmarshal(a.body, &v); err != nil {
+		t.Fatalf("answer %d %q: %v", a.status, a.body, err)
+	}
+	return v
+}
+
+// newKernel starts a Sage-cell session through the balancer; the answer names its owner.
+func (c *clusterClient) newKernel() (id, owner string) {
+	c.t.Helper()
+	a := c.form("/kernel", url.Values{"timeout": {"120"}, "language": {"python"}})
+	if a.status != http.StatusOK {
+		c.t.Fatalf("POST /kernel: %d %s", a.status, a.body)
+	}
+	k := decode[struct{ ID string }](c.t, a)
+	return k.ID, a.served()
+}
+
+func (c *clusterClient) dial(id string) *websocket.Conn {
+	c.t.Helper()
+	ws, resp, err := websocket.DefaultDialer.Dial("ws://"+c.front+"/kernel/"+id+"/channels", nil)
+	if err != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		c.t.Fatalf("websocket for %s: %v (%d)", id, err, status)
+	}
+	return ws
+}
+
+// execute runs code on a Sage-cell websocket and returns its stdout and the files announced
+// (before its reply).
+func execute(t *testing.T, ws *websocket.Conn, msgID, code string) (stdout string, files []string) {
+	t.Helper()
+	req := map[string]any{"channel": "shell", "header": map[string]any{"msg_type": "execute_request", "msg_id": msgID},
+		"parent_header": map[string]any{}, "metadata": map[string]any{},
+		"content": map[string]any{"code": code, "silent": false, "user_expressions": map[string]string{"_sagecell_files": "sys._sage_.new_files()"}}}
+	if err := ws.WriteJSON(req); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	replied, idle := false, false
+	readUntil(t, ws, func(f map[string]any) bool {
+		header, _ := f["header"].(map[string]any)
+		parent, _ := f["parent_header"].(map[string]any)
+		if parent["msg_id"] != msgID {
+			return false
+		}
+		content, _ := f["content"].(map[string]any)
+		switch header["msg_type"] {
+		case "stream":
+			text, _ := content["text"].(string)
+			out.WriteString(text)
+		case "cellgate.files":
+			list, _ := content["files"].([]any)
+			for _, l := range list {
+				if m, ok := l.(map[string]any); ok {
+					u, _ := m["url"].(string)
+					files = append(files, u)
+				}
+			}
+		}
+		// The reply (shell) and the kernel's idle (iopub, after its output) may come in
+		// either order.
+		replied = replied || header["msg_type"] == "execute_reply"
+		idle = idle || state(f) == "idle"
+		return replied && idle
+	})
+	return out.String(), files
+}
+
+// TestClusterBehindHAProxy runs three instances behind haproxy (round robin, no stickiness) and
+// drives them as clients would: the Sage-cell websocket and long-polling (each request on
+// another instance than the one before), /service, permalinks and files written on one instance
+// and read through the others; then one instance is drained with SIGTERM mid-session and
+// another killed with SIGKILL, and their clients are told their sessions ended.
+func TestClusterBehindHAProxy(t *testing.T) {
+	freeAddr(t) // skips under -short
+	db, err := storage.StartEmbedded(context.Background(), storage.EmbeddedConfig{
+		Dir: t.TempDir(), Addr: "127.0.0.1:0", Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = db.Close() })
+	if !strings.Contains(db.URI(), "127.0.0.1") {
+		t.Fatalf("embedded database at %s, want TCP on 127.0.0.1", db.URI())
+	}
+	var instances []*instance
+	for i := 1; i <= 3; i++ {
+		instances = append(instances, startInstance(t, fmt.Sprintf("cg%d", i), db.URI()))
+	}
+	byID := map[string]*instance{}
+	for _, in := range instances {
+		byID[in.id] = in
+		waitReady(t, in.base())
+	}
+	front := startHAProxy(t, instances)
+	c := &clusterClient{t: t, front: front, http: &http.Client{Timeout: 60 * time.Second,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return nil }}}
+	// Every instance is in the balancer's ready backend.
+	eventually(t, 30*time.Second, "haproxy to send requests to all three instances", func() bool {
+		seen := map[string]bool{}
+		for range 6 {
+			resp, err := c.http.Get("http://" + front + "/readyz")
+			if err != nil {
+				return false // haproxy starting
+			}
+			resp.Body.Close()
+			seen[resp.Header.Get("Cellgate-Instance")] = resp.StatusCode == http.StatusOK
+		}
+		return seen["cg1"] && seen["cg2"] && seen["cg3"]
+	})
+
+	t.Run("websocket", func(t *testing.T) {
+		id, owner := c.newKernel()
+		// Three connections in turn: round robin lands at least two on other instances than the
+		// owner, which forward them.
+		for i := range 3 {
+			ws := c.dial(id)
+			got, _ := execute(t, ws, fmt.Sprintf("ws%d", i), fmt.Sprintf("print(%d*7)", i+6))
+			ws.Close()
+			if want := fmt.Sprintf("%d\n", (i+6)*7); got != want {
+				t.Errorf("connection %d to %s (owned by %s): stdout %q, want %q", i, id, owner, got, want)
+			}
+		}
+		c.do(http.MethodDelete, "/kernel/"+id, nil, "")
+	})
+
+	t.Run("long-polling", func(t *testing.T) {
+		id, owner := c.newKernel()
+		var via []string
+		req := `{"channel":"shell","header":{"msg_type":"execute_request","msg_id":"p1"},"parent_header":{},"metadata":{},"content":{"code":"print('polled')","silent":false}}`
+		a := c.do(http.MethodPost, "/kernel/"+id+"/poll?client=pc", strings.NewReader(req), "application/json")
+		if a.status != http.StatusAccepted {
+			t.Fatalf("poll POST: %d %s", a.status, a.body)
+		}
+		via = append(via, a.picked())
+		since, stdout := uint64(0), ""
+		for i := 0; i < 50 && !strings.Contains(stdout, "polled"); i++ {
+			a := c.do(http.MethodGet, fmt.Sprintf("/kernel/%s/poll?client=pc&since=%d&wait=2", id, since), nil, "")
+			if a.status != http.StatusOK {
+				t.Fatalf("poll GET: %d %s", a.status, a.body)
+			}
+			if a.served() != owner {
+				t.Errorf("poll GET served by %s, want the owner %s", a.served(), owner)
+			}
+			via = append(via, a.picked())
+			p := decode[struct {
+				Messages []map[string]any
+				Next     uint64
+			}](t, a)
+			for _, m := range p.Messages {
+				if h, _ := m["header"].(map[string]any); h["msg_type"] == "stream" {
+					text, _ := m["content"].(map[string]any)["text"].(string)
+					stdout += text
+				}
+			}
+			since = p.Next
+		}
+		if stdout != "polled\n" {
+			t.Errorf("stdout by long-polling %q", stdout)
+		}
+		for i := 1; i < len(via); i++ {
+			if via[i] == via[i-1] {
+				t.Errorf("requests %d and %d both went to %s (round robin sends each to the next): %v", i-1, i, via[i], via)
+			}
+		}
+		c.do(http.MethodDelete, "/kernel/"+id, nil, "")
+	})
+
+	t.Run("service", func(t *testing.T) {
+		seen := map[string]bool{}
+		for i := range 3 {
+			a := c.form("/service", url.Values{"code": {fmt.Sprintf("print(%d+1)", i)}, "language": {"python"}})
+			res := decode[struct {
+				Success bool
+				Stdout  string
+			}](t, a)
+			if a.status != http.StatusOK || !res.Success || res.Stdout != fmt.Sprintf("%d\n", i+1) {
+				t.Errorf("/service %d: %d %s", i, a.status, a.body)
+			}
+			seen[a.picked()] = true
+		}
+		if len(seen) != 3 {
+			t.Errorf("/service requests reached %v, want all three instances", seen)
+		}
+	})
+
+	t.Run("permalinks", func(t *testing.T) {
+		a := c.form("/permalink", url.Values{"code": {"print('shared')"}, "language": {"python"}})
+		if a.status != http.StatusOK {
+			t.Fatalf("POST /permalink: %d %s", a.status, a.body)
+		}
+		q := decode[struct{ Query string }](t, a).Query
+		readers := map[string]bool{}
+		eventually(t, 30*time.Second, "the permalink readable from every instance", func() bool {
+			a := c.do(http.MethodGet, "/permalink?q="+q, nil, "")
+			if a.status == http.StatusOK {
+				var cell []any
+				if json.Unmarshal(a.body, &cell) != nil || len(cell) != 3 || cell[0] != "print('shared')" {
+					t.Fatalf("permalink %s from %s: %s", q, a.picked(), a.body)
+				}
+				readers[a.picked()] = true
+			}
+			return len(readers) == 3
+		})
+	})
+
+	t.Run("files", func(t *testing.T) {
+		id, _ := c.newKernel()
+		ws := c.dial(id)
+		defer ws.Close()
+		_, files := execute(t, ws, "f1", "open('note.txt', 'w').write('written on one instance')")
+		if len(files) != 1 {
+			t.Fatalf("files announced: %v", files)
+		}
+		u, err := url.Parse(files[0])
+		if err != nil || u.Host != front {
+			t.Fatalf("file link %q: not through the balancer (%s)", files[0], front)
+		}
+		for _, path := range []string{u.RequestURI(), "/kernel/" + id + "/files/note.txt"} {
+			seen := map[string]bool{}
+			for range 3 {
+				a := c.do(http.MethodGet, path, nil, "")
+				if a.status != http.StatusOK || string(a.body) != "written on one instance" {
+					t.Errorf("GET %s via %v: %d %q", path, a.via, a.status, a.body)
+				}
+				seen[a.picked()] = true
+			}
+			if len(seen) != 3 {
+				t.Errorf("GET %s reached %v, want all three instances", path, seen)
+			}
+		}
+	})
+
+	// The hop: execute round trips on a websocket to the owner and on one to another instance,
+	// which forwards it (figures, not assertions).
+	t.Run("hop", func(t *testing.T) {
+		id, owner := c.newKernel()
+		defer c.do(http.MethodDelete, "/kernel/"+id, nil, "")
+		var other *instance
+		for _, in := range instances {
+			if in.id != owner {
+				other = in
+				break
+			}
+		}
+		dial := func(in *instance) *websocket.Conn {
+			ws, _, err := websocket.DefaultDialer.Dial("ws://"+in.addr+"/kernel/"+id+"/channels", nil)
+			if err != nil {
+				t.Fatalf("websocket to %s: %v", in.id, err)
+			}
+			return ws
+		}
+		direct, forwarded := dial(byID[owner]), dial(other)
+		defer direct.Close()
+		defer forwarded.Close()
+		const rounds = 40
+		times := map[string][]time.Duration{}
+		for i := range 2 * rounds {
+			ws, name := direct, "owner"
+			if i%2 == 1 {
+				ws, name = forwarded, "forwarded"
+			}
+			began := time.Now()
+			if got, _ := execute(t, ws, fmt.Sprintf("h%d", i), "print(1)"); got != "1\n" {
+				t.Fatalf("%s: stdout %q", name, got)
+			}
+			times[name] = append(times[name], time.Since(began))
+		}
+		for _, name := range []string{"owner", "forwarded"} {
+			d := times[name]
+			slices.Sort(d)
+			t.Logf("figure: execute round trip via %s: p50 %v, p99 %v (%d rounds)", name, d[len(d)/2].Round(10*time.Microsecond), d[len(d)*99/100].Round(10*time.Microsecond), len(d))
+		}
+	})
+
+	// @jupyterlab/services (as JupyterLab and Thebe use it) through the balancer: kernels and
+	// notebooks started on one instance and driven through all three.
+	t.Run("jupyterlab", func(t *testing.T) {
+		dir := filepath.Join("..", "..", "gateway", "testdata", "jupyterlab")
+		if _, err := os.Stat(filepath.Join(dir, "node_modules", "@jupyterlab", "services", "package.json")); err != nil {
+			t.Skipf("%s/node_modules is missing: run make deps", dir)
+		}
+		node, err := exec.LookPath("node")
+		if err != nil {
+			t.Skip("node not installed")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, node, "compat.js")
+		cmd.Dir = dir
+		cmd.Env = append(os.Environ(), "CELLGATE_URL=http://"+front+"/", "CELLGATE_TOKEN="+testClusterToken)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		out, err := cmd.CombinedOutput()
+		var failures []string
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(line, "not ok") {
+				failures = append(failures, line)
+			}
+		}
+		if err != nil || len(failures) > 0 {
+			t.Errorf("@jupyterlab/services through haproxy: %v\n%s", err, out)
+		} else {
+			t.Logf("@jupyterlab/services: %s", strings.TrimSpace(string(out[strings.LastIndex(string(out[:len(out)-1]), "\n")+1:])))
+		}
+	})
+
+	// Drain: SIGTERM to the owner of a session with a websocket client and a long-poll client.
+	t.Run("drain", func(t *testing.T) {
+		id, owner := c.newKernel()
+		in := byID[owner]
+		ws := c.dial(id)
+		defer ws.Close()
+		if got, _ := execute(t, ws, "d1", "print('before')"); got != "before\n" {
+			t.Fatalf("stdout %q", got)
+		}
+		termed := time.Now()
+		if err := in.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		// Its /readyz (asked directly) turns 503 while it drains, so the balancer sends new
+		// sessions elsewhere; it may also be gone already.
+		unready := ""
+		for unready == "" {
+			resp, err := http.Get(in.base() + "/readyz")
+			switch {
+			case err != nil:
+				unready = "gone"
+			case resp.StatusCode == http.StatusServiceUnavailable:
+				unready = "503"
+			case time.Since(termed) > 30*time.Second:
+				t.Fatalf("%s still ready 30 s after SIGTERM", owner)
+			}
+			if resp != nil {
+				resp.Body.Close()
+			}
+		}
+		t.Logf("figure: %s's /readyz %s %v after SIGTERM", owner, unready, time.Since(termed).Round(time.Millisecond))
+		dead := readUntil(t, ws, func(f map[string]any) bool { return state(f) == "dead" })
+		if reason, _ := dead["content"].(map[string]any)["reason"].(string); !strings.Contains(reason, "shutting down") {
+			t.Errorf("websocket client told %q, want the server shutting down", reason)
+		}
+		eventually(t, 30*time.Second, "the session answered as ended by the others", func() bool {
+			a := c.do(http.MethodGet, "/kernel/"+id+"/poll?client=dc&wait=0", nil, "")
+			if a.status != http.StatusOK {
+				return false // the instance leaving may refuse before it is out of the balancer
+			}
+			p := decode[struct {
+				Ended  bool
+				Reason string
+			}](t, a)
+			return p.Ended && strings.Contains(p.Reason, "shutting down")
+		})
+		select {
+		case err := <-in.exited:
+			if err != nil {
+				t.Errorf("%s exited with %v after SIGTERM", owner, err)
+			}
+		case <-time.After(60 * time.Second):
+			t.Fatalf("%s did not exit after SIGTERM", owner)
+		}
+		if in.logs.find("cluster: instance left the cluster") == nil {
+			t.Errorf("%s did not leave the cluster", owner)
+		}
+		// The others go on.
+		a := c.form("/service", url.Values{"code": {"print('still here')"}, "language": {"python"}})
+		if res := decode[struct{ Stdout string }](t, a); res.Stdout != "still here\n" {
+			t.Errorf("/service after the drain: %d %s", a.status, a.body)
+		}
+	})
+
+	// Hard stop: SIGKILL to the owner of a session; its clients are told within the expiry.
+	t.Run("kill", func(t *testing.T) {
+		id, owner := c.newKernel()
+		in := byID[owner]
+		ws := c.dial(id)
+		defer ws.Close()
+		if got, _ := execute(t, ws, "k1", "print('before')"); got != "before\n" {
+			t.Fatalf("stdout %q", got)
+		}
+		killed := time.Now()
+		if err := syscall.Kill(-in.cmd.Process.Pid, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		var reason string
+		eventually(t, 60*time.Second, "the killed instance's session answered as ended", func() bool {
+			a := c.do(http.MethodGet, "/kernel/"+id+"/poll?client=kc&wait=0", nil, "")
+			if a.status != http.StatusOK {
+				return false // 503 while its owner is unreachable yet not known dead
+			}
+			p := decode[struct {
+				Ended  bool
+				Reason string
+			}](t, a)
+			reason = p.Reason
+			return p.Ended
+		})
+		t.Logf("figure: clients of %s told its session ended %v after SIGKILL (expiry 2 s)", owner, time.Since(killed).Round(time.Millisecond))
+		if !strings.Contains(reason, owner) {
+			t.Errorf("clients told %q, want the stopped server named (%s)", reason, owner)
+		}
+		// A websocket client reconnecting is told the same on iopub.
+		eventually(t, 30*time.Second, "a websocket to the session told it is dead", func() bool {
+			ws, _, err := websocket.DefaultDialer.Dial("ws://"+front+"/kernel/"+id+"/channels", nil)
+			if err != nil {
+				return false
+			}
+			defer ws.Close()
+			dead := readUntil(t, ws, func(f map[string]any) bool { return state(f) == "dead" })
+			r, _ := dead["content"].(map[string]any)["reason"].(string)
+			return strings.Contains(r, owner)
+		})
+		a := c.form("/service", url.Values{"code": {"print('still here')"}, "language": {"python"}})
+		if res := decode[struct{ Stdout string }](t, a); res.Stdout != "still here\n" {
+			t.Errorf("/service after the kill: %d %s", a.status, a.body)
+		}
+	})
+}
+
+// eventually polls cond until it holds or the (generous) timeout passes.
+func eventually(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestClusterOptions: --advertise-url needs a long enough --cluster-secret (also from the
+// environment), and deploy/cellgate.env is settings cellgate serve accepts.
+func TestClusterOptions(t *testing.T) {
+	env := func(vars map[string]string) func(string) string { return func(k string) string { return vars[k] } }
+	cases := []struct {
+		args []string
+		vars map[string]string
+		want string // "" for no error
+	}{
+		{[]string{"--advertise-url", "http://10.0.0.1:8888/"}, nil, "--cluster-secret"},
+		{[]string{"--advertise-url", "http://10.0.0.1:8888/", "--cluster-secret", "short"}, nil, "at least 16 bytes"},
+		{[]string{"--advertise-url", "http://10.0.0.1:8888/"}, map[string]string{"CELLGATE_CLUSTER_SECRET": testClusterSecret}, ""},
+		{[]string{"--cluster-secret", testClusterSecret}, nil, "need --advertise-url"},
+		{[]string{"--advertise-url", "http://10.0.0.1:8888/", "--cluster-secret", testClusterSecret, "--cluster-expiry", "1s"}, nil, "two --cluster-heartbeat"},
+	}
+	for _, tc := range cases {
+		_, err := parseOptions(tc.args, env(tc.vars))
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("%v %v: error %v, want %q", tc.args, tc.vars, err, tc.want)
+		}
+	}
+	data, err := os.ReadFile("../../deploy/cellgate.env")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vars := map[string]string{}
+	for _, line := range strings.Split(string(data), "\n") {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+			k, v, _ := strings.Cut(line, "=")
+			vars[k] = v
+		}
+	}
+	o, err := parseOptions(nil, env(vars))
+	if err != nil {
+		t.Fatalf("deploy/cellgate.env: %v", err)
+	}
+	if o.advertiseURL == "" || o.clusterSecret == "" || !o.trustProxy {
+		t.Errorf("deploy/cellgate.env read as %+v", o)
+	}
+}
