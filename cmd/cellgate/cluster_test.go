@@ -496,6 +496,64 @@ func TestClusterBehindHAProxy(t *testing.T) {
 		}
 	})
 
+	// A pause longer than the expiry (SIGSTOP, as a long GC pause or a partition would): the
+	// others declare the instance dead and answer its session as ended; once it runs again it
+	// finds out, ends that session itself (OnLost), registers anew and serves new sessions.
+	t.Run("lost", func(t *testing.T) {
+		id, owner := c.newKernel()
+		in := byID[owner]
+		if err := in.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+			t.Fatal(err)
+		}
+		stopped := true
+		defer func() {
+			if stopped {
+				_ = in.cmd.Process.Signal(syscall.SIGCONT)
+			}
+		}()
+		// A request that reaches the paused process (from haproxy, or forwarded before the others
+		// know) waits for it: ask with a short timeout, again and again.
+		quick := &http.Client{Timeout: 2 * time.Second}
+		eventually(t, 60*time.Second, "the paused instance's session answered as ended", func() bool {
+			resp, err := quick.Get("http://" + front + "/kernel/" + id + "/poll?client=lc&wait=0")
+			if err != nil {
+				return false
+			}
+			defer resp.Body.Close()
+			var p struct{ Ended bool }
+			return resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&p) == nil && p.Ended
+		})
+		if err := in.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+		stopped = false
+		eventually(t, 60*time.Second, owner+" to end its lost session and register anew", func() bool {
+			return in.logs.find("cluster: this instance was declared dead by the others (missed heartbeats); ending its sessions and registering anew") != nil &&
+				len(in.logs.all("cluster: instance registered")) >= 2
+		})
+		resp, err := http.Get(in.base() + "/kernel/" + id + "/poll?client=lc&wait=0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var p struct {
+			Ended  bool
+			Reason string
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&p)
+		resp.Body.Close()
+		if !p.Ended {
+			t.Errorf("%s still serves the session the others ended: %+v", owner, p)
+		}
+		eventually(t, 60*time.Second, owner+" to serve new sessions again", func() bool {
+			for range 3 {
+				if _, o := c.newKernel(); o == owner {
+					return true
+				}
+			}
+			return false
+		})
+	})
+
 	// Drain: SIGTERM to the owner of a session with a websocket client and a long-poll client.
 	t.Run("drain", func(t *testing.T) {
 		id, owner := c.newKernel()
@@ -606,6 +664,19 @@ func TestClusterBehindHAProxy(t *testing.T) {
 			t.Errorf("/service after the kill: %d %s", a.status, a.body)
 		}
 	})
+}
+
+// all is every log line with message msg.
+func (l *logLines) all(msg string) []map[string]any {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []map[string]any
+	for _, m := range l.lines {
+		if m["message"] == msg {
+			out = append(out, m)
+		}
+	}
+	return out
 }
 
 // eventually polls cond until it holds or the (generous) timeout passes.
