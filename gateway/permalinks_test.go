@@ -181,7 +181,8 @@ func TestServiceReturnsItsPermalink(t *testing.T) {
 	if !res.Success || res.Permalink == "" {
 		t.Fatalf("result %+v", res)
 	}
-	var cell map[string]string
+	// With its stored result, once written: an object beside the strings.
+	var cell map[string]any
 	if r := env.do(http.MethodGet, "/permalink/"+res.Permalink, "", "", &cell); r.StatusCode != http.StatusOK || cell["code"] != "print('via service')" {
 		t.Errorf("GET /permalink/%s: %d %v", res.Permalink, r.StatusCode, cell)
 	}
