@@ -160,7 +160,7 @@ func (s *Server) startSession(ctx context.Context, choice kernelChoice, api sess
 	}
 	if err := s.sessions.add(sess); err != nil {
 		sess.Discard()
-		s.release(sess)
+		s.releaseID(sess.ID(), err.Error())
 		return nil, err
 	}
 	s.metrics.sessions.WithLabelValues(string(api)).Inc()
@@ -261,6 +261,3 @@ func (s *Server) Drain(ctx context.Context) error {
 	}
 	return nil
 }
-
-// Draining tells whether Drain has begun.
-func (s *Server) Draining() bool { return s.sessions.isDraining() }
