@@ -56,6 +56,7 @@ type options struct {
 	kernelProcs         int
 	kernelLifespan      time.Duration
 	fork                string
+	forkMax             int
 	maxMessageMB        int64
 	perAddress          int
 	perClient           int
@@ -161,7 +162,8 @@ func settings(o *options) []setting {
 		opt("kernel-disk-mb", &o.kernelDisk, sb.Disk>>20, "sandbox: size of a kernel's writable space, in MiB (a tmpfs: it is RAM)"),
 		opt("kernel-processes", &o.kernelProcs, sb.Processes, "sandbox: processes and threads per kernel"),
 		opt("kernel-lifespan", &o.kernelLifespan, sb.Lifespan, "sandbox: wall-clock life of a kernel process, a backstop behind the session limits"),
-		opt("fork", &o.fork, onOff(sb.Fork), "sandbox: `on` makes Python (ipykernel) and SageMath kernels by forking a template that has imported the kernel machinery (and `sage.all`) once: a fraction of a cold start's time and memory, same isolation; a template is replaced after 500 kernels or when what it imported changes on disk. `off` starts every kernel cold. Other kernels always start cold"),
+		opt("fork", &o.fork, onOff(sb.Fork), "sandbox: `on` makes Python (ipykernel) and SageMath kernels by forking a template that has imported the kernel machinery (and `sage.all`) once: a fraction of a cold start's time and memory, same isolation; a template is replaced after `--fork-max` kernels or when what it imported changes on disk. `off` starts every kernel cold. Other kernels always start cold"),
+		opt("fork-max", &o.forkMax, sb.ForkMax, "sandbox: kernels one fork-server template makes before a fresh one replaces it (the old one ends with its last kernel)"),
 		opt("token", &o.token, gw.Token, "token required by the Jupyter Server API (`/api`); unset: no auth, and callers only see kernels their address started"),
 		opt("allow-origin", &o.allowOrigin, strings.Join(gw.AllowOrigins, ","), "comma-separated origins allowed to embed cells (CORS and websocket origin check), or `*`"),
 		opt("trust-proxy", &o.trustProxy, gw.TrustProxy, "take client addresses from `X-Forwarded-For` (behind a reverse proxy; the per-address cap counts them)"),
@@ -418,7 +420,7 @@ func (o options) sandboxConfig() sandbox.Config {
 	cfg := sandbox.DefaultConfig()
 	cfg.CPUTime, cfg.Memory, cfg.Disk = o.kernelCPU, o.kernelMemory<<20, o.kernelDisk<<20
 	cfg.Processes, cfg.Lifespan = o.kernelProcs, o.kernelLifespan
-	cfg.Fork = o.fork == "on"
+	cfg.Fork, cfg.ForkMax = o.fork == "on", o.forkMax
 	return cfg
 }
 

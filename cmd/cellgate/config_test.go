@@ -247,3 +247,14 @@ func TestREADMEOptions(t *testing.T) {
 		"Change the setting in config.go (or its package's DefaultConfig), not README.md, then rewrite the table with:\n"+
 		"  go test ./cmd/cellgate -run TestREADMEOptions -update", i+1, line(have), line(gen))
 }
+
+// --fork-max reaches the sandbox (which refuses one that is not positive).
+func TestForkMax(t *testing.T) {
+	o, err := parseOptions([]string{"--fork-max", "7"}, func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := o.sandboxConfig().ForkMax; got != 7 {
+		t.Fatalf("--fork-max 7 gave the sandbox ForkMax %d", got)
+	}
+}
