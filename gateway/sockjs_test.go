@@ -3,6 +3,9 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os/exec"
 	"path/filepath"
@@ -65,5 +68,32 @@ func TestSockJSWithSockJSClient(t *testing.T) {
 				t.Errorf("errors: %q", seen.Errors)
 			}
 		})
+	}
+}
+
+// An xhr poll answered "2010 Another connection still open" because the
+// previous poll's receiver was not detached yet is tried again, not sent;
+// one that persists is sent.
+func TestXHRPollRetriesAnotherConnection(t *testing.T) {
+	calls := 0
+	flaky := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls++
+		if calls < 3 {
+			_, _ = io.WriteString(w, anotherConnection+`"Another connection still open"]`+"\n")
+			return
+		}
+		w.Header().Set("Content-Type", "application/javascript; charset=UTF-8")
+		_, _ = io.WriteString(w, `a["hello"]`+"\n")
+	})
+	rec := httptest.NewRecorder()
+	retryXHRPoll(flaky, rec, httptest.NewRequest(http.MethodPost, "/sockjs/1/abc/xhr", nil))
+	if rec.Body.String() != `a["hello"]`+"\n" || calls != 3 || rec.Header().Get("Content-Type") == "" {
+		t.Fatalf("after %d calls the client got %q", calls, rec.Body.String())
+	}
+	calls = -100 // never recovers
+	rec = httptest.NewRecorder()
+	retryXHRPoll(flaky, rec, httptest.NewRequest(http.MethodPost, "/sockjs/1/abc/xhr", nil))
+	if !strings.HasPrefix(rec.Body.String(), anotherConnection) || calls != -100+len(xhrPollRetries())+1 {
+		t.Fatalf("a 2010 that persists: %q after %d calls", rec.Body.String(), calls+100)
 	}
 }
