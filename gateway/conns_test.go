@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -168,7 +169,9 @@ func TestBodyTimeoutCutsATrickle(t *testing.T) {
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), "not received within 200ms") {
 		t.Errorf("trickled body: %d %s", resp.StatusCode, body)
 	}
-	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
+	// Closed: an EOF, or a reset when the server closed with some of the
+	// trickle unread (the writer goes on meanwhile).
+	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
 		t.Errorf("connection after a body timeout: %v, want it closed", err)
 	}
 	waitFor(t, "the cut connection forgotten", func() bool { return limiter.openFrom(firstAddr.String()) == 0 })
