@@ -449,16 +449,9 @@ func (s *Server) endedChannels(c echo.Context, api session.API, cd codec) error 
 	if !ok || !t.foreign || t.api != api || !websocket.IsWebSocketUpgrade(c.Request()) {
 		return httpError(c, http.StatusNotFound, "no such kernel")
 	}
-	up := websocket.Upgrader{
-		CheckOrigin:  s.originAllowed,
-		Subprotocols: cd.subprotocols(),
-		Error: func(_ http.ResponseWriter, _ *http.Request, status int, reason error) {
-			_ = httpError(c, status, reason.Error())
-		},
-	}
-	conn, err := up.Upgrade(c.Response(), c.Request(), nil)
-	if err != nil {
-		return nil // Error has answered
+	conn, upgraded := s.upgrade(c, cd)
+	if !upgraded {
+		return nil // upgrade has answered
 	}
 	defer conn.Close()
 	cd = cd.forProtocol(conn.Subprotocol())

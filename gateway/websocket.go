@@ -90,18 +90,9 @@ func (s *Server) bridge(c echo.Context, sess *session.Session, cd codec) error {
 	if err != nil {
 		return httpError(c, http.StatusBadRequest, err.Error())
 	}
-	up := websocket.Upgrader{
-		CheckOrigin:  s.originAllowed,
-		Subprotocols: cd.subprotocols(),
-		// Upgrade writes to c.Response(), so a refusal is answered in the
-		// JSON error shape like any other.
-		Error: func(_ http.ResponseWriter, _ *http.Request, status int, reason error) {
-			_ = httpError(c, status, reason.Error())
-		},
-	}
-	conn, err := up.Upgrade(c.Response(), c.Request(), nil)
-	if err != nil {
-		return nil // Error has answered
+	conn, ok := s.upgrade(c, cd)
+	if !ok {
+		return nil // upgrade has answered
 	}
 	defer conn.Close()
 	// Only an upgrade that passed its checks (the origin's among them)
@@ -140,6 +131,22 @@ func (s *Server) bridge(c echo.Context, sess *session.Session, cd codec) error {
 	_ = conn.Close()
 	<-readerDone
 	return nil
+}
+
+// upgrade takes c's request over as a websocket speaking cd's
+// subprotocols, from an allowed origin; false means it was refused and the
+// refusal answered, in the JSON error shape like any other (Upgrade writes
+// to c.Response()).
+func (s *Server) upgrade(c echo.Context, cd codec) (*websocket.Conn, bool) {
+	up := websocket.Upgrader{
+		CheckOrigin:  s.originAllowed,
+		Subprotocols: cd.subprotocols(),
+		Error: func(_ http.ResponseWriter, _ *http.Request, status int, reason error) {
+			_ = httpError(c, status, reason.Error())
+		},
+	}
+	conn, err := up.Upgrade(c.Response(), c.Request(), nil)
+	return conn, err == nil
 }
 
 // delivery is what a client has acknowledged: pongs carry the seq of the
