@@ -180,12 +180,13 @@ func dropCORS(h http.Header) {
 }
 
 // placeElsewhere forwards a request for a new session of kernel to another
-// instance when this one has no ready kernel of it and another has: a
-// burst spreads across instances rather than queueing here. It reports
-// whether the request was answered. body is the request's body, already
-// read (restored for the forward).
+// instance when this one has no ready kernel of it and another has (a
+// burst spreads across instances rather than queueing here), or when this
+// one is draining (the balancer has not noticed yet). It reports whether
+// the request was answered. body is the request's body, already read
+// (restored for the forward).
 func (s *Server) placeElsewhere(c echo.Context, kernel string, body []byte) bool {
-	if s.cfg.Cluster == nil || s.forwarded(c) || s.readyHere(kernel) || (body == nil && c.Request().ContentLength > 0) {
+	if s.cfg.Cluster == nil || s.forwarded(c) || (s.readyHere(kernel) && !s.sessions.isDraining()) || (body == nil && c.Request().ContentLength > 0) {
 		return false
 	}
 	peer, ok := s.cfg.Cluster.Place(c.Request().Context(), kernel)

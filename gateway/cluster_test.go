@@ -22,6 +22,7 @@ type fakeCluster struct {
 	releases  map[string]string // session → reason
 	forwarded []string          // "path client"
 	elsewhere int               // SessionsOf adds this
+	placeTo   *Peer             // Place's answer; nil: no other instance has a ready kernel
 }
 
 func newFakeCluster() *fakeCluster {
@@ -83,9 +84,17 @@ func (f *fakeCluster) SessionsOf(_ context.Context, addr string) (int, error) {
 	return n, nil
 }
 
-func (f *fakeCluster) Place(context.Context, string) (Peer, bool) { return Peer{}, false }
-func (f *fakeCluster) SetLoad(int, map[string]int)                {}
-func (f *fakeCluster) Peers(context.Context) ([]Peer, error)      { return nil, nil }
+func (f *fakeCluster) Place(context.Context, string) (Peer, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.placeTo == nil {
+		return Peer{}, false
+	}
+	return *f.placeTo, true
+}
+
+func (f *fakeCluster) SetLoad(int, map[string]int)           {}
+func (f *fakeCluster) Peers(context.Context) ([]Peer, error) { return nil, nil }
 
 // TestClusterRoutesSessions: with a Cluster, a session this instance does not hold is forwarded
 // to its owner, answered as ended when it ended elsewhere (poll ended with the reason, 410 to a
@@ -182,5 +191,93 @@ func TestClusterRoutesSessions(t *testing.T) {
 	}
 	if r := env.do(http.MethodGet, "/readyz", "", "", nil); r.StatusCode != http.StatusServiceUnavailable {
 		t.Errorf("/readyz while draining: %d", r.StatusCode)
+	}
+}
+
+// TestDrainLetsSessionsRun: DrainBy refuses new sessions at once (/readyz 503; a POST /kernel is
+// placed on another instance when one has a ready kernel, refused with 503 otherwise) while the
+// live sessions go on executing, and returns once they have ended by themselves, long before
+// its deadline.
+func TestDrainLetsSessionsRun(t *testing.T) {
+	fc := newFakeCluster()
+	env := newTestEnv(t, 2, 4, func(c *Config) { c.Cluster = fc })
+	env.waitWarm()
+	a, b := env.newKernel(url.Values{"timeout": {"600"}}), env.newKernel(url.Values{"timeout": {"600"}})
+	wa := env.dialSage(a.ID, "")
+	drained := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		drained <- env.gw.DrainBy(ctx, time.Now().Add(10*time.Minute))
+	}()
+	waitFor(t, "/readyz 503 once the drain began", func() bool {
+		return env.do(http.MethodGet, "/readyz", "", "", nil).StatusCode == http.StatusServiceUnavailable
+	})
+	if r := env.postForm("/kernel", url.Values{}, nil); r.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("a new session while draining, alone: %d", r.StatusCode)
+	}
+	fc.mu.Lock()
+	fc.placeTo = &Peer{ID: "peer", URL: "http://peer.invalid/"}
+	fc.mu.Unlock()
+	env.waitWarm() // a kernel ready here too: placed elsewhere because this instance drains
+	resp, err := http.PostForm(env.url("/kernel"), url.Values{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || string(body) != "answered by peer" {
+		t.Errorf("a new session while draining, with another instance ready: %d %q", resp.StatusCode, body)
+	}
+	// The live sessions go on.
+	id := wa.execute("print(6*7)")
+	if got := streamText(wa.until(idleAfter(id))); got != "42\n" {
+		t.Errorf("a session executing while its server drains: stdout %q", got)
+	}
+	if r := env.do(http.MethodGet, "/readyz", "", "", nil); r.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("/readyz after an execution while draining: %d", r.StatusCode)
+	}
+	select {
+	case err := <-drained:
+		t.Fatalf("drain returned while two sessions were live: %v", err)
+	default:
+	}
+	env.do(http.MethodDelete, "/kernel/"+a.ID, "", "", nil)
+	env.do(http.MethodDelete, "/kernel/"+b.ID, "", "", nil)
+	select {
+	case err := <-drained:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("drain still waiting after its sessions ended (its deadline is 10 minutes away)")
+	}
+	for _, id := range []string{a.ID, b.ID} {
+		if got := env.endReason(id); got != "deleted by client" {
+			t.Errorf("session %s ended with %q", id, got)
+		}
+	}
+}
+
+// TestDrainEndsSessionsAtItsDeadline: a session still live when the drain's deadline passes is
+// ended, its client told why (EndDrainDeadline), and released in the cluster with that reason.
+func TestDrainEndsSessionsAtItsDeadline(t *testing.T) {
+	fc := newFakeCluster()
+	env := newTestEnv(t, 1, 4, func(c *Config) { c.Cluster = fc })
+	k := env.newKernel(url.Values{"timeout": {"600"}})
+	c := env.dialSage(k.ID, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := env.gw.DrainBy(ctx, time.Now().Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	frames := c.until(func(f frame) bool { return f.str("execution_state") == "dead" })
+	if got := frames[len(frames)-1].str("reason"); got != EndDrainDeadline {
+		t.Errorf("client told %q, want %q", got, EndDrainDeadline)
+	}
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	if got := fc.releases[k.ID]; got != EndDrainDeadline {
+		t.Errorf("released in the cluster with %q", got)
 	}
 }

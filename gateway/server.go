@@ -240,13 +240,45 @@ func (s *Server) resolveKernel(asked string) (string, error) {
 	return "", fmt.Errorf("%w %q (installed: %s)", kernelpool.ErrUnknownKernel, asked, strings.Join(jupytermsg.SortedNames(specs), ", "))
 }
 
-// Drain refuses new sessions, ends every session with a clear reason and
-// waits until their kernels are reaped, up to ctx. Sessions end in
-// parallel: one slow end must not hold up the others.
-func (s *Server) Drain(ctx context.Context) error {
+// Drain refuses new sessions, ends every session at once with a clear
+// reason (session.EndShutdown) and waits until their kernels are reaped,
+// up to ctx. Sessions end in parallel: one slow end must not hold up the
+// others.
+func (s *Server) Drain(ctx context.Context) error { return s.DrainBy(ctx, time.Time{}) }
+
+// EndDrainDeadline is why a session still live when its server's drain
+// deadline passed ended.
+const EndDrainDeadline = session.EndShutdown + ": its drain deadline passed"
+
+// DrainBy refuses new sessions from now on (/readyz answers 503, so a
+// balancer sends them elsewhere; in a cluster a request for one that still
+// lands here is placed on another instance) and lets the live ones run
+// until they end by themselves or sessionsUntil passes. Those left are
+// then ended (EndDrainDeadline; session.EndShutdown with a zero
+// sessionsUntil, at once), and DrainBy waits until their kernels are
+// reaped and the cluster knows why each ended, up to ctx.
+func (s *Server) DrainBy(ctx context.Context, sessionsUntil time.Time) error {
 	all := s.sessions.drain()
+	reason := session.EndShutdown
+	if !sessionsUntil.IsZero() {
+		s.log.Info().Int("sessions", len(all)).Time("until", sessionsUntil).Msg("draining: live sessions run until they end or the deadline")
+		deadline := time.NewTimer(time.Until(sessionsUntil))
+		defer deadline.Stop()
+	wait:
+		for _, sess := range all {
+			select {
+			case <-sess.Stopped():
+			case <-deadline.C:
+				reason = EndDrainDeadline
+				break wait
+			case <-ctx.Done():
+				reason = EndDrainDeadline
+				break wait
+			}
+		}
+	}
 	for _, sess := range all {
-		go sess.End(session.EndShutdown)
+		go sess.End(reason) // nothing for one that ended already
 	}
 	for _, sess := range all {
 		select {

@@ -202,7 +202,7 @@ func settings(o *options) []setting {
 		opt("cluster-expiry", &o.clusterExpiry, cl.Expiry, "an instance silent this long is dead to the others, and its sessions end for their clients (at least two heartbeats)"),
 		opt("log-level", &o.logLevel, "info", "log level: `debug`, `info`, `warn` or `error`"),
 		opt("log-format", &o.logFormat, "console", "log format: `console` (for people) or `json` (for log collectors)"),
-		opt("drain-timeout", &o.drainTimeout, 20*time.Second, "on SIGTERM: refuse new sessions, end the live ones, write queued permalinks; the whole shutdown takes at most this long (a second SIGTERM or ^C exits at once)"),
+		opt("drain-timeout", &o.drainTimeout, 20*time.Second, "on SIGTERM: refuse new sessions at once (/readyz 503) and let the live ones run until they end or this long, then end those left and write queued permalinks within "+shutdownGrace.String()+" more (a second SIGTERM or ^C exits at once; 0 ends sessions at once)"),
 	}
 }
 

@@ -140,8 +140,10 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 	defer os.RemoveAll(runtimeRoot)
 
 	// Every step of shutdown shares one deadline, set when shutdown
-	// begins (or now, if serve fails before), so the whole of it takes
-	// --drain-timeout, not a multiple of it.
+	// begins (or now, if serve fails before): live sessions may run for
+	// --drain-timeout, and ending those left, reaping their kernels,
+	// writing queued permalinks and leaving the cluster take at most
+	// shutdownGrace more, not a multiple of it.
 	var shutdownBegan time.Time
 	defer func() {
 		// Runs last: after the pool and the storage have closed.
@@ -153,13 +155,14 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 		if shutdownBegan.IsZero() {
 			shutdownBegan = time.Now()
 		}
-		return context.WithDeadline(context.Background(), shutdownBegan.Add(o.drainTimeout))
+		return context.WithDeadline(context.Background(), shutdownBegan.Add(o.drainTimeout+shutdownGrace))
 	}
 
 	// One registry for the process: the pool and the gateway each register
 	// their own series with it as they are made.
 	metrics := gateway.NewRegistry()
 	poolCfg.Specs, poolCfg.Metrics = specs, metrics
+	metrics.MustRegister(poolCfg.Kernel.MessageBudget)
 	poolCfg.Kernel.Launcher, poolCfg.Kernel.RuntimeRoot, poolCfg.Kernel.WorkRoot, poolCfg.Kernel.Log = launcher, runtimeRoot, workRoot, log
 	pool, err := kernelpool.New(poolCfg)
 	if err != nil {
@@ -257,6 +260,7 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 	}
 	log.Info().Dur("deadline", o.drainTimeout).Msg("shutting down: draining sessions")
 	drainCtx, cancel := shutdownCtx()
+	sessionsUntil := shutdownBegan.Add(o.drainTimeout)
 	defer cancel()
 	if node != nil {
 		// The others stop placing sessions here at once; forwarded requests for the sessions
@@ -265,7 +269,9 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 			log.Warn().Err(err).Msg("cluster: mark draining")
 		}
 	}
-	if err := gw.Drain(drainCtx); err != nil {
+	// New sessions go elsewhere from now on (/readyz 503); the live ones
+	// run until they end or --drain-timeout.
+	if err := gw.DrainBy(drainCtx, sessionsUntil); err != nil {
 		log.Error().Err(err).Msg("drain")
 	}
 	if err := httpServer.Shutdown(drainCtx); err != nil {
@@ -274,6 +280,12 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 	}
 	return nil
 }
+
+// shutdownGrace is how long shutdown may take after --drain-timeout:
+// ending the sessions still live, reaping their kernels, writing queued
+// permalinks, leaving the cluster. deploy/cellgate.service's
+// TimeoutStopSec leaves room for both.
+const shutdownGrace = 10 * time.Second
 
 // raiseFileLimit raises this process's soft RLIMIT_NOFILE to its hard
 // limit and returns the limits now in force: every client connection,
