@@ -1,8 +1,7 @@
-package deploy
+package deploy_test
 
 import (
 	"bufio"
-	"context"
 	"fmt"
 	"io"
 	"net"
@@ -10,14 +9,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/cellgate/cellgate/deploy"
+	"github.com/cellgate/cellgate/deploy/localcluster"
 )
 
 // haproxyPath finds Debian's haproxy, or skips: it is the one thing these tests need that Go does not have.
@@ -117,40 +117,31 @@ func startBackend(t *testing.T, name string) *backend {
 // /readyz fails gets no new requests, websockets pass both ways, and when no instance is
 // ready the requests still reach a live one.
 func TestHAProxyRunsTheCluster(t *testing.T) {
-	bin := haproxyPath(t)
+	haproxyPath(t)
 	if testing.Short() {
 		t.Skip("runs haproxy; make test runs it")
 	}
 	backends := []*backend{startBackend(t, "b1"), startBackend(t, "b2"), startBackend(t, "b3")}
 	backends[2].ready.Store(false)
-	front := freePort(t)
-	cfgPath := filepath.Join(t.TempDir(), "haproxy.cfg")
-	if err := os.WriteFile(cfgPath, []byte(testConfig(t, readFile(t, "haproxy.cfg"), front, backends)), 0o600); err != nil {
+	o := localcluster.HAProxyOptions{Front: freePort(t), QuickChecks: true}
+	for _, b := range backends {
+		o.Servers = append(o.Servers, b.addr)
+	}
+	h, err := localcluster.StartHAProxy(deploy.HAProxyConfig(), t.TempDir(), o)
+	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin, "-db", "-f", cfgPath)
-	logs := &lockedBuffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		close(exited)
-	}()
 	t.Cleanup(func() {
-		cancel()
-		<-exited
+		h.Stop()
 		if t.Failed() {
-			t.Logf("haproxy output:\n%s", logs.String())
+			t.Logf("haproxy output:\n%s", h.Output())
 		}
 	})
+	front := h.Front
 	alive := func() {
 		select {
-		case <-exited:
-			t.Fatalf("haproxy exited:\n%s", logs.String())
+		case <-h.Exited():
+			t.Fatalf("haproxy exited:\n%s", h.Output())
 		default:
 		}
 	}
@@ -226,38 +217,41 @@ func TestHAProxyRunsTheCluster(t *testing.T) {
 	})
 }
 
-// testConfig is cfg pointed at the test's addresses, with quick checks and without what needs
-// root or syslog.
-func testConfig(t *testing.T, cfg, front string, backends []*backend) string {
-	t.Helper()
-	var out []string
-	n := 0
-	serverRE := regexp.MustCompile(`^(\s*server\s+\S+\s+)\S+(.*)$`)
-	for _, line := range strings.Split(cfg, "\n") {
-		f := strings.Fields(line)
-		switch {
-		case len(f) == 0:
-		case f[0] == "chroot" || f[0] == "user" || f[0] == "group" || f[0] == "daemon":
-			continue
-		case f[0] == "log" && f[1] != "global":
-			line = "    log stderr format raw local0"
-		case f[0] == "maxconn":
-			// Its descriptors are more than an unprivileged test may have.
-			line = "    maxconn 500"
-		case f[0] == "bind":
-			line = "    bind " + front
-		case f[0] == "server":
-			line = serverRE.ReplaceAllString(line, "${1}"+backends[n%len(backends)].addr+"${2}")
-			n++
-		case f[0] == "default-server":
-			line = strings.NewReplacer("inter 2s", "inter 100ms", "fastinter 500ms", "fastinter 50ms", "downinter 2s", "downinter 100ms").Replace(line)
+// TestHAProxyConfigPointed: the configuration run on one machine has the shipped one's
+// backends, each with every server asked for (one or several), and nothing that needs root.
+func TestHAProxyConfigPointed(t *testing.T) {
+	for _, servers := range [][]string{{"127.0.0.1:1"}, {"127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3", "127.0.0.1:4"}} {
+		cfg, err := localcluster.Config(deploy.HAProxyConfig(), localcluster.HAProxyOptions{Front: "127.0.0.1:9", Servers: servers})
+		if err != nil {
+			t.Fatal(err)
 		}
-		out = append(out, line)
+		for i, s := range servers {
+			if n := strings.Count(cfg, fmt.Sprintf("server cellgate%d %s\n", i+1, s)); n != 2 {
+				t.Errorf("server %s in %d backends, want both:\n%s", s, n, cfg)
+			}
+		}
+		if n := strings.Count(cfg, "\n    server "); n != 2*len(servers) {
+			t.Errorf("%d server lines for %d servers:\n%s", n, len(servers), cfg)
+		}
+		for _, gone := range []string{"10.0.0.", "chroot", "daemon", "/dev/log", "bind :80"} {
+			if strings.Contains(cfg, gone) {
+				t.Errorf("pointed configuration still has %q", gone)
+			}
+		}
+		if !strings.Contains(cfg, "bind 127.0.0.1:9") || !strings.Contains(cfg, "inter 2s") {
+			t.Errorf("pointed configuration lacks the bind or the shipped check timing:\n%s", cfg)
+		}
+		path := filepath.Join(t.TempDir(), "haproxy.cfg")
+		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := exec.Command(haproxyPath(t), "-c", "-f", path).CombinedOutput(); err != nil || strings.Contains(string(out), "WARNING") {
+			t.Errorf("haproxy -c on the pointed configuration: %v\n%s", err, out)
+		}
 	}
-	if n != 2*len(backends) {
-		t.Fatalf("haproxy.cfg has %d server lines, want %d (the same instances in both backends)", n, 2*len(backends))
+	if _, err := localcluster.Config(deploy.HAProxyConfig(), localcluster.HAProxyOptions{Front: "127.0.0.1:9"}); err == nil {
+		t.Error("no servers accepted")
 	}
-	return strings.Join(out, "\n")
 }
 
 // TestSystemdUnit: the unit runs cellgate serve with an environment file, restarts it on
@@ -387,22 +381,4 @@ func eventually(t *testing.T, timeout time.Duration, what string, cond func() bo
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// lockedBuffer collects a process's output, written by exec's copying goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -10,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"syscall"
@@ -20,6 +20,9 @@ import (
 	"github.com/gorilla/websocket"
 	"github.com/rs/zerolog"
 
+	"github.com/cellgate/cellgate/deploy"
+	"github.com/cellgate/cellgate/deploy/localcluster"
+	"github.com/cellgate/cellgate/gateway"
 	"github.com/cellgate/cellgate/storage"
 )
 
@@ -32,105 +35,64 @@ const (
 	testClusterToken  = "cluster-test-token"
 )
 
-// instance is one cellgate process of the test's cluster.
-type instance struct {
-	id, addr string
-	cmd      *exec.Cmd
-	logs     *logLines
-	exited   chan error
-}
-
-func (in *instance) base() string { return "http://" + in.addr }
-
-// startInstance runs cellgate serve as instance id of a cluster on the database at uri. Its
-// kernels are in its process group, which the test kills at the end whatever happened.
-func startInstance(t *testing.T, id, uri string) *instance {
+// startInstance runs cellgate serve (this test binary as main) as instance id of a cluster on
+// the database at uri. Its kernels are in its process group, which the test kills at the end
+// whatever happened.
+func startInstance(t *testing.T, id, uri string) *localcluster.Instance {
 	t.Helper()
-	runtimeDir, err := os.MkdirTemp("/tmp", "cgcl")
+	// Kernels' sockets live in the runtime directory: a short path.
+	dir, err := os.MkdirTemp("/tmp", "cgcl")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(runtimeDir) })
-	in := &instance{id: id, addr: freeAddr(t), logs: &logLines{}, exited: make(chan error, 1)}
-	args := []string{"serve", "--listen", in.addr, "--advertise-url", "http://" + in.addr + "/", "--instance-id", id,
-		"--mongo-uri", uri, "--data-dir", filepath.Join(t.TempDir(), "data"), "--runtime-dir", runtimeDir,
-		"--sandbox", "none", "--pool", "python3=1", "--max-kernels", "8", "--max-kernels-per-address", "16",
-		"--trust-proxy", "--poll-wait", "2s", "--lease-timeout", "60s", "--token", testClusterToken, "--drain-timeout", "15s", "--log-format", "json",
-		"--cluster-heartbeat", "200ms", "--cluster-expiry", "2s"}
-	in.cmd = exec.Command(os.Args[0], "-test.run=^$")
-	in.cmd.Env = append(os.Environ(), "CELLGATE_TEST_AS_MAIN=1", "CELLGATE_TEST_ARGS="+strings.Join(args, " "),
-		"CELLGATE_CLUSTER_SECRET="+testClusterSecret)
-	in.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	stderr, err := in.cmd.StderrPipe()
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	in, err := localcluster.StartInstance(localcluster.InstanceConfig{
+		ID: id, DatabaseURI: uri, Secret: testClusterSecret, Dir: dir,
+		Args: []string{"--sandbox", "none", "--pool", "python3=1", "--max-kernels", "8", "--max-kernels-per-address", "16",
+			"--trust-proxy", "--poll-wait", "2s", "--lease-timeout", "60s", "--token", testClusterToken, "--drain-timeout", "30s",
+			"--cluster-heartbeat", "200ms", "--cluster-expiry", "2s"},
+		Command: testBinaryAsMain,
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := in.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	logsDone := make(chan struct{})
-	go func() { in.logs.read(stderr); close(logsDone) }()
-	go func() { <-logsDone; in.exited <- in.cmd.Wait() }()
-	pgid := in.cmd.Process.Pid
 	t.Cleanup(func() {
-		_ = syscall.Kill(-pgid, syscall.SIGKILL)
+		_ = in.Kill()
 		if t.Failed() {
-			in.logs.mu.Lock()
-			t.Logf("%s log:\n%s", id, strings.Join(in.logs.raw, "\n"))
-			in.logs.mu.Unlock()
+			t.Logf("%s log:\n%s", id, in.Logs.Tail(1<<20))
 		}
 	})
 	return in
 }
 
+// testBinaryAsMain runs cellgate with args as this test binary's TestMain does.
+func testBinaryAsMain(args []string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "CELLGATE_TEST_AS_MAIN=1", "CELLGATE_TEST_ARGS="+strings.Join(args, " "))
+	return cmd
+}
+
 // startHAProxy runs haproxy with deploy/haproxy.cfg pointed at the instances, with quick checks.
-func startHAProxy(t *testing.T, instances []*instance) string {
+func startHAProxy(t *testing.T, instances []*localcluster.Instance) string {
 	t.Helper()
-	bin, err := exec.LookPath("haproxy")
-	if err != nil {
-		t.Skip("haproxy not installed (make deps installs it)")
+	o := localcluster.HAProxyOptions{Front: freeAddr(t), QuickChecks: true}
+	for _, in := range instances {
+		o.Servers = append(o.Servers, in.Addr)
 	}
-	shipped, err := os.ReadFile("../../deploy/haproxy.cfg")
+	h, err := localcluster.StartHAProxy(deploy.HAProxyConfig(), t.TempDir(), o)
+	if errors.Is(err, localcluster.ErrNoHAProxy) {
+		t.Skip(err)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
-	front := freeAddr(t)
-	var out []string
-	n := 0
-	serverRE := regexp.MustCompile(`^(\s*server\s+\S+\s+)\S+(.*)$`)
-	for _, line := range strings.Split(string(shipped), "\n") {
-		f := strings.Fields(line)
-		switch {
-		case len(f) == 0:
-		case f[0] == "chroot" || f[0] == "user" || f[0] == "group" || f[0] == "daemon":
-			continue
-		case f[0] == "log" && f[1] != "global":
-			line = "    log stderr format raw local0"
-		case f[0] == "maxconn":
-			line = "    maxconn 500"
-		case f[0] == "bind":
-			line = "    bind " + front
-		case f[0] == "server":
-			line = serverRE.ReplaceAllString(line, "${1}"+instances[n%len(instances)].addr+"${2}")
-			n++
-		case f[0] == "default-server":
-			line = strings.NewReplacer("inter 2s", "inter 200ms", "fastinter 500ms", "fastinter 100ms", "downinter 2s", "downinter 200ms").Replace(line)
+	t.Cleanup(func() {
+		h.Stop()
+		if t.Failed() {
+			t.Logf("haproxy output:\n%s", h.Output())
 		}
-		out = append(out, line)
-	}
-	cfg := filepath.Join(t.TempDir(), "haproxy.cfg")
-	if err := os.WriteFile(cfg, []byte(strings.Join(out, "\n")), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, bin, "-db", "-f", cfg)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return front
+	})
+	return h.Front
 }
 
 // clusterClient speaks to the cluster through haproxy only.
@@ -262,8 +224,9 @@ func execute(t *testing.T, ws *websocket.Conn, msgID, code string) (stdout strin
 // TestClusterBehindHAProxy runs three instances behind haproxy (round robin, no stickiness) and
 // drives them as clients would: the Sage-cell websocket and long-polling (each request on
 // another instance than the one before), /service, permalinks and files written on one instance
-// and read through the others; then one instance is drained with SIGTERM mid-session and
-// another killed with SIGKILL, and their clients are told their sessions ended.
+// and read through the others; then one instance is drained with SIGTERM (its sessions run on
+// while new ones go to the others, until they end or the drain deadline) and another killed
+// with SIGKILL, and their clients are told why their sessions ended.
 func TestClusterBehindHAProxy(t *testing.T) {
 	freeAddr(t) // skips under -short
 	db, err := storage.StartEmbedded(context.Background(), storage.EmbeddedConfig{
@@ -275,14 +238,14 @@ func TestClusterBehindHAProxy(t *testing.T) {
 	if !strings.Contains(db.URI(), "127.0.0.1") {
 		t.Fatalf("embedded database at %s, want TCP on 127.0.0.1", db.URI())
 	}
-	var instances []*instance
+	var instances []*localcluster.Instance
 	for i := 1; i <= 3; i++ {
 		instances = append(instances, startInstance(t, fmt.Sprintf("cg%d", i), db.URI()))
 	}
-	byID := map[string]*instance{}
+	byID := map[string]*localcluster.Instance{}
 	for _, in := range instances {
-		byID[in.id] = in
-		waitReady(t, in.base())
+		byID[in.ID] = in
+		waitReady(t, "http://"+in.Addr)
 	}
 	front := startHAProxy(t, instances)
 	c := &clusterClient{t: t, front: front, http: &http.Client{Timeout: 60 * time.Second,
@@ -428,17 +391,17 @@ func TestClusterBehindHAProxy(t *testing.T) {
 	t.Run("hop", func(t *testing.T) {
 		id, owner := c.newKernel()
 		defer c.do(http.MethodDelete, "/kernel/"+id, nil, "")
-		var other *instance
+		var other *localcluster.Instance
 		for _, in := range instances {
-			if in.id != owner {
+			if in.ID != owner {
 				other = in
 				break
 			}
 		}
-		dial := func(in *instance) *websocket.Conn {
-			ws, _, err := websocket.DefaultDialer.Dial("ws://"+in.addr+"/kernel/"+id+"/channels", nil)
+		dial := func(in *localcluster.Instance) *websocket.Conn {
+			ws, _, err := websocket.DefaultDialer.Dial("ws://"+in.Addr+"/kernel/"+id+"/channels", nil)
 			if err != nil {
-				t.Fatalf("websocket to %s: %v", in.id, err)
+				t.Fatalf("websocket to %s: %v", in.ID, err)
 			}
 			return ws
 		}
@@ -502,13 +465,13 @@ func TestClusterBehindHAProxy(t *testing.T) {
 	t.Run("lost", func(t *testing.T) {
 		id, owner := c.newKernel()
 		in := byID[owner]
-		if err := in.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		if err := in.Cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 			t.Fatal(err)
 		}
 		stopped := true
 		defer func() {
 			if stopped {
-				_ = in.cmd.Process.Signal(syscall.SIGCONT)
+				_ = in.Cmd.Process.Signal(syscall.SIGCONT)
 			}
 		}()
 		// A request that reaches the paused process (from haproxy, or forwarded before the others
@@ -523,15 +486,15 @@ func TestClusterBehindHAProxy(t *testing.T) {
 			var p struct{ Ended bool }
 			return resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&p) == nil && p.Ended
 		})
-		if err := in.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		if err := in.Cmd.Process.Signal(syscall.SIGCONT); err != nil {
 			t.Fatal(err)
 		}
 		stopped = false
 		eventually(t, 60*time.Second, owner+" to end its lost session and register anew", func() bool {
-			return in.logs.find("cluster: this instance was declared dead by the others (missed heartbeats); ending its sessions and registering anew") != nil &&
-				len(in.logs.all("cluster: instance registered")) >= 2
+			return in.Logs.Find("cluster: this instance was declared dead by the others (missed heartbeats); ending its sessions and registering anew") != nil &&
+				len(in.Logs.All("cluster: instance registered")) >= 2
 		})
-		resp, err := http.Get(in.base() + "/kernel/" + id + "/poll?client=lc&wait=0")
+		resp, err := http.Get(in.URL() + "kernel/" + id + "/poll?client=lc&wait=0")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -554,61 +517,118 @@ func TestClusterBehindHAProxy(t *testing.T) {
 		})
 	})
 
-	// Drain: SIGTERM to the owner of a session with a websocket client and a long-poll client.
+	// Drain: SIGTERM to the owner of two sessions. Its /readyz turns 503 and new sessions go to
+	// the others (the balancer stops picking it; one asked of it directly is placed elsewhere),
+	// while its sessions go on executing, through the balancer and another instance too; one
+	// deleted by its client ends as usual, and the other is ended at the drain deadline
+	// (--drain-timeout) with a reason that says so.
 	t.Run("drain", func(t *testing.T) {
 		id, owner := c.newKernel()
 		in := byID[owner]
+		direct := &clusterClient{t: t, front: in.Addr, http: c.http}
+		// A second session there, asked of it directly (it places one elsewhere while it has no
+		// ready kernel).
+		second := ""
+		eventually(t, 60*time.Second, "a second session on "+owner, func() bool {
+			id2, owner2 := direct.newKernel()
+			if owner2 == owner {
+				second = id2
+				return true
+			}
+			c.do(http.MethodDelete, "/kernel/"+id2, nil, "")
+			return false
+		})
 		ws := c.dial(id)
 		defer ws.Close()
 		if got, _ := execute(t, ws, "d1", "print('before')"); got != "before\n" {
 			t.Fatalf("stdout %q", got)
 		}
 		termed := time.Now()
-		if err := in.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		if err := in.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
 			t.Fatal(err)
 		}
-		// Its /readyz (asked directly) turns 503 while it drains, so the balancer sends new
-		// sessions elsewhere; it may also be gone already.
-		unready := ""
-		for unready == "" {
-			resp, err := http.Get(in.base() + "/readyz")
-			switch {
-			case err != nil:
-				unready = "gone"
-			case resp.StatusCode == http.StatusServiceUnavailable:
-				unready = "503"
-			case time.Since(termed) > 30*time.Second:
-				t.Fatalf("%s still ready 30 s after SIGTERM", owner)
+		// Its /readyz (asked directly) turns 503 while its sessions run.
+		eventually(t, 30*time.Second, owner+"'s /readyz 503 after SIGTERM", func() bool {
+			resp, err := http.Get(in.URL() + "readyz")
+			if err != nil {
+				t.Fatalf("%s gone with live sessions: %v", owner, err)
 			}
-			if resp != nil {
-				resp.Body.Close()
+			resp.Body.Close()
+			return resp.StatusCode == http.StatusServiceUnavailable
+		})
+		t.Logf("figure: %s's /readyz 503 %v after SIGTERM", owner, time.Since(termed).Round(time.Millisecond))
+		eventually(t, 60*time.Second, "a new session asked of "+owner+" placed elsewhere", func() bool {
+			a := direct.form("/kernel", url.Values{"timeout": {"120"}, "language": {"python"}})
+			if a.status != http.StatusOK {
+				return false // no other instance has a ready kernel now
+			}
+			k := decode[struct{ ID string }](t, a)
+			c.do(http.MethodDelete, "/kernel/"+k.ID, nil, "")
+			if a.served() == owner {
+				t.Fatalf("%s started a new session while draining", owner)
+			}
+			return true
+		})
+		eventually(t, 30*time.Second, "the balancer to stop picking "+owner, func() bool {
+			for range 6 {
+				if a := c.do(http.MethodGet, "/kernelspecs", nil, ""); a.picked() == owner {
+					return false
+				}
+			}
+			return true
+		})
+		for range 3 {
+			k, o := c.newKernel()
+			c.do(http.MethodDelete, "/kernel/"+k, nil, "")
+			if o == owner {
+				t.Errorf("a new session through the balancer started on %s, which drains", owner)
 			}
 		}
-		t.Logf("figure: %s's /readyz %s %v after SIGTERM", owner, unready, time.Since(termed).Round(time.Millisecond))
+		// Its sessions go on: the second one through the balancer, which now sends the websocket
+		// to another instance, which forwards it.
+		ws2 := c.dial(second)
+		defer ws2.Close()
+		if got, _ := execute(t, ws2, "d2", "print('during')"); got != "during\n" {
+			t.Errorf("a session of the draining %s through another instance: stdout %q", owner, got)
+		}
+		if got, _ := execute(t, ws, "d3", "print('still')"); got != "still\n" {
+			t.Errorf("a session of the draining %s: stdout %q", owner, got)
+		}
+		if resp, err := http.Get(in.URL() + "readyz"); err != nil || resp.StatusCode != http.StatusServiceUnavailable {
+			t.Errorf("%s's /readyz after executions while draining: %v %v", owner, err, resp)
+		}
+		// One ended by its client; the other at the deadline.
+		if a := c.do(http.MethodDelete, "/kernel/"+id, nil, ""); a.status != http.StatusNoContent {
+			t.Errorf("DELETE of a session of the draining %s: %d %s", owner, a.status, a.body)
+		}
 		dead := readUntil(t, ws, func(f map[string]any) bool { return state(f) == "dead" })
-		if reason, _ := dead["content"].(map[string]any)["reason"].(string); !strings.Contains(reason, "shutting down") {
-			t.Errorf("websocket client told %q, want the server shutting down", reason)
+		if reason, _ := dead["content"].(map[string]any)["reason"].(string); reason != "deleted by client" {
+			t.Errorf("deleted session's client told %q", reason)
+		}
+		dead = readUntil(t, ws2, func(f map[string]any) bool { return state(f) == "dead" })
+		if reason, _ := dead["content"].(map[string]any)["reason"].(string); reason != gateway.EndDrainDeadline {
+			t.Errorf("client of the session left at the deadline told %q, want %q", reason, gateway.EndDrainDeadline)
 		}
 		eventually(t, 30*time.Second, "the session answered as ended by the others", func() bool {
-			a := c.do(http.MethodGet, "/kernel/"+id+"/poll?client=dc&wait=0", nil, "")
+			a := c.do(http.MethodGet, "/kernel/"+second+"/poll?client=dc&wait=0", nil, "")
 			if a.status != http.StatusOK {
-				return false // the instance leaving may refuse before it is out of the balancer
+				return false // the instance leaving may refuse before the others know
 			}
 			p := decode[struct {
 				Ended  bool
 				Reason string
 			}](t, a)
-			return p.Ended && strings.Contains(p.Reason, "shutting down")
+			return p.Ended && p.Reason == gateway.EndDrainDeadline
 		})
 		select {
-		case err := <-in.exited:
-			if err != nil {
+		case <-in.Exited():
+			if err := in.Err(); err != nil {
 				t.Errorf("%s exited with %v after SIGTERM", owner, err)
 			}
 		case <-time.After(60 * time.Second):
 			t.Fatalf("%s did not exit after SIGTERM", owner)
 		}
-		if in.logs.find("cluster: instance left the cluster") == nil {
+		if in.Logs.Find("cluster: instance left the cluster") == nil {
 			t.Errorf("%s did not leave the cluster", owner)
 		}
 		// The others go on.
@@ -628,7 +648,7 @@ func TestClusterBehindHAProxy(t *testing.T) {
 			t.Fatalf("stdout %q", got)
 		}
 		killed := time.Now()
-		if err := syscall.Kill(-in.cmd.Process.Pid, syscall.SIGKILL); err != nil {
+		if err := in.Kill(); err != nil {
 			t.Fatal(err)
 		}
 		var reason string
@@ -664,19 +684,6 @@ func TestClusterBehindHAProxy(t *testing.T) {
 			t.Errorf("/service after the kill: %d %s", a.status, a.body)
 		}
 	})
-}
-
-// all is every log line with message msg.
-func (l *logLines) all(msg string) []map[string]any {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	var out []map[string]any
-	for _, m := range l.lines {
-		if m["message"] == msg {
-			out = append(out, m)
-		}
-	}
-	return out
 }
 
 // eventually polls cond until it holds or the (generous) timeout passes.
