@@ -157,9 +157,13 @@ func (b *Bwrap) Describe() string {
 		}
 		b.mu.Unlock()
 	}
-	return fmt.Sprintf("bwrap: uids %d..%d; %s; per process: cpu %v, address space %s, files %d, file size %s; per kernel: %d processes, tmpfs %s/%d inodes, lifespan %v; memory by rlimit: %s; %s",
+	share := "no CPU share"
+	if c.CPUShare > 0 {
+		share = fmt.Sprintf("CPU share %g cores", c.CPUShare)
+	}
+	return fmt.Sprintf("bwrap: uids %d..%d; %s; per process: cpu %v, address space %s, files %d, file size %s; per kernel: %d processes, tmpfs %s/%d inodes, lifespan %v; per kernel tree, by the gateway's accountant every %v: cpu %v, memory %s (PSS), %s (%s); %s",
 		c.UIDBase, c.UIDBase+c.UIDCount-1, filter, c.CPUTime, mib(c.Memory), c.OpenFiles, mib(c.FileSize),
-		c.Processes, mib(c.Disk), c.Inodes, c.Lifespan, cgroupNote(), fork)
+		c.Processes, mib(c.Disk), c.Inodes, c.Lifespan, c.LimitEvery, c.CPUTime, mib(c.Memory), share, cgroupNote(), fork)
 }
 
 func mib(n int64) string { return fmt.Sprintf("%dMiB", n>>20) }
@@ -332,6 +336,9 @@ func (b *Bwrap) Launch(ctx context.Context, req Request) (*Process, error) {
 		return nil, errors.Join(err, b.releaseSlot(req.WorkDir, sl))
 	}
 	p.release = func() error { return b.closeSlot(req.WorkDir, sl, p) }
+	// Memory, CPUTime and CPUShare for the kernel's whole tree, cold or
+	// forked: its goroutine ends with p.
+	go limitTree(p, b.cfg.treeLimits())
 	return p, nil
 }
 
@@ -858,8 +865,8 @@ func (h *headWriter) head() string {
 	return string(h.buf)
 }
 
-// cgroupNote says why memory is limited by rlimits: whether this host
-// would offer a cgroup v2 memory controller.
+// cgroupNote says why the accountant holds the tree limits rather than a
+// cgroup: whether this host would offer a cgroup v2 memory controller.
 func cgroupNote() string {
 	data, err := os.ReadFile("/proc/self/cgroup")
 	if err != nil {

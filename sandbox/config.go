@@ -49,14 +49,26 @@ type Config struct {
 	// directories the pool manages.
 	StateDir string
 
-	// CPUTime is RLIMIT_CPU of each kernel process: SIGXCPU at this much
-	// CPU time, SIGKILL two seconds later. Whole seconds, at least one.
+	// CPUTime limits a kernel's CPU time twice: as RLIMIT_CPU of each of
+	// its processes (SIGXCPU at this much, SIGKILL two seconds later), and
+	// for its whole process tree, ended processes included, held by the
+	// gateway's accountant (ErrCPULimit either way; see "Limits" in the
+	// package comment). Whole seconds, at least one.
 	CPUTime time.Duration
-	// Memory is RLIMIT_AS of each kernel process, in bytes: allocations
-	// beyond it fail (Python raises MemoryError). It is per process, and
-	// virtual: with Processes it bounds a kernel's memory to
-	// Memory*Processes, see the package comment.
+	// Memory limits a kernel's memory twice, in bytes: as RLIMIT_AS of each
+	// of its processes (allocations beyond it fail: Python raises
+	// MemoryError), and as the proportional set size of its whole process
+	// tree, held by the gateway's accountant, which ends the kernel
+	// (ErrMemoryLimit).
 	Memory int64
+	// CPUShare is how many cores a kernel's process tree may use on
+	// average: one that runs ahead of it by more than a second's worth is
+	// stopped (SIGSTOP) until its share has caught up. 0: no share.
+	CPUShare float64
+	// LimitEvery is how often the accountant samples each kernel's tree
+	// (/proc): the margin by which a tree can go over Memory or CPUTime is
+	// what it allocates or burns in one period.
+	LimitEvery time.Duration
 	// Processes is RLIMIT_NPROC: processes and threads of one kernel (its
 	// uid) at a time. It also bounds fork bombs.
 	Processes int
@@ -106,6 +118,12 @@ type Config struct {
 	// ForkUID is the template's host uid: outside the kernels' range, and
 	// no account's. It is root only in the template's user namespace.
 	ForkUID int
+	// ForkPrepare has a template also build, once, the part of the
+	// kernel application that is no kernel's own (the IPython application,
+	// its configuration, the InteractiveShell), which each fork then
+	// adopts: about half of what a forked kernel spent before it answered.
+	// Off, each fork builds them itself, as a cold kernel does.
+	ForkPrepare bool
 	// ForkPreload are the modules a Python template imports before it
 	// forks.
 	ForkPreload []string
@@ -143,6 +161,8 @@ func DefaultConfig() Config {
 		Disk:        128 << 20,
 		Inodes:      16384,
 		Lifespan:    6 * time.Hour,
+		CPUShare:    1,
+		LimitEvery:  250 * time.Millisecond,
 		ReadOnly: []string{
 			"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
 			"/etc/alternatives", // libblas.so.3 and friends resolve through it
@@ -164,8 +184,9 @@ func DefaultConfig() Config {
 		Home:     "/home/sandbox",
 		HomeDirs: []string{".sage"},
 		Hostname: "cellgate",
-		Fork:     true,
-		ForkUID:  69999,
+		Fork:        true,
+		ForkPrepare: true,
+		ForkUID:     69999,
 		ForkMax:  500,
 		ForkPreload: []string{
 			"ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "IPython.core.interactiveshell",
@@ -210,6 +231,12 @@ func (c *Config) check() error {
 	}
 	if c.CPUTime < time.Second {
 		errs = append(errs, fmt.Errorf("CPUTime %v: want at least 1s", c.CPUTime))
+	}
+	if c.CPUShare < 0 || c.CPUShare > 4096 || c.CPUShare != c.CPUShare {
+		errs = append(errs, fmt.Errorf("CPUShare %v: want cores, or 0 for no share", c.CPUShare))
+	}
+	if c.LimitEvery < 10*time.Millisecond || c.LimitEvery > time.Minute {
+		errs = append(errs, fmt.Errorf("LimitEvery %v: want 10ms to 1m", c.LimitEvery))
 	}
 	for _, l := range []struct {
 		name  string

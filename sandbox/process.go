@@ -56,6 +56,11 @@ type Process struct {
 
 	closeOnce sync.Once
 	closeErr  error
+
+	// limitMu guards limit: why the tree accountant (treelimit.go) ended
+	// the kernel, nil unless it did.
+	limitMu sync.Mutex
+	limit   error
 }
 
 // start runs cmd as the leader of a new process group and reaps it. onExit
@@ -128,13 +133,30 @@ func (p *Process) Kill() {
 func (p *Process) Done() <-chan struct{} { return p.done }
 
 // Err is the leader's exit status, valid after Done is closed. Under bwrap,
-// errors.Is(err, ErrCPULimit) and errors.Is(err, ErrLifespan) tell which
-// limit ended the kernel.
+// errors.Is(err, ErrCPULimit), errors.Is(err, ErrMemoryLimit) and
+// errors.Is(err, ErrLifespan) tell which limit ended the kernel.
 func (p *Process) Err() error {
+	err := p.err
 	if p.explain != nil {
-		return p.explain(p.err)
+		err = p.explain(err)
 	}
-	return p.err
+	p.limitMu.Lock()
+	limit := p.limit
+	p.limitMu.Unlock()
+	if limit != nil {
+		err = fmt.Errorf("%w: %w", limit, err)
+	}
+	return err
+}
+
+// endFor kills the kernel because of limit, which Err reports first.
+func (p *Process) endFor(limit error) {
+	p.limitMu.Lock()
+	if p.limit == nil {
+		p.limit = limit
+	}
+	p.limitMu.Unlock()
+	p.Kill()
 }
 
 // Close kills the process if it still runs, waits for it, and releases what

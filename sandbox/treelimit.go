@@ -1,0 +1,373 @@
+package sandbox
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// ErrMemoryLimit: the kernel's processes together held more than
+// Config.Memory (see "Limits" in the package comment).
+var ErrMemoryLimit = errors.New("kernel exceeded its memory limit")
+
+// clockTicks is USER_HZ, the unit of the times in /proc/PID/stat: 100 on
+// every architecture Linux builds Go for.
+const clockTicks = 100
+
+// maxTreeProcesses bounds one walk of a kernel's tree, far above
+// Config.Processes: a walk never grows without bound.
+const maxTreeProcesses = 4096
+
+// procStat is what the accountant reads of one process in /proc/PID/stat.
+type procStat struct {
+	pid, ppid int
+	state     byte
+	// own is the CPU time of the process (every thread, living or ended),
+	// reaped that of its children it has waited for (cutime+cstime), in
+	// clock ticks.
+	own, reaped int64
+	// start is the process's start time (ticks since boot): with pid, it
+	// names the process even if its pid is reused later.
+	start uint64
+	// rss is its resident set, in bytes.
+	rss int64
+}
+
+// parseStat decodes /proc/PID/stat. The command name between the
+// parentheses is the process's to choose (prctl, exec of any name), so
+// everything is read after the last ')'.
+func parseStat(data []byte) (procStat, error) {
+	open, end := bytes.IndexByte(data, '('), bytes.LastIndexByte(data, ')')
+	if open < 1 || end < open {
+		return procStat{}, errors.New("stat: no command name")
+	}
+	pid, err := strconv.Atoi(string(bytes.TrimSpace(data[:open])))
+	if err != nil || pid <= 0 {
+		return procStat{}, fmt.Errorf("stat: pid %q", data[:open])
+	}
+	f := strings.Fields(string(data[end+1:]))
+	// f[0] is field 3 of proc(5): state; rss is field 24.
+	if len(f) < 22 || len(f[0]) != 1 {
+		return procStat{}, errors.New("stat: too few fields")
+	}
+	var n [22]int64
+	for _, i := range []int{1, 11, 12, 13, 14, 19, 21} {
+		v, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil || v < 0 {
+			return procStat{}, fmt.Errorf("stat: field %d %q", i+3, f[i])
+		}
+		n[i] = v
+	}
+	return procStat{
+		pid: pid, ppid: int(n[1]), state: f[0][0],
+		own: n[11] + n[12], reaped: n[13] + n[14],
+		start: uint64(n[19]), rss: n[21] * int64(os.Getpagesize()),
+	}, nil
+}
+
+func readStat(pid int) (procStat, error) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return procStat{}, err
+	}
+	return parseStat(data)
+}
+
+// processTree lists pid and its descendants, parents first. Each thread
+// has its own list of the children it forked. An orphan is adopted by its
+// pid namespace's pid 1 (the sandbox's, below the root) or by a
+// subreaper inside the tree, so whatever group or session a process of
+// the kernel moves to, it stays below the root.
+func processTree(pid int) []int {
+	tree := []int{pid}
+	for i := 0; i < len(tree) && len(tree) < maxTreeProcesses; i++ {
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", tree[i]))
+		for _, t := range tasks {
+			data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", tree[i], t.Name()))
+			if err != nil {
+				continue
+			}
+			for _, f := range strings.Fields(string(data)) {
+				if child, err := strconv.Atoi(f); err == nil {
+					tree = append(tree, child)
+				}
+			}
+		}
+	}
+	return tree
+}
+
+// parsePss reads the Pss line of /proc/PID/smaps_rollup, in bytes.
+func parsePss(data []byte) (int64, error) {
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), "Pss:")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) != 2 || f[1] != "kB" {
+			break
+		}
+		kib, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil || kib < 0 || kib > 1<<40 {
+			break
+		}
+		return kib << 10, nil
+	}
+	return 0, errors.New("smaps_rollup: no Pss")
+}
+
+func readPss(pid int) (int64, error) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/smaps_rollup")
+	if err != nil {
+		return 0, err
+	}
+	return parsePss(data)
+}
+
+// pssOf sums the proportional set sizes of pids: what they cost the
+// machine, each page shared by n processes counted 1/n in each.
+// Processes that ended meanwhile count nothing; only the first must be
+// there.
+func pssOf(pids []int) (int64, error) {
+	var total int64
+	for i, p := range pids {
+		pss, err := readPss(p)
+		if err != nil {
+			if i == 0 {
+				return 0, fmt.Errorf("kernel memory: %w", err)
+			}
+			continue
+		}
+		total += pss
+	}
+	return total, nil
+}
+
+// TreeMemory is the proportional set size of pid and its descendants
+// (Process.Pid: the kernel's whole sandbox), as the accountant counts it
+// against Config.Memory.
+func TreeMemory(pid int) (int64, error) {
+	return pssOf(processTree(pid))
+}
+
+// treeLimits are what the accountant holds a kernel's tree to.
+type treeLimits struct {
+	memory int64         // bytes of PSS
+	cpu    time.Duration // CPU time of the tree, ended processes included
+	share  float64       // cores on average; 0: no share
+	every  time.Duration // sampling period
+}
+
+func (c *Config) treeLimits() treeLimits {
+	return treeLimits{memory: c.Memory, cpu: c.CPUTime, share: c.CPUShare, every: c.LimitEvery}
+}
+
+// shareWindow is how much CPU, in seconds at the share, a kernel may run
+// ahead of its share (a kernel starts with that much) and at most fall
+// behind: the longest it is ever stopped is about this plus one period,
+// well inside the pool's heartbeat tolerance.
+const shareWindow = time.Second
+
+// treeAccount counts the CPU time of one kernel's processes, those that
+// ended included.
+type treeAccount struct {
+	root      int
+	rootStart uint64
+	seen      map[int]procStat // the last sample, by pid
+	// ticks is the CPU time of every process the tree has had, so far.
+	ticks int64
+}
+
+// sample reads the tree once and adds what it used since the last sample
+// to ticks. It returns the processes read, root first, and false once the
+// root has ended (its pid may already be someone else's).
+func (a *treeAccount) sample() ([]procStat, bool) {
+	root, err := readStat(a.root)
+	if err != nil || root.start != a.rootStart {
+		return nil, false
+	}
+	procs := []procStat{root}
+	for _, pid := range processTree(a.root)[1:] {
+		if s, err := readStat(pid); err == nil {
+			procs = append(procs, s)
+		}
+	}
+	a.add(procs)
+	return procs, true
+}
+
+// add updates ticks from a new sample. A process's own time grows while
+// it lives; once its parent has waited for it, its whole time (including
+// the part since the last sample, and children it reaped) appears in the
+// parent's reaped time, of which the part already counted while it lived
+// is taken off. A process that lived and ended between two samples is
+// counted through its parent alone. What escapes: a process whose parent
+// ignores SIGCHLD (or set SA_NOCLDWAIT) is reaped by the kernel without
+// adding to any reaped time, so its CPU since the last sample it was seen
+// in is lost (all of it if it lived less than a period).
+func (a *treeAccount) add(procs []procStat) {
+	cur := make(map[int]procStat, len(procs))
+	for _, s := range procs {
+		cur[s.pid] = s
+	}
+	same := func(pid int) bool {
+		s, ok := cur[pid]
+		old, seen := a.seen[pid]
+		return ok && seen && s.start == old.start
+	}
+	absorbed := make(map[int]int64)
+	for pid, old := range a.seen {
+		if same(pid) {
+			continue
+		}
+		// Ended: its parent reaped it, or if the parent ended too, the
+		// ancestor that adopted it.
+		reaper := old.ppid
+		for hops := 0; hops < maxTreeProcesses && reaper != 0 && !same(reaper); hops++ {
+			reaper = a.seen[reaper].ppid
+		}
+		absorbed[reaper] += old.own + old.reaped
+	}
+	for pid, s := range cur {
+		var old procStat
+		if same(pid) {
+			old = a.seen[pid]
+		}
+		a.ticks += max(0, s.own-old.own)
+		a.ticks += max(0, s.reaped-old.reaped-absorbed[pid])
+	}
+	a.seen = cur
+}
+
+// cpu is the tree's CPU time so far.
+func (a *treeAccount) cpu() time.Duration {
+	return time.Duration(a.ticks) * time.Second / clockTicks
+}
+
+// overLimit tells whether the tree, as just sampled, is over a limit,
+// and which. Memory is summed cheaply first (resident sets, which count
+// a page shared by n processes n times): only a tree whose resident sets
+// add up to more than the limit has its proportional set sizes read,
+// which cost a walk of its page tables; that sum decides.
+func (l treeLimits) overLimit(a *treeAccount, procs []procStat) error {
+	if l.cpu > 0 && a.cpu() > l.cpu {
+		return fmt.Errorf("%w: its processes used %.1fs of CPU together (limit %v)", ErrCPULimit, a.cpu().Seconds(), l.cpu)
+	}
+	if l.memory <= 0 {
+		return nil
+	}
+	var rss int64
+	for _, s := range procs {
+		rss += s.rss
+	}
+	if rss <= l.memory {
+		return nil
+	}
+	pids := make([]int, len(procs))
+	for i, s := range procs {
+		pids[i] = s.pid
+	}
+	pss, err := pssOf(pids)
+	if err != nil || pss <= l.memory {
+		return nil
+	}
+	return fmt.Errorf("%w: its %d processes held %d MiB together (limit %d MiB)", ErrMemoryLimit, len(procs), pss>>20, l.memory>>20)
+}
+
+// limitTree holds p's process tree to l until p is done: it samples the
+// tree every l.every, ends the kernel (Process.Err says which limit) once
+// it is over Memory or CPUTime, and keeps it to its CPU share by stopping
+// its processes (SIGSTOP) while it is behind and resuming them (SIGCONT)
+// once the share has caught up.
+func limitTree(p *Process, l treeLimits) {
+	root, err := readStat(p.Pid())
+	if err != nil {
+		return // ended already: Done follows
+	}
+	a := &treeAccount{root: p.Pid(), rootStart: root.start}
+	tick := time.NewTicker(l.every)
+	defer tick.Stop()
+	burst := l.share * shareWindow.Seconds()
+	budget, last, lastTicks := burst, time.Now(), int64(0)
+	var stopped map[int]uint64 // what we stopped: pid → start
+	for {
+		select {
+		case <-p.done:
+			return
+		case <-tick.C:
+		}
+		procs, ok := a.sample()
+		if !ok {
+			return
+		}
+		if err := l.overLimit(a, procs); err != nil {
+			p.endFor(err)
+			return
+		}
+		if l.share <= 0 {
+			continue
+		}
+		now := time.Now()
+		used := float64(a.ticks-lastTicks) / clockTicks
+		budget = min(burst, max(-burst, budget+l.share*now.Sub(last).Seconds()-used))
+		last, lastTicks = now, a.ticks
+		if budget < 0 {
+			stopped = stopTree(p, a, stopped)
+		} else if stopped != nil {
+			resumeTree(p, stopped)
+			stopped = nil
+		}
+	}
+}
+
+// stopTree sends SIGSTOP to every process below the root that runs, until
+// a walk finds none running (a process may fork while the others are
+// being stopped), and adds them to stopped. The root (the outer bwrap,
+// or a forked kernel's helper A) uses no CPU and is left alone.
+func stopTree(p *Process, a *treeAccount, stopped map[int]uint64) map[int]uint64 {
+	if stopped == nil {
+		stopped = make(map[int]uint64)
+	}
+	for round := 0; round < 8; round++ {
+		running := 0
+		for _, pid := range processTree(a.root)[1:] {
+			s, err := readStat(pid)
+			if err != nil || s.state == 'T' || s.state == 't' || s.state == 'Z' || s.state == 'X' {
+				continue
+			}
+			if isDone(p) {
+				return stopped
+			}
+			if syscall.Kill(pid, syscall.SIGSTOP) == nil {
+				stopped[pid] = s.start
+				running++
+			}
+		}
+		if running == 0 {
+			break
+		}
+		time.Sleep(time.Millisecond) // SIGSTOP takes effect asynchronously
+	}
+	return stopped
+}
+
+// resumeTree sends SIGCONT to the processes stopTree stopped that are
+// still the same processes; those the kernel stopped itself stay so.
+func resumeTree(p *Process, stopped map[int]uint64) {
+	for pid, start := range stopped {
+		if isDone(p) {
+			return
+		}
+		if s, err := readStat(pid); err == nil && s.start == start {
+			_ = syscall.Kill(pid, syscall.SIGCONT)
+		}
+	}
+}
