@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # make bench (after `make deps build`): the Go benchmarks of the packages
 # that have them, then cmd/cellbench, which starts bin/cellgate on a free
-# 127.0.0.1 port, drives it, compares it with Jupyter Server, folds the Go
-# benchmark results in, prints one table and writes bench/results.json and
-# bench/README.md. See bench/README.md for how to read the figures.
+# 127.0.0.1 port, drives it, compares it with Jupyter Server, then runs
+# three bin/cellgate instances behind haproxy (the cluster phase; make deps
+# installs haproxy), folds the Go benchmark results in, prints one table
+# and writes bench/results.json and bench/README.md. See bench/README.md for
+# how to read the figures.
 #
 # Environment: CELLBENCH_ARGS (extra cmd/cellbench flags, e.g.
 # "-idle-sessions 30"); BENCH_SKIP_GO=1 skips the Go benchmarks.

@@ -51,6 +51,8 @@ type options struct {
 	coldStarts   int
 	burstSizes   string
 	skip         string
+	// The cluster phase's samples.
+	clusterRounds, clusterSessions, clusterStops int
 }
 
 func main() {
@@ -72,7 +74,10 @@ func main() {
 	flag.IntVar(&o.fileRounds, "file-rounds", 3, "10 MB files to upload and fetch")
 	flag.IntVar(&o.coldStarts, "cold-starts", 6, "cold starts per launcher (sandboxed and not)")
 	flag.StringVar(&o.burstSizes, "bursts", "20,50", "sizes of the bursts of concurrent POST /kernel and /service, comma-separated")
-	flag.StringVar(&o.skip, "skip", "", "comma-separated phases to skip: coldstart,sessions,execute,jupyterlab,service,refill,burst,permalinks,stored,files,memory")
+	flag.IntVar(&o.clusterRounds, "cluster-rounds", 200, "cluster: execute rounds on one session, through its owner and through another instance each")
+	flag.IntVar(&o.clusterSessions, "cluster-sessions", 20, "cluster: new sessions through haproxy, with one instance and with three each")
+	flag.IntVar(&o.clusterStops, "cluster-stops", 3, "cluster: instances killed (SIGKILL), and as many stopped (SIGTERM), each restarted after")
+	flag.StringVar(&o.skip, "skip", "", "comma-separated phases to skip: "+strings.Join(append(serverPhases(), "cluster"), ","))
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -117,8 +122,18 @@ func run(ctx context.Context, o options) int {
 	rep.GoBenchmarks = e.gobench
 	e.goRows()
 
-	if err := e.withServer(ctx, rep.Cellgate); err != nil {
-		rec.problem("%v", err)
+	skip := strings.Split(o.skip, ",")
+	if !allIn(serverPhases(), skip) {
+		if err := e.withServer(ctx, rep.Cellgate); err != nil {
+			rec.problem("%v", err)
+		}
+	}
+	// Alone on the machine: the single server has stopped.
+	if !slices.Contains(skip, "cluster") && ctx.Err() == nil {
+		e.runPhase(ctx, "cluster", e.phaseCluster, 15*time.Minute)
+		if e.clusterShown != "" {
+			rep.Cellgate["cluster"] = e.clusterShown
+		}
 	}
 
 	rep.Rows = orderRows(rec.rows)
@@ -221,19 +236,7 @@ func (e *env) withServer(ctx context.Context, info map[string]string) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		fmt.Fprintf(os.Stderr, "cellbench: %s: %s ...\n", time.Now().Format("15:04:05"), p.name)
-		began := time.Now()
-		timeout := p.timeout
-		if timeout == 0 {
-			timeout = 5 * time.Minute
-		}
-		phaseCtx, cancel := context.WithTimeout(ctx, timeout)
-		err := p.run(phaseCtx)
-		cancel()
-		if err != nil {
-			e.rec.problem("phase %s: %v", p.name, err)
-		}
-		fmt.Fprintf(os.Stderr, "cellbench: %s took %s\n", p.name, time.Since(began).Round(100*time.Millisecond))
+		e.runPhase(ctx, p.name, p.run, p.timeout)
 		select {
 		case <-gw.exited:
 			return fmt.Errorf("cellgate exited during phase %s; log:\n%s", p.name, gw.logTail())
@@ -241,6 +244,38 @@ func (e *env) withServer(ctx context.Context, info map[string]string) error {
 		}
 	}
 	return nil
+}
+
+// serverPhases are the phases run against one cellgate (withServer), in order; the cluster
+// phase runs its own instances after it.
+func serverPhases() []string {
+	return []string{"coldstart", "sessions", "execute", "jupyterlab", "service", "refill", "burst", "permalinks", "stored", "files", "memory"}
+}
+
+// allIn tells whether every one of names is in set.
+func allIn(names, set []string) bool {
+	for _, n := range names {
+		if !slices.Contains(set, n) {
+			return false
+		}
+	}
+	return true
+}
+
+// runPhase runs one phase with its time limit (5 min if zero), reporting its error as a problem.
+func (e *env) runPhase(ctx context.Context, name string, run func(context.Context) error, timeout time.Duration) {
+	fmt.Fprintf(os.Stderr, "cellbench: %s: %s ...\n", time.Now().Format("15:04:05"), name)
+	began := time.Now()
+	if timeout == 0 {
+		timeout = 5 * time.Minute
+	}
+	phaseCtx, cancel := context.WithTimeout(ctx, timeout)
+	err := run(phaseCtx)
+	cancel()
+	if err != nil {
+		e.rec.problem("phase %s: %v", name, err)
+	}
+	fmt.Fprintf(os.Stderr, "cellbench: %s took %s\n", name, time.Since(began).Round(100*time.Millisecond))
 }
 
 // startCellgate starts bin/cellgate serve as the bench deploys it (name

@@ -33,7 +33,7 @@ const (
 	codeService = "print(6*7)"
 )
 
-var sectionOrder = []string{secPool, secSession, secExecute, secJupyter, secService, secBurst, secMemory, secStorage, secStored, secCodec}
+var sectionOrder = []string{secPool, secSession, secExecute, secJupyter, secService, secBurst, secMemory, secStorage, secStored, secCluster, secCodec}
 
 // env is what the phases share.
 type env struct {
@@ -50,6 +50,8 @@ type env struct {
 	poolTotal int
 	// maxKernels is cellgate's --max-kernels.
 	maxKernels int
+	// clusterShown is how the cluster phase ran its instances, for the report.
+	clusterShown string
 }
 
 // reader returns a distinct fake reader address for X-Forwarded-For,

@@ -19,7 +19,13 @@ func readme(rep Report) string {
 		rep.Generated, short(rep.GitCommit), map[bool]string{true: " (with uncommitted changes)", false: ""}[rep.GitDirty],
 		strings.TrimPrefix(rep.GoVersion, "go"), rep.Host["cpus"], rep.Host["cpu"], rep.Host["memory_gib"], rep.Host["linux"],
 		rep.Host["loadavg_at_start"], rep.DurationSec)
-	fmt.Fprintf(&b, "cellgate ran as `%s`.\n\n", rep.Cellgate["args"])
+	if args := rep.Cellgate["args"]; args != "" {
+		fmt.Fprintf(&b, "cellgate ran as `%s`.\n", args)
+	}
+	if cl := rep.Cellgate["cluster"]; cl != "" {
+		fmt.Fprintf(&b, "The cluster phase ran %s.\n", cl)
+	}
+	b.WriteString("\n")
 	b.WriteString(table(rep.Rows, true))
 	if len(rep.Problems) > 0 {
 		b.WriteString("\nProblems in this run:\n\n")
@@ -71,11 +77,17 @@ jupytermsg), then builds and runs ` + "`cmd/cellbench`" + `, which:
 - starts Debian's {JUPYTER_SERVER} (` + "`/usr/bin/python3 -m jupyter_server`" + `, its defaults, private HOME) and runs
   ` + "`bench/jsbench.js`" + ` — the unchanged {JLAB_SERVICES} under Node — against both servers,
   alternating kernel by kernel;
-- stops everything it started (SIGTERM, then checks that no kernel process outlived cellgate), prints the
-  table and writes ` + "`results.json`" + ` and this file.
+- stops everything it started (SIGTERM, then checks that no kernel process outlived cellgate);
+- then, that server stopped, runs the cluster phase: three ` + "`bin/cellgate serve`" + ` instances (sandboxed, default
+  pool) on one FerretDB that cellbench runs over loopback TCP, and Debian's ` + "`haproxy`" + ` in front of them with
+  ` + "`deploy/haproxy.cfg`" + ` as shipped (package ` + "`deploy/localcluster`" + ` points it at the instances; the cluster
+  tests run it the same way);
+- prints the table and writes ` + "`results.json`" + ` and this file.
 
 Fewer samples for a quick look: ` + "`go run ./cmd/cellbench -cellgate bin/cellgate -sessions 5 -rounds 50 -skip jupyterlab,memory`" + `
-(see ` + "`-help`" + `; without ` + "`-gobench`" + ` the Go benchmark rows are missing and reported as problems).
+(see ` + "`-help`" + `; without ` + "`-gobench`" + ` the Go benchmark rows are missing and reported as problems). The cluster
+phase alone: ` + "`-skip coldstart,sessions,execute,jupyterlab,service,refill,burst,permalinks,stored,files,memory`" + `
+(with ` + "`-out`" + ` elsewhere, so that this file is not replaced by a partial run).
 
 ## How to read it
 
@@ -170,6 +182,24 @@ has written. *kernel writes 10 MB*: an execution that writes a 10 MB file into t
 from sending it until the ` + "`cellgate.files`" + ` message announcing the upload; MB/s is 10 MB over that time (end to
 end), and again less the time of an execution that writes nothing. *GET /files/…*: fetching it back (sha256
 checked against the ETag). The Go benchmark rows time the storage package directly, without HTTP or a kernel.
+
+**Cluster.** Three instances share one database; each answer names the instances that handled it
+(` + "`Cellgate-Instance`" + `). *execute round trip … to the session's owner* and *… to another instance*: one session,
+started on the first instance, with one Sage-cell websocket to it and one to the second instance, which relays
+the websocket to the owner; one ` + "`1+1`" + ` on each per round, interleaved, until reply and idle. *added by the hop*
+is the forwarded path less the direct one, at p50 and at p99: the cost of the extra instance a client reaches
+when the balancer sends it elsewhere than the owner. *new session → first 1+1 reply through HAProxy*: a reader
+opening a cell through a balancer over one instance and through one over all three, session by session in
+turn, every pool full before each (so placement never moves a session): with three, the ` + "`POST /kernel`" + ` and the
+websocket land on instances in turn, and whichever is not the owner forwards. *SIGKILL … long-poll client
+told it ended*: a session on the last instance, whose process group (kernels included) is killed; a client
+asks the session's long-poll through the balancer every 10 ms (503 while the owner is unreachable but not yet
+known dead) until it answers ` + "`ended: true`" + `; the expiry and heartbeat of the cluster bound it. *SIGTERM → /readyz
+503* (asked of the instance directly every 10 ms) and *SIGTERM → the balancer's last request to it*: requests
+go through the balancer every 10 ms, and the last one that the instance answered (its ` + "`Cellgate-Instance`" + `) before
+3 s with none marks when haproxy took it out of the ready backend, which its health-check timing (shown above)
+bounds; the instance drains a live session meanwhile, so it is still up and could still be picked. Each stopped
+instance is restarted at its address under a new id before the next round.
 
 **Wire codec.** jupytermsg's websocket encoders and decoders on a typical stream message and on a 1 MiB image.
 `
