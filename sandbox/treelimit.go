@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrMemoryLimit: the kernel's processes together held more than
@@ -72,11 +74,59 @@ func parseStat(data []byte) (procStat, error) {
 }
 
 func readStat(pid int) (procStat, error) {
-	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	var buf [1024]byte
+	data, err := readProc("/proc/"+strconv.Itoa(pid)+"/stat", buf[:])
 	if err != nil {
 		return procStat{}, err
 	}
 	return parseStat(data)
+}
+
+// readProc reads a small /proc file into buf (what does not fit is left
+// out) with plain system calls: os.Open would also try to register the
+// file with the runtime's poller, a third of a sample's cost.
+func readProc(path string, buf []byte) ([]byte, error) {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	n := 0
+	for n < len(buf) {
+		m, err := unix.Read(fd, buf[n:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, &os.PathError{Op: "read", Path: path, Err: err}
+		}
+		if m == 0 {
+			break
+		}
+		n += m
+	}
+	return buf[:n], nil
+}
+
+// readNames lists a /proc directory, as readProc reads a file.
+func readNames(path string) []string {
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil
+	}
+	defer unix.Close(fd)
+	var names []string
+	var buf [4096]byte
+	for {
+		n, err := unix.Getdents(fd, buf[:])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n <= 0 {
+			return names
+		}
+		_, _, names = unix.ParseDirent(buf[:n], -1, names)
+	}
 }
 
 // processTree lists pid and its descendants, parents first. Each thread
@@ -86,10 +136,11 @@ func readStat(pid int) (procStat, error) {
 // the kernel moves to, it stays below the root.
 func processTree(pid int) []int {
 	tree := []int{pid}
+	var buf [4096]byte
 	for i := 0; i < len(tree) && len(tree) < maxTreeProcesses; i++ {
-		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", tree[i]))
-		for _, t := range tasks {
-			data, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/children", tree[i], t.Name()))
+		dir := "/proc/" + strconv.Itoa(tree[i]) + "/task/"
+		for _, task := range readNames(dir) {
+			data, err := readProc(dir+task+"/children", buf[:])
 			if err != nil {
 				continue
 			}
@@ -170,11 +221,20 @@ func (c *Config) treeLimits() treeLimits {
 	return treeLimits{memory: c.Memory, cpu: c.CPUTime, share: c.CPUShare, every: c.LimitEvery}
 }
 
-// shareWindow is how much CPU, in seconds at the share, a kernel may run
-// ahead of its share (a kernel starts with that much) and at most fall
-// behind: the longest it is ever stopped is about this plus one period,
-// well inside the pool's heartbeat tolerance.
-const shareWindow = time.Second
+// A kernel may run ahead of its share by shareAhead's worth (it starts
+// with that much) and fall behind by shareBehind's worth at most, which
+// bounds how long it is stopped at a time: about shareBehind, well inside
+// the pool's heartbeat tolerance. While it is behind, its tree is sampled
+// shareLook times as often, so that it runs in short slices and the debt
+// one slice makes stays under that bound (up to shareLook*shareBehind/
+// LimitEvery cores, ten cores per core of share with the defaults; a tree
+// on more cores than that gets more than its share, unless LimitEvery is
+// shorter).
+const (
+	shareAhead  = time.Second
+	shareBehind = 500 * time.Millisecond
+	shareLook   = 5
+)
 
 // treeAccount counts the CPU time of one kernel's processes, those that
 // ended included.
@@ -293,16 +353,16 @@ func limitTree(p *Process, l treeLimits) {
 		return // ended already: Done follows
 	}
 	a := &treeAccount{root: p.Pid(), rootStart: root.start}
-	tick := time.NewTicker(l.every)
-	defer tick.Stop()
-	burst := l.share * shareWindow.Seconds()
-	budget, last, lastTicks := burst, time.Now(), int64(0)
+	next := time.NewTimer(l.every)
+	defer next.Stop()
+	ahead, behind := l.share*shareAhead.Seconds(), l.share*shareBehind.Seconds()
+	budget, last, lastTicks := ahead, time.Now(), int64(0)
 	var stopped map[int]uint64 // what we stopped: pid → start
 	for {
 		select {
 		case <-p.done:
 			return
-		case <-tick.C:
+		case <-next.C:
 		}
 		procs, ok := a.sample()
 		if !ok {
@@ -312,19 +372,23 @@ func limitTree(p *Process, l treeLimits) {
 			p.endFor(err)
 			return
 		}
-		if l.share <= 0 {
-			continue
+		wait := l.every
+		if l.share > 0 {
+			now := time.Now()
+			used := float64(a.ticks-lastTicks) / clockTicks
+			budget = min(ahead, max(-behind, budget+l.share*now.Sub(last).Seconds()-used))
+			last, lastTicks = now, a.ticks
+			if budget < 0 {
+				stopped = stopTree(p, a, stopped)
+			} else if stopped != nil {
+				resumeTree(p, stopped)
+				stopped = nil
+			}
+			if budget < ahead/2 {
+				wait = max(10*time.Millisecond, l.every/shareLook)
+			}
 		}
-		now := time.Now()
-		used := float64(a.ticks-lastTicks) / clockTicks
-		budget = min(burst, max(-burst, budget+l.share*now.Sub(last).Seconds()-used))
-		last, lastTicks = now, a.ticks
-		if budget < 0 {
-			stopped = stopTree(p, a, stopped)
-		} else if stopped != nil {
-			resumeTree(p, stopped)
-			stopped = nil
-		}
+		next.Reset(wait)
 	}
 }
 

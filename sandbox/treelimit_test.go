@@ -278,3 +278,49 @@ func TestTreeCPUShare(t *testing.T) {
 	}
 	t.Logf("four busy workers used %.2f cores over %v with a share of %.2f", cores, t1.Sub(t0).Round(time.Millisecond), share)
 }
+
+// BenchmarkTreeSample: what one sample of a kernel's tree costs the
+// gateway, for a tree shaped like an idle ipykernel's and more: the two
+// bwraps, a kernel with six threads, two worker processes; and what its
+// PSS costs, read only when the resident sets are over the limit.
+func BenchmarkTreeSample(b *testing.B) {
+	bw := newBwrap(b, nil)
+	k := launchPy(b, bw, `
+import os, threading, time
+for _ in range(6):
+    threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+for _ in range(2):
+    if os.fork() == 0:
+        time.sleep(600)
+        os._exit(0)
+print("ready", flush=True)
+time.sleep(600)
+`)
+	k.waitFor(b, "ready", 30*time.Second)
+	root, err := readStat(k.p.Pid())
+	if err != nil {
+		b.Fatal(err)
+	}
+	a := &treeAccount{root: k.p.Pid(), rootStart: root.start}
+	var procs []procStat
+	b.Run("sample", func(b *testing.B) {
+		for b.Loop() {
+			var ok bool
+			if procs, ok = a.sample(); !ok {
+				b.Fatal("kernel ended")
+			}
+		}
+		b.ReportMetric(float64(len(procs)), "processes")
+	})
+	b.Run("pss", func(b *testing.B) {
+		pids := make([]int, len(procs))
+		for i, s := range procs {
+			pids[i] = s.pid
+		}
+		for b.Loop() {
+			if _, err := pssOf(pids); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
