@@ -181,13 +181,13 @@ func DefaultConfig() Config {
 			// Python 3.11's debugger warns about frozen modules on every start.
 			"PYDEVD_DISABLE_FILE_VALIDATION=1",
 		},
-		Home:     "/home/sandbox",
-		HomeDirs: []string{".sage"},
-		Hostname: "cellgate",
+		Home:        "/home/sandbox",
+		HomeDirs:    []string{".sage"},
+		Hostname:    "cellgate",
 		Fork:        true,
 		ForkPrepare: true,
 		ForkUID:     69999,
-		ForkMax:  500,
+		ForkMax:     500,
 		ForkPreload: []string{
 			"ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "IPython.core.interactiveshell",
 			"IPython.core.completer", "jupyter_client.session", "zmq", "tornado.ioloop",
