@@ -52,6 +52,7 @@ type options struct {
 	dbConnectRetry      time.Duration
 	kernelMemory        int64
 	kernelCPU           time.Duration
+	kernelCPUShare      float64
 	kernelDisk          int64
 	kernelProcs         int
 	kernelLifespan      time.Duration
@@ -99,7 +100,7 @@ type setting struct {
 }
 
 type settingType interface {
-	string | int | int64 | bool | time.Duration
+	string | int | int64 | bool | float64 | time.Duration
 }
 
 // opt binds a setting to the option at p, starting at def.
@@ -118,6 +119,9 @@ func opt[T settingType](name string, p *T, def T, help string) setting {
 	case *bool:
 		d := any(def).(bool)
 		s.def, s.define = strconv.FormatBool(d), func(fs *flag.FlagSet, u string) { fs.BoolVar(p, name, d, u) }
+	case *float64:
+		d := any(def).(float64)
+		s.def, s.define = strconv.FormatFloat(d, 'g', -1, 64), func(fs *flag.FlagSet, u string) { fs.Float64Var(p, name, d, u) }
 	case *time.Duration:
 		d := any(def).(time.Duration)
 		s.def, s.define = shortDuration(d), func(fs *flag.FlagSet, u string) { fs.DurationVar(p, name, d, u) }
@@ -157,8 +161,9 @@ func settings(o *options) []setting {
 		opt("lease-queue", &o.leaseQueue, string(kp.Queue), "how requests wait when no kernel is ready: `fair` (client addresses take turns; 503 at once when the expected wait exceeds `--lease-timeout`) or `fifo` (one line; each waits out `--lease-timeout`)"),
 		opt("sandbox", &o.sandbox, "bwrap", "kernel isolation: `bwrap`, or `none` (development only: loud warning, refused on a non-loopback address unless `--allow-unsandboxed-public`)"),
 		opt("allow-unsandboxed-public", &o.allowUnsafe, false, "let `--sandbox=none` serve a non-loopback address (dangerous)"),
-		opt("kernel-cpu", &o.kernelCPU, sb.CPUTime, "sandbox: CPU time limit per kernel process (SIGXCPU, then SIGKILL 2 s later), truncated to whole seconds"),
-		opt("kernel-memory-mb", &o.kernelMemory, sb.Memory>>20, "sandbox: address-space limit per kernel process, in MiB"),
+		opt("kernel-cpu", &o.kernelCPU, sb.CPUTime, "sandbox: CPU time limit of each kernel process (SIGXCPU, then SIGKILL 2 s later) and of a kernel's whole process tree, ended processes included (checked every 250 ms: the kernel is killed), truncated to whole seconds"),
+		opt("kernel-memory-mb", &o.kernelMemory, sb.Memory>>20, "sandbox: memory limit in MiB, of each kernel process's address space (allocations fail) and of a kernel's whole process tree's proportional set size (checked every 250 ms: the kernel is killed)"),
+		opt("kernel-cpu-share", &o.kernelCPUShare, sb.CPUShare, "sandbox: cores a kernel's whole process tree may use on average; one more than a second's worth ahead is stopped until it is back; `0`: no share"),
 		opt("kernel-disk-mb", &o.kernelDisk, sb.Disk>>20, "sandbox: size of a kernel's writable space, in MiB (a tmpfs: it is RAM)"),
 		opt("kernel-processes", &o.kernelProcs, sb.Processes, "sandbox: processes and threads per kernel"),
 		opt("kernel-lifespan", &o.kernelLifespan, sb.Lifespan, "sandbox: wall-clock life of a kernel process, a backstop behind the session limits"),
@@ -334,6 +339,9 @@ func (o options) validate() error {
 	if o.kernelCPU < time.Second {
 		return fmt.Errorf("--kernel-cpu %v is under 1s", o.kernelCPU)
 	}
+	if !(o.kernelCPUShare >= 0 && o.kernelCPUShare <= 4096) {
+		return fmt.Errorf("--kernel-cpu-share %v: want cores, or 0 for no share", o.kernelCPUShare)
+	}
 	if o.maxMessageMB > 1024 {
 		return fmt.Errorf("--max-message-mb %d is over 1024", o.maxMessageMB)
 	}
@@ -420,6 +428,7 @@ func (o options) sandboxConfig() sandbox.Config {
 	cfg := sandbox.DefaultConfig()
 	cfg.CPUTime, cfg.Memory, cfg.Disk = o.kernelCPU, o.kernelMemory<<20, o.kernelDisk<<20
 	cfg.Processes, cfg.Lifespan = o.kernelProcs, o.kernelLifespan
+	cfg.CPUShare = o.kernelCPUShare
 	cfg.Fork, cfg.ForkMax = o.fork == "on", o.forkMax
 	return cfg
 }

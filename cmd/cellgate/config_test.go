@@ -52,6 +52,8 @@ func TestOptionErrors(t *testing.T) {
 		"zero memory":      {[]string{"--kernel-memory-mb", "0"}, nil},
 		"zero processes":   {[]string{"--kernel-processes", "0"}, nil},
 		"sub-second cpu":   {[]string{"--kernel-cpu", "500ms"}, nil},
+		"negative share":   {[]string{"--kernel-cpu-share", "-1"}, nil},
+		"NaN share":        {nil, map[string]string{"CELLGATE_KERNEL_CPU_SHARE": "NaN"}},
 		"zero grace":       {[]string{"--detach-grace", "0s"}, nil},
 		"negative retry":   {[]string{"--db-connect-retry", "-1s"}, nil},
 		"zero drain":       {[]string{"--drain-timeout", "0s"}, nil},
@@ -256,5 +258,18 @@ func TestForkMax(t *testing.T) {
 	}
 	if got := o.sandboxConfig().ForkMax; got != 7 {
 		t.Fatalf("--fork-max 7 gave the sandbox ForkMax %d", got)
+	}
+}
+
+// --kernel-cpu-share reaches the sandbox, in cores, fractions too.
+func TestKernelCPUShare(t *testing.T) {
+	o, err := parseOptions(nil, func(k string) string {
+		return map[string]string{"CELLGATE_KERNEL_CPU_SHARE": "0.5"}[k]
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := o.sandboxConfig().CPUShare; got != 0.5 {
+		t.Fatalf("CELLGATE_KERNEL_CPU_SHARE=0.5 gave the sandbox CPUShare %v", got)
 	}
 }
