@@ -51,6 +51,8 @@ type Forwarder struct {
 	proxy *httputil.ReverseProxy
 	log   zerolog.Logger
 	own   *http.Transport // the transport it made, closed by Close
+	// dialTimeout bounds connecting to another instance (DialWebsocket's handshake too).
+	dialTimeout time.Duration
 }
 
 // forwardCall is one Forward's target and outcome, carried through the proxy in the request's
@@ -76,7 +78,7 @@ func NewForwarder(cfg ForwarderConfig) (*Forwarder, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	f := &Forwarder{key: key, self: cfg.InstanceID, now: cfg.Now, log: cfg.Log.With().Str("component", "cluster").Logger()}
+	f := &Forwarder{key: key, self: cfg.InstanceID, now: cfg.Now, log: cfg.Log.With().Str("component", "cluster").Logger(), dialTimeout: cfg.DialTimeout}
 	transport := cfg.Transport
 	if transport == nil {
 		f.own = &http.Transport{

@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -60,6 +62,12 @@ type Cluster interface {
 	SetLoad(sessions int, ready map[string]int)
 	// Peers lists the other live instances (draining ones too).
 	Peers(ctx context.Context) ([]Peer, error)
+	// DialWebsocket opens a websocket to the request URI uri on peer, for
+	// the client at address client who reached this instance at host: the
+	// bridge of a kernel owned elsewhere on a SockJS connection, which
+	// carries several kernels and so cannot be forwarded whole. Errors wrap
+	// ErrPeerUnreachable or ErrForwardLoop.
+	DialWebsocket(ctx context.Context, peer Peer, uri, host, client string) (*websocket.Conn, error)
 }
 
 // Peer is another instance.
@@ -177,6 +185,45 @@ func dropCORS(h http.Header) {
 			h.Del(name)
 		}
 	}
+}
+
+// sockjsBridge opens, for a SockJS connection here (r is its request),
+// the Sage-cell websocket of kernel id at the instance that owns it, as
+// client clientID; the error says why there is none: no cluster, nobody
+// knows the kernel, it ended elsewhere (with its reason), or its owner
+// cannot be reached now.
+func (s *Server) sockjsBridge(ctx context.Context, r *http.Request, id, clientID string) (*websocket.Conn, error) {
+	noSuch := fmt.Errorf("no such kernel %q", id)
+	if s.cfg.Cluster == nil {
+		return nil, noSuch
+	}
+	if _, forwarded := s.cfg.Cluster.ForwardedClient(r); forwarded {
+		return nil, noSuch
+	}
+	ctx, cancel := context.WithTimeout(ctx, clusterCallTimeout)
+	defer cancel()
+	uri := "/kernel/" + url.PathEscape(id) + "/channels?session_id=" + url.QueryEscape(clientID)
+	for attempt := 0; attempt < 2; attempt++ {
+		loc, err := s.cfg.Cluster.Locate(ctx, id)
+		switch {
+		case err != nil:
+			return nil, fmt.Errorf("cannot find the kernel's instance now: %w", err)
+		case loc.Ended:
+			return nil, fmt.Errorf("kernel %q ended: %s", id, loc.Reason)
+		case loc.Owner == nil:
+			return nil, noSuch
+		}
+		conn, err := s.cfg.Cluster.DialWebsocket(ctx, *loc.Owner, uri, r.Host, s.echo.IPExtractor(r))
+		switch {
+		case err == nil:
+			return conn, nil
+		case errors.Is(err, ErrForwardLoop):
+			return nil, noSuch
+		}
+		// Unreachable: ask again, as the owner may have just died.
+		s.log.Debug().Err(err).Str("session", id).Msg("cluster: SockJS bridge failed")
+	}
+	return nil, errors.New("the kernel's instance cannot be reached now")
 }
 
 // placeElsewhere forwards a request for a new session of kernel to another

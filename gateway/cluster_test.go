@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/url"
@@ -11,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/gorilla/websocket"
 )
 
@@ -23,6 +25,8 @@ type fakeCluster struct {
 	forwarded []string          // "path client"
 	elsewhere int               // SessionsOf adds this
 	placeTo   *Peer             // Place's answer; nil: no other instance has a ready kernel
+	owners    map[string]Peer   // sessions of other instances reached for real (DialWebsocket)
+	dials     int
 }
 
 func newFakeCluster() *fakeCluster {
@@ -39,6 +43,12 @@ func (f *fakeCluster) ForwardedClient(r *http.Request) (string, bool) {
 }
 
 func (f *fakeCluster) Locate(_ context.Context, id string) (Location, error) {
+	f.mu.Lock()
+	p, ok := f.owners[id]
+	f.mu.Unlock()
+	if ok {
+		return Location{Owner: &p}, nil
+	}
 	switch id {
 	case "theirs":
 		return Location{Owner: &Peer{ID: "peer", URL: "http://peer.invalid/"}}, nil
@@ -91,6 +101,18 @@ func (f *fakeCluster) Place(context.Context, string) (Peer, bool) {
 		return Peer{}, false
 	}
 	return *f.placeTo, true
+}
+
+// DialWebsocket dials the peer's own server, unsigned (it runs without a cluster).
+func (f *fakeCluster) DialWebsocket(ctx context.Context, peer Peer, uri, _, _ string) (*websocket.Conn, error) {
+	f.mu.Lock()
+	f.dials++
+	f.mu.Unlock()
+	conn, _, err := websocket.DefaultDialer.DialContext(ctx, "ws"+strings.TrimPrefix(strings.TrimSuffix(peer.URL, "/"), "http")+uri, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrPeerUnreachable, err)
+	}
+	return conn, nil
 }
 
 func (f *fakeCluster) SetLoad(int, map[string]int)           {}
@@ -279,5 +301,121 @@ func TestDrainEndsSessionsAtItsDeadline(t *testing.T) {
 	defer fc.mu.Unlock()
 	if got := fc.releases[k.ID]; got != EndDrainDeadline {
 		t.Errorf("released in the cluster with %q", got)
+	}
+}
+
+// TestSockJSBridgesKernelsOfOtherInstances: one SockJS connection (the Sage cell's own front
+// end) on one instance carries a kernel of that instance and a kernel of another instance,
+// bridged over a websocket to its owner: code runs on both, each kernel's output comes on its
+// own stream, and a completion asked while the other instance's kernel is the page's latest is
+// answered from that kernel on the "complete" stream; a kernel that ended elsewhere is answered
+// with its reason.
+func TestSockJSBridgesKernelsOfOtherInstances(t *testing.T) {
+	owner := newTestEnv(t, 1, 4, nil)
+	fc := newFakeCluster()
+	here := newTestEnv(t, 1, 4, func(c *Config) { c.Cluster = fc })
+	theirs, ours := owner.newKernel(url.Values{"timeout": {"60"}}), here.newKernel(url.Values{"timeout": {"60"}})
+	fc.mu.Lock()
+	fc.owners = map[string]Peer{theirs.ID: {ID: "peer", URL: owner.http.URL + "/"}}
+	fc.mu.Unlock()
+	// Their kernel knows a name only it has, for the completion.
+	oc := owner.dialSage(theirs.ID, "")
+	oc.until(idleAfter(oc.execute("only_on_the_owner = 1")))
+
+	conn, _, err := websocket.DefaultDialer.Dial(here.wsURL("/sockjs/000/"+uuid.NewString()[:8]+"/websocket"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// SockJS framing: "o" opens, "a[...]" carries messages, "h" is a heartbeat.
+	var pending []string
+	next := func() (stream string, f frame) {
+		t.Helper()
+		for len(pending) == 0 {
+			_ = conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+			_, data, err := conn.ReadMessage()
+			if err != nil {
+				t.Fatalf("SockJS: %v", err)
+			}
+			if len(data) > 0 && data[0] == 'a' {
+				var msgs []string
+				if err := json.Unmarshal(data[1:], &msgs); err != nil {
+					t.Fatalf("SockJS frame %q: %v", data, err)
+				}
+				pending = append(pending, msgs...)
+			}
+		}
+		msg := pending[0]
+		pending = pending[1:]
+		stream, body, _ := strings.Cut(msg, ",")
+		if err := json.Unmarshal([]byte(body), &f); err != nil {
+			t.Fatalf("message %q: %v", msg, err)
+		}
+		return stream, f
+	}
+	send := func(stream, msgType string, content any) string {
+		t.Helper()
+		id := uuid.NewString()
+		data, _ := json.Marshal(map[string]any{
+			"channel": "shell", "header": map[string]string{"msg_type": msgType, "msg_id": id, "session": "page"},
+			"parent_header": map[string]any{}, "metadata": map[string]any{}, "content": content,
+		})
+		text, _ := json.Marshal([]string{stream + "," + string(data)})
+		if err := conn.WriteMessage(websocket.TextMessage, text); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	execute := func(id, code string) string {
+		return send(id+"/channels", "execute_request", map[string]any{"code": code, "silent": false, "user_expressions": map[string]any{}, "allow_stdin": false})
+	}
+	idle := map[string]string{execute(ours.ID, "print('here')"): ours.ID, execute(theirs.ID, "print('there')"): theirs.ID}
+	stdout := map[string]string{}
+	for len(idle) > 0 {
+		stream, f := next()
+		id, _, _ := strings.Cut(stream, "/")
+		if f.Header.MsgType == "stream" {
+			stdout[id] += f.str("text")
+		}
+		if f.Header.MsgType == "status" && f.str("execution_state") == "idle" && idle[f.ParentHeader.MsgID] == id {
+			delete(idle, f.ParentHeader.MsgID)
+		}
+		if f.Error != "" {
+			t.Fatalf("on %s: %s %s", stream, f.Error, f.Message)
+		}
+	}
+	if stdout[ours.ID] != "here\n" || stdout[theirs.ID] != "there\n" {
+		t.Errorf("stdout by kernel %q", stdout)
+	}
+	// The page's latest kernel is theirs: the completion comes from it.
+	asked := send("complete", "complete_request", map[string]any{"code": "only_on_the", "cursor_pos": 11})
+	for {
+		stream, f := next()
+		if f.Header.MsgType != "complete_reply" || f.ParentHeader.MsgID != asked {
+			continue
+		}
+		var matches []string
+		_ = json.Unmarshal(f.Content["matches"], &matches)
+		if stream != "complete" || len(matches) != 1 || matches[0] != "only_on_the_owner" {
+			t.Errorf("completion on %q: %q", stream, matches)
+		}
+		break
+	}
+	// Ended elsewhere: the page is told why.
+	execute("gone", "1")
+	for {
+		stream, f := next()
+		if stream != "gone/channels" {
+			continue
+		}
+		if !strings.Contains(f.Message, "(peer) stopped") {
+			t.Errorf("a kernel that ended elsewhere: %+v", f)
+		}
+		break
+	}
+	fc.mu.Lock()
+	defer fc.mu.Unlock()
+	if fc.dials != 1 {
+		t.Errorf("%d bridges dialed for one kernel of another instance", fc.dials)
 	}
 }

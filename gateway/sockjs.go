@@ -61,9 +61,14 @@ type sockjsConn struct {
 	wg      sync.WaitGroup
 }
 
-// sockjsStream is one kernel's stream on a SockJS connection.
+// sockjsStream is one kernel's stream on a SockJS connection: a session
+// of this instance, or a bridge to the instance that owns it.
 type sockjsStream struct {
-	sess     *session.Session
+	sess *session.Session // nil for a kernel of another instance
+	// remote is the Sage-cell websocket of a kernel of another instance
+	// (sockjsBridge); remoteMu serialises writes to it.
+	remote   *websocket.Conn
+	remoteMu sync.Mutex
 	clientID string
 	detach   func(clean bool)
 	// completing holds the msg_ids of completion requests sent on the
@@ -126,12 +131,33 @@ func (c *sockjsConn) receive(msg string) {
 		err = fmt.Errorf("clients cannot send on the iopub channel")
 	}
 	if err == nil {
-		err = st.sess.Send(st.clientID, ch, m)
+		err = st.deliver(ch, m, frame)
 	}
 	if err != nil {
 		c.s.metrics.session.Errors.WithLabelValues("client_message").Inc()
 		c.problem(prefix, err.Error())
 	}
+}
+
+// deliver sends a message of the page to the kernel: to its session here,
+// or as the page framed it over the bridge to its owner, which checks it
+// as its own websocket's.
+func (st *sockjsStream) deliver(ch jupytermsg.Channel, m *jupytermsg.Message, frame string) error {
+	if st.remote == nil {
+		return st.sess.Send(st.clientID, ch, m)
+	}
+	st.remoteMu.Lock()
+	defer st.remoteMu.Unlock()
+	_ = st.remote.SetWriteDeadline(time.Now().Add(writeTimeout))
+	return st.remote.WriteMessage(websocket.TextMessage, []byte(frame))
+}
+
+// live tells whether the stream's kernel may still answer.
+func (st *sockjsStream) live() bool {
+	if st.remote != nil {
+		return true // the bridge closes, and the stream goes, when the session ends
+	}
+	return st.sess.Reason() == ""
 }
 
 // stream is kernel id's stream, started on its first message.
@@ -145,11 +171,26 @@ func (c *sockjsConn) stream(id string) (*sockjsStream, error) {
 	if len(c.streams) >= maxSockJSKernels {
 		return nil, fmt.Errorf("a SockJS connection carries at most %d kernels", maxSockJSKernels)
 	}
+	clientID := "sockjs-" + c.sj.ID() + "-" + id
 	sess := c.s.sessions.getAPI(id, session.SageCell)
 	if sess == nil {
-		return nil, fmt.Errorf("no such kernel %q", id)
+		// Another instance's, in a cluster: bridged over a websocket to it.
+		remote, err := c.s.sockjsBridge(c.ctx, c.sj.Request(), id, clientID)
+		if err != nil {
+			return nil, err
+		}
+		st := &sockjsStream{remote: remote, clientID: clientID, completing: map[string]bool{},
+			detach: func(bool) { _ = remote.Close() }}
+		c.streams[id] = st
+		c.last = st
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.relay(id, st)
+		}()
+		return st, nil
 	}
-	st := &sockjsStream{sess: sess, clientID: "sockjs-" + c.sj.ID() + "-" + id, completing: map[string]bool{}}
+	st := &sockjsStream{sess: sess, clientID: clientID, completing: map[string]bool{}}
 	st.detach = sess.Attach(session.TransportSockJS)
 	cursor := sess.StartCursor(st.clientID, sageCodec{}.resumeFromStart())
 	c.streams[id] = st
@@ -197,6 +238,46 @@ func (c *sockjsConn) write(st *sockjsStream, cursor uint64) {
 		select {
 		case <-changed:
 		case <-c.ctx.Done():
+			return
+		}
+	}
+}
+
+// relay sends the messages of a kernel of another instance, as its owner
+// frames them, to the page until the bridge or the connection closes; the
+// stream is then forgotten, so that a later message finds the kernel anew
+// (or hears that it ended).
+func (c *sockjsConn) relay(id string, st *sockjsStream) {
+	stop := context.AfterFunc(c.ctx, func() { _ = st.remote.Close() })
+	defer stop()
+	defer func() {
+		_ = st.remote.Close()
+		c.mu.Lock()
+		if c.streams[id] == st {
+			delete(c.streams, id)
+			if c.last == st {
+				c.last = nil
+			}
+		}
+		c.mu.Unlock()
+	}()
+	prefix := id + "/channels"
+	for {
+		_, data, err := st.remote.ReadMessage()
+		if err != nil {
+			return
+		}
+		var routing struct {
+			Channel      string `json:"channel"`
+			ParentHeader struct {
+				MsgID string `json:"msg_id"`
+			} `json:"parent_header"`
+		}
+		to := prefix
+		if json.Unmarshal(data, &routing) == nil && routing.Channel == string(jupytermsg.Shell) && st.completion(routing.ParentHeader.MsgID) {
+			to = completePrefix
+		}
+		if c.sj.Send(to+","+string(data)) != nil {
 			return
 		}
 	}
@@ -252,14 +333,14 @@ func (c *sockjsConn) complete(frame string) {
 	c.mu.Lock()
 	st := c.last
 	c.mu.Unlock()
-	if st != nil && st.sess.Reason() == "" {
+	if st != nil && st.live() {
 		st.mu.Lock()
 		room := len(st.completing) < maxPendingCompletions
 		if room {
 			st.completing[m.Header.MsgID] = true
 		}
 		st.mu.Unlock()
-		if room && st.sess.Send(st.clientID, jupytermsg.Shell, m) == nil {
+		if room && st.deliver(jupytermsg.Shell, m, frame) == nil {
 			return
 		}
 		st.completion(m.Header.MsgID)

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/gorilla/websocket"
 	"github.com/rs/zerolog"
 
 	"github.com/cellgate/cellgate/cluster"
@@ -137,6 +138,17 @@ func (n *clusterNode) Peers(ctx context.Context) ([]gateway.Peer, error) {
 		}
 	}
 	return out, nil
+}
+
+func (n *clusterNode) DialWebsocket(ctx context.Context, peer gateway.Peer, uri, host, client string) (*websocket.Conn, error) {
+	conn, err := n.fwd.DialWebsocket(ctx, cluster.Instance{ID: peer.ID, URL: peer.URL}, uri, host, client)
+	switch {
+	case errors.Is(err, cluster.ErrLoop):
+		return nil, fmt.Errorf("%w: %w", gateway.ErrForwardLoop, err)
+	case err != nil:
+		return nil, fmt.Errorf("%w: %w", gateway.ErrPeerUnreachable, err)
+	}
+	return conn, nil
 }
 
 // loadEvery is how often the gateway's load is handed to the registry (which publishes it with

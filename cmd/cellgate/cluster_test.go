@@ -386,6 +386,56 @@ func TestClusterBehindHAProxy(t *testing.T) {
 		}
 	})
 
+	// The Sage cell's own front end: one SockJS connection (its websocket transport) through the
+	// balancer, on whichever instance it lands, runs code on a kernel: three connections in turn
+	// reach at least two instances that do not own it, which bridge it to the owner.
+	t.Run("sockjs", func(t *testing.T) {
+		id, owner := c.newKernel()
+		defer c.do(http.MethodDelete, "/kernel/"+id, nil, "")
+		for i := range 3 {
+			ws, _, err := websocket.DefaultDialer.Dial(fmt.Sprintf("ws://%s/sockjs/000/page%d/websocket", front, i), nil)
+			if err != nil {
+				t.Fatalf("SockJS connection %d: %v", i, err)
+			}
+			msgID := fmt.Sprintf("sj%d", i)
+			frame, _ := json.Marshal(map[string]any{"channel": "shell", "header": map[string]any{"msg_type": "execute_request", "msg_id": msgID},
+				"parent_header": map[string]any{}, "metadata": map[string]any{}, "content": map[string]any{"code": fmt.Sprintf("print(%d*11)", i+1), "silent": false}})
+			text, _ := json.Marshal([]string{id + "/channels," + string(frame)})
+			if err := ws.WriteMessage(websocket.TextMessage, text); err != nil {
+				t.Fatal(err)
+			}
+			var stdout string
+			for idle := false; !idle; {
+				_ = ws.SetReadDeadline(time.Now().Add(60 * time.Second))
+				_, data, err := ws.ReadMessage()
+				if err != nil {
+					t.Fatalf("SockJS connection %d to %s (owned by %s): %v", i, id, owner, err)
+				}
+				var msgs []string
+				if len(data) == 0 || data[0] != 'a' || json.Unmarshal(data[1:], &msgs) != nil {
+					continue // open, heartbeat
+				}
+				for _, m := range msgs {
+					_, body, _ := strings.Cut(m, ",")
+					var f map[string]any
+					_ = json.Unmarshal([]byte(body), &f)
+					if parent, _ := f["parent_header"].(map[string]any); parent["msg_id"] != msgID {
+						continue
+					}
+					if h, _ := f["header"].(map[string]any); h["msg_type"] == "stream" {
+						text, _ := f["content"].(map[string]any)["text"].(string)
+						stdout += text
+					}
+					idle = idle || state(f) == "idle"
+				}
+			}
+			ws.Close()
+			if want := fmt.Sprintf("%d\n", (i+1)*11); stdout != want {
+				t.Errorf("SockJS connection %d to %s (owned by %s): stdout %q, want %q", i, id, owner, stdout, want)
+			}
+		}
+	})
+
 	// The hop: execute round trips on a websocket to the owner and on one to another instance,
 	// which forwards it (figures, not assertions).
 	t.Run("hop", func(t *testing.T) {
