@@ -244,6 +244,9 @@ type treeAccount struct {
 	seen      map[int]procStat // the last sample, by pid
 	// ticks is the CPU time of every process the tree has had, so far.
 	ticks int64
+	// lastPSS saves reading the tree's PSS at every sample while its
+	// resident sets are over the memory limit and its PSS is not.
+	lastPSS pssReading
 }
 
 // sample reads the tree once and adds what it used since the last sample
@@ -317,7 +320,7 @@ func (a *treeAccount) cpu() time.Duration {
 // a page shared by n processes n times): only a tree whose resident sets
 // add up to more than the limit has its proportional set sizes read,
 // which cost a walk of its page tables; that sum decides.
-func (l treeLimits) overLimit(a *treeAccount, procs []procStat) error {
+func (l treeLimits) overLimit(a *treeAccount, procs []procStat, now time.Time) error {
 	if l.cpu > 0 && a.cpu() > l.cpu {
 		return fmt.Errorf("%w: its processes used %.1fs of CPU together (limit %v)", ErrCPULimit, a.cpu().Seconds(), l.cpu)
 	}
@@ -328,7 +331,7 @@ func (l treeLimits) overLimit(a *treeAccount, procs []procStat) error {
 	for _, s := range procs {
 		rss += s.rss
 	}
-	if rss <= l.memory {
+	if rss <= l.memory || !a.lastPSS.due(rss, l.memory, now) {
 		return nil
 	}
 	pids := make([]int, len(procs))
@@ -336,10 +339,38 @@ func (l treeLimits) overLimit(a *treeAccount, procs []procStat) error {
 		pids[i] = s.pid
 	}
 	pss, err := pssOf(pids)
-	if err != nil || pss <= l.memory {
+	if err != nil {
+		return nil
+	}
+	a.lastPSS = pssReading{rss: rss, pss: pss, at: now}
+	if pss <= l.memory {
 		return nil
 	}
 	return fmt.Errorf("%w: its %d processes held %d MiB together (limit %d MiB)", ErrMemoryLimit, len(procs), pss>>20, l.memory>>20)
+}
+
+// pssReading is the last time a tree's proportional set sizes were read,
+// and its resident sets then.
+type pssReading struct {
+	rss, pss int64
+	at       time.Time
+}
+
+// pssAgain is how long a tree whose resident sets are over the limit, but
+// whose PSS was under it, may go without another PSS reading while its
+// resident sets do not grow by the room that was left.
+const pssAgain = 2 * time.Second
+
+// due tells whether the tree's PSS must be read again. Its PSS grows by
+// no more than its resident sets do when its own processes map pages or
+// end (a page shared by k of the tree's processes among n counts k/n, and
+// k-1/n-1 is less), so while the resident sets have grown by less than the
+// room left under the limit, the PSS is still under it. It can also grow
+// when processes outside the tree that share its pages end (other kernels
+// of the same template): that is slow and small, and a reading every
+// pssAgain catches it.
+func (r pssReading) due(rss, limit int64, now time.Time) bool {
+	return r.at.IsZero() || now.Sub(r.at) >= pssAgain || rss-r.rss > limit-r.pss
 }
 
 // limitTree holds p's process tree to l until p is done: it samples the
@@ -368,7 +399,7 @@ func limitTree(p *Process, l treeLimits) {
 		if !ok {
 			return
 		}
-		if err := l.overLimit(a, procs); err != nil {
+		if err := l.overLimit(a, procs, time.Now()); err != nil {
 			p.endFor(err)
 			return
 		}

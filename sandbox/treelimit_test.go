@@ -324,3 +324,57 @@ time.sleep(600)
 		}
 	})
 }
+
+func TestPSSReadingDue(t *testing.T) {
+	t0 := time.Now()
+	last := pssReading{rss: 800 << 20, pss: 300 << 20, at: t0}
+	const limit = 512 << 20
+	for _, c := range []struct {
+		name  string
+		r     pssReading
+		rss   int64
+		after time.Duration
+		want  bool
+	}{
+		{"never read", pssReading{}, 600 << 20, 0, true},
+		{"grown less than the room left", last, 1000 << 20, time.Second, false},
+		{"grown more than the room left", last, 1013 << 20, time.Second, true},
+		{"shrunk", last, 600 << 20, time.Second, false},
+		{"old reading", last, 800 << 20, pssAgain, true},
+	} {
+		if got := c.r.due(c.rss, limit, t0.Add(c.after)); got != c.want {
+			t.Errorf("%s: due = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+// TestTreeSharedMemoryIsCountedOnce: four workers forked after their
+// parent wrote 200 MiB share those pages: their resident sets add up to
+// a gigabyte, over the 512 MiB limit, but the tree holds about 200 MiB,
+// and the kernel is not ended.
+func TestTreeSharedMemoryIsCountedOnce(t *testing.T) {
+	t.Parallel()
+	b := newBwrap(t, func(c *Config) { c.Memory = 512 << 20 })
+	k := launchPy(t, b, `held = b"\x01" * (200 << 20)
+`+workersScript(4, `assert held[-1] == 1
+            print("worker", i, "reads", flush=True)
+            time.sleep(2)`))
+	k.waitFor(t, "workers started", 30*time.Second)
+	var rss int64
+	for _, pid := range descendants(k.p.Pid()) {
+		if s, err := readStat(pid); err == nil {
+			rss += s.rss
+		}
+	}
+	pss, err := TreeMemory(k.p.Pid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the tree's resident sets add up to %d MiB, its PSS %d MiB", rss>>20, pss>>20)
+	if err := k.wait(t, time.Minute); err != nil {
+		t.Fatalf("kernel ended with %v\n%s", err, k.out)
+	}
+	if !strings.Contains(k.out.String(), "workers done") {
+		t.Errorf("workers did not finish:\n%s", k.out)
+	}
+}
