@@ -139,7 +139,11 @@
 //     times (a forked kernel's helpers share most of their pages with the
 //     template); only when it is over the limit are the exact proportional
 //     set sizes (smaps_rollup, a walk of the page tables) read, and their
-//     sum decides. The kernel's tmpfs (Config.Disk) is bounded on its own
+//     sum decides. While that sum is under the limit it is read again only
+//     once the resident sets have grown by the room it left (the PSS of
+//     the tree grows no faster), or two seconds later (it also grows when
+//     processes outside the tree that share its pages end: other kernels
+//     of its template). The kernel's tmpfs (Config.Disk) is bounded on its own
 //     and not in this sum, nor is what the host's kernel holds for it
 //     (socket buffers, page tables).
 //   - CPU: the processes' own times (utime+stime) while they live; once a
@@ -156,9 +160,9 @@
 //     limit: it can exceed Memory by what it allocates in one period (and
 //     never by more than RLIMIT_AS per process allows), and CPUTime by one
 //     period times the cores it runs on, more if the gateway itself is
-//     starved of CPU. Tests measure both: 517 MiB held under 512 MiB with
-//     four workers allocating 400 MiB/s together; 3.1 s used under 3 s
-//     with four busy workers.
+//     starved of CPU. Tests measure both: 517 to 539 MiB held under 512 MiB
+//     with four workers allocating 400 MiB/s together; 3.1 s used under
+//     3 s with four busy workers.
 //   - CPU share: the accountant keeps a budget that grows by CPUShare
 //     seconds per second, at most one second's worth, and shrinks by what
 //     the tree used. While it is negative, every process of the tree but
