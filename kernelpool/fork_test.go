@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -116,9 +117,11 @@ func (l *lockedWriter) String() string {
 }
 
 // BenchmarkSandboxedStart compares, in one run, a sandboxed python3 kernel
-// started cold with one forked from the template: launch to ready (kernel
-// info answered, warm-up done). The template's own start is outside the
-// loop.
+// started cold with one forked from a template that has only imported the
+// kernel machinery (forked-imports) and one forked from a template that
+// has also prepared the kernel application (forked, the default): launch
+// to ready (kernel info answered, warm-up done). The template's own start
+// is outside the loop.
 func BenchmarkSandboxedStart(b *testing.B) { benchmarkSandboxedStart(b, "python3") }
 
 // BenchmarkSandboxedStartSage is BenchmarkSandboxedStart for SageMath
@@ -135,12 +138,12 @@ func benchmarkSandboxedStart(b *testing.B, kernel string) {
 		b.Skipf("no %s kernelspec installed", kernel)
 	}
 	for _, mode := range []struct {
-		name string
-		fork bool
-	}{{"cold", false}, {"forked", true}} {
+		name          string
+		fork, prepare bool
+	}{{"cold", false, false}, {"forked-imports", true, false}, {"forked", true, true}} {
 		b.Run(mode.name, func(b *testing.B) {
 			scfg := sandbox.DefaultConfig()
-			scfg.Fork = mode.fork
+			scfg.Fork, scfg.ForkPrepare = mode.fork, mode.prepare
 			launcher, err := sandbox.NewBwrap(scfg)
 			if err != nil {
 				b.Fatal(err)
@@ -171,5 +174,92 @@ func benchmarkSandboxedStart(b *testing.B, kernel string) {
 				b.Fatalf("templates: %+v", ts)
 			}
 		})
+	}
+}
+
+// A kernel forked from a template that prepared the kernel application
+// (and its InteractiveShell) is, seen from inside, the kernel a cold start
+// makes: the same shell wired to its own kernel, history in a file of its
+// own home with its saving thread, In/Out/_dh the history's lists, the
+// environment, the profile directories, the magics, sys.path.
+func TestForkedKernelIsLikeACold(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the bwrap sandbox needs root")
+	}
+	const probe = `import json, os, re, sys, threading
+ip = get_ipython()
+hm = ip.history_manager
+print(json.dumps({
+  "kernel": type(ip.kernel).__name__, "parent": type(ip.parent).__name__, "shell": type(ip).__name__,
+  "history": [str(hm.hist_file), hm.enabled, os.path.exists(str(hm.hist_file)), hm.save_thread is not None and hm.save_thread.is_alive()],
+  "In": In[1:], "Out": {str(k): repr(v) for k, v in Out.items()}, "last": repr(_), "count": ip.execution_count,
+  "same_lists": [In is hm.input_hist_parsed, Out is hm.output_hist, _dh is hm.dir_hist, _ih is In, _oh is Out],
+  "dh": [str(d) for d in _dh], "starting_dir": ip.starting_dir, "cwd": os.getcwd(),
+  "env": {k: os.environ.get(k) for k in ("TERM", "CLICOLOR", "PAGER", "GIT_PAGER", "MPLBACKEND", "HOME", "PWD")},
+  "profile": ip.profile_dir.location, "profile_dirs": sorted(os.listdir(ip.profile_dir.location)),
+  "main": sys.modules["__main__"] is ip.user_module,
+  "magics": sorted(ip.magics_manager.lsmagic()["line"]),
+  "threads": sorted(re.sub(r"-\d+", "-N", t.name) for t in threading.enumerate()),
+  "path": sys.path[:2],
+  "session": hm.session_number,
+}, sort_keys=True))`
+	specs := installedSpecs(t)
+	for _, name := range []string{"python3", "sagemath"} {
+		spec, ok := specs[name]
+		if !ok {
+			t.Logf("no %s kernelspec: not compared", name)
+			continue
+		}
+		reports := map[bool]string{}
+		for _, fork := range []bool{false, true} {
+			scfg := sandbox.DefaultConfig()
+			scfg.Fork = fork
+			templateLog := &lockedWriter{t: t}
+			scfg.ForkLog = templateLog
+			launcher, err := sandbox.NewBwrap(scfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := newTestPool(t, map[string]int{}, 1)
+			cfg := p.cfg.Kernel
+			cfg.Launcher = launcher
+			cfg.Spec = spec
+			k, err := StartKernel(context.Background(), p.zctx, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			run(t, k, "x = 2 + 3")
+			if out, _ := run(t, k, "x * 2"); out.result != "10" {
+				t.Errorf("%s (forked %v): x * 2 = %+v", name, fork, out)
+			}
+			out, _ := run(t, k, probe)
+			if out.ename != "" || !strings.HasPrefix(out.stdout, "{") {
+				t.Fatalf("%s (forked %v): probe: %+v (template: %s)", name, fork, out, templateLog.String())
+			}
+			reports[fork] = strings.ReplaceAll(out.stdout, k.WorkDir, "<work dir>")
+			if fork && (!strings.Contains(launcher.Describe(), "forked") || strings.Contains(launcher.Describe(), "last fork failure")) {
+				t.Errorf("%s: not forked: %s (template: %s)", name, launcher.Describe(), templateLog.String())
+			}
+			if fork && strings.Contains(templateLog.String(), "preparing the kernel application failed") {
+				t.Errorf("%s: the template did not prepare the application: %s", name, templateLog.String())
+			}
+			k.Shutdown()
+			launcher.Close()
+		}
+		var cold, forked map[string]any
+		if err := json.Unmarshal([]byte(reports[false]), &cold); err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal([]byte(reports[true]), &forked); err != nil {
+			t.Fatal(err)
+		}
+		if len(cold) != len(forked) {
+			t.Errorf("%s: the probe saw %d things in a cold kernel, %d in a forked one", name, len(cold), len(forked))
+		}
+		for key, want := range cold {
+			if got := forked[key]; !reflect.DeepEqual(got, want) {
+				t.Errorf("%s: %s: forked %v, cold %v", name, key, got, want)
+			}
+		}
 	}
 }

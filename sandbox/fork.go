@@ -168,6 +168,7 @@ func (b *Bwrap) startTemplate(ctx context.Context, kind forkKind, workRoot, runt
 		"warmup":   kind.warmup,
 		"module":   kind.module,
 		"keep_env": kind.keepEnv,
+		"prepare":  c.ForkPrepare,
 		"hostname": c.Hostname,
 		"limits": map[string]int64{
 			"cpu": int64(c.CPUTime / time.Second), "as": c.Memory, "nproc": int64(c.Processes),

@@ -37,6 +37,8 @@ MODULE = CONFIG["module"]  # the kernel: ipykernel_launcher, sage.repl.ipython_k
 # What started the template set this (sage-env, for Sage): a kernel with
 # keep_env gets it under its own, as a cold one would.
 TEMPLATE_ENV = dict(os.environ)
+# The kernel application made ready in the template (prepare_app), or None.
+PREPARED = None
 libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 
@@ -243,9 +245,128 @@ def kernel(req, fds):
         numpy.random.seed()
     fresh_sage()
     sys.argv = [MODULE] + req["argv"]
-    import runpy
-    runpy.run_module(MODULE, run_name="__main__", alter_sys=True)
+    # As `python3 -m` starts a module: its directory first on the path
+    # (the template itself was started with -c, which puts "" there).
+    if sys.path and sys.path[0] == "":
+        sys.path[0] = os.getcwd()
+    argv = req["argv"]
+    if PREPARED is not None and len(argv) == 2 and argv[0] in ("-f", "--f"):
+        run_prepared(PREPARED, argv[1])
+    else:
+        forget_prepared()
+        import runpy
+        runpy.run_module(MODULE, run_name="__main__", alter_sys=True)
     sys.exit(0)
+
+
+def forget_prepared():
+    """Drops what prepare_app made (or half made): the kernel module's own
+    start must build its application and shell anew, not find them."""
+    if "ipykernel.kernelapp" not in sys.modules:
+        return
+    from ipykernel.kernelapp import IPKernelApp
+    from IPython.core.interactiveshell import InteractiveShell
+    IPKernelApp.clear_instance()
+    InteractiveShell.clear_instance()
+
+
+def prepare_app():
+    """Does, once in the template, the part of the kernel application's
+    start that does not depend on which kernel it becomes (about a third
+    of a forked kernel's CPU before it answered): the IPython application
+    and its configuration, and the kernel's InteractiveShell (magics,
+    formatters, completer, namespaces). Nothing in them is secret or any
+    user's: no key, no socket, no thread (history is kept in memory here;
+    each kernel opens its own). Returns None, and kernels start as a cold
+    one does after the imports, when the kernel is not one this knows."""
+    if not CONFIG.get("prepare"):
+        return None
+    from IPython.core.application import BaseIPythonApplication
+    from IPython.core.history import HistoryManager
+    from ipykernel.compiler import XCachingCompiler
+    from ipykernel.kernelapp import IPKernelApp
+    kwargs = {}
+    if MODULE == "sage.repl.ipython_kernel":
+        from sage.repl.ipython_kernel.kernel import SageKernel
+        kwargs["kernel_class"] = SageKernel
+    elif MODULE != "ipykernel_launcher":
+        return None
+    app = IPKernelApp.instance(**kwargs)
+    # First uses that cost each kernel milliseconds and are no kernel's
+    # own: asyncio's policy object, OpenSSL's HMAC (signing).
+    import asyncio
+    import hashlib
+    import hmac
+    asyncio.get_event_loop_policy()
+    hmac.new(b"cellgate", b"", hashlib.sha256).hexdigest()
+    # The command line is the kernel's (its connection file): parsed in
+    # the kernel. Profile directory and configuration files: here.
+    BaseIPythonApplication.initialize(app, [])
+    shell_class = app.kernel_class.class_traits()["shell_class"].default_value
+
+    def memory_history(shell):
+        shell.history_manager = HistoryManager(shell=shell, parent=shell, hist_file=":memory:")
+        shell.configurables.append(shell.history_manager)
+
+    own = "init_history" in shell_class.__dict__
+    saved = shell_class.__dict__.get("init_history")
+    shell_class.init_history = memory_history
+    try:
+        # The kernel's own construction finds this instance (a singleton)
+        # and adopts it: see adopt_shell.
+        shell_class.instance(parent=app, profile_dir=app.profile_dir, compiler_class=XCachingCompiler)
+    finally:
+        if own:
+            shell_class.init_history = saved
+        else:
+            del shell_class.init_history
+    return app
+
+
+def run_prepared(app, connection_file):
+    """Runs the kernel application the template prepared, as
+    IPKernelApp.launch_instance would run a new one: what was done in the
+    template is skipped, what belongs to this kernel is done here."""
+    from IPython.core.application import BaseIPythonApplication
+
+    def own_part(self, argv=None):
+        # What BaseIPythonApplication.initialize does that is this
+        # process's: the crash handler, and the profile's directories in
+        # this kernel's (empty) home.
+        self.init_crash_handler()
+        os.makedirs(self.profile_dir.location, exist_ok=True)
+        self.profile_dir.check_dirs()
+
+    BaseIPythonApplication.initialize = own_part
+    init_kernel = app.init_kernel
+
+    def init_kernel_adopting():
+        init_kernel()
+        adopt_shell(app.kernel)
+
+    app.init_kernel = init_kernel_adopting
+    app.connection_file = connection_file
+    app.initialize([])
+    app.start()
+
+
+def adopt_shell(kernel):
+    """Makes the template's shell this kernel's: what its construction
+    took from the template's process (cwd, environment, history in
+    memory) is taken again from the kernel's."""
+    shell = kernel.shell
+    shell.kernel = kernel
+    shell.parent = kernel
+    shell.starting_dir = os.getcwd()
+    # %store's database: its directory is made when it is opened.
+    from pickleshare import PickleShareDB
+    shell.db = PickleShareDB(os.path.join(shell.profile_dir.location, "db"))
+    shell.configurables.remove(shell.history_manager)
+    shell.history_manager.db.close()
+    shell.init_history()
+    # In, Out, _ih, _oh and _dh are the history's lists: the new ones.
+    shell.init_user_ns()
+    shell.init_environment()
 
 
 def fresh_sage():
@@ -287,6 +408,14 @@ def preload():
         except Exception:
             print("cellgate fork server: warm-up failed", file=sys.stderr, flush=True)
             traceback.print_exc()
+    global PREPARED
+    try:
+        PREPARED = prepare_app()
+    except Exception:
+        print("cellgate fork server: preparing the kernel application failed; kernels start it themselves",
+              file=sys.stderr, flush=True)
+        traceback.print_exc()
+        forget_prepared()
     # A fork copies the calling thread only: a thread started by an import
     # (a pool, a timer) would be missing in every kernel, any lock it held
     # held for ever.
