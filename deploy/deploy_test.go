@@ -52,11 +52,26 @@ func TestHAProxyConfigSays(t *testing.T) {
 			t.Errorf("haproxy.cfg lacks %q", want)
 		}
 	}
-	// No stickiness of any kind.
-	for _, sticky := range []string{"stick", "cookie", "balance source", "balance uri", "hash-type", "prefer-last-server"} {
-		if strings.Contains(active(cfg), sticky) {
-			t.Errorf("haproxy.cfg has %q: cellgate needs no stickiness", sticky)
+	// No stickiness of any kind: no stick tables or cookies anywhere, and no hashing but the one
+	// SockJS's xhr transports need, on their own backend.
+	sections := map[string]string{}
+	name := ""
+	for _, line := range strings.Split(active(cfg), "\n") {
+		if f := strings.Fields(line); len(f) > 0 && !strings.HasPrefix(line, " ") {
+			name = strings.Join(f, " ")
 		}
+		sections[name] += line + "\n"
+	}
+	for section, text := range sections {
+		for _, sticky := range []string{"stick", "cookie", "balance source", "prefer-last-server", "balance uri", "balance url_param", "balance hdr", "hash-type"} {
+			if strings.Contains(text, sticky) && (section != "backend cellgate_sockjs" || !strings.HasPrefix(sticky, "balance uri") && sticky != "hash-type") {
+				t.Errorf("haproxy.cfg's %s has %q: cellgate needs no stickiness", section, sticky)
+			}
+		}
+	}
+	if !strings.Contains(sections["backend cellgate_sockjs"], "balance uri depth 3") ||
+		!strings.Contains(sections["frontend cells"], "use_backend cellgate_sockjs if { path_beg /sockjs/ }") {
+		t.Errorf("haproxy.cfg does not send /sockjs/<server>/<session> by a hash of that path to its own backend")
 	}
 }
 
@@ -225,12 +240,13 @@ func TestHAProxyConfigPointed(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		backends := strings.Count(cfg, "\nbackend ")
 		for i, s := range servers {
-			if n := strings.Count(cfg, fmt.Sprintf("server cellgate%d %s\n", i+1, s)); n != 2 {
-				t.Errorf("server %s in %d backends, want both:\n%s", s, n, cfg)
+			if n := strings.Count(cfg, fmt.Sprintf("server cellgate%d %s\n", i+1, s)); n != backends {
+				t.Errorf("server %s in %d backends, want all %d:\n%s", s, n, backends, cfg)
 			}
 		}
-		if n := strings.Count(cfg, "\n    server "); n != 2*len(servers) {
+		if n := strings.Count(cfg, "\n    server "); n != backends*len(servers) {
 			t.Errorf("%d server lines for %d servers:\n%s", n, len(servers), cfg)
 		}
 		for _, gone := range []string{"10.0.0.", "chroot", "daemon", "/dev/log", "bind :80"} {

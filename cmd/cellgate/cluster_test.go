@@ -436,6 +436,43 @@ func TestClusterBehindHAProxy(t *testing.T) {
 		}
 	})
 
+	// The same front end with sockjs-client falling back to xhr transports (their SockJS session
+	// lives on the instance that opened it: the balancer hashes /sockjs/<server>/<session>), on a
+	// kernel of any instance.
+	t.Run("sockjs-xhr", func(t *testing.T) {
+		dir := filepath.Join("..", "..", "gateway", "testdata", "sockjs")
+		if _, err := os.Stat(filepath.Join(dir, "node_modules", "sockjs-client", "package.json")); err != nil {
+			t.Skipf("%s/node_modules is missing: run make deps", dir)
+		}
+		node, err := exec.LookPath("node")
+		if err != nil {
+			t.Skip("node not installed")
+		}
+		for _, transport := range []string{"xhr-polling", "xhr-streaming"} {
+			for i := range 3 {
+				id, owner := c.newKernel()
+				ctx, cancel := context.WithTimeout(context.Background(), 70*time.Second)
+				cmd := exec.CommandContext(ctx, node, "client.js", "http://"+front+"/", id, transport)
+				cmd.Dir = dir
+				cmd.WaitDelay = 5 * time.Second
+				cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+				out, err := cmd.Output()
+				cancel()
+				var seen struct {
+					Transport, Stdout, Status string
+					Idle                      bool
+					Matches, Errors           []string
+				}
+				if jerr := json.Unmarshal(out, &seen); jerr != nil || err != nil || seen.Transport != transport ||
+					seen.Stdout != "line 0\nline 1\nline 2\n" || seen.Status != "ok" || !seen.Idle || len(seen.Errors) > 0 ||
+					len(seen.Matches) != 1 || seen.Matches[0] != "longname_for_completion" {
+					t.Errorf("sockjs-client on %s, page %d, kernel %s of %s: %v %v: %s", transport, i, id, owner, err, jerr, out)
+				}
+				c.do(http.MethodDelete, "/kernel/"+id, nil, "")
+			}
+		}
+	})
+
 	// The hop: execute round trips on a websocket to the owner and on one to another instance,
 	// which forwards it (figures, not assertions).
 	t.Run("hop", func(t *testing.T) {
