@@ -291,11 +291,15 @@ func (a *treeAccount) add(procs []procStat) {
 		if same(pid) {
 			continue
 		}
-		// Ended: its parent reaped it, or if the parent ended too, the
-		// ancestor that adopted it.
+		// Ended: its parent reaped it; or, if the parent ended too, pid 1
+		// of its namespace adopted it (the root's child), as it adopts
+		// every orphan but a subreaper's.
 		reaper := old.ppid
-		for hops := 0; hops < maxTreeProcesses && reaper != 0 && !same(reaper); hops++ {
-			reaper = a.seen[reaper].ppid
+		if !same(reaper) {
+			reaper = a.namespaceInit(old)
+		}
+		if !same(reaper) {
+			reaper = a.root
 		}
 		absorbed[reaper] += old.own + old.reaped
 	}
@@ -308,6 +312,23 @@ func (a *treeAccount) add(procs []procStat) {
 		a.ticks += max(0, s.reaped-old.reaped-absorbed[pid])
 	}
 	a.seen = cur
+}
+
+// namespaceInit is the ancestor of s, as last sampled, that the root
+// started: the sandbox's pid 1 (a cold kernel's inner bwrap, a forked
+// kernel's B). The root itself if there is none.
+func (a *treeAccount) namespaceInit(s procStat) int {
+	for hops := 0; hops < maxTreeProcesses; hops++ {
+		parent, ok := a.seen[s.ppid]
+		if !ok {
+			break
+		}
+		if parent.ppid == a.root {
+			return parent.pid
+		}
+		s = parent
+	}
+	return a.root
 }
 
 // cpu is the tree's CPU time so far.

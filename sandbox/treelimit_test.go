@@ -41,6 +41,13 @@ func TestTreeAccountCountsEndedProcesses(t *testing.T) {
 			{ps(1, 0, 1, 0), ps(2, 1, 10, 0), ps(3, 2, 20, 7)},
 			{ps(1, 0, 1, 12+25)},
 		}, 1 + 12 + 25},
+		// 1 is the root (outer bwrap), 2 the sandbox's pid 1, 3 the
+		// kernel; a daemon's double fork: 4 ended (3 waited: 8 ticks), and
+		// so did its child 5, adopted and reaped by 2 (30 ticks).
+		"double fork": {[][]procStat{
+			{ps(1, 0, 1, 0), ps(2, 1, 1, 0), ps(3, 2, 10, 0), ps(4, 3, 5, 0), ps(5, 4, 20, 0)},
+			{ps(1, 0, 1, 0), ps(2, 1, 1, 30), ps(3, 2, 10, 8)},
+		}, 1 + 1 + 10 + 8 + 30},
 		// The parent ignores SIGCHLD: the worker's time since it was last
 		// seen is lost, what was seen stays.
 		"auto-reaped": {[][]procStat{
