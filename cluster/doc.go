@@ -48,7 +48,8 @@
 //
 // A client of a killed instance is therefore told its session ended within about an expiry and a
 // heartbeat; a SIGTERMed instance drains (SetDraining: the others stop placing sessions there,
-// its own sessions still get their forwarded requests) and leaves at Close.
+// its own sessions still get their forwarded requests until they end or the drain deadline) and
+// leaves at Close.
 //
 // # Owners, and the owner cache
 //
@@ -85,7 +86,9 @@
 // gateway takes its client address from it, and never forwards it again (Forward refuses with
 // ErrLoop), so two instances with different views of an owner cannot bounce a request. The body
 // is not signed (it streams); where the network between instances is not private, use https
-// advertise URLs.
+// advertise URLs. DialWebsocket opens a websocket of this instance's own to another, signed the
+// same way: the gateway bridges a kernel owned elsewhere on a SockJS connection with it (SockJS
+// carries several kernels on one connection, so it cannot be forwarded whole).
 //
 // # Per-address caps across instances, and their slack
 //
