@@ -385,3 +385,29 @@ func TestTreeSharedMemoryIsCountedOnce(t *testing.T) {
 		t.Errorf("workers did not finish:\n%s", k.out)
 	}
 }
+
+// TestTreeCPULimitCountsEndedWorkers: workers that each burn a tenth of a
+// second and end, one after another, each far under the per-process
+// limit and most of them never seen alive by a sample, still add up: the
+// kernel is ended at its 2 s, before the 10 s they would take.
+func TestTreeCPULimitCountsEndedWorkers(t *testing.T) {
+	t.Parallel()
+	b := newBwrap(t, func(c *Config) { c.CPUTime, c.CPUShare = 2*time.Second, 0 })
+	k := launchPy(t, b, `
+import os, time
+for n in range(100):
+    pid = os.fork()
+    if pid == 0:
+        end = time.process_time() + 0.1
+        while time.process_time() < end:
+            pass
+        os._exit(0)
+    os.waitpid(pid, 0)
+print("all workers done", flush=True)
+`)
+	err := k.wait(t, 2*time.Minute)
+	if !errors.Is(err, ErrCPULimit) || !strings.Contains(err.Error(), "together") {
+		t.Fatalf("kernel ended with %v, want ErrCPULimit for its tree\n%s", err, k.out)
+	}
+	t.Log(err)
+}
