@@ -143,9 +143,9 @@
 //     once the resident sets have grown by the room it left (the PSS of
 //     the tree grows no faster), or two seconds later (it also grows when
 //     processes outside the tree that share its pages end: other kernels
-//     of its template). The kernel's tmpfs (Config.Disk) is bounded on its own
-//     and not in this sum, nor is what the host's kernel holds for it
-//     (socket buffers, page tables).
+//     of its template). The kernel's tmpfs (Config.Disk) is bounded on
+//     its own and not in this sum, nor is what the host's kernel holds
+//     for it (socket buffers, page tables).
 //   - CPU: the processes' own times (utime+stime) while they live; once a
 //     process has been waited for, its whole time appears in its parent's
 //     cutime+cstime, of which the part already counted is taken off. So a
@@ -184,14 +184,14 @@
 //     loaded 2-core machine), 0.1% of a core per kernel at 4 samples a
 //     second; the exact PSS, read only when the resident sets are over
 //     the limit, about 0.5 ms more.
-
+//
 // The per-process rlimits stay the first line: they act at once, inside
 // the host's kernel, without sampling; the accountant bounds the sum.
 // When it ends a kernel, Process.Err names the limit and what the tree
 // held or used ("kernel exceeded its memory limit: its 7 processes held
 // 517 MiB together (limit 512 MiB)"), which the pool and the gateway pass
 // on to the client as the reason the kernel died.
-
+//
 // # Signals and the end of a kernel
 //
 // The outer bwrap would die of SIGINT (taking the sandbox with it), and
