@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strconv"
 	"strings"
@@ -249,13 +250,26 @@ type treeAccount struct {
 	lastPSS pssReading
 }
 
+// processGone tells whether err, from reading a process's /proc files,
+// means the process has ended.
+func processGone(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ESRCH)
+}
+
+// errTreeEnded: the root of a kernel's tree has ended (its pid may
+// already be someone else's).
+var errTreeEnded = errors.New("kernel's process tree ended")
+
 // sample reads the tree once and adds what it used since the last sample
-// to ticks. It returns the processes read, root first, and false once the
-// root has ended (its pid may already be someone else's).
-func (a *treeAccount) sample() ([]procStat, bool) {
+// to ticks. It returns the processes read, root first; errTreeEnded once
+// the root has ended, another error if /proc could not be read this time.
+func (a *treeAccount) sample() ([]procStat, error) {
 	root, err := readStat(a.root)
-	if err != nil || root.start != a.rootStart {
-		return nil, false
+	if processGone(err) || err == nil && root.start != a.rootStart {
+		return nil, errTreeEnded
+	}
+	if err != nil {
+		return nil, err
 	}
 	procs := []procStat{root}
 	for _, pid := range processTree(a.root)[1:] {
@@ -264,7 +278,7 @@ func (a *treeAccount) sample() ([]procStat, bool) {
 		}
 	}
 	a.add(procs)
-	return procs, true
+	return procs, nil
 }
 
 // add updates ticks from a new sample. A process's own time grows while
@@ -401,8 +415,16 @@ func (r pssReading) due(rss, limit int64, now time.Time) bool {
 // once the share has caught up.
 func limitTree(p *Process, l treeLimits) {
 	root, err := readStat(p.Pid())
-	if err != nil {
-		return // ended already: Done follows
+	for err != nil {
+		if processGone(err) {
+			return // ended already: Done follows
+		}
+		select {
+		case <-p.done:
+			return
+		case <-time.After(l.every):
+		}
+		root, err = readStat(p.Pid())
 	}
 	a := &treeAccount{root: p.Pid(), rootStart: root.start}
 	next := time.NewTimer(l.every)
@@ -416,9 +438,15 @@ func limitTree(p *Process, l treeLimits) {
 			return
 		case <-next.C:
 		}
-		procs, ok := a.sample()
-		if !ok {
+		procs, err := a.sample()
+		if errors.Is(err, errTreeEnded) {
 			return
+		}
+		if err != nil {
+			// /proc failed us this once (the gateway out of descriptors):
+			// the limits hold again at the next sample.
+			next.Reset(l.every)
+			continue
 		}
 		if err := l.overLimit(a, procs, time.Now()); err != nil {
 			p.endFor(err)

@@ -312,9 +312,9 @@ time.sleep(600)
 	var procs []procStat
 	b.Run("sample", func(b *testing.B) {
 		for b.Loop() {
-			var ok bool
-			if procs, ok = a.sample(); !ok {
-				b.Fatal("kernel ended")
+			var err error
+			if procs, err = a.sample(); err != nil {
+				b.Fatal(err)
 			}
 		}
 		b.ReportMetric(float64(len(procs)), "processes")
@@ -410,4 +410,16 @@ print("all workers done", flush=True)
 		t.Fatalf("kernel ended with %v, want ErrCPULimit for its tree\n%s", err, k.out)
 	}
 	t.Log(err)
+}
+
+// TestProcessGone: reading a process that does not exist tells the
+// accountant its tree ended; its own process is there.
+func TestProcessGone(t *testing.T) {
+	if _, err := readStat(1<<22 + 1); !processGone(err) { // above pid_max's ceiling
+		t.Errorf("a process that cannot exist: %v, not gone", err)
+	}
+	s, err := readStat(os.Getpid())
+	if err != nil || s.pid != os.Getpid() || s.start == 0 {
+		t.Errorf("own process: %+v, %v", s, err)
+	}
 }
