@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/cellgate/cellgate/sandbox"
 )
 
@@ -32,7 +34,8 @@ func TestForkedKernels(t *testing.T) {
 	defer launcher.Close()
 	cfg := testKernelConfig(t)
 	cfg.Launcher = launcher
-	p, err := New(Config{Specs: specs, Ready: map[string]int{"python3": 2}, MaxKernels: 4, Kernel: cfg})
+	reg := prometheus.NewRegistry()
+	p, err := New(Config{Specs: specs, Ready: map[string]int{"python3": 2}, MaxKernels: 4, Kernel: cfg, Metrics: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,6 +83,7 @@ print(json.dumps({"uid": os.getuid(), "pid": os.getpid(), "net": sorted(os.listd
 	if !strings.Contains(launcher.Describe(), "forked") || strings.Contains(launcher.Describe(), "last fork failure") {
 		t.Errorf("the kernels were not forked: %s (template: %s)", launcher.Describe(), templateLog.String())
 	}
+	checkTemplateMetrics(t, reg, len(kernels))
 	k := kernels[0]
 	if out, _ := run(t, k, "open('made-here.txt', 'w').write('x')"); out.ename != "" {
 		t.Fatalf("write in the work dir: %+v", out)
@@ -261,5 +265,38 @@ print(json.dumps({
 				t.Errorf("%s: %s: forked %v, cold %v", name, key, got, want)
 			}
 		}
+	}
+}
+
+// checkTemplateMetrics reads the templates' series as /metrics serves
+// them: one python template serving, with at least the leased kernels
+// running and forked, and a memory of its own.
+func checkTemplateMetrics(t *testing.T, reg *prometheus.Registry, leased int) {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, f := range families {
+		for _, m := range f.GetMetric() {
+			labels := ""
+			for _, l := range m.GetLabel() {
+				labels += "," + l.GetName() + "=" + l.GetValue()
+			}
+			got[f.GetName()+labels] = m.GetGauge().GetValue()
+		}
+	}
+	if n := got["cellgate_fork_templates,kind=python,state=serving"]; n != 1 {
+		t.Errorf("cellgate_fork_templates serving python = %v, want 1 (all: %v)", n, got)
+	}
+	if n := got["cellgate_fork_template_kernels,kind=python,state=serving"]; n < float64(leased) {
+		t.Errorf("cellgate_fork_template_kernels = %v with %d kernels leased", n, leased)
+	}
+	if n := got["cellgate_fork_template_forks,kind=python"]; n < float64(leased) {
+		t.Errorf("cellgate_fork_template_forks = %v with %d kernels leased", n, leased)
+	}
+	if n := got["cellgate_fork_template_memory_bytes,kind=python,state=serving"]; n < 1<<20 {
+		t.Errorf("cellgate_fork_template_memory_bytes = %v: want the template's PSS", n)
 	}
 }

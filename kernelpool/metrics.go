@@ -4,6 +4,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/cellgate/cellgate/sandbox"
 )
 
 // metrics are the pool's own series: kernel starts and lease waits as
@@ -52,6 +54,9 @@ func newMetrics(reg prometheus.Registerer, p *Pool) *metrics {
 		}, []string{"kernel"}),
 	}
 	reg.MustRegister(m.starts, m.waits, m.refusal, stateCollector{p})
+	if lister, ok := p.cfg.Kernel.Launcher.(templateLister); ok {
+		reg.MustRegister(templateCollector{lister})
+	}
 	return m
 }
 
@@ -103,5 +108,55 @@ func (c stateCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(queueLengthDesc, float64(st.Waiting), st.Name)
 		gauge(queueOldestDesc, st.OldestWait.Seconds(), st.Name)
 		gauge(queueEstimateDesc, st.EstimatedWait.Seconds(), st.Name)
+	}
+}
+
+// templateLister is a launcher that forks kernels from templates
+// (sandbox.Bwrap with Config.Fork).
+type templateLister interface{ Templates() []sandbox.Template }
+
+var (
+	templatesDesc = prometheus.NewDesc("cellgate_fork_templates",
+		"Fork-server templates alive, per kind (python, sage) and state (serving; retired: replaced, waiting for its last kernel to end).",
+		[]string{"kind", "state"}, nil)
+	templateKernelsDesc = prometheus.NewDesc("cellgate_fork_template_kernels",
+		"Kernels running that a template forked, per kind and state of the template.", []string{"kind", "state"}, nil)
+	templateForksDesc = prometheus.NewDesc("cellgate_fork_template_forks",
+		"Kernels the serving template of a kind has forked so far (it is replaced after --fork-max).", []string{"kind"}, nil)
+	templateMemoryDesc = prometheus.NewDesc("cellgate_fork_template_memory_bytes",
+		"The templates' own proportional set size (their kernels not included), per kind and state.", []string{"kind", "state"}, nil)
+)
+
+// templateCollector reads the launcher's templates at scrape time.
+type templateCollector struct{ launcher templateLister }
+
+func (c templateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{templatesDesc, templateKernelsDesc, templateForksDesc, templateMemoryDesc} {
+		ch <- d
+	}
+}
+
+func (c templateCollector) Collect(ch chan<- prometheus.Metric) {
+	type key struct{ kind, state string }
+	templates, kernels, memory := map[key]int{}, map[key]int{}, map[key]int64{}
+	forks := map[string]int{}
+	for _, t := range c.launcher.Templates() {
+		k := key{t.Kind, "serving"}
+		if t.Retired != "" {
+			k.state = "retired"
+		} else {
+			forks[t.Kind] += t.Forks
+		}
+		templates[k]++
+		kernels[k] += t.Kernels
+		memory[k] += t.PSS
+	}
+	for k, n := range templates {
+		ch <- prometheus.MustNewConstMetric(templatesDesc, prometheus.GaugeValue, float64(n), k.kind, k.state)
+		ch <- prometheus.MustNewConstMetric(templateKernelsDesc, prometheus.GaugeValue, float64(kernels[k]), k.kind, k.state)
+		ch <- prometheus.MustNewConstMetric(templateMemoryDesc, prometheus.GaugeValue, float64(memory[k]), k.kind, k.state)
+	}
+	for kind, n := range forks {
+		ch <- prometheus.MustNewConstMetric(templateForksDesc, prometheus.GaugeValue, float64(n), kind)
 	}
 }

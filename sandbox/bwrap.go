@@ -673,6 +673,11 @@ type Template struct {
 	// Retired says why it was replaced ("" while it serves): it forks no
 	// more and ends with its last kernel.
 	Retired string
+	// PSS is the template process's own proportional set size (its
+	// kernels not included): the pages it shares with the kernels it
+	// forked are divided among them, so the more kernels, the less it is.
+	// 0 if it could not be read.
+	PSS int64
 }
 
 // Templates lists the fork-server templates running now, serving or
@@ -695,6 +700,9 @@ func (b *Bwrap) Templates() []Template {
 		t.mu.Lock()
 		out = append(out, Template{Pid: t.pid, Kind: t.kind.name, Forks: t.forks, Kernels: len(t.children), Retired: t.retired})
 		t.mu.Unlock()
+	}
+	for i := range out {
+		out[i].PSS, _ = readPss(out[i].Pid)
 	}
 	return out
 }
