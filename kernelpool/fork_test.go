@@ -206,6 +206,8 @@ print(json.dumps({
   "threads": sorted(re.sub(r"-\d+", "-N", t.name) for t in threading.enumerate()),
   "path": sys.path[:2],
   "session": hm.session_number,
+  "matplotlib": __import__("matplotlib").get_backend(),
+  "inline_hook": sorted(getattr(f, "__name__", "?") for f in ip.events.callbacks["post_execute"]),
 }, sort_keys=True))`
 	specs := installedSpecs(t)
 	for _, name := range []string{"python3", "sagemath"} {
@@ -233,6 +235,11 @@ print(json.dumps({
 				t.Fatal(err)
 			}
 			run(t, k, "x = 2 + 3")
+			// Plotting as a reader does: the inline backend's hook must be
+			// the kernel's, as in a cold kernel.
+			if out, _ := run(t, k, "import matplotlib.pyplot as plt\nplt.plot([1, 2]);"); out.ename != "" {
+				t.Fatalf("%s (forked %v): plot: %+v", name, fork, out)
+			}
 			if out, _ := run(t, k, "x * 2"); out.result != "10" {
 				t.Errorf("%s (forked %v): x * 2 = %+v", name, fork, out)
 			}
@@ -298,5 +305,48 @@ func checkTemplateMetrics(t *testing.T, reg *prometheus.Registry, leased int) {
 	}
 	if n := got["cellgate_fork_template_memory_bytes,kind=python,state=serving"]; n < 1<<20 {
 		t.Errorf("cellgate_fork_template_memory_bytes = %v: want the template's PSS", n)
+	}
+}
+
+// BenchmarkFirstPlot times a reader's first plot on a fresh sandboxed
+// python3 kernel (import pyplot, plot, the inline backend's PNG), started
+// cold and forked from the template (which has imported matplotlib and
+// drawn a throw-away figure). The kernel's start is outside the timing.
+func BenchmarkFirstPlot(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("the bwrap sandbox needs root")
+	}
+	specs := installedSpecs(b)
+	for _, mode := range []struct {
+		name string
+		fork bool
+	}{{"cold", false}, {"forked", true}} {
+		b.Run(mode.name, func(b *testing.B) {
+			scfg := sandbox.DefaultConfig()
+			scfg.Fork = mode.fork
+			launcher, err := sandbox.NewBwrap(scfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer launcher.Close()
+			p := newTestPool(b, map[string]int{}, 1)
+			cfg := p.cfg.Kernel
+			cfg.Launcher, cfg.Spec = launcher, specs["python3"]
+			for b.Loop() {
+				b.StopTimer()
+				k, err := StartKernel(context.Background(), p.zctx, cfg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				out, _ := run(b, k, "import matplotlib.pyplot as plt\nplt.plot([1, 2]);")
+				b.StopTimer()
+				if out.ename != "" {
+					b.Fatalf("plot: %+v", out)
+				}
+				k.Shutdown()
+				b.StartTimer()
+			}
+		})
 	}
 }

@@ -191,7 +191,7 @@ func DefaultConfig() Config {
 		ForkPreload: []string{
 			"ipykernel.kernelapp", "ipykernel.ipkernel", "ipykernel.zmqshell", "IPython.core.interactiveshell",
 			"IPython.core.completer", "jupyter_client.session", "zmq", "tornado.ioloop",
-			"numpy",
+			"numpy", "matplotlib.pyplot",
 		},
 		ForkSagePreload: []string{
 			"sage.all", "sage.all_cmdline", "sage.repl.ipython_kernel.kernel", "sage.repl.interface_magic",

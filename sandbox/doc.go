@@ -226,7 +226,10 @@
 // machinery, a cold Sage kernel about four (and its first plot seconds
 // more). With Config.Fork, Launch makes `python3 -m ipykernel_launcher`
 // kernels by forking a template that has imported it once (forkserver.py,
-// embedded), and `sage --python -m sage.repl.ipython_kernel` kernels from a
+// embedded), with Config.ForkPreload (numpy, matplotlib: imported with the
+// inline backend chosen, as ipykernel chooses it, and one throw-away figure
+// drawn, not through pyplot, so that each kernel hooks the inline backend
+// into its own shell when it first plots), and `sage --python -m sage.repl.ipython_kernel` kernels from a
 // template of their own, started through the sage script (so sage-env's
 // settings are the template's, and each Sage kernel's under its own
 // environment), that has imported Config.ForkSagePreload (sage.all) and

@@ -51,6 +51,19 @@ plot(sin(SR.var("x")), (SR.var("x"), 0, 1)).save("/tmp/cellgate-warmup.png")
 os.remove("/tmp/cellgate-warmup.png")
 `
 
+// pythonWarmup draws a throw-away plot when the template has imported
+// matplotlib (ForkPreload): a kernel's first plot then costs it no font
+// loading and no first use of the Agg renderer. Not through pyplot: that
+// would load the inline backend in the template, where there is no shell
+// for it to hook into, and no kernel would load it again.
+const pythonWarmup = `import io, sys
+if "matplotlib" in sys.modules:
+    from matplotlib.figure import Figure
+    fig = Figure()
+    fig.add_subplot().plot([0, 1], [0, 1])
+    fig.savefig(io.BytesIO(), format="png", bbox_inches="tight")
+`
+
 // forkable reports whether argv starts a kernel the fork server can make
 // (`PYTHON -m ipykernel_launcher -f FILE`, or, with ForkSagePreload,
 // `SAGE --python -m sage.repl.ipython_kernel -f FILE`), of which kind, and
@@ -65,6 +78,7 @@ func (b *Bwrap) forkable(argv []string) (forkKind, []string, bool) {
 		argv[1] == "-m" && argv[2] == "ipykernel_launcher" && argv[3] == "-f":
 		return forkKind{
 			name: "python", command: argv[:1], module: "ipykernel_launcher", preload: b.cfg.ForkPreload,
+			warmup: pythonWarmup,
 		}, argv[3:], true
 	case len(argv) == 6 && base == "sage" && len(b.cfg.ForkSagePreload) > 0 &&
 		argv[1] == "--python" && argv[2] == "-m" && argv[3] == "sage.repl.ipython_kernel" && argv[4] == "-f":

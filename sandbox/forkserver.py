@@ -37,6 +37,7 @@ MODULE = CONFIG["module"]  # the kernel: ipykernel_launcher, sage.repl.ipython_k
 # What started the template set this (sage-env, for Sage): a kernel with
 # keep_env gets it under its own, as a cold one would.
 TEMPLATE_ENV = dict(os.environ)
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
 # The kernel application made ready in the template (prepare_app), or None.
 PREPARED = None
 libc = ctypes.CDLL(None, use_errno=True)
@@ -237,6 +238,10 @@ def kernel(req, fds):
     env.update(req["env"])
     os.environ.clear()
     os.environ.update(env)
+    matplotlib = sys.modules.get("matplotlib")
+    if matplotlib is not None and env.get("MPLBACKEND", INLINE_BACKEND) != INLINE_BACKEND:
+        # The kernel's own choice, as its import would have read it.
+        matplotlib.rcParams["backend"] = env["MPLBACKEND"]
     # Nothing random may be shared between forks.
     import random
     random.seed()
@@ -396,6 +401,9 @@ def no_user_namespaces():
 
 
 def preload():
+    # What ipykernel sets before any kernel code runs, and matplotlib reads
+    # once, when it is imported: imported here, it must be imported so.
+    os.environ.setdefault("MPLBACKEND", INLINE_BACKEND)
     for name in CONFIG["preload"]:
         try:
             __import__(name)
