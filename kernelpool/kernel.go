@@ -50,18 +50,26 @@ type KernelConfig struct {
 	// ShutdownGrace is how long each step of shutdown (request, SIGTERM)
 	// waits before the next, harsher one.
 	ShutdownGrace time.Duration
-	// MaxMessageBytes caps one message from the kernel; a kernel that sends
-	// more loses that message rather than growing the gateway's memory.
+	// MaxMessageBytes caps one message from the kernel, all its frames
+	// together; a kernel that sends more loses that message (counted, and
+	// its clients told) rather than growing the gateway's memory.
 	MaxMessageBytes int64
+	// MessageBudget, shared by every kernel of the process, bounds the
+	// bytes of kernel messages held in Go at once: from the receiving loop
+	// to whoever lets the message go (the Messages channel, a session's
+	// replay). Once it is full, iopub messages are dropped and replies wait.
+	// nil: no process-wide bound.
+	MessageBudget *MessageBudget
 	// ReceiveHWM is how many messages each of the kernel's four message
-	// sockets queues in the gateway before libzmq stops reading from the
-	// kernel. What one kernel can make the gateway hold is then bounded by
-	// (4*ReceiveHWM + outBuffer + 6) * MaxMessageBytes: the queues, the Messages
-	// channel, one message in hand per receiving loop and one being decoded
-	// per socket. The rest waits in the kernel's own process, under its
-	// sandbox's memory limit, or is dropped there (iopub). With the
-	// defaults that is 54 messages: about 864 MiB at the 16 MiB cap, so a
-	// gateway that runs many kernels should lower MaxMessageBytes.
+	// sockets queues in libzmq (C memory, outside MessageBudget) before
+	// libzmq stops reading from the kernel: at most 4*ReceiveHWM messages
+	// of MaxMessageBytes per kernel. iopub's queue drains at once (what does
+	// not fit the budget is dropped); the replies' queues fill only while
+	// the budget is full or the consumer does not read. The rest waits in
+	// the kernel's own process, under its sandbox's memory limit, or is
+	// dropped there (iopub). Without a MessageBudget, what one kernel can
+	// make the gateway hold in Go as well is bounded only by
+	// (4*ReceiveHWM + outBuffer + 6) * MaxMessageBytes, 54 messages.
 	ReceiveHWM int
 	// SendTimeout bounds Send: a kernel that does not take a message in
 	// this time gets ErrKernelBusy instead of holding the caller.
@@ -131,7 +139,11 @@ func orDefault[T int | int64 | time.Duration](v *T, d T) {
 
 // DefaultMaxMessageBytes is the one default cap on a Jupyter message, in
 // either direction: the gateway applies it to clients, the pool to kernels.
-const DefaultMaxMessageBytes = 16 << 20
+// 8 MiB holds the largest single outputs in common use: plotly's offline
+// notebook output embeds plotly.min.js (about 3.5 MB) in one display_data, and a
+// high-resolution PNG plot is 1-3 MiB as base64; 4 MiB would refuse the
+// first. A data frame's HTML is a few KiB (pandas shows 60 rows).
+const DefaultMaxMessageBytes = 8 << 20
 
 // maxIPCPath is the length limit of a unix socket path (sun_path, 108 with NUL).
 const maxIPCPath = 107
@@ -245,6 +257,7 @@ func (k *Kernel) launch(ctx context.Context) error {
 		zctx: k.zctx, conn: conn, signer: jupytermsg.NewSigner(conn.Key),
 		identity: k.Session, inproc: fmt.Sprintf("inproc://kernel-%s-%d", k.ID, gen), maxMsg: k.cfg.MaxMessageBytes,
 		rcvHWM: k.cfg.ReceiveHWM, sendTimeout: k.cfg.SendTimeout,
+		budget: k.cfg.MessageBudget, budgetDrops: dropReports{burst: 1},
 		out: startup, discard: k.done,
 		onError: func(err error) {
 			k.cfg.Log.Warn().Err(err).Str("kernel", k.ID).Msg("kernel channel")
@@ -373,7 +386,10 @@ func (k *Kernel) processExited(proc *sandbox.Process) {
 // (the kernel queues its replies, and Send starts failing with
 // ErrKernelBusy), but not on iopub: a PUB socket never waits, so once the
 // small queues fill, the kernel drops iopub messages, the status: idle
-// that ends a request among them.
+// that ends a request among them. With a MessageBudget, each message
+// comes charged: the consumer releases it (Received.Release) once it lets
+// the message go, and what is left unread when the kernel dies is released
+// here.
 func (k *Kernel) Messages() <-chan Received { return k.out }
 
 // Send signs m with the kernel's key and sends it on channel ch. It waits
@@ -595,6 +611,9 @@ func awaitReplyAndIdle(ctx context.Context, in <-chan Received, ended <-chan str
 	for reply == nil || !idle {
 		select {
 		case r := <-in:
+			// Nothing here holds a message after reading it (the reply
+			// is decoded and dropped by the caller).
+			r.Release()
 			if r.Msg.ParentMsgID() != msgID {
 				continue
 			}

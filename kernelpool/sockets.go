@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -17,7 +18,19 @@ import (
 type Received struct {
 	Channel jupytermsg.Channel
 	Msg     *jupytermsg.Message
+	// Charge is what Msg takes of the kernels' MessageBudget (nil with
+	// none). Whoever takes a Received from Messages owns it: Release it
+	// once Msg is no longer held, or hand it on with Msg.
+	Charge *Charge
+	// DroppedForBudget and DroppedOversize count this kernel's messages
+	// dropped since the last iopub message delivered (which carries the
+	// counts): iopub messages for a full budget, and messages over the
+	// per-message cap. Clients can be told.
+	DroppedForBudget, DroppedOversize int
 }
+
+// Release gives back r's charge.
+func (r Received) Release() { r.Charge.Release() }
 
 // sockets is one connection to a kernel process. zmq sockets are not
 // goroutine-safe, so each socket has exactly one owning goroutine:
@@ -42,6 +55,17 @@ type sockets struct {
 	sendTimeout time.Duration
 	outMu       sync.Mutex
 	out         chan<- Received
+	// consumer is the kernel's Messages channel once setOut hands it over:
+	// from then on messages are charged to budget (may be nil), and what
+	// is left in it when the kernel has died is released at close.
+	consumer chan Received
+	budget   *MessageBudget
+	// untold counts drops since the last iopub message delivered.
+	untoldBudget, untoldOversize atomic.Int64
+	// budgetDrops reports iopub messages dropped for the budget: they
+	// are the process's doing, not the kernel's, so they never count
+	// toward its flood limit.
+	budgetDrops dropReports
 	// discard, once closed, makes the loops drop what they receive rather
 	// than wait for a consumer that is gone (the kernel has died).
 	discard <-chan struct{}
@@ -303,11 +327,13 @@ func (s *sockets) startHeartbeat(hb heartbeatConfig) {
 	go s.heartbeatLoop(hb)
 }
 
-// setOut redirects delivery, so a start-up handshake never competes with
-// the kernel's consumer for messages.
-func (s *sockets) setOut(out chan<- Received) {
+// setOut hands delivery to the kernel's consumer (until then it goes to
+// the start-up handshake, so the two never compete for messages). From
+// then on messages are charged to the budget: what start-up reads is the
+// kernel's own handshake and warm-up, before any user code runs.
+func (s *sockets) setOut(out chan Received) {
 	s.outMu.Lock()
-	s.out = out
+	s.out, s.consumer = out, out
 	s.outMu.Unlock()
 }
 
@@ -398,12 +424,40 @@ func (s *sockets) close() {
 		s.pushMu.Unlock()
 		s.wg.Wait()
 		s.drops.close(s.onError)
+		s.budgetDrops.close(s.onError)
+		s.releaseLeftovers()
 		s.pushMu.Lock()
 		s.iopubStopper.Close()
 		s.push.Close()
 		s.push = nil
 		s.pushMu.Unlock()
 	})
+}
+
+// releaseLeftovers gives back the charges of messages still in the
+// consumer's channel once the kernel has died: nobody will read them. The
+// loops have stopped, so nothing more arrives; a consumer still reading
+// takes (and releases) some, which is fine: each is taken once.
+func (s *sockets) releaseLeftovers() {
+	select {
+	case <-s.discard:
+	default:
+		return // a restart: the consumer goes on reading the channel
+	}
+	s.outMu.Lock()
+	consumer := s.consumer
+	s.outMu.Unlock()
+	if consumer == nil {
+		return
+	}
+	for {
+		select {
+		case r := <-consumer:
+			r.Release()
+		default:
+			return
+		}
+	}
 }
 
 func (s *sockets) stopped() bool {
@@ -431,12 +485,12 @@ func (s *sockets) requestLoop(pull *zmq.Socket, dealers map[jupytermsg.Channel]*
 			return
 		}
 		for _, p := range polled {
-			frames, err := p.Socket.RecvMessageBytes(0)
-			if err != nil {
-				s.onError(fmt.Errorf("receive: %w", err))
-				return
-			}
 			if p.Socket == pull {
+				frames, err := pull.RecvMessageBytes(0)
+				if err != nil {
+					s.onError(fmt.Errorf("receive: %w", err))
+					return
+				}
 				if len(frames) == 1 && string(frames[0]) == stopFrame {
 					return
 				}
@@ -444,7 +498,12 @@ func (s *sockets) requestLoop(pull *zmq.Socket, dealers map[jupytermsg.Channel]*
 				continue
 			}
 			ch := channelOf(p.Socket, dealers)
-			if !s.decodeAndDeliver(ch, frames) {
+			frames, size, err := receiveBounded(p.Socket, s.maxMsg)
+			if err != nil && !errors.Is(err, errMessageTooLarge) {
+				s.onError(fmt.Errorf("receive %s: %w", ch, err))
+				return
+			}
+			if !s.decodeAndDeliver(ch, frames, size, err) {
 				return
 			}
 		}
@@ -491,26 +550,99 @@ func channelOf(sock *zmq.Socket, dealers map[jupytermsg.Channel]*zmq.Socket) jup
 	return ""
 }
 
-// decodeAndDeliver drops messages that fail verification: they are never
-// delivered. It waits for the consumer, which is what stops the loops from
-// reading more (and lets libzmq's small receive queues fill, so the kernel's
-// side queues or, for iopub, drops). It reports false once the sockets are
-// closing.
-func (s *sockets) decodeAndDeliver(ch jupytermsg.Channel, frames [][]byte) bool {
+// errMessageTooLarge is receiveBounded's error for a message whose frames
+// together exceed the cap.
+var errMessageTooLarge = errors.New("message over the per-message cap")
+
+// receiveBounded receives one multipart message, keeping none of it once
+// its frames together exceed limit (0: no limit): libzmq's own cap
+// (ZMQ_MAXMSGSIZE) applies to each frame alone, and a kernel may send many
+// frames (buffers). size is the bytes received, kept or not.
+func receiveBounded(sock *zmq.Socket, limit int64) (frames [][]byte, size int64, err error) {
+	for {
+		frame, err := sock.RecvBytes(0)
+		if err != nil {
+			return nil, size, err
+		}
+		size += int64(len(frame))
+		if limit <= 0 || size <= limit {
+			frames = append(frames, frame)
+		} else {
+			frames = nil
+		}
+		more, err := sock.GetRcvmore()
+		if err != nil {
+			return nil, size, err
+		}
+		if !more {
+			break
+		}
+	}
+	if limit > 0 && size > limit {
+		return nil, size, fmt.Errorf("%w: %d bytes, the cap is %d", errMessageTooLarge, size, limit)
+	}
+	return frames, size, nil
+}
+
+// decodeAndDeliver drops messages that fail verification or are over the
+// cap (received is receiveBounded's error): they are never delivered. Once
+// the consumer has the kernel, each message is charged to the budget
+// first: an iopub message that does not fit is dropped, a reply waits for
+// room. It waits for the consumer, which is what stops the loops from
+// reading more (and lets libzmq's small receive queues fill, so the
+// kernel's side queues or, for iopub, drops). It reports false once the
+// sockets are closing.
+func (s *sockets) decodeAndDeliver(ch jupytermsg.Channel, frames [][]byte, size int64, received error) bool {
+	if received != nil {
+		s.budget.countRefusal()
+		s.untoldOversize.Add(1)
+		s.drops.add(fmt.Errorf("%s message dropped: %w", ch, received), s.onError, s.onFlood)
+		return true
+	}
 	_, m, err := s.signer.Decode(frames)
 	if err != nil {
 		s.drops.add(fmt.Errorf("%s message dropped: %w", ch, err), s.onError, s.onFlood)
 		return true
 	}
 	s.outMu.Lock()
-	out := s.out
+	out, charging := s.out, s.consumer != nil && s.budget != nil
 	s.outMu.Unlock()
+	r := Received{Channel: ch, Msg: m}
+	if charging {
+		if ch == jupytermsg.IOPub {
+			c, ok := s.budget.TryCharge(size)
+			if !ok {
+				s.budget.countDrop()
+				s.untoldBudget.Add(1)
+				s.budgetDrops.add(fmt.Errorf("iopub %s message of %d bytes dropped: the kernel message budget (%d bytes) is full", m.Header.MsgType, size, s.budget.Limit()), s.onError, nil)
+				return true
+			}
+			r.Charge = c
+		} else {
+			c, err := s.budget.Wait(size, s.stop, s.discard)
+			switch {
+			case err != nil:
+				s.budget.countRefusal()
+				s.drops.add(fmt.Errorf("%s message dropped: %w", ch, err), s.onError, s.onFlood)
+				return true
+			case c == nil:
+				return !s.stopped()
+			}
+			r.Charge = c
+		}
+	}
+	if ch == jupytermsg.IOPub {
+		r.DroppedForBudget = int(s.untoldBudget.Swap(0))
+		r.DroppedOversize = int(s.untoldOversize.Swap(0))
+	}
 	select {
-	case out <- Received{Channel: ch, Msg: m}:
+	case out <- r:
 		return true
 	case <-s.discard:
+		r.Release()
 		return true
 	case <-s.stop:
+		r.Release()
 		return false
 	}
 }
@@ -532,12 +664,12 @@ func (s *sockets) iopubLoop(sub, stop *zmq.Socket) {
 			if p.Socket == stop {
 				return
 			}
-			frames, err := sub.RecvMessageBytes(0)
-			if err != nil {
+			frames, size, err := receiveBounded(sub, s.maxMsg)
+			if err != nil && !errors.Is(err, errMessageTooLarge) {
 				s.onError(fmt.Errorf("receive iopub: %w", err))
 				return
 			}
-			if !s.decodeAndDeliver(jupytermsg.IOPub, frames) {
+			if !s.decodeAndDeliver(jupytermsg.IOPub, frames, size, err) {
 				return
 			}
 		}
@@ -643,13 +775,13 @@ type dropReports struct {
 
 // droppedError is the summary of the drops counted in an interval.
 type droppedError struct {
-	n        int
+	n, burst int
 	interval time.Duration
 	last     error
 }
 
 func (e *droppedError) Error() string {
-	return fmt.Sprintf("%d more messages dropped within %v (only the first %d of an interval are reported one by one); the last: %v", e.n, e.interval, dropBurst, e.last)
+	return fmt.Sprintf("%d more messages dropped within %v (only the first %d of an interval are reported one by one); the last: %v", e.n, e.interval, e.burst, e.last)
 }
 
 func (e *droppedError) Unwrap() error { return e.last }
@@ -703,12 +835,12 @@ func (d *dropReports) summarize(report func(error), closing bool) {
 		d.mu.Unlock()
 		return
 	}
-	_, interval := d.limits()
+	burst, interval := d.limits()
 	n, last := d.counted, d.last
 	d.counted, d.last, d.timer = 0, nil, nil
 	d.mu.Unlock()
 	if n > 0 {
-		report(&droppedError{n: n, interval: interval, last: last})
+		report(&droppedError{n: n, burst: burst, interval: interval, last: last})
 	}
 }
 

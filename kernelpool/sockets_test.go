@@ -169,13 +169,16 @@ func (r *reports) count(t *testing.T) (single, summed, summaries int) {
 
 // connectToFake opens the gateway's sockets on fake's endpoints and waits
 // until a message the fake publishes arrives (the SUB socket joins late).
-func connectToFake(t *testing.T, zctx *zmq.Context, fake *fakeKernel, interval time.Duration, got *reports) (*sockets, <-chan Received) {
+func connectToFake(t *testing.T, zctx *zmq.Context, fake *fakeKernel, interval time.Duration, got *reports, tweaks ...func(*sockets)) (*sockets, <-chan Received) {
 	t.Helper()
 	out := make(chan Received, 64)
 	s := &sockets{
 		zctx: zctx, conn: fake.conn, signer: jupytermsg.NewSigner(fake.conn.Key), identity: "gateway",
 		inproc: "inproc://drops-" + strconv.FormatInt(time.Now().UnixNano(), 36), maxMsg: 1 << 20, rcvHWM: 8, sendTimeout: time.Second,
 		out: out, onError: got.add, drops: dropReports{interval: interval},
+	}
+	for _, tweak := range tweaks {
+		tweak(s)
 	}
 	if err := s.open(); err != nil {
 		t.Fatal(err)

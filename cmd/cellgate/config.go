@@ -59,6 +59,7 @@ type options struct {
 	fork                string
 	forkMax             int
 	maxMessageMB        int64
+	kernelMessageMB     int64
 	perAddress          int
 	perClient           int
 	jupyterIdle         time.Duration
@@ -197,7 +198,8 @@ func settings(o *options) []setting {
 		opt("max-storage-mb", &o.maxStorageMB, st.Files.MaxTotalBytes>>20, "cap in MiB on all stored kernel files together: once reached, new files are not uploaded (the client is told why) until `--file-ttl` or the operator makes room; `0`: no cap"),
 		opt("store-results", &o.storeResults, true, "keep what each execution showed (outputs, widget state) with its permalink, so a shared link opens with its result and no kernel; `false`: permalinks keep only code and interacts"),
 		opt("result-max-kb", &o.resultKB, gw.Storage.ResultBudget>>10, "inline size in KiB of one stored result (outputs and widget state); what goes over is left out, with a notice in the result"),
-		opt("max-message-mb", &o.maxMessageMB, kp.Kernel.MaxMessageBytes>>20, "largest message in MiB from a client (websocket frame, HTTP body; then an error or 413) or from a kernel (then dropped)"),
+		opt("max-message-mb", &o.maxMessageMB, kp.Kernel.MaxMessageBytes>>20, "largest message in MiB from a client (websocket frame, HTTP body; then an error or 413) or from a kernel (then dropped, and its clients told)"),
+		opt("kernel-message-budget-mb", &o.kernelMessageMB, int64(kernelpool.DefaultMessageBudgetBytes>>20), "MiB of kernel messages the whole process holds at once, all kernels and sessions together (replays of output, messages on their way): when full, old output that clients were to be replayed is let go first, then new iopub output is dropped (clients told) and replies wait; at least `--max-message-mb`; `0`: no bound"),
 		opt("advertise-url", &o.advertiseURL, cl.AdvertiseURL, "URL other instances reach this one at directly (not through the balancer), e.g. `http://10.0.0.5:8888/`; setting it joins the cluster of instances sharing `--mongo-uri` (README: Running several instances)").
 			documented("unset: one instance alone"),
 		opt("cluster-secret", &o.clusterSecret, "", fmt.Sprintf("secret shared by every instance of a cluster, which signs the requests they forward to each other (at least %d bytes; required with `--advertise-url`; prefer the environment variable)", cluster.MinSecretBytes)),
@@ -345,6 +347,12 @@ func (o options) validate() error {
 	if o.maxMessageMB > 1024 {
 		return fmt.Errorf("--max-message-mb %d is over 1024", o.maxMessageMB)
 	}
+	if o.kernelMessageMB < 0 {
+		return errors.New("--kernel-message-budget-mb must not be negative (0: no bound)")
+	}
+	if o.kernelMessageMB != 0 && o.kernelMessageMB < o.maxMessageMB {
+		return fmt.Errorf("--kernel-message-budget-mb %d is below --max-message-mb %d: a message at the cap could never be held", o.kernelMessageMB, o.maxMessageMB)
+	}
 	if o.perAddress < 0 {
 		return fmt.Errorf("--max-kernels-per-address must not be negative (0: a quarter of --max-kernels)")
 	}
@@ -420,6 +428,7 @@ func (o options) poolConfig() (kernelpool.Config, error) {
 		return cfg, err
 	}
 	cfg.Kernel.MaxMessageBytes = o.maxMessageMB << 20
+	cfg.Kernel.MessageBudget = kernelpool.NewMessageBudget(o.kernelMessageMB << 20)
 	return cfg, nil
 }
 

@@ -40,25 +40,27 @@ func TestOptionErrors(t *testing.T) {
 		args []string
 		env  map[string]string
 	}{
-		"bad env value":    {nil, map[string]string{"CELLGATE_MAX_KERNELS": "many"}},
-		"unknown flag":     {[]string{"--nope"}, nil},
-		"unknown in file":  {[]string{"--config", bad}, nil},
-		"missing file":     {[]string{"--config", "/nonexistent"}, nil},
-		"stray argument":   {[]string{"extra"}, nil},
-		"bad duration env": {nil, map[string]string{"CELLGATE_LEASE_TIMEOUT": "soon"}},
-		"zero max kernels": {[]string{"--max-kernels", "0"}, nil},
-		"huge messages":    {[]string{"--max-message-mb", "4096"}, nil},
-		"negative memory":  {nil, map[string]string{"CELLGATE_KERNEL_MEMORY_MB": "-1"}},
-		"zero memory":      {[]string{"--kernel-memory-mb", "0"}, nil},
-		"zero processes":   {[]string{"--kernel-processes", "0"}, nil},
-		"sub-second cpu":   {[]string{"--kernel-cpu", "500ms"}, nil},
-		"negative share":   {[]string{"--kernel-cpu-share", "-1"}, nil},
-		"NaN share":        {nil, map[string]string{"CELLGATE_KERNEL_CPU_SHARE": "NaN"}},
-		"zero grace":       {[]string{"--detach-grace", "0s"}, nil},
-		"negative retry":   {[]string{"--db-connect-retry", "-1s"}, nil},
-		"zero drain":       {[]string{"--drain-timeout", "0s"}, nil},
-		"negative budget":  {[]string{"--pool-memory-mb", "-1"}, nil},
-		"unknown queue":    {nil, map[string]string{"CELLGATE_LEASE_QUEUE": "lifo"}},
+		"bad env value":                {nil, map[string]string{"CELLGATE_MAX_KERNELS": "many"}},
+		"unknown flag":                 {[]string{"--nope"}, nil},
+		"unknown in file":              {[]string{"--config", bad}, nil},
+		"missing file":                 {[]string{"--config", "/nonexistent"}, nil},
+		"stray argument":               {[]string{"extra"}, nil},
+		"bad duration env":             {nil, map[string]string{"CELLGATE_LEASE_TIMEOUT": "soon"}},
+		"zero max kernels":             {[]string{"--max-kernels", "0"}, nil},
+		"huge messages":                {[]string{"--max-message-mb", "4096"}, nil},
+		"negative memory":              {nil, map[string]string{"CELLGATE_KERNEL_MEMORY_MB": "-1"}},
+		"zero memory":                  {[]string{"--kernel-memory-mb", "0"}, nil},
+		"zero processes":               {[]string{"--kernel-processes", "0"}, nil},
+		"sub-second cpu":               {[]string{"--kernel-cpu", "500ms"}, nil},
+		"negative share":               {[]string{"--kernel-cpu-share", "-1"}, nil},
+		"NaN share":                    {nil, map[string]string{"CELLGATE_KERNEL_CPU_SHARE": "NaN"}},
+		"zero grace":                   {[]string{"--detach-grace", "0s"}, nil},
+		"negative retry":               {[]string{"--db-connect-retry", "-1s"}, nil},
+		"zero drain":                   {[]string{"--drain-timeout", "0s"}, nil},
+		"negative budget":              {[]string{"--pool-memory-mb", "-1"}, nil},
+		"unknown queue":                {nil, map[string]string{"CELLGATE_LEASE_QUEUE": "lifo"}},
+		"negative message budget":      {[]string{"--kernel-message-budget-mb", "-1"}, nil},
+		"message budget under the cap": {[]string{"--kernel-message-budget-mb", "4", "--max-message-mb", "8"}, nil},
 	}
 	for name, c := range cases {
 		if _, err := parseOptions(c.args, func(k string) string { return c.env[k] }); err == nil {
@@ -271,5 +273,30 @@ func TestKernelCPUShare(t *testing.T) {
 	}
 	if got := o.sandboxConfig().CPUShare; got != 0.5 {
 		t.Fatalf("CELLGATE_KERNEL_CPU_SHARE=0.5 gave the sandbox CPUShare %v", got)
+	}
+}
+
+// --kernel-message-budget-mb makes the one budget the pool's kernels
+// share: its default, a size, and 0 (counted, no bound).
+func TestKernelMessageBudgetOption(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want int64
+	}{
+		{nil, kernelpool.DefaultMessageBudgetBytes},
+		{[]string{"--kernel-message-budget-mb", "64"}, 64 << 20},
+		{[]string{"--kernel-message-budget-mb", "0"}, 0},
+	} {
+		o, err := parseOptions(c.args, func(string) string { return "" })
+		if err != nil {
+			t.Fatalf("%v: %v", c.args, err)
+		}
+		cfg, err := o.poolConfig()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b := cfg.Kernel.MessageBudget; b == nil || b.Limit() != c.want {
+			t.Errorf("%v: budget %v, want one of %d bytes", c.args, b, c.want)
+		}
 	}
 }

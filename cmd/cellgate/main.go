@@ -162,6 +162,7 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 	// their own series with it as they are made.
 	metrics := gateway.NewRegistry()
 	poolCfg.Specs, poolCfg.Metrics = specs, metrics
+	metrics.MustRegister(poolCfg.Kernel.MessageBudget)
 	poolCfg.Kernel.Launcher, poolCfg.Kernel.RuntimeRoot, poolCfg.Kernel.WorkRoot, poolCfg.Kernel.Log = launcher, runtimeRoot, workRoot, log
 	pool, err := kernelpool.New(poolCfg)
 	if err != nil {

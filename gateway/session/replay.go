@@ -4,6 +4,7 @@ import (
 	"sync"
 
 	"github.com/cellgate/cellgate/jupytermsg"
+	"github.com/cellgate/cellgate/kernelpool"
 )
 
 // Entry is one message for clients with its session sequence number.
@@ -15,6 +16,9 @@ type Entry struct {
 	// (iopub).
 	To   string
 	size int
+	// charge is the kernel message budget's charge for Msg, released
+	// when the entry leaves the replay (nil: not charged).
+	charge *kernelpool.Charge
 }
 
 // Replay is a session's bounded history of messages for clients. It lets
@@ -22,6 +26,13 @@ type Entry struct {
 // resume after the last sequence number it saw. The kernel's reader never
 // waits for clients: a client that falls behind the oldest kept message is
 // told how many it missed.
+//
+// The replay is where a session holds its kernel's messages: each entry
+// keeps the message's charge against the process's kernel message budget
+// until the entry is dropped (by the bounds, when the budget asks for room,
+// or when the replay closes). What Since gave a reader is held, uncharged,
+// while the reader writes it out: at most one batch of the replay per
+// reader.
 type Replay struct {
 	mu       sync.Mutex
 	entries  []Entry // oldest first
@@ -31,6 +42,9 @@ type Replay struct {
 	next     uint64 // sequence number of the next append; starts at 1
 	changed  chan struct{}
 	closed   bool
+	// unregister takes the replay off the budget's reclaimers; set by the
+	// first charged append.
+	unregister func()
 }
 
 func newReplay(maxMsgs, maxBytes int) *Replay {
@@ -47,27 +61,78 @@ func messageSize(m *jupytermsg.Message) int {
 
 // Append adds a message and wakes every waiting reader.
 func (l *Replay) Append(ch jupytermsg.Channel, m *jupytermsg.Message, to string) uint64 {
+	return l.AppendCharged(ch, m, to, nil)
+}
+
+// AppendCharged adds a kernel's message with its budget charge, which the
+// replay now owns (released at once if the replay is closed).
+func (l *Replay) AppendCharged(ch jupytermsg.Channel, m *jupytermsg.Message, to string, charge *kernelpool.Charge) uint64 {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
+		charge.Release()
 		return 0
 	}
-	e := Entry{Seq: l.next, Channel: ch, Msg: m, To: to, size: messageSize(m)}
+	if charge != nil && l.unregister == nil {
+		l.unregister = charge.Budget().AddReclaimer(l)
+	}
+	e := Entry{Seq: l.next, Channel: ch, Msg: m, To: to, size: messageSize(m), charge: charge}
 	l.next++
 	l.entries = append(l.entries, e)
 	l.bytes += e.size
 	drop := 0
 	for len(l.entries)-drop > 1 && (len(l.entries)-drop > l.maxMsgs || l.bytes > l.maxBytes) {
-		l.bytes -= l.entries[drop].size
-		l.entries[drop] = Entry{}
 		drop++
 	}
-	if drop > 0 {
-		l.entries = append(l.entries[:0:0], l.entries[drop:]...)
-	}
+	l.dropOldestLocked(drop)
 	close(l.changed)
 	l.changed = make(chan struct{})
 	return e.Seq
+}
+
+// dropOldestLocked lets the n oldest entries go, releasing their charges.
+func (l *Replay) dropOldestLocked(n int) {
+	if n <= 0 {
+		return
+	}
+	for i := range n {
+		l.bytes -= l.entries[i].size
+		l.entries[i].charge.Release()
+		l.entries[i] = Entry{}
+	}
+	l.entries = append(l.entries[:0:0], l.entries[n:]...)
+}
+
+// Reclaimable is the charged bytes the budget could have back: all but
+// the newest entry, which the replay keeps so a reader can tell what it
+// missed.
+func (l *Replay) Reclaimable() int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return 0 // its charges are released; what it keeps is its readers' last
+	}
+	var n int64
+	for i := 0; i < len(l.entries)-1; i++ {
+		n += l.entries[i].charge.Bytes()
+	}
+	return n
+}
+
+// Reclaim drops the oldest entries until about need charged bytes are
+// released, keeping the newest. Readers behind them are told what they
+// missed, as when the replay's own bounds drop them.
+func (l *Replay) Reclaim(need int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return
+	}
+	drop := 0
+	for ; drop < len(l.entries)-1 && need > 0; drop++ {
+		need -= l.entries[drop].charge.Bytes()
+	}
+	l.dropOldestLocked(drop)
 }
 
 // Since returns the messages after seq that client may see, how many it
@@ -108,13 +173,22 @@ func (l *Replay) Last() uint64 {
 	return l.next - 1
 }
 
-// close wakes all readers for good.
+// close wakes all readers for good and gives back the budget's charges:
+// the session is over, and its readers only finish the message in hand.
 func (l *Replay) close() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if !l.closed {
-		l.closed = true
-		close(l.changed)
+	if l.closed {
+		return
+	}
+	l.closed = true
+	close(l.changed)
+	for i := range l.entries {
+		l.entries[i].charge.Release()
+		l.entries[i].charge = nil
+	}
+	if l.unregister != nil {
+		l.unregister()
 	}
 }
 

@@ -468,12 +468,15 @@ func (s *Session) observe(r kernelpool.Received) {
 		// announce files (links) of its choosing.
 		s.metrics.Errors.WithLabelValues("forged_message").Inc()
 		s.log.Warn().Str("msg_type", msgType).Msg("dropped a kernel message posing as the gateway's")
+		r.Release()
 		return
 	}
 	if msgType == KernelTimeoutMsgType && s.opts.API != Jupyter {
 		s.kernelTimeout(m)
+		r.Release()
 		return
 	}
+	s.tellDrops(r)
 	s.metrics.Relayed.WithLabelValues("out", string(r.Channel)).Inc()
 	// Most messages are iopub output, which needs nothing of the parent
 	// header: it is parsed only for routing and the types that read it.
@@ -534,13 +537,24 @@ func (s *Session) observe(r kernelpool.Received) {
 	if tracked {
 		// Files are uploaded off this goroutine; the uploader relays the
 		// reply once they are stored or a short while has passed.
-		if s.uploads != nil && s.uploads.hold(m, parent.MsgID, p, to) {
+		if s.uploads != nil && s.uploads.hold(m, r.Charge, parent.MsgID, p, to) {
 			return
 		}
-		s.relayReply(r.Channel, m, p, to)
+		s.relayReply(r.Channel, m, r.Charge, p, to)
 		return
 	}
-	s.replay.Append(r.Channel, m, to)
+	s.replay.AppendCharged(r.Channel, m, to, r.Charge)
+}
+
+// tellDrops tells clients, before the message that carries the count,
+// that some of the kernel's messages were dropped on the way in.
+func (s *Session) tellDrops(r kernelpool.Received) {
+	if r.DroppedForBudget > 0 {
+		s.Notice(r.Msg.ParentHeader, fmt.Sprintf("%d messages of output were dropped: the server holds as much kernel output as it may (kernel message budget)", r.DroppedForBudget))
+	}
+	if r.DroppedOversize > 0 {
+		s.Notice(r.Msg.ParentHeader, fmt.Sprintf("%d messages from the kernel were dropped: each was over the server's per-message limit", r.DroppedOversize))
+	}
 }
 
 // captured reports whether an iopub message is part of a result (a
@@ -633,7 +647,7 @@ func (s *Session) IdleLimit() time.Duration {
 // to ReplyHold, off the pump; later replies wait behind it, so replies keep
 // the order the kernel sent them in while other output flows meanwhile.
 // Only the pump calls it.
-func (s *Session) relayReply(ch jupytermsg.Channel, m *jupytermsg.Message, p pendingExecution, to string) {
+func (s *Session) relayReply(ch jupytermsg.Channel, m *jupytermsg.Message, charge *kernelpool.Charge, p pendingExecution, to string) {
 	prev := s.lastHeld
 	if prev != nil {
 		select {
@@ -643,7 +657,7 @@ func (s *Session) relayReply(ch jupytermsg.Channel, m *jupytermsg.Message, p pen
 		}
 	}
 	if id, ok := p.permalink.Recorded(); ok && prev == nil {
-		s.replay.Append(ch, completeReply(m, id, p.wantsFiles, nil), to)
+		s.replay.AppendCharged(ch, completeReply(m, id, p.wantsFiles, nil), to, charge)
 		return
 	}
 	done := make(chan struct{})
@@ -656,7 +670,7 @@ func (s *Session) relayReply(ch jupytermsg.Channel, m *jupytermsg.Message, p pen
 		if prev != nil {
 			<-prev
 		}
-		s.replay.Append(ch, completeReply(m, id, p.wantsFiles, nil), to)
+		s.replay.AppendCharged(ch, completeReply(m, id, p.wantsFiles, nil), to, charge)
 	}()
 }
 

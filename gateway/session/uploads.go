@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cellgate/cellgate/jupytermsg"
+	"github.com/cellgate/cellgate/kernelpool"
 	"github.com/cellgate/cellgate/storage"
 )
 
@@ -49,8 +50,11 @@ type uploader struct {
 type uploadJob struct {
 	msgID string
 	reply *jupytermsg.Message
-	p     pendingExecution
-	to    string
+	// charge is reply's against the kernel message budget: whoever
+	// relays the reply hands it on, and a reply never relayed releases it.
+	charge *kernelpool.Charge
+	p      pendingExecution
+	to     string
 	// timer relays the reply once ReplyHold passes. Its Stop reports
 	// whether that is still to be done: true iff the func will not run, so
 	// exactly one of it and the upload relays the reply.
@@ -74,14 +78,14 @@ func newUploader(sess *Session) *uploader {
 
 // hold takes over reply, to the execute_request msgID, if its execution
 // has files to upload; false means the caller relays it.
-func (u *uploader) hold(reply *jupytermsg.Message, msgID string, p pendingExecution, to string) bool {
+func (u *uploader) hold(reply *jupytermsg.Message, charge *kernelpool.Charge, msgID string, p pendingExecution, to string) bool {
 	s := u.sess
 	if !s.opts.Files.Tracks(msgID) {
 		return false
 	}
-	j := &uploadJob{msgID: msgID, reply: reply, p: p, to: to}
+	j := &uploadJob{msgID: msgID, reply: reply, charge: charge, p: p, to: to}
 	j.timer = time.AfterFunc(s.opts.Config.ReplyHold, func() {
-		s.replay.Append(jupytermsg.Shell, completeReply(j.reply, j.p.permalink.Wait(0), j.p.wantsFiles, nil), j.to)
+		s.replay.AppendCharged(jupytermsg.Shell, completeReply(j.reply, j.p.permalink.Wait(0), j.p.wantsFiles, nil), j.to, j.charge)
 		s.Notice(j.reply.ParentHeader, "files are still being stored; they are announced when they are")
 	})
 	u.mu.Lock()
@@ -108,7 +112,9 @@ func (u *uploader) run() {
 			for {
 				select {
 				case j := <-u.jobs:
-					j.timer.Stop()
+					if j.timer.Stop() {
+						j.charge.Release() // never relayed
+					}
 					u.finished(j.msgID)
 				default:
 					return
@@ -175,7 +181,7 @@ func (u *uploader) upload(j *uploadJob) {
 		s.Notice(j.reply.ParentHeader, strings.Join(notices, "\n"))
 	}
 	if inTime {
-		s.replay.Append(jupytermsg.Shell, completeReply(j.reply, j.p.permalink.Wait(0), j.p.wantsFiles, names), j.to)
+		s.replay.AppendCharged(jupytermsg.Shell, completeReply(j.reply, j.p.permalink.Wait(0), j.p.wantsFiles, names), j.to, j.charge)
 	}
 }
 
