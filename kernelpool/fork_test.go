@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/cellgate/cellgate/jupytermsg"
 	"github.com/cellgate/cellgate/sandbox"
 )
 
@@ -348,5 +349,37 @@ func BenchmarkFirstPlot(b *testing.B) {
 				b.StartTimer()
 			}
 		})
+	}
+}
+
+// With nothing said, the pool keeps python3 kernels ready and one of every
+// other kernel the launcher forks (SageMath here), and none that would
+// start cold.
+func TestAutoReady(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the bwrap sandbox needs root")
+	}
+	specs := installedSpecs(t)
+	for _, fork := range []bool{true, false} {
+		scfg := sandbox.DefaultConfig()
+		scfg.Fork = fork
+		launcher, err := sandbox.NewBwrap(scfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := map[string]int{"python3": 2}
+		if _, ok := specs["sagemath"]; ok && fork {
+			want["sagemath"] = 1
+		}
+		if got := AutoReady(specs, launcher.Forks); !reflect.DeepEqual(got, want) {
+			t.Errorf("fork %v: AutoReady = %v, want %v (installed: %v)", fork, got, want, jupytermsg.SortedNames(specs))
+		}
+		launcher.Close()
+	}
+	if got := AutoReady(specs, nil); !reflect.DeepEqual(got, map[string]int{"python3": 2}) {
+		t.Errorf("no forking launcher: AutoReady = %v", got)
+	}
+	if got := AutoReady(map[string]jupytermsg.Spec{}, nil); len(got) != 0 {
+		t.Errorf("no kernelspecs: AutoReady = %v", got)
 	}
 }

@@ -70,6 +70,27 @@ type Config struct {
 // DefaultReady is the pool size used when Config.Ready is nil.
 func DefaultReady() map[string]int { return map[string]int{"python3": 2} }
 
+// AutoReady is the pool a server keeps when told nothing: DefaultReady,
+// and one ready kernel of every other installed kernelspec that cheap
+// kernels are made of (forks says which: the launcher forks them from a
+// template, as it does SageMath's), so that a reader choosing one does not
+// wait for its start. A kernel that would start cold is not kept ready:
+// a cold SageMath kernel costs seconds of CPU and 190 MiB.
+func AutoReady(specs map[string]jupytermsg.Spec, forks func(argv []string) bool) map[string]int {
+	ready := map[string]int{}
+	for name, n := range DefaultReady() {
+		if _, ok := specs[name]; ok {
+			ready[name] = n
+		}
+	}
+	for name, spec := range specs {
+		if _, ok := ready[name]; !ok && forks != nil && forks(spec.Command("kernel.json")) {
+			ready[name] = 1
+		}
+	}
+	return ready
+}
+
 // DefaultConfig is the pool's settings when nothing is said: the one place
 // each default lives (cellgate's flags take theirs from here). Specs and
 // Kernel.Launcher have none; the caller must give them.

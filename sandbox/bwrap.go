@@ -707,6 +707,14 @@ func (b *Bwrap) Templates() []Template {
 	return out
 }
 
+// Forks tells whether Launch makes the kernel argv starts by forking it
+// from a template (Config.Fork, and a kernel it knows: ipykernel's and
+// SageMath's), rather than starting it cold.
+func (b *Bwrap) Forks(argv []string) bool {
+	_, _, ok := b.forkable(argv)
+	return ok && b.cfg.Fork
+}
+
 // Close stops the fork-server templates, retired ones too (the kernels
 // they made end with them). Cold kernels are the pool's to stop.
 func (b *Bwrap) Close() {
