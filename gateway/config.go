@@ -10,6 +10,7 @@ import (
 	"github.com/cellgate/cellgate/gateway/permalink"
 	"github.com/cellgate/cellgate/gateway/result"
 	"github.com/cellgate/cellgate/kernelpool"
+	"github.com/cellgate/cellgate/storage"
 )
 
 // Config configures the gateway. Start from DefaultConfig; a zero field
@@ -140,6 +141,13 @@ type Storage struct {
 	// stored; files stored later are announced when they land. A slow
 	// database delays the file list, never the computation.
 	ReplyHold time.Duration
+	// UploadQuota bounds the files the kernels of one client address (an
+	// IPv6 client by its /64) upload over a rolling window, all its
+	// sessions together; files over it are not uploaded and their client
+	// is told why, and the computation goes on. It counts in this
+	// instance only: in a cluster each instance keeps its own. Zero fields
+	// take storage.DefaultUploadQuota's values; negative caps are no cap.
+	UploadQuota storage.UploadQuotaConfig
 }
 
 // DefaultConfig is the gateway's settings when nothing is said: the one
@@ -170,7 +178,8 @@ func DefaultConfig() Config {
 		BodyTimeout:          60 * time.Second,
 		IdleTimeout:          60 * time.Second,
 		MaxConnsPerAddr:      256,
-		Storage:              Storage{UploadTimeout: 10 * time.Second, ReplyHold: 3 * time.Second, ResultBudget: result.DefaultBudget},
+		Storage: Storage{UploadTimeout: 10 * time.Second, ReplyHold: 3 * time.Second, ResultBudget: result.DefaultBudget,
+			UploadQuota: storage.DefaultUploadQuota()},
 
 		// sagecell.sagemath.org's setting.
 		MaxKernelsPerCellSession: 5,
@@ -209,6 +218,7 @@ func (c Config) withDefaults() Config {
 	fill(&c.Storage.UploadTimeout, d.Storage.UploadTimeout)
 	fill(&c.Storage.ReplyHold, d.Storage.ReplyHold)
 	fill(&c.Storage.ResultBudget, d.Storage.ResultBudget)
+	c.Storage.UploadQuota = c.Storage.UploadQuota.WithDefaults()
 	if len(c.AllowOrigins) == 0 {
 		c.AllowOrigins = d.AllowOrigins
 	}

@@ -46,7 +46,9 @@ type Server struct {
 	languages  languages
 	// permalinkRate bounds POST /permalink per address.
 	permalinkRate *rateLimiter
-	started       time.Time
+	// uploadQuota bounds the kernel files each client address uploads.
+	uploadQuota *storage.UploadQuota
+	started     time.Time
 	// everWarm is set once the pool has been warm: from then on a pool
 	// that is momentarily empty is refilling, not failing (/readyz).
 	everWarm atomic.Bool
@@ -60,7 +62,8 @@ type Server struct {
 func New(cfg Config, pool Pool) *Server {
 	cfg = cfg.withDefaults()
 	s := &Server{cfg: cfg, pool: pool, log: cfg.Log, started: time.Now(), cellSessions: newCellSessions(cfg.MaxKernelsPerCellSession),
-		languages: findLanguages(defaultLookPath), permalinkRate: newRateLimiter(cfg.PermalinksPerMinute)}
+		languages: findLanguages(defaultLookPath), permalinkRate: newRateLimiter(cfg.PermalinksPerMinute),
+		uploadQuota: storage.NewUploadQuota(cfg.Storage.UploadQuota)}
 	reg := cfg.Metrics
 	if reg == nil {
 		reg = NewRegistry()
@@ -147,7 +150,7 @@ func (s *Server) startSession(ctx context.Context, choice kernelChoice, api sess
 				o.Results, o.ResultBudget = s.permalinks, s.cfg.Storage.ResultBudget
 			}
 		}
-		o.Files, o.Link = s.watchFiles(k, kernelName, baseURL)
+		o.Files, o.Link = s.watchFiles(k, kernelName, baseURL, remote)
 	}
 	sess := session.New(k, o)
 	// Claimed in the cluster before its id is answered, so that every
@@ -200,8 +203,9 @@ func queueKey(remote string) string {
 }
 
 // watchFiles watches a kernel's working directory for the files its
-// executions write; nil without file storage.
-func (s *Server) watchFiles(k *kernelpool.Kernel, kernelName, baseURL string) (session.Watcher, func(id, name string) string) {
+// executions write, charging them to the upload quota of the session's
+// client address remote; nil without file storage.
+func (s *Server) watchFiles(k *kernelpool.Kernel, kernelName, baseURL, remote string) (session.Watcher, func(id, name string) string) {
 	if s.cfg.Storage.Files == nil {
 		return nil, nil
 	}
@@ -210,6 +214,7 @@ func (s *Server) watchFiles(k *kernelpool.Kernel, kernelName, baseURL string) (s
 		s.log.Warn().Err(err).Str("session", k.ID).Msg("kernel files will not be uploaded")
 		return nil, nil
 	}
+	w.ChargeTo(s.uploadQuota, queueKey(remote))
 	return w, func(id, name string) string { return fileURL(baseURL, id, name) }
 }
 

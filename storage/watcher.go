@@ -110,6 +110,9 @@ type Watcher struct {
 	rootFD       int
 	closed       bool
 	sessionBytes int64
+	// quota is charged each file before it is uploaded, as account's (ChargeTo).
+	quota   *UploadQuota
+	account string
 
 	// execMu guards the executions' baselines. It is apart from mu, which Snapshot holds through a
 	// directory scan, so that Tracks, asked on the kernel's output path, never waits for one.
@@ -153,6 +156,15 @@ func (w *Watcher) SessionBytes() int64 {
 	return w.sessionBytes
 }
 
+// ChargeTo makes every file this watcher uploads from now on count against account's share of
+// quota, shared with the other watchers charged to account; a file over it is not uploaded and is
+// listed with the reason.
+func (w *Watcher) ChargeTo(quota *UploadQuota, account string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.quota, w.account = quota, account
+}
+
 // Close releases the directory.
 func (w *Watcher) Close() error {
 	w.mu.Lock()
@@ -191,6 +203,7 @@ func (w *Watcher) uploadChanged(ctx context.Context, before Snapshot, permalink 
 	// open, and the number is not reused for another file, until we are done.
 	rootFD, err := dupRoot(w.rootFD)
 	sessionBytes := w.sessionBytes // only uploads, which we exclude, change it
+	quota, account := w.quota, w.account
 	w.mu.Unlock()
 	if err != nil {
 		return UploadReport{}, err
@@ -249,12 +262,19 @@ func (w *Watcher) uploadChanged(ctx context.Context, before Snapshot, permalink 
 		case sessionBytes+stamp.size > limits.MaxSessionBytes:
 			skip(rel, fmt.Sprintf("session storage limit of %d bytes reached", limits.MaxSessionBytes))
 		default:
+			charge, over := quota.Reserve(account, stamp.size)
+			if over != "" {
+				skip(rel, over)
+				break
+			}
 			file, reason, err := w.files.uploadOne(ctx, rootFD, rel, stamp, w.owner, permalink, sessionBytes)
 			switch {
 			case err != nil:
+				charge.Refund()
 				storeErr = err
 				skip(rel, "not uploaded: storage unavailable")
 			case reason != "":
+				charge.Refund()
 				skip(rel, reason)
 			default:
 				uploaded++

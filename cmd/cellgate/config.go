@@ -75,6 +75,8 @@ type options struct {
 	fileTTL             time.Duration
 	permalinksPerMinute int
 	maxStorageMB        int64
+	uploadMBPerAddr     int64
+	uploadFilesPerAddr  int
 	kernelTime          time.Duration
 	kernelWindow        time.Duration
 	advertiseURL        string
@@ -196,6 +198,8 @@ func settings(o *options) []setting {
 		opt("permalinks-per-minute", &o.permalinksPerMinute, gw.PermalinksPerMinute, "`POST /permalink` one address may make a minute, in bursts of as many (then 429 with Retry-After); executions record theirs regardless"),
 		opt("file-ttl", &o.fileTTL, time.Duration(0), "remove files kernels wrote (and their GridFS chunks) this long after upload, checked every 10 minutes; `0`: keep them"),
 		opt("max-storage-mb", &o.maxStorageMB, st.Files.MaxTotalBytes>>20, "cap in MiB on all stored kernel files together: once reached, new files are not uploaded (the client is told why) until `--file-ttl` or the operator makes room; `0`: no cap"),
+		opt("upload-mb-per-address-hour", &o.uploadMBPerAddr, gw.Storage.UploadQuota.BytesPerWindow>>20, "MiB of kernel files the sessions of one client address (an IPv6 /64) may upload together over the last hour: files over it are not uploaded (the client is told why, per file) and computations go on; counted per instance; `0`: no cap"),
+		opt("upload-files-per-address-hour", &o.uploadFilesPerAddr, gw.Storage.UploadQuota.FilesPerWindow, "kernel files the sessions of one client address may upload together over the last hour, as `--upload-mb-per-address-hour`; `0`: no cap"),
 		opt("store-results", &o.storeResults, true, "keep what each execution showed (outputs, widget state) with its permalink, so a shared link opens with its result and no kernel; `false`: permalinks keep only code and interacts"),
 		opt("result-max-kb", &o.resultKB, gw.Storage.ResultBudget>>10, "inline size in KiB of one stored result (outputs and widget state); what goes over is left out, with a notice in the result"),
 		opt("max-message-mb", &o.maxMessageMB, kp.Kernel.MaxMessageBytes>>20, "largest message in MiB from a client (websocket frame, HTTP body; then an error or 413) or from a kernel (then dropped, and its clients told)"),
@@ -352,6 +356,9 @@ func (o options) validate() error {
 	}
 	if o.kernelMessageMB != 0 && o.kernelMessageMB < o.maxMessageMB {
 		return fmt.Errorf("--kernel-message-budget-mb %d is below --max-message-mb %d: a message at the cap could never be held", o.kernelMessageMB, o.maxMessageMB)
+	}
+	if o.uploadMBPerAddr < 0 || o.uploadFilesPerAddr < 0 {
+		return errors.New("--upload-mb-per-address-hour and --upload-files-per-address-hour must not be negative (0: no cap)")
 	}
 	if o.perAddress < 0 {
 		return fmt.Errorf("--max-kernels-per-address must not be negative (0: a quarter of --max-kernels)")

@@ -152,11 +152,25 @@ func expireFiles(ctx context.Context, files *storage.Files, ttl time.Duration, l
 }
 
 func (st *storageStack) gateway(o options) gateway.Storage {
-	g := gateway.Storage{Permalinks: st.queue, Files: st.store.Files(), Ping: st.store.Ping, ResultBudget: o.resultKB << 10}
+	g := gateway.Storage{Permalinks: st.queue, Files: st.store.Files(), Ping: st.store.Ping, ResultBudget: o.resultKB << 10,
+		UploadQuota: o.uploadQuota()}
 	if o.storeResults {
 		g.Results = st.store.Results()
 	}
 	return g
+}
+
+// uploadQuota is what --upload-mb-per-address-hour and --upload-files-per-address-hour say,
+// their 0 (no cap) a negative cap.
+func (o options) uploadQuota() storage.UploadQuotaConfig {
+	q := storage.UploadQuotaConfig{BytesPerWindow: o.uploadMBPerAddr << 20, FilesPerWindow: o.uploadFilesPerAddr, Window: time.Hour}
+	if q.BytesPerWindow == 0 {
+		q.BytesPerWindow = -1
+	}
+	if q.FilesPerWindow == 0 {
+		q.FilesPerWindow = -1
+	}
+	return q
 }
 
 // close writes what is queued (up to ctx; the rest stays in the journal) and disconnects.
