@@ -1,6 +1,8 @@
 package storage
 
 import (
+	"context"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -174,4 +176,52 @@ func TestUploadQuotaNone(t *testing.T) {
 	if d := NewUploadQuota(UploadQuotaConfig{}).Config(); d.BytesPerWindow != 200<<20 || d.FilesPerWindow != 1000 || d.Window != time.Hour {
 		t.Errorf("defaults %+v", d)
 	}
+}
+
+// Watchers charged to one account share its quota, and a file not stored
+// for another reason (here: the server's storage full) is not charged.
+func TestWatchersShareTheQuotaOfTheirAccount(t *testing.T) {
+	forEachBackend(t, Config{}, func(t *testing.T, s *Store) {
+		ctx := context.Background()
+		files := newFiles(s.db, FileLimits{MaxTotalBytes: 1 << 20}, testLogger(t))
+		_, _, err := files.RefreshUsage(ctx)
+		must(t, err)
+		quota, _ := newTestQuota(2<<20, -1)
+		upload := func(w *Watcher, dir, name string, seed uint64) UploadedFile {
+			t.Helper()
+			snap, err := w.Snapshot()
+			must(t, err)
+			writeFile(t, filepath.Join(dir, name), randomBytes(700<<10, seed))
+			report, err := w.UploadChanged(ctx, snap, "")
+			must(t, err)
+			if len(report.Files) != 1 {
+				t.Fatalf("%s: report %+v", name, report.Files)
+			}
+			return report.Files[0]
+		}
+		first, firstDir, _ := watch(t, files, FileOwner{Session: "quota-a-" + randomHex(4)})
+		second, secondDir, _ := watch(t, files, FileOwner{Session: "quota-b-" + randomHex(4)})
+		first.ChargeTo(quota, "addr")
+		second.ChargeTo(quota, "addr")
+
+		if f := upload(first, firstDir, "a.bin", 1); f.Skipped != "" {
+			t.Fatalf("a.bin skipped: %s", f.Skipped)
+		}
+		if f := upload(second, secondDir, "b.bin", 2); !strings.Contains(f.Skipped, "storage is full") {
+			t.Fatalf("b.bin over the total cap: %+v", f)
+		}
+		if used, _ := quota.Used("addr"); used != 700<<10 {
+			t.Errorf("%d bytes charged after a file the storage refused, want %d", used, 700<<10)
+		}
+		_, err = files.DeleteExpired(ctx, time.Now().Add(time.Second))
+		must(t, err)
+		if f := upload(second, secondDir, "c.bin", 3); f.Skipped != "" {
+			t.Fatalf("c.bin skipped: %s", f.Skipped)
+		}
+		_, err = files.DeleteExpired(ctx, time.Now().Add(time.Second))
+		must(t, err)
+		if f := upload(first, firstDir, "d.bin", 4); !strings.Contains(f.Skipped, "upload quota of 2 MiB per 1h is used up") {
+			t.Errorf("d.bin over the account's quota (two watchers' files together): %+v", f)
+		}
+	})
 }
