@@ -108,3 +108,28 @@ func TestUploadQuotaPerAddress(t *testing.T) {
 		t.Errorf("file count: stored %v, told %q; want three stored, then the quota's refusal", names, told)
 	}
 }
+
+// The case: /service runs of one address writing files. Once the
+// address's quota is used up, a run still succeeds, lists the files that
+// were stored, and says in its stderr why the others were not.
+func TestServiceRunsShareTheUploadQuota(t *testing.T) {
+	env, _ := newStorageEnv(t, func(c *Config) {
+		c.Storage.UploadQuota = storage.UploadQuotaConfig{BytesPerWindow: 50 << 10, FilesPerWindow: -1}
+		c.Storage.UploadTimeout = guard
+	})
+	code := "import os\nfor i in range(3):\n    open(f'part{i}.bin', 'wb').write(os.urandom(10 << 10))"
+	var stored []int
+	for run := range 2 {
+		var res serviceResult
+		if r := env.postForm("/service", url.Values{"code": {code}, "language": {"python3"}}, &res); r.StatusCode != http.StatusOK || !res.Success {
+			t.Fatalf("/service run %d: %d %+v", run, r.StatusCode, res)
+		}
+		stored = append(stored, len(res.Files))
+		if run == 1 && !strings.Contains(res.Stderr, "part2.bin not stored: this address's upload quota of 51200 bytes per 1h is used up") {
+			t.Errorf("second run's stderr %q does not say why part2.bin was not stored", res.Stderr)
+		}
+	}
+	if !slices.Equal(stored, []int{3, 2}) {
+		t.Errorf("files stored per run %v, want [3 2]: 50 KiB per address, 30 KiB a run", stored)
+	}
+}
