@@ -376,6 +376,28 @@ func TestAutoReady(t *testing.T) {
 		}
 		launcher.Close()
 	}
+	// A pool told nothing keeps what AutoReady says for its launcher.
+	launcher, err := sandbox.NewBwrap(sandbox.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer launcher.Close()
+	cfg := testKernelConfig(t)
+	cfg.Launcher = launcher
+	p, err := New(Config{Specs: specs, MaxKernels: 4, Kernel: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wanted := map[string]int{}
+	for _, st := range p.Stats() {
+		if st.Want > 0 {
+			wanted[st.Name] = st.Want
+		}
+	}
+	p.Close(context.Background())
+	if want := AutoReady(specs, launcher.Forks); !reflect.DeepEqual(wanted, want) {
+		t.Errorf("a pool with no Ready keeps %v ready, want %v", wanted, want)
+	}
 	if got := AutoReady(specs, nil); !reflect.DeepEqual(got, map[string]int{"python3": 2}) {
 		t.Errorf("no forking launcher: AutoReady = %v", got)
 	}

@@ -29,7 +29,9 @@ type Config struct {
 	Specs map[string]jupytermsg.Spec
 	// Ready is the floor of the pool: how many idle, ready kernels to keep
 	// per kernelspec name whatever the demand. The pool grows beyond it
-	// while leases ask for more (see MemoryBudget, DemandWindow).
+	// while leases ask for more (see MemoryBudget, DemandWindow). nil is
+	// AutoReady of Specs, for the kernels the launcher forks (if it says,
+	// as sandbox.Bwrap does); an empty map keeps no kernel ready.
 	Ready map[string]int
 	// MaxKernels caps every kernel the pool owns: ready, starting and leased.
 	MaxKernels int
@@ -67,7 +69,7 @@ type Config struct {
 	Metrics prometheus.Registerer
 }
 
-// DefaultReady is the pool size used when Config.Ready is nil.
+// DefaultReady is the part of AutoReady that does not depend on forking.
 func DefaultReady() map[string]int { return map[string]int{"python3": 2} }
 
 // AutoReady is the pool a server keeps when told nothing: DefaultReady,
@@ -96,7 +98,7 @@ func AutoReady(specs map[string]jupytermsg.Spec, forks func(argv []string) bool)
 // Kernel.Launcher have none; the caller must give them.
 func DefaultConfig() Config {
 	return Config{
-		Ready:               DefaultReady(),
+		Ready:               nil, // AutoReady
 		MaxKernels:          16,
 		MaxConcurrentStarts: 2,
 		Queue:               QueueFair,
@@ -221,7 +223,11 @@ func New(cfg Config) (*Pool, error) {
 	// An empty Ready map is a pool that keeps no kernel ready; only nil
 	// means "not said".
 	if cfg.Ready == nil {
-		cfg.Ready = d.Ready
+		var forks func([]string) bool
+		if f, ok := cfg.Kernel.Launcher.(interface{ Forks([]string) bool }); ok {
+			forks = f.Forks
+		}
+		cfg.Ready = AutoReady(cfg.Specs, forks)
 	}
 	orDefault(&cfg.MaxKernels, d.MaxKernels)
 	orDefault(&cfg.MaxConcurrentStarts, d.MaxConcurrentStarts)

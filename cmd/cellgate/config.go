@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -158,7 +157,7 @@ func settings(o *options) []setting {
 		opt("mongo-uri", &o.mongoURI, "", "MongoDB URI (standalone, replica set, `mongos`); unset starts the embedded FerretDB under `--data-dir`"),
 		opt("database", &o.database, st.Database, "MongoDB database name"),
 		opt("db-connect-retry", &o.dbConnectRetry, st.ConnectRetry, "keep retrying an unreachable database at start-up this long (0: fail at once)"),
-		opt("pool", &o.pool, formatPool(kp.Ready), "ready kernels kept per kernelspec, e.g. `python3=2,sagemath=1`"),
+		opt("pool", &o.pool, poolAuto, "ready kernels kept per kernelspec, e.g. `python3=2,sagemath=1`; `auto`: python3=2, and one of every other installed kernel the sandbox forks from a template (SageMath), so that a reader choosing it does not wait for a start; none of a kernel that would start cold"),
 		opt("max-kernels", &o.maxKernels, kp.MaxKernels, "cap on all kernels: ready, starting and in use"),
 		opt("pool-memory-mb", &o.poolMemoryMB, kp.MemoryBudget>>20, "memory budget in MiB of the ready kernels: beyond `--pool`, the pool grows toward what the last minute of requests needed while its ready kernels (at their measured PSS) fit; `0`: never beyond `--pool`"),
 		opt("lease-queue", &o.leaseQueue, string(kp.Queue), "how requests wait when no kernel is ready: `fair` (client addresses take turns; 503 at once when the expected wait exceeds `--lease-timeout`) or `fifo` (one line; each waits out `--lease-timeout`)"),
@@ -239,16 +238,6 @@ func shortDuration(d time.Duration) string {
 		s = strings.TrimSuffix(s, "0m")
 	}
 	return s
-}
-
-// formatPool writes sizes as --pool reads them, in name order.
-func formatPool(sizes map[string]int) string {
-	parts := make([]string, 0, len(sizes))
-	for name, n := range sizes {
-		parts = append(parts, fmt.Sprintf("%s=%d", name, n))
-	}
-	slices.Sort(parts)
-	return strings.Join(parts, ",")
 }
 
 func defaultRuntimeDir() string {
@@ -519,8 +508,16 @@ func optionsMarkdown() string {
 	return b.String()
 }
 
-// parsePool reads "python3=2,sagemath=1".
+// poolAuto is --pool's default: kernelpool.AutoReady, once the
+// kernelspecs and the launcher are known.
+const poolAuto = "auto"
+
+// parsePool reads "python3=2,sagemath=1"; "auto" is nil, what the pool
+// reads as kernelpool.AutoReady.
 func parsePool(s string) (map[string]int, error) {
+	if strings.TrimSpace(s) == poolAuto {
+		return nil, nil
+	}
 	sizes := map[string]int{}
 	for _, part := range strings.Split(s, ",") {
 		part = strings.TrimSpace(part)

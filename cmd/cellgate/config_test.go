@@ -70,6 +70,12 @@ func TestOptionErrors(t *testing.T) {
 }
 
 func TestParsePool(t *testing.T) {
+	if got, err := parsePool(" auto "); got != nil || err != nil {
+		t.Errorf(`parsePool("auto") = %v, %v: want nil (kernelpool.AutoReady)`, got, err)
+	}
+	if got, err := parsePool(""); got == nil || len(got) != 0 || err != nil {
+		t.Errorf(`parsePool("") = %v, %v: want no kernel ready`, got, err)
+	}
 	got, err := parsePool("python3=2, SageMath=1,")
 	if err != nil || !reflect.DeepEqual(got, map[string]int{"python3": 2, "sagemath": 1}) {
 		t.Errorf("parsePool = %v, %v", got, err)
