@@ -108,6 +108,12 @@ func TestDefaultsComeFromPackages(t *testing.T) {
 	}
 	// Functions never compare equal; the warm-up is not a setting.
 	got.Kernel.Warmup, want.Kernel.Warmup = nil, nil
+	// The message budget is made for the process (the package has none
+	// to share): its size is the setting.
+	if got.Kernel.MessageBudget == nil || got.Kernel.MessageBudget.Limit() != kernelpool.DefaultMessageBudgetBytes {
+		t.Errorf("kernel message budget from default flags: %v, want one of %d bytes", got.Kernel.MessageBudget, kernelpool.DefaultMessageBudgetBytes)
+	}
+	got.Kernel.MessageBudget = nil
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("pool config from default flags:\n%+v\nwant kernelpool.DefaultConfig():\n%+v", got, want)
 	}
