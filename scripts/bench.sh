@@ -38,6 +38,10 @@ if [ "${BENCH_SKIP_GO:-0}" != 1 ]; then
   gobench ./kernelpool '^BenchmarkExecuteZMQ$' -benchtime=2s -timeout 10m
   gobench ./kernelpool '^BenchmarkColdStart$' -benchtime=3x -timeout 10m
   gobench ./kernelpool '^BenchmarkSandboxedStart$' -benchtime=5x -timeout 10m
+  gobench ./kernelpool '^BenchmarkFirstPlot$' -benchtime=3x -timeout 10m
+  gobench ./kernelpool '^BenchmarkExecuteFloor$' -benchtime=300x -timeout 10m
+  # One hold of the connections per iteration; the idle timeout is 60 s.
+  gobench ./gateway '^BenchmarkIdleConnections$' -benchtime=300x -timeout 10m
   gobench ./sandbox '^Benchmark(ColdStart|True|IdleMemory)$' -benchtime=5x -timeout 10m
   gobench ./storage '^Benchmark' -benchtime=1s -benchmem -timeout 10m
   gobench ./jupytermsg '^BenchmarkWS$' -benchtime=200ms -benchmem -timeout 10m

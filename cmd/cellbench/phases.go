@@ -752,6 +752,9 @@ func (e *env) phaseMemory(ctx context.Context, startRSS int64) error {
 	if err != nil {
 		return err
 	}
+	// The template the kernels were forked from, measured with them alive:
+	// the pages it shares with them are divided among them all.
+	templatePSS, templateErr := e.api.metric(`cellgate_fork_template_memory_bytes{kind="python",state="serving"}`)
 	c0, err := cpuTime(e.gw.pid())
 	if err != nil {
 		return err
@@ -808,6 +811,12 @@ func (e *env) phaseMemory(ctx context.Context, startRSS int64) error {
 				"kernel_rss": round(mib(km.kernelRSSKiB) / k)},
 			Source: "cellbench", Note: "python kernel + its two bwrap processes; RSS counts shared pages in full"})
 	}
+	if templateErr != nil {
+		e.rec.problem("phase memory: the python fork template's memory: %v", templateErr)
+	} else {
+		e.rec.value(secMemory, "fork_template_pss", fmt.Sprintf("  the python fork template's own PSS, with those %d kernels alive", km.kernels), "MiB",
+			templatePSS/(1<<20), "", "what the kernels cost the template: its pages are shared with them (cellgate_fork_template_memory_bytes)")
+	}
 	return nil
 }
 
@@ -845,7 +854,18 @@ func (e *env) goRows() {
 		{"kernelpool", "BenchmarkColdStart/python3", "ns/op", secPool, "cold_start_python3_gobench", "python3 kernel cold start to ready (unsandboxed)", "ms", nsToMS, "~1.3 s (issue 3)", ""},
 		{"kernelpool", "BenchmarkColdStart/sagemath", "ns/op", secPool, "cold_start_sagemath_gobench", "sagemath kernel cold start to ready (unsandboxed)", "ms", nsToMS, "", ""},
 		{"kernelpool", "BenchmarkSandboxedStart/cold", "ns/op", secPool, "start_bwrap_cold_gobench", "python3 kernel launch → ready in bwrap, cold (same run as the next row)", "ms", nsToMS, "", "BenchmarkSandboxedStart"},
-		{"kernelpool", "BenchmarkSandboxedStart/forked", "ns/op", secPool, "start_bwrap_forked_gobench", "  the same, forked from the template (--fork=on)", "ms", nsToMS, "≤ 60 ms (issue 10)", ""},
+		{"kernelpool", "BenchmarkSandboxedStart/forked-imports", "ns/op", secPool, "start_bwrap_forked_imports_gobench", "  the same, forked from a template that only imported the machinery", "ms", nsToMS, "", "sandbox.Config.ForkPrepare off"},
+		{"kernelpool", "BenchmarkSandboxedStart/forked", "ns/op", secPool, "start_bwrap_forked_gobench", "  the same, forked from a template that also prepared the kernel application (--fork=on)", "ms", nsToMS, "≤ 60 ms (issue 10)", ""},
+		{"kernelpool", "BenchmarkFirstPlot/cold", "ns/op", secPool, "first_plot_cold_gobench", "first plot on a fresh sandboxed python3 kernel (import pyplot, plot, inline PNG), cold", "ms", nsToMS, "", "BenchmarkFirstPlot; the kernel's start not timed"},
+		{"kernelpool", "BenchmarkFirstPlot/forked", "ns/op", secPool, "first_plot_forked_gobench", "  the same, forked (the template imported matplotlib and drew a figure)", "ms", nsToMS, "", ""},
+		{"kernelpool", "BenchmarkExecuteFloor", "kernelpool_p50_ms", secExecute, "floor_kernelpool_gobench", "execute floor, kernelpool.Execute on a sandboxed forked kernel (p50)", "ms", 1, "", "BenchmarkExecuteFloor: the three clients in turn, round by round"},
+		{"kernelpool", "BenchmarkExecuteFloor", "jupyter_client_p50_ms", secExecute, "floor_jupyter_client_gobench", "  jupyter_client on the same kernel's own sockets (p50)", "ms", 1, "the floor, measured with the fastest independent client (issue 10)", ""},
+		{"kernelpool", "BenchmarkExecuteFloor", "jupyter_client_own_kernel_p50_ms", secExecute, "floor_jupyter_client_own_gobench", "  jupyter_client on an ipykernel its KernelManager launched (unsandboxed, tcp; p50)", "ms", 1, "", "as Jupyter Server launches kernels"},
+		{"gateway", "BenchmarkIdleConnections", "accepted_conns", secMemory, "idle_conns_accepted", "idle connections from one address held open (of 10,000 tried)", "", 1, "", "BenchmarkIdleConnections: the rest refused by the per-address cap"},
+		{"gateway", "BenchmarkIdleConnections", "rss_MiB", secMemory, "idle_conns_rss", "  gateway RSS meanwhile", "MiB", 1, "10,000 idle connections (issue 11)", ""},
+		{"gateway", "BenchmarkIdleConnections", "fds", secMemory, "idle_conns_fds", "  gateway open file descriptors meanwhile", "", 1, "", ""},
+		{"gateway", "BenchmarkIdleConnections", "healthz_p50_ms", secMemory, "idle_conns_healthz_p50", "  GET /healthz from another address meanwhile (p50)", "ms", 1, "", "a new connection each time"},
+		{"gateway", "BenchmarkIdleConnections", "healthz_p99_ms", secMemory, "idle_conns_healthz_p99", "  the same (p99)", "ms", 1, "", ""},
 		{"sandbox", "BenchmarkColdStart/none", "ns/op", secPool, "sandbox_import_none", "python3 -c 'import ipykernel', unsandboxed", "ms", nsToMS, "", "process start to exit"},
 		{"sandbox", "BenchmarkColdStart/bwrap", "ns/op", secPool, "sandbox_import_bwrap", "python3 -c 'import ipykernel', in bwrap", "ms", nsToMS, "", ""},
 		{"sandbox", "BenchmarkTrue/none", "ns/op", secPool, "sandbox_true_none", "/usr/bin/true, unsandboxed", "ms", nsToMS, "", ""},
@@ -879,7 +899,11 @@ func (e *env) goRows() {
 			continue
 		}
 		note := p.note
-		if b.N > 0 {
+		switch {
+		case b.N <= 0:
+		case strings.HasSuffix(p.metric, "_ms") || p.metric == "ratio":
+			note = strings.TrimPrefix(note+fmt.Sprintf("; %d rounds", b.N), "; ")
+		case p.metric == "ns/op" || p.metric == "MB/s" || strings.HasPrefix(p.metric, "MiB-"):
 			note = strings.TrimPrefix(note+fmt.Sprintf("; mean of %d", b.N), "; ")
 		}
 		e.rec.valueFrom(p.section, p.id, p.label, p.unit, v*p.scale, p.target, note, "go test -bench "+p.name+" ./"+p.pkg)
@@ -888,6 +912,22 @@ func (e *env) goRows() {
 		e.zmqFloor = b.Metrics["ns/op"] * nsToMS
 	} else {
 		e.rec.problem("Go benchmark kernelpool BenchmarkExecuteZMQ missing from the run")
+	}
+	ratio := func(pkg, slow, fast, metric, id, label, target string) {
+		a, ok1 := goBench(e.gobench, "/"+pkg, slow)
+		b, ok2 := goBench(e.gobench, "/"+pkg, fast)
+		if ok1 && ok2 && b.Metrics[metric] > 0 {
+			e.rec.valueFrom(secPool, id, label, "×", a.Metrics[metric]/b.Metrics[metric], target, "", "go test -bench "+slow+" ./"+pkg)
+		}
+	}
+	ratio("kernelpool", "BenchmarkSandboxedStart/cold", "BenchmarkSandboxedStart/forked", "ns/op", "start_cold_over_forked",
+		"python3 launch → ready in bwrap, cold / forked", "")
+	ratio("kernelpool", "BenchmarkFirstPlot/cold", "BenchmarkFirstPlot/forked", "ns/op", "first_plot_cold_over_forked",
+		"first plot on a fresh kernel, cold / forked", "")
+	if b, ok := goBench(e.gobench, "/kernelpool", "BenchmarkExecuteFloor"); ok && b.Metrics["jupyter_client_p50_ms"] > 0 {
+		e.rec.valueFrom(secExecute, "floor_ratio", "  kernelpool / jupyter_client on the same kernel (p50)", "×",
+			b.Metrics["kernelpool_p50_ms"]/b.Metrics["jupyter_client_p50_ms"], "", "below 1: cellgate's own client is the faster one",
+			"go test -bench BenchmarkExecuteFloor ./kernelpool")
 	}
 	none, ok1 := goBench(e.gobench, "/sandbox", "BenchmarkColdStart/none")
 	bw, ok2 := goBench(e.gobench, "/sandbox", "BenchmarkColdStart/bwrap")

@@ -116,6 +116,11 @@ split that cost: bwrap's own setup and teardown vs Python's start. With few samp
 (what a replacement started at once after a lease would cost the leased kernel: the pool holds the refill back
 for a second while another kernel is ready, and starts it at once when none is). *cellgate process start → /readyz 200*:
 from exec to the first 200, i.e. the embedded database open and one sandboxed kernel ready.
+*launch → ready in bwrap, cold / forked* (BenchmarkSandboxedStart, one run): a cold start; a fork of a template
+that only imported the kernel machinery (*forked-imports*); a fork of a template that also built the kernel
+application and its shell (*forked*, the default: see sandbox/doc.go, "Forked kernels"). *first plot*
+(BenchmarkFirstPlot): ` + "`import matplotlib.pyplot; plt.plot(...)`" + ` until its reply and idle on a fresh kernel, cold
+and forked (the template has imported matplotlib and drawn a throw-away figure).
 
 **New session.** A reader opening a cell: ` + "`POST /kernel`" + ` (one-shot, as the Sage-cell embed does), websocket
 to ` + "`/kernel/{id}/channels`" + `, ` + "`execute_request`" + ` of ` + "`1+1`" + `, until its ` + "`execute_reply`" + `; then ` + "`DELETE`" + `.
@@ -137,6 +142,10 @@ which has no permalink/file hooks. *added at p50* subtracts the direct-ZMQ p50 o
 target: under 0.5 ms). BenchmarkExecuteZMQ (the Go benchmark, on an unsandboxed kernel) is shown for reference
 only: it is a mean taken minutes earlier in the run, and on this shared machine it moves by several ms from
 one run to the next, while the interleaved floor is measured in the same seconds as the gateway paths.
+*execute floor* (BenchmarkExecuteFloor): one sandboxed forked kernel, timed round by round in turn by
+` + "`kernelpool.Execute`" + ` and by ` + "`jupyter_client`" + ` (the fastest independent client, Python) on the kernel's own
+sockets, and by ` + "`jupyter_client`" + ` on an ipykernel its ` + "`KernelManager`" + ` launched (as Jupyter Server does: unsandboxed,
+tcp): the floor measured with an independent client, and what cellgate's launch costs the kernel's own answer.
 *cellgate CPU per execution* is the CPU time all of cellgate's threads (the embedded database included) used
 over 100 executions on one path, divided by 100: it shows what each path costs the gateway, e.g. the
 permalink write that every Sage-cell execution causes.
@@ -175,6 +184,11 @@ N is 100 by default (-idle-sessions); each idle session holds a real sandboxed k
 *DELETE of the N sessions until their kernels are gone*: the N sessions are deleted one after
 the other, then the bench waits until only the pool's ready kernels are left. *cellgate CPU with N idle
 sessions*: cellgate's CPU time over 5 s while they sit idle. The *idle python that imported ipykernel* rows are the sandbox package's BenchmarkIdleMemory.
+*the python fork template's own PSS*: the template those kernels were forked from (read from ` + "`/metrics`" + `
+with them alive): the pages it shares with them count a share to each. *idle connections from one address*
+(gateway BenchmarkIdleConnections): another process opens 10,000 keep-alive connections from 127.0.0.1 and holds
+them; the rows show how many the gateway kept (the rest refused by the per-address cap), its RSS and open
+descriptors meanwhile, and ` + "`GET /healthz`" + ` from 127.0.0.2 on a new connection each time.
 
 **Storage.** *POST /permalink* and *GET /permalink?q=* through HTTP against the embedded FerretDB; creation is
 answered from the write-behind queue (so it does not wait for the database), lookups happen after the queue
