@@ -1,0 +1,167 @@
+package kernelpool
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cellgate/cellgate/jupytermsg"
+	"github.com/cellgate/cellgate/sandbox"
+)
+
+// supplyBurst is how many fresh kernels BenchmarkSupply asks for at once:
+// a class pressing Evaluate together (issue 10).
+const supplyBurst = 20
+
+// BenchmarkSupply measures sustained kernel supply from an empty pool, cold
+// and forked in one run: supplyBurst leases of sandboxed python3 kernels
+// arrive at once at a pool that keeps none ready (default
+// MaxConcurrentStarts), and the time runs until every one is leased and has
+// answered 1+1. kernels/s is supplyBurst over that time (issue 10 asks for
+// at least 10, aiming at 30). Each round gets a new pool, so that the
+// demand of the round before does not leave kernels ready; the template
+// (forked) starts before the first round, and kernels are shut down
+// outside the timing.
+func BenchmarkSupply(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("the bwrap sandbox needs root")
+	}
+	specs := installedSpecs(b)
+	for _, mode := range []struct {
+		name string
+		fork bool
+	}{{"cold", false}, {"forked", true}} {
+		b.Run(mode.name, func(b *testing.B) {
+			scfg := sandbox.DefaultConfig()
+			scfg.Fork = mode.fork
+			launcher, err := sandbox.NewBwrap(scfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer launcher.Close()
+			kcfg := testKernelConfig(b)
+			kcfg.Launcher = launcher
+			warmTemplate(b, kcfg, specs["python3"])
+			var took, leased time.Duration
+			// The pool's own starts, each from StartKernel's call to ready.
+			var (
+				startsMu  sync.Mutex
+				startTook time.Duration
+				starts    int
+			)
+			for b.Loop() {
+				b.StopTimer()
+				p, err := New(Config{Specs: specs, Ready: map[string]int{}, MaxKernels: supplyBurst, Kernel: kcfg,
+					OnStart: func(_ string, took time.Duration, err error) {
+						if err == nil {
+							startsMu.Lock()
+							startTook += took
+							starts++
+							startsMu.Unlock()
+						}
+					}})
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				began := time.Now()
+				kernels, lastLease, err := leaseAndAnswer(p, supplyBurst)
+				took += time.Since(began)
+				leased += lastLease.Sub(began)
+				b.StopTimer()
+				for _, k := range kernels {
+					k.Shutdown()
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				closeErr := p.Close(ctx)
+				cancel()
+				if err != nil {
+					b.Fatal(err)
+				}
+				if closeErr != nil {
+					b.Fatal(closeErr)
+				}
+				b.StartTimer()
+			}
+			b.ReportMetric(float64(supplyBurst*b.N)/took.Seconds(), "kernels/s")
+			// Where the time goes: the leases, or the first executions.
+			b.ReportMetric(leased.Seconds()/float64(b.N), "s-all-leased")
+			if starts > 0 {
+				b.ReportMetric(float64(startTook.Milliseconds())/float64(starts), "ms-per-start")
+			}
+			if ts := launcher.Templates(); mode.fork && len(ts) != 1 {
+				b.Fatalf("templates: %+v", ts)
+			}
+		})
+	}
+}
+
+// warmTemplate starts and ends one kernel of spec outside any pool, so a
+// forking launcher has built its template before the timing.
+func warmTemplate(b *testing.B, cfg KernelConfig, spec jupytermsg.Spec) {
+	b.Helper()
+	zctx := testContext(b)
+	cfg.Spec = spec
+	ctx, cancel := context.WithTimeout(context.Background(), hangGuard)
+	defer cancel()
+	k, err := StartKernel(ctx, zctx, cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	k.Shutdown()
+}
+
+// leaseAndAnswer leases n python3 kernels from p at once, each for its own
+// client, and has each answer 1+1. It returns the kernels it leased, even
+// on error, for the caller to shut down, and when the last lease came.
+func leaseAndAnswer(p *Pool, n int) ([]*Kernel, time.Time, error) {
+	var (
+		mu        sync.Mutex
+		kernels   []*Kernel
+		lastLease time.Time
+		firstErr  error
+		wg        sync.WaitGroup
+	)
+	fail := func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Generous: the wait is what is measured, not bounded.
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			defer cancel()
+			k, err := p.Lease(ctx, LeaseRequest{Kernel: "python3", Client: fmt.Sprint(i)})
+			if err != nil {
+				fail(err)
+				return
+			}
+			mu.Lock()
+			kernels = append(kernels, k)
+			lastLease = time.Now()
+			mu.Unlock()
+			var result string
+			if _, err := Execute(ctx, k, "1+1", func(r Received) {
+				if r.Msg.Header.MsgType == "execute_result" {
+					var d jupytermsg.DisplayData
+					_ = r.Msg.DecodeContent(&d)
+					result = string(d.Data["text/plain"])
+				}
+			}); err != nil {
+				fail(err)
+			} else if result != `"2"` && result != "2" {
+				fail(fmt.Errorf("kernel %s answered 1+1 with %q", k.ID, result))
+			}
+		}()
+	}
+	wg.Wait()
+	return kernels, lastLease, firstErr
+}
