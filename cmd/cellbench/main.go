@@ -217,6 +217,7 @@ func (e *env) withServer(ctx context.Context, info map[string]string) error {
 	}{
 		{"coldstart", e.phaseColdStart, 0},
 		{"sessions", e.phaseSessions, 0},
+		{"page", e.phasePage, 0},
 		{"execute", e.phaseExecute, 0},
 		{"jupyterlab", e.phaseJupyterLab, 0},
 		{"service", e.phaseService, 0},
@@ -249,7 +250,7 @@ func (e *env) withServer(ctx context.Context, info map[string]string) error {
 // serverPhases are the phases run against one cellgate (withServer), in order; the cluster
 // phase runs its own instances after it.
 func serverPhases() []string {
-	return []string{"coldstart", "sessions", "execute", "jupyterlab", "service", "refill", "burst", "permalinks", "stored", "files", "memory"}
+	return []string{"coldstart", "sessions", "page", "execute", "jupyterlab", "service", "refill", "burst", "permalinks", "stored", "files", "memory"}
 }
 
 // allIn tells whether every one of names is in set.

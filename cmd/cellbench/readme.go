@@ -86,7 +86,7 @@ jupytermsg), then builds and runs ` + "`cmd/cellbench`" + `, which:
 
 Fewer samples for a quick look: ` + "`go run ./cmd/cellbench -cellgate bin/cellgate -sessions 5 -rounds 50 -skip jupyterlab,memory`" + `
 (see ` + "`-help`" + `; without ` + "`-gobench`" + ` the Go benchmark rows are missing and reported as problems). The cluster
-phase alone: ` + "`-skip coldstart,sessions,execute,jupyterlab,service,refill,burst,permalinks,stored,files,memory`" + `
+phase alone: ` + "`-skip coldstart,sessions,page,execute,jupyterlab,service,refill,burst,permalinks,stored,files,memory`" + `
 (with ` + "`-out`" + ` elsewhere, so that this file is not replaced by a partial run).
 
 ## How to read it
@@ -121,6 +121,11 @@ that only imported the kernel machinery (*forked-imports*); a fork of a template
 application and its shell (*forked*, the default: see sandbox/doc.go, "Forked kernels"). *first plot*
 (BenchmarkFirstPlot): ` + "`import matplotlib.pyplot; plt.plot(...)`" + ` until its reply and idle on a fresh kernel, cold
 and forked (the template has imported matplotlib and drawn a throw-away figure).
+*fresh kernels per second from an empty pool* (BenchmarkSupply, cold and forked in one run): 20 leases at once on
+a new pool that keeps no kernel ready (default ` + "`MaxConcurrentStarts`" + `, 2), until every kernel is leased and has
+answered ` + "`1+1`" + `; 20 over that time (issue 10's sustained supply; the template starts before the timing).
+*each of the pool's starts in that burst*: the mean of those 20 starts, call to ready, two running at once: compare
+the lone start of BenchmarkSandboxedStart.
 
 **New session.** A reader opening a cell: ` + "`POST /kernel`" + ` (one-shot, as the Sage-cell embed does), websocket
 to ` + "`/kernel/{id}/channels`" + `, ` + "`execute_request`" + ` of ` + "`1+1`" + `, until its ` + "`execute_reply`" + `; then ` + "`DELETE`" + `.
@@ -130,6 +135,13 @@ than the next ones in the kernel itself (compare the direct-ZMQ first execution 
 *through POST /api/kernels*: the same from Go over the Jupyter Server API, interleaved with the Sage-cell
 sessions. *back to back*: sessions with no pause, so after the ready kernels
 are gone each one waits for a kernel start: what readers see when arrivals outpace the pool.
+*a page of 10 cells* (issue 10): the common Sage-cell textbook page, whose 10 cells evaluate on load, each a
+one-shot session (` + "`POST /kernel`" + `, websocket, ` + "`print(1+1)`" + ` until its ` + "`execute_reply`" + `); *one after another*: each
+cell starts when the one before has its reply; *all at once*: the 10 start together. *all replies after* is from the
+first ` + "`POST /kernel`" + ` to the last reply, over 5 pages, each begun on a full pool; *each cell* is every cell's own
+time over those pages. The sessions of a page stay open until it is done (closing and ` + "`DELETE`" + ` are not timed),
+and each cell comes from its own reader address: the per-address cap (a quarter of ` + "`--max-kernels`" + `) would
+refuse one reader's fifth open session.
 
 **Execute round trip.** One kernel per path, all sandboxed the same way, one ` + "`1+1`" + ` per path per round, from
 sending the ` + "`execute_request`" + ` until both the ` + "`execute_reply`" + ` and the ` + "`status: idle`" + ` have arrived
