@@ -37,12 +37,23 @@ func startFlooders(t testing.TB, env *testEnv, n, messages, size int) ([]*sessio
 	return sessions, clients, ids
 }
 
-// floodsOver reports whether every session has taken in messages
-// messages and its kernel is idle again.
-func floodsOver(sessions []*session.Session, messages int) bool {
-	for _, s := range sessions {
-		state, _, _ := s.Snapshot()
-		if state != jupytermsg.StateIdle || s.Replay().Last() < uint64(messages) {
+// floodsOver reports whether every flood is over: its execute_reply is in
+// its session's replay, or its kernel is idle again after at least
+// messages entries (the budget may drop output, and may let the reply go
+// from the replay for room).
+func floodsOver(sessions []*session.Session, clients []*wsClient, ids []string, messages int) bool {
+	for i, s := range sessions {
+		if state, _, _ := s.Snapshot(); state == jupytermsg.StateIdle && s.Replay().Last() >= uint64(messages) {
+			continue
+		}
+		msgs, _, _, _ := s.Replay().Since(0, clients[i].session, 0)
+		replied := false
+		for _, e := range msgs {
+			if e.Msg.Header.MsgType == "execute_reply" && e.Msg.ParentMsgID() == ids[i] {
+				replied = true
+			}
+		}
+		if !replied {
 			return false
 		}
 	}
@@ -62,7 +73,7 @@ func TestKernelMessageBudgetBoundsFloodingKernels(t *testing.T) {
 	env.gw.metrics.registry.MustRegister(budget)
 	env.waitWarm()
 	const messages = 40
-	flooders, _, _ := startFlooders(t, env, 2, messages, 1500000)
+	flooders, floodClients, floodIDs := startFlooders(t, env, 2, messages, 1500000)
 
 	k := env.newKernel(url.Values{"timeout": {"300"}})
 	c := env.dialSage(k.ID, "")
@@ -72,7 +83,7 @@ func TestKernelMessageBudgetBoundsFloodingKernels(t *testing.T) {
 			t.Fatalf("the working session's output %d during the flood: %q", i, text)
 		}
 	}
-	waitFor(t, "the floods to end", func() bool { return floodsOver(flooders, messages) })
+	waitFor(t, "the floods to end", func() bool { return floodsOver(flooders, floodClients, floodIDs, messages) })
 
 	st := budget.Stats()
 	t.Logf("after 2 x %d messages of 1.5 MiB to clients that do not read: %+v", messages, st)
@@ -137,14 +148,14 @@ func BenchmarkKernelMessageHeap(b *testing.B) {
 		messages = 8
 		size     = 15 << 20
 	)
-	for _, budgetMB := range []int64{0, 64} {
+	for _, budgetMB := range []int64{0, 64, 16} {
 		name := "budget=off"
 		if budgetMB > 0 {
 			name = fmt.Sprintf("budget=%dMiB", budgetMB)
 		}
 		b.Run(name, func(b *testing.B) {
 			budget := kernelpool.NewMessageBudget(budgetMB << 20)
-			env := newTestEnvWith(b, kernels, kernels+1, nil, func(k *kernelpool.KernelConfig) {
+			env := newTestEnvWith(b, kernels, kernels+1, func(c *Config) { c.MaxKernelsPerAddr = kernels + 1 }, func(k *kernelpool.KernelConfig) {
 				k.MaxMessageBytes, k.MessageBudget = 16<<20, budget
 			})
 			for range b.N {
@@ -175,10 +186,21 @@ func BenchmarkKernelMessageHeap(b *testing.B) {
 						}
 					}
 				}()
-				sessions, _, _ := startFlooders(b, env, kernels, messages, size)
-				for deadline := time.Now().Add(5 * time.Minute); !floodsOver(sessions, messages); time.Sleep(50 * time.Millisecond) {
+				sessions, clients, ids := startFlooders(b, env, kernels, messages, size)
+				// Over once each kernel is idle after busy, the input, the
+				// reply and the idle (its output may all be dropped).
+				for deadline := time.Now().Add(5 * time.Minute); !floodsOver(sessions, clients, ids, 4); time.Sleep(50 * time.Millisecond) {
 					if time.Now().After(deadline) {
-						b.Fatal("the floods never ended")
+						for i, s := range sessions {
+							state, _, _ := s.Snapshot()
+							msgs, missed, _, _ := s.Replay().Since(0, clients[i].session, 0)
+							var types []string
+							for _, e := range msgs {
+								types = append(types, fmt.Sprintf("%s/%s(%d)", e.Channel, e.Msg.Header.MsgType, len(e.Msg.Content)))
+							}
+							b.Logf("session %d: state %s, last %d, missed %d: %v", i, state, s.Replay().Last(), missed, types)
+						}
+						b.Fatalf("the floods never ended: %+v", budget.Stats())
 					}
 				}
 				close(stop)
