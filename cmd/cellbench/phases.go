@@ -556,8 +556,16 @@ func (e *env) phasePermalinks(ctx context.Context) error {
 	var create, lookup []float64
 	for i := 0; i < e.opts.permalinks; i++ {
 		form := url.Values{"code": {fmt.Sprintf("# cellbench %s\nprint(%d)", prefix, i)}, "language": {"python3"}, "n": {"1"}}
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.api.base+"permalink", strings.NewReader(form.Encode()))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		// Readers share links, one address a few: one address would meet
+		// --permalinks-per-minute.
+		req.Header.Set("X-Forwarded-For", reader(50, i))
 		t := time.Now()
-		resp, err := e.api.http.PostForm(e.api.base+"permalink", form)
+		resp, err := e.api.http.Do(req)
 		if err != nil {
 			return err
 		}
