@@ -527,3 +527,40 @@ print(json.dumps({"factor": str(factor(2^64 + 1)), "random": float(random()), "z
 		t.Errorf("a Python kernel beside Sage ones: templates %+v", ts)
 	}
 }
+
+// A forked kernel killed as soon as Launch returns (a start cancelled at
+// once: the pool closing while it refills) is gone, not left running with
+// no one to stop it: its process group exists before its pid is known.
+func TestForkedKernelKilledRightAfterLaunch(t *testing.T) {
+	skipWithoutIPyKernel(t)
+	b := newBwrap(t, func(c *Config) { c.Fork = true })
+	defer b.Close()
+	runtimeRoot, workRoot := poolDirs(t)
+	startIPyKernel(t, b, runtimeRoot, workRoot) // the template is up: what follows are forks
+	for i := range 10 {
+		run, err := os.MkdirTemp(runtimeRoot, "k")
+		if err != nil {
+			t.Fatal(err)
+		}
+		work, err := os.MkdirTemp(workRoot, "k")
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn := writeConnectionKey(t, run, strings.Repeat("ab", 32))
+		p, err := b.Launch(context.Background(), Request{
+			Argv: []string{"/usr/bin/python3", "-m", "ipykernel_launcher", "-f", conn}, RuntimeDir: run, WorkDir: work,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Kill()
+		select {
+		case <-p.Done():
+		case <-time.After(30 * time.Second):
+			t.Fatalf("launch %d: a forked kernel killed right after its launch still runs 30 s later (%s)", i, b.Describe())
+		}
+		if err := p.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

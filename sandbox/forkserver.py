@@ -497,6 +497,14 @@ def launch(ctrl, req, fds):
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+    # The child makes itself a group too, but the gateway kills the kernel
+    # by that group as soon as it has the pid: the group must exist before
+    # the pid is told, or a kill that comes at once (a start cancelled
+    # right after its launch) finds no group and the kernel runs on.
+    try:
+        os.setpgid(pid, pid)
+    except OSError:
+        pass  # it has already ended: the reap tells the gateway
     for fd in fds:
         os.close(fd)
     ctrl.send(json.dumps({"id": req["id"], "pid": pid}).encode())
