@@ -135,17 +135,58 @@ func BenchmarkSandboxedStart(b *testing.B) { benchmarkSandboxedStart(b, "python3
 func BenchmarkSandboxedStartSage(b *testing.B) { benchmarkSandboxedStart(b, "sagemath") }
 
 func benchmarkSandboxedStart(b *testing.B, kernel string) {
-	if os.Geteuid() != 0 {
-		b.Skip("the bwrap sandbox needs root")
-	}
 	specs := installedSpecs(b)
 	if _, ok := specs[kernel]; !ok {
 		b.Skipf("no %s kernelspec installed", kernel)
 	}
-	for _, mode := range []struct {
-		name          string
-		fork, prepare bool
-	}{{"cold", false, false}, {"forked-imports", true, false}, {"forked", true, true}} {
+	modes := []startMode{{"cold", false, false}, {"forked-imports", true, false}, {"forked", true, true}}
+	runStartModes(b, modes, func(b *testing.B, mode startMode, launcher *sandbox.Bwrap) {
+		p := newTestPool(b, map[string]int{}, 1)
+		cfg := p.cfg.Kernel
+		cfg.Launcher = launcher
+		cfg.Spec = specs[kernel]
+		start := func() *Kernel {
+			k, err := StartKernel(context.Background(), p.zctx, cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return k
+		}
+		start().Shutdown() // the template starts here, not in the loop
+		for b.Loop() {
+			k := start()
+			b.StopTimer()
+			k.Shutdown()
+			b.StartTimer()
+		}
+		if mode.fork && strings.Contains(launcher.Describe(), "last fork failure") {
+			b.Fatal(launcher.Describe())
+		}
+		if ts := launcher.Templates(); mode.fork && len(ts) != 1 {
+			b.Fatalf("templates: %+v", ts)
+		}
+	})
+}
+
+// startMode is one way a sandboxed kernel starts in the benchmarks that
+// compare them: cold, or forked from a template (that has prepared the
+// kernel application, or only imported the machinery).
+type startMode struct {
+	name          string
+	fork, prepare bool
+}
+
+// coldAndForked are the two ways a kernel starts with and without
+// --fork: cold, and forked from a template as deployed.
+func coldAndForked() []startMode { return []startMode{{"cold", false, false}, {"forked", true, true}} }
+
+// runStartModes runs f as a sub-benchmark per mode, each with a bwrap
+// launcher of its own (so each forked mode has its own template).
+func runStartModes(b *testing.B, modes []startMode, f func(b *testing.B, mode startMode, launcher *sandbox.Bwrap)) {
+	if os.Geteuid() != 0 {
+		b.Skip("the bwrap sandbox needs root")
+	}
+	for _, mode := range modes {
 		b.Run(mode.name, func(b *testing.B) {
 			scfg := sandbox.DefaultConfig()
 			scfg.Fork, scfg.ForkPrepare = mode.fork, mode.prepare
@@ -154,30 +195,7 @@ func benchmarkSandboxedStart(b *testing.B, kernel string) {
 				b.Fatal(err)
 			}
 			defer launcher.Close()
-			p := newTestPool(b, map[string]int{}, 1)
-			cfg := p.cfg.Kernel
-			cfg.Launcher = launcher
-			cfg.Spec = specs[kernel]
-			start := func() *Kernel {
-				k, err := StartKernel(context.Background(), p.zctx, cfg)
-				if err != nil {
-					b.Fatal(err)
-				}
-				return k
-			}
-			start().Shutdown() // the template starts here, not in the loop
-			for b.Loop() {
-				k := start()
-				b.StopTimer()
-				k.Shutdown()
-				b.StartTimer()
-			}
-			if mode.fork && strings.Contains(launcher.Describe(), "last fork failure") {
-				b.Fatal(launcher.Describe())
-			}
-			if ts := launcher.Templates(); mode.fork && len(ts) != 1 {
-				b.Fatalf("templates: %+v", ts)
-			}
+			f(b, mode, launcher)
 		})
 	}
 }
@@ -314,42 +332,27 @@ func checkTemplateMetrics(t *testing.T, reg *prometheus.Registry, leased int) {
 // cold and forked from the template (which has imported matplotlib and
 // drawn a throw-away figure). The kernel's start is outside the timing.
 func BenchmarkFirstPlot(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("the bwrap sandbox needs root")
-	}
 	specs := installedSpecs(b)
-	for _, mode := range []struct {
-		name string
-		fork bool
-	}{{"cold", false}, {"forked", true}} {
-		b.Run(mode.name, func(b *testing.B) {
-			scfg := sandbox.DefaultConfig()
-			scfg.Fork = mode.fork
-			launcher, err := sandbox.NewBwrap(scfg)
+	runStartModes(b, coldAndForked(), func(b *testing.B, _ startMode, launcher *sandbox.Bwrap) {
+		p := newTestPool(b, map[string]int{}, 1)
+		cfg := p.cfg.Kernel
+		cfg.Launcher, cfg.Spec = launcher, specs["python3"]
+		for b.Loop() {
+			b.StopTimer()
+			k, err := StartKernel(context.Background(), p.zctx, cfg)
 			if err != nil {
 				b.Fatal(err)
 			}
-			defer launcher.Close()
-			p := newTestPool(b, map[string]int{}, 1)
-			cfg := p.cfg.Kernel
-			cfg.Launcher, cfg.Spec = launcher, specs["python3"]
-			for b.Loop() {
-				b.StopTimer()
-				k, err := StartKernel(context.Background(), p.zctx, cfg)
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.StartTimer()
-				out, _ := run(b, k, "import matplotlib.pyplot as plt\nplt.plot([1, 2]);")
-				b.StopTimer()
-				if out.ename != "" {
-					b.Fatalf("plot: %+v", out)
-				}
-				k.Shutdown()
-				b.StartTimer()
+			b.StartTimer()
+			out, _ := run(b, k, "import matplotlib.pyplot as plt\nplt.plot([1, 2]);")
+			b.StopTimer()
+			if out.ename != "" {
+				b.Fatalf("plot: %+v", out)
 			}
-		})
-	}
+			k.Shutdown()
+			b.StartTimer()
+		}
+	})
 }
 
 // With nothing said, the pool keeps python3 kernels ready and one of every

@@ -3,7 +3,6 @@ package kernelpool
 import (
 	"context"
 	"fmt"
-	"os"
 	"sync"
 	"testing"
 	"time"
@@ -26,77 +25,62 @@ const supplyBurst = 20
 // (forked) starts before the first round, and kernels are shut down
 // outside the timing.
 func BenchmarkSupply(b *testing.B) {
-	if os.Geteuid() != 0 {
-		b.Skip("the bwrap sandbox needs root")
-	}
 	specs := installedSpecs(b)
-	for _, mode := range []struct {
-		name string
-		fork bool
-	}{{"cold", false}, {"forked", true}} {
-		b.Run(mode.name, func(b *testing.B) {
-			scfg := sandbox.DefaultConfig()
-			scfg.Fork = mode.fork
-			launcher, err := sandbox.NewBwrap(scfg)
+	runStartModes(b, coldAndForked(), func(b *testing.B, mode startMode, launcher *sandbox.Bwrap) {
+		kcfg := testKernelConfig(b)
+		kcfg.Launcher = launcher
+		warmTemplate(b, kcfg, specs["python3"])
+		var took, leased time.Duration
+		// The pool's own starts, each from StartKernel's call to ready.
+		var (
+			startsMu  sync.Mutex
+			startTook time.Duration
+			starts    int
+		)
+		for b.Loop() {
+			b.StopTimer()
+			p, err := New(Config{Specs: specs, Ready: map[string]int{}, MaxKernels: supplyBurst, Kernel: kcfg,
+				OnStart: func(_ string, took time.Duration, err error) {
+					if err == nil {
+						startsMu.Lock()
+						startTook += took
+						starts++
+						startsMu.Unlock()
+					}
+				}})
 			if err != nil {
 				b.Fatal(err)
 			}
-			defer launcher.Close()
-			kcfg := testKernelConfig(b)
-			kcfg.Launcher = launcher
-			warmTemplate(b, kcfg, specs["python3"])
-			var took, leased time.Duration
-			// The pool's own starts, each from StartKernel's call to ready.
-			var (
-				startsMu  sync.Mutex
-				startTook time.Duration
-				starts    int
-			)
-			for b.Loop() {
-				b.StopTimer()
-				p, err := New(Config{Specs: specs, Ready: map[string]int{}, MaxKernels: supplyBurst, Kernel: kcfg,
-					OnStart: func(_ string, took time.Duration, err error) {
-						if err == nil {
-							startsMu.Lock()
-							startTook += took
-							starts++
-							startsMu.Unlock()
-						}
-					}})
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.StartTimer()
-				began := time.Now()
-				kernels, lastLease, err := leaseAndAnswer(p, supplyBurst)
-				took += time.Since(began)
-				leased += lastLease.Sub(began)
-				b.StopTimer()
-				for _, k := range kernels {
-					k.Shutdown()
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-				closeErr := p.Close(ctx)
-				cancel()
-				if err != nil {
-					b.Fatal(err)
-				}
-				if closeErr != nil {
-					b.Fatal(closeErr)
-				}
-				b.StartTimer()
+			b.StartTimer()
+			began := time.Now()
+			kernels, lastLease, err := leaseAndAnswer(p, supplyBurst)
+			took += time.Since(began)
+			leased += lastLease.Sub(began)
+			b.StopTimer()
+			for _, k := range kernels {
+				k.Shutdown()
 			}
-			b.ReportMetric(float64(supplyBurst*b.N)/took.Seconds(), "kernels/s")
-			// Where the time goes: the leases, or the first executions.
-			b.ReportMetric(leased.Seconds()/float64(b.N), "s-all-leased")
-			if starts > 0 {
-				b.ReportMetric(float64(startTook.Milliseconds())/float64(starts), "ms-per-start")
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			closeErr := p.Close(ctx)
+			cancel()
+			if err != nil {
+				b.Fatal(err)
 			}
-			if ts := launcher.Templates(); mode.fork && len(ts) != 1 {
-				b.Fatalf("templates: %+v", ts)
+			if closeErr != nil {
+				b.Fatal(closeErr)
 			}
-		})
-	}
+			b.StartTimer()
+		}
+		b.ReportMetric(float64(supplyBurst*b.N)/took.Seconds(), "kernels/s")
+		// Where the time goes: the leases, or the first executions.
+		b.ReportMetric(leased.Seconds()/float64(b.N), "s-all-leased")
+		if starts > 0 {
+			b.ReportMetric(float64(startTook.Milliseconds())/float64(starts), "ms-per-start")
+		}
+		if ts := launcher.Templates(); mode.fork && len(ts) != 1 {
+			b.Fatalf("templates: %+v", ts)
+		}
+	})
 }
 
 // warmTemplate starts and ends one kernel of spec outside any pool, so a
