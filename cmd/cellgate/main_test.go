@@ -1,10 +1,8 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -12,11 +10,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/cellgate/cellgate/deploy/localcluster"
 	"github.com/gorilla/websocket"
 	"github.com/rs/zerolog"
 )
@@ -30,37 +28,6 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
-}
-
-// logLines collects the child's JSON log lines.
-type logLines struct {
-	mu    sync.Mutex
-	lines []map[string]any
-	raw   []string
-}
-
-func (l *logLines) read(r io.Reader) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		var m map[string]any
-		_ = json.Unmarshal(sc.Bytes(), &m)
-		l.mu.Lock()
-		l.lines = append(l.lines, m)
-		l.raw = append(l.raw, sc.Text())
-		l.mu.Unlock()
-	}
-}
-
-func (l *logLines) find(msg string) map[string]any {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, m := range l.lines {
-		if m["message"] == msg {
-			return m
-		}
-	}
-	return nil
 }
 
 // TestSIGTERMDrains starts cellgate as an operator does, with a session
@@ -86,9 +53,9 @@ func TestSIGTERMDrains(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	logs := &logLines{}
+	logs := &localcluster.Logs{}
 	logsDone := make(chan struct{})
-	go func() { logs.read(stderr); close(logsDone) }()
+	go func() { logs.Read(stderr); close(logsDone) }()
 	exited := make(chan error, 1)
 	go func() { <-logsDone; exited <- cmd.Wait() }()
 	defer func() {
@@ -97,9 +64,9 @@ func TestSIGTERMDrains(t *testing.T) {
 
 	base := "http://" + addr
 	waitReady(t, base)
-	start := logs.find("cellgate serving")
+	start := logs.Find("cellgate serving")
 	if start == nil {
-		t.Fatalf("no start-up line in %v", logs.raw)
+		t.Fatalf("no start-up line in %v", logs.Tail(1000))
 	}
 	for _, field := range []string{"listen", "pool", "sandbox", "database"} {
 		if start[field] == nil || start[field] == "" {
@@ -110,8 +77,8 @@ func TestSIGTERMDrains(t *testing.T) {
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &limit); err != nil {
 		t.Fatal(err)
 	}
-	if files := logs.find("open-file limit (RLIMIT_NOFILE)"); files == nil {
-		t.Errorf("no line with the open-file limit in %v", logs.raw)
+	if files := logs.Find("open-file limit (RLIMIT_NOFILE)"); files == nil {
+		t.Errorf("no line with the open-file limit in %v", logs.Tail(1000))
 	} else if n, _ := files["open_files"].(float64); uint64(n)+1 < limit.Max || files["open_files_hard"] != float64(limit.Max) {
 		t.Errorf("open-file limit logged %v, hard %v; the hard limit is %d", files["open_files"], files["open_files_hard"], limit.Max)
 	}
@@ -144,17 +111,17 @@ func TestSIGTERMDrains(t *testing.T) {
 	select {
 	case err := <-exited:
 		if err != nil {
-			t.Errorf("cellgate exited with %v after SIGTERM; log:\n%s", err, strings.Join(logs.raw, "\n"))
+			t.Errorf("cellgate exited with %v after SIGTERM; log:\n%s", err, logs.Tail(1000))
 		}
 	case <-time.After(60 * time.Second):
 		t.Fatal("cellgate did not exit after SIGTERM")
 	}
-	if logs.find("cellgate stopped") == nil {
-		t.Errorf("no final line after SIGTERM in %v", logs.raw)
+	if logs.Find("cellgate stopped") == nil {
+		t.Errorf("no final line after SIGTERM in %v", logs.Tail(1000))
 	}
-	end := logs.find("session ended")
+	end := logs.Find("session ended")
 	if end == nil {
-		t.Fatalf("no session end line in %v", logs.raw)
+		t.Fatalf("no session end line in %v", logs.Tail(1000))
 	}
 	for _, field := range []string{"session", "kernel", "remote", "duration", "executions", "reason"} {
 		if _, ok := end[field]; !ok {

@@ -75,7 +75,7 @@ func StartInstance(c InstanceConfig) (*Instance, error) {
 		return nil, fmt.Errorf("start %s: %w", c.ID, err)
 	}
 	go func() {
-		in.Logs.read(stderr)
+		in.Logs.Read(stderr)
 		in.waitErr = in.Cmd.Wait()
 		close(in.exited)
 	}()
@@ -128,7 +128,8 @@ type Logs struct {
 	raw   []string
 }
 
-func (l *Logs) read(r io.Reader) {
+// Read collects the lines of r until it ends.
+func (l *Logs) Read(r io.Reader) {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
 	for sc.Scan() {
