@@ -31,56 +31,82 @@ func BenchmarkSupply(b *testing.B) {
 		kcfg.Launcher = launcher
 		warmTemplate(b, kcfg, specs["python3"])
 		var took, leased time.Duration
-		// The pool's own starts, each from StartKernel's call to ready.
-		var (
-			startsMu  sync.Mutex
-			startTook time.Duration
-			starts    int
-		)
+		var tally startTally
 		for b.Loop() {
-			b.StopTimer()
-			p, err := New(Config{Specs: specs, Ready: map[string]int{}, MaxKernels: supplyBurst, Kernel: kcfg,
-				OnStart: func(_ string, took time.Duration, err error) {
-					if err == nil {
-						startsMu.Lock()
-						startTook += took
-						starts++
-						startsMu.Unlock()
-					}
-				}})
-			if err != nil {
-				b.Fatal(err)
-			}
-			b.StartTimer()
-			began := time.Now()
-			kernels, lastLease, err := leaseAndAnswer(p, supplyBurst)
-			took += time.Since(began)
-			leased += lastLease.Sub(began)
-			b.StopTimer()
-			for _, k := range kernels {
-				k.Shutdown()
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			closeErr := p.Close(ctx)
-			cancel()
-			if err != nil {
-				b.Fatal(err)
-			}
-			if closeErr != nil {
-				b.Fatal(closeErr)
-			}
-			b.StartTimer()
+			t, l := supplyRound(b, Config{Specs: specs, MaxKernels: supplyBurst, Kernel: kcfg}, &tally)
+			took += t
+			leased += l
 		}
 		b.ReportMetric(float64(supplyBurst*b.N)/took.Seconds(), "kernels/s")
 		// Where the time goes: the leases, or the first executions.
 		b.ReportMetric(leased.Seconds()/float64(b.N), "s-all-leased")
-		if starts > 0 {
-			b.ReportMetric(float64(startTook.Milliseconds())/float64(starts), "ms-per-start")
+		if ms, ok := tally.meanMS(); ok {
+			b.ReportMetric(ms, "ms-per-start")
 		}
 		if ts := launcher.Templates(); mode.fork && len(ts) != 1 {
 			b.Fatalf("templates: %+v", ts)
 		}
 	})
+}
+
+// startTally sums the pool's own starts, each from StartKernel's call to
+// ready.
+type startTally struct {
+	mu     sync.Mutex
+	took   time.Duration
+	starts int
+}
+
+func (t *startTally) add(_ string, took time.Duration, err error) {
+	if err == nil {
+		t.mu.Lock()
+		t.took += took
+		t.starts++
+		t.mu.Unlock()
+	}
+}
+
+func (t *startTally) meanMS() (float64, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.starts == 0 {
+		return 0, false
+	}
+	return float64(t.took.Milliseconds()) / float64(t.starts), true
+}
+
+// supplyRound times one round of BenchmarkSupply on a new pool made from
+// cfg that keeps none ready: supplyBurst leases at once, until every one
+// is leased (leased) and has answered 1+1 (took). The timer runs only for
+// the leases; the kernels and the pool end outside it.
+func supplyRound(b *testing.B, cfg Config, tally *startTally) (took, leased time.Duration) {
+	b.Helper()
+	b.StopTimer()
+	cfg.Ready = map[string]int{}
+	cfg.OnStart = tally.add
+	p, err := New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.StartTimer()
+	began := time.Now()
+	kernels, lastLease, err := leaseAndAnswer(p, supplyBurst)
+	took, leased = time.Since(began), lastLease.Sub(began)
+	b.StopTimer()
+	for _, k := range kernels {
+		k.Shutdown()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	closeErr := p.Close(ctx)
+	cancel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if closeErr != nil {
+		b.Fatal(closeErr)
+	}
+	b.StartTimer()
+	return took, leased
 }
 
 // warmTemplate starts and ends one kernel of spec outside any pool, so a

@@ -125,7 +125,9 @@ and forked (the template has imported matplotlib and drawn a throw-away figure).
 a new pool that keeps no kernel ready (default ` + "`MaxConcurrentStarts`" + `, 2), until every kernel is leased and has
 answered ` + "`1+1`" + `; 20 over that time (issue 10's sustained supply; the template starts before the timing).
 *each of the pool's starts in that burst*: the mean of those 20 starts, call to ready, two running at once: compare
-the lone start of BenchmarkSandboxedStart.
+the lone start of BenchmarkSandboxedStart. *with N starts at once* (BenchmarkSupplyConcurrentStarts): the same
+burst of forked kernels under ` + "`MaxConcurrentStarts`" + ` 1 to 4, the four taking turns round by round: whether more
+starts at once than cores would supply more (a forked start partly waits on the template and the kernel's sockets).
 
 **New session.** A reader opening a cell: ` + "`POST /kernel`" + ` (one-shot, as the Sage-cell embed does), websocket
 to ` + "`/kernel/{id}/channels`" + `, ` + "`execute_request`" + ` of ` + "`1+1`" + `, until its ` + "`execute_reply`" + `; then ` + "`DELETE`" + `.
