@@ -11,6 +11,7 @@ packages=(
   chromium
   python3-jupyter-server
   haproxy
+  postgresql
 )
 
 missing=()

@@ -1,6 +1,8 @@
 // Package localcluster runs a cellgate cluster on one machine as deploy/ describes it on several:
 // cellgate instances sharing one database, and Debian's haproxy in front of them with
-// deploy/haproxy.cfg's settings pointed at their loopback addresses. The cluster tests
+// deploy/haproxy.cfg's settings pointed at their loopback addresses. The database stands in for
+// a MongoDB: FerretDB as a process of its own (cmd/cellgate-ferretdb) on a throwaway PostgreSQL
+// cluster (StartDatabase). The cluster tests
 // (cmd/cellgate), the deploy tests (against stand-in servers) and the bench's cluster phase
 // (cmd/cellbench) all run it from here. It starts processes and reads their output; it asserts
 // nothing, so it holds no test code.
