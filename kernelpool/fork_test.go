@@ -373,8 +373,11 @@ func TestAutoReady(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := map[string]int{"python3": 2}
-		if _, ok := specs["sagemath"]; ok && fork {
-			want["sagemath"] = 1
+		if fork {
+			want["python3"] = forkedPython3Ready
+			if _, ok := specs["sagemath"]; ok {
+				want["sagemath"] = 1
+			}
 		}
 		if got := AutoReady(specs, launcher.Forks); !reflect.DeepEqual(got, want) {
 			t.Errorf("fork %v: AutoReady = %v, want %v (installed: %v)", fork, got, want, jupytermsg.SortedNames(specs))
@@ -389,7 +392,7 @@ func TestAutoReady(t *testing.T) {
 	defer launcher.Close()
 	cfg := testKernelConfig(t)
 	cfg.Launcher = launcher
-	p, err := New(Config{Specs: specs, MaxKernels: 4, Kernel: cfg})
+	p, err := New(Config{Specs: specs, MaxKernels: 10, Kernel: cfg})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -818,4 +820,24 @@ func TestRefillIsHeldWhileAnotherKernelIsReady(t *testing.T) {
 	second := lease(t, p, "python3")
 	defer second.Shutdown()
 	waitStats(t, p, "python3", "refilled after the last ready kernel was leased", func(s Stats) bool { return s.Ready == 2 })
+}
+
+// TestFitReady: the pool a server keeps when told nothing fits any
+// --max-kernels, trimming the largest first, and is left alone when it fits.
+func TestFitReady(t *testing.T) {
+	for _, c := range []struct {
+		ready map[string]int
+		most  int
+		want  map[string]int
+	}{
+		{map[string]int{"python3": 4, "sagemath": 1}, 8, map[string]int{"python3": 4, "sagemath": 1}},
+		{map[string]int{"python3": 4, "sagemath": 1}, 4, map[string]int{"python3": 3, "sagemath": 1}},
+		{map[string]int{"python3": 4, "sagemath": 1}, 2, map[string]int{"python3": 1, "sagemath": 1}},
+		{map[string]int{"python3": 4, "sagemath": 1}, 1, map[string]int{"python3": 1}},
+		{map[string]int{}, 1, map[string]int{}},
+	} {
+		if got := fitReady(maps.Clone(c.ready), c.most); !reflect.DeepEqual(got, c.want) {
+			t.Errorf("fitReady(%v, %d) = %v, want %v", c.ready, c.most, got, c.want)
+		}
+	}
 }

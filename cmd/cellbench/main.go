@@ -62,7 +62,7 @@ func main() {
 	flag.StringVar(&o.outDir, "out", "bench", "where results.json and README.md are written")
 	flag.StringVar(&o.jsScript, "jsbench", "bench/jsbench.js", "the @jupyterlab/services timing script")
 	flag.StringVar(&o.nodeModules, "node-modules", "gateway/testdata/jupyterlab/node_modules", "node_modules with @jupyterlab/services and ws")
-	flag.StringVar(&o.pool, "pool", "python3=2", "cellgate --pool (python3's part of the deployed default, auto, which also keeps a forked SageMath kernel ready)")
+	flag.StringVar(&o.pool, "pool", "python3=4", "cellgate --pool (python3's part of the deployed default, auto, with forked kernels; auto also keeps a forked SageMath kernel ready)")
 	flag.IntVar(&o.sessions, "sessions", 30, "warm-pool sessions to time")
 	flag.IntVar(&o.backToBack, "back-to-back", 10, "unpaced sessions to time")
 	flag.IntVar(&o.rounds, "rounds", 300, "execute rounds (one execution per transport each)")

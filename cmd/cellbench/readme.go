@@ -69,7 +69,7 @@ them by hand. Every figure comes from the run below: nothing is typed in.
 ` + "`scripts/bench.sh`" + ` first runs the Go benchmarks (` + "`go test -bench`" + ` in kernelpool, sandbox, storage and
 jupytermsg), then builds and runs ` + "`cmd/cellbench`" + `, which:
 
-- starts ` + "`bin/cellgate serve`" + ` as deployed (` + "`--sandbox=bwrap`" + `, embedded FerretDB, pool ` + "`python3=2`" + `: the python3 part of the default, ` + "`auto`" + `, which also keeps a SageMath kernel ready)
+- starts ` + "`bin/cellgate serve`" + ` as deployed (` + "`--sandbox=bwrap`" + `, embedded FerretDB, pool ` + "`python3=4`" + `: the python3 part of the default, ` + "`auto`" + `, with forked kernels; ` + "`auto`" + ` also keeps a SageMath kernel ready)
   on a free 127.0.0.1 port, with its data in a temporary directory, and waits for ` + "`/readyz`" + `;
 - drives it as clients do (Sage-cell HTTP + websocket, long-polling, ` + "`/service`" + `, permalinks, files, and the
   Jupyter Server API), and starts kernels in-process through ` + "`kernelpool`" + ` for the direct-ZMQ floor and

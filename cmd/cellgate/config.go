@@ -157,7 +157,7 @@ func settings(o *options) []setting {
 		opt("mongo-uri", &o.mongoURI, "", "MongoDB URI (standalone, replica set, `mongos`); unset starts the embedded FerretDB under `--data-dir`"),
 		opt("database", &o.database, st.Database, "MongoDB database name"),
 		opt("db-connect-retry", &o.dbConnectRetry, st.ConnectRetry, "keep retrying an unreachable database at start-up this long (0: fail at once)"),
-		opt("pool", &o.pool, poolAuto, "ready kernels kept per kernelspec, e.g. `python3=2,sagemath=1`; `auto`: python3=2, and one of every other installed kernel the sandbox forks from a template (SageMath), so that a reader choosing it does not wait for a start; none of a kernel that would start cold"),
+		opt("pool", &o.pool, poolAuto, "ready kernels kept per kernelspec, e.g. `python3=2,sagemath=1`; `auto`: python3=4 when the sandbox forks python3 kernels from a template (2 when they start cold), and one of every other installed kernel it forks (SageMath), so that a reader choosing it does not wait for a start; none of a kernel that would start cold; all within half of `--max-kernels`"),
 		opt("max-kernels", &o.maxKernels, kp.MaxKernels, "cap on all kernels: ready, starting and in use"),
 		opt("pool-memory-mb", &o.poolMemoryMB, kp.MemoryBudget>>20, "memory budget in MiB of the ready kernels: beyond `--pool`, the pool grows toward what the last minute of requests needed while its ready kernels (at their measured PSS) fit; `0`: never beyond `--pool`"),
 		opt("lease-queue", &o.leaseQueue, string(kp.Queue), "how requests wait when no kernel is ready: `fair` (client addresses take turns; 503 at once when the expected wait exceeds `--lease-timeout`) or `fifo` (one line; each waits out `--lease-timeout`)"),
