@@ -52,7 +52,10 @@ type Config struct {
 	// JupyterIdleTimeout culls Jupyter-API kernels that are idle with no
 	// client connected.
 	JupyterIdleTimeout time.Duration
-	// LeaseTimeout is how long a request waits for a kernel.
+	// LeaseTimeout is how long a request waits for a kernel. The default,
+	// 20 s, lets a class of 50 pressing Evaluate at once be served on two
+	// cores (about five forked kernels a second: 10 s for the last of them)
+	// with room for a slower machine; a waiting client is told its place.
 	LeaseTimeout time.Duration
 	// MaxKernelsPerClient and MaxKernelsPerAddr cap sessions per client
 	// key and per remote address. The per-address default is FairShare of
@@ -164,7 +167,7 @@ func DefaultConfig() Config {
 		OneShotGrace:         time.Minute,
 		DetachGrace:          10 * time.Second,
 		JupyterIdleTimeout:   30 * time.Minute,
-		LeaseTimeout:         10 * time.Second,
+		LeaseTimeout:         20 * time.Second,
 		MaxKernelsPerClient:  4,
 		MaxKernelsPerAddr:    FairShare(kernelpool.DefaultConfig().MaxKernels),
 		KernelTimePerAddr:    2 * time.Hour,

@@ -175,14 +175,14 @@ where Jupyter Server's execute time goes.
 **/service throughput.** 1, 4 and 16 clients each post ` + "`code=print(6*7)`" + ` in a loop for the stated time;
 each computation leases a fresh sandboxed kernel and ends it, so throughput is bounded by how fast kernels
 start (two at a time). Errors are non-200 answers or wrong output (a 503 when clients outrun the pool: at once
-when the queue's expected wait exceeds ` + "`--lease-timeout`" + `, 10 s, or after waiting it out); a client told to
+when the queue's expected wait exceeds ` + "`--lease-timeout`" + `, 20 s, or after waiting it out); a client told to
 come back later waits as ` + "`Retry-After`" + ` says before asking again. *burst of 20*: 20 concurrent ` + "`POST /kernel`" + `; *pool full again*: from the
 burst until ` + "`/readyz`" + ` shows every pool at its ready size.
 
 **Bursts.** N concurrent ` + "`POST /kernel`" + ` (each kernel held until the last answer, then deleted) or ` + "`POST /service`" + `,
 each from its own reader address, asking for python3. *all answered after* is the time from sending the burst to
 the last answer; *p50_ms/p99_ms* are over every answer, *errors* counts non-200 answers (a 503), *errors_p50_ms*
-says how soon they came (at once: the fair queue's estimate refused them; about 10 s: they waited out
+says how soon they came (at once: the fair queue's estimate refused them; about 20 s: they waited out
 ` + "`--lease-timeout`" + `), *ready_at_start* is the ready kernels when the burst began. Rows come in threes, on a
 settled pool each: this cellgate with its pool at its floor (` + "`--pool`" + `, after a minute without requests); the
 same again within the minute, when its elastic pool has grown from the first burst; and a second cellgate

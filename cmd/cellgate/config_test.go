@@ -28,7 +28,7 @@ func TestOptionPrecedence(t *testing.T) {
 	if o.listen != "127.0.0.1:9000" || o.pool != "python3=3" || o.maxKernels != 9 || o.token != "fromflag" {
 		t.Errorf("flag > env > file > default broken: %+v", o)
 	}
-	if o.dataDir != "./data" || o.leaseTimeout != 10*time.Second {
+	if o.dataDir != "./data" || o.leaseTimeout != 20*time.Second {
 		t.Errorf("defaults: %+v", o)
 	}
 }
