@@ -44,6 +44,7 @@ type MessageBudget struct {
 	refused  atomic.Int64
 	waited   atomic.Int64
 	reclaims atomic.Int64
+	skipped  atomic.Int64
 	// doubleReleases counts charges released more than once: a bug.
 	doubleReleases atomic.Int64
 }
@@ -86,8 +87,10 @@ type BudgetStats struct {
 	InUse, Peak int64
 	// Dropped counts iopub messages dropped because the budget was full;
 	// Refused messages over the per-message cap; Waited replies that had
-	// to wait for room; Reclaims the times history was let go of for room.
-	Dropped, Refused, Waited, Reclaims int64
+	// to wait for room; Reclaims the times history was let go of for room;
+	// Skipped messages a transport did not write to one client because
+	// the budget had no room for it to hold them (Hold).
+	Dropped, Refused, Waited, Reclaims, Skipped int64
 	// DoubleReleases counts charges released twice (a bug; always 0).
 	DoubleReleases int64
 }
@@ -99,7 +102,7 @@ func (b *MessageBudget) Stats() BudgetStats {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return BudgetStats{InUse: b.inUse, Peak: b.peak, Dropped: b.dropped.Load(), Refused: b.refused.Load(), Waited: b.waited.Load(), Reclaims: b.reclaims.Load(), DoubleReleases: b.doubleReleases.Load()}
+	return BudgetStats{InUse: b.inUse, Peak: b.peak, Dropped: b.dropped.Load(), Refused: b.refused.Load(), Waited: b.waited.Load(), Reclaims: b.reclaims.Load(), Skipped: b.skipped.Load(), DoubleReleases: b.doubleReleases.Load()}
 }
 
 // ResetPeak starts the peak again from what is in use now.
@@ -286,7 +289,7 @@ var (
 		"Bytes of kernel messages the process holds (in_use: charged against --kernel-message-budget-mb now; peak: the most since start; limit: the budget, 0 for none).",
 		[]string{"state"}, nil)
 	budgetMessagesDesc = prometheus.NewDesc("cellgate_kernel_messages_refused_total",
-		"Kernel messages the process did not take: dropped (iopub, with the budget full), oversized (over --max-message-mb; a single frame over it makes libzmq drop the connection uncounted), waited (replies that waited for room, not dropped).",
+		"Kernel messages the process did not take: dropped (iopub, with the budget full), oversized (over --max-message-mb; a single frame over it makes libzmq drop the connection uncounted), waited (replies that waited for room, not dropped), skipped (not written to one client: no room to hold it for that client's transport).",
 		[]string{"reason"}, nil)
 	budgetReclaimsDesc = prometheus.NewDesc("cellgate_kernel_message_reclaims_total",
 		"Times sessions' replays let old output go to make room in the kernel message budget.", nil, nil)
@@ -306,8 +309,35 @@ func (b *MessageBudget) Collect(ch chan<- prometheus.Metric) {
 	for state, v := range map[string]int64{"in_use": st.InUse, "peak": st.Peak, "limit": b.Limit()} {
 		ch <- prometheus.MustNewConstMetric(budgetBytesDesc, prometheus.GaugeValue, float64(v), state)
 	}
-	for reason, v := range map[string]int64{"dropped": st.Dropped, "oversized": st.Refused, "waited": st.Waited} {
+	for reason, v := range map[string]int64{"dropped": st.Dropped, "oversized": st.Refused, "waited": st.Waited, "skipped": st.Skipped} {
 		ch <- prometheus.MustNewConstMetric(budgetMessagesDesc, prometheus.CounterValue, float64(v), reason)
 	}
 	ch <- prometheus.MustNewConstMetric(budgetReclaimsDesc, prometheus.CounterValue, float64(st.Reclaims))
+}
+
+// MessageBudget is the budget k's messages are charged to (nil: none), for
+// whoever holds them after the session: the transports writing them to
+// clients.
+func (k *Kernel) MessageBudget() *MessageBudget {
+	if k == nil {
+		return nil
+	}
+	return k.cfg.MessageBudget
+}
+
+// Hold charges n bytes a transport is about to hold for one client (a
+// batch taken from a replay, a frame it encoded) if they fit, after asking
+// the reclaimers for room; false means they do not, and the transport
+// skips the message for that client, telling it (counted in Skipped). It
+// never waits: a client's writer must not hold up the kernel's other
+// clients. A nil budget holds without charging.
+func (b *MessageBudget) Hold(n int64) (*Charge, bool) {
+	if b == nil {
+		return nil, true
+	}
+	c, ok := b.TryCharge(n)
+	if !ok {
+		b.skipped.Add(1)
+	}
+	return c, ok
 }

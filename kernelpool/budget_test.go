@@ -468,3 +468,31 @@ func TestKernelRepliesWaitForTheBudget(t *testing.T) {
 		}
 	}
 }
+
+// Hold never waits: what does not fit after reclaiming is refused and
+// counted as skipped; a nil budget holds without charging.
+func TestMessageBudgetHoldRefusesWhatDoesNotFit(t *testing.T) {
+	b := NewMessageBudget(100)
+	held, ok := b.Hold(80)
+	if !ok {
+		t.Fatal("80 of 100 refused")
+	}
+	if _, ok := b.Hold(21); ok {
+		t.Fatal("80+21 of 100 held")
+	}
+	if st := b.Stats(); st.Skipped != 1 || st.InUse != 80 {
+		t.Fatalf("after a refused hold: %+v; want 1 skipped, 80 in use", st)
+	}
+	held.Release()
+	if st := b.Stats(); st.InUse != 0 || st.DoubleReleases != 0 {
+		t.Fatalf("after the release: %+v", st)
+	}
+	var none *MessageBudget
+	if c, ok := none.Hold(1 << 40); !ok || c != nil {
+		t.Fatalf("no budget: Hold gave %v, %v; want nil, true", c, ok)
+	}
+	var k *Kernel
+	if k.MessageBudget() != nil {
+		t.Fatal("no kernel, a budget")
+	}
+}
