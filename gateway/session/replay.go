@@ -21,6 +21,9 @@ type Entry struct {
 	charge *kernelpool.Charge
 }
 
+// Size is the bytes of the entry's message.
+func (e Entry) Size() int { return e.size }
+
 // Replay is a session's bounded history of messages for clients. It lets
 // several clients read at their own pace and lets a client that reconnects
 // resume after the last sequence number it saw. The kernel's reader never
@@ -139,9 +142,16 @@ func (l *Replay) Reclaim(need int64) {
 // missed because they were already dropped, a channel that is closed on
 // the next append, and whether the log is closed.
 func (l *Replay) Since(seq uint64, client string, limit int) (msgs []Entry, missed uint64, changed <-chan struct{}, closed bool) {
+	return l.SinceWithin(seq, client, limit, 0)
+}
+
+// SinceWithin is Since with the messages' bytes bounded too: it stops
+// before the message that would take them over maxBytes (0: no bound),
+// but always returns a first message, however large.
+func (l *Replay) SinceWithin(seq uint64, client string, limit, maxBytes int) (msgs []Entry, missed uint64, changed <-chan struct{}, closed bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	start := 0
+	start, bytes := 0, 0
 	if len(l.entries) > 0 {
 		// Written so that no seq, however large, overflows.
 		first := l.entries[0].Seq
@@ -158,6 +168,10 @@ func (l *Replay) Since(seq uint64, client string, limit int) (msgs []Entry, miss
 		if e.To != "" && e.To != client {
 			continue
 		}
+		if maxBytes > 0 && len(msgs) > 0 && bytes+e.size > maxBytes {
+			break
+		}
+		bytes += e.size
 		msgs = append(msgs, e)
 		if limit > 0 && len(msgs) >= limit {
 			break
