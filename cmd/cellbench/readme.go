@@ -191,7 +191,10 @@ waiting out the lease timeout, a pool that never grows). The bursts run one at a
 
 **Memory.** cellgate's RSS (the embedded FerretDB runs in the same process) just after start, before the idle
 sessions, and with N idle sessions open (websocket attached, one ` + "`1+1`" + ` executed); the difference over N is the
-gateway's cost per idle session. *per idle sandboxed kernel* sums the proportional set size (PSS: shared pages
+gateway's cost per idle session. *idle sandboxed … kernel* (BenchmarkIdleKernelMemory, cold and forked in one run): six kernels of a kind alive
+at once, each having run ` + "`1+1`" + `; *PSS per kernel* divides pages shared among processes between their sharers (so a
+forked kernel's share of its template falls as more kernels are alive), *private memory* is what no other process
+maps (Private_Clean + Private_Dirty): what one more kernel costs the machine. *per idle sandboxed kernel* sums the proportional set size (PSS: shared pages
 divided among their users) of every process under cellgate — the python kernels and their two bwrap processes
 each — over the number of kernels; RSS, which counts shared libraries in full for every kernel, is shown beside.
 N is 100 by default (-idle-sessions); each idle session holds a real sandboxed kernel.
