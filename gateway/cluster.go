@@ -252,6 +252,43 @@ func (s *Server) placeElsewhere(c echo.Context, kernel string, body []byte) bool
 	return true
 }
 
+// forwardToOwner sends a request that names kernel id, which this
+// instance does not hold, to the instance that owns it: a notebook made
+// for another instance's kernel lives where its kernel does, as every
+// notebook does. It reports whether the request was answered; false
+// leaves the handler to answer "no such kernel" (nobody owns it, it
+// ended, or its owner cannot be reached). body as for placeElsewhere.
+func (s *Server) forwardToOwner(c echo.Context, id string, body []byte) bool {
+	if s.cfg.Cluster == nil || s.forwarded(c) || (body == nil && c.Request().ContentLength > 0) {
+		return false
+	}
+	ctx := c.Request().Context()
+	for attempt := 0; attempt < 2; attempt++ {
+		loc, err := s.cfg.Cluster.Locate(ctx, id)
+		if err != nil {
+			s.log.Warn().Err(err).Str("session", id).Msg("cluster: owner lookup failed")
+			return false
+		}
+		if loc.Owner == nil {
+			return false
+		}
+		r := c.Request()
+		r.Body = newBodyReader(body)
+		r.ContentLength = int64(len(body))
+		dropCORS(c.Response().Header())
+		err = s.cfg.Cluster.Forward(c.Response(), r, *loc.Owner, c.RealIP())
+		if err == nil {
+			return true
+		}
+		if errors.Is(err, ErrForwardLoop) {
+			return false
+		}
+		// Unreachable: ask again, as the owner may have just died.
+		s.log.Debug().Err(err).Str("session", id).Msg("cluster: forward to the kernel's owner failed")
+	}
+	return false
+}
+
 // keepBody reads a request for a new session's body into memory (the body
 // limit bounds it) and puts it back, so that placeElsewhere can send it to
 // another instance once the handler has read it. Nil alone, or for a

@@ -282,6 +282,9 @@ func (s *Server) apiCreateSession(c echo.Context) error {
 	started := false
 	if req.Kernel != nil && req.Kernel.ID != "" {
 		if sess = s.jupyterKernel(c, req.Kernel.ID); sess == nil {
+			if s.forwardToOwner(c, req.Kernel.ID, raw) {
+				return nil
+			}
 			return httpError(c, http.StatusBadRequest, "no such kernel "+req.Kernel.ID)
 		}
 	} else {
@@ -347,7 +350,7 @@ func (s *Server) apiPatchSession(c echo.Context) error {
 	if req.Kernel != nil {
 		if req.Kernel.ID != "" {
 			if next = s.jupyterKernel(c, req.Kernel.ID); next == nil {
-				return httpError(c, http.StatusBadRequest, "no such kernel "+req.Kernel.ID)
+				return httpError(c, http.StatusBadRequest, s.noKernelHere(c, req.Kernel.ID))
 			}
 		} else {
 			if next, err = s.startJupyterKernel(c, req.Kernel.Name); err != nil {
@@ -370,6 +373,19 @@ func (s *Server) apiPatchSession(c echo.Context) error {
 		sess.End(session.EndDeleted)
 	}
 	return c.JSON(http.StatusOK, notebookModel(updated, next))
+}
+
+// noKernelHere says why a notebook cannot move to kernel id: nobody
+// holds it, or another instance of the cluster does (a notebook stays
+// where it was made; a new one can be made for that kernel, and lives
+// with it).
+func (s *Server) noKernelHere(c echo.Context, id string) string {
+	if s.cfg.Cluster != nil && !s.forwarded(c) {
+		if loc, err := s.cfg.Cluster.Locate(c.Request().Context(), id); err == nil && loc.Owner != nil {
+			return fmt.Sprintf("kernel %s runs on another instance of this cluster (%s): a session can move only to a kernel of the instance it was made on; create a new session (POST /api/sessions) for that kernel instead", id, loc.Owner.ID)
+		}
+	}
+	return "no such kernel " + id
 }
 
 func (s *Server) apiDeleteSession(c echo.Context) error {
