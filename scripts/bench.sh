@@ -38,6 +38,7 @@ if [ "${BENCH_SKIP_GO:-0}" != 1 ]; then
   gobench ./kernelpool '^BenchmarkExecuteZMQ$' -benchtime=2s -timeout 10m
   gobench ./kernelpool '^BenchmarkColdStart$' -benchtime=3x -timeout 10m
   gobench ./kernelpool '^BenchmarkSandboxedStart$' -benchtime=5x -timeout 10m
+  gobench ./kernelpool '^BenchmarkSandboxedStartSage$' -benchtime=3x -timeout 10m
   gobench ./kernelpool '^BenchmarkSupply$' -benchtime=2x -timeout 10m
   gobench ./kernelpool '^BenchmarkSupplyConcurrentStarts$' -benchtime=1x -timeout 10m
   gobench ./kernelpool '^BenchmarkFirstPlot$' -benchtime=3x -timeout 10m

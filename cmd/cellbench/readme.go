@@ -118,7 +118,8 @@ for a second while another kernel is ready, and starts it at once when none is).
 from exec to the first 200, i.e. the embedded database open and one sandboxed kernel ready.
 *launch → ready in bwrap, cold / forked* (BenchmarkSandboxedStart, one run): a cold start; a fork of a template
 that only imported the kernel machinery (*forked-imports*); a fork of a template that also built the kernel
-application and its shell (*forked*, the default: see sandbox/doc.go, "Forked kernels"). *first plot*
+application and its shell (*forked*, the default: see sandbox/doc.go, "Forked kernels"); the *sagemath* rows
+(BenchmarkSandboxedStartSage) are the same for SageMath, whose template has imported ` + "`sage.all`" + ` and drawn a plot. *first plot*
 (BenchmarkFirstPlot): ` + "`import matplotlib.pyplot; plt.plot(...)`" + ` until its reply and idle on a fresh kernel, cold
 and forked (the template has imported matplotlib and drawn a throw-away figure).
 *fresh kernels per second from an empty pool* (BenchmarkSupply, cold and forked in one run): 20 leases at once on
