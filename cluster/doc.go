@@ -75,7 +75,11 @@
 //
 // The Forwarder relays a request to the owner's advertise URL (plain HTTP, streamed long-polls,
 // websocket upgrades), keeping the client's Host and scheme (the owner builds ws_url and file
-// links from them) and adding the Cellgate-Forwarded header: a timestamp, a random nonce, the
+// links from them). A call that runs CheckAfter (5 s) makes it check that the owner answers at
+// all (GET /healthz, one check per owner at a time, its verdict shared): a paused or stalled
+// owner still has its connections accepted, so only this finds it out, and its calls end
+// (ErrUnreachable, or the client's connection cut) instead of waiting for ever. It adds the
+// Cellgate-Forwarded header: a timestamp, a random nonce, the
 // sending and receiving instance ids and the client's address, under an HMAC-SHA256 keyed by a
 // key derived from the cluster secret (--cluster-secret, the same on every instance), over the
 // method, the request URI and those fields (signature.go). The receiving instance's

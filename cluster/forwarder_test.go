@@ -277,3 +277,161 @@ func TestNewForwarderChecks(t *testing.T) {
 		t.Error("Authenticator without a secret")
 	}
 }
+
+// stalledInstance is what a paused process (SIGSTOP) looks like from the network: the kernel
+// accepts connections for it and takes what is sent, and nothing ever answers.
+func stalledInstance(t *testing.T, id string) Instance {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			t.Cleanup(func() { c.Close() })
+			go func() { _, _ = io.Copy(io.Discard, c) }()
+		}
+	}()
+	return Instance{ID: id, URL: "http://" + l.Addr().String() + "/"}
+}
+
+// quickChecks is a Forwarder that checks its targets often: tests must not wait seconds.
+func quickChecks(t *testing.T, id string) *Forwarder {
+	t.Helper()
+	fwd, err := NewForwarder(ForwarderConfig{Secret: testSecret, InstanceID: id, Log: testLogger(t),
+		CheckAfter: 100 * time.Millisecond, CheckTimeout: 200 * time.Millisecond})
+	must(t, err)
+	t.Cleanup(fwd.Close)
+	return fwd
+}
+
+// forwardOrHang runs Forward and fails the test if it has not returned within a minute (it
+// waited for ever before the Forwarder checked its targets).
+func forwardOrHang(t *testing.T, fwd *Forwarder, w http.ResponseWriter, r *http.Request, to Instance) error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- fwd.Forward(w, r, to, "192.0.2.1") }()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(time.Minute):
+		t.Fatalf("Forward to %s (accepts, never answers) still waiting after a minute", to.ID)
+		return nil
+	}
+}
+
+// TestForwardToStalledTarget: a request, and a websocket upgrade, forwarded to an instance that
+// accepts connections and never answers (paused) end as ErrUnreachable, saying it answered no
+// check, with nothing written: the caller answers, instead of the client waiting for ever.
+func TestForwardToStalledTarget(t *testing.T) {
+	to := stalledInstance(t, "paused")
+	fwd := quickChecks(t, "front")
+	for _, upgrade := range []bool{false, true} {
+		req := httptest.NewRequest(http.MethodGet, "/kernel/k/poll?client=c&wait=0", nil)
+		if upgrade {
+			req = httptest.NewRequest(http.MethodGet, "/kernel/k/channels", nil)
+			req.Header.Set("Connection", "Upgrade")
+			req.Header.Set("Upgrade", "websocket")
+			req.Header.Set("Sec-WebSocket-Version", "13")
+			req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+		}
+		rec := httptest.NewRecorder()
+		err := forwardOrHang(t, fwd, rec, req, to)
+		if !errors.Is(err, ErrUnreachable) || !errors.Is(err, errStalled) {
+			t.Errorf("upgrade %v: Forward = %v, want ErrUnreachable for a target that answered no check", upgrade, err)
+		}
+		if rec.Body.Len() != 0 || len(rec.Header()) != 0 {
+			t.Errorf("upgrade %v: wrote %q %v", upgrade, rec.Body, rec.Header())
+		}
+	}
+}
+
+// TestForwardedWebsocketOfStalledTarget: a websocket relayed to an owner that then stops
+// answering (its frames and its checks) is closed for the client, who reconnects and learns
+// what became of the session, rather than sitting on a silent connection for ever.
+func TestForwardedWebsocketOfStalledTarget(t *testing.T) {
+	stall := make(chan struct{})
+	upgrader := websocket.Upgrader{}
+	_, to := owner(t, "owner", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" {
+			select {
+			case <-stall:
+				<-r.Context().Done()
+			default:
+			}
+			return
+		}
+		conn, err := upgrader.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		for {
+			kind, data, err := conn.ReadMessage()
+			if err != nil {
+				return
+			}
+			select {
+			case <-stall:
+				continue // read, never answered
+			default:
+			}
+			if conn.WriteMessage(kind, data) != nil {
+				return
+			}
+		}
+	}))
+	fwd := quickChecks(t, "front")
+	fsrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = fwd.Forward(w, r, to, "192.0.2.1")
+	}))
+	t.Cleanup(fsrv.Close)
+	conn, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(fsrv.URL, "http")+"/kernel/k/channels", nil)
+	must(t, err)
+	defer conn.Close()
+	must(t, conn.WriteMessage(websocket.TextMessage, []byte("before")))
+	conn.SetReadDeadline(time.Now().Add(time.Minute))
+	if _, data, err := conn.ReadMessage(); err != nil || string(data) != "before" {
+		t.Fatalf("echo before the stall: %q %v", data, err)
+	}
+	close(stall)
+	must(t, conn.WriteMessage(websocket.TextMessage, []byte("during")))
+	if _, data, err := conn.ReadMessage(); err == nil {
+		t.Fatalf("read %q from an owner that answers nothing", data)
+	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("the relayed websocket of a stalled owner still open after a minute")
+	}
+}
+
+// TestForwardSlowAnswerIsNotCut: an owner that holds an answer across several checks, answering
+// them, is left to answer (a long-poll, a /service computation): only a target that answers
+// nothing at all has its calls ended.
+func TestForwardSlowAnswerIsNotCut(t *testing.T) {
+	checked := make(chan struct{}, 64)
+	_, to := owner(t, "owner", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" {
+			select {
+			case checked <- struct{}{}:
+			default:
+			}
+			return
+		}
+		for range 3 { // held until three checks have come and gone
+			select {
+			case <-checked:
+			case <-r.Context().Done():
+				return
+			}
+		}
+		io.WriteString(w, "held answer")
+	}))
+	fwd := quickChecks(t, "front")
+	rec := httptest.NewRecorder()
+	err := forwardOrHang(t, fwd, rec, httptest.NewRequest(http.MethodGet, "/kernel/k/poll?wait=25", nil), to)
+	if err != nil || rec.Code != http.StatusOK || rec.Body.String() != "held answer" {
+		t.Errorf("Forward = %v, answer %d %q", err, rec.Code, rec.Body)
+	}
+}
