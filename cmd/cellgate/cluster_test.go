@@ -18,17 +18,16 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"github.com/rs/zerolog"
 
 	"github.com/cellgate/cellgate/deploy"
 	"github.com/cellgate/cellgate/deploy/localcluster"
 	"github.com/cellgate/cellgate/gateway"
-	"github.com/cellgate/cellgate/storage"
 )
 
 // The cluster test: three cellgate processes (this test binary as cellgate serve) sharing one
-// database over TCP, Debian's haproxy in front of them with deploy/haproxy.cfg's settings (round
-// robin, no stickiness), and clients that only know haproxy's address.
+// database over TCP (FerretDB in a process of its own on PostgreSQL, standing in for MongoDB),
+// Debian's haproxy in front of them with deploy/haproxy.cfg's settings (round robin, no
+// stickiness), and clients that only know haproxy's address.
 
 const (
 	testClusterSecret = "a cluster secret for tests only"
@@ -36,9 +35,15 @@ const (
 )
 
 // startInstance runs cellgate serve (this test binary as main) as instance id of a cluster on
-// the database at uri. Its kernels are in its process group, which the test kills at the end
-// whatever happened.
+// the database at uri, in a directory of its own, on a free port. Its kernels are in its process
+// group, which the test kills at the end whatever happened.
 func startInstance(t *testing.T, id, uri string) *localcluster.Instance {
+	t.Helper()
+	return startInstanceAt(t, id, uri, instanceDir(t), "")
+}
+
+// instanceDir is a directory for an instance's data and runtime directories, removed at the end.
+func instanceDir(t *testing.T) string {
 	t.Helper()
 	// Kernels' sockets live in the runtime directory: a short path.
 	dir, err := os.MkdirTemp("/tmp", "cgcl")
@@ -46,8 +51,15 @@ func startInstance(t *testing.T, id, uri string) *localcluster.Instance {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// startInstanceAt is startInstance in dir (its --data-dir, with the permalink journal, is
+// dir/data) at addr ("" for a free port): a restart keeps both.
+func startInstanceAt(t *testing.T, id, uri, dir, addr string) *localcluster.Instance {
+	t.Helper()
 	in, err := localcluster.StartInstance(localcluster.InstanceConfig{
-		ID: id, DatabaseURI: uri, Secret: testClusterSecret, Dir: dir,
+		ID: id, Addr: addr, DatabaseURI: uri, Secret: testClusterSecret, Dir: dir,
 		Args: []string{"--sandbox", "none", "--pool", "python3=1", "--max-kernels", "8", "--max-kernels-per-address", "16",
 			"--trust-proxy", "--poll-wait", "2s", "--lease-timeout", "60s", "--token", testClusterToken, "--drain-timeout", "30s",
 			"--cluster-heartbeat", "200ms", "--cluster-expiry", "2s"},
@@ -63,6 +75,33 @@ func startInstance(t *testing.T, id, uri string) *localcluster.Instance {
 		}
 	})
 	return in
+}
+
+// startClusterDatabase starts the cluster's database as production-like as this machine
+// allows (there is no MongoDB here): FerretDB as a process of its own (cmd/cellgate-ferretdb,
+// built here) on a throwaway PostgreSQL cluster, reached by the instances over loopback TCP.
+func startClusterDatabase(t *testing.T) *localcluster.Database {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	bin, err := localcluster.BuildFerretDB(ctx, filepath.Join("..", ".."), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, err := localcluster.StartDatabase(ctx, bin, localcluster.PostgreSQLConfig{NoSync: true})
+	if errors.Is(err, localcluster.ErrNoPostgreSQL) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("cellgate-ferretdb output:\n%s\nPostgreSQL log:\n%s", db.FerretDB.Output(), db.PostgreSQL.Log())
+		}
+		db.Stop()
+	})
+	return db
 }
 
 // testBinaryAsMain runs cellgate with args as this test binary's TestMain does.
@@ -229,14 +268,9 @@ func execute(t *testing.T, ws *websocket.Conn, msgID, code string) (stdout strin
 // with SIGKILL, and their clients are told why their sessions ended.
 func TestClusterBehindHAProxy(t *testing.T) {
 	freeAddr(t) // skips under -short
-	db, err := storage.StartEmbedded(context.Background(), storage.EmbeddedConfig{
-		Dir: t.TempDir(), Addr: "127.0.0.1:0", Logger: zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = db.Close() })
-	if !strings.Contains(db.URI(), "127.0.0.1") {
-		t.Fatalf("embedded database at %s, want TCP on 127.0.0.1", db.URI())
+	db := startClusterDatabase(t)
+	if !strings.HasPrefix(db.URI(), "mongodb://127.0.0.1:") {
+		t.Fatalf("database at %s, want TCP on 127.0.0.1", db.URI())
 	}
 	var instances []*localcluster.Instance
 	for i := 1; i <= 3; i++ {
@@ -357,6 +391,91 @@ func TestClusterBehindHAProxy(t *testing.T) {
 			}
 			return len(readers) == 3
 		})
+	})
+
+	// Nothing acknowledged is lost: a fourth instance (not behind the balancer) acknowledges an
+	// execution's permalink, then, its way to the database cut, more permalinks (POST
+	// /permalink: they are in its journal only), and is killed at once (SIGKILL, kernels and
+	// all). The others do not know those permalinks; restarted with the same --data-dir (its
+	// journal) and address, it writes them, and every instance reads every one of them.
+	t.Run("journal", func(t *testing.T) {
+		relay, err := localcluster.StartRelay(strings.TrimSuffix(strings.TrimPrefix(db.URI(), "mongodb://"), "/"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer relay.Close()
+		dir := instanceDir(t)
+		in := startInstanceAt(t, "cg4", "mongodb://"+relay.Addr+"/", dir, "")
+		waitReady(t, "http://"+in.Addr)
+		direct := &clusterClient{t: t, front: in.Addr, http: c.http}
+		want := map[string]string{} // permalink id: its code
+		executed := "print('executed on cg4')"
+		a := direct.form("/service", url.Values{"code": {executed}, "language": {"python"}})
+		res := decode[struct {
+			Success   bool
+			Permalink string
+		}](t, a)
+		if !res.Success || res.Permalink == "" {
+			t.Fatalf("/service on cg4: %d %s", a.status, a.body)
+		}
+		want[res.Permalink] = executed
+		relay.Cut()
+		var unwritten []string
+		for i := range 3 {
+			code := fmt.Sprintf("print('acknowledged while the database was out of reach, %d')", i)
+			a := direct.form("/permalink", url.Values{"code": {code}, "language": {"python"}})
+			if a.status != http.StatusOK {
+				t.Fatalf("POST /permalink on cg4 without its database: %d %s", a.status, a.body)
+			}
+			q := decode[struct{ Query string }](t, a).Query
+			want[q] = code
+			unwritten = append(unwritten, q)
+		}
+		if err := in.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		<-in.Exited()
+		for _, q := range unwritten {
+			if a := c.do(http.MethodGet, "/permalink?q="+q, nil, ""); a.status != http.StatusNotFound {
+				t.Fatalf("permalink %s, acknowledged by cg4 without its database, answered %d by %s before cg4 restarted: the test did not cut it off", q, a.status, a.picked())
+			}
+		}
+		restarted := startInstanceAt(t, "cg4", db.URI(), dir, in.Addr)
+		waitReady(t, "http://"+restarted.Addr)
+		if replay := restarted.Logs.Find("replaying unwritten permalinks from the journal"); replay == nil {
+			t.Errorf("restarted cg4 replayed no journal")
+		} else if n, _ := replay["permalinks"].(float64); int(n) < len(unwritten) {
+			t.Errorf("restarted cg4 replayed %v permalinks, want at least %d", replay["permalinks"], len(unwritten))
+		}
+		readers := append([]*localcluster.Instance{restarted}, instances...)
+		for q, code := range want {
+			for _, r := range readers {
+				eventually(t, 60*time.Second, "permalink "+q+" readable from "+r.ID, func() bool {
+					resp, err := http.Get(r.URL() + "permalink?q=" + q)
+					if err != nil {
+						t.Fatalf("GET /permalink from %s: %v", r.ID, err)
+					}
+					defer resp.Body.Close()
+					var cell []any
+					if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&cell) != nil {
+						return false
+					}
+					if len(cell) != 3 || cell[0] != code {
+						t.Fatalf("permalink %s from %s: %v, want code %q", q, r.ID, cell, code)
+					}
+					return true
+				})
+			}
+		}
+		// cg4 leaves: the balancer does not know it, and later subtests place sessions on the three.
+		if err := restarted.Cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-restarted.Exited():
+		case <-time.After(60 * time.Second):
+			t.Fatal("cg4 did not exit after SIGTERM")
+		}
 	})
 
 	t.Run("files", func(t *testing.T) {
@@ -561,6 +680,44 @@ func TestClusterBehindHAProxy(t *testing.T) {
 				_ = in.Cmd.Process.Signal(syscall.SIGCONT)
 			}
 		}()
+		// Asked of another instance at once, while the paused owner's record has not expired: that
+		// instance forwards the request, and the owner takes the connection (its kernel does) and
+		// never answers. The forwarder notices it answers no check (cluster.ForwarderConfig
+		// CheckAfter) and the request is answered (503, or ended once the owner is declared
+		// dead) instead of waiting for ever. The client's own timeout only catches a hang.
+		var other *localcluster.Instance
+		for _, o := range instances {
+			if o.ID != owner {
+				other = o
+				break
+			}
+		}
+		patient := &http.Client{Timeout: 3 * time.Minute}
+		asked := time.Now()
+		resp, err := patient.Get(other.URL() + "kernel/" + id + "/poll?client=lc&wait=0")
+		if err != nil {
+			t.Fatalf("a long-poll asked of %s for a session of the paused %s: %v", other.ID, owner, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var polled struct{ Ended bool }
+		if !(resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusOK && json.Unmarshal(body, &polled) == nil && polled.Ended) {
+			t.Errorf("a long-poll for a session of the paused %s: %d %s, want 503 or ended", owner, resp.StatusCode, body)
+		}
+		t.Logf("figure: a long-poll for a session of a paused instance answered %d after %v (expiry 2 s)", resp.StatusCode, time.Since(asked).Round(time.Millisecond))
+		dialer := websocket.Dialer{HandshakeTimeout: 3 * time.Minute}
+		asked = time.Now()
+		ws, wsResp, err := dialer.Dial("ws://"+other.Addr+"/kernel/"+id+"/channels", nil)
+		switch {
+		case err == nil:
+			dead := readUntil(t, ws, func(f map[string]any) bool { return state(f) == "dead" })
+			ws.Close()
+			t.Logf("figure: a websocket to a session of a paused instance told %q after %v", dead["content"].(map[string]any)["reason"], time.Since(asked).Round(time.Millisecond))
+		case wsResp == nil:
+			t.Errorf("a websocket asked of %s for a session of the paused %s: %v", other.ID, owner, err)
+		default:
+			t.Logf("figure: a websocket to a session of a paused instance refused %d after %v", wsResp.StatusCode, time.Since(asked).Round(time.Millisecond))
+		}
 		// A request that reaches the paused process (from haproxy, or forwarded before the others
 		// know) waits for it: ask with a short timeout, again and again.
 		quick := &http.Client{Timeout: 2 * time.Second}
@@ -581,7 +738,7 @@ func TestClusterBehindHAProxy(t *testing.T) {
 			return in.Logs.Find("cluster: this instance was declared dead by the others (missed heartbeats); ending its sessions and registering anew") != nil &&
 				len(in.Logs.All("cluster: instance registered")) >= 2
 		})
-		resp, err := http.Get(in.URL() + "kernel/" + id + "/poll?client=lc&wait=0")
+		resp, err = http.Get(in.URL() + "kernel/" + id + "/poll?client=lc&wait=0")
 		if err != nil {
 			t.Fatal(err)
 		}
