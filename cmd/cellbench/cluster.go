@@ -17,12 +17,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/rs/zerolog"
-
 	"github.com/cellgate/cellgate/cluster"
 	"github.com/cellgate/cellgate/deploy"
 	"github.com/cellgate/cellgate/deploy/localcluster"
-	"github.com/cellgate/cellgate/storage"
 )
 
 const secCluster = "Cluster: three instances on one database behind HAProxy (deploy/haproxy.cfg)"
@@ -55,17 +52,18 @@ func (e *env) phaseCluster(ctx context.Context) error {
 		return err
 	}
 	_ = os.Chmod(dir, 0o711)
-	dbLog, err := os.Create(filepath.Join(dir, "ferretdb.log"))
-	if err != nil {
-		return err
-	}
-	defer dbLog.Close()
-	db, err := storage.StartEmbedded(ctx, storage.EmbeddedConfig{Dir: filepath.Join(dir, "db"), Addr: "127.0.0.1:0",
-		Logger: zerolog.New(dbLog).Level(zerolog.WarnLevel)})
+	// The database as the cluster tests run it: FerretDB as a process of its own
+	// (cmd/cellgate-ferretdb, built from this module: cellbench runs from its root) on a
+	// throwaway PostgreSQL cluster, with PostgreSQL's own durability settings.
+	bin, err := localcluster.BuildFerretDB(ctx, ".", dir)
 	if err != nil {
 		return fmt.Errorf("database: %w", err)
 	}
-	defer db.Close()
+	db, err := localcluster.StartDatabase(ctx, bin, localcluster.PostgreSQLConfig{})
+	if err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	defer db.Stop()
 	bc := &benchCluster{e: e, secret: "cellbench-" + randomHex(16), dbURI: db.URI(), token: "cellbench-" + randomHex(12)}
 	defer bc.stopAll()
 	for i := range clusterSize {
@@ -112,7 +110,7 @@ func (e *env) phaseCluster(ctx context.Context) error {
 		return err
 	}
 	def := cluster.DefaultConfig()
-	e.clusterShown = fmt.Sprintf("%d × `%s`, FerretDB (in cellbench) over TCP, cluster heartbeat %s and expiry %s (cluster.DefaultConfig); haproxy health checks `%s`",
+	e.clusterShown = fmt.Sprintf("%d × `%s`, FerretDB (`cellgate-ferretdb`, its own process) on PostgreSQL over TCP, cluster heartbeat %s and expiry %s (cluster.DefaultConfig); haproxy health checks `%s`",
 		clusterSize, bc.shownArgs(), def.Heartbeat, def.Expiry, checkTiming(shipped))
 
 	progress("instances ready; hop")
