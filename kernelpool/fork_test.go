@@ -204,9 +204,11 @@ func runStartModes(b *testing.B, modes []startMode, f func(b *testing.B, mode st
 // (and its InteractiveShell) is, seen from inside, the kernel a cold start
 // makes: the same shell wired to its own kernel, history in a file of its
 // own home with its saving thread, In/Out/_dh the history's lists, the
-// environment, the profile directories, the magics, sys.path. SQLite's
-// journal files are left out of the directory listing: they exist only
-// while the history thread is writing, in either kind of kernel.
+// environment, the profile directories, the magics, sys.path, the CPUs
+// each of its threads may run on (the template pins a kernel's start to
+// one). SQLite's journal files are left out of the directory listing:
+// they exist only while the history thread is writing, in either kind of
+// kernel.
 func TestForkedKernelIsLikeACold(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the bwrap sandbox needs root")
@@ -225,6 +227,7 @@ print(json.dumps({
   "main": sys.modules["__main__"] is ip.user_module,
   "magics": sorted(ip.magics_manager.lsmagic()["line"]),
   "threads": sorted(re.sub(r"-\d+", "-N", t.name) for t in threading.enumerate()),
+  "cpus": sorted(str(sorted(os.sched_getaffinity(int(t)))) for t in os.listdir("/proc/self/task")),
   "path": sys.path[:2],
   "session": hm.session_number,
   "matplotlib": __import__("matplotlib").get_backend(),
