@@ -43,8 +43,17 @@ func (f *Forwarder) DialWebsocket(ctx context.Context, to Instance, uri, host, c
 	if client != "" {
 		h.Set("X-Forwarded-For", client)
 	}
+	dialer := &net.Dialer{Timeout: f.dialTimeout, KeepAlive: 30 * time.Second}
 	d := websocket.Dialer{
-		NetDialContext:   (&net.Dialer{Timeout: f.dialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		// The connection is watched as a forwarded call is: a bridge to an owner that stalls
+		// is closed rather than left silent.
+		NetDialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			conn, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return f.watchConn(conn, target), nil
+		},
 		HandshakeTimeout: f.dialTimeout,
 		Proxy:            nil, // instances reach each other directly
 	}

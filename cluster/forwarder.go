@@ -191,6 +191,31 @@ func (f *Forwarder) watch(ctx context.Context, target *url.URL, cancel context.C
 	}
 }
 
+// watchedConn is a connection of this instance's own to another (DialWebsocket's), closed by
+// the Forwarder once that instance answers no check, as a forwarded call would be ended.
+type watchedConn struct {
+	net.Conn
+	stop context.CancelCauseFunc
+}
+
+func (c *watchedConn) Close() error {
+	c.stop(nil)
+	return c.Conn.Close()
+}
+
+// watchConn watches conn's target (watch) for as long as conn is open, closing conn if the
+// target stalls: whoever reads it then learns that it ended instead of waiting for ever.
+func (f *Forwarder) watchConn(conn net.Conn, target *url.URL) net.Conn {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	go func() {
+		f.watch(ctx, target, cancel)
+		if errors.Is(context.Cause(ctx), errStalled) {
+			_ = conn.Close()
+		}
+	}()
+	return &watchedConn{Conn: conn, stop: cancel}
+}
+
 // answers checks that target answers at all (GET healthz under it, any status): nil if it did,
 // within CheckAfter (the shared verdict) or now; else why not. Calls to one target share one
 // check at a time and its verdict for CheckAfter.

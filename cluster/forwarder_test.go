@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -349,10 +350,10 @@ func TestForwardToStalledTarget(t *testing.T) {
 	}
 }
 
-// TestForwardedWebsocketOfStalledTarget: a websocket relayed to an owner that then stops
-// answering (its frames and its checks) is closed for the client, who reconnects and learns
-// what became of the session, rather than sitting on a silent connection for ever.
-func TestForwardedWebsocketOfStalledTarget(t *testing.T) {
+// stallingEchoOwner is an instance that echoes websocket messages until stall is closed, and
+// then, as a paused process, reads what it is sent and answers nothing, its checks included.
+func stallingEchoOwner(t *testing.T) (Instance, chan struct{}) {
+	t.Helper()
 	stall := make(chan struct{})
 	upgrader := websocket.Upgrader{}
 	_, to := owner(t, "owner", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -384,14 +385,13 @@ func TestForwardedWebsocketOfStalledTarget(t *testing.T) {
 			}
 		}
 	}))
-	fwd := quickChecks(t, "front")
-	fsrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_ = fwd.Forward(w, r, to, "192.0.2.1")
-	}))
-	t.Cleanup(fsrv.Close)
-	conn, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(fsrv.URL, "http")+"/kernel/k/channels", nil)
-	must(t, err)
-	defer conn.Close()
+	return to, stall
+}
+
+// echoThenStall checks that conn echoes, stalls its owner, and checks that conn is closed rather
+// than left silent.
+func echoThenStall(t *testing.T, conn *websocket.Conn, stall chan struct{}) {
+	t.Helper()
 	must(t, conn.WriteMessage(websocket.TextMessage, []byte("before")))
 	conn.SetReadDeadline(time.Now().Add(time.Minute))
 	if _, data, err := conn.ReadMessage(); err != nil || string(data) != "before" {
@@ -402,8 +402,38 @@ func TestForwardedWebsocketOfStalledTarget(t *testing.T) {
 	if _, data, err := conn.ReadMessage(); err == nil {
 		t.Fatalf("read %q from an owner that answers nothing", data)
 	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
-		t.Fatal("the relayed websocket of a stalled owner still open after a minute")
+		t.Fatal("the websocket of a stalled owner still open after a minute")
 	}
+}
+
+// TestForwardedWebsocketOfStalledTarget: a websocket relayed to an owner that then stops
+// answering (its frames and its checks) is closed for the client, who reconnects and learns
+// what became of the session, rather than sitting on a silent connection for ever.
+func TestForwardedWebsocketOfStalledTarget(t *testing.T) {
+	to, stall := stallingEchoOwner(t)
+	fwd := quickChecks(t, "front")
+	fsrv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_ = fwd.Forward(w, r, to, "192.0.2.1")
+	}))
+	t.Cleanup(fsrv.Close)
+	conn, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(fsrv.URL, "http")+"/kernel/k/channels", nil)
+	must(t, err)
+	defer conn.Close()
+	echoThenStall(t, conn, stall)
+}
+
+// TestDialedWebsocketOfStalledTarget: a websocket of this instance's own to another (a SockJS
+// bridge) is closed once that instance stops answering, so the bridge ends (and the page's next
+// message finds what became of the kernel) instead of staying silent.
+func TestDialedWebsocketOfStalledTarget(t *testing.T) {
+	to, stall := stallingEchoOwner(t)
+	fwd := quickChecks(t, "front")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := fwd.DialWebsocket(ctx, to, "/kernel/k/channels?session_id=s", "cells.example.org", "192.0.2.1")
+	must(t, err)
+	defer conn.Close()
+	echoThenStall(t, conn, stall)
 }
 
 // TestForwardSlowAnswerIsNotCut: an owner that holds an answer across several checks, answering
