@@ -3,6 +3,7 @@ package localcluster
 import (
 	"context"
 	"errors"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -75,7 +76,7 @@ func TestDatabaseOnPostgreSQL(t *testing.T) {
 			t.Errorf("%s still running after Stop", name)
 		}
 	}
-	if _, err := exec.Command("ls", dir).Output(); err == nil {
-		t.Errorf("%s left behind", dir)
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s left behind: %v", dir, err)
 	}
 }
