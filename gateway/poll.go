@@ -41,7 +41,8 @@ type pollResponse struct {
 	Reason   string            `json:"reason,omitempty"`
 }
 
-// pollBatch caps the messages of one poll answer.
+// pollBatch caps the messages of one poll answer (clientQueueBytes their
+// bytes).
 const pollBatch = 512
 
 // pollTarget is what a poll request names: a live session, or the
@@ -125,31 +126,93 @@ func (s *Server) pollReceive(c echo.Context) error {
 	sess.KeepAttached(client, wait+s.cfg.PollWait)
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
+	budget := sessionBudget(sess)
 	for {
-		msgs, missed, changed, closed := sess.Replay().Since(since, client, pollBatch)
-		if len(msgs) > 0 || closed {
-			resp := pollResponse{Next: since, Missed: missed, Messages: []json.RawMessage{}}
-			for _, e := range msgs {
-				data, err := sageJSON(e)
-				if err == nil {
-					resp.Messages = append(resp.Messages, data)
-				}
-				resp.Next = e.Seq
-			}
-			if closed && len(msgs) < pollBatch {
-				resp.Ended, resp.Reason = true, sess.Reason()
-			}
-			sess.RememberCursor(client, resp.Next)
-			return c.JSON(http.StatusOK, resp)
+		b := takeBatch(sess, budget, since, client, pollBatch)
+		if b.through != since || b.closed {
+			return s.answerPoll(c, sess, client, b)
 		}
 		select {
-		case <-changed:
+		case <-b.changed:
 		case <-timer.C:
 			return c.JSON(http.StatusOK, pollResponse{Next: since, Messages: []json.RawMessage{}})
 		case <-c.Request().Context().Done():
 			return nil
 		}
 	}
+}
+
+// pollTail is a poll answer after its messages.
+type pollTail struct {
+	Next   uint64 `json:"next"`
+	Missed uint64 `json:"missed,omitempty"`
+	Ended  bool   `json:"ended"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// answerPoll writes a poll answer of b's messages, one message at a time:
+// the answer is never encoded whole, each message is charged while its
+// encoding is written, and a client that does not read the answer holds
+// the batch for at most writeTimeout.
+func (s *Server) answerPoll(c echo.Context, sess *session.Session, client string, b *heldBatch) error {
+	defer b.release()
+	tail := pollTail{Next: b.through, Missed: b.missed}
+	if b.closed {
+		if more, _, _, _ := sess.Replay().Since(b.through, client, 1); len(more) == 0 {
+			tail.Ended, tail.Reason = true, sess.Reason()
+		}
+	}
+	sess.RememberCursor(client, tail.Next)
+	w := c.Response()
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeTimeout))
+	w.Header().Set(echo.HeaderContentType, echo.MIMEApplicationJSON)
+	w.WriteHeader(http.StatusOK)
+	sep := ""
+	writeRaw := func(data []byte) bool {
+		if _, err := io.WriteString(w, sep); err != nil {
+			return false
+		}
+		sep = ","
+		_, err := w.Write(data)
+		return err == nil
+	}
+	if _, err := io.WriteString(w, `{"messages":[`); err != nil {
+		return nil
+	}
+	for i, e := range b.entries {
+		data, err := sageJSON(e)
+		if err != nil {
+			b.done(i)
+			continue
+		}
+		frame, ok := b.holdFrame(i, len(data))
+		if !ok {
+			continue
+		}
+		b.done(i)
+		if notice, ok := b.skipNotice(sess, e.Seq-1); ok {
+			if nd, err := sageJSON(notice); err == nil && !writeRaw(nd) {
+				frame.Release()
+				return nil
+			}
+		}
+		ok = writeRaw(data)
+		frame.Release()
+		if !ok {
+			return nil
+		}
+	}
+	if notice, ok := b.skipNotice(sess, b.through); ok {
+		if nd, err := sageJSON(notice); err == nil && !writeRaw(nd) {
+			return nil
+		}
+	}
+	end, err := json.Marshal(tail)
+	if err != nil {
+		return nil
+	}
+	_, _ = io.WriteString(w, "],"+string(end[1:]))
+	return nil
 }
 
 // splitPollBody reads a poll POST body: one message frame, or a JSON

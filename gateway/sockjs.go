@@ -16,6 +16,7 @@ import (
 
 	"github.com/cellgate/cellgate/gateway/session"
 	"github.com/cellgate/cellgate/jupytermsg"
+	"github.com/cellgate/cellgate/kernelpool"
 )
 
 // The Sage cell's own front end talks to its server over SockJS at
@@ -35,8 +36,8 @@ const (
 	completePrefix = "complete"
 )
 
-// sockjsHandler serves /sockjs/*.
-func (s *Server) sockjsHandler() http.Handler {
+// sockjsHandler serves /sockjs/*; outboxes are its connections'.
+func (s *Server) sockjsHandler(outboxes *sockjsOutboxes) http.Handler {
 	opts := sockjs.DefaultOptions
 	// The client is the page's own copy of sockjs-client: no iframe
 	// transport (it would load a script from elsewhere).
@@ -45,7 +46,7 @@ func (s *Server) sockjsHandler() http.Handler {
 	opts.WebsocketUpgrader = &websocket.Upgrader{CheckOrigin: s.originAllowed}
 	opts.WebsocketWriteTimeout = writeTimeout
 	opts.HeartbeatDelay = s.cfg.PingInterval
-	return sockjs.NewHandler(sockjsPrefix, opts, s.serveSockJS)
+	return sockjs.NewHandler(sockjsPrefix, opts, func(sj sockjs.Session) { s.serveSockJS(sj, outboxes) })
 }
 
 // sockjsConn is one page's SockJS connection and the kernel streams it
@@ -54,6 +55,11 @@ type sockjsConn struct {
 	s   *Server
 	sj  sockjs.Session
 	ctx context.Context
+
+	// sendMu keeps the order of the messages handed to the library the
+	// order of out's.
+	sendMu sync.Mutex
+	out    *sockjsOutbox
 
 	mu      sync.Mutex
 	streams map[string]*sockjsStream // by kernel id
@@ -77,10 +83,15 @@ type sockjsStream struct {
 	completing map[string]bool
 }
 
-func (s *Server) serveSockJS(sj sockjs.Session) {
+func (s *Server) serveSockJS(sj sockjs.Session, outboxes *sockjsOutboxes) {
 	ctx, cancel := context.WithCancel(sj.Context())
 	defer cancel()
-	conn := &sockjsConn{s: s, sj: sj, ctx: ctx, streams: map[string]*sockjsStream{}}
+	conn := &sockjsConn{s: s, sj: sj, ctx: ctx, streams: map[string]*sockjsStream{}, out: newSockJSOutbox()}
+	forget := outboxes.add(sj.ID(), conn.out)
+	defer forget()
+	// Whatever the library still holds of this connection's is let go
+	// with it.
+	defer conn.out.close()
 	transport := "sockjs"
 	s.metrics.session.Clients.WithLabelValues(transport).Inc()
 	defer s.metrics.session.Clients.WithLabelValues(transport).Dec()
@@ -209,38 +220,76 @@ func (c *sockjsConn) stream(id string) (*sockjsStream, error) {
 func (c *sockjsConn) write(st *sockjsStream, cursor uint64) {
 	defer func() { st.sess.RememberCursor(st.clientID, cursor) }()
 	const batch = 256
+	budget := sessionBudget(st.sess)
 	prefix := st.sess.ID() + "/channels"
 	for {
-		msgs, missed, changed, closed := st.sess.Replay().Since(cursor, st.clientID, batch)
-		if missed > 0 && len(msgs) > 0 {
-			if notice, err := truncationNotice(st.sess, msgs[0], missed); err == nil {
-				if !c.send(prefix, notice) {
-					return
-				}
-			}
+		b := takeBatch(st.sess, budget, cursor, st.clientID, batch)
+		ok := c.writeBatch(st, prefix, b)
+		b.release()
+		if !ok {
+			return
 		}
-		for _, e := range msgs {
-			to := prefix
-			if e.Channel == jupytermsg.Shell && st.completion(e.Msg.ParentMsgID()) {
-				to = completePrefix
-			}
-			if !c.send(to, e) {
-				return
-			}
-			cursor = e.Seq
+		if cursor != b.through {
+			cursor = b.through
+			continue // the batch may have stopped at its bounds
 		}
-		if len(msgs) == batch {
-			continue
-		}
-		if closed {
+		if b.closed {
 			return
 		}
 		select {
-		case <-changed:
+		case <-b.changed:
 		case <-c.ctx.Done():
 			return
 		}
 	}
+}
+
+// writeBatch hands b's messages to the page, each once the outbox has room
+// and charged until the library has written it; false means the connection
+// is over.
+func (c *sockjsConn) writeBatch(st *sockjsStream, prefix string, b *heldBatch) bool {
+	sendNotice := func(e session.Entry) bool {
+		frame, err := sageJSON(e)
+		return err != nil || c.sendText(prefix+","+string(frame), nil)
+	}
+	if b.missed > 0 && len(b.entries) > 0 {
+		if notice, err := truncationNotice(st.sess, b.entries[0], b.missed); err == nil && !sendNotice(notice) {
+			return false
+		}
+	}
+	for i, e := range b.entries {
+		if !c.out.waitRoom(c.ctx) {
+			return false
+		}
+		to := prefix
+		if e.Channel == jupytermsg.Shell && st.completion(e.Msg.ParentMsgID()) {
+			to = completePrefix
+		}
+		frame, err := sageJSON(e)
+		if err != nil {
+			c.s.log.Warn().Err(err).Str("session", st.sess.ID()).Msg("encode message")
+			b.done(i)
+			continue
+		}
+		text := to + "," + string(frame)
+		frame = nil
+		charge, ok := b.holdFrame(i, len(text))
+		if !ok {
+			continue
+		}
+		b.done(i)
+		if notice, ok := b.skipNotice(st.sess, e.Seq-1); ok && !sendNotice(notice) {
+			charge.Release()
+			return false
+		}
+		if !c.sendText(text, charge) {
+			return false
+		}
+	}
+	if notice, ok := b.skipNotice(st.sess, b.through); ok {
+		return sendNotice(notice)
+	}
+	return true
 }
 
 // relay sends the messages of a kernel of another instance, as its owner
@@ -277,7 +326,7 @@ func (c *sockjsConn) relay(id string, st *sockjsStream) {
 		if json.Unmarshal(data, &routing) == nil && routing.Channel == string(jupytermsg.Shell) && st.completion(routing.ParentHeader.MsgID) {
 			to = completePrefix
 		}
-		if c.sj.Send(to+","+string(data)) != nil {
+		if !c.out.waitRoom(c.ctx) || !c.sendText(to+","+string(data), nil) {
 			return
 		}
 	}
@@ -289,7 +338,30 @@ func (c *sockjsConn) send(prefix string, e session.Entry) bool {
 		c.s.log.Warn().Err(err).Str("session", e.Msg.Header.Session).Msg("encode message")
 		return true
 	}
-	return c.sj.Send(prefix+","+string(frame)) == nil
+	return c.sendText(prefix+","+string(frame), nil)
+}
+
+// sendText hands one message to the library, in the outbox with charge
+// until a frame carrying it is written; false means the connection is
+// over (what it held is let go when the connection ends).
+func (c *sockjsConn) sendText(text string, charge *kernelpool.Charge) bool {
+	c.sendMu.Lock()
+	defer c.sendMu.Unlock()
+	// Into the outbox first: on an http transport the library may write
+	// it within Send.
+	if !c.out.push(int64(len(text)), charge) {
+		return false
+	}
+	if c.sj.Send(text) != nil {
+		return false
+	}
+	switch c.sj.ReceiverType() {
+	case sockjs.ReceiverTypeWebsocket, sockjs.ReceiverTypeRawWebsocket:
+		// The websocket receiver writes within Send, or has failed and
+		// the connection is ending.
+		c.out.writtenAll()
+	}
+	return true
 }
 
 // problem tells the page what went wrong with a message on stream prefix.
@@ -298,7 +370,7 @@ func (c *sockjsConn) problem(prefix, text string) {
 	if prefix == "" {
 		prefix = "gateway"
 	}
-	_ = c.sj.Send(prefix + "," + string(data))
+	c.sendText(prefix+","+string(data), nil)
 }
 
 // completion reports (once) whether msgID was a request of the complete
@@ -368,8 +440,12 @@ func (c *sockjsConn) answerNoCompletions(request *jupytermsg.Message) {
 // through the connection (the library sets no read limit); the xhr
 // transports' bodies are capped by the body limit.
 func (s *Server) sockjsRoutes(e *echo.Echo) {
-	handler := s.sockjsHandler()
+	outboxes := &sockjsOutboxes{byID: map[string]*sockjsOutbox{}}
+	handler := s.sockjsHandler(outboxes)
 	h := echo.WrapHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if id, ok := sockjsReceiving(r); ok {
+			w = &sockjsFrameWriter{ResponseWriter: w, outboxes: outboxes, session: id}
+		}
 		switch {
 		case websocket.IsWebSocketUpgrade(r):
 			w = limitingWriter{ResponseWriter: w, limit: s.cfg.MaxMessageBytes}

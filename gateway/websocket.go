@@ -17,6 +17,7 @@ import (
 
 	"github.com/cellgate/cellgate/gateway/session"
 	"github.com/cellgate/cellgate/jupytermsg"
+	"github.com/cellgate/cellgate/kernelpool"
 )
 
 // codec is one websocket encoding of Jupyter messages.
@@ -255,6 +256,7 @@ func (s *Server) writeClient(conn *websocket.Conn, sess *session.Session, client
 		return conn.WriteControl(websocket.PingMessage, []byte(strconv.FormatUint(cursor, 10)), time.Now().Add(writeTimeout)) == nil
 	}
 	const batch = 256
+	budget := sessionBudget(sess)
 	// The ping that acknowledges delivery waits until output pauses: a
 	// ping (and its pong) in the middle of an execution's burst of
 	// messages costs that execution about half a millisecond.
@@ -275,26 +277,18 @@ func (s *Server) writeClient(conn *websocket.Conn, sess *session.Session, client
 			return
 		default:
 		}
-		msgs, missed, changed, closed := sess.Replay().Since(cursor, clientID, batch)
-		if missed > 0 && len(msgs) > 0 {
-			if notice, err := truncationNotice(sess, msgs[0], missed); err == nil {
-				if kind, data, err := cd.encode(notice); err == nil && !write(kind, data) {
-					return
-				}
-			}
+		b := takeBatch(sess, budget, cursor, clientID, batch)
+		if !s.writeBatch(sess, cd, b, write) {
+			b.release()
+			return
 		}
-		for _, e := range msgs {
-			kind, data, err := cd.encode(e)
-			if err != nil {
-				s.log.Warn().Err(err).Str("session", sess.ID()).Msg("encode message")
-			} else if !write(kind, data) {
-				return
-			}
-			cursor = e.Seq
-		}
-		if len(msgs) == batch {
+		if cursor != b.through {
+			cursor = b.through
+			// The batch may have stopped at its bounds: ask again before
+			// waiting.
 			continue
 		}
+		changed, closed := b.changed, b.closed
 		// One ping in flight at a time: the next goes once it is answered.
 		if cursor > pinged && ack.acked.Load() >= pinged && !ackArmed {
 			ackTimer.Reset(ackDelay)
@@ -329,6 +323,52 @@ func (s *Server) writeClient(conn *websocket.Conn, sess *session.Session, client
 	}
 }
 
+// writeBatch writes a batch to a websocket client, each message charged
+// while its frame is written and let go once written; false means the
+// connection failed. Its messages are all let go (written or skipped) when
+// it returns true.
+func (s *Server) writeBatch(sess *session.Session, cd codec, b *heldBatch, write func(kind int, data []byte) bool) bool {
+	writeEntry := func(e session.Entry) bool {
+		kind, data, err := cd.encode(e)
+		if err != nil {
+			s.log.Warn().Err(err).Str("session", sess.ID()).Msg("encode message")
+			return true
+		}
+		return write(kind, data)
+	}
+	if b.missed > 0 && len(b.entries) > 0 {
+		if notice, err := truncationNotice(sess, b.entries[0], b.missed); err == nil && !writeEntry(notice) {
+			return false
+		}
+	}
+	for i, e := range b.entries {
+		kind, data, err := cd.encode(e)
+		if err != nil {
+			s.log.Warn().Err(err).Str("session", sess.ID()).Msg("encode message")
+			b.done(i)
+			continue
+		}
+		frame, ok := b.holdFrame(i, len(data))
+		if !ok {
+			continue
+		}
+		b.done(i)
+		if notice, ok := b.skipNotice(sess, e.Seq-1); ok && !writeEntry(notice) {
+			frame.Release()
+			return false
+		}
+		ok = write(kind, data)
+		frame.Release()
+		if !ok {
+			return false
+		}
+	}
+	if notice, ok := b.skipNotice(sess, b.through); ok {
+		return writeEntry(notice)
+	}
+	return true
+}
+
 // ackDelay is how long output must pause before the writer asks the
 // client to acknowledge what it has (a resume after a drop repeats at most
 // what came in the last ackDelay and round trip).
@@ -343,4 +383,110 @@ func truncationNotice(sess *session.Session, next session.Entry, missed uint64) 
 		return session.Entry{}, err
 	}
 	return session.Entry{Seq: next.Seq - 1, Channel: jupytermsg.IOPub, Msg: m}, nil
+}
+
+// clientQueueBytes bounds the messages one client's transport holds at
+// once besides the one it is writing: the batch its writer takes from the
+// session's replay (the websocket), the messages of one poll answer, what
+// a SockJS connection has handed to its library and not yet seen written.
+// A batch always takes one message, however large (up to the per-message
+// cap). The replay is the queue behind it, shared by the session's
+// clients: a client that falls behind it is told how many messages it
+// missed, as before.
+const clientQueueBytes = 2 << 20
+
+// heldBatch is a batch of a session's messages a transport holds for one
+// client. Each message it holds is charged to the kernel message budget
+// (for its own reference: the replay may let the message go meanwhile)
+// until it is written, skipped or the batch let go; a message the budget
+// has no room for is skipped for this client, which is told.
+type heldBatch struct {
+	budget *kernelpool.MessageBudget
+	// entries and charges are parallel; a written entry is zeroed so
+	// that its message can be collected before the batch ends.
+	entries []session.Entry
+	charges []*kernelpool.Charge
+	// through is the last seq the batch covers, skipped messages included.
+	through uint64
+	missed  uint64
+	// skipped counts messages left out for the budget, not yet told.
+	skipped    uint64
+	skipParent []byte
+	changed    <-chan struct{}
+	closed     bool
+}
+
+// sessionBudget is the kernel message budget sess's messages are charged to.
+func sessionBudget(sess *session.Session) *kernelpool.MessageBudget {
+	return sess.Kernel().MessageBudget()
+}
+
+// takeBatch takes the messages after cursor client may see, at most limit
+// of them and clientQueueBytes together (one at least).
+func takeBatch(sess *session.Session, budget *kernelpool.MessageBudget, cursor uint64, client string, limit int) *heldBatch {
+	msgs, missed, changed, closed := sess.Replay().SinceWithin(cursor, client, limit, clientQueueBytes)
+	b := &heldBatch{budget: budget, through: cursor, missed: missed, changed: changed, closed: closed,
+		entries: make([]session.Entry, 0, len(msgs)), charges: make([]*kernelpool.Charge, 0, len(msgs))}
+	for _, e := range msgs {
+		b.through = e.Seq
+		c, ok := budget.Hold(int64(e.Size()))
+		if !ok {
+			b.skip(e.Msg.ParentHeader)
+			continue
+		}
+		b.entries = append(b.entries, e)
+		b.charges = append(b.charges, c)
+	}
+	return b
+}
+
+func (b *heldBatch) skip(parent []byte) {
+	if b.skipped == 0 {
+		b.skipParent = parent
+	}
+	b.skipped++
+}
+
+// holdFrame charges the frame encoded from entry i; false means the budget
+// has no room for it and the message is skipped (entry i let go).
+func (b *heldBatch) holdFrame(i int, frame int) (*kernelpool.Charge, bool) {
+	c, ok := b.budget.Hold(int64(frame))
+	if !ok {
+		b.skip(b.entries[i].Msg.ParentHeader)
+		b.done(i)
+	}
+	return c, ok
+}
+
+// done lets entry i go: written or skipped.
+func (b *heldBatch) done(i int) {
+	b.charges[i].Release()
+	b.charges[i] = nil
+	b.entries[i] = session.Entry{}
+}
+
+// release lets every entry not yet done go, once.
+func (b *heldBatch) release() {
+	for i := range b.charges {
+		if b.charges[i] != nil {
+			b.done(i)
+		}
+	}
+}
+
+// skipNotice tells the client how many messages it was not sent because
+// the budget had no room to hold them for it, as stderr of the request
+// of the first of them, and forgets them; ok is false if there is none.
+func (b *heldBatch) skipNotice(sess *session.Session, seq uint64) (session.Entry, bool) {
+	if b.skipped == 0 {
+		return session.Entry{}, false
+	}
+	n := b.skipped
+	b.skipped = 0
+	m, err := sess.GatewayMessage("stream", b.skipParent,
+		session.NoticeStream(fmt.Sprintf("%d messages of output were not sent to this client: the server holds as much kernel output as it may (kernel message budget)", n)))
+	if err != nil {
+		return session.Entry{}, false
+	}
+	return session.Entry{Seq: seq, Channel: jupytermsg.IOPub, Msg: m}, true
 }
