@@ -54,6 +54,12 @@ type Bwrap struct {
 	// checkEvery is how often a template's imported files are compared
 	// with the disk, at most (tests set 0: at every fork).
 	checkEvery time.Duration
+
+	// cgroups is where kernels' cgroups are made, and which limits they
+	// hold (cgroup.go); nil or empty: the accountant holds them all.
+	cgroups *cgroupHost
+	// launches numbers kernels' cgroups.
+	launches atomic.Uint64
 }
 
 // slot is the storage and uid of one kernel's directories. It outlives a
@@ -120,6 +126,8 @@ func NewBwrap(cfg Config) (*Bwrap, error) {
 	if err := b.sweep(); err != nil {
 		return nil, fmt.Errorf("sandbox bwrap: clean up after a previous run: %w", err)
 	}
+	b.cgroups = findCgroups()
+	b.sweepCgroups()
 	roArgs, err := readOnlyArgs(cfg.ReadOnly)
 	if err != nil {
 		return nil, fmt.Errorf("sandbox bwrap: %w", err)
@@ -157,13 +165,9 @@ func (b *Bwrap) Describe() string {
 		}
 		b.mu.Unlock()
 	}
-	share := "no CPU share"
-	if c.CPUShare > 0 {
-		share = fmt.Sprintf("CPU share %g cores", c.CPUShare)
-	}
-	return fmt.Sprintf("bwrap: uids %d..%d; %s; per process: cpu %v, address space %s, files %d, file size %s; per kernel: %d processes, tmpfs %s/%d inodes, lifespan %v; per kernel tree, by the gateway's accountant every %v: cpu %v, memory %s (PSS), %s (%s); %s",
+	return fmt.Sprintf("bwrap: uids %d..%d; %s; per process: cpu %v, address space %s, files %d, file size %s; per kernel: tmpfs %s/%d inodes, lifespan %v; per kernel, whole process tree: %s; %s",
 		c.UIDBase, c.UIDBase+c.UIDCount-1, filter, c.CPUTime, mib(c.Memory), c.OpenFiles, mib(c.FileSize),
-		c.Processes, mib(c.Disk), c.Inodes, c.Lifespan, c.LimitEvery, c.CPUTime, mib(c.Memory), share, cgroupNote(), fork)
+		mib(c.Disk), c.Inodes, c.Lifespan, b.cgroups.describe(&c), fork)
 }
 
 func mib(n int64) string { return fmt.Sprintf("%dMiB", n>>20) }
@@ -310,18 +314,25 @@ func (b *Bwrap) Launch(ctx context.Context, req Request) (*Process, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The kernel's own cgroup, its limits set before anything of it runs.
+	cg, err := b.cgroups.create(kernelCgroupName(sl.uid, req.WorkDir, b.launches.Add(1)))
+	if err == nil && cg != nil {
+		err = cg.setLimits(&b.cfg)
+	}
 	var p *Process
-	if kind, args, ok := b.forkable(req.Argv); ok && b.cfg.Fork {
-		if p, err = b.launchForked(ctx, req, sl, kind, args); err != nil {
+	if kind, args, ok := b.forkable(req.Argv); err == nil && ok && b.cfg.Fork {
+		if p, err = b.launchForked(ctx, req, sl, kind, args, cg); err != nil {
 			// The kernel still starts, cold; Describe tells the operator.
 			b.mu.Lock()
 			b.forkErr = err
 			b.mu.Unlock()
+			p, err = nil, nil
+		} else if err = placeForked(p, cg); err != nil {
 			p = nil
 		}
 	}
-	if p == nil {
-		p, err = b.start(ctx, req, sl)
+	if p == nil && err == nil {
+		p, err = b.start(ctx, req, sl, cg)
 	}
 	b.mu.Lock()
 	sl.launching = false
@@ -333,13 +344,32 @@ func (b *Bwrap) Launch(ctx context.Context, req Request) (*Process, error) {
 		// A failed restart loses the old kernel's files too: the pool gives
 		// up on a kernel it cannot start, and must not be left with mounts
 		// no Process can release.
-		return nil, errors.Join(err, b.releaseSlot(req.WorkDir, sl))
+		return nil, errors.Join(err, cg.remove(), b.releaseSlot(req.WorkDir, sl))
 	}
 	p.release = func() error { return b.closeSlot(req.WorkDir, sl, p) }
 	// Memory, CPUTime and CPUShare for the kernel's whole tree, cold or
-	// forked: its goroutine ends with p.
-	go limitTree(p, b.cfg.treeLimits())
+	// forked, through its cgroup where it holds them: its goroutine ends
+	// with p.
+	l := b.cfg.treeLimits()
+	l.cg = cg
+	go limitTree(p, l)
 	return p, nil
+}
+
+// placeForked moves a forked kernel (the template's child A, and what A
+// has forked so far: B, the kernel) into its cgroup before Launch returns
+// it: until it is leased, the kernel runs no code of its client's, and
+// forks nothing. A kernel that failed at once is returned as it is, done.
+func placeForked(p *Process, cg *kernelCgroup) error {
+	if cg == nil || isDone(p) {
+		return nil
+	}
+	if err := cg.placeTree(p.Pid()); err != nil && !isDone(p) {
+		p.Kill()
+		<-p.done
+		return fmt.Errorf("launch kernel: %w", err)
+	}
+	return nil
 }
 
 func checkRequest(req Request) error {
@@ -440,13 +470,14 @@ func (b *Bwrap) releaseSlot(workDir string, sl *slot) error {
 
 // run is what the parts of one sandboxed process share.
 type run struct {
+	cg          *kernelCgroup // nil without one
 	lifespanHit atomic.Bool
 	cleanupErr  error // written before Done is closed, read after
 }
 
 // start builds the bwrap command line and starts it; it returns once the
 // sandbox's session exists, so that Signal reaches the kernel.
-func (b *Bwrap) start(ctx context.Context, req Request, sl *slot) (*Process, error) {
+func (b *Bwrap) start(ctx context.Context, req Request, sl *slot, cg *kernelCgroup) (*Process, error) {
 	cfg := &b.cfg
 	uid := strconv.Itoa(sl.uid)
 
@@ -482,6 +513,18 @@ func (b *Bwrap) start(ctx context.Context, req Request, sl *slot) (*Process, err
 		return nil, fmt.Errorf("launch kernel: pipe: %w", err)
 	}
 	defer infoR.Close()
+	// With a cgroup, the sandbox's pid 1 waits (--block-fd) until it and
+	// the outer bwrap are in it: everything of the kernel is forked there.
+	var blockW *os.File
+	var block []string
+	if cg != nil {
+		var blockR *os.File
+		if blockR, blockW, err = os.Pipe(); err != nil {
+			return nil, fmt.Errorf("launch kernel: pipe: %w", err)
+		}
+		defer blockW.Close()
+		block = []string{"--block-fd", fd(blockR)}
+	}
 
 	args := []string{
 		"-n", "1000", "--", cfg.BwrapPath,
@@ -490,6 +533,7 @@ func (b *Bwrap) start(ctx context.Context, req Request, sl *slot) (*Process, err
 		"--die-with-parent", "--new-session", "--hostname", cfg.Hostname,
 		"--info-fd", fd(infoW),
 	}
+	args = append(args, block...)
 	if b.filter != nil {
 		args = append(args, "--seccomp", data(string(b.filter)))
 	}
@@ -547,14 +591,14 @@ func (b *Bwrap) start(ctx context.Context, req Request, sl *slot) (*Process, err
 		Credential: &syscall.Credential{Uid: uint32(sl.uid), Gid: uint32(sl.uid), Groups: []uint32{}},
 	}
 
-	r := &run{}
+	r := &run{cg: cg}
 	scr, killPath, kuid := sl.scratch, cfg.KillPath, sl.uid
 	p, err := start(cmd, func() {
 		// Nothing of the kernel may run once Done is closed, and nothing
 		// it left in the runtime dir may meet the pool's next write there.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		r.cleanupErr = errors.Join(sweepUID(ctx, killPath, kuid), scr.emptyRun())
+		r.cleanupErr = errors.Join(sweepUID(ctx, killPath, kuid), cg.remove(), scr.emptyRun())
 	})
 	for _, f := range files {
 		f.Close()
@@ -566,6 +610,11 @@ func (b *Bwrap) start(ctx context.Context, req Request, sl *slot) (*Process, err
 	p.explain = r.explain
 
 	child, err := readChildPid(ctx, infoR)
+	if err == nil && cg != nil {
+		if err = cg.placeTree(p.Pid()); err == nil {
+			_, err = blockW.Write([]byte{1})
+		}
+	}
 	if err == nil {
 		err = waitSession(ctx, p, child)
 	}
@@ -602,7 +651,7 @@ func (r *run) endAtLifespan(p *Process, lifespan time.Duration) {
 // one there is due for replacement (Config.ForkMax kernels made, or a file
 // it imported changed on disk). A replaced template forks no more and
 // ends once its last kernel has: no kernel is lost.
-func (b *Bwrap) launchForked(ctx context.Context, req Request, sl *slot, kind forkKind, args []string) (*Process, error) {
+func (b *Bwrap) launchForked(ctx context.Context, req Request, sl *slot, kind forkKind, args []string, cg *kernelCgroup) (*Process, error) {
 	roots := [2]string{filepath.Dir(req.WorkDir), filepath.Dir(req.RuntimeDir)}
 	key := strings.Join(kind.command, "\x00") + "\x00\x00" + roots[0] + "\x00" + roots[1]
 	// One start per template at a time: launches that come meanwhile wait
@@ -649,7 +698,7 @@ func (b *Bwrap) launchForked(ctx context.Context, req Request, sl *slot, kind fo
 	t.pending++
 	t.mu.Unlock()
 	start.Unlock()
-	p, err := t.launch(ctx, req, sl, args)
+	p, err := t.launch(ctx, req, sl, args, cg)
 	t.mu.Lock()
 	t.pending--
 	t.mu.Unlock()
@@ -763,6 +812,8 @@ func (r *run) explain(err error) error {
 	switch {
 	case r.lifespanHit.Load():
 		err = fmt.Errorf("%w: %w", ErrLifespan, err)
+	case r.cg.killedAtMemory():
+		err = fmt.Errorf("%w: %w", r.cg.memoryError(r.cg.oomAtEnd.Load()), err)
 	case errors.As(err, &ee) && ee.ExitCode() > 128:
 		sig := syscall.Signal(ee.ExitCode() - 128)
 		if sig == syscall.SIGXCPU {
@@ -879,28 +930,4 @@ func (h *headWriter) head() string {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return string(h.buf)
-}
-
-// cgroupNote says why the accountant holds the tree limits rather than a
-// cgroup: whether this host would offer a cgroup v2 memory controller.
-func cgroupNote() string {
-	data, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return "no cgroup information"
-	}
-	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
-		if path, ok := strings.CutPrefix(line, "0::"); ok {
-			for _, root := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
-				ctrl, err := os.ReadFile(filepath.Join(root, path, "cgroup.controllers"))
-				if err != nil {
-					continue
-				}
-				if strings.Contains(" "+string(ctrl)+" ", " memory ") {
-					return "cgroup v2 has a memory controller here, not used yet"
-				}
-				return "cgroup v2 here has no memory controller (" + strings.TrimSpace(string(ctrl)) + ")"
-			}
-		}
-	}
-	return "no cgroup v2 here"
 }

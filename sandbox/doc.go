@@ -89,21 +89,26 @@
 //
 //   - CPU: Config.CPUTime, twice. RLIMIT_CPU per process: SIGXCPU, then
 //     SIGKILL two seconds later. And for the kernel's whole process tree,
-//     ended processes included, by the accountant (below): the kernel is
-//     killed once its processes have used more than CPUTime together.
-//     Process.Err matches ErrCPULimit either way.
+//     ended processes included, by its cgroup's CPU usage (below) or else
+//     the accountant: the kernel is killed once its processes have used
+//     more than CPUTime together. Process.Err matches ErrCPULimit either
+//     way.
 //   - Memory: Config.Memory, twice. RLIMIT_AS per process: allocations
-//     fail (MemoryError in Python). And for the whole tree, by the
-//     accountant: the kernel is killed once its processes hold more than
-//     Memory together (proportional set size); Process.Err matches
-//     ErrMemoryLimit. Sage needs about 2.4 GiB of address space (PARI and
-//     GAP reserve it), hence the 4 GiB default.
+//     fail (MemoryError in Python). And for the whole tree, by its memory
+//     cgroup (the OOM killer kills at the limit, then the gateway ends the
+//     kernel) or else the accountant (the kernel is killed once its
+//     processes hold more than Memory together, proportional set size);
+//     Process.Err matches ErrMemoryLimit. Sage needs about 2.4 GiB of
+//     address space (PARI and GAP reserve it), hence the 4 GiB default.
 //   - CPU share: Config.CPUShare cores on average for the whole tree
-//     (default 1), by the accountant: a kernel that has run more than a
-//     second's worth ahead of its share is stopped until it is back.
-//   - Processes and threads: RLIMIT_NPROC (Config.Processes), per uid,
-//     hence per kernel; it stops fork bombs. The outer bwrap is counted
-//     outside the sandbox's user namespace, not against it.
+//     (default 1), by the cgroup's CFS quota, or else the accountant: a
+//     kernel that has run more than a second's worth ahead of its share is
+//     stopped until it is back.
+//   - Processes and threads: pids.max of the kernel's cgroup (the whole
+//     sandbox, bwrap's and a forked kernel's helper processes included)
+//     and RLIMIT_NPROC (Config.Processes), per uid, hence per kernel; they
+//     stop fork bombs. The outer bwrap is counted outside the sandbox's
+//     user namespace, not against RLIMIT_NPROC.
 //   - Open files: RLIMIT_NOFILE (Config.OpenFiles).
 //   - File size: RLIMIT_FSIZE (Config.FileSize): Python gets EFBIG.
 //   - Disk: the tmpfs (Config.Disk bytes, Config.Inodes files), shared by
@@ -117,22 +122,84 @@
 // between fork and exec. A kernel that hits a limit dies or gets an error;
 // other kernels and the gateway do not notice.
 //
-// # The tree accountant (treelimit.go)
+// # Kernels' cgroups (cgroup.go)
 //
 // Rlimits count per process: four processes of 2 GiB each hold 8 GiB
 // under a 4 GiB RLIMIT_AS, and forked workers each get their own
-// RLIMIT_CPU. The tool for a whole tree is a cgroup (v2: memory.max,
-// cpu.max, pids.max), which needs a cgroup v2 hierarchy with those
-// controllers delegated to the gateway; this host mounts cgroups hybrid
-// (v1 memory and pids, cgroup2 with hugetlb only; Describe says what the
-// host offers). Using cgroup v2 where it exists is not done: it could not
-// be tested here. Instead, for every kernel Launch starts (cold or forked,
-// restarts too), the gateway samples the kernel's process tree every
+// RLIMIT_CPU. A cgroup counts the whole kernel. NewBwrap makes
+// <its own cgroup>/cellgate in each hierarchy (v1: memory, pids, cpu,
+// cpuacct, wherever mounted, combined mounts too; v2: one directory, with
+// memory, pids and cpu enabled in its subtree_control, which the
+// gateway's own cgroup may refuse); nested, so the host's limits on the
+// gateway still hold. It then tries each controller on a throw-away shell
+// in a cgroup of its own, all at once (about half a second): a 16 MiB
+// memory limit must kill a shell holding 64 MiB and count the kill
+// (oom_kill), pids.max 1 must make its fork fail, a 5% CPU quota must
+// throttle a busy loop, and its CPU usage must count it. A controller
+// that is missing or fails is left to the accountant; Describe (the
+// start-up log, /readyz) names the mechanism of each limit and why.
+//
+// Each kernel Launch starts gets the cgroup <uid>-<WorkDir's name>-<n> in
+// each hierarchy used, its limits written first: memory.limit_in_bytes
+// (v2 memory.max) = Memory, pids.max = Processes, cpu.cfs_quota_us over a
+// 100 ms cpu.cfs_period_us (v2 cpu.max) = CPUShare. A cold kernel is in it
+// before any of its code runs: bwrap's --block-fd holds the sandbox's pid
+// 1 until the gateway has written it and the outer bwrap to cgroup.procs
+// (v1 moves all threads of a process; everything forked later is forked
+// inside). A forked kernel is moved once the template has told its pid:
+// A, then what A has forked (B, the kernel), walk after walk until a walk
+// finds no process it has not moved; Launch returns it only then, and
+// until it is leased the kernel runs no client code and forks nothing.
+// When the kernel has ended (its processes swept), whatever is left in
+// its cgroups is killed and they are removed (rmdir, retried until the
+// last process is reaped); a gateway that crashed leaves them, and the
+// next start removes those whose uid nobody holds.
+//
+// What the cgroups hold, found on this machine (cgroup v1 under a
+// sandboxing kernel that reports memory.shown_ram_in_bytes, 2 cores):
+//
+//   - memory.limit_in_bytes holds: a process allocating past it is killed
+//     by the OOM killer (oom_kill in memory.oom_control counts it), and
+//     four processes together cannot pass it either (two of four killed).
+//     The accountant, reading oom_kill every LimitEvery, then ends the
+//     whole kernel with ErrMemoryLimit; if the kernel's main process was
+//     the one killed, the launcher names the limit from the count it
+//     reads before removing the cgroup. Tests: four workers held 468 to
+//     508 MiB together under 512 MiB, where the accountant alone let 517
+//     to 539 MiB through. The cgroup charges a page to the cgroup that
+//     first touched it: a forked kernel is not charged for the pages it
+//     still shares with its template (the template's cgroup is), and a
+//     kernel's files on its tmpfs are charged to it.
+//   - pids.max holds (threads count): a fork past it fails with EAGAIN,
+//     and pids.events counts it. It counts the outer bwrap that
+//     RLIMIT_NPROC does not, so it is met first.
+//   - cpu.cfs_quota_us holds: two busy processes under half a core got
+//     0.6 cores over 4 s, nr_throttled counting; four busy workers of a
+//     kernel under a quarter core got 0.22 to 0.24 cores (tests).
+//     cpu.shares does not: two cgroups at 1024 and 128 shares, two busy
+//     processes each, got 6.0 and 6.5 s of CPU in 6 s. It is not used.
+//   - cpuacct.usage counts every process the cgroup held, children whose
+//     parent ignores SIGCHLD (reaped by the host's kernel, into no one's
+//     cutime) included: three such children of 1 s each counted 3.57 s.
+//     The accountant compares it with CPUTime every LimitEvery, so the
+//     hole of the /proc sum below is closed where cpuacct exists.
+//
+// cgroup v2 is written (the same limits in memory.max, pids.max, cpu.max,
+// usage_usec of cpu.stat, oom_kill of memory.events) but untested: this
+// machine mounts v1 for every controller and cgroup2 with hugetlb only.
+//
+// # The tree accountant (treelimit.go)
+//
+// Where a kernel's cgroup holds a limit, the accountant reads the cgroup;
+// where a controller is missing or failed its probe, it holds that limit
+// itself. For every kernel Launch starts (cold or forked, restarts too),
+// the gateway then samples the kernel's process tree every
 // Config.LimitEvery (250 ms): Process.Pid and everything below it (for a
 // cold kernel the two bwraps and the kernel's processes; for a forked one
 // A, B, C and C's). A process cannot leave that tree by changing its
 // group or session: an orphan is adopted by the sandbox's pid 1, which is
-// in the tree.
+// in the tree. When every limit is held by the cgroup, /proc is not read
+// at all.
 //
 //   - Memory: the sum of the processes' resident sets, read from
 //     /proc/PID/stat, is cheap but counts a page shared by n processes n

@@ -466,7 +466,7 @@ func (t *template) alive() bool {
 
 // launch forks a kernel for req in sl: its own uid, namespaces and tmpfs,
 // exactly as a cold bwrap kernel gets them (see sandbox/doc.go).
-func (t *template) launch(ctx context.Context, req Request, sl *slot, args []string) (*Process, error) {
+func (t *template) launch(ctx context.Context, req Request, sl *slot, args []string, cg *kernelCgroup) (*Process, error) {
 	c := &t.b.cfg
 	var trees []*os.File
 	defer func() {
@@ -550,7 +550,7 @@ func (t *template) launch(ctx context.Context, req Request, sl *slot, args []str
 	// Kill reaches the group only until the kernel is done: the pid may be
 	// reused after that.
 	p := &Process{pid: hostPid, done: make(chan struct{}), killGroups: []int{hostPid}}
-	r2 := &run{}
+	r2 := &run{cg: cg}
 	scr, killPath, kuid := sl.scratch, c.KillPath, sl.uid
 	k := &forkedKernel{p: p}
 	var once sync.Once
@@ -565,7 +565,7 @@ func (t *template) launch(ctx context.Context, req Request, sl *slot, args []str
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			<-copied
-			r2.cleanupErr = errors.Join(sweepUID(ctx, killPath, kuid), scr.emptyRun())
+			r2.cleanupErr = errors.Join(sweepUID(ctx, killPath, kuid), cg.remove(), scr.emptyRun())
 			close(p.done)
 		})
 	}
@@ -605,6 +605,8 @@ func (r *run) explainForked(err error) error {
 	switch {
 	case r.lifespanHit.Load():
 		err = fmt.Errorf("%w: %w", ErrLifespan, err)
+	case r.cg.killedAtMemory():
+		err = fmt.Errorf("%w: %w", r.cg.memoryError(r.cg.oomAtEnd.Load()), err)
 	case errors.As(err, &fe) && fe.code == 128+int(syscall.SIGXCPU):
 		err = fmt.Errorf("%w: %w", ErrCPULimit, err)
 	}

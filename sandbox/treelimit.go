@@ -216,6 +216,9 @@ type treeLimits struct {
 	cpu    time.Duration // CPU time of the tree, ended processes included
 	share  float64       // cores on average; 0: no share
 	every  time.Duration // sampling period
+	// cg is the kernel's cgroup, nil without one: the limits it holds
+	// (cgroup.go) are read from it, not summed from /proc.
+	cg *kernelCgroup
 }
 
 func (c *Config) treeLimits() treeLimits {
@@ -356,10 +359,13 @@ func (a *treeAccount) cpu() time.Duration {
 // add up to more than the limit has its proportional set sizes read,
 // which cost a walk of its page tables; that sum decides.
 func (l treeLimits) overLimit(a *treeAccount, procs []procStat, now time.Time) error {
-	if l.cpu > 0 && a.cpu() > l.cpu {
+	if err := l.overCgroupLimit(); err != nil {
+		return err
+	}
+	if l.cpu > 0 && !l.cg.has(ctlCPUUsage) && a.cpu() > l.cpu {
 		return fmt.Errorf("%w: its processes used %.1fs of CPU together (limit %v)", ErrCPULimit, a.cpu().Seconds(), l.cpu)
 	}
-	if l.memory <= 0 {
+	if l.memory <= 0 || l.cg.has(ctlMemory) {
 		return nil
 	}
 	var rss int64
@@ -382,6 +388,26 @@ func (l treeLimits) overLimit(a *treeAccount, procs []procStat, now time.Time) e
 		return nil
 	}
 	return fmt.Errorf("%w: its %d processes held %d MiB together (limit %d MiB)", ErrMemoryLimit, len(procs), pss>>20, l.memory>>20)
+}
+
+// overCgroupLimit tells whether the kernel's cgroup shows it over a limit
+// the cgroup holds: its CPU usage (every process it held, however reaped)
+// over CPUTime, or a process of it killed by the OOM killer at Memory
+// (the cgroup kills at once, the kernel then is ended as a whole, as the
+// accountant ends one over Memory).
+func (l treeLimits) overCgroupLimit() error {
+	if l.cpu > 0 && l.cg.has(ctlCPUUsage) {
+		if used, err := l.cg.cpuUsage(); err == nil && used > l.cpu {
+			return fmt.Errorf("%w: its processes used %.1fs of CPU together (limit %v, counted by its cgroup)", ErrCPULimit, used.Seconds(), l.cpu)
+		}
+	}
+	if l.cg.has(ctlMemory) {
+		if n, err := l.cg.oomKills(); err == nil && n > 0 {
+			l.cg.memoryEnded.Store(true)
+			return l.cg.memoryError(n)
+		}
+	}
+	return nil
 }
 
 // pssReading is the last time a tree's proportional set sizes were read,
@@ -414,6 +440,10 @@ func (r pssReading) due(rss, limit int64, now time.Time) bool {
 // its processes (SIGSTOP) while it is behind and resuming them (SIGCONT)
 // once the share has caught up.
 func limitTree(p *Process, l treeLimits) {
+	if !l.needsProc() {
+		limitByCgroup(p, l)
+		return
+	}
 	root, err := readStat(p.Pid())
 	for err != nil {
 		if processGone(err) {
@@ -453,7 +483,7 @@ func limitTree(p *Process, l treeLimits) {
 			return
 		}
 		wait := l.every
-		if l.share > 0 {
+		if l.share > 0 && !l.cg.has(ctlCPUShare) {
 			now := time.Now()
 			used := float64(a.ticks-lastTicks) / clockTicks
 			budget = min(ahead, max(-behind, budget+l.share*now.Sub(last).Seconds()-used))
@@ -469,6 +499,30 @@ func limitTree(p *Process, l treeLimits) {
 			}
 		}
 		next.Reset(wait)
+	}
+}
+
+// needsProc tells whether a limit is left to the /proc accountant.
+func (l treeLimits) needsProc() bool {
+	return l.cpu > 0 && !l.cg.has(ctlCPUUsage) || l.memory > 0 && !l.cg.has(ctlMemory) ||
+		l.share > 0 && !l.cg.has(ctlCPUShare)
+}
+
+// limitByCgroup is limitTree where the kernel's cgroup holds every limit:
+// it reads the cgroup's CPU usage and OOM kills every l.every, no /proc.
+func limitByCgroup(p *Process, l treeLimits) {
+	next := time.NewTicker(l.every)
+	defer next.Stop()
+	for {
+		select {
+		case <-p.done:
+			return
+		case <-next.C:
+		}
+		if err := l.overCgroupLimit(); err != nil {
+			p.endFor(err)
+			return
+		}
 	}
 }
 
