@@ -78,8 +78,9 @@ jupytermsg), then builds and runs ` + "`cmd/cellbench`" + `, which:
   ` + "`bench/jsbench.js`" + ` — the unchanged {JLAB_SERVICES} under Node — against both servers,
   alternating kernel by kernel;
 - stops everything it started (SIGTERM, then checks that no kernel process outlived cellgate);
-- then, that server stopped, runs the cluster phase: three ` + "`bin/cellgate serve`" + ` instances (sandboxed, default
-  pool) on one FerretDB that cellbench runs over loopback TCP, and Debian's ` + "`haproxy`" + ` in front of them with
+- then, that server stopped, runs the cluster phase: three ` + "`bin/cellgate serve`" + ` instances (sandboxed, the same
+  pool) sharing one database over loopback TCP (FerretDB as a process of its own, ` + "`cmd/cellgate-ferretdb`" + `, on a
+  throwaway PostgreSQL, as the cluster test runs it), and Debian's ` + "`haproxy`" + ` in front of them with
   ` + "`deploy/haproxy.cfg`" + ` as shipped (package ` + "`deploy/localcluster`" + ` points it at the instances; the cluster
   tests run it the same way);
 - prints the table and writes ` + "`results.json`" + ` and this file.
