@@ -130,9 +130,10 @@ func checkCgroupsGone(t *testing.T, k *kernel, dirs []string) {
 
 // TestKernelCgroupPlacement: a kernel is in its cgroups, every process of
 // its sandbox, from before any of its code runs (a cold kernel's first
-// line reads its cgroup; a forked kernel's whole tree is in it when
-// Launch returns, before a cell reaches it); its limits are set; and the
-// cgroups are gone once it has ended.
+// line reads its cgroup; a forked kernel's template child A is in it when
+// Launch returns, before a client can reach it, and so is everything A
+// forks after); its limits are set; and the cgroups are gone once it has
+// ended.
 func TestKernelCgroupPlacement(t *testing.T) {
 	ctls := []string{ctlMemory, ctlPids}
 	t.Run("cold", func(t *testing.T) {
@@ -163,13 +164,35 @@ time.sleep(600)`)
 		t.Parallel()
 		b := newCgroupBwrap(t, nil, ctls...)
 		runRoot, workRoot := poolDirs(t)
-		k := startIPyKernel(t, b, runRoot, workRoot)
+		run, err := os.MkdirTemp(runRoot, "k")
+		if err != nil {
+			t.Fatal(err)
+		}
+		work, err := os.MkdirTemp(workRoot, "k")
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn := writeConnectionKey(t, run, "0123456789abcdef")
+		k := launchIn(t, b, Request{
+			Argv:       []string{"/usr/bin/python3", "-m", "ipykernel_launcher", "-f", conn},
+			RuntimeDir: run, WorkDir: work,
+		})
 		if len(b.Templates()) == 0 {
 			t.Fatal("the kernel was not forked")
 		}
+		// As Launch returns it, before any client can reach it: A (which
+		// may not have forked the rest yet: they are then forked inside).
+		for _, pid := range descendants(k.p.Pid()) {
+			kernelCgroupDir(t, b, pid, ctlMemory)
+			kernelCgroupDir(t, b, pid, ctlPids)
+		}
+		deadline := time.Now().Add(2 * time.Minute)
 		tree := descendants(k.p.Pid())
-		if len(tree) < 3 {
-			t.Fatalf("forked kernel's tree %v: want A, B and the kernel", tree)
+		for ; len(tree) < 3; tree = descendants(k.p.Pid()) {
+			if isDone(k.p) || time.Now().After(deadline) {
+				t.Fatalf("forked kernel's tree %v (%v): want A, B and the kernel", tree, commsOf(tree))
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
 		for _, pid := range tree {
 			kernelCgroupDir(t, b, pid, ctlMemory)
@@ -178,8 +201,16 @@ time.sleep(600)`)
 		checkLimitsWritten(t, b, k.p.Pid())
 		dirs := kernelCgroupDirs(t, b, k.p.Pid())
 		k.p.Kill()
-		checkCgroupsGone(t, k.kernel, dirs)
+		checkCgroupsGone(t, k, dirs)
 	})
+}
+
+func commsOf(pids []int) []string {
+	var names []string
+	for _, pid := range pids {
+		names = append(names, comm(pid))
+	}
+	return names
 }
 
 func checkLimitsWritten(t *testing.T, b *Bwrap, pid int) {

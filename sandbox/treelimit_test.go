@@ -9,6 +9,13 @@ import (
 	"time"
 )
 
+// withoutCgroups has b's kernels held by the accountant alone, as on a
+// host without cgroups: the tests of the accountant use it.
+func withoutCgroups(b *Bwrap) *Bwrap {
+	b.cgroups = nil
+	return b
+}
+
 // TestTreeAccountCountsEndedProcesses replays samples of a tree through
 // the accountant: a process's time counts once whether it lives, ends
 // and is reaped by its parent, ends unseen, or is adopted by pid 1.
@@ -169,7 +176,7 @@ print("workers done", flush=True)
 func TestTreeMemoryLimit(t *testing.T) {
 	t.Parallel()
 	const limit = 512 << 20
-	b := newBwrap(t, func(c *Config) { c.Memory = limit })
+	b := withoutCgroups(newBwrap(t, func(c *Config) { c.Memory = limit }))
 	witness := startWitness(t, b)
 	// 300 MiB each in 4 MiB steps, written (resident), 25 steps a second:
 	// 400 MiB/s for the four together, past the limit in about a second,
@@ -201,7 +208,7 @@ func TestTreeCPULimitForked(t *testing.T) {
 	skipWithoutIPyKernel(t)
 	t.Parallel()
 	const limit = 3 * time.Second
-	b := newBwrap(t, func(c *Config) { c.CPUTime, c.Memory, c.CPUShare = limit, 1<<30, 0 })
+	b := withoutCgroups(newBwrap(t, func(c *Config) { c.CPUTime, c.Memory, c.CPUShare = limit, 1<<30, 0 }))
 	defer b.Close()
 	runRoot, workRoot := poolDirs(t)
 	k := startIPyKernel(t, b, runRoot, workRoot)
@@ -260,7 +267,7 @@ print("burning")`
 func TestTreeCPUShare(t *testing.T) {
 	t.Parallel()
 	const share = 0.25
-	b := newBwrap(t, func(c *Config) { c.CPUShare = share })
+	b := withoutCgroups(newBwrap(t, func(c *Config) { c.CPUShare = share }))
 	witness := startWitness(t, b)
 	k := launchPy(t, b, workersScript(4, `while True:
                 pass`))
@@ -361,7 +368,7 @@ func TestPSSReadingDue(t *testing.T) {
 // and the kernel is not ended.
 func TestTreeSharedMemoryIsCountedOnce(t *testing.T) {
 	t.Parallel()
-	b := newBwrap(t, func(c *Config) { c.Memory = 512 << 20 })
+	b := withoutCgroups(newBwrap(t, func(c *Config) { c.Memory = 512 << 20 }))
 	k := launchPy(t, b, `held = b"\x01" * (200 << 20)
 `+workersScript(4, `assert held[-1] == 1
             print("worker", i, "reads", flush=True)
@@ -392,7 +399,7 @@ func TestTreeSharedMemoryIsCountedOnce(t *testing.T) {
 // kernel is ended at its 2 s, before the 10 s they would take.
 func TestTreeCPULimitCountsEndedWorkers(t *testing.T) {
 	t.Parallel()
-	b := newBwrap(t, func(c *Config) { c.CPUTime, c.CPUShare = 2*time.Second, 0 })
+	b := withoutCgroups(newBwrap(t, func(c *Config) { c.CPUTime, c.CPUShare = 2*time.Second, 0 }))
 	k := launchPy(t, b, `
 import os, time
 for n in range(100):
