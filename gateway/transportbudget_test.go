@@ -190,3 +190,27 @@ func waitSockJSStream(t *testing.T, env *testEnv, id string) {
 		return slices.Contains(env.gw.sessions.get(id).Transports(), session.TransportSockJS)
 	})
 }
+
+// A message whose frame the budget has no room to hold for a client (here
+// one of 3 MiB, held by the replay, in a budget of 5 MiB) is not sent to
+// it; the client is told, and the rest of the execution reaches it.
+func TestTransportSkipsWhatTheBudgetCannotHold(t *testing.T) {
+	budget := kernelpool.NewMessageBudget(5 << 20)
+	env := newTestEnvWith(t, 1, 2, nil, func(k *kernelpool.KernelConfig) {
+		k.MaxMessageBytes, k.MessageBudget = 4<<20, budget
+	})
+	k := env.newKernel(url.Values{"timeout": {"300"}})
+	c := env.dialSage(k.ID, "")
+	frames := c.until(idleAfter(c.execute(floodCode(1, 3<<20) + "\nprint('after it')")))
+	text := streamText(frames)
+	if !strings.Contains(text, "1 messages of output were not sent to this client: the server holds as much kernel output as it may (kernel message budget)") ||
+		!strings.Contains(text, "after it") {
+		t.Errorf("a message the budget cannot hold for the client: it saw %q", text)
+	}
+	if _, ok := find(frames, "display_data"); ok {
+		t.Error("the message was sent all the same")
+	}
+	if st := budget.Stats(); st.Skipped == 0 || st.Peak > 5<<20 {
+		t.Errorf("%+v: want a skip, and never more than the budget charged", st)
+	}
+}

@@ -396,10 +396,12 @@ func truncationNotice(sess *session.Session, next session.Entry, missed uint64) 
 const clientQueueBytes = 2 << 20
 
 // heldBatch is a batch of a session's messages a transport holds for one
-// client. Each message it holds is charged to the kernel message budget
-// (for its own reference: the replay may let the message go meanwhile)
-// until it is written, skipped or the batch let go; a message the budget
-// has no room for is skipped for this client, which is told.
+// client. Each message it holds stays charged to the kernel message budget
+// (the replay's charge shared, so that a message the replay lets go
+// meanwhile is still charged, and not twice while both hold it) until it
+// is written, skipped or the batch let go; so does the frame encoded from
+// it, while it is written. A message the budget has no room for is
+// skipped for this client, which is told.
 type heldBatch struct {
 	budget *kernelpool.MessageBudget
 	// entries and charges are parallel; a written entry is zeroed so
@@ -429,10 +431,15 @@ func takeBatch(sess *session.Session, budget *kernelpool.MessageBudget, cursor u
 		entries: make([]session.Entry, 0, len(msgs)), charges: make([]*kernelpool.Charge, 0, len(msgs))}
 	for _, e := range msgs {
 		b.through = e.Seq
-		c, ok := budget.Hold(int64(e.Size()))
-		if !ok {
-			b.skip(e.Msg.ParentHeader)
-			continue
+		// The replay's charge is shared while it holds the message too;
+		// one it has let go meanwhile is charged anew.
+		c := e.Charge()
+		if !c.Share() {
+			var ok bool
+			if c, ok = budget.Hold(int64(e.Size())); !ok {
+				b.skip(e.Msg.ParentHeader)
+				continue
+			}
 		}
 		b.entries = append(b.entries, e)
 		b.charges = append(b.charges, c)

@@ -128,11 +128,34 @@ func (b *MessageBudget) AddReclaimer(r Reclaimer) (remove func()) {
 }
 
 // Charge is what one held message takes of a budget. Release gives it
-// back; a nil *Charge (no budget) does nothing.
+// back; a nil *Charge (no budget) does nothing. Several may hold one
+// message (a session's replay and the transports writing it to clients):
+// each holder but the first Shares the charge, and the bytes go back when
+// the last holder releases it.
 type Charge struct {
-	budget   *MessageBudget
-	bytes    int64
-	released atomic.Bool
+	budget *MessageBudget
+	bytes  int64
+	// holders is how many hold the charge; 0 once released, below 0
+	// after a release too many.
+	holders atomic.Int64
+}
+
+// Share makes the caller another holder of the charge, which it must
+// Release; false if the charge is already released (or nil): the message
+// is no longer charged, and the caller must charge it anew to hold it.
+func (c *Charge) Share() bool {
+	if c == nil {
+		return false
+	}
+	for {
+		n := c.holders.Load()
+		if n <= 0 {
+			return false
+		}
+		if c.holders.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
 }
 
 // Bytes is the size charged.
@@ -151,16 +174,20 @@ func (c *Charge) Budget() *MessageBudget {
 	return c.budget
 }
 
-// Release gives the bytes back. A second Release of one charge gives
-// nothing back (it would be bytes another message holds); it is counted in
+// Release gives the bytes back once every holder has released the
+// charge. A Release more than the charge has holders gives nothing back
+// (it would be bytes another message holds); it is counted in
 // DoubleReleases, which tests require to stay zero.
 func (c *Charge) Release() {
 	if c == nil {
 		return
 	}
 	b := c.budget
-	if c.released.Swap(true) {
+	switch n := c.holders.Add(-1); {
+	case n < 0:
 		b.doubleReleases.Add(1)
+		return
+	case n > 0:
 		return
 	}
 	b.mu.Lock()
@@ -179,7 +206,9 @@ func (b *MessageBudget) take(n int64) (*Charge, bool) {
 	}
 	b.inUse += n
 	b.peak = max(b.peak, b.inUse)
-	return &Charge{budget: b, bytes: n}, true
+	c := &Charge{budget: b, bytes: n}
+	c.holders.Store(1)
+	return c, true
 }
 
 // TryCharge charges n bytes if they fit, after asking the reclaimers for

@@ -496,3 +496,32 @@ func TestMessageBudgetHoldRefusesWhatDoesNotFit(t *testing.T) {
 		t.Fatal("no kernel, a budget")
 	}
 }
+
+// A shared charge goes back when its last holder releases it, once; a
+// charge already released cannot be shared.
+func TestMessageBudgetSharedChargeGoesBackWithItsLastHolder(t *testing.T) {
+	b := NewMessageBudget(100)
+	c, _ := b.TryCharge(60)
+	if !c.Share() {
+		t.Fatal("a live charge refused a second holder")
+	}
+	c.Release()
+	if st := b.Stats(); st.InUse != 60 {
+		t.Fatalf("one of two holders released: in use %d, want 60", st.InUse)
+	}
+	c.Release()
+	if st := b.Stats(); st.InUse != 0 || st.DoubleReleases != 0 {
+		t.Fatalf("both released: %+v", st)
+	}
+	if c.Share() {
+		t.Fatal("a released charge took a holder")
+	}
+	c.Release()
+	if st := b.Stats(); st.InUse != 0 || st.DoubleReleases != 1 {
+		t.Fatalf("a release too many: %+v; want nothing given back and 1 double release", st)
+	}
+	var none *Charge
+	if none.Share() {
+		t.Fatal("no charge, shared")
+	}
+}

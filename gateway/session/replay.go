@@ -24,6 +24,10 @@ type Entry struct {
 // Size is the bytes of the entry's message.
 func (e Entry) Size() int { return e.size }
 
+// Charge is the budget's charge for the entry's message while the replay
+// holds it (nil if none): a reader Shares it to hold the message too.
+func (e Entry) Charge() *kernelpool.Charge { return e.charge }
+
 // Replay is a session's bounded history of messages for clients. It lets
 // several clients read at their own pace and lets a client that reconnects
 // resume after the last sequence number it saw. The kernel's reader never
