@@ -137,7 +137,7 @@
 // (oom_kill), pids.max 1 must make its fork fail, a 5% CPU quota must
 // throttle a busy loop, and its CPU usage must count it. A controller
 // that is missing or fails is left to the accountant; Describe (the
-// start-up log, /readyz) names the mechanism of each limit and why.
+// start-up log) names the mechanism of each limit and why.
 //
 // Each kernel Launch starts gets the cgroup <uid>-<WorkDir's name>-<n> in
 // each hierarchy used, its limits written first: memory.limit_in_bytes
