@@ -16,7 +16,9 @@ import (
 // every kernel (KernelConfig.MessageBudget). A kernel's receiving loop
 // charges each message it decodes before handing it on (Received.Charge);
 // whoever holds the message last releases the charge: the consumer of
-// Messages, or the session's replay when it lets the message go.
+// Messages, the session's replay when it lets the message go, or a
+// transport writing it to a client (which Shares the replay's charge, and
+// Holds charges of its own for the frames it encodes).
 //
 // When a charge does not fit, the budget first asks its reclaimers (the
 // sessions' replays, largest first) to let go of old history, which costs

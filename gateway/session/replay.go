@@ -37,9 +37,9 @@ func (e Entry) Charge() *kernelpool.Charge { return e.charge }
 // The replay is where a session holds its kernel's messages: each entry
 // keeps the message's charge against the process's kernel message budget
 // until the entry is dropped (by the bounds, when the budget asks for room,
-// or when the replay closes). What Since gave a reader is held, uncharged,
-// while the reader writes it out: at most one batch of the replay per
-// reader.
+// or when the replay closes). A transport that takes entries to write
+// them to a client Shares their charges (Entry.Charge), so a message stays
+// charged while the transport holds it after the replay let it go.
 type Replay struct {
 	mu       sync.Mutex
 	entries  []Entry // oldest first
