@@ -182,32 +182,38 @@ func findCgroups() *cgroupHost {
 	}
 	dirs, v2, notes := cgroupDirs(parseMountInfo(mounts), parseProcCgroup(own))
 	h.v2, h.notes = v2, notes
-	for ctl, dir := range dirs {
-		parent := filepath.Join(dir, cgroupDirName)
-		if err := os.Mkdir(parent, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
-			h.notes[ctl] = err.Error()
+	// Under v2 a controller reaches a cgroup only through its parent's
+	// subtree_control, each one per controller: the gateway's own cgroup
+	// may refuse (it holds the gateway, and v2 keeps processes out of
+	// cgroups that delegate controllers, except the root): then the
+	// accountant holds that limit. CPU usage (cpu.stat) needs none.
+	delegated := func(ctl, dir, parent string) error {
+		if !v2 || ctl == ctlCPUUsage {
+			return nil
+		}
+		for _, d := range []string{dir, parent} {
+			if err := os.WriteFile(filepath.Join(d, "cgroup.subtree_control"), []byte("+"+ctl), 0); err != nil {
+				return fmt.Errorf("cgroup v2: cannot delegate %s in %s: %w", ctl, d, err)
+			}
+		}
+		return nil
+	}
+	for _, ctl := range allControllers {
+		dir, ok := dirs[ctl]
+		if !ok {
 			continue
 		}
-		if v2 {
-			// Controllers reach a cgroup only through its parent's
-			// subtree_control; the gateway's own cgroup may refuse (it
-			// holds processes, and is no domain for them): then the
-			// accountant holds the limits.
-			var enable []string
-			for _, c := range []string{ctlMemory, ctlPids, ctlCPUShare} {
-				if dirs[c] != "" {
-					enable = append(enable, "+"+c)
-				}
-			}
-			if len(enable) > 0 {
-				if err := errors.Join(
-					os.WriteFile(filepath.Join(dir, "cgroup.subtree_control"), []byte(strings.Join(enable, " ")), 0),
-					os.WriteFile(filepath.Join(parent, "cgroup.subtree_control"), []byte(strings.Join(enable, " ")), 0),
-				); err != nil && ctl != ctlCPUUsage {
-					h.notes[ctl] = "cgroup v2: cannot delegate: " + err.Error()
-					continue
-				}
-			}
+		parent := filepath.Join(dir, cgroupDirName)
+		err := os.Mkdir(parent, 0o755)
+		if errors.Is(err, os.ErrExist) {
+			err = nil
+		}
+		if err == nil {
+			err = delegated(ctl, dir, parent)
+		}
+		if err != nil {
+			h.notes[ctl] = err.Error()
+			continue
 		}
 		h.parents[ctl] = parent
 	}
