@@ -103,3 +103,40 @@ func TestReplayReleasesChargesWhenItLetsGo(t *testing.T) {
 		t.Fatalf("after close: %+v; want only the %d bytes charged outside the replay", st, 2*size)
 	}
 }
+
+// SinceWithin stops before the message that would take the batch over its
+// bytes, but always gives a first message, however large.
+func TestReplaySinceWithinBoundsBytes(t *testing.T) {
+	l := newReplay(100, 1<<30)
+	var size int
+	for _, n := range []int{1000, 1000, 1000, 5000} {
+		m, err := jupytermsg.New("stream", "k", nil, jupytermsg.Stream{Name: "stdout", Text: strings.Repeat("x", n)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.Append("iopub", m, "")
+		size = messageSize(m) // of the last, the largest
+	}
+	first, _, _, _ := l.Since(0, "", 1)
+	one := first[0].Size()
+	for _, tc := range []struct {
+		since    uint64
+		maxBytes int
+		want     int
+	}{
+		{0, 0, 4},            // no bound
+		{0, 2*one + 1, 2},    // the third would go over
+		{0, 3 * one, 3},      // exactly three
+		{0, one - 1, 1},      // one at least
+		{3, size - 1, 1},     // one at least, the largest
+		{0, 3*one + size, 4}, // all
+	} {
+		msgs, _, _, _ := l.SinceWithin(tc.since, "", 0, tc.maxBytes)
+		if len(msgs) != tc.want {
+			t.Errorf("SinceWithin(%d, %d bytes): %d messages, want %d", tc.since, tc.maxBytes, len(msgs), tc.want)
+		}
+	}
+	if msgs, _, _, _ := l.SinceWithin(0, "", 2, 1<<20); len(msgs) != 2 {
+		t.Errorf("SinceWithin with a limit of 2 messages gave %d", len(msgs))
+	}
+}
