@@ -547,3 +547,33 @@ func FuzzCgroupFiles(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkCgroupLook: what the accountant's look at a kernel's cgroup
+// (its CPU usage and OOM kills) costs the gateway, every LimitEvery, in
+// place of a walk of its tree in /proc (BenchmarkTreeSample).
+func BenchmarkCgroupLook(b *testing.B) {
+	bw := newBwrap(b, nil)
+	if !bw.cgroups.holds(ctlMemory) || !bw.cgroups.holds(ctlCPUUsage) {
+		b.Skip("no memory and CPU usage cgroups here")
+	}
+	k := launchPy(b, bw, "import time\ntime.sleep(600)")
+	cg := &kernelCgroup{v2: bw.cgroups.v2, dirs: map[string]string{}}
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", k.p.Pid()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	own := parseProcCgroup(data)
+	for _, ctl := range []string{ctlMemory, ctlCPUUsage} {
+		key := ctl
+		if cg.v2 {
+			key = ""
+		}
+		cg.dirs[ctl] = filepath.Join(bw.cgroups.parents[ctl], filepath.Base(own[key]))
+	}
+	l := treeLimits{cpu: time.Hour, memory: 1 << 30, cg: cg}
+	for b.Loop() {
+		if err := l.overCgroupLimit(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -438,7 +438,9 @@ func (r pssReading) due(rss, limit int64, now time.Time) bool {
 // tree every l.every, ends the kernel (Process.Err says which limit) once
 // it is over Memory or CPUTime, and keeps it to its CPU share by stopping
 // its processes (SIGSTOP) while it is behind and resuming them (SIGCONT)
-// once the share has caught up.
+// once the share has caught up. The limits the kernel's cgroup holds are
+// read from it instead (overCgroupLimit); where it holds them all, /proc
+// is not read at all (limitByCgroup).
 func limitTree(p *Process, l treeLimits) {
 	if !l.needsProc() {
 		limitByCgroup(p, l)
