@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -182,6 +183,24 @@ func (c *clusterClient) do(method, path string, body io.Reader, contentType stri
 	return answer{status: resp.StatusCode, body: data, via: resp.Header.Values("Cellgate-Instance"), header: resp.Header}
 }
 
+// waitInRotation waits until every instance is in the balancer's ready backend: each has a
+// ready kernel again (its pool refilled after the subtests before) and haproxy's checks saw it.
+func (c *clusterClient) waitInRotation() {
+	c.t.Helper()
+	eventually(c.t, 60*time.Second, "haproxy to send requests to all three instances", func() bool {
+		seen := map[string]bool{}
+		for range 6 {
+			resp, err := c.http.Get("http://" + c.front + "/readyz")
+			if err != nil {
+				return false // haproxy starting
+			}
+			resp.Body.Close()
+			seen[resp.Header.Get("Cellgate-Instance")] = resp.StatusCode == http.StatusOK
+		}
+		return seen["cg1"] && seen["cg2"] && seen["cg3"]
+	})
+}
+
 func (c *clusterClient) form(path string, v url.Values) answer {
 	return c.do(http.MethodPost, path, strings.NewReader(v.Encode()), "application/x-www-form-urlencoded")
 }
@@ -284,19 +303,7 @@ func TestClusterBehindHAProxy(t *testing.T) {
 	front := startHAProxy(t, instances)
 	c := &clusterClient{t: t, front: front, http: &http.Client{Timeout: 60 * time.Second,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return nil }}}
-	// Every instance is in the balancer's ready backend.
-	eventually(t, 30*time.Second, "haproxy to send requests to all three instances", func() bool {
-		seen := map[string]bool{}
-		for range 6 {
-			resp, err := c.http.Get("http://" + front + "/readyz")
-			if err != nil {
-				return false // haproxy starting
-			}
-			resp.Body.Close()
-			seen[resp.Header.Get("Cellgate-Instance")] = resp.StatusCode == http.StatusOK
-		}
-		return seen["cg1"] && seen["cg2"] && seen["cg3"]
-	})
+	c.waitInRotation()
 
 	t.Run("websocket", func(t *testing.T) {
 		id, owner := c.newKernel()
@@ -356,9 +363,22 @@ func TestClusterBehindHAProxy(t *testing.T) {
 	})
 
 	t.Run("service", func(t *testing.T) {
+		// At once, once every instance is in rotation again (each one's only ready kernel went
+		// to the subtests before): one after another, the first would take an instance's
+		// kernel, and its /readyz 503 take it out of rotation before the others were sent.
+		c.waitInRotation()
+		answers := make([]answer, 3)
+		var wg sync.WaitGroup
+		for i := range answers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				answers[i] = c.form("/service", url.Values{"code": {fmt.Sprintf("print(%d+1)", i)}, "language": {"python"}})
+			}()
+		}
+		wg.Wait()
 		seen := map[string]bool{}
-		for i := range 3 {
-			a := c.form("/service", url.Values{"code": {fmt.Sprintf("print(%d+1)", i)}, "language": {"python"}})
+		for i, a := range answers {
 			res := decode[struct {
 				Success bool
 				Stdout  string
@@ -490,6 +510,9 @@ func TestClusterBehindHAProxy(t *testing.T) {
 		if err != nil || u.Host != front {
 			t.Fatalf("file link %q: not through the balancer (%s)", files[0], front)
 		}
+		// The session took its instance's only ready kernel: until the pool refills, that
+		// instance is out of the balancer's ready backend.
+		c.waitInRotation()
 		for _, path := range []string{u.RequestURI(), "/kernel/" + id + "/files/note.txt"} {
 			seen := map[string]bool{}
 			for range 3 {
