@@ -39,8 +39,11 @@ type MessageBudget struct {
 	peak  int64
 	// freed is closed (and replaced) whenever bytes are released, for the
 	// loops that wait for room.
-	freed      chan struct{}
-	reclaimers map[*reclaimerEntry]struct{}
+	freed chan struct{}
+	// freedWatched says a waiter holds freed: a release replaces it only
+	// then (releases are per message and client; waits are rare).
+	freedWatched bool
+	reclaimers   map[*reclaimerEntry]struct{}
 
 	dropped  atomic.Int64
 	refused  atomic.Int64
@@ -194,8 +197,11 @@ func (c *Charge) Release() {
 	}
 	b.mu.Lock()
 	b.inUse -= c.bytes
-	close(b.freed)
-	b.freed = make(chan struct{})
+	if b.freedWatched {
+		close(b.freed)
+		b.freed = make(chan struct{})
+		b.freedWatched = false
+	}
 	b.mu.Unlock()
 }
 
@@ -273,6 +279,7 @@ func (b *MessageBudget) Wait(n int64, stop ...<-chan struct{}) (*Charge, error) 
 	for {
 		b.mu.Lock()
 		freed := b.freed
+		b.freedWatched = true
 		b.mu.Unlock()
 		if c, ok := b.TryCharge(n); ok {
 			return c, nil
