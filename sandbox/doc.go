@@ -184,6 +184,10 @@
 //     The accountant compares it with CPUTime every LimitEvery, so the
 //     hole of the /proc sum below is closed where cpuacct exists.
 //
+// A look at a kernel's cgroup (CPU usage and OOM kills, every
+// LimitEvery) costs the gateway about 0.09 ms (BenchmarkCgroupLook),
+// against 0.5 ms for a walk of a small tree in /proc.
+//
 // cgroup v2 is written (the same limits in memory.max, pids.max, cpu.max,
 // usage_usec of cpu.stat, oom_kill of memory.events) but untested: this
 // machine mounts v1 for every controller and cgroup2 with hugetlb only.
