@@ -148,10 +148,10 @@ time.sleep(600)`)
 			kernelCgroupDir(t, b, pid, ctlMemory)
 		}
 		dirs := kernelCgroupDirs(t, b, k.p.Pid())
-		// The sandbox has a cgroup namespace of its own: there, its
-		// cgroup is its root ("/"), but only if it was already in it when
-		// the namespace was made, before the kernel ran.
-		// (where it has none, the kernel's cgroup is named in full).
+		// What the kernel saw first was its own cgroup: named relative to
+		// the root of its cgroup namespace (bwrap makes it as it clones,
+		// in the gateway's cgroup: /cellgate/NAME), in full where it has
+		// none, or "/" where the namespace was made inside it.
 		if !regexp.MustCompile(`memory:/(\S*cellgate/\S+)? `).MatchString(first) {
 			t.Errorf("the kernel's first look at its cgroup: %s", first)
 		}
