@@ -647,9 +647,18 @@ func (k *kernelCgroup) remove() error {
 	return errors.Join(errs...)
 }
 
+// staleAge is how old a leftover cgroup must be before the start-up sweep
+// removes it: one just made may be another gateway's, whose kernel is
+// about to enter it (gateways whose state directories differ can share a
+// cgroup hierarchy, and then cannot see each other's uid locks).
+const staleAge = time.Minute
+
 // sweepCgroups removes what a crashed gateway left below cellgate: probe
 // cgroups of processes that are gone, and kernels' cgroups whose uid
-// (the name's prefix) nobody holds.
+// (the name's prefix) nobody holds, once they are staleAge old. It only
+// removes empty ones (rmdir refuses the others) and kills nothing: a
+// crashed gateway's kernels die with it (bwrap --die-with-parent, the
+// templates' parent-death signal), and the uid sweep ends the rest.
 func (b *Bwrap) sweepCgroups() {
 	if b.cgroups == nil {
 		return
@@ -665,14 +674,13 @@ func (b *Bwrap) sweepCgroups() {
 			continue
 		}
 		for _, e := range entries {
-			if !e.IsDir() {
+			if !e.IsDir() || !b.staleCgroup(e.Name()) {
 				continue
 			}
-			if !b.staleCgroup(e.Name()) {
+			if info, err := e.Info(); err != nil || time.Since(info.ModTime()) < staleAge {
 				continue
 			}
-			stale := &kernelCgroup{dirs: map[string]string{ctlPids: filepath.Join(parent, e.Name())}}
-			_ = stale.remove()
+			_ = syscall.Rmdir(filepath.Join(parent, e.Name()))
 		}
 	}
 }

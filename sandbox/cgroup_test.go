@@ -460,27 +460,36 @@ func TestKernelCgroupCPUShare(t *testing.T) {
 }
 
 // TestKernelCgroupsSweptAtStart: a kernel cgroup a crashed gateway left
-// (its uid's lock free) is removed when the next one starts; one of
-// another range, or not named as a kernel's, is left alone.
+// (its uid's lock free, older than staleAge) is removed when the next one
+// starts; one just made (perhaps by a gateway that cannot share our uid
+// locks), or not named as a kernel's, is left alone.
 func TestKernelCgroupsSweptAtStart(t *testing.T) {
 	b := newCgroupBwrap(t, nil, ctlPids)
 	parent := b.cgroups.parents[ctlPids]
-	stale := filepath.Join(parent, kernelCgroupName(b.cfg.UIDBase+b.cfg.UIDCount-1, "/x/stale", 1))
+	uid := b.cfg.UIDBase + b.cfg.UIDCount - 1
+	stale := filepath.Join(parent, kernelCgroupName(uid, "/x/stale", 1))
+	young := filepath.Join(parent, kernelCgroupName(uid, "/x/young", 1))
 	other := filepath.Join(parent, "someone-else")
-	for _, d := range []string{stale, other} {
+	for _, d := range []string{stale, young, other} {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
+		defer os.Remove(d)
 	}
-	defer os.Remove(other)
-	b2 := newCgroupBwrap(t, nil, ctlPids)
-	_ = b2
+	old := time.Now().Add(-2 * staleAge)
+	for _, d := range []string{stale, other} {
+		if err := os.Chtimes(d, old, old); err != nil {
+			t.Fatal(err)
+		}
+	}
+	newCgroupBwrap(t, nil, ctlPids)
 	if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
-		os.Remove(stale)
 		t.Errorf("stale kernel cgroup %s survived a start (%v)", stale, err)
 	}
-	if _, err := os.Stat(other); err != nil {
-		t.Errorf("a cgroup not named as a kernel's was removed: %v", err)
+	for _, d := range []string{young, other} {
+		if _, err := os.Stat(d); err != nil {
+			t.Errorf("%s was removed: %v", d, err)
+		}
 	}
 }
 
