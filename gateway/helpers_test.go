@@ -342,7 +342,7 @@ func startTestStorageWith(t *testing.T, dir string, limits storage.FileLimits) *
 	if err != nil {
 		t.Fatal(err)
 	}
-	store, err := storage.Open(ctx, storage.Config{URI: emb.URI(), Logger: log, ServerSelectionTimeout: time.Second, Files: limits, Embedded: emb})
+	store, err := storage.Open(ctx, storage.Config{URI: emb.URI(), Logger: log, ServerSelectionTimeout: time.Second, ConnectRetry: 30 * time.Second, Files: limits, Embedded: emb})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -116,7 +116,7 @@ func startTCPStorage(t *testing.T, dir string) (*testStorage, string) {
 		_ = emb.Close()
 		t.Fatalf("embedded database URI %q: %v", emb.URI(), err)
 	}
-	store, err := storage.Open(ctx, storage.Config{URI: emb.URI(), Logger: log, ServerSelectionTimeout: time.Second, Embedded: emb})
+	store, err := storage.Open(ctx, storage.Config{URI: emb.URI(), Logger: log, ServerSelectionTimeout: time.Second, ConnectRetry: 30 * time.Second, Embedded: emb})
 	if err != nil {
 		_ = emb.Close()
 		t.Fatal(err)
