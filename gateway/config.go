@@ -111,6 +111,10 @@ type Config struct {
 	MaxConnsPerAddr int
 	// SandboxWarning is shown in /api status when kernels run unsandboxed.
 	SandboxWarning string
+	// KernelStarts, if set, says how kernels start now (forked, or cold
+	// and why), shown in /readyz: an operator sees there that the fork
+	// templates failed and kernels start cold.
+	KernelStarts func() string
 	// Storage holds permalinks and kernel files; zero disables them.
 	Storage Storage
 	// Cluster joins the instance to others sharing its database: requests

@@ -148,6 +148,9 @@ func (s *Server) readyz(c echo.Context) error {
 			body["storage"] = "ok"
 		}
 	}
+	if s.cfg.KernelStarts != nil {
+		body["kernel_starts"] = s.cfg.KernelStarts()
+	}
 	body["ready"] = ready
 	if !ready {
 		return c.JSON(http.StatusServiceUnavailable, body)

@@ -18,11 +18,16 @@ func TestReadyMeansCanServe(t *testing.T) {
 		t.Errorf("pool leased out and refilling: %d %v", r.StatusCode, body)
 	}
 
-	full := newTestEnv(t, 1, 1, nil)
+	// The sandbox's word on how kernels start comes along.
+	const starts = "cold: the latest fork failed: a test"
+	full := newTestEnv(t, 1, 1, func(c *Config) { c.KernelStarts = func() string { return starts } })
 	full.waitWarm()
 	full.newKernel(url.Values{"timeout": {"60"}})
 	if r := full.do(http.MethodGet, "/readyz", "", "", &body); r.StatusCode != http.StatusServiceUnavailable {
 		t.Errorf("pool at its cap with nothing ready: %d %v", r.StatusCode, body)
+	}
+	if body["kernel_starts"] != starts {
+		t.Errorf("/readyz kernel_starts = %v, want %q", body["kernel_starts"], starts)
 	}
 }
 

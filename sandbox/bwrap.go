@@ -47,6 +47,9 @@ type Bwrap struct {
 	templates map[string]*template // by interpreter and roots
 	retired   map[*template]bool   // replaced, serving their last kernels
 	forkErr   error                // the last time the fork server failed
+	// forkFailing is the failure of the latest fork, nil once one
+	// succeeds again: what KernelStarts tells.
+	forkFailing error
 
 	// starting holds, per template key, a lock held while its template is
 	// chosen or starts.
@@ -168,6 +171,36 @@ func (b *Bwrap) Describe() string {
 	return fmt.Sprintf("bwrap: uids %d..%d; %s; per process: cpu %v, address space %s, files %d, file size %s; per kernel: tmpfs %s/%d inodes, lifespan %v; per kernel, whole process tree: %s; %s",
 		c.UIDBase, c.UIDBase+c.UIDCount-1, filter, c.CPUTime, mib(c.Memory), c.OpenFiles, mib(c.FileSize),
 		mib(c.Disk), c.Inodes, c.Lifespan, b.cgroups.describe(&c), fork)
+}
+
+// forkDone records how the latest fork went (failure nil: it worked),
+// and tells Config.OnForkState when that changes whether kernels fork.
+func (b *Bwrap) forkDone(failure error) {
+	b.mu.Lock()
+	changed := (failure == nil) != (b.forkFailing == nil)
+	if failure != nil {
+		b.forkErr = failure
+	}
+	b.forkFailing = failure
+	b.mu.Unlock()
+	if changed && b.cfg.OnForkState != nil {
+		b.cfg.OnForkState(failure)
+	}
+}
+
+// KernelStarts says in a few words how ipykernel and Sage kernels start
+// now, for /readyz: forked from a template, or cold and why (forking off,
+// or the latest fork failed: the template could not be built or died).
+func (b *Bwrap) KernelStarts() string {
+	if !b.cfg.Fork {
+		return "cold: forking is off"
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.forkFailing != nil {
+		return "cold: the latest fork failed: " + b.forkFailing.Error()
+	}
+	return "forked from templates"
 }
 
 func mib(n int64) string { return fmt.Sprintf("%dMiB", n>>20) }
@@ -323,12 +356,13 @@ func (b *Bwrap) Launch(ctx context.Context, req Request) (*Process, error) {
 	if kind, args, ok := b.forkable(req.Argv); err == nil && ok && b.cfg.Fork {
 		if p, err = b.launchForked(ctx, req, sl, kind, args, cg); err != nil {
 			// The kernel still starts, cold; Describe tells the operator.
-			b.mu.Lock()
-			b.forkErr = err
-			b.mu.Unlock()
+			b.forkDone(err)
 			p, err = nil, nil
-		} else if err = placeForked(p, cg); err != nil {
-			p = nil
+		} else {
+			b.forkDone(nil)
+			if err = placeForked(p, cg); err != nil {
+				p = nil
+			}
 		}
 	}
 	if p == nil && err == nil {

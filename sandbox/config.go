@@ -139,6 +139,10 @@ type Config struct {
 	ForkMax int
 	// ForkLog receives the templates' own output (nil: discarded).
 	ForkLog io.Writer
+	// OnForkState, if set, is told when kernels go from forked to cold
+	// (failure says why: a template could not be built, or died) and back
+	// (failure nil), once per change, for the log.
+	OnForkState func(failure error)
 }
 
 // DefaultConfig returns limits suited to a public server where each kernel

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -562,5 +563,65 @@ func TestForkedKernelKilledRightAfterLaunch(t *testing.T) {
 		if err := p.Close(); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// A template that cannot be built (here a preload starts a thread, which a
+// template must not have when it forks) leaves kernels starting cold:
+// they run, KernelStarts (shown in /readyz) and Describe say so, and
+// OnForkState is told once, not at every launch that fails again.
+func TestForkTemplateCannotBeBuilt(t *testing.T) {
+	t.Parallel()
+	skipWithoutIPyKernel(t)
+	// Not under /tmp or /var/tmp: a sandbox has its own.
+	dir, err := os.MkdirTemp("/run", "cellgate-preload-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	module := "import threading, time\nthreading.Thread(target=time.sleep, args=(600,), daemon=True).start()\n"
+	if err := os.WriteFile(filepath.Join(dir, "cellgate_thread_mod.py"), []byte(module), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var told []error
+	b := newBwrap(t, func(c *Config) {
+		c.Fork = true
+		c.ReadOnly = append(c.ReadOnly, dir)
+		c.Env = append(c.Env, "PYTHONPATH="+dir)
+		c.ForkPreload = append(c.ForkPreload, "cellgate_thread_mod")
+		c.OnForkState = func(failure error) {
+			mu.Lock()
+			told = append(told, failure)
+			mu.Unlock()
+		}
+	})
+	t.Cleanup(b.Close)
+	if got := b.KernelStarts(); got != "forked from templates" {
+		t.Errorf("before any fork: KernelStarts = %q", got)
+	}
+	runtimeRoot, workRoot := poolDirs(t)
+	for i := range 2 {
+		k := startIPyKernel(t, b, runtimeRoot, workRoot)
+		if out := k.cell(t, "import sys\nprint('preloaded', 'cellgate_thread_mod' in sys.modules, 6*7)"); !strings.Contains(out, "preloaded False 42") {
+			t.Errorf("kernel %d, which should have started cold: %s", i, out)
+		}
+		if err := k.p.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := b.KernelStarts(); !strings.HasPrefix(got, "cold: the latest fork failed") || !strings.Contains(got, "threads") {
+		t.Errorf("KernelStarts = %q, want cold and why", got)
+	}
+	if d := b.Describe(); !strings.Contains(d, "last fork failure") {
+		t.Errorf("Describe does not tell the failure: %s", d)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(told) != 1 || told[0] == nil {
+		t.Errorf("OnForkState told %v, want one failure for two failed forks", told)
 	}
 }

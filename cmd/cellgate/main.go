@@ -86,7 +86,7 @@ func newLogger(o options, w io.Writer) (zerolog.Logger, error) {
 	return log.Level(level).With().Timestamp().Logger(), nil
 }
 
-func newLauncher(o options) (sandbox.Launcher, error) {
+func newLauncher(o options, log zerolog.Logger) (sandbox.Launcher, error) {
 	switch o.sandbox {
 	case "none":
 		if !isLoopback(o.listen) && !o.allowUnsafe {
@@ -94,7 +94,7 @@ func newLauncher(o options) (sandbox.Launcher, error) {
 		}
 		return sandbox.None{}, nil
 	case "bwrap":
-		return newBwrapLauncher(o)
+		return newBwrapLauncher(o, log)
 	}
 	return nil, fmt.Errorf("--sandbox: unknown mode %q (bwrap or none)", o.sandbox)
 }
@@ -116,7 +116,7 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 	if len(specs) == 0 {
 		return errors.New("no Jupyter kernelspecs installed (make deps installs python3-ipykernel)")
 	}
-	launcher, err := newLauncher(o)
+	launcher, err := newLauncher(o, log)
 	if err != nil {
 		return err
 	}
@@ -199,6 +199,9 @@ func serve(ctx context.Context, o options, log zerolog.Logger) error {
 	cfg.Storage.Ledger = ledger
 	if launcher.Name() == "none" {
 		cfg.SandboxWarning = "kernels run unsandboxed (--sandbox=none): development only"
+	}
+	if starts, ok := launcher.(interface{ KernelStarts() string }); ok {
+		cfg.KernelStarts = starts.KernelStarts
 	}
 	var gw *gateway.Server
 	var node *clusterNode

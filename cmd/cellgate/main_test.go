@@ -294,15 +294,15 @@ func TestRaiseFileLimit(t *testing.T) {
 
 func TestUnsandboxedRefusedOnPublicAddress(t *testing.T) {
 	for listen, public := range map[string]bool{"127.0.0.1:8888": false, "localhost:1": false, "[::1]:1": false, "0.0.0.0:8888": true, ":8888": true, "192.0.2.1:80": true} {
-		_, err := newLauncher(options{sandbox: "none", listen: listen})
+		_, err := newLauncher(options{sandbox: "none", listen: listen}, zerolog.Nop())
 		if public != (err != nil) {
 			t.Errorf("%s: err = %v", listen, err)
 		}
-		if _, err := newLauncher(options{sandbox: "none", listen: listen, allowUnsafe: true}); err != nil {
+		if _, err := newLauncher(options{sandbox: "none", listen: listen, allowUnsafe: true}, zerolog.Nop()); err != nil {
 			t.Errorf("%s forced: %v", listen, err)
 		}
 	}
-	if _, err := newLauncher(options{sandbox: "chroot"}); err == nil || !strings.Contains(err.Error(), "bwrap or none") {
+	if _, err := newLauncher(options{sandbox: "chroot"}, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "bwrap or none") {
 		t.Errorf("unknown sandbox: %v", err)
 	}
 }
