@@ -164,7 +164,15 @@ func (s *Server) answerPoll(c echo.Context, sess *session.Session, client string
 	}
 	sess.RememberCursor(client, tail.Next)
 	w := c.Response()
-	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(writeTimeout))
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	defer func() {
+		// Flushed under the deadline; then lifted, as the server sets
+		// none of its own and one left behind would cut the connection's
+		// next poll.
+		_ = rc.Flush()
+		_ = rc.SetWriteDeadline(time.Time{})
+	}()
 	w.Header().Set(echo.HeaderContentType, echo.MIMEApplicationJSON)
 	w.WriteHeader(http.StatusOK)
 	sep := ""

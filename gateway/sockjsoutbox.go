@@ -158,9 +158,10 @@ func sockjsReceiving(r *http.Request) (string, bool) {
 
 // sockjsFrameWriter is the response of a request the library writes a
 // session's frames to. Each frame the library writes is one Write; one
-// carrying messages ("a[…]") lets that many of the outbox's oldest go. Each
-// write gets writeTimeout, so that a page that stops reading a stream ends
-// it rather than holding the library's lock (and its buffer) for ever.
+// carrying messages ("a[…]") lets that many of the outbox's oldest go once
+// it is flushed. Each write gets writeTimeout, so that a page that stops
+// reading a stream ends it rather than holding the library's lock (and its
+// buffer) for ever.
 type sockjsFrameWriter struct {
 	http.ResponseWriter
 	outboxes *sockjsOutboxes
@@ -168,8 +169,15 @@ type sockjsFrameWriter struct {
 }
 
 func (w *sockjsFrameWriter) Write(p []byte) (int, error) {
-	_ = http.NewResponseController(w.ResponseWriter).SetWriteDeadline(time.Now().Add(writeTimeout))
+	rc := http.NewResponseController(w.ResponseWriter)
+	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
 	n, err := w.ResponseWriter.Write(p)
+	if err == nil {
+		err = rc.Flush()
+	}
+	// The server sets no write deadline of its own: one left behind would
+	// cut the connection's next request.
+	_ = rc.SetWriteDeadline(time.Time{})
 	if err == nil {
 		if msgs := sockjsFrameMessages(p); msgs > 0 {
 			if o := w.outboxes.get(w.session); o != nil {
