@@ -136,9 +136,9 @@ func TestTransportBudgetStalledPoll(t *testing.T) {
 	})
 }
 
-// A SockJS page that does not read (websocket) or stops polling
-// (xhr-polling) holds only what the budget allows, in the library's
-// buffer as in the gateway.
+// A SockJS page that does not read (websocket, xhr-streaming) or stops
+// polling (xhr-polling) holds only what the budget allows, in the
+// library's buffer as in the gateway.
 func TestTransportBudgetSlowSockJS(t *testing.T) {
 	open := func(id, session string) string {
 		data, _ := json.Marshal(map[string]any{
@@ -158,6 +158,27 @@ func TestTransportBudgetSlowSockJS(t *testing.T) {
 			if err := conn.WriteMessage(websocket.TextMessage, []byte(open(id, uuid.NewString()))); err != nil {
 				t.Fatal(err)
 			}
+			waitSockJSStream(t, env, id)
+			return func() { conn.Close() }
+		})
+	})
+	t.Run("xhr-streaming", func(t *testing.T) {
+		transportFlood(t, func(env *testEnv, id string) func() {
+			base := "/sockjs/000/" + strings.ReplaceAll(uuid.NewString(), "-", "")
+			conn, err := dialSlow(env.http.Listener.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The page's stream, which it does not read.
+			fmt.Fprintf(conn, "POST %s/xhr_streaming HTTP/1.1\r\nHost: cellgate\r\nContent-Length: 0\r\n\r\n", base)
+			waitFor(t, "the SockJS session to open", func() bool {
+				resp, err := http.Post(env.url(base+"/xhr_send"), "text/plain", strings.NewReader(open(id, uuid.NewString())))
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				return resp.StatusCode == http.StatusNoContent
+			})
 			waitSockJSStream(t, env, id)
 			return func() { conn.Close() }
 		})
