@@ -376,7 +376,34 @@
 // (about 270 to 190 ms of CPU from fork to start, on a loaded machine);
 // what is left there is this kernel's own: its sockets and their event
 // loops and threads (ZMQ binds, three asyncio loops), its connection
-// file, history database and profile directories.
+// file, history database and profile directories. Profiled (perf, and
+// cProfile in an unsandboxed copy of the template), half of that CPU is
+// the Linux kernel's, not Python's: the start writes to about 3,600
+// pages it shares with the template (4,500 minor faults to the first
+// cell), each a copy-on-write fault, and once the kernel has threads
+// each fault also flushes the other CPU's TLB by interrupt (page faults
+// 37% of the kernel's samples, copy-on-write 23%, the flush interrupts
+// 12%). No module is imported after the fork (faulthandler aside), and
+// the Python left is spread thin: init_sockets 25 ms, the connection
+// file and its Session 22, adopt_shell 20 (the history database 14),
+// init_code 16, thread starts 11 (under cProfile). So a kernel runs its
+// start pinned to the CPU it was forked on (every thread gets its CPUs
+// back when its event loop first runs, before any cell), and each
+// template rehearses one start in a child, records from pagemap which
+// of its pages that start copied, and each kernel copies those at once
+// (MADV_POPULATE_WRITE) while it has one thread. The kernel's CPU from
+// fork to its first cell, sandboxed, p50 of 5 interleaved rounds on a
+// machine busy with other work: 239 ms, 215 pinned, 186 pinned and
+// pre-copied, for 0.5 MiB more PSS per kernel. BenchmarkSupply forked
+// (CPU-bound), three interleaved pairs at load 2-5 from other work:
+// 2.26, 3.24, 2.95 -> 2.66, 4.30, 3.76 kernels/s (ms-per-start 900,
+// 615, 632 -> 735, 443, 502). BenchmarkSandboxedStart forked (one start
+// at a time) did not move beyond the noise (before 555, 336, 402, 288,
+// 326 ms; after 423, 436, 313, 317, 414): there the wait is the
+// gateway's. Its ZMQ sockets connect before the kernel has bound its
+// ipc paths and retry at libzmq's default reconnect interval, 100 ms: a
+// build with a 5 ms interval (kernelpool/sockets.go, not changed here)
+// took 291 -> 199 ms per forked start and 4.47 -> 5.96 kernels/s.
 //
 // What a fork inherits and must not share is renewed in the kernel before
 // it runs: Python's and numpy's random generators, Sage's random state
