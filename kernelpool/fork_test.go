@@ -208,7 +208,8 @@ func runStartModes(b *testing.B, modes []startMode, f func(b *testing.B, mode st
 // each of its threads may run on (the template pins a kernel's start to
 // one). SQLite's journal files are left out of the directory listing:
 // they exist only while the history thread is writing, in either kind of
-// kernel.
+// kernel. The template must have prepared the application and rehearsed
+// a start (the pages each kernel copies at once) without failing.
 func TestForkedKernelIsLikeACold(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the bwrap sandbox needs root")
@@ -277,6 +278,9 @@ print(json.dumps({
 			}
 			if fork && strings.Contains(templateLog.String(), "preparing the kernel application failed") {
 				t.Errorf("%s: the template did not prepare the application: %s", name, templateLog.String())
+			}
+			if fork && strings.Contains(templateLog.String(), "rehearsal kernel failed") {
+				t.Errorf("%s: the template's rehearsal start failed: %s", name, templateLog.String())
 			}
 			k.Shutdown()
 			launcher.Close()
