@@ -116,6 +116,13 @@ const (
 
 const stopFrame = "stop"
 
+// The first and the longest pause before libzmq connects again to a
+// kernel's socket (see newSocket).
+const (
+	reconnectInterval    = 5 * time.Millisecond
+	reconnectIntervalMax = 100 * time.Millisecond
+)
+
 // socketOptions are set on a socket before it connects.
 type socketOptions struct {
 	identity       string
@@ -136,6 +143,17 @@ func newSocket(zctx *zmq.Context, kind zmq.Type, endpoint string, opt socketOpti
 	// kernel blocks context termination.
 	if err := s.SetLinger(0); err != nil {
 		return fail("set linger", err)
+	}
+	// The gateway connects before a new kernel has bound its sockets, and
+	// libzmq tries again only after the reconnect interval: at its default
+	// (100 ms, fixed) a start waited up to that long for nothing. From 5 ms,
+	// doubling up to 100 ms, the connection follows the kernel's bind
+	// within a few ms, and a dead kernel is not retried faster than before.
+	if err := s.SetReconnectIvl(reconnectInterval); err != nil {
+		return fail("set reconnect interval", err)
+	}
+	if err := s.SetReconnectIvlMax(reconnectIntervalMax); err != nil {
+		return fail("set reconnect interval max", err)
 	}
 	// A kernel is untrusted: a message over the cap makes libzmq drop the
 	// connection (it reconnects) instead of buffering it in the gateway.
