@@ -323,6 +323,12 @@ func (k *Kernel) launch(ctx context.Context) error {
 // that the readiness probes caused has arrived before the kernel is handed
 // on, so none of them leaks into a session.
 func (k *Kernel) waitReady(ctx context.Context, proc *sandbox.Process, socks *sockets, startup <-chan Received) error {
+	// How long to wait for the idle status once the reply is in. The idle
+	// comes a millisecond after the reply unless iopub joined too late to
+	// see it (the slow joiner): then the round is lost, and waiting long
+	// for it only delays the next. Doubling each lost round keeps a loaded
+	// machine, whose idle may come late, from losing every round.
+	idleWithin := 50 * time.Millisecond
 	for {
 		req, err := jupytermsg.New("kernel_info_request", k.Session, nil, nil)
 		if err != nil {
@@ -331,14 +337,16 @@ func (k *Kernel) waitReady(ctx context.Context, proc *sandbox.Process, socks *so
 		if err := socks.send(jupytermsg.Shell, req); err != nil {
 			return fmt.Errorf("%w: %w", ErrStartFailed, err)
 		}
-		reply, idle, err := awaitReplyAndIdle(ctx, startup, proc.Done(), req.Header.MsgID, time.Second, 200*time.Millisecond, nil)
+		reply, idle, err := awaitReplyAndIdle(ctx, startup, proc.Done(), req.Header.MsgID, time.Second, idleWithin, nil)
 		switch {
 		case errors.Is(err, errProcessEnded):
 			return fmt.Errorf("%w: %s exited (%v): %s", ErrStartFailed, k.Spec.Name, proc.Err(), k.output.String())
 		case err != nil:
 			return fmt.Errorf("%w: %s not ready: %w; output: %s", ErrStartFailed, k.Spec.Name, err, k.output.String())
 		case reply == nil || !idle:
-			continue // a round lost to the slow joiner: ask again
+			// A round lost to the slow joiner: ask again.
+			idleWithin = min(2*idleWithin, time.Second)
+			continue
 		}
 		select {
 		case <-socks.stdinReady:
