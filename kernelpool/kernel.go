@@ -57,8 +57,10 @@ type KernelConfig struct {
 	// MessageBudget, shared by every kernel of the process, bounds the
 	// bytes of kernel messages held in Go at once: from the receiving loop
 	// to whoever lets the message go (the Messages channel, a session's
-	// replay). Once it is full, iopub messages are dropped and replies wait.
-	// nil: no process-wide bound.
+	// replay, the transports' copies until written to their clients).
+	// Once it is full, iopub messages are dropped, replies wait, and a
+	// transport skips a client whose copy finds no room. nil: no
+	// process-wide bound.
 	MessageBudget *MessageBudget
 	// ReceiveHWM is how many messages each of the kernel's four message
 	// sockets queues in libzmq (C memory, outside MessageBudget) before

@@ -202,7 +202,7 @@ func settings(o *options) []setting {
 		opt("store-results", &o.storeResults, true, "keep what each execution showed (outputs, widget state) with its permalink, so a shared link opens with its result and no kernel; `false`: permalinks keep only code and interacts"),
 		opt("result-max-kb", &o.resultKB, gw.Storage.ResultBudget>>10, "inline size in KiB of one stored result (outputs and widget state); what goes over is left out, with a notice in the result"),
 		opt("max-message-mb", &o.maxMessageMB, kp.Kernel.MaxMessageBytes>>20, "largest message in MiB from a client (websocket frame, HTTP body; then an error or 413) or from a kernel (then dropped, and its clients told)"),
-		opt("kernel-message-budget-mb", &o.kernelMessageMB, int64(kernelpool.DefaultMessageBudgetBytes>>20), "MiB of kernel messages the whole process holds at once, all kernels and sessions together (replays of output, messages on their way): when full, old output that clients were to be replayed is let go first, then new iopub output is dropped (clients told) and replies wait; at least `--max-message-mb`; `0`: no bound"),
+		opt("kernel-message-budget-mb", &o.kernelMessageMB, int64(kernelpool.DefaultMessageBudgetBytes>>20), "MiB of kernel messages the whole process holds at once, all kernels and sessions together (replays of output, messages on their way, and what the websocket, long-poll and SockJS transports hold for each client until it is written): when full, old output that clients were to be replayed is let go first, then new iopub output is dropped (clients told) and replies wait, and a client whose copy finds no room is skipped for that message (told); at least twice `--max-message-mb` (a message at the cap and its encoded frame for one client); `0`: no bound"),
 		opt("advertise-url", &o.advertiseURL, cl.AdvertiseURL, "URL other instances reach this one at directly (not through the balancer), e.g. `http://10.0.0.5:8888/`; setting it joins the cluster of instances sharing `--mongo-uri` (README: Running several instances)").
 			documented("unset: one instance alone"),
 		opt("cluster-secret", &o.clusterSecret, "", fmt.Sprintf("secret shared by every instance of a cluster, which signs the requests they forward to each other (at least %d bytes; required with `--advertise-url`; prefer the environment variable)", cluster.MinSecretBytes)),
@@ -343,8 +343,8 @@ func (o options) validate() error {
 	if o.kernelMessageMB < 0 {
 		return errors.New("--kernel-message-budget-mb must not be negative (0: no bound)")
 	}
-	if o.kernelMessageMB != 0 && o.kernelMessageMB < o.maxMessageMB {
-		return fmt.Errorf("--kernel-message-budget-mb %d is below --max-message-mb %d: a message at the cap could never be held", o.kernelMessageMB, o.maxMessageMB)
+	if o.kernelMessageMB != 0 && o.kernelMessageMB < 2*o.maxMessageMB {
+		return fmt.Errorf("--kernel-message-budget-mb %d is below twice --max-message-mb %d: a message at the cap and its frame for a client could never be held together", o.kernelMessageMB, o.maxMessageMB)
 	}
 	if o.uploadMBPerAddr < 0 || o.uploadFilesPerAddr < 0 {
 		return errors.New("--upload-mb-per-address-hour and --upload-files-per-address-hour must not be negative (0: no cap)")
