@@ -370,12 +370,7 @@ func TestForkTemplateReplacedAfterForks(t *testing.T) {
 func TestForkTemplateReplacedOnPackageChange(t *testing.T) {
 	t.Parallel()
 	skipWithoutIPyKernel(t)
-	// Not under /tmp or /var/tmp: a sandbox has its own.
-	dir, err := os.MkdirTemp("/run", "cellgate-preload-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := preloadDir(t)
 	module := filepath.Join(dir, "cellgate_probe_mod.py")
 	write := func(value int) {
 		// Rewritten in place, as an editor would: the directory stays as it was.
@@ -384,15 +379,7 @@ func TestForkTemplateReplacedOnPackageChange(t *testing.T) {
 		}
 	}
 	write(1)
-	if err := os.Chmod(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	b := newBwrap(t, func(c *Config) {
-		c.Fork = true
-		c.ReadOnly = append(c.ReadOnly, dir)
-		c.Env = append(c.Env, "PYTHONPATH="+dir)
-		c.ForkPreload = append(c.ForkPreload, "cellgate_probe_mod")
-	})
+	b := newBwrap(t, func(c *Config) { preloadFrom(c, dir, "cellgate_probe_mod") })
 	b.checkEvery = 0
 	t.Cleanup(b.Close)
 	runtimeRoot, workRoot := poolDirs(t)
@@ -573,26 +560,15 @@ func TestForkedKernelKilledRightAfterLaunch(t *testing.T) {
 func TestForkTemplateCannotBeBuilt(t *testing.T) {
 	t.Parallel()
 	skipWithoutIPyKernel(t)
-	// Not under /tmp or /var/tmp: a sandbox has its own.
-	dir, err := os.MkdirTemp("/run", "cellgate-preload-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := preloadDir(t)
 	module := "import threading, time\nthreading.Thread(target=time.sleep, args=(600,), daemon=True).start()\n"
 	if err := os.WriteFile(filepath.Join(dir, "cellgate_thread_mod.py"), []byte(module), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	var mu sync.Mutex
 	var told []error
 	b := newBwrap(t, func(c *Config) {
-		c.Fork = true
-		c.ReadOnly = append(c.ReadOnly, dir)
-		c.Env = append(c.Env, "PYTHONPATH="+dir)
-		c.ForkPreload = append(c.ForkPreload, "cellgate_thread_mod")
+		preloadFrom(c, dir, "cellgate_thread_mod")
 		c.OnForkState = func(failure error) {
 			mu.Lock()
 			told = append(told, failure)
@@ -624,4 +600,28 @@ func TestForkTemplateCannotBeBuilt(t *testing.T) {
 	if len(told) != 1 || told[0] == nil {
 		t.Errorf("OnForkState told %v, want one failure for two failed forks", told)
 	}
+}
+
+// preloadDir makes a directory, readable by kernels, for modules a test's
+// templates preload. Not under /tmp or /var/tmp: a sandbox has its own.
+func preloadDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/run", "cellgate-preload-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// preloadFrom has c fork kernels from templates that preload module from
+// dir, which is on the kernels' PYTHONPATH.
+func preloadFrom(c *Config, dir, module string) {
+	c.Fork = true
+	c.ReadOnly = append(c.ReadOnly, dir)
+	c.Env = append(c.Env, "PYTHONPATH="+dir)
+	c.ForkPreload = append(c.ForkPreload, module)
 }
