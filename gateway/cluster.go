@@ -143,38 +143,99 @@ func (s *Server) ownedBy(api session.API, local func(id string) bool) echo.Middl
 			if err != nil || local(id) || s.forwarded(c) {
 				return next(c)
 			}
-			ctx := c.Request().Context()
-			for attempt := 0; attempt < 2; attempt++ {
-				loc, err := s.cfg.Cluster.Locate(ctx, id)
-				switch {
-				case err != nil:
-					s.log.Warn().Err(err).Str("session", id).Msg("cluster: owner lookup failed")
-					c.Response().Header().Set("Retry-After", clusterRetryAfter)
-					return httpError(c, http.StatusServiceUnavailable, "cannot find the kernel's instance now: "+err.Error())
-				case loc.Owner != nil:
-					dropCORS(c.Response().Header())
-					err := s.cfg.Cluster.Forward(c.Response(), c.Request(), *loc.Owner, c.RealIP())
-					if err == nil {
-						return nil
-					}
-					if errors.Is(err, ErrForwardLoop) {
-						return next(c)
-					}
-					// Unreachable: ask again, as the owner may have just died.
-					s.log.Debug().Err(err).Str("session", id).Msg("cluster: forward failed")
-				case loc.Ended:
-					if api != "" {
-						s.sessions.addForeign(id, api, loc.Reason)
-					}
-					return next(c)
-				default:
-					return next(c)
+			reach := s.reachOwner(c.Request().Context(), id, "cluster: forward failed", func(owner Peer) error {
+				return s.forwardTo(c, owner)
+			})
+			switch reach.outcome {
+			case ownerReached:
+				return nil
+			case ownerLookupFailed:
+				s.log.Warn().Err(reach.err).Str("session", id).Msg("cluster: owner lookup failed")
+				c.Response().Header().Set("Retry-After", clusterRetryAfter)
+				return httpError(c, http.StatusServiceUnavailable, "cannot find the kernel's instance now: "+reach.err.Error())
+			case ownerUnreachable:
+				c.Response().Header().Set("Retry-After", clusterRetryAfter)
+				return httpError(c, http.StatusServiceUnavailable, "the kernel's instance cannot be reached now")
+			case ownerEnded:
+				if api != "" {
+					s.sessions.addForeign(id, api, reach.reason)
 				}
 			}
-			c.Response().Header().Set("Retry-After", clusterRetryAfter)
-			return httpError(c, http.StatusServiceUnavailable, "the kernel's instance cannot be reached now")
+			return next(c)
 		}
 	}
+}
+
+// ownerOutcome is how reaching the owner of a session this instance does
+// not hold went.
+type ownerOutcome int
+
+const (
+	// ownerReached: the owner has the request.
+	ownerReached ownerOutcome = iota
+	// ownerLoop: the owner refused a request another instance forwarded;
+	// it is answered here.
+	ownerLoop
+	// ownerNone: no instance knows the session.
+	ownerNone
+	// ownerEnded: the session ended elsewhere, or its owner died.
+	ownerEnded
+	// ownerLookupFailed: the registry could not say who owns it.
+	ownerLookupFailed
+	// ownerUnreachable: its owner could not be reached, asked twice.
+	ownerUnreachable
+)
+
+// ownerReach is what reachOwner found: reason is why the session ended
+// (ownerEnded), err why the lookup failed (ownerLookupFailed).
+type ownerReach struct {
+	outcome ownerOutcome
+	reason  string
+	err     error
+}
+
+// reachOwner locates the owner of session id and calls try with it; when
+// try cannot reach it (an error other than ErrForwardLoop, after which
+// nothing has been written), it asks the registry once more, as the owner
+// may have just died and the session ended. unreachableLog is the debug
+// line logged for each owner try could not reach.
+func (s *Server) reachOwner(ctx context.Context, id, unreachableLog string, try func(owner Peer) error) ownerReach {
+	for attempt := 0; attempt < 2; attempt++ {
+		loc, err := s.cfg.Cluster.Locate(ctx, id)
+		if err != nil {
+			return ownerReach{outcome: ownerLookupFailed, err: err}
+		}
+		if loc.Owner == nil {
+			if loc.Ended {
+				return ownerReach{outcome: ownerEnded, reason: loc.Reason}
+			}
+			return ownerReach{outcome: ownerNone}
+		}
+		err = try(*loc.Owner)
+		switch {
+		case err == nil:
+			return ownerReach{outcome: ownerReached}
+		case errors.Is(err, ErrForwardLoop):
+			return ownerReach{outcome: ownerLoop}
+		}
+		s.log.Debug().Err(err).Str("session", id).Msg(unreachableLog)
+	}
+	return ownerReach{outcome: ownerUnreachable}
+}
+
+// forwardTo forwards c's request, as it is, to peer.
+func (s *Server) forwardTo(c echo.Context, peer Peer) error {
+	dropCORS(c.Response().Header())
+	return s.cfg.Cluster.Forward(c.Response(), c.Request(), peer, c.RealIP())
+}
+
+// forwardWithBody forwards c's request to peer with body, which the
+// handler has already read, as its body.
+func (s *Server) forwardWithBody(c echo.Context, peer Peer, body []byte) error {
+	r := c.Request()
+	r.Body = newBodyReader(body)
+	r.ContentLength = int64(len(body))
+	return s.forwardTo(c, peer)
 }
 
 // dropCORS removes the CORS headers this instance's middleware set: the
@@ -203,27 +264,23 @@ func (s *Server) sockjsBridge(ctx context.Context, r *http.Request, id, clientID
 	ctx, cancel := context.WithTimeout(ctx, clusterCallTimeout)
 	defer cancel()
 	uri := "/kernel/" + url.PathEscape(id) + "/channels?session_id=" + url.QueryEscape(clientID)
-	for attempt := 0; attempt < 2; attempt++ {
-		loc, err := s.cfg.Cluster.Locate(ctx, id)
-		switch {
-		case err != nil:
-			return nil, fmt.Errorf("cannot find the kernel's instance now: %w", err)
-		case loc.Ended:
-			return nil, fmt.Errorf("kernel %q ended: %s", id, loc.Reason)
-		case loc.Owner == nil:
-			return nil, noSuch
-		}
-		conn, err := s.cfg.Cluster.DialWebsocket(ctx, *loc.Owner, uri, r.Host, s.echo.IPExtractor(r))
-		switch {
-		case err == nil:
-			return conn, nil
-		case errors.Is(err, ErrForwardLoop):
-			return nil, noSuch
-		}
-		// Unreachable: ask again, as the owner may have just died.
-		s.log.Debug().Err(err).Str("session", id).Msg("cluster: SockJS bridge failed")
+	var conn *websocket.Conn
+	reach := s.reachOwner(ctx, id, "cluster: SockJS bridge failed", func(owner Peer) error {
+		var err error
+		conn, err = s.cfg.Cluster.DialWebsocket(ctx, owner, uri, r.Host, s.echo.IPExtractor(r))
+		return err
+	})
+	switch reach.outcome {
+	case ownerReached:
+		return conn, nil
+	case ownerLookupFailed:
+		return nil, fmt.Errorf("cannot find the kernel's instance now: %w", reach.err)
+	case ownerEnded:
+		return nil, fmt.Errorf("kernel %q ended: %s", id, reach.reason)
+	case ownerUnreachable:
+		return nil, errors.New("the kernel's instance cannot be reached now")
 	}
-	return nil, errors.New("the kernel's instance cannot be reached now")
+	return nil, noSuch
 }
 
 // placeElsewhere forwards a request for a new session of kernel to another
@@ -240,11 +297,7 @@ func (s *Server) placeElsewhere(c echo.Context, kernel string, body []byte) bool
 	if !ok {
 		return false
 	}
-	r := c.Request()
-	r.Body = newBodyReader(body)
-	r.ContentLength = int64(len(body))
-	dropCORS(c.Response().Header())
-	if err := s.cfg.Cluster.Forward(c.Response(), r, peer, c.RealIP()); err != nil {
+	if err := s.forwardWithBody(c, peer, body); err != nil {
 		s.log.Debug().Err(err).Str("to", peer.ID).Msg("cluster: placement elsewhere failed; starting here")
 		return false
 	}
@@ -262,31 +315,13 @@ func (s *Server) forwardToOwner(c echo.Context, id string, body []byte) bool {
 	if s.cfg.Cluster == nil || s.forwarded(c) || (body == nil && c.Request().ContentLength > 0) {
 		return false
 	}
-	ctx := c.Request().Context()
-	for attempt := 0; attempt < 2; attempt++ {
-		loc, err := s.cfg.Cluster.Locate(ctx, id)
-		if err != nil {
-			s.log.Warn().Err(err).Str("session", id).Msg("cluster: owner lookup failed")
-			return false
-		}
-		if loc.Owner == nil {
-			return false
-		}
-		r := c.Request()
-		r.Body = newBodyReader(body)
-		r.ContentLength = int64(len(body))
-		dropCORS(c.Response().Header())
-		err = s.cfg.Cluster.Forward(c.Response(), r, *loc.Owner, c.RealIP())
-		if err == nil {
-			return true
-		}
-		if errors.Is(err, ErrForwardLoop) {
-			return false
-		}
-		// Unreachable: ask again, as the owner may have just died.
-		s.log.Debug().Err(err).Str("session", id).Msg("cluster: forward to the kernel's owner failed")
+	reach := s.reachOwner(c.Request().Context(), id, "cluster: forward to the kernel's owner failed", func(owner Peer) error {
+		return s.forwardWithBody(c, owner, body)
+	})
+	if reach.outcome == ownerLookupFailed {
+		s.log.Warn().Err(reach.err).Str("session", id).Msg("cluster: owner lookup failed")
 	}
-	return false
+	return reach.outcome == ownerReached
 }
 
 // keepBody reads a request for a new session's body into memory (the body
