@@ -694,15 +694,20 @@ func TestClusterBehindHAProxy(t *testing.T) {
 	t.Run("lost", func(t *testing.T) {
 		id, owner := c.newKernel()
 		in := byID[owner]
-		if err := in.Cmd.Process.Signal(syscall.SIGSTOP); err != nil {
-			t.Fatal(err)
-		}
 		stopped := true
 		defer func() {
 			if stopped {
-				_ = in.Cmd.Process.Signal(syscall.SIGCONT)
+				_ = in.Resume()
 			}
 		}()
+		// Every thread of it stopped before the request below: SIGSTOP takes effect
+		// asynchronously, and a thread still running would answer it as the owner.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		err := in.Pause(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
 		// Asked of another instance at once, while the paused owner's record has not expired: that
 		// instance forwards the request, and the owner takes the connection (its kernel does) and
 		// never answers. The forwarder notices it answers no check (cluster.ForwarderConfig
@@ -753,7 +758,7 @@ func TestClusterBehindHAProxy(t *testing.T) {
 			var p struct{ Ended bool }
 			return resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(&p) == nil && p.Ended
 		})
-		if err := in.Cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		if err := in.Resume(); err != nil {
 			t.Fatal(err)
 		}
 		stopped = false
