@@ -86,9 +86,13 @@ func NewBwrap(cfg Config) (*Bwrap, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("sandbox bwrap: the gateway must run as root, to start kernels under their own uids and mount their tmpfs (use --sandbox none for development without root)")
 	}
-	for _, p := range []string{cfg.BwrapPath, cfg.PrlimitPath, cfg.ChoomPath, cfg.KillPath} {
+	tools := []string{cfg.BwrapPath, cfg.PrlimitPath, cfg.ChoomPath, cfg.KillPath}
+	if cfg.Fork {
+		tools = append(tools, cfg.SetprivPath, cfg.CatatonitPath)
+	}
+	for _, p := range tools {
 		if err := unix.Access(p, unix.X_OK); err != nil {
-			return nil, fmt.Errorf("sandbox bwrap: %s: %w (make deps installs bubblewrap and util-linux)", p, err)
+			return nil, fmt.Errorf("sandbox bwrap: %s: %w (make deps installs bubblewrap, util-linux and catatonit)", p, err)
 		}
 	}
 	if st, err := os.Stat(cfg.BwrapPath); err == nil && st.Mode()&os.ModeSetuid != 0 {
@@ -744,9 +748,8 @@ func (b *Bwrap) launchForked(ctx context.Context, req Request, sl *slot, kind fo
 // kernels: its processes are not kernels.
 type Template struct {
 	// Pid is the host pid of the template's Python process (named
-	// cellgate-tmpl). Each forked kernel's two helper processes below it
-	// are named cellgate-fork and cellgate-init; the kernel is named as a
-	// cold one (python3).
+	// cellgate-tmpl). Its children are the kernels, named as cold ones
+	// (python3), and each kernel's pid 1 (catatonit).
 	Pid int
 	// Kind is the kernels it makes: "python" (ipykernel) or "sage".
 	Kind string

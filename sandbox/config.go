@@ -25,6 +25,10 @@ type Config struct {
 	// KillPath is kill(1), run as a kernel's uid to sweep what is left of
 	// that kernel (kill -KILL -1 reaches exactly that uid's processes).
 	KillPath string
+	// SetprivPath (util-linux) and CatatonitPath (catatonit) make each
+	// forked kernel's pid 1: catatonit, a reaper, exec'd through setpriv
+	// without capabilities (see "Forked kernels" in the package doc).
+	SetprivPath, CatatonitPath string
 
 	// UIDBase and UIDCount give the numeric uids for kernels: each live
 	// kernel gets one of them as its uid and gid, so kernels can neither
@@ -150,23 +154,25 @@ type Config struct {
 // few hundred kernels fit on one machine.
 func DefaultConfig() Config {
 	return Config{
-		BwrapPath:   "/usr/bin/bwrap",
-		PrlimitPath: "/usr/bin/prlimit",
-		ChoomPath:   "/usr/bin/choom",
-		KillPath:    "/usr/bin/kill",
-		UIDBase:     70000,
-		UIDCount:    1000,
-		StateDir:    "/run/cellgate-sandbox",
-		CPUTime:     10 * time.Minute,
-		Memory:      4 << 30,
-		Processes:   64,
-		OpenFiles:   1024,
-		FileSize:    64 << 20,
-		Disk:        128 << 20,
-		Inodes:      16384,
-		Lifespan:    6 * time.Hour,
-		CPUShare:    1,
-		LimitEvery:  250 * time.Millisecond,
+		BwrapPath:     "/usr/bin/bwrap",
+		PrlimitPath:   "/usr/bin/prlimit",
+		ChoomPath:     "/usr/bin/choom",
+		KillPath:      "/usr/bin/kill",
+		SetprivPath:   "/usr/bin/setpriv",
+		CatatonitPath: "/usr/bin/catatonit",
+		UIDBase:       70000,
+		UIDCount:      1000,
+		StateDir:      "/run/cellgate-sandbox",
+		CPUTime:       10 * time.Minute,
+		Memory:        4 << 30,
+		Processes:     64,
+		OpenFiles:     1024,
+		FileSize:      64 << 20,
+		Disk:          128 << 20,
+		Inodes:        16384,
+		Lifespan:      6 * time.Hour,
+		CPUShare:      1,
+		LimitEvery:    250 * time.Millisecond,
 		ReadOnly: []string{
 			"/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
 			"/etc/alternatives", // libblas.so.3 and friends resolve through it
@@ -212,6 +218,7 @@ func (c *Config) check() error {
 	for _, p := range []struct{ name, path string }{
 		{"BwrapPath", c.BwrapPath}, {"PrlimitPath", c.PrlimitPath},
 		{"ChoomPath", c.ChoomPath}, {"KillPath", c.KillPath},
+		{"SetprivPath", c.SetprivPath}, {"CatatonitPath", c.CatatonitPath},
 		{"StateDir", c.StateDir}, {"Home", c.Home},
 	} {
 		if !filepath.IsAbs(p.path) || filepath.Clean(p.path) != p.path || p.path == "/" {

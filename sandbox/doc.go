@@ -147,8 +147,8 @@
 // 1 until the gateway has written it and the outer bwrap to cgroup.procs
 // (v1 moves all threads of a process; everything forked later is forked
 // inside). A forked kernel is moved once the template has told its pid:
-// A, then what A has forked (B, the kernel), walk after walk until a walk
-// finds no process it has not moved; Launch returns it only then, and
+// the kernel, then what it has forked, walk after walk until a walk
+// finds no process it has not moved (its pid 1, catatonit, stays out); Launch returns it only then, and
 // until it is leased the kernel runs no client code and forks nothing.
 // When the kernel has ended (its processes swept), whatever is left in
 // its cgroups is killed and they are removed (rmdir, retried until the
@@ -200,9 +200,10 @@
 // the gateway then samples the kernel's process tree every
 // Config.LimitEvery (250 ms): Process.Pid and everything below it (for a
 // cold kernel the two bwraps and the kernel's processes; for a forked one
-// A, B, C and C's). A process cannot leave that tree by changing its
-// group or session: an orphan is adopted by the sandbox's pid 1, which is
-// in the tree. When every limit is held by the cgroup, /proc is not read
+// the kernel and its processes, and its pid 1 and the orphans it
+// adopted). A process cannot leave that tree by changing its group or
+// session: an orphan is adopted by the sandbox's pid 1, which is in the
+// tree. When every limit is held by the cgroup, /proc is not read
 // at all.
 //
 //   - Memory: the sum of the processes' resident sets, read from
@@ -315,19 +316,29 @@
 //	   │  read-only file system of a kernel (no tmpfs of any kernel, no
 //	   │  /etc secrets); root of that namespace, with every capability
 //	   │  there and none outside it
-//	   └─ A (cellgate-fork), a fork per kernel: its own process group
-//	      │  (Process.Pid), dies with the template; unshares mount, pid,
-//	      │  net, ipc, uts
-//	      └─ B (cellgate-init): pid 1 of the kernel's pid namespace:
-//	         │  mounts /proc, moves in the kernel's tmpfs directories,
-//	         │  empties the bounding and inheritable capability sets, drops
-//	         │  to the kernel's uid (the other sets empty), is made dumpable
-//	         │  again as a cold kernel is (its /proc files are its own),
-//	         │  no_new_privs, the rlimits, the seccomp filter; then reaps,
-//	         │  and exits as the kernel did
-//	         └─ C: the kernel (named as a cold one: python3), pid 2,
-//	            reseeded (random, numpy) and given its own environment,
-//	            reads its connection file
+//	   ├─ P: pid 1 of a kernel's pid namespace (the template unshares a
+//	   │  pid namespace for each kernel's two processes, and returns to
+//	   │  its own after the fork): catatonit, a reaper, exec'd through
+//	   │  setpriv with no capability in any set and no_new_privs, in a
+//	   │  process group of its own; the template kills it when it has
+//	   │  reaped the kernel, which ends whatever the kernel left there
+//	   └─ K: the kernel (named as a cold one: python3), a fork per kernel,
+//	      pid 2 of that namespace, its own process group (Process.Pid);
+//	      dies with the template; unshares mount, net, ipc, uts; mounts
+//	      /proc, moves in its tmpfs directories, empties the bounding and
+//	      inheritable capability sets, drops to the kernel's uid (the
+//	      other sets empty), is made dumpable again as a cold kernel is
+//	      (its /proc files are its own), no_new_privs, the rlimits, the
+//	      seccomp filter; then is reseeded (random, numpy), given its own
+//	      environment, and reads its connection file
+//
+// Each kernel is one fork of the template, not three: each fork of a
+// process of the template's size (about 100 MiB mapped) costs some 17 ms
+// of CPU in its page tables' copy and teardown alone, and a Python
+// process that runs a little more to wait as pid 1 twice that; pid 1 is
+// therefore a small exec'd program (posix_spawn: no copy of the
+// template's page tables). The reply to each launch carries a pidfd of
+// the kernel, from which the gateway reads its host pid.
 //
 // The template never runs user code and never holds a kernel's key: a
 // kernel reads its own connection file after the fork, as its own uid
@@ -340,12 +351,12 @@
 // one has, no more (TestForkedKernelIdentity): no capability in any set,
 // no way to a new user namespace, no_new_privs, the seccomp filter.
 //
-// The kernel's tmpfs directories reach B as detached mounts: the gateway
+// The kernel's tmpfs directories reach K as detached mounts: the gateway
 // clones each (open_tree) and passes the descriptors over the control
-// channel; B attaches them (move_mount) in its own mount namespace. The
+// channel; K attaches them (move_mount) in its own mount namespace. The
 // host's side of them is the same as a cold kernel's, so the pool and the
 // file watcher see no difference. Exit codes travel from the template
-// (which reaps A) to the gateway; ErrCPULimit and ErrLifespan are reported
+// (which reaps K) to the gateway; ErrCPULimit and ErrLifespan are reported
 // as for cold kernels. If the template cannot start or dies, Launch starts
 // the kernel cold and Describe names the failure. A template whose imports
 // started a thread refuses to start (a fork copies the calling thread
@@ -365,8 +376,9 @@
 // than a fork that only imported the machinery.
 //
 // Where a forked python3 kernel's start goes (one kernel traced from
-// Launch to ready on this 2-core machine, unloaded, before ForkPrepare;
-// milliseconds since Launch): the gateway's side (detached mounts, the
+// Launch to ready on this 2-core machine, unloaded, before ForkPrepare,
+// when a kernel was a fork A of the template that forked B, pid 1, that
+// forked C, the kernel; milliseconds since Launch): the gateway's side (detached mounts, the
 // request, the template's fork and answer) 20; A's unshare and B's fork
 // 12; B's mounts 6, its credentials, limits and seccomp 4; C's fork and
 // reseeding 20 (mostly copy-on-write faults of the template's pages);

@@ -146,8 +146,12 @@ func stampOf(path string) (fileStamp, error) {
 // forkReply is the template's answer to a launch request.
 type forkReply struct {
 	ID    string `json:"id"`
-	Pid   int    `json:"pid"`
+	Pid   int    `json:"pid"` // in the template's pid namespace
 	Error string `json:"error"`
+	// hostPids are, on the host, Pid and its pid 1, from the pidfds
+	// that came with the reply; pidErr says why there are none.
+	hostPids []int
+	pidErr   error
 }
 
 // forkedKernel is what the template's exit notice completes.
@@ -184,6 +188,7 @@ func (b *Bwrap) startTemplate(ctx context.Context, kind forkKind, workRoot, runt
 		"keep_env": kind.keepEnv,
 		"prepare":  c.ForkPrepare,
 		"hostname": c.Hostname,
+		"pid1":     []string{c.SetprivPath, "--bounding-set=-all", "--inh-caps=-all", "--no-new-privs", "--", c.CatatonitPath, "-P"},
 		"limits": map[string]int64{
 			"cpu": int64(c.CPUTime / time.Second), "as": c.Memory, "nproc": int64(c.Processes),
 			"nofile": int64(c.OpenFiles), "fsize": c.FileSize,
@@ -304,13 +309,19 @@ func (b *Bwrap) startTemplate(ctx context.Context, kind forkKind, workRoot, runt
 	return t, nil
 }
 
-// read dispatches the template's messages until its channel closes.
+// read dispatches the template's messages until its channel closes. A
+// message that names a process (the template's ready, a launch's reply)
+// comes with a pidfd of it, which tells its host pid.
 func (t *template) read(ready chan<- error) {
 	buf := make([]byte, 1<<16)
+	oob := make([]byte, unix.CmsgSpace(4*4))
 	first := true
 	var paths []string
 	for {
-		n, err := t.ctrl.Read(buf)
+		n, oobn, _, _, err := unix.Recvmsg(int(t.ctrl.Fd()), buf, oob, unix.MSG_CMSG_CLOEXEC)
+		if err == unix.EINTR {
+			continue
+		}
 		if err != nil || n == 0 {
 			if first {
 				ready <- fmt.Errorf("%w: closed before it was ready", ErrForkServer)
@@ -318,6 +329,7 @@ func (t *template) read(ready chan<- error) {
 			t.ended(fmt.Errorf("%w: control channel closed: %v", ErrForkServer, err))
 			return
 		}
+		hostPids, pidErr := pidsOfPidfds(oob[:oobn])
 		var msg struct {
 			Ready  bool     `json:"ready"`
 			Exited int      `json:"exited"`
@@ -330,12 +342,13 @@ func (t *template) read(ready chan<- error) {
 			t.stop()
 			return
 		}
+		msg.hostPids, msg.pidErr = hostPids, pidErr
 		switch {
 		case msg.Files != nil && first:
 			paths = append(paths, msg.Files...)
 		case msg.Ready && first:
 			first = false
-			ready <- t.started(msg.Pid, paths)
+			ready <- t.started(msg.hostPids, msg.pidErr, paths)
 		case msg.Exited != 0:
 			t.mu.Lock()
 			k := t.children[msg.Exited]
@@ -365,12 +378,14 @@ func (t *template) read(ready chan<- error) {
 // out (the template sees the host's paths where it sees them at all). A
 // file changed since the template began may have been imported before or
 // after the change: the template is then due for replacement at once.
-func (t *template) started(nsPid int, paths []string) error {
-	pid, err := t.hostPid(nsPid)
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrForkServer, err)
+func (t *template) started(hostPids []int, pidErr error, paths []string) error {
+	if pidErr == nil && len(hostPids) != 1 {
+		pidErr = fmt.Errorf("want one pidfd, got %d", len(hostPids))
 	}
-	t.pid = pid
+	if pidErr != nil {
+		return fmt.Errorf("%w: its pid: %w", ErrForkServer, pidErr)
+	}
+	t.pid = hostPids[0]
 	// ctime is kept at the clock's tick: allow for one.
 	since := t.began.Add(-10 * time.Millisecond)
 	for _, p := range paths {
@@ -540,16 +555,20 @@ func (t *template) launch(ctx context.Context, req Request, sl *slot, args []str
 	if r.Error != "" || r.Pid <= 0 {
 		return nil, fmt.Errorf("%w: %s", ErrForkServer, r.Error)
 	}
-	hostPid, err := t.hostPid(r.Pid)
+	err = r.pidErr
+	if err == nil && len(r.hostPids) != 2 {
+		err = fmt.Errorf("want two pidfds (the kernel, its pid 1), got %d", len(r.hostPids))
+	}
 	if err != nil {
 		// It cannot be reached from here: have the template's group kill
 		// reach it through the template.
 		t.stop()
-		return nil, fmt.Errorf("%w: %w", ErrForkServer, err)
+		return nil, fmt.Errorf("%w: the kernel's pid: %w", ErrForkServer, err)
 	}
 	// Kill reaches the group only until the kernel is done: the pid may be
 	// reused after that.
-	p := &Process{pid: hostPid, done: make(chan struct{}), killGroups: []int{hostPid}}
+	hostPid := r.hostPids[0]
+	p := &Process{pid: hostPid, done: make(chan struct{}), killGroups: []int{hostPid}, adopter: r.hostPids[1]}
 	r2 := &run{cg: cg}
 	scr, killPath, kuid := sl.scratch, c.KillPath, sl.uid
 	k := &forkedKernel{p: p}
@@ -616,57 +635,66 @@ func (r *run) explainForked(err error) error {
 	return err
 }
 
-// hostPid finds the host pid of the template's child nsPid: the process
-// whose pid namespace is the template's and whose pid there is nsPid.
-func (t *template) hostPid(nsPid int) (int, error) {
-	tmplNS, err := t.pidNamespace()
+// pidsOfPidfds reads the pidfds a control message carries (closing every
+// descriptor it carries) and returns the host pids they refer to, as this
+// process's /proc shows them in their fdinfo. None and no error for a
+// message without descriptors.
+func pidsOfPidfds(oob []byte) ([]int, error) {
+	if len(oob) == 0 {
+		return nil, nil
+	}
+	cmsgs, err := unix.ParseSocketControlMessage(oob)
 	if err != nil {
-		return 0, err
+		return nil, fmt.Errorf("control message: %w", err)
 	}
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return 0, err
+	var fds []int
+	for _, m := range cmsgs {
+		rights, err := unix.ParseUnixRights(&m)
+		if err == nil {
+			fds = append(fds, rights...)
+		}
 	}
-	want := strconv.Itoa(nsPid)
-	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
+	defer func() {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+	}()
+	pids := make([]int, 0, len(fds))
+	for _, fd := range fds {
+		info, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", fd))
 		if err != nil {
-			continue
+			return nil, fmt.Errorf("pidfd: %w", err)
 		}
-		status, err := os.ReadFile("/proc/" + e.Name() + "/status")
+		pid, err := pidfdPid(info)
 		if err != nil {
-			continue
+			return nil, err
 		}
-		for _, line := range strings.Split(string(status), "\n") {
-			fields, ok := strings.CutPrefix(line, "NSpid:")
-			if !ok {
-				continue
-			}
-			f := strings.Fields(fields)
-			if len(f) == 2 && f[1] == want {
-				if ns, err := os.Readlink("/proc/" + e.Name() + "/ns/pid"); err == nil && ns == tmplNS {
-					return pid, nil
-				}
-			}
-			break
-		}
+		pids = append(pids, pid)
 	}
-	return 0, fmt.Errorf("no host pid for the template's pid %d", nsPid)
+	return pids, nil
 }
 
-// pidNamespace is the template's pid namespace, as /proc/PID/ns/pid names it.
-func (t *template) pidNamespace() (string, error) {
-	// bwrap (our child) made the namespace: its child, the sandbox's
-	// pid 1, is in it.
-	children, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", t.cmd.Process.Pid, t.cmd.Process.Pid))
-	if err != nil {
-		return "", fmt.Errorf("template's pid namespace: %w", err)
+// pidfdPid is the "Pid:" field of a pidfd's fdinfo: the process's pid in
+// the reader's pid namespace (-1 once it has been reaped, 0 when it is
+// not in that namespace).
+func pidfdPid(fdinfo []byte) (int, error) {
+	for _, line := range strings.Split(string(fdinfo), "\n") {
+		v, ok := strings.CutPrefix(line, "Pid:")
+		if !ok {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(v))
+		switch {
+		case err != nil:
+			return 0, fmt.Errorf("pidfd: bad Pid field %q", v)
+		case pid == -1:
+			return 0, errors.New("pidfd: the process has ended and been reaped")
+		case pid <= 0:
+			return 0, errors.New("pidfd: the process is not in the gateway's pid namespace")
+		}
+		return pid, nil
 	}
-	f := strings.Fields(string(children))
-	if len(f) == 0 {
-		return "", errors.New("template's pid namespace: bwrap has no child")
-	}
-	return os.Readlink("/proc/" + f[0] + "/ns/pid")
+	return 0, errors.New("pidfd: no Pid field (not a pidfd, or a Linux before 5.5)")
 }
 
 // openDirs lists paths and their ancestors below /, parents first: the

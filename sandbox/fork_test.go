@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // skipWithoutIPyKernel skips a test of forked kernels where ipykernel is
@@ -241,11 +243,11 @@ func TestForkedKernelKeys(t *testing.T) {
 		k          *ipyKernel
 		own, other []byte
 	}{{"A", a, keyA, keyB}, {"B", k, keyB, keyA}} {
-		tree := descendants(c.k.p.Pid())
-		if len(tree) < 3 {
-			t.Fatalf("kernel %s: processes %v, want the fork, its pid 1 and the kernel", c.name, tree)
+		pid1 := pid1Of(t, c.k.p.Pid())
+		if got := comm(pid1); got != "catatonit" {
+			t.Errorf("kernel %s: its pid 1 (%d) is %q, want catatonit", c.name, pid1, got)
 		}
-		for i, pid := range tree {
+		for _, pid := range []int{pid1, c.k.p.Pid()} {
 			found, n := scanMemory(t, pid, c.own, c.other)
 			name := comm(pid)
 			t.Logf("kernel %s: pid %d (%s): %d MiB scanned, own key %v", c.name, pid, name, n>>20, found[0])
@@ -253,13 +255,42 @@ func TestForkedKernelKeys(t *testing.T) {
 				t.Errorf("kernel %s: pid %d (%s) holds the other kernel's key", c.name, pid, name)
 			}
 			switch {
-			case i < 2 && found[0]:
-				t.Errorf("kernel %s: pid %d (%s), a fork of the template above the kernel, holds the kernel's key", c.name, pid, name)
-			case i == 2 && !found[0]:
+			case pid == pid1 && found[0]:
+				t.Errorf("kernel %s: its pid 1 (%d) holds the kernel's key", c.name, pid)
+			case pid != pid1 && !found[0]:
 				t.Errorf("kernel %s: the scan of the kernel (pid %d, %s: %d bytes) did not find its own key: it proves nothing", c.name, pid, name, n)
 			}
 		}
 	}
+}
+
+// pid1Of is the host pid of the pid 1 of pid's pid namespace.
+func pid1Of(t *testing.T, pid int) int {
+	t.Helper()
+	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		other, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if theirs, _ := os.Readlink("/proc/" + e.Name() + "/ns/pid"); theirs != ns {
+			continue
+		}
+		status, _ := os.ReadFile("/proc/" + e.Name() + "/status")
+		for _, line := range strings.Split(string(status), "\n") {
+			if f, ok := strings.CutPrefix(line, "NSpid:"); ok {
+				if fields := strings.Fields(f); len(fields) > 0 && fields[len(fields)-1] == "1" {
+					return other
+				}
+			}
+		}
+	}
+	t.Fatalf("no pid 1 in the pid namespace of %d (%s)", pid, ns)
+	return 0
 }
 
 // A forked kernel is who a cold one is (TestBwrapIdentity's checks, run as
@@ -624,4 +655,46 @@ func preloadFrom(c *Config, dir, module string) {
 	c.ReadOnly = append(c.ReadOnly, dir)
 	c.Env = append(c.Env, "PYTHONPATH="+dir)
 	c.ForkPreload = append(c.ForkPreload, module)
+}
+
+func TestPidfdPid(t *testing.T) {
+	for _, c := range []struct {
+		fdinfo string
+		want   int
+	}{
+		{"pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nPid:\t4242\nNSpid:\t4242\t2\n", 4242},
+		{"Pid:\t-1\nNSpid:\t-1\n", 0},
+		{"Pid:\t0\n", 0},
+		{"pos:\t0\nflags:\t02\n", 0},
+		{"Pid:\tx\n", 0},
+	} {
+		got, err := pidfdPid([]byte(c.fdinfo))
+		if got != c.want || (err == nil) != (c.want > 0) {
+			t.Errorf("pidfdPid(%q) = %d, %v; want %d", c.fdinfo, got, err, c.want)
+		}
+	}
+	// A real pidfd of this process.
+	fd, err := unix.PidfdOpen(os.Getpid(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	info, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", fd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pid, err := pidfdPid(info); pid != os.Getpid() {
+		t.Fatalf("own pidfd: %d, %v; want %d", pid, err, os.Getpid())
+	}
+}
+
+func FuzzPidfdPid(f *testing.F) {
+	f.Add([]byte("Pid:\t4242\nNSpid:\t4242\t2\n"))
+	f.Add([]byte("Pid:\t-1\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		pid, err := pidfdPid(data)
+		if (err == nil) != (pid > 0) {
+			t.Fatalf("pidfdPid(%q) = %d, %v", data, pid, err)
+		}
+	})
 }

@@ -13,12 +13,12 @@
 #             fds: output, then detached mounts of run, work, tmp, home, shm
 #   template → {"files": [path, ...]} (the files of every module it
 #              imported, and their directories; several messages), then
-#              {"ready": true, "pid": its pid} once; then {"id", "pid"} or
-#              {"id", "error"}, and {"exited": pid, "code": exit code}
-# Process names (comm) tell the template and each kernel's two helper
-# processes from kernels: cellgate-tmpl, cellgate-fork (waits for the
-# kernel's namespaces), cellgate-init (pid 1 of them); the kernel itself
-# is named as a cold one would be (python3).
+#              {"ready": true, "pid": its pid} once, with its pidfd; then
+#              {"id", "pid"} with pidfds of the kernel and of its pid 1, or
+#              {"id", "error"}; and {"exited": pid, "code": exit code}
+# Each kernel is a fork of the template, pid 2 of a pid namespace of its
+# own whose pid 1 is catatonit (spawn_pid1); the kernel is named as a
+# cold one would be (python3), the template cellgate-tmpl.
 # The seccomp program every kernel loads is read from fd 4 at start.
 import ctypes
 import gc
@@ -160,9 +160,13 @@ def exit_code(status):
 
 
 def kernel(req, fds):
-    """Runs in the forked child; never returns."""
+    """Runs in the forked child, pid 2 of the pid namespace the template
+    made for it (spawn_pid1 is its pid 1); never returns."""
     out, run, work, tmp, home, shm = fds
-    set_name("cellgate-fork")
+    # Named as a cold kernel is: it is the kernel from here on.
+    set_name(os.path.basename(sys.executable))
+    allowed = pin_to_one_cpu()
+    copy_pages(COPIED)
     signal.set_wakeup_fd(-1)
     keep = set(fds) | {0, 1, 2}
     for name in os.listdir("/proc/self/fd"):
@@ -173,24 +177,17 @@ def kernel(req, fds):
             except OSError:
                 pass  # the directory's own descriptor
     os.setpgid(0, 0)
-    # The gateway interrupts the kernel by signalling this group: only the
-    # kernel itself (below) may act on SIGINT.
+    # The gateway interrupts the kernel by signalling this group: until it
+    # is a kernel (become_kernel), SIGINT must not end it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
     os.dup2(out, 1)
     os.dup2(out, 2)
-    check(libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS), "unshare")
-    init = os.fork()
-    if init:
-        # Outside the kernel's pid namespace: wait for its pid 1 and exit as
-        # it did, so the gateway learns how the kernel ended.
-        _, status = os.waitpid(init, 0)
-        os._exit(exit_code(status))
-    # pid 1 of the kernel's namespaces.
-    set_name("cellgate-init")
-    check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
+    check(libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS), "unshare")
     check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "private mounts")
+    # This process's pid namespace is the kernel's: its /proc shows that
+    # namespace only.
     check(libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "proc")
     socket.sethostname(CONFIG["hostname"])
     loopback_up()
@@ -218,22 +215,6 @@ def kernel(req, fds):
     check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
     set_limits()
     load_seccomp()
-    child = os.fork()
-    if child:
-        # As pid 1: reap whatever the kernel leaves, end with it.
-        while True:
-            try:
-                pid, status = os.wait()
-            except ChildProcessError:
-                os._exit(1)
-            except InterruptedError:
-                continue
-            if pid == child:
-                os._exit(exit_code(status))
-    # The kernel, pid 2, named as a cold one.
-    set_name(os.path.basename(sys.executable))
-    allowed = pin_to_one_cpu()
-    copy_pages(COPIED)
     env = dict(TEMPLATE_ENV) if CONFIG["keep_env"] else {}
     env.update(req["env"])
     argv = req["argv"]
@@ -635,6 +616,7 @@ def module_files():
 
 def serve():
     ctrl = socket.socket(fileno=3)
+    os.set_inheritable(3, False)
     files = module_files()
     for i in range(0, len(files), 200):
         ctrl.send(json.dumps({"files": files[i:i + 200]}).encode())
@@ -645,7 +627,8 @@ def serve():
     sel = selectors.DefaultSelector()
     sel.register(ctrl, selectors.EVENT_READ)
     sel.register(wake_r, selectors.EVENT_READ)
-    ctrl.send(json.dumps({"ready": True, "pid": os.getpid()}).encode())
+    pids = Pids()
+    send_pids(ctrl, {"ready": True, "pid": os.getpid()}, os.getpid())
     while True:
         for key, _ in sel.select():
             if key.fileobj is ctrl:
@@ -655,23 +638,79 @@ def serve():
                     continue
                 if not msg:
                     os._exit(0)  # the gateway is gone
-                launch(ctrl, json.loads(msg), fds)
+                launch(ctrl, pids, json.loads(msg), fds)
             else:
                 os.read(wake_r, 4096)
-                reap(ctrl)
+                reap(ctrl, pids)
 
 
-def launch(ctrl, req, fds):
+def send_pids(ctrl, msg, *pids):
+    """Sends msg with a pidfd of each of pids: the gateway reads their host
+    pids from the pidfds (its pid namespace is not the template's),
+    without a walk of every process on the host."""
+    pidfds = []
+    try:
+        for pid in pids:
+            pidfds.append(os.pidfd_open(pid))
+        socket.send_fds(ctrl, [json.dumps(msg).encode()], pidfds)
+    finally:
+        for fd in pidfds:
+            os.close(fd)
+
+
+class Pids:
+    """The template's children: each kernel's pid 1 (by the kernel's pid),
+    and the pid 1s not reaped yet. A pid 1 is killed when its kernel is
+    reaped, and only while it is unreaped, so the pid is still its own."""
+
+    def __init__(self):
+        self.own_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        self.pid1_of = {}
+        self.pid1s = set()
+
+    def end_pid1(self, kernel):
+        pid1 = self.pid1_of.pop(kernel, None)
+        if pid1 in self.pid1s:
+            os.kill(pid1, signal.SIGKILL)
+
+
+def spawn_pid1():
+    """Starts the next kernel's pid 1 (in the pid namespace the template
+    has just unshared for its children): a small reaper (catatonit), exec'd
+    without capabilities and with no_new_privs, in a process group of its
+    own (the gateway's interrupt of a kernel's group must not reach it). A
+    fork of the template as pid 1 would cost each kernel the copy of the
+    template's page tables, and its exit their teardown, for a process
+    that only waits: a kernel's start had two such processes."""
+    null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        actions = [(os.POSIX_SPAWN_DUP2, null, 0), (os.POSIX_SPAWN_DUP2, null, 1), (os.POSIX_SPAWN_DUP2, null, 2)]
+        return os.posix_spawn(CONFIG["pid1"][0], CONFIG["pid1"], {}, file_actions=actions, setpgroup=0,
+                              setsigmask=(), setsigdef=range(1, signal.NSIG))
+    finally:
+        os.close(null)
+
+
+def launch(ctrl, pids, req, fds):
     if len(fds) != 6:
         for fd in fds:
             os.close(fd)
         ctrl.send(json.dumps({"id": req.get("id"), "error": "want 6 descriptors, got %d" % len(fds)}).encode())
         return
-    pid = os.fork()
+    pid1 = None
+    try:
+        check(libc.unshare(CLONE_NEWPID), "unshare pid namespace")
+        pid1 = spawn_pid1()
+        pid = os.fork()
+    except OSError as e:
+        if pid1 is not None:
+            os.kill(pid1, signal.SIGKILL)
+            os.waitpid(pid1, 0)
+        pid = None
+        failure = str(e)
     if pid == 0:
         code = 127
         try:
-            os.close(3)
             kernel(req, fds)
         except SystemExit as e:
             # The kernel's own way out: its code is how it ended.
@@ -682,6 +721,16 @@ def launch(ctrl, req, fds):
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
+    # The template's next children are in its own pid namespace again,
+    # until the next launch unshares one.
+    check(libc.setns(pids.own_ns, CLONE_NEWPID), "back to the template's pid namespace")
+    for fd in fds:
+        os.close(fd)
+    if pid is None:
+        ctrl.send(json.dumps({"id": req["id"], "error": "fork: " + failure}).encode())
+        return
+    pids.pid1_of[pid] = pid1
+    pids.pid1s.add(pid1)
     # The child makes itself a group too, but the gateway kills the kernel
     # by that group as soon as it has the pid: the group must exist before
     # the pid is told, or a kill that comes at once (a start cancelled
@@ -690,12 +739,10 @@ def launch(ctrl, req, fds):
         os.setpgid(pid, pid)
     except OSError:
         pass  # it has already ended: the reap tells the gateway
-    for fd in fds:
-        os.close(fd)
-    ctrl.send(json.dumps({"id": req["id"], "pid": pid}).encode())
+    send_pids(ctrl, {"id": req["id"], "pid": pid}, pid, pid1)
 
 
-def reap(ctrl):
+def reap(ctrl, pids):
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -703,6 +750,12 @@ def reap(ctrl):
             return
         if pid == 0:
             return
+        if pid in pids.pid1s:
+            # Its kernel was killed with its namespace, or is reaped next.
+            pids.pid1s.discard(pid)
+            continue
+        # Its pid 1 ends the processes the kernel left in its namespace.
+        pids.end_pid1(pid)
         ctrl.send(json.dumps({"exited": pid, "code": exit_code(status)}).encode())
 
 

@@ -35,7 +35,7 @@ type Launcher interface {
 // Process is a started kernel: the leader of its own process group.
 type Process struct {
 	// pid leads the kernel's process group: the exec'd command, or (a
-	// forked kernel) the template's child that holds its namespaces.
+	// forked kernel) the kernel itself.
 	pid  int
 	done chan struct{}
 	err  error
@@ -48,6 +48,9 @@ type Process struct {
 	signalGroup int
 	// killGroups are the groups Kill reaches; nil means the leader's group.
 	killGroups []int
+	// adopter is a forked kernel's pid 1, which adopts the kernel's
+	// orphans (0 for a cold kernel, whose pid 1 is below pid).
+	adopter int
 	// explain turns the leader's exit status into a clearer error.
 	explain func(error) error
 	// release undoes what the launcher set up for this process; Close runs

@@ -245,7 +245,10 @@ const (
 type treeAccount struct {
 	root      int
 	rootStart uint64
-	seen      map[int]procStat // the last sample, by pid
+	// adopter is a forked kernel's pid 1 (0 for a cold kernel): not
+	// below root, it adopts the kernel's orphans.
+	adopter int
+	seen    map[int]procStat // the last sample, by pid
 	// ticks is the CPU time of every process the tree has had, so far.
 	ticks int64
 	// lastPSS saves reading the tree's PSS at every sample while its
@@ -275,13 +278,29 @@ func (a *treeAccount) sample() ([]procStat, error) {
 		return nil, err
 	}
 	procs := []procStat{root}
-	for _, pid := range processTree(a.root)[1:] {
+	for _, pid := range a.members() {
 		if s, err := readStat(pid); err == nil {
+			procs = append(procs, s)
+		}
+	}
+	if a.adopter > 0 {
+		if s, err := readStat(a.adopter); err == nil {
 			procs = append(procs, s)
 		}
 	}
 	a.add(procs)
 	return procs, nil
+}
+
+// members are the processes of the tree that run the kernel's code: below
+// the root (for a cold kernel, the outer bwrap, which uses no CPU), or,
+// for a forked kernel, the root (the kernel itself) and what is below it
+// and below its pid 1 (the orphans it adopted).
+func (a *treeAccount) members() []int {
+	if a.adopter == 0 {
+		return processTree(a.root)[1:]
+	}
+	return append(processTree(a.root), processTree(a.adopter)[1:]...)
 }
 
 // add updates ticks from a new sample. A process's own time grows while
@@ -331,10 +350,14 @@ func (a *treeAccount) add(procs []procStat) {
 	a.seen = cur
 }
 
-// namespaceInit is the ancestor of s, as last sampled, that the root
-// started: the sandbox's pid 1 (a cold kernel's inner bwrap, a forked
-// kernel's B). The root itself if there is none.
+// namespaceInit is the process that adopted s's orphans, as last
+// sampled: the sandbox's pid 1 (a cold kernel's inner bwrap, the ancestor
+// of s that the root started; a forked kernel's adopter). The root itself
+// if there is none.
 func (a *treeAccount) namespaceInit(s procStat) int {
+	if a.adopter > 0 {
+		return a.adopter
+	}
 	for hops := 0; hops < maxTreeProcesses; hops++ {
 		parent, ok := a.seen[s.ppid]
 		if !ok {
@@ -458,7 +481,7 @@ func limitTree(p *Process, l treeLimits) {
 		}
 		root, err = readStat(p.Pid())
 	}
-	a := &treeAccount{root: p.Pid(), rootStart: root.start}
+	a := &treeAccount{root: p.Pid(), rootStart: root.start, adopter: p.adopter}
 	next := time.NewTimer(l.every)
 	defer next.Stop()
 	ahead, behind := l.share*shareAhead.Seconds(), l.share*shareBehind.Seconds()
@@ -528,17 +551,17 @@ func limitByCgroup(p *Process, l treeLimits) {
 	}
 }
 
-// stopTree sends SIGSTOP to every process below the root that runs, until
-// a walk finds none running (a process may fork while the others are
-// being stopped), and adds them to stopped. The root (the outer bwrap,
-// or a forked kernel's helper A) uses no CPU and is left alone.
+// stopTree sends SIGSTOP to every process of the tree that runs the
+// kernel's code (treeAccount.members), until a walk finds none running (a
+// process may fork while the others are being stopped), and adds them to
+// stopped.
 func stopTree(p *Process, a *treeAccount, stopped map[int]uint64) map[int]uint64 {
 	if stopped == nil {
 		stopped = make(map[int]uint64)
 	}
 	for round := 0; round < 8; round++ {
 		running := 0
-		for _, pid := range processTree(a.root)[1:] {
+		for _, pid := range a.members() {
 			s, err := readStat(pid)
 			if err != nil || s.state == 'T' || s.state == 't' || s.state == 'Z' || s.state == 'X' {
 				continue

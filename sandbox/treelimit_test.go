@@ -259,6 +259,45 @@ print("burning")`
 	t.Logf("before the workers: %v; the most a bystander saw: %v; %v", before, last, err)
 }
 
+// TestTreeCPULimitForkedOrphans: what a forked kernel's orphans use counts
+// too. Its workers are daemons (a double fork: their parent exits at
+// once), adopted by the kernel's pid 1, which is not below the kernel;
+// the tree is still ended with ErrCPULimit once their total is over, long
+// before any of them meets its own RLIMIT_CPU.
+func TestTreeCPULimitForkedOrphans(t *testing.T) {
+	skipWithoutIPyKernel(t)
+	t.Parallel()
+	const limit = 3 * time.Second
+	b := withoutCgroups(newBwrap(t, func(c *Config) { c.CPUTime, c.Memory, c.CPUShare = limit, 1<<30, 0 }))
+	defer b.Close()
+	runRoot, workRoot := poolDirs(t)
+	k := startIPyKernel(t, b, runRoot, workRoot)
+	if len(b.Templates()) == 0 {
+		t.Fatal("the kernel was not forked")
+	}
+	k.cell(t, `import os
+for i in range(4):
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            try:
+                while True:
+                    pass
+            finally:
+                os._exit(0)
+        os._exit(0)
+    os.wait()
+print("daemons started")`)
+	select {
+	case <-k.p.Done():
+	case <-time.After(2 * time.Minute):
+		t.Fatalf("kernel still runs, its orphans unaccounted: %v of CPU in its own tree", treeCPU(k.p.Pid()))
+	}
+	if err := k.p.Err(); !errors.Is(err, ErrCPULimit) {
+		t.Fatalf("kernel ended with %v, want ErrCPULimit for its tree\n%s", err, k.out)
+	}
+}
+
 // TestTreeCPUShare: four busy workers get the kernel's share of the
 // machine (a quarter of a core here), not the two cores they would take
 // on an idle machine, as a bystander measures in /proc; the kernel is

@@ -7,7 +7,7 @@ packages=(
   libzmq3-dev pkg-config
   python3-ipykernel python3-ipywidgets python3-matplotlib python3-numpy
   sagemath-jupyter
-  bubblewrap util-linux procps
+  bubblewrap util-linux procps catatonit
   chromium
   python3-jupyter-server
   haproxy
