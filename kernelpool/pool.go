@@ -190,6 +190,10 @@ type start struct {
 const (
 	recentStarts   = 8
 	recentMeasures = 8
+	// measureEvery: once recentMeasures kernels of a kernelspec are
+	// measured, one start in measureEvery is (a kernel's PSS is a walk of
+	// its page tables: milliseconds of the gateway's CPU per start).
+	measureEvery = 8
 	// maxArrivals bounds the leases remembered per kernelspec for its
 	// demand: beyond it the oldest are forgotten early.
 	maxArrivals = 4096
@@ -220,6 +224,8 @@ type specPool struct {
 	arrivals []time.Time
 	took     []time.Duration
 	memory   []int64
+	// started counts the successful starts, for measureEvery.
+	started  int
 	lastErr  error
 	failures int
 	retryAt  time.Time
@@ -701,6 +707,15 @@ func (p *Pool) startLocked(sp *specPool, now time.Time) {
 	go p.startOne(s)
 }
 
+// measureNext counts a successful start of sp and says whether its kernel
+// is measured.
+func (p *Pool) measureNext(sp *specPool) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	sp.started++
+	return len(sp.memory) < recentMeasures || sp.started%measureEvery == 0
+}
+
 func (p *Pool) startOne(s *start) {
 	defer p.wg.Done()
 	sp := s.sp
@@ -713,7 +728,7 @@ func (p *Pool) startOne(s *start) {
 		p.cfg.OnStart(sp.name, took, err)
 	}
 	var pss int64
-	if err == nil {
+	if err == nil && p.measureNext(sp) {
 		// What an idle ready kernel costs, for the memory budget.
 		if pss, err = treePSS(k.Pid()); err != nil {
 			p.log.Debug().Err(err).Str("kernel", k.ID).Msg("kernel memory not measured")
