@@ -74,6 +74,9 @@ type slot struct {
 	launching bool
 	owner     *Process // the latest process started in it
 	released  bool     // the uid may already be someone else's
+	// swept: the latest process's end found nothing of the uid left
+	// running (sweepUID); the uid goes back clean if it is unmounted too.
+	swept atomic.Bool
 }
 
 // NewBwrap checks that the sandbox can work here: root, the binaries, a
@@ -449,21 +452,24 @@ func (b *Bwrap) acquire(req Request) (*slot, error) {
 			return nil, err
 		}
 		sl.launching = true
+		sl.swept.Store(false)
 		return sl, nil
 	}
 	sl := &slot{launching: true}
 	b.slots[req.WorkDir] = sl // claims the directories while we mount
 	b.mu.Unlock()
 
-	uid, err := b.uids.get()
+	uid, clean, err := b.uids.get()
 	if err == nil {
 		sl.uid = uid
-		err = b.clearStale(uid, nil)
+		if !clean {
+			err = b.clearStale(uid, nil)
+		}
 		if err == nil {
 			sl.scratch, err = newScratch(&b.cfg, b.tag, uid, req)
 		}
 		if err != nil {
-			b.uids.put(uid)
+			b.uids.put(uid, false)
 		}
 	}
 	if err != nil {
@@ -499,7 +505,7 @@ func (b *Bwrap) releaseSlot(workDir string, sl *slot) error {
 	}
 	b.mu.Unlock()
 	err := sl.scratch.release()
-	b.uids.put(sl.uid)
+	b.uids.put(sl.uid, err == nil && sl.swept.Load())
 	if err != nil {
 		return fmt.Errorf("release kernel sandbox: %w", err)
 	}
@@ -636,7 +642,9 @@ func (b *Bwrap) start(ctx context.Context, req Request, sl *slot, cg *kernelCgro
 		// it left in the runtime dir may meet the pool's next write there.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		r.cleanupErr = errors.Join(sweepUID(ctx, killPath, kuid), cg.remove(), scr.emptyRun())
+		swept := sweepUID(ctx, killPath, kuid)
+		sl.swept.Store(swept == nil)
+		r.cleanupErr = errors.Join(swept, cg.remove(), scr.emptyRun())
 	})
 	for _, f := range files {
 		f.Close()

@@ -584,7 +584,9 @@ func (t *template) launch(ctx context.Context, req Request, sl *slot, args []str
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			<-copied
-			r2.cleanupErr = errors.Join(sweepUID(ctx, killPath, kuid), cg.remove(), scr.emptyRun())
+			swept := sweepUID(ctx, killPath, kuid)
+			sl.swept.Store(swept == nil)
+			r2.cleanupErr = errors.Join(swept, cg.remove(), scr.emptyRun())
 			close(p.done)
 		})
 	}

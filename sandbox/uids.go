@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -27,22 +29,37 @@ var ErrNoUID = errors.New("sandbox: all kernel uids are in use")
 // kernel, whatever processes or mounts a crash left behind. The pool goes
 // round the range rather than reusing the lowest free uid, so a uid rests
 // as long as possible between two kernels.
+//
+// A uid this pool put back clean (nothing of it left running or mounted)
+// is handed out clean again if nobody has held it since: the pool writes
+// a token of its own into the lock file as it puts the uid back, and finds
+// it there unchanged. Anyone else who locks the uid meanwhile (another
+// gateway, which may crash with the uid's processes left) rewrites the
+// file. A clean uid needs no sweep of every process on the host before
+// its next kernel, which costs each start more the more kernels run.
 type uidPool struct {
-	dir  string // lock files
-	base int
-	n    int
+	dir   string // lock files
+	base  int
+	n     int
+	nonce string // this pool's, in its tokens
 
-	mu   sync.Mutex
-	next int              // offset of the next uid to try
-	held map[int]*os.File // the locks we hold
+	mu     sync.Mutex
+	next   int              // offset of the next uid to try
+	held   map[int]*os.File // the locks we hold
+	tokens int              // tokens written so far
+	clean  map[int]string   // the token each uid was put back clean with
 }
 
 func newUIDPool(dir string, base, n int) *uidPool {
-	return &uidPool{dir: dir, base: base, n: n, held: make(map[int]*os.File)}
+	nonce := make([]byte, 8)
+	_, _ = rand.Read(nonce)
+	return &uidPool{dir: dir, base: base, n: n, nonce: hex.EncodeToString(nonce),
+		held: make(map[int]*os.File), clean: make(map[int]string)}
 }
 
-// get locks a free uid.
-func (u *uidPool) get() (int, error) {
+// get locks a free uid, and says whether it is clean: put back clean by
+// this pool, and held by nobody since.
+func (u *uidPool) get() (uid int, clean bool, err error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	for i := 0; i < u.n; i++ {
@@ -52,26 +69,45 @@ func (u *uidPool) get() (int, error) {
 		}
 		f, err := u.tryLock(uid)
 		if err != nil {
-			return 0, err
+			return 0, false, err
 		}
 		if f == nil {
 			continue
 		}
 		u.held[uid] = f
 		u.next = (uid - u.base + 1) % u.n
-		return uid, nil
+		token, ok := u.clean[uid]
+		delete(u.clean, uid)
+		if ok {
+			buf := make([]byte, len(token)+1)
+			n, _ := f.ReadAt(buf, 0)
+			clean = string(buf[:n]) == token
+		}
+		// Whatever this holder leaves (if it crashes) is not clean.
+		_ = f.Truncate(0)
+		return uid, clean, nil
 	}
-	return 0, fmt.Errorf("%w (%d..%d)", ErrNoUID, u.base, u.base+u.n-1)
+	return 0, false, fmt.Errorf("%w (%d..%d)", ErrNoUID, u.base, u.base+u.n-1)
 }
 
-// put unlocks uid.
-func (u *uidPool) put(uid int) {
+// put unlocks uid; clean says that nothing of it is left running or
+// mounted.
+func (u *uidPool) put(uid int, clean bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if f := u.held[uid]; f != nil {
-		f.Close()
-		delete(u.held, uid)
+	f := u.held[uid]
+	if f == nil {
+		return
 	}
+	if clean {
+		u.tokens++
+		token := fmt.Sprintf("clean %s %d\n", u.nonce, u.tokens)
+		if _, err := f.WriteAt([]byte(token), 0); err == nil {
+			u.clean[uid] = token
+		}
+	}
+	f.Close()
+	delete(u.held, uid)
 }
 
 // tryLock returns the locked lock file of uid, or nil if someone else holds
