@@ -85,17 +85,19 @@ type KernelConfig struct {
 // DefaultWarmup warms IPython-based kernels (python, sage): a kernel's
 // first displayed result costs it about twice a later one (formatters and
 // the display hook load on first use), which a reader would otherwise
-// wait for on the first cell. The steps run without history, so the
-// execution count stays at zero, and the last one forgets the result.
+// wait for on the first cell. One step, one round trip: it calls the
+// display hook as a cell's last expression would (which formats the result
+// and publishes it), then IPython's own reset of the output cache (what
+// %reset out runs: Out, _N and the hook's _, __, ___; resetting them by
+// hand would stop the hook from updating _ for good). It runs without
+// history, so the execution count stays at zero. A forked python3 kernel
+// was ready 20 to 30 ms sooner than with the two steps ("1+1", then the
+// reset) it replaced, its first cell as fast (about 10 ms).
 func DefaultWarmup(spec jupytermsg.Spec) []string {
 	switch spec.Language {
 	case "python", "sage":
 		return []string{
-			"1+1",
-			// IPython's own reset of the output cache (what %reset out
-			// runs): Out, _N and the display hook's _, __, ___. Resetting
-			// them by hand would stop the hook from updating _ for good.
-			"try:\n    get_ipython().displayhook.flush()\nexcept Exception:\n    pass",
+			"try:\n    get_ipython().displayhook(1+1)\n    get_ipython().displayhook.flush()\nexcept Exception:\n    pass",
 		}
 	}
 	return nil
