@@ -757,7 +757,8 @@ func (b *Bwrap) launchForked(ctx context.Context, req Request, sl *slot, kind fo
 type Template struct {
 	// Pid is the host pid of the template's Python process (named
 	// cellgate-tmpl). Its children are the kernels, named as cold ones
-	// (python3), and each kernel's pid 1 (catatonit).
+	// (python3), each kernel's pid 1 (catatonit), and the spare, the next
+	// kernel made ahead of its request (cellgate-spare).
 	Pid int
 	// Kind is the kernels it makes: "python" (ipykernel) or "sage".
 	Kind string

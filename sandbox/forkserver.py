@@ -17,8 +17,9 @@
 #              {"id", "pid"} with pidfds of the kernel and of its pid 1, or
 #              {"id", "error"}; and {"exited": pid, "code": exit code}
 # Each kernel is a fork of the template, pid 2 of a pid namespace of its
-# own whose pid 1 is catatonit (spawn_pid1); the kernel is named as a
-# cold one would be (python3), the template cellgate-tmpl.
+# own whose pid 1 is catatonit (spawn_pid1), made ahead of its request
+# (make_spare: cellgate-spare until the request comes); the kernel is
+# named as a cold one would be (python3), the template cellgate-tmpl.
 # The seccomp program every kernel loads is read from fd 4 at start.
 import ctypes
 import gc
@@ -161,12 +162,12 @@ def exit_code(status):
 
 def kernel(req, fds):
     """Runs in the forked child, pid 2 of the pid namespace the template
-    made for it (spawn_pid1 is its pid 1); never returns."""
+    made for it (spawn_pid1 is its pid 1), once it has copied the pages
+    its start writes (copy_pages); never returns."""
     out, run, work, tmp, home, shm = fds
     # Named as a cold kernel is: it is the kernel from here on.
     set_name(os.path.basename(sys.executable))
     allowed = pin_to_one_cpu()
-    copy_pages(COPIED)
     signal.set_wakeup_fd(-1)
     keep = set(fds) | {0, 1, 2}
     for name in os.listdir("/proc/self/fd"):
@@ -629,6 +630,7 @@ def serve():
     sel.register(wake_r, selectors.EVENT_READ)
     pids = Pids()
     send_pids(ctrl, {"ready": True, "pid": os.getpid()}, os.getpid())
+    pids.spare = make_spare(pids)
     while True:
         for key, _ in sel.select():
             if key.fileobj is ctrl:
@@ -660,18 +662,111 @@ def send_pids(ctrl, msg, *pids):
 
 class Pids:
     """The template's children: each kernel's pid 1 (by the kernel's pid),
-    and the pid 1s not reaped yet. A pid 1 is killed when its kernel is
-    reaped, and only while it is unreaped, so the pid is still its own."""
+    the pid 1s not reaped yet, and the spare (or None). A pid 1 is killed
+    when its kernel is reaped, and only while it is unreaped, so the pid
+    is still its own."""
 
     def __init__(self):
         self.own_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self.pid1_of = {}
         self.pid1s = set()
+        self.spare = None
+        self.lost_spares = set()  # spares that died before their request
 
     def end_pid1(self, kernel):
         pid1 = self.pid1_of.pop(kernel, None)
         if pid1 in self.pid1s:
             os.kill(pid1, signal.SIGKILL)
+
+
+class Spare:
+    """A kernel made ahead of its request (make_spare): forked, its pages
+    copied, waiting on sock for the request and its descriptors."""
+
+    def __init__(self, pid, pid1, sock):
+        self.pid, self.pid1, self.sock = pid, pid1, sock
+
+
+def fork_child(pids, body):
+    """Forks a child that runs body (which must not return) as pid 2 of a
+    pid namespace of its own whose pid 1 spawn_pid1 starts, in a process
+    group of its own; returns (pid, pid 1). Raises OSError."""
+    pid1 = None
+    try:
+        check(libc.unshare(CLONE_NEWPID), "unshare pid namespace")
+        pid1 = spawn_pid1()
+        pid = os.fork()
+    except OSError:
+        if pid1 is not None:
+            os.kill(pid1, signal.SIGKILL)
+            os.waitpid(pid1, 0)
+        check(libc.setns(pids.own_ns, CLONE_NEWPID), "back to the template's pid namespace")
+        raise
+    if pid == 0:
+        code = 127
+        try:
+            body()
+        except SystemExit as e:
+            # The kernel's own way out: its code is how it ended.
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    # The template's next children are in its own pid namespace again,
+    # until the next fork unshares one.
+    check(libc.setns(pids.own_ns, CLONE_NEWPID), "back to the template's pid namespace")
+    pids.pid1_of[pid] = pid1
+    pids.pid1s.add(pid1)
+    # The child makes itself a group too, but the gateway kills the kernel
+    # by that group as soon as it has the pid: the group must exist before
+    # the pid is told, or a kill that comes at once (a start cancelled
+    # right after its launch) finds no group and the kernel runs on.
+    try:
+        os.setpgid(pid, pid)
+    except OSError:
+        pass  # it has already ended: the reap tells
+    return pid, pid1
+
+
+def make_spare(pids):
+    """Makes the next kernel ahead of its request: the fork, and the copy
+    of the pages its start writes, about 40 ms of a forked kernel's way to
+    ready, are then done while the template waits. The spare holds nothing
+    of any kernel's (no key, no uid, no file) until its request comes;
+    named cellgate-spare until then. None if it cannot be made (the next
+    launch forks then)."""
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+
+    def wait_for_request():
+        check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
+        set_name("cellgate-spare")
+        signal.set_wakeup_fd(-1)
+        for name in os.listdir("/proc/self/fd"):
+            fd = int(name)
+            if fd not in (0, 1, 2, theirs.fileno()):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass  # the directory's own descriptor
+        copy_pages(COPIED)
+        msg, fds, _, _ = socket.recv_fds(theirs, 1 << 20, 8)
+        if not msg:
+            os._exit(0)  # the template is done with it
+        theirs.close()
+        kernel(json.loads(msg), fds)
+
+    try:
+        pid, pid1 = fork_child(pids, wait_for_request)
+    except OSError:
+        traceback.print_exc()
+        mine.close()
+        return None
+    finally:
+        theirs.close()
+    return Spare(pid, pid1, mine)
 
 
 def spawn_pid1():
@@ -697,49 +792,30 @@ def launch(ctrl, pids, req, fds):
             os.close(fd)
         ctrl.send(json.dumps({"id": req.get("id"), "error": "want 6 descriptors, got %d" % len(fds)}).encode())
         return
-    pid1 = None
-    try:
-        check(libc.unshare(CLONE_NEWPID), "unshare pid namespace")
-        pid1 = spawn_pid1()
-        pid = os.fork()
-    except OSError as e:
-        if pid1 is not None:
-            os.kill(pid1, signal.SIGKILL)
-            os.waitpid(pid1, 0)
-        pid = None
-        failure = str(e)
-    if pid == 0:
-        code = 127
+    pid = pid1 = failure = None
+    spare, pids.spare = pids.spare, None
+    if spare is not None:
         try:
+            socket.send_fds(spare.sock, [json.dumps(req).encode()], fds)
+            pid, pid1 = spare.pid, spare.pid1
+        except OSError:
+            pids.lost_spares.add(spare.pid)  # it died: the reap ends its pid 1
+        spare.sock.close()
+    if pid is None:
+        def fork_and_copy():
+            copy_pages(COPIED)
             kernel(req, fds)
-        except SystemExit as e:
-            # The kernel's own way out: its code is how it ended.
-            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    # The template's next children are in its own pid namespace again,
-    # until the next launch unshares one.
-    check(libc.setns(pids.own_ns, CLONE_NEWPID), "back to the template's pid namespace")
+        try:
+            pid, pid1 = fork_child(pids, fork_and_copy)
+        except OSError as e:
+            failure = str(e)
     for fd in fds:
         os.close(fd)
     if pid is None:
         ctrl.send(json.dumps({"id": req["id"], "error": "fork: " + failure}).encode())
-        return
-    pids.pid1_of[pid] = pid1
-    pids.pid1s.add(pid1)
-    # The child makes itself a group too, but the gateway kills the kernel
-    # by that group as soon as it has the pid: the group must exist before
-    # the pid is told, or a kill that comes at once (a start cancelled
-    # right after its launch) finds no group and the kernel runs on.
-    try:
-        os.setpgid(pid, pid)
-    except OSError:
-        pass  # it has already ended: the reap tells the gateway
-    send_pids(ctrl, {"id": req["id"], "pid": pid}, pid, pid1)
+    else:
+        send_pids(ctrl, {"id": req["id"], "pid": pid}, pid, pid1)
+    pids.spare = make_spare(pids)
 
 
 def reap(ctrl, pids):
@@ -753,6 +829,15 @@ def reap(ctrl, pids):
         if pid in pids.pid1s:
             # Its kernel was killed with its namespace, or is reaped next.
             pids.pid1s.discard(pid)
+            continue
+        if pids.spare is not None and pid == pids.spare.pid:
+            pids.spare.sock.close()
+            pids.spare = None
+            pids.lost_spares.add(pid)
+        if pid in pids.lost_spares:
+            # Never a kernel: the gateway knows nothing of it.
+            pids.lost_spares.discard(pid)
+            pids.end_pid1(pid)
             continue
         # Its pid 1 ends the processes the kernel left in its namespace.
         pids.end_pid1(pid)
