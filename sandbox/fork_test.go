@@ -238,6 +238,16 @@ func TestForkedKernelKeys(t *testing.T) {
 	if found[0] || found[1] {
 		t.Errorf("the template holds a kernel's key (A: %v, B: %v)", found[0], found[1])
 	}
+	// Nor does the spare, the next kernel made ahead of its request.
+	spare := spareOf(t, templates[0].Pid)
+	found, n = scanMemory(t, spare, keyA, keyB, program)
+	t.Logf("spare (pid %d, %s): %d MiB scanned", spare, comm(spare), n>>20)
+	if !found[2] {
+		t.Errorf("the scan of the spare's memory (%d bytes) did not find the template's program: it proves nothing", n)
+	}
+	if found[0] || found[1] {
+		t.Errorf("the spare holds a kernel's key (A: %v, B: %v)", found[0], found[1])
+	}
 	for _, c := range []struct {
 		name       string
 		k          *ipyKernel
@@ -261,6 +271,25 @@ func TestForkedKernelKeys(t *testing.T) {
 				t.Errorf("kernel %s: the scan of the kernel (pid %d, %s: %d bytes) did not find its own key: it proves nothing", c.name, pid, name, n)
 			}
 		}
+	}
+}
+
+// spareOf is the host pid of the template's spare, waiting for its
+// request: the template makes it once it has answered a launch.
+func spareOf(t *testing.T, template int) int {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", template, template))
+		for _, f := range strings.Fields(string(data)) {
+			if pid, err := strconv.Atoi(f); err == nil && comm(pid) == "cellgate-spare" {
+				return pid
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("template %d has no spare (children %s)", template, data)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 
