@@ -47,6 +47,9 @@ type Bwrap struct {
 	templates map[string]*template // by interpreter and roots
 	retired   map[*template]bool   // replaced, serving their last kernels
 	forkErr   error                // the last time the fork server failed
+	// cannotFork says why Config.Fork cannot be had here (a tool is
+	// missing): kernels start cold. Set by NewBwrap only.
+	cannotFork error
 	// forkFailing is the failure of the latest fork, nil once one
 	// succeeds again: what KernelStarts tells.
 	forkFailing error
@@ -89,13 +92,9 @@ func NewBwrap(cfg Config) (*Bwrap, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("sandbox bwrap: the gateway must run as root, to start kernels under their own uids and mount their tmpfs (use --sandbox none for development without root)")
 	}
-	tools := []string{cfg.BwrapPath, cfg.PrlimitPath, cfg.ChoomPath, cfg.KillPath}
-	if cfg.Fork {
-		tools = append(tools, cfg.SetprivPath, cfg.CatatonitPath)
-	}
-	for _, p := range tools {
+	for _, p := range []string{cfg.BwrapPath, cfg.PrlimitPath, cfg.ChoomPath, cfg.KillPath} {
 		if err := unix.Access(p, unix.X_OK); err != nil {
-			return nil, fmt.Errorf("sandbox bwrap: %s: %w (make deps installs bubblewrap, util-linux and catatonit)", p, err)
+			return nil, fmt.Errorf("sandbox bwrap: %s: %w (make deps installs bubblewrap and util-linux)", p, err)
 		}
 	}
 	if st, err := os.Stat(cfg.BwrapPath); err == nil && st.Mode()&os.ModeSetuid != 0 {
@@ -133,6 +132,15 @@ func NewBwrap(cfg Config) (*Bwrap, error) {
 		filter:     seccompFilter(),
 		checkEvery: time.Second,
 	}
+	if cfg.Fork {
+		// Without a forked kernel's pid 1, kernels start cold: slower,
+		// as safe.
+		for _, p := range []string{cfg.SetprivPath, cfg.CatatonitPath} {
+			if err := unix.Access(p, unix.X_OK); err != nil {
+				b.cannotFork = fmt.Errorf("%s: %w (make deps installs util-linux and catatonit)", p, err)
+			}
+		}
+	}
 	if err := b.sweep(); err != nil {
 		return nil, fmt.Errorf("sandbox bwrap: clean up after a previous run: %w", err)
 	}
@@ -169,6 +177,9 @@ func (b *Bwrap) Describe() string {
 			kinds = "ipykernel and Sage kernels"
 		}
 		fork = fmt.Sprintf("%s forked from a template (uid %d; replaced after %d kernels or when what it imported changes on disk)", kinds, c.ForkUID, c.ForkMax)
+		if b.cannotFork != nil {
+			fork = "ipykernel kernels start cold: cannot fork: " + b.cannotFork.Error()
+		}
 		b.mu.Lock()
 		if b.forkErr != nil {
 			fork += "; last fork failure, kernel started cold: " + b.forkErr.Error()
@@ -201,6 +212,9 @@ func (b *Bwrap) forkDone(failure error) {
 func (b *Bwrap) KernelStarts() string {
 	if !b.cfg.Fork {
 		return "cold: forking is off"
+	}
+	if b.cannotFork != nil {
+		return "cold: cannot fork: " + b.cannotFork.Error()
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -360,7 +374,7 @@ func (b *Bwrap) Launch(ctx context.Context, req Request) (*Process, error) {
 		err = cg.setLimits(&b.cfg)
 	}
 	var p *Process
-	if kind, args, ok := b.forkable(req.Argv); err == nil && ok && b.cfg.Fork {
+	if kind, args, ok := b.forkable(req.Argv); err == nil && ok && b.cfg.Fork && b.cannotFork == nil {
 		if p, err = b.launchForked(ctx, req, sl, kind, args, cg); err != nil {
 			// The kernel still starts, cold; Describe tells the operator.
 			b.forkDone(err)

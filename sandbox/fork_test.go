@@ -662,6 +662,29 @@ func TestForkTemplateCannotBeBuilt(t *testing.T) {
 	}
 }
 
+// Without catatonit (a forked kernel's pid 1) kernels start cold, and
+// KernelStarts and Describe say why; the gateway still starts.
+func TestForkWithoutCatatonit(t *testing.T) {
+	t.Parallel()
+	skipWithoutIPyKernel(t)
+	b := newBwrap(t, func(c *Config) { c.Fork, c.CatatonitPath = true, "/nonexistent/catatonit" })
+	t.Cleanup(b.Close)
+	runtimeRoot, workRoot := poolDirs(t)
+	k := startIPyKernel(t, b, runtimeRoot, workRoot)
+	if out := k.cell(t, "print(6*7)"); !strings.Contains(out, "42") {
+		t.Errorf("the cold kernel: %s", out)
+	}
+	if ts := b.Templates(); len(ts) != 0 {
+		t.Errorf("a template started: %+v", ts)
+	}
+	if got := b.KernelStarts(); !strings.HasPrefix(got, "cold: cannot fork") || !strings.Contains(got, "catatonit") {
+		t.Errorf("KernelStarts = %q, want cold and why", got)
+	}
+	if d := b.Describe(); !strings.Contains(d, "start cold: cannot fork") {
+		t.Errorf("Describe does not tell why kernels start cold: %s", d)
+	}
+}
+
 // preloadDir makes a directory, readable by kernels, for modules a test's
 // templates preload. Not under /tmp or /var/tmp: a sandbox has its own.
 func preloadDir(t *testing.T) string {
