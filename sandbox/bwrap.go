@@ -656,7 +656,7 @@ func (b *Bwrap) start(ctx context.Context, req Request, sl *slot, cg *kernelCgro
 		// it left in the runtime dir may meet the pool's next write there.
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		swept := sweepUID(ctx, killPath, kuid)
+		swept := endLeftovers(ctx, cg, killPath, kuid)
 		sl.swept.Store(swept == nil)
 		r.cleanupErr = errors.Join(swept, cg.remove(), scr.emptyRun())
 	})

@@ -647,6 +647,22 @@ func (k *kernelCgroup) remove() error {
 	return errors.Join(errs...)
 }
 
+// endLeftovers ends whatever a kernel that has ended left running, and
+// reports whether anything of it may still run. With a cgroup, removing
+// it (which kills what is in it) is enough: every process of the kernel
+// is in it from before any of the kernel's code ran, and can no more
+// leave it than write to a file of root's; no walk of the host's
+// processes is needed, which sweepUID costs more the more kernels run.
+// Without one, or if it cannot be removed, the kernel's uid is swept.
+func endLeftovers(ctx context.Context, cg *kernelCgroup, killPath string, uid int) error {
+	if cg != nil && len(cg.unique()) > 0 {
+		if err := cg.remove(); err == nil {
+			return nil
+		}
+	}
+	return sweepUID(ctx, killPath, uid)
+}
+
 // staleAge is how old a leftover cgroup must be before the start-up sweep
 // removes it: one just made may be another gateway's, whose kernel is
 // about to enter it (gateways whose state directories differ can share a

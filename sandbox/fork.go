@@ -584,7 +584,7 @@ func (t *template) launch(ctx context.Context, req Request, sl *slot, args []str
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			<-copied
-			swept := sweepUID(ctx, killPath, kuid)
+			swept := endLeftovers(ctx, cg, killPath, kuid)
 			sl.swept.Store(swept == nil)
 			r2.cleanupErr = errors.Join(swept, cg.remove(), scr.emptyRun())
 			close(p.done)
