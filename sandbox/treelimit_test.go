@@ -200,21 +200,30 @@ func TestTreeMemoryLimit(t *testing.T) {
 	witness.checkAlive(t)
 }
 
-// TestTreeCPULimitForked: a forked kernel whose workers share the work
-// keeps running while its tree is under CPUTime, and is ended with
-// ErrCPULimit once the tree's total is over, though no process of it is
-// (RLIMIT_CPU is the same 3 s each).
-func TestTreeCPULimitForked(t *testing.T) {
+// forkedKernelWithoutCgroups starts a forked ipykernel whose limits only
+// the /proc accountant holds: CPU time cpu per process and per tree,
+// memory out of the way, no CPU share. It runs its test in parallel.
+func forkedKernelWithoutCgroups(t *testing.T, cpu time.Duration) *ipyKernel {
+	t.Helper()
 	skipWithoutIPyKernel(t)
 	t.Parallel()
-	const limit = 3 * time.Second
-	b := withoutCgroups(newBwrap(t, func(c *Config) { c.CPUTime, c.Memory, c.CPUShare = limit, 1<<30, 0 }))
-	defer b.Close()
+	b := withoutCgroups(newBwrap(t, func(c *Config) { c.CPUTime, c.Memory, c.CPUShare = cpu, 1<<30, 0 }))
+	t.Cleanup(b.Close)
 	runRoot, workRoot := poolDirs(t)
 	k := startIPyKernel(t, b, runRoot, workRoot)
 	if len(b.Templates()) == 0 {
 		t.Fatal("the kernel was not forked")
 	}
+	return k
+}
+
+// TestTreeCPULimitForked: a forked kernel whose workers share the work
+// keeps running while its tree is under CPUTime, and is ended with
+// ErrCPULimit once the tree's total is over, though no process of it is
+// (RLIMIT_CPU is the same 3 s each).
+func TestTreeCPULimitForked(t *testing.T) {
+	const limit = 3 * time.Second
+	k := forkedKernelWithoutCgroups(t, limit)
 	// Well behaved: two workers of 100 MiB each for a second, a little
 	// CPU; the kernel goes on.
 	k.cell(t, workersScript(2, `held = b"\x01" * (100 << 20)
@@ -265,16 +274,7 @@ print("burning")`
 // the tree is still ended with ErrCPULimit once their total is over, long
 // before any of them meets its own RLIMIT_CPU.
 func TestTreeCPULimitForkedOrphans(t *testing.T) {
-	skipWithoutIPyKernel(t)
-	t.Parallel()
-	const limit = 3 * time.Second
-	b := withoutCgroups(newBwrap(t, func(c *Config) { c.CPUTime, c.Memory, c.CPUShare = limit, 1<<30, 0 }))
-	defer b.Close()
-	runRoot, workRoot := poolDirs(t)
-	k := startIPyKernel(t, b, runRoot, workRoot)
-	if len(b.Templates()) == 0 {
-		t.Fatal("the kernel was not forked")
-	}
+	k := forkedKernelWithoutCgroups(t, 3*time.Second)
 	k.cell(t, `import os
 for i in range(4):
     if os.fork() == 0:
