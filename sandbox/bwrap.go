@@ -658,7 +658,7 @@ func (b *Bwrap) start(ctx context.Context, req Request, sl *slot, cg *kernelCgro
 		defer cancel()
 		swept := endLeftovers(ctx, cg, killPath, kuid)
 		sl.swept.Store(swept == nil)
-		r.cleanupErr = errors.Join(swept, cg.remove(), scr.emptyRun())
+		r.cleanupErr = errors.Join(swept, scr.emptyRun())
 	})
 	for _, f := range files {
 		f.Close()

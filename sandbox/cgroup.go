@@ -653,14 +653,15 @@ func (k *kernelCgroup) remove() error {
 // is in it from before any of the kernel's code ran, and can no more
 // leave it than write to a file of root's; no walk of the host's
 // processes is needed, which sweepUID costs more the more kernels run.
-// Without one, or if it cannot be removed, the kernel's uid is swept.
+// Without one, or if it cannot be removed, the kernel's uid is swept, and
+// the cgroup's removal tried once more.
 func endLeftovers(ctx context.Context, cg *kernelCgroup, killPath string, uid int) error {
 	if cg != nil && len(cg.unique()) > 0 {
 		if err := cg.remove(); err == nil {
 			return nil
 		}
 	}
-	return sweepUID(ctx, killPath, uid)
+	return errors.Join(sweepUID(ctx, killPath, uid), cg.remove())
 }
 
 // staleAge is how old a leftover cgroup must be before the start-up sweep

@@ -192,14 +192,6 @@ time.sleep(600)`)
 	})
 }
 
-func commsOf(pids []int) []string {
-	var names []string
-	for _, pid := range pids {
-		names = append(names, comm(pid))
-	}
-	return names
-}
-
 func checkLimitsWritten(t *testing.T, b *Bwrap, pid int) {
 	t.Helper()
 	c := b.Config()

@@ -586,7 +586,7 @@ func (t *template) launch(ctx context.Context, req Request, sl *slot, args []str
 			<-copied
 			swept := endLeftovers(ctx, cg, killPath, kuid)
 			sl.swept.Store(swept == nil)
-			r2.cleanupErr = errors.Join(swept, cg.remove(), scr.emptyRun())
+			r2.cleanupErr = errors.Join(swept, scr.emptyRun())
 			close(p.done)
 		})
 	}

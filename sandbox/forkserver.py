@@ -160,6 +160,18 @@ def exit_code(status):
     return os.WEXITSTATUS(status)
 
 
+def close_all_but(keep):
+    """Closes every descriptor of this process not in keep: nothing of the
+    template's (its control channel above all) reaches a kernel."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass  # the directory's own descriptor
+
+
 def kernel(req, fds):
     """Runs in the forked child, pid 2 of the pid namespace the template
     made for it (spawn_pid1 is its pid 1), once it has copied the pages
@@ -169,14 +181,7 @@ def kernel(req, fds):
     set_name(os.path.basename(sys.executable))
     allowed = pin_to_one_cpu()
     signal.set_wakeup_fd(-1)
-    keep = set(fds) | {0, 1, 2}
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd not in keep:
-            try:
-                os.close(fd)
-            except OSError:
-                pass  # the directory's own descriptor
+    close_all_but(set(fds) | {0, 1, 2})
     os.setpgid(0, 0)
     # The gateway interrupts the kernel by signalling this group: until it
     # is a kernel (become_kernel), SIGINT must not end it.
@@ -744,13 +749,7 @@ def make_spare(pids):
         check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
         set_name("cellgate-spare")
         signal.set_wakeup_fd(-1)
-        for name in os.listdir("/proc/self/fd"):
-            fd = int(name)
-            if fd not in (0, 1, 2, theirs.fileno()):
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass  # the directory's own descriptor
+        close_all_but({0, 1, 2, theirs.fileno()})
         copy_pages(COPIED)
         msg, fds, _, _ = socket.recv_fds(theirs, 1 << 20, 8)
         if not msg:
