@@ -2,7 +2,11 @@ package kernelpool
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -43,6 +47,9 @@ func BenchmarkSupply(b *testing.B) {
 		if ms, ok := tally.meanMS(); ok {
 			b.ReportMetric(ms, "ms-per-start")
 		}
+		if ms, ok := tally.busyPerKernelMS(); ok {
+			b.ReportMetric(ms, "cpu-ms-per-kernel")
+		}
 		if ts := launcher.Templates(); mode.fork && len(ts) != 1 {
 			b.Fatalf("templates: %+v", ts)
 		}
@@ -50,11 +57,66 @@ func BenchmarkSupply(b *testing.B) {
 }
 
 // startTally sums the pool's own starts, each from StartKernel's call to
-// ready.
+// ready, and the machine's busy CPU in the rounds' timed parts (busy, for
+// kernels kernels): the CPU a kernel costs, all processes counted, is
+// steadier on a noisy machine than kernels per second, and tells whether
+// a change saved work or only moved it.
 type startTally struct {
-	mu     sync.Mutex
-	took   time.Duration
-	starts int
+	mu      sync.Mutex
+	took    time.Duration
+	starts  int
+	busy    time.Duration
+	kernels int
+	busyErr error
+}
+
+func (t *startTally) addBusy(busy time.Duration, kernels int, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if err != nil {
+		t.busyErr = err
+		return
+	}
+	t.busy += busy
+	t.kernels += kernels
+}
+
+// busyPerKernelMS is the machine's busy CPU per kernel leased, in
+// milliseconds; false if /proc/stat could not be read.
+func (t *startTally) busyPerKernelMS() (float64, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.busyErr != nil || t.kernels == 0 {
+		return 0, false
+	}
+	return float64(t.busy.Microseconds()) / 1000 / float64(t.kernels), true
+}
+
+// machineBusy is the CPU time all CPUs of the machine have spent busy
+// (not idle, not waiting for I/O) since boot, from /proc/stat.
+func machineBusy() (time.Duration, error) {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	fields := strings.Fields(line)
+	if len(fields) < 8 || fields[0] != "cpu" {
+		return 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	var busy int64
+	for i, f := range fields[1:] {
+		if i == 3 || i == 4 || i >= 8 {
+			continue // idle, iowait; guest time is already in user
+		}
+		n, err := strconv.ParseInt(f, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/stat: %w", err)
+		}
+		busy += n
+	}
+	// USER_HZ is 100 on every Linux architecture Go supports.
+	return time.Duration(busy) * 10 * time.Millisecond, nil
 }
 
 func (t *startTally) add(_ string, took time.Duration, err error) {
@@ -89,10 +151,13 @@ func supplyRound(b *testing.B, cfg Config, tally *startTally) (took, leased time
 		b.Fatal(err)
 	}
 	b.StartTimer()
+	busyBefore, busyErr := machineBusy()
 	began := time.Now()
 	kernels, lastLease, err := leaseAndAnswer(p, supplyBurst)
 	took, leased = time.Since(began), lastLease.Sub(began)
+	busyAfter, busyErr2 := machineBusy()
 	b.StopTimer()
+	tally.addBusy(busyAfter-busyBefore, supplyBurst, errors.Join(busyErr, busyErr2))
 	for _, k := range kernels {
 		k.Shutdown()
 	}

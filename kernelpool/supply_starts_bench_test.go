@@ -39,6 +39,9 @@ func BenchmarkSupplyConcurrentStarts(b *testing.B) {
 			if ms, ok := tallies[i].meanMS(); ok {
 				b.ReportMetric(ms, fmt.Sprintf("ms-per-start-%d-at-once", starts))
 			}
+			if ms, ok := tallies[i].busyPerKernelMS(); ok {
+				b.ReportMetric(ms, fmt.Sprintf("cpu-ms-per-kernel-%d-at-once", starts))
+			}
 		}
 	})
 }
