@@ -415,7 +415,15 @@
 // (MADV_POPULATE_WRITE) while it has one thread. The kernel's CPU from
 // fork to its first cell, sandboxed, p50 of 5 interleaved rounds on a
 // machine busy with other work: 239 ms, 215 pinned, 186 pinned and
-// pre-copied, for 0.5 MiB more PSS per kernel. BenchmarkSupply forked
+// pre-copied, for 0.5 MiB more PSS per kernel. The rehearsal goes on
+// through what every kernel is asked first, a kernel_info and a
+// displayed result (rehearse_requests: dispatched as if they came on its
+// shell socket): of the ~4,650 pages a python3 kernel has copied by its
+// first result, ~750 were copied after its event loop ran, each with a
+// TLB flush on the other CPU, and ~300 still are. Three interleaved
+// pairs: a lone forked start 161, 132, 139 -> 127, 111, 110 ms; the
+// machine's busy CPU per kernel in BenchmarkSupply 237, 237, 236 ->
+// 247, 217, 216 ms. BenchmarkSupply forked
 // (CPU-bound), three interleaved pairs at load 2-5 from other work:
 // 2.26, 3.24, 2.95 -> 2.66, 4.30, 3.76 kernels/s (ms-per-start 900,
 // 615, 632 -> 735, 443, 502). BenchmarkSandboxedStart forked (one start
