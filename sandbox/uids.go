@@ -26,9 +26,7 @@ var ErrNoUID = errors.New("sandbox: all kernel uids are in use")
 // uidPool hands out the kernel uids. A uid is ours while we hold an flock
 // on its lock file in the state dir: gateways (and test binaries) sharing a
 // host coordinate through it, and a uid whose lock nobody holds has no live
-// kernel, whatever processes or mounts a crash left behind. The pool goes
-// round the range rather than reusing the lowest free uid, so a uid rests
-// as long as possible between two kernels.
+// kernel, whatever processes or mounts a crash left behind.
 //
 // A uid this pool put back clean (nothing of it left running or mounted)
 // is handed out clean again if nobody has held it since: the pool writes
@@ -36,7 +34,12 @@ var ErrNoUID = errors.New("sandbox: all kernel uids are in use")
 // it there unchanged. Anyone else who locks the uid meanwhile (another
 // gateway, which may crash with the uid's processes left) rewrites the
 // file. A clean uid needs no sweep of every process on the host before
-// its next kernel, which costs each start more the more kernels run.
+// its next kernel, which costs each start more the more kernels run: so
+// the pool hands out the uids it put back clean first, the longest rested
+// first, and goes round the rest of the range (rather than reusing the
+// lowest free uid) only when none is left. Going round, every uid needed
+// a sweep until the whole range had been used once: a quarter of the
+// gateway's CPU in a burst of forked starts.
 type uidPool struct {
 	dir   string // lock files
 	base  int
@@ -48,6 +51,7 @@ type uidPool struct {
 	held   map[int]*os.File // the locks we hold
 	tokens int              // tokens written so far
 	clean  map[int]string   // the token each uid was put back clean with
+	rested []int            // the uids in clean, in the order they were put back
 }
 
 func newUIDPool(dir string, base, n int) *uidPool {
@@ -62,6 +66,21 @@ func newUIDPool(dir string, base, n int) *uidPool {
 func (u *uidPool) get() (uid int, clean bool, err error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	for len(u.rested) > 0 {
+		uid := u.rested[0]
+		u.rested = u.rested[1:]
+		if _, ok := u.clean[uid]; !ok || u.held[uid] != nil {
+			continue // handed out since by the round below
+		}
+		f, err := u.tryLock(uid)
+		if err != nil {
+			return 0, false, err
+		}
+		if f != nil {
+			return uid, u.take(uid, f), nil
+		}
+		delete(u.clean, uid) // another holder has it: no longer clean
+	}
 	for i := 0; i < u.n; i++ {
 		uid := u.base + (u.next+i)%u.n
 		if u.held[uid] != nil {
@@ -74,20 +93,26 @@ func (u *uidPool) get() (uid int, clean bool, err error) {
 		if f == nil {
 			continue
 		}
-		u.held[uid] = f
 		u.next = (uid - u.base + 1) % u.n
-		token, ok := u.clean[uid]
-		delete(u.clean, uid)
-		if ok {
-			buf := make([]byte, len(token)+1)
-			n, _ := f.ReadAt(buf, 0)
-			clean = string(buf[:n]) == token
-		}
-		// Whatever this holder leaves (if it crashes) is not clean.
-		_ = f.Truncate(0)
-		return uid, clean, nil
+		return uid, u.take(uid, f), nil
 	}
 	return 0, false, fmt.Errorf("%w (%d..%d)", ErrNoUID, u.base, u.base+u.n-1)
+}
+
+// take records uid as held through its lock f, and says whether it is
+// still as clean as this pool put it back.
+func (u *uidPool) take(uid int, f *os.File) (clean bool) {
+	u.held[uid] = f
+	token, ok := u.clean[uid]
+	delete(u.clean, uid)
+	if ok {
+		buf := make([]byte, len(token)+1)
+		n, _ := f.ReadAt(buf, 0)
+		clean = string(buf[:n]) == token
+	}
+	// Whatever this holder leaves (if it crashes) is not clean.
+	_ = f.Truncate(0)
+	return clean
 }
 
 // put unlocks uid; clean says that nothing of it is left running or
@@ -104,6 +129,7 @@ func (u *uidPool) put(uid int, clean bool) {
 		token := fmt.Sprintf("clean %s %d\n", u.nonce, u.tokens)
 		if _, err := f.WriteAt([]byte(token), 0); err == nil {
 			u.clean[uid] = token
+			u.rested = append(u.rested, uid)
 		}
 	}
 	f.Close()

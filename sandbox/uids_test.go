@@ -8,6 +8,37 @@ import (
 	"time"
 )
 
+// TestUIDPoolCleanFirst: the uids put back clean are handed out again
+// first, the longest rested first, so that a burst of kernels is not a
+// sweep of every process on the host each; the rest of the range is gone
+// round only when none is left.
+func TestUIDPoolCleanFirst(t *testing.T) {
+	const base = 73100
+	u := newUIDPool(t.TempDir(), base, 4)
+	get := func(wantUID int, wantClean bool) {
+		t.Helper()
+		uid, clean, err := u.get()
+		if err != nil || uid != wantUID || clean != wantClean {
+			t.Fatalf("get: uid %d clean %v (%v), want uid %d clean %v", uid, clean, err, wantUID, wantClean)
+		}
+	}
+	get(base, false)
+	get(base+1, false)
+	u.put(base, true)
+	get(base, true)
+	u.put(base+1, true)
+	u.put(base, true)
+	get(base+1, true)
+	get(base, true)
+	get(base+2, false)
+	u.put(base+2, false)
+	get(base+3, false)
+	get(base+2, false)
+	if _, _, err := u.get(); err == nil {
+		t.Fatal("a fifth uid from a range of four")
+	}
+}
+
 // TestUIDPoolClean: a uid this pool put back clean comes back clean; one
 // put back unclean, or locked by another holder since (who may have
 // crashed with its processes left), does not, and so is swept before its
