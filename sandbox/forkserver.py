@@ -321,13 +321,26 @@ def prepare_app():
     try:
         # The kernel's own construction finds this instance (a singleton)
         # and adopts it: see adopt_shell.
-        shell_class.instance(parent=app, profile_dir=app.profile_dir, compiler_class=XCachingCompiler)
+        shell = shell_class.instance(parent=app, profile_dir=app.profile_dir, compiler_class=XCachingCompiler)
     finally:
         if own:
             shell_class.init_history = saved
         else:
             del shell_class.init_history
+    warm_shell(shell)
     return app
+
+
+def warm_shell(shell):
+    """Does, in the template, what a kernel's first cell would do for the
+    first time and what is the same in every kernel: the compilation of
+    tokenize's patterns (IPython's input transformers tokenize every
+    cell) and the display formatters, made on first use. Half of a
+    kernel's first execution (21 of 40 ms under cProfile, the pool's
+    warm-up), each kernel again. Nothing runs in the shell's namespace,
+    nothing enters its history."""
+    shell.transform_cell("1+1\n")
+    shell.display_formatter.format(2)
 
 
 def run_prepared(app, connection_file, on_kernel):
