@@ -324,17 +324,19 @@
 //	   │  reaped the kernel, which ends whatever the kernel left there
 //	   └─ K: the kernel (named as a cold one: python3), a fork per kernel,
 //	      pid 2 of that namespace, its own process group (Process.Pid);
-//	      dies with the template; unshares mount, net, ipc, uts; mounts
-//	      /proc, moves in its tmpfs directories, empties the bounding and
-//	      inheritable capability sets, drops to the kernel's uid (the
-//	      other sets empty), is made dumpable again as a cold kernel is
-//	      (its /proc files are its own), no_new_privs, the rlimits, the
-//	      seccomp filter; then is reseeded (random, numpy), given its own
-//	      environment, and reads its connection file
+//	      dies with the template; unshares mount, net, ipc, uts, mounts
+//	      /proc, is reseeded (random, numpy, Sage); moves in its tmpfs
+//	      directories, empties the bounding and inheritable capability
+//	      sets, drops to the kernel's uid (the other sets empty), is made
+//	      dumpable again as a cold kernel is (its /proc files are its
+//	      own), no_new_privs, the rlimits, the seccomp filter; then is
+//	      given its own environment, and reads its connection file
 //
 // The template keeps one kernel made ahead of its request, a spare
 // (named cellgate-spare): forked, in its own pid namespace with its pid 1,
-// it has copied the template's pages its start will write, and waits on a
+// it has copied the template's pages its start will write, made its own
+// namespaces, /proc and random state (all that comes before the tmpfs
+// directories in K above: the same in every kernel), and waits on a
 // socketpair for the request and its descriptors; then it is K as above.
 // That takes the fork and the copy (about 40 ms) off a launch's way to
 // ready; the next spare is made right after the launch is answered. A

@@ -172,24 +172,18 @@ def close_all_but(keep):
                 pass  # the directory's own descriptor
 
 
-def kernel(req, fds):
-    """Runs in the forked child, pid 2 of the pid namespace the template
-    made for it (spawn_pid1 is its pid 1), once it has copied the pages
-    its start writes (copy_pages); never returns."""
-    out, run, work, tmp, home, shm = fds
-    # Named as a cold kernel is: it is the kernel from here on.
-    set_name(os.path.basename(sys.executable))
-    allowed = pin_to_one_cpu()
+def isolate():
+    """What makes this process a kernel's before it is any kernel's (a
+    spare does it ahead of its request): a process group of its own, its
+    own mount, network, IPC and host name namespaces, its /proc, and
+    fresh random state."""
     signal.set_wakeup_fd(-1)
-    close_all_but(set(fds) | {0, 1, 2})
     os.setpgid(0, 0)
     # The gateway interrupts the kernel by signalling this group: until it
     # is a kernel (become_kernel), SIGINT must not end it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "pdeathsig")
-    os.dup2(out, 1)
-    os.dup2(out, 2)
     check(libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS), "unshare")
     check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "private mounts")
     # This process's pid namespace is the kernel's: its /proc shows that
@@ -197,6 +191,23 @@ def kernel(req, fds):
     check(libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None), "proc")
     socket.sethostname(CONFIG["hostname"])
     loopback_up()
+    reseed()
+
+
+def kernel(req, fds, isolated=False):
+    """Runs in the forked child, pid 2 of the pid namespace the template
+    made for it (spawn_pid1 is its pid 1), once it has copied the pages
+    its start writes (copy_pages) and, if isolated, done isolate();
+    never returns."""
+    out, run, work, tmp, home, shm = fds
+    # Named as a cold kernel is: it is the kernel from here on.
+    set_name(os.path.basename(sys.executable))
+    allowed = pin_to_one_cpu()
+    if not isolated:
+        isolate()
+    close_all_but(set(fds) | {0, 1, 2})
+    os.dup2(out, 1)
+    os.dup2(out, 2)
     # /tmp first: the pool's directories may lie under it.
     move_mount(tmp, "/tmp")
     move_mount(shm, "/dev/shm")
@@ -252,13 +263,7 @@ def become_kernel(argv, env):
     if matplotlib is not None and env.get("MPLBACKEND", INLINE_BACKEND) != INLINE_BACKEND:
         # The kernel's own choice, as its import would have read it.
         matplotlib.rcParams["backend"] = env["MPLBACKEND"]
-    # Nothing random may be shared between forks.
-    import random
-    random.seed()
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        numpy.random.seed()
-    fresh_sage()
+    sage_directories()
     sys.argv = [MODULE] + argv
     # As `python3 -m` starts a module: its directory first on the path
     # (the template itself was started with -c, which puts "" there).
@@ -300,12 +305,16 @@ def prepare_app():
         return None
     app = IPKernelApp.instance(**kwargs)
     # First uses that cost each kernel milliseconds and are no kernel's
-    # own: asyncio's policy object, OpenSSL's HMAC (signing).
+    # own: asyncio's policy object, OpenSSL's HMAC (signing), libzmq.
     import asyncio
     import hashlib
     import hmac
     asyncio.get_event_loop_policy()
     hmac.new(b"cellgate", b"", hashlib.sha256).hexdigest()
+    # libzmq's first context in a process reads the CPUs and the protocols
+    # database (NSS); a context starts no thread before its first socket.
+    import zmq
+    zmq.Context().term()
     # The command line is the kernel's (its connection file): parsed in
     # the kernel. Profile directory and configuration files: here.
     BaseIPythonApplication.initialize(app, [])
@@ -515,6 +524,7 @@ def rehearse():
             env = dict(TEMPLATE_ENV) if CONFIG["keep_env"] else {}
             env.update({"HOME": place, "PWD": place, "PATH": os.environ.get("PATH", "/usr/bin:/bin")})
             argv = ["-f", connection_file]
+            reseed()
             become_kernel(argv, env)
 
             def report():
@@ -590,14 +600,24 @@ def adopt_shell(kernel):
     shell.init_environment()
 
 
-def fresh_sage():
-    """What Sage set up in the template that must be the kernel's own: its
-    random state (Sage's generators, and PARI's, GAP's, NTL's, reseeded
-    from it when next used), and its temporary directories, which name a
-    place in HOME: the template's HOME is not the kernel's."""
+def reseed():
+    """Nothing random may be shared between forks: Python's and numpy's
+    generators, and Sage's (its own, and PARI's, GAP's, NTL's, reseeded
+    from it when next used) start anew in each, from the system's
+    entropy."""
+    import random
+    random.seed()
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        numpy.random.seed()
     randstate = sys.modules.get("sage.misc.randstate")
     if randstate is not None:
         randstate.set_random_seed()
+
+
+def sage_directories():
+    """Sage's temporary directories name a place in HOME, made when Sage
+    was imported: the template's HOME is not the kernel's."""
     misc = sys.modules.get("sage.misc.misc")
     for name in ("SAGE_TMP", "SAGE_TMP_INTERFACE", "ECL_TMP", "SPYX_TMP"):
         d = getattr(misc, name, None)
@@ -797,11 +817,12 @@ def make_spare(pids):
         signal.set_wakeup_fd(-1)
         close_all_but({0, 1, 2, theirs.fileno()})
         copy_pages(COPIED)
+        isolate()
         msg, fds, _, _ = socket.recv_fds(theirs, 1 << 20, 8)
         if not msg:
             os._exit(0)  # the template is done with it
         theirs.close()
-        kernel(json.loads(msg), fds)
+        kernel(json.loads(msg), fds, isolated=True)
 
     try:
         pid, pid1 = fork_child(pids, wait_for_request)
