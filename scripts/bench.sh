@@ -42,6 +42,7 @@ if [ "${BENCH_SKIP_GO:-0}" != 1 ]; then
   gobench ./kernelpool '^BenchmarkSupply$' -benchtime=2x -timeout 10m
   gobench ./kernelpool '^BenchmarkSupplyConcurrentStarts$' -benchtime=1x -timeout 10m
   gobench ./kernelpool '^BenchmarkFirstPlot$' -benchtime=3x -timeout 10m
+  gobench ./kernelpool '^BenchmarkWarmup$' -benchtime=10x -timeout 10m
   gobench ./kernelpool '^BenchmarkIdleKernelMemory$' -benchtime=1x -timeout 15m
   gobench ./kernelpool '^BenchmarkExecuteFloor$' -benchtime=300x -timeout 10m
   # One hold of the connections per iteration; the idle timeout is 60 s.
