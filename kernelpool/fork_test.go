@@ -220,6 +220,7 @@ hm = ip.history_manager
 print(json.dumps({
   "kernel": type(ip.kernel).__name__, "parent": type(ip.parent).__name__, "shell": type(ip).__name__,
   "history": [str(hm.hist_file), hm.enabled, os.path.exists(str(hm.hist_file)), hm.save_thread is not None and hm.save_thread.is_alive()],
+  "recalled": [src for _, _, src in hm.get_range(start=1, stop=4)],
   "In": In[1:], "Out": {str(k): repr(v) for k, v in Out.items()}, "last": repr(_), "count": ip.execution_count,
   "same_lists": [In is hm.input_hist_parsed, Out is hm.output_hist, _dh is hm.dir_hist, _ih is In, _oh is Out],
   "dh": [str(d) for d in _dh], "starting_dir": ip.starting_dir, "cwd": os.getcwd(),
@@ -299,6 +300,15 @@ print(json.dumps({
 			if got := forked[key]; !reflect.DeepEqual(got, want) {
 				t.Errorf("%s: %s: forked %v, cold %v", name, key, got, want)
 			}
+		}
+		// Both keep their history in memory (their home ends with them),
+		// and it holds the cells run.
+		if h, _ := cold["history"].([]any); len(h) == 0 || h[0] != ":memory:" {
+			t.Errorf("%s: cold history %v, want it in memory", name, cold["history"])
+		}
+		wantCells := []any{"x = 2 + 3", "import matplotlib.pyplot as plt\nplt.plot([1, 2]);", "x * 2"}
+		if !reflect.DeepEqual(cold["recalled"], wantCells) {
+			t.Errorf("%s: the history recalls %q, want %q", name, cold["recalled"], wantCells)
 		}
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -387,7 +388,7 @@ func (b *Bwrap) Launch(ctx context.Context, req Request) (*Process, error) {
 		}
 	}
 	if p == nil && err == nil {
-		p, err = b.start(ctx, req, sl, cg)
+		p, err = b.start(ctx, b.likeForked(req), sl, cg)
 	}
 	b.mu.Lock()
 	sl.launching = false
@@ -411,9 +412,25 @@ func (b *Bwrap) Launch(ctx context.Context, req Request) (*Process, error) {
 	return p, nil
 }
 
-// placeForked moves a forked kernel (the template's child A, and what A
-// has forked so far: B, the kernel) into its cgroup before Launch returns
-// it: until it is leased, the kernel runs no code of its client's, and
+// memoryHistory keeps an IPython kernel's history database in memory.
+const memoryHistory = "--HistoryManager.hist_file=:memory:"
+
+// likeForked returns req as a kernel the fork server could make is
+// started cold: with its history in memory (memoryHistory), as every
+// forked kernel keeps it (forkserver.py, memory_history), so that a
+// kernel is the same whether it was forked or not. Its home is a tmpfs
+// that ends with it: a history file there cost each start a sqlite
+// database and a thread to write it (about 7 ms of a forked kernel's
+// CPU), and outlived at most a restart of the kernel.
+func (b *Bwrap) likeForked(req Request) Request {
+	if _, _, ok := b.forkable(req.Argv); ok {
+		req.Argv = append(slices.Clip(req.Argv), memoryHistory)
+	}
+	return req
+}
+
+// placeForked moves a forked kernel (and its pid 1) into its cgroup
+// before Launch returns it: until it is leased, the kernel runs no code of its client's, and
 // forks nothing. A kernel that failed at once is returned as it is, done.
 func placeForked(p *Process, cg *kernelCgroup) error {
 	if cg == nil || isDone(p) {

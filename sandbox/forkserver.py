@@ -288,13 +288,12 @@ def prepare_app():
     of a forked kernel's CPU before it answered): the IPython application
     and its configuration, and the kernel's InteractiveShell (magics,
     formatters, completer, namespaces). Nothing in them is secret or any
-    user's: no key, no socket, no thread (history is kept in memory here;
-    each kernel opens its own). Returns None, and kernels start as a cold
+    user's: no key, no socket, no thread (history is kept in memory; each
+    kernel makes its own). Returns None, and kernels start as a cold
     one does after the imports, when the kernel is not one this knows."""
     if not CONFIG.get("prepare"):
         return None
     from IPython.core.application import BaseIPythonApplication
-    from IPython.core.history import HistoryManager
     from ipykernel.compiler import XCachingCompiler
     from ipykernel.kernelapp import IPKernelApp
     kwargs = {}
@@ -319,10 +318,6 @@ def prepare_app():
     # the kernel. Profile directory and configuration files: here.
     BaseIPythonApplication.initialize(app, [])
     shell_class = app.kernel_class.class_traits()["shell_class"].default_value
-
-    def memory_history(shell):
-        shell.history_manager = HistoryManager(shell=shell, parent=shell, hist_file=":memory:")
-        shell.configurables.append(shell.history_manager)
 
     own = "init_history" in shell_class.__dict__
     saved = shell_class.__dict__.get("init_history")
@@ -581,6 +576,16 @@ def rehearse_requests(kernel, then):
     kernel.schedule_dispatch(handled)
 
 
+def memory_history(shell):
+    """InteractiveShell.init_history, with the history database in memory:
+    the gateway starts every IPython kernel so (cold ones with
+    --HistoryManager.hist_file=:memory:), as its home is a tmpfs that ends
+    with it. No sqlite file to create and no thread to write it."""
+    from IPython.core.history import HistoryManager
+    shell.history_manager = HistoryManager(shell=shell, parent=shell, hist_file=":memory:")
+    shell.configurables.append(shell.history_manager)
+
+
 def adopt_shell(kernel):
     """Makes the template's shell this kernel's: what its construction
     took from the template's process (cwd, environment, history in
@@ -594,7 +599,7 @@ def adopt_shell(kernel):
     shell.db = PickleShareDB(os.path.join(shell.profile_dir.location, "db"))
     shell.configurables.remove(shell.history_manager)
     shell.history_manager.db.close()
-    shell.init_history()
+    memory_history(shell)
     # In, Out, _ih, _oh and _dh are the history's lists: the new ones.
     shell.init_user_ns()
     shell.init_environment()
