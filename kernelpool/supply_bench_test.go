@@ -57,10 +57,10 @@ func BenchmarkSupply(b *testing.B) {
 }
 
 // startTally sums the pool's own starts, each from StartKernel's call to
-// ready, and the machine's busy CPU in the rounds' timed parts (busy, for
-// kernels kernels): the CPU a kernel costs, all processes counted, is
-// steadier on a noisy machine than kernels per second, and tells whether
-// a change saved work or only moved it.
+// ready, and the machine's busy CPU in the rounds' timed parts with the
+// number of kernels leased in them: the CPU a kernel costs, all
+// processes counted, is steadier on a noisy machine than kernels per
+// second, and tells whether a change saved work or only moved it.
 type startTally struct {
 	mu      sync.Mutex
 	took    time.Duration

@@ -3,9 +3,8 @@ package kernelpool
 import (
 	"context"
 	"fmt"
-	"time"
-
 	"testing"
+	"time"
 
 	"github.com/cellgate/cellgate/jupytermsg"
 	"github.com/cellgate/cellgate/sandbox"

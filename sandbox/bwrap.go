@@ -375,7 +375,8 @@ func (b *Bwrap) Launch(ctx context.Context, req Request) (*Process, error) {
 		err = cg.setLimits(&b.cfg)
 	}
 	var p *Process
-	if kind, args, ok := b.forkable(req.Argv); err == nil && ok && b.cfg.Fork && b.cannotFork == nil {
+	kind, args, forkable := b.forkable(req.Argv)
+	if err == nil && forkable && b.cfg.Fork && b.cannotFork == nil {
 		if p, err = b.launchForked(ctx, req, sl, kind, args, cg); err != nil {
 			// The kernel still starts, cold; Describe tells the operator.
 			b.forkDone(err)
@@ -388,7 +389,11 @@ func (b *Bwrap) Launch(ctx context.Context, req Request) (*Process, error) {
 		}
 	}
 	if p == nil && err == nil {
-		p, err = b.start(ctx, b.likeForked(req), sl, cg)
+		cold := req
+		if forkable {
+			cold.Argv = append(slices.Clip(req.Argv), memoryHistory)
+		}
+		p, err = b.start(ctx, cold, sl, cg)
 	}
 	b.mu.Lock()
 	sl.launching = false
@@ -412,22 +417,14 @@ func (b *Bwrap) Launch(ctx context.Context, req Request) (*Process, error) {
 	return p, nil
 }
 
-// memoryHistory keeps an IPython kernel's history database in memory.
-const memoryHistory = "--HistoryManager.hist_file=:memory:"
-
-// likeForked returns req as a kernel the fork server could make is
-// started cold: with its history in memory (memoryHistory), as every
-// forked kernel keeps it (forkserver.py, memory_history), so that a
-// kernel is the same whether it was forked or not. Its home is a tmpfs
-// that ends with it: a history file there cost each start a sqlite
+// memoryHistory keeps an IPython kernel's history database in memory: a
+// kernel the fork server could make gets it when it starts cold, as every
+// forked kernel keeps its history (forkserver.py, memory_history), so
+// that a kernel is the same whether it was forked or not. Its home is a
+// tmpfs that ends with it: a history file there cost each start a sqlite
 // database and a thread to write it (about 7 ms of a forked kernel's
 // CPU), and outlived at most a restart of the kernel.
-func (b *Bwrap) likeForked(req Request) Request {
-	if _, _, ok := b.forkable(req.Argv); ok {
-		req.Argv = append(slices.Clip(req.Argv), memoryHistory)
-	}
-	return req
-}
+const memoryHistory = "--HistoryManager.hist_file=:memory:"
 
 // placeForked moves a forked kernel (and its pid 1) into its cgroup
 // before Launch returns it: until it is leased, the kernel runs no code of its client's, and
